@@ -1,0 +1,298 @@
+//! Finding a checkpoint's files and naming its tensors: a folder in the Hugging Face layout
+//! (`config.json` + `model*.safetensors`, with or without `model.safetensors.index.json`) or
+//! the OpenAI `original/` layout, detected from the config. A Hub repository root holding
+//! both loads the root.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use serde_json::Value;
+
+use crate::config::{Layout, ModelConfig};
+use crate::error::LoadError;
+use crate::safetensors::{Bytes, SafeTensors, TensorInfo};
+
+pub struct Checkpoint {
+    /// The folder holding the config and tensor files that were loaded.
+    pub dir: PathBuf,
+    pub layout: Layout,
+    pub config: ModelConfig,
+    pub files: Vec<SafeTensors>,
+    /// tensor name -> index into `files`.
+    names: HashMap<String, usize>,
+}
+
+impl Checkpoint {
+    pub fn open(path: &Path) -> Result<Self, LoadError> {
+        let meta = std::fs::metadata(path).map_err(|e| LoadError::io(path, e))?;
+        if !meta.is_dir() {
+            return Err(LoadError::BadCheckpoint {
+                path: path.into(),
+                reason: "expected a checkpoint folder (config.json and *.safetensors)".into(),
+            });
+        }
+        let dir = if path.join("config.json").is_file() {
+            path.to_path_buf()
+        } else if path.join("original").join("config.json").is_file() {
+            path.join("original")
+        } else {
+            return Err(LoadError::BadCheckpoint {
+                path: path.into(),
+                reason: "no config.json here (nor original/config.json): not a gpt-oss checkpoint folder".into(),
+            });
+        };
+        let (config, layout) = ModelConfig::from_file(&dir.join("config.json"))?;
+        let index = dir.join("model.safetensors.index.json");
+        let (paths, expected) = if layout == Layout::HuggingFace && index.is_file() {
+            read_index(&index)?
+        } else if layout == Layout::HuggingFace && dir.join("model.safetensors").is_file() {
+            (vec![dir.join("model.safetensors")], Vec::new())
+        } else {
+            (list_safetensors(&dir)?, Vec::new())
+        };
+        if paths.is_empty() {
+            return Err(LoadError::BadCheckpoint {
+                path: dir,
+                reason: "no *.safetensors files".into(),
+            });
+        }
+        let mut files = Vec::with_capacity(paths.len());
+        let mut names: HashMap<String, usize> = HashMap::new();
+        for p in &paths {
+            let st = SafeTensors::open(p)?;
+            for name in st.tensors.keys() {
+                if let Some(&other) = names.get(name) {
+                    return Err(LoadError::DuplicateTensor {
+                        path: p.clone(),
+                        tensor: name.clone(),
+                        other: paths[other].clone(),
+                    });
+                }
+                names.insert(name.clone(), files.len());
+            }
+            files.push(st);
+        }
+        for (tensor, file) in expected {
+            let found = names.get(&tensor).map(|&i| &files[i].path);
+            if found != Some(&file) {
+                return Err(LoadError::BadCheckpoint {
+                    path: index.clone(),
+                    reason: format!(
+                        "maps tensor `{tensor}` to {} but that file does not hold it",
+                        file.display()
+                    ),
+                });
+            }
+        }
+        Ok(Checkpoint {
+            dir,
+            layout,
+            config,
+            files,
+            names,
+        })
+    }
+
+    /// The file and header entry of a tensor, or an error naming it.
+    pub fn tensor(&self, name: &str) -> Result<(&SafeTensors, &TensorInfo), LoadError> {
+        let file = self
+            .names
+            .get(name)
+            .map(|&i| &self.files[i])
+            .ok_or_else(|| self.missing(name))?;
+        let info = file.get(name).ok_or_else(|| self.missing(name))?;
+        Ok((file, info))
+    }
+
+    pub fn contains(&self, name: &str) -> bool {
+        self.names.contains_key(name)
+    }
+
+    pub fn tensor_bytes(&self, name: &str) -> Result<Bytes, LoadError> {
+        let (file, info) = self.tensor(name)?;
+        Ok(file.bytes(info))
+    }
+
+    fn missing(&self, name: &str) -> LoadError {
+        LoadError::MissingTensor {
+            dir: self.dir.clone(),
+            tensor: name.into(),
+            layout: self.layout.name(),
+        }
+    }
+
+    /// Size of the tensor files on disk.
+    pub fn bytes_on_disk(&self) -> u64 {
+        self.files
+            .iter()
+            .filter_map(|f| std::fs::metadata(&f.path).ok())
+            .map(|m| m.len())
+            .sum()
+    }
+
+    /// Bytes of tensor data (what the weights occupy once mapped).
+    pub fn tensor_data_bytes(&self) -> u64 {
+        self.files
+            .iter()
+            .flat_map(|f| f.tensors.values())
+            .map(|t| t.range.len() as u64)
+            .sum()
+    }
+}
+
+/// `{"weight_map": {tensor: file}}` -> the files in first-seen order, and each mapping.
+fn read_index(index: &Path) -> Result<(Vec<PathBuf>, Vec<(String, PathBuf)>), LoadError> {
+    let bad = |reason: String| LoadError::BadCheckpoint {
+        path: index.into(),
+        reason,
+    };
+    let text = std::fs::read_to_string(index).map_err(|e| LoadError::io(index, e))?;
+    let value: Value =
+        serde_json::from_str(&text).map_err(|e| bad(format!("not valid JSON: {e}")))?;
+    let map = value
+        .get("weight_map")
+        .and_then(Value::as_object)
+        .ok_or_else(|| bad("no `weight_map` object".into()))?;
+    let dir = index.parent().unwrap_or(Path::new("."));
+    let mut files: Vec<PathBuf> = Vec::new();
+    let mut expected = Vec::with_capacity(map.len());
+    for (tensor, file) in map {
+        let file = file
+            .as_str()
+            .ok_or_else(|| bad(format!("`weight_map.{tensor}` is not a file name")))?;
+        if file.contains('/') || file.contains('\\') || file.starts_with('.') {
+            return Err(bad(format!(
+                "`weight_map.{tensor}` names `{file}`, which is not a plain file name"
+            )));
+        }
+        let path = dir.join(file);
+        if !files.contains(&path) {
+            if !path.is_file() {
+                return Err(bad(format!("names shard {file}, which does not exist")));
+            }
+            files.push(path.clone());
+        }
+        expected.push((tensor.clone(), path));
+    }
+    Ok((files, expected))
+}
+
+fn list_safetensors(dir: &Path) -> Result<Vec<PathBuf>, LoadError> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(|e| LoadError::io(dir, e))? {
+        let path = entry.map_err(|e| LoadError::io(dir, e))?.path();
+        if path.extension().is_some_and(|e| e == "safetensors") && path.is_file() {
+            out.push(path);
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Tensor names of one layout. Per-layer names take the layer index.
+pub struct TensorNames {
+    pub layout: Layout,
+}
+
+impl TensorNames {
+    pub fn embedding(&self) -> &'static str {
+        match self.layout {
+            Layout::HuggingFace => "model.embed_tokens.weight",
+            Layout::Original => "embedding.weight",
+        }
+    }
+
+    pub fn final_norm(&self) -> &'static str {
+        match self.layout {
+            Layout::HuggingFace => "model.norm.weight",
+            Layout::Original => "norm.scale",
+        }
+    }
+
+    pub fn unembedding(&self) -> &'static str {
+        match self.layout {
+            Layout::HuggingFace => "lm_head.weight",
+            Layout::Original => "unembedding.weight",
+        }
+    }
+
+    /// The name of a per-layer tensor, given its name in the Hugging Face layout's terms.
+    pub fn layer(&self, l: usize, t: LayerTensor) -> String {
+        use LayerTensor::*;
+        match self.layout {
+            Layout::HuggingFace => {
+                let s = match t {
+                    AttnNorm => "input_layernorm.weight",
+                    QWeight => "self_attn.q_proj.weight",
+                    QBias => "self_attn.q_proj.bias",
+                    KWeight => "self_attn.k_proj.weight",
+                    KBias => "self_attn.k_proj.bias",
+                    VWeight => "self_attn.v_proj.weight",
+                    VBias => "self_attn.v_proj.bias",
+                    QkvWeight | QkvBias => unreachable!("the Hugging Face layout has no fused qkv"),
+                    OutWeight => "self_attn.o_proj.weight",
+                    OutBias => "self_attn.o_proj.bias",
+                    Sinks => "self_attn.sinks",
+                    MlpNorm => "post_attention_layernorm.weight",
+                    RouterWeight => "mlp.router.weight",
+                    RouterBias => "mlp.router.bias",
+                    GateUpBlocks => "mlp.experts.gate_up_proj_blocks",
+                    GateUpScales => "mlp.experts.gate_up_proj_scales",
+                    GateUpBias => "mlp.experts.gate_up_proj_bias",
+                    DownBlocks => "mlp.experts.down_proj_blocks",
+                    DownScales => "mlp.experts.down_proj_scales",
+                    DownBias => "mlp.experts.down_proj_bias",
+                };
+                format!("model.layers.{l}.{s}")
+            }
+            Layout::Original => {
+                let s = match t {
+                    AttnNorm => "attn.norm.scale",
+                    QkvWeight => "attn.qkv.weight",
+                    QkvBias => "attn.qkv.bias",
+                    QWeight | QBias | KWeight | KBias | VWeight | VBias => {
+                        unreachable!("the original layout fuses q, k and v")
+                    }
+                    OutWeight => "attn.out.weight",
+                    OutBias => "attn.out.bias",
+                    Sinks => "attn.sinks",
+                    MlpNorm => "mlp.norm.scale",
+                    RouterWeight => "mlp.gate.weight",
+                    RouterBias => "mlp.gate.bias",
+                    GateUpBlocks => "mlp.mlp1_weight.blocks",
+                    GateUpScales => "mlp.mlp1_weight.scales",
+                    GateUpBias => "mlp.mlp1_bias",
+                    DownBlocks => "mlp.mlp2_weight.blocks",
+                    DownScales => "mlp.mlp2_weight.scales",
+                    DownBias => "mlp.mlp2_bias",
+                };
+                format!("block.{l}.{s}")
+            }
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LayerTensor {
+    AttnNorm,
+    QkvWeight,
+    QkvBias,
+    QWeight,
+    QBias,
+    KWeight,
+    KBias,
+    VWeight,
+    VBias,
+    OutWeight,
+    OutBias,
+    Sinks,
+    MlpNorm,
+    RouterWeight,
+    RouterBias,
+    GateUpBlocks,
+    GateUpScales,
+    GateUpBias,
+    DownBlocks,
+    DownScales,
+    DownBias,
+}

@@ -1,0 +1,93 @@
+//! Errors that name what is wrong: the file, the tensor or field, and the limit.
+
+use std::path::PathBuf;
+
+/// Anything that can go wrong turning files on disk into a model.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: not a valid safetensors file: {reason}")]
+    BadHeader { path: PathBuf, reason: String },
+    #[error("{path}: file is truncated: tensor `{tensor}` needs bytes up to {needed} but the file has {available}")]
+    Truncated {
+        path: PathBuf,
+        tensor: String,
+        needed: u64,
+        available: u64,
+    },
+    #[error("{path}: tensor `{tensor}` has unknown dtype `{dtype}`")]
+    UnknownDtype {
+        path: PathBuf,
+        tensor: String,
+        dtype: String,
+    },
+    #[error("{path}: tensor `{tensor}` has dtype {found}, expected {expected}")]
+    WrongDtype {
+        path: PathBuf,
+        tensor: String,
+        found: String,
+        expected: String,
+    },
+    #[error("{path}: tensor `{tensor}` has shape {found:?}, expected {expected:?}")]
+    WrongShape {
+        path: PathBuf,
+        tensor: String,
+        found: Vec<usize>,
+        expected: Vec<usize>,
+    },
+    #[error("{dir}: tensor `{tensor}` is missing from the checkpoint ({layout} layout)")]
+    MissingTensor {
+        dir: PathBuf,
+        tensor: String,
+        layout: &'static str,
+    },
+    #[error("{path}: tensor `{tensor}` is also defined in {other}")]
+    DuplicateTensor {
+        path: PathBuf,
+        tensor: String,
+        other: PathBuf,
+    },
+    #[error("{path}: missing config field `{field}`")]
+    MissingField { path: PathBuf, field: String },
+    #[error("{path}: config field `{field}` {problem}")]
+    BadField {
+        path: PathBuf,
+        field: String,
+        problem: String,
+    },
+    #[error("{path}: {reason}")]
+    BadCheckpoint { path: PathBuf, reason: String },
+}
+
+impl LoadError {
+    pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        LoadError::Io {
+            path: path.into(),
+            source,
+        }
+    }
+}
+
+/// Errors from running the model on a request.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("unknown sequence {0}")]
+    UnknownSequence(u32),
+    #[error("sequence {0} appears twice in one batch")]
+    DuplicateSequence(u32),
+    #[error("empty token chunk for sequence {0}")]
+    EmptyChunk(u32),
+    #[error("token id {id} is outside the model's vocabulary of {vocab} tokens")]
+    TokenOutOfVocab { id: u32, vocab: usize },
+    #[error("context overflow: sequence {seq} would hold {needed} tokens, the limit is {limit}")]
+    ContextOverflow {
+        seq: u32,
+        needed: usize,
+        limit: usize,
+    },
+}

@@ -1,0 +1,22 @@
+//! gpt-oss from checkpoint files to tokens: loading and validation, the forward pass, the
+//! KV cache, sampling and the o200k_harmony tokenizer. Synchronous; no async runtime.
+
+pub mod checkpoint;
+pub mod config;
+pub mod error;
+pub mod kv_cache;
+pub mod model;
+mod ops;
+pub mod rng;
+pub mod safetensors;
+pub mod sampler;
+pub mod synth;
+pub mod tokenizer;
+pub mod weights;
+
+pub use config::{Layout, ModelConfig};
+pub use error::{EngineError, LoadError};
+pub use kv_cache::{KvCache, SeqId};
+pub use model::{Logits, LogitsRequest, Model, SeqChunk};
+pub use sampler::{Sampled, Sampler, SamplingParams};
+pub use tokenizer::Tokenizer;

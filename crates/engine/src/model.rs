@@ -1,0 +1,446 @@
+//! The gpt-oss forward pass (spec §4), one screen per block. Every intermediate has a name
+//! and can be observed through [`Trace`] to compare with a reference layer by layer.
+//!
+//! Activations are f32 (the reference path). One call runs a batch of chunks, each from its
+//! own sequence at its own positions; a single sequence is just a batch of one.
+
+use std::ops::Range;
+use std::path::Path;
+
+use gptoss_kernels::bf16::bf16_slice_to_f32;
+use gptoss_kernels::scalar::{self, KvSpan, YarnRope, SWIGLU_ALPHA};
+
+use crate::checkpoint::Checkpoint;
+use crate::config::{Layout, ModelConfig};
+use crate::error::{EngineError, LoadError};
+use crate::kv_cache::{KvCache, SeqId};
+use crate::ops;
+use crate::weights::{AttentionWeights, ModelWeights, MoeWeights};
+
+pub struct Model {
+    pub config: ModelConfig,
+    pub layout: Layout,
+    pub weights: ModelWeights,
+    rope: YarnRope,
+}
+
+/// Tokens to append to one sequence in a batched forward call.
+#[derive(Clone, Copy, Debug)]
+pub struct SeqChunk<'a> {
+    pub seq: SeqId,
+    pub tokens: &'a [u32],
+    pub logits: LogitsRequest,
+}
+
+/// Which positions of a chunk need logits (the unembedding is the largest matmul).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogitsRequest {
+    None,
+    Last,
+    All,
+}
+
+/// Logits `[rows, vocab]` for the positions that asked for them, in batch order.
+pub struct Logits {
+    pub vocab: usize,
+    pub data: Vec<f32>,
+    pub rows: Vec<LogitsRow>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LogitsRow {
+    /// Index of the chunk in the batch.
+    pub item: usize,
+    /// Absolute position of the token whose next-token logits these are.
+    pub position: usize,
+}
+
+impl Logits {
+    pub fn row(&self, i: usize) -> &[f32] {
+        &self.data[i * self.vocab..(i + 1) * self.vocab]
+    }
+
+    /// The logits of the last requested position of batch item `item`.
+    pub fn last_for(&self, item: usize) -> Option<&[f32]> {
+        self.rows
+            .iter()
+            .rposition(|r| r.item == item)
+            .map(|i| self.row(i))
+    }
+}
+
+/// Receives named intermediates `[T, width]` (layer None for whole-model tensors).
+pub type Trace<'a> = &'a mut dyn FnMut(&str, Option<usize>, &[f32]);
+
+impl Model {
+    /// Opens a checkpoint folder of either layout; every tensor is checked against the config.
+    pub fn load(path: &Path) -> Result<Self, LoadError> {
+        let ck = Checkpoint::open(path)?;
+        Self::from_checkpoint(&ck)
+    }
+
+    pub fn from_checkpoint(ck: &Checkpoint) -> Result<Self, LoadError> {
+        let weights = ModelWeights::load(ck)?;
+        let c = &ck.config;
+        let rope = YarnRope::new(
+            c.head_dim,
+            c.rope_theta,
+            c.rope_factor,
+            c.rope_original_context as f64,
+            c.rope_beta_fast,
+            c.rope_beta_slow,
+            c.rope_truncate,
+        );
+        Ok(Model {
+            config: c.clone(),
+            layout: ck.layout,
+            weights,
+            rope,
+        })
+    }
+
+    pub fn forward(&self, cache: &mut KvCache, batch: &[SeqChunk]) -> Result<Logits, EngineError> {
+        self.forward_traced(cache, batch, &mut |_, _, _| {})
+    }
+
+    pub fn forward_traced(
+        &self,
+        cache: &mut KvCache,
+        batch: &[SeqChunk],
+        trace: Trace,
+    ) -> Result<Logits, EngineError> {
+        let cfg = &self.config;
+        let plan = BatchPlan::new(cache, batch, cfg.vocab_size)?;
+        let (t, h) = (plan.tokens.len(), cfg.hidden_size);
+
+        let mut x = vec![0f32; t * h]; // [T, H] residual stream
+        for (row, &tok) in x.chunks_exact_mut(h).zip(&plan.tokens) {
+            bf16_slice_to_f32(self.weights.embedding.row(tok as usize), row);
+        }
+        trace("embedding", None, &x);
+
+        for (l, layer) in self.weights.layers.iter().enumerate() {
+            let attn_out = self.attention_block(l, &layer.attn, &x, &plan, cache, trace);
+            add_assign(&mut x, &attn_out);
+            trace("attn_residual", Some(l), &x);
+
+            let moe_out = self.moe_block(l, &layer.moe, &x, trace);
+            add_assign(&mut x, &moe_out);
+            trace("moe_residual", Some(l), &x);
+        }
+
+        // Only the positions that asked for logits go through the final norm and unembedding.
+        let rows: Vec<usize> = plan.logit_rows.iter().map(|&(_, r)| r).collect();
+        let mut final_norm = vec![0f32; rows.len() * h]; // [R, H]
+        for (out, &r) in final_norm.chunks_exact_mut(h).zip(&rows) {
+            scalar::rmsnorm_f32(
+                &x[r * h..(r + 1) * h],
+                &self.weights.norm,
+                cfg.rms_norm_eps,
+                out,
+            );
+        }
+        trace("final_norm", None, &final_norm);
+        let mut logits = vec![0f32; rows.len() * cfg.vocab_size]; // [R, V]
+        if !rows.is_empty() {
+            ops::linear_bf16(
+                &final_norm,
+                rows.len(),
+                &self.weights.unembedding,
+                None,
+                &mut logits,
+            );
+        }
+        trace("logits", None, &logits);
+
+        for (item, chunk) in batch.iter().enumerate() {
+            cache.advance(chunk.seq, chunk.tokens.len());
+            debug_assert_eq!(
+                cache.len(chunk.seq),
+                Some(plan.items[item].start + chunk.tokens.len())
+            );
+        }
+        let rows = plan
+            .logit_rows
+            .iter()
+            .map(|&(item, r)| LogitsRow {
+                item,
+                position: plan.positions[r],
+            })
+            .collect();
+        Ok(Logits {
+            vocab: cfg.vocab_size,
+            data: logits,
+            rows,
+        })
+    }
+
+    /// RMSNorm, q/k/v projections, YaRN RoPE, sink attention over the cache, output projection.
+    /// Appends this layer's keys and values to the cache. Returns `[T, H]`.
+    fn attention_block(
+        &self,
+        l: usize,
+        w: &AttentionWeights,
+        x: &[f32],
+        plan: &BatchPlan,
+        cache: &mut KvCache,
+        trace: Trace,
+    ) -> Vec<f32> {
+        let cfg = &self.config;
+        let (t, h, hd) = (plan.tokens.len(), cfg.hidden_size, cfg.head_dim);
+        let (qd, kvd) = (cfg.q_dim(), cfg.kv_dim());
+
+        let attn_norm = rmsnorm_rows(x, &w.norm, cfg.rms_norm_eps, h); // [T, H]
+        trace("attn_norm", Some(l), &attn_norm);
+
+        let mut q = vec![0f32; t * qd]; // [T, NQ·HD]
+        let mut k = vec![0f32; t * kvd]; // [T, NKV·HD]
+        let mut v = vec![0f32; t * kvd]; // [T, NKV·HD]
+        ops::linear_bf16(&attn_norm, t, &w.q, Some(&w.q_bias), &mut q);
+        ops::linear_bf16(&attn_norm, t, &w.k, Some(&w.k_bias), &mut k);
+        ops::linear_bf16(&attn_norm, t, &w.v, Some(&w.v_bias), &mut v);
+
+        let half = hd / 2;
+        let (mut cos, mut sin) = (vec![0f32; half], vec![0f32; half]);
+        for (i, &pos) in plan.positions.iter().enumerate() {
+            self.rope.cos_sin(pos, &mut cos, &mut sin);
+            YarnRope::apply(&mut q[i * qd..(i + 1) * qd], &cos, &sin);
+            YarnRope::apply(&mut k[i * kvd..(i + 1) * kvd], &cos, &sin);
+        }
+        trace("q", Some(l), &q);
+        trace("k", Some(l), &k);
+        trace("v", Some(l), &v);
+
+        // Each chunk sees its sequence's cached positions, then its own new keys.
+        let spans: Vec<Vec<KvSpan>> = plan
+            .items
+            .iter()
+            .map(|item| {
+                let mut s = cache.spans(item.seq, l);
+                let r = &item.rows;
+                s.push(KvSpan {
+                    first_pos: item.start,
+                    k: &k[r.start * kvd..r.end * kvd],
+                    v: &v[r.start * kvd..r.end * kvd],
+                });
+                s
+            })
+            .collect();
+        let window = cfg.window(l);
+        let group = cfg.num_heads / cfg.num_kv_heads; // query heads per kv head
+        let scale = 1.0 / (hd as f32).sqrt();
+        let mut attn = vec![0f32; t * qd]; // [T, NQ·HD], heads in order
+        ops::for_each_chunk(&mut attn, hd, |i, out, scores| {
+            let (row, head) = (i / cfg.num_heads, i % cfg.num_heads);
+            let pos = plan.positions[row];
+            let lo = window.map_or(0, |w| (pos + 1).saturating_sub(w)); // the window includes pos
+            let qh = &q[row * qd + head * hd..row * qd + (head + 1) * hd];
+            let kv_off = (head / group) * hd;
+            scalar::attend_head_f32(
+                qh,
+                &spans[plan.item_of_row[row]],
+                kvd,
+                kv_off,
+                lo,
+                pos,
+                scale,
+                w.sinks[head],
+                scores,
+                out,
+            );
+        });
+        drop(spans);
+        trace("attn", Some(l), &attn);
+        for item in &plan.items {
+            let r = &item.rows;
+            cache.write(
+                item.seq,
+                l,
+                item.start,
+                &k[r.start * kvd..r.end * kvd],
+                &v[r.start * kvd..r.end * kvd],
+            );
+        }
+
+        let mut attn_out = vec![0f32; t * h]; // [T, H]
+        ops::linear_bf16(&attn, t, &w.out, Some(&w.out_bias), &mut attn_out);
+        trace("attn_out", Some(l), &attn_out);
+        attn_out
+    }
+
+    /// RMSNorm, router top-k, the selected experts (gate_up, clamped SwiGLU, down) and their
+    /// weighted sum. Tokens are grouped by expert so each expert's weights are read once.
+    fn moe_block(&self, l: usize, w: &MoeWeights, x: &[f32], trace: Trace) -> Vec<f32> {
+        let cfg = &self.config;
+        let (h, i_dim, n_exp, k) = (
+            cfg.hidden_size,
+            cfg.intermediate_size,
+            cfg.num_experts,
+            cfg.experts_per_token,
+        );
+        let t = x.len() / h;
+
+        let mlp_norm = rmsnorm_rows(x, &w.norm, cfg.rms_norm_eps, h); // [T, H]
+        trace("mlp_norm", Some(l), &mlp_norm);
+
+        let mut router_logits = vec![0f32; t * n_exp]; // [T, E]
+        ops::linear_bf16(
+            &mlp_norm,
+            t,
+            &w.router,
+            Some(&w.router_bias),
+            &mut router_logits,
+        );
+        trace("router_logits", Some(l), &router_logits);
+        let mut experts = vec![0usize; t * k]; // [T, k], best first
+        let mut gates = vec![0f32; t * k]; // [T, k], softmax over the k
+        for ((logits, e), g) in router_logits
+            .chunks_exact(n_exp)
+            .zip(experts.chunks_exact_mut(k))
+            .zip(gates.chunks_exact_mut(k))
+        {
+            scalar::router_top_k(logits, e, g);
+        }
+
+        let mut expert_out = vec![0f32; t * k * h]; // [T, k, H]
+        for e in 0..n_exp {
+            let slots: Vec<usize> = (0..t * k).filter(|&s| experts[s] == e).collect(); // s = token·k + slot
+            if slots.is_empty() {
+                continue;
+            }
+            let n = slots.len();
+            let mut xe = vec![0f32; n * h]; // [n, H]
+            for (dst, &s) in xe.chunks_exact_mut(h).zip(&slots) {
+                dst.copy_from_slice(&mlp_norm[(s / k) * h..(s / k + 1) * h]);
+            }
+            let mut gate_up = vec![0f32; n * 2 * i_dim]; // [n, 2I] interleaved (gate, up)
+            ops::linear_mxfp4(
+                &xe,
+                n,
+                &w.gate_up,
+                e,
+                Some(&w.gate_up_bias[e * 2 * i_dim..(e + 1) * 2 * i_dim]),
+                &mut gate_up,
+            );
+            let mut act = vec![0f32; n * i_dim]; // [n, I]
+            for (a, u) in act
+                .chunks_exact_mut(i_dim)
+                .zip(gate_up.chunks_exact(2 * i_dim))
+            {
+                scalar::swiglu_interleaved_f32(u, SWIGLU_ALPHA, cfg.swiglu_limit, a);
+            }
+            let mut down = vec![0f32; n * h]; // [n, H]
+            ops::linear_mxfp4(
+                &act,
+                n,
+                &w.down,
+                e,
+                Some(&w.down_bias[e * h..(e + 1) * h]),
+                &mut down,
+            );
+            for (src, &s) in down.chunks_exact(h).zip(&slots) {
+                expert_out[s * h..(s + 1) * h].copy_from_slice(src);
+            }
+        }
+
+        // moe_out[t] = Σ_j gates[t, j]·expert_out[t, j], summed best expert first.
+        let mut moe_out = vec![0f32; t * h]; // [T, H]
+        for (tok, out) in moe_out.chunks_exact_mut(h).enumerate() {
+            for j in 0..k {
+                let g = gates[tok * k + j];
+                for (o, &y) in out
+                    .iter_mut()
+                    .zip(&expert_out[(tok * k + j) * h..(tok * k + j + 1) * h])
+                {
+                    *o += g * y;
+                }
+            }
+        }
+        trace("moe_out", Some(l), &moe_out);
+        moe_out
+    }
+}
+
+/// The flattened batch: one row per token, in batch order.
+struct BatchPlan {
+    tokens: Vec<u32>,
+    positions: Vec<usize>,
+    item_of_row: Vec<usize>,
+    items: Vec<PlanItem>,
+    /// (batch item, row) for each row that wants logits.
+    logit_rows: Vec<(usize, usize)>,
+}
+
+struct PlanItem {
+    seq: SeqId,
+    /// Position of the chunk's first token.
+    start: usize,
+    rows: Range<usize>,
+}
+
+impl BatchPlan {
+    /// Checks everything up front, so a forward pass never fails half way through the cache.
+    fn new(cache: &KvCache, batch: &[SeqChunk], vocab: usize) -> Result<Self, EngineError> {
+        let mut plan = BatchPlan {
+            tokens: vec![],
+            positions: vec![],
+            item_of_row: vec![],
+            items: vec![],
+            logit_rows: vec![],
+        };
+        for (i, chunk) in batch.iter().enumerate() {
+            let id = chunk.seq.0;
+            let start = cache
+                .len(chunk.seq)
+                .ok_or(EngineError::UnknownSequence(id))?;
+            if batch[..i].iter().any(|c| c.seq == chunk.seq) {
+                return Err(EngineError::DuplicateSequence(id));
+            }
+            if chunk.tokens.is_empty() {
+                return Err(EngineError::EmptyChunk(id));
+            }
+            if let Some(&bad) = chunk.tokens.iter().find(|&&t| t as usize >= vocab) {
+                return Err(EngineError::TokenOutOfVocab { id: bad, vocab });
+            }
+            let needed = start + chunk.tokens.len();
+            if needed > cache.max_context() {
+                return Err(EngineError::ContextOverflow {
+                    seq: id,
+                    needed,
+                    limit: cache.max_context(),
+                });
+            }
+            let first_row = plan.tokens.len();
+            plan.tokens.extend_from_slice(chunk.tokens);
+            plan.positions.extend(start..needed);
+            plan.item_of_row
+                .extend(std::iter::repeat_n(i, chunk.tokens.len()));
+            let rows = first_row..plan.tokens.len();
+            match chunk.logits {
+                LogitsRequest::None => {}
+                LogitsRequest::Last => plan.logit_rows.push((i, rows.end - 1)),
+                LogitsRequest::All => plan.logit_rows.extend(rows.clone().map(|r| (i, r))),
+            }
+            plan.items.push(PlanItem {
+                seq: chunk.seq,
+                start,
+                rows,
+            });
+        }
+        Ok(plan)
+    }
+}
+
+fn rmsnorm_rows(x: &[f32], gain: &[f32], eps: f32, width: usize) -> Vec<f32> {
+    let mut out = vec![0f32; x.len()];
+    for (o, row) in out.chunks_exact_mut(width).zip(x.chunks_exact(width)) {
+        scalar::rmsnorm_f32(row, gain, eps, o);
+    }
+    out
+}
+
+fn add_assign(x: &mut [f32], y: &[f32]) {
+    for (a, b) in x.iter_mut().zip(y) {
+        *a += b;
+    }
+}

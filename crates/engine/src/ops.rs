@@ -1,0 +1,104 @@
+//! The one place where work is split over threads. Kernels compute blocks of rows; this
+//! module decides the blocks. Splitting never changes a result: every output element is
+//! computed by exactly one task, in the kernel's fixed order.
+
+use std::ops::Range;
+
+use gptoss_kernels::scalar;
+use rayon::prelude::*;
+
+use crate::weights::{Bf16Matrix, Mxfp4Experts};
+
+/// Rows per task: enough tasks to keep every thread busy to the end, each big enough that
+/// scheduling costs nothing next to it.
+fn rows_per_task(rows: usize) -> usize {
+    rows.div_ceil(rayon::current_num_threads() * 8).max(4)
+}
+
+/// `y[T, R] = x[T, K]·Wᵀ + b` for bf16 `W [R, K]`.
+pub fn linear_bf16(x: &[f32], n_tok: usize, w: &Bf16Matrix, bias: Option<&[f32]>, y: &mut [f32]) {
+    let (rows, k) = (w.rows, w.cols);
+    let data = w.bf16();
+    rows_parallel(rows, n_tok, k, y, |r, out, buf| {
+        scalar::matmul_rows_f32_bf16w(
+            x,
+            n_tok,
+            &data[r.start * k..r.end * k],
+            bias.map(|b| &b[r.clone()]),
+            out,
+            buf,
+        )
+    });
+}
+
+/// `y[T, R] = x[T, K]·W[e]ᵀ + b` for one MXFP4 expert `W[e]: [R, K]`.
+pub fn linear_mxfp4(
+    x: &[f32],
+    n_tok: usize,
+    w: &Mxfp4Experts,
+    e: usize,
+    bias: Option<&[f32]>,
+    y: &mut [f32],
+) {
+    let (rows, k) = (w.rows, w.cols);
+    let (codes, scales) = w.expert(e);
+    let (cpr, spr) = (k / 2, k / gptoss_kernels::mxfp4::BLOCK);
+    rows_parallel(rows, n_tok, k, y, |r, out, buf| {
+        scalar::matmul_rows_f32_mxfp4w(
+            x,
+            n_tok,
+            &codes[r.start * cpr..r.end * cpr],
+            &scales[r.start * spr..r.end * spr],
+            bias.map(|b| &b[r.clone()]),
+            out,
+            buf,
+        )
+    });
+}
+
+/// Runs `kernel(rows, out [rows, T], row_buf [K])` over row blocks and leaves `y` as `[T, R]`.
+fn rows_parallel(
+    rows: usize,
+    n_tok: usize,
+    k: usize,
+    y: &mut [f32],
+    kernel: impl Fn(Range<usize>, &mut [f32], &mut [f32]) + Sync,
+) {
+    assert_eq!(y.len(), rows * n_tok, "linear: output is not [T, R]");
+    let chunk = rows_per_task(rows);
+    let run = |out_t: &mut [f32]| {
+        out_t
+            .par_chunks_mut(chunk * n_tok)
+            .enumerate()
+            .for_each_init(
+                || vec![0f32; k],
+                |buf, (i, out)| {
+                    let r0 = i * chunk;
+                    kernel(r0..r0 + out.len() / n_tok, out, buf)
+                },
+            );
+    };
+    if n_tok == 1 {
+        // [R, 1] and [1, R] are the same layout.
+        run(y);
+    } else {
+        let mut out_t = vec![0f32; rows * n_tok];
+        run(&mut out_t);
+        for (r, col) in out_t.chunks_exact(n_tok).enumerate() {
+            for (t, &val) in col.iter().enumerate() {
+                y[t * rows + r] = val;
+            }
+        }
+    }
+}
+
+/// Calls `f(i, chunk, scratch)` for every `chunk_len`-long piece of `out`, in parallel.
+pub fn for_each_chunk(
+    out: &mut [f32],
+    chunk_len: usize,
+    f: impl Fn(usize, &mut [f32], &mut Vec<f32>) + Sync,
+) {
+    out.par_chunks_mut(chunk_len)
+        .enumerate()
+        .for_each_init(Vec::new, |scratch, (i, chunk)| f(i, chunk, scratch));
+}

@@ -1,0 +1,481 @@
+//! The safetensors container: an 8-byte little-endian header length, a JSON header naming
+//! every tensor's dtype, shape and byte range, then the raw data. Files are memory-mapped and
+//! tensors are used in place; every header fact is checked before any byte is touched.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::{self, Write};
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use memmap2::Mmap;
+use serde_json::Value;
+
+use crate::error::LoadError;
+
+/// Largest header we accept; real ones are tens of kilobytes.
+const MAX_HEADER_BYTES: u64 = 100 << 20;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DType {
+    Bool,
+    U8,
+    I8,
+    F8E5M2,
+    F8E4M3,
+    I16,
+    U16,
+    F16,
+    BF16,
+    I32,
+    U32,
+    F32,
+    F64,
+    I64,
+    U64,
+}
+
+impl DType {
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "BOOL" => DType::Bool,
+            "U8" => DType::U8,
+            "I8" => DType::I8,
+            "F8_E5M2" => DType::F8E5M2,
+            "F8_E4M3" => DType::F8E4M3,
+            "I16" => DType::I16,
+            "U16" => DType::U16,
+            "F16" => DType::F16,
+            "BF16" => DType::BF16,
+            "I32" => DType::I32,
+            "U32" => DType::U32,
+            "F32" => DType::F32,
+            "F64" => DType::F64,
+            "I64" => DType::I64,
+            "U64" => DType::U64,
+            _ => return None,
+        })
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            DType::Bool => "BOOL",
+            DType::U8 => "U8",
+            DType::I8 => "I8",
+            DType::F8E5M2 => "F8_E5M2",
+            DType::F8E4M3 => "F8_E4M3",
+            DType::I16 => "I16",
+            DType::U16 => "U16",
+            DType::F16 => "F16",
+            DType::BF16 => "BF16",
+            DType::I32 => "I32",
+            DType::U32 => "U32",
+            DType::F32 => "F32",
+            DType::F64 => "F64",
+            DType::I64 => "I64",
+            DType::U64 => "U64",
+        }
+    }
+
+    pub fn size(self) -> usize {
+        match self {
+            DType::Bool | DType::U8 | DType::I8 | DType::F8E5M2 | DType::F8E4M3 => 1,
+            DType::I16 | DType::U16 | DType::F16 | DType::BF16 => 2,
+            DType::I32 | DType::U32 | DType::F32 => 4,
+            DType::F64 | DType::I64 | DType::U64 => 8,
+        }
+    }
+}
+
+impl std::fmt::Display for DType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Bytes that live in a memory map or, when they had to be copied, in an 8-byte aligned
+/// buffer. Cheap to clone.
+#[derive(Clone)]
+pub struct Bytes {
+    owner: Arc<Storage>,
+    start: usize,
+    len: usize,
+}
+
+enum Storage {
+    Mapped(Mmap),
+    Owned(Vec<u64>),
+}
+
+impl Storage {
+    fn as_slice(&self) -> &[u8] {
+        match self {
+            Storage::Mapped(m) => m,
+            // SAFETY: any u64 buffer is a valid byte buffer of 8x the length.
+            Storage::Owned(v) => unsafe {
+                std::slice::from_raw_parts(v.as_ptr().cast(), v.len() * 8)
+            },
+        }
+    }
+}
+
+impl Bytes {
+    pub fn from_vec(data: &[u8]) -> Self {
+        let mut words = vec![0u64; data.len().div_ceil(8)];
+        // SAFETY: the u64 buffer has at least data.len() bytes.
+        let dst =
+            unsafe { std::slice::from_raw_parts_mut(words.as_mut_ptr().cast::<u8>(), data.len()) };
+        dst.copy_from_slice(data);
+        Bytes {
+            owner: Arc::new(Storage::Owned(words)),
+            start: 0,
+            len: data.len(),
+        }
+    }
+
+    pub fn as_slice(&self) -> &[u8] {
+        &self.owner.as_slice()[self.start..self.start + self.len]
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// A sub-range of these bytes, sharing the storage.
+    pub fn slice(&self, range: Range<usize>) -> Bytes {
+        assert!(
+            range.start <= range.end && range.end <= self.len,
+            "Bytes::slice out of range"
+        );
+        Bytes {
+            owner: self.owner.clone(),
+            start: self.start + range.start,
+            len: range.end - range.start,
+        }
+    }
+
+    /// The same bytes at an address aligned for `align` (copied only if they are not).
+    pub fn aligned(self, align: usize) -> Bytes {
+        if (self.as_slice().as_ptr() as usize) % align == 0 {
+            self
+        } else {
+            Bytes::from_vec(self.as_slice())
+        }
+    }
+
+    /// View as little-endian u16s. Panics if misaligned: build with [`Bytes::aligned`].
+    pub fn as_u16(&self) -> &[u16] {
+        // SAFETY: u16 has no invalid bit patterns; alignment is checked by align_to.
+        let (pre, mid, post) = unsafe { self.as_slice().align_to::<u16>() };
+        assert!(
+            pre.is_empty() && post.is_empty(),
+            "Bytes::as_u16 on misaligned or odd-length data"
+        );
+        mid
+    }
+}
+
+/// One tensor's header entry; `range` is absolute within the file.
+#[derive(Clone, Debug)]
+pub struct TensorInfo {
+    pub dtype: DType,
+    pub shape: Vec<usize>,
+    pub range: Range<usize>,
+}
+
+impl TensorInfo {
+    pub fn numel(&self) -> usize {
+        self.shape.iter().product()
+    }
+}
+
+/// One memory-mapped safetensors file with a validated header.
+pub struct SafeTensors {
+    pub path: PathBuf,
+    map: Bytes,
+    pub tensors: BTreeMap<String, TensorInfo>,
+    pub metadata: BTreeMap<String, String>,
+}
+
+impl SafeTensors {
+    pub fn open(path: &Path) -> Result<Self, LoadError> {
+        let file = File::open(path).map_err(|e| LoadError::io(path, e))?;
+        let len = file.metadata().map_err(|e| LoadError::io(path, e))?.len();
+        let map = if len == 0 {
+            Bytes::from_vec(&[])
+        } else {
+            // SAFETY: the mapping is read-only; like every mmap-based loader we assume the
+            // checkpoint is not modified while it is in use.
+            let m = unsafe { Mmap::map(&file) }.map_err(|e| LoadError::io(path, e))?;
+            Bytes {
+                len: m.len(),
+                owner: Arc::new(Storage::Mapped(m)),
+                start: 0,
+            }
+        };
+        Self::from_bytes(path, map)
+    }
+
+    /// Parse and validate a whole file held in `map`.
+    pub fn from_bytes(path: &Path, map: Bytes) -> Result<Self, LoadError> {
+        let bad = |reason: String| LoadError::BadHeader {
+            path: path.to_path_buf(),
+            reason,
+        };
+        let bytes = map.as_slice();
+        let file_len = bytes.len() as u64;
+        if file_len < 8 {
+            return Err(bad(format!(
+                "file is {file_len} bytes, too short for the 8-byte header length"
+            )));
+        }
+        let header_len = u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes"));
+        if header_len > MAX_HEADER_BYTES {
+            return Err(bad(format!(
+                "header length {header_len} exceeds the {MAX_HEADER_BYTES}-byte limit"
+            )));
+        }
+        if 8 + header_len > file_len {
+            return Err(bad(format!(
+                "header length {header_len} runs past the end of the {file_len}-byte file"
+            )));
+        }
+        let data_start = 8 + header_len as usize;
+        let header = std::str::from_utf8(&bytes[8..data_start])
+            .map_err(|e| bad(format!("header is not UTF-8: {e}")))?;
+        let header: Value = serde_json::from_str(header)
+            .map_err(|e| bad(format!("header is not valid JSON: {e}")))?;
+        let Value::Object(entries) = header else {
+            return Err(bad("header is not a JSON object".into()));
+        };
+        let mut tensors = BTreeMap::new();
+        let mut metadata = BTreeMap::new();
+        for (name, entry) in entries {
+            if name == "__metadata__" {
+                if let Value::Object(m) = entry {
+                    for (k, v) in m {
+                        metadata.insert(
+                            k,
+                            v.as_str()
+                                .map(str::to_owned)
+                                .unwrap_or_else(|| v.to_string()),
+                        );
+                    }
+                }
+                continue;
+            }
+            let info = parse_entry(path, &name, &entry, data_start, file_len)?;
+            tensors.insert(name, info);
+        }
+        Ok(SafeTensors {
+            path: path.to_path_buf(),
+            map,
+            tensors,
+            metadata,
+        })
+    }
+
+    pub fn get(&self, name: &str) -> Option<&TensorInfo> {
+        self.tensors.get(name)
+    }
+
+    /// The bytes of a tensor of this file.
+    pub fn bytes(&self, info: &TensorInfo) -> Bytes {
+        self.map.slice(info.range.clone())
+    }
+}
+
+fn parse_entry(
+    path: &Path,
+    name: &str,
+    entry: &Value,
+    data_start: usize,
+    file_len: u64,
+) -> Result<TensorInfo, LoadError> {
+    let bad = |what: String| LoadError::BadHeader {
+        path: path.to_path_buf(),
+        reason: format!("tensor `{name}`: {what}"),
+    };
+    let dtype_str = entry
+        .get("dtype")
+        .and_then(Value::as_str)
+        .ok_or_else(|| bad("no `dtype` string".into()))?;
+    let dtype = DType::parse(dtype_str).ok_or_else(|| LoadError::UnknownDtype {
+        path: path.to_path_buf(),
+        tensor: name.to_owned(),
+        dtype: dtype_str.to_owned(),
+    })?;
+    let shape = entry
+        .get("shape")
+        .and_then(Value::as_array)
+        .ok_or_else(|| bad("no `shape` array".into()))?
+        .iter()
+        .map(|d| d.as_u64().and_then(|d| usize::try_from(d).ok()))
+        .collect::<Option<Vec<usize>>>()
+        .ok_or_else(|| bad("shape entries must be non-negative integers".into()))?;
+    let offsets = entry
+        .get("data_offsets")
+        .and_then(Value::as_array)
+        .filter(|a| a.len() == 2)
+        .and_then(|a| Some((a[0].as_u64()?, a[1].as_u64()?)))
+        .ok_or_else(|| bad("`data_offsets` must be two non-negative integers".into()))?;
+    let (start, end) = offsets;
+    if end < start {
+        return Err(bad(format!(
+            "data_offsets [{start}, {end}] end before they start"
+        )));
+    }
+    let needed = shape
+        .iter()
+        .try_fold(dtype.size() as u64, |acc, &d| acc.checked_mul(d as u64))
+        .ok_or_else(|| bad(format!("shape {shape:?} overflows")))?;
+    if end - start != needed {
+        return Err(bad(format!(
+            "shape {shape:?} of {dtype} needs {needed} bytes but data_offsets [{start}, {end}] span {}",
+            end - start
+        )));
+    }
+    let abs_end = data_start as u64 + end;
+    if abs_end > file_len {
+        return Err(LoadError::Truncated {
+            path: path.to_path_buf(),
+            tensor: name.to_owned(),
+            needed: abs_end,
+            available: file_len,
+        });
+    }
+    Ok(TensorInfo {
+        dtype,
+        shape,
+        range: data_start + start as usize..abs_end as usize,
+    })
+}
+
+/// What a tensor will be when written.
+#[derive(Clone, Debug)]
+pub struct TensorSpec {
+    pub name: String,
+    pub dtype: DType,
+    pub shape: Vec<usize>,
+}
+
+impl TensorSpec {
+    pub fn new(name: impl Into<String>, dtype: DType, shape: &[usize]) -> Self {
+        TensorSpec {
+            name: name.into(),
+            dtype,
+            shape: shape.to_vec(),
+        }
+    }
+
+    pub fn byte_len(&self) -> usize {
+        self.shape.iter().product::<usize>() * self.dtype.size()
+    }
+}
+
+/// Write a safetensors file tensor by tensor, so memory use stays at one chunk however large
+/// the file: `fill(i, out)` must write exactly `specs[i].byte_len()` bytes.
+pub fn write_safetensors(
+    path: &Path,
+    specs: &[TensorSpec],
+    metadata: &BTreeMap<String, String>,
+    mut fill: impl FnMut(usize, &mut dyn Write) -> io::Result<()>,
+) -> io::Result<()> {
+    let mut header = serde_json::Map::new();
+    if !metadata.is_empty() {
+        header.insert("__metadata__".into(), serde_json::to_value(metadata)?);
+    }
+    let mut offset = 0usize;
+    for s in specs {
+        let len = s.byte_len();
+        header.insert(
+            s.name.clone(),
+            serde_json::json!({"dtype": s.dtype.name(), "shape": s.shape, "data_offsets": [offset, offset + len]}),
+        );
+        offset += len;
+    }
+    let mut text = serde_json::to_string(&Value::Object(header))?.into_bytes();
+    // Pad so the data section starts 8-byte aligned, as the reference writer does.
+    while (8 + text.len()) % 8 != 0 {
+        text.push(b' ');
+    }
+    let mut out = io::BufWriter::with_capacity(1 << 20, File::create(path)?);
+    out.write_all(&(text.len() as u64).to_le_bytes())?;
+    out.write_all(&text)?;
+    for (i, s) in specs.iter().enumerate() {
+        let mut counter = CountingWriter {
+            inner: &mut out,
+            written: 0,
+        };
+        fill(i, &mut counter)?;
+        if counter.written != s.byte_len() {
+            return Err(io::Error::other(format!(
+                "tensor {}: wrote {} bytes, expected {}",
+                s.name,
+                counter.written,
+                s.byte_len()
+            )));
+        }
+    }
+    out.flush()
+}
+
+struct CountingWriter<'a, W: Write> {
+    inner: &'a mut W,
+    written: usize,
+}
+
+impl<W: Write> Write for CountingWriter<'_, W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.written += n;
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn write_then_read_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.safetensors");
+        let specs = [
+            TensorSpec::new("a", DType::BF16, &[2, 3]),
+            TensorSpec::new("b", DType::U8, &[5]),
+        ];
+        write_safetensors(&path, &specs, &BTreeMap::new(), |i, w| {
+            w.write_all(&vec![i as u8 + 1; specs[i].byte_len()])
+        })
+        .unwrap();
+        let st = SafeTensors::open(&path).unwrap();
+        let a = st.get("a").unwrap();
+        assert_eq!((a.dtype, a.shape.clone()), (DType::BF16, vec![2, 3]));
+        assert_eq!(st.bytes(a).as_slice(), &[1u8; 12]);
+        assert_eq!(st.bytes(st.get("b").unwrap()).as_slice(), &[2u8; 5]);
+        assert_eq!(a.range.start % 8, 0, "data section is aligned");
+    }
+
+    #[test]
+    fn writer_rejects_short_fill() {
+        let dir = tempfile::tempdir().unwrap();
+        let specs = [TensorSpec::new("a", DType::F32, &[4])];
+        let err = write_safetensors(&dir.path().join("x"), &specs, &BTreeMap::new(), |_, w| {
+            w.write_all(&[0; 3])
+        })
+        .unwrap_err();
+        assert!(
+            err.to_string().contains("wrote 3 bytes, expected 16"),
+            "{err}"
+        );
+    }
+}

@@ -1,0 +1,272 @@
+//! Random-weight checkpoints with the real tensor names, shapes, dtypes and config of a
+//! gpt-oss shape, in either layout, for benchmarks and large-shape tests. Written shard by
+//! shard and tensor by tensor, so memory use stays at one buffer whatever the size.
+//!
+//! Values are scaled so activations stay in the range a trained model sees (unit-variance
+//! inputs to every matmul), which keeps the forward pass free of overflow; the text they
+//! produce is meaningless.
+
+use std::collections::BTreeMap;
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+use gptoss_kernels::bf16::f32_to_bf16;
+use gptoss_kernels::mxfp4;
+
+use crate::checkpoint::{LayerTensor, TensorNames};
+use crate::config::{Layout, ModelConfig};
+use crate::rng::Rng;
+use crate::safetensors::{write_safetensors, DType, TensorSpec};
+
+/// Shards are cut at about this size, like the published checkpoints.
+const SHARD_BYTES: usize = 4 << 30;
+
+/// How a tensor's bytes are drawn.
+#[derive(Clone, Copy, Debug)]
+enum Fill {
+    /// bf16 uniform in [center - half_width, center + half_width].
+    Uniform { center: f32, half_width: f32 },
+    /// Random MXFP4 code bytes.
+    Codes,
+    /// E8M0 scales in base..base+3.
+    Scales { base: u8 },
+}
+
+pub struct SynthSummary {
+    pub files: Vec<PathBuf>,
+    pub bytes: u64,
+    pub tensors: usize,
+}
+
+/// Writes `config.json` and the tensors of `cfg` in `layout` into `out` (created if needed).
+/// `progress(bytes_written, bytes_total)` is called after every tensor.
+pub fn write_checkpoint(
+    cfg: &ModelConfig,
+    layout: Layout,
+    out: &Path,
+    seed: u64,
+    mut progress: impl FnMut(u64, u64),
+) -> io::Result<SynthSummary> {
+    std::fs::create_dir_all(out)?;
+    let tensors = tensor_plan(cfg, layout);
+    let total: u64 = tensors.iter().map(|(s, _)| s.byte_len() as u64).sum();
+
+    // Pack tensors into shards in order.
+    let mut shards: Vec<Vec<usize>> = vec![vec![]];
+    let mut size = 0;
+    for (i, (spec, _)) in tensors.iter().enumerate() {
+        if size > 0 && size + spec.byte_len() > SHARD_BYTES {
+            shards.push(vec![]);
+            size = 0;
+        }
+        shards.last_mut().expect("one shard").push(i);
+        size += spec.byte_len();
+    }
+    let n = shards.len();
+    let shard_name = |s: usize| match (layout, n) {
+        (Layout::Original, 1) => "model.safetensors".to_string(),
+        // The published original/ shards have a double dash.
+        (Layout::Original, _) => format!("model--{:05}-of-{:05}.safetensors", s + 1, n),
+        (Layout::HuggingFace, 1) => "model.safetensors".to_string(),
+        // The published HF shards count from 0 and name the last index, not the count.
+        (Layout::HuggingFace, _) => format!("model-{:05}-of-{:05}.safetensors", s, n - 1),
+    };
+
+    let config = match layout {
+        Layout::HuggingFace => cfg.to_hf_json(),
+        Layout::Original => cfg.to_original_json(),
+    };
+    std::fs::write(
+        out.join("config.json"),
+        serde_json::to_string_pretty(&config)? + "\n",
+    )?;
+
+    let mut written = 0u64;
+    let mut files = Vec::new();
+    let mut weight_map = BTreeMap::new();
+    let mut buf = Vec::new();
+    for (s, members) in shards.iter().enumerate() {
+        let path = out.join(shard_name(s));
+        let specs: Vec<TensorSpec> = members.iter().map(|&i| tensors[i].0.clone()).collect();
+        let mut metadata = BTreeMap::new();
+        metadata.insert("format".to_string(), "pt".to_string());
+        write_safetensors(&path, &specs, &metadata, |j, w| {
+            let (spec, fill) = &tensors[members[j]];
+            // Each tensor has its own stream, so any shard can be rebuilt alone.
+            let mut rng = Rng::new(seed ^ hash_name(&spec.name));
+            fill_tensor(spec, *fill, &mut rng, &mut buf, w)?;
+            written += spec.byte_len() as u64;
+            progress(written, total);
+            Ok(())
+        })?;
+        for spec in &specs {
+            weight_map.insert(spec.name.clone(), shard_name(s));
+        }
+        files.push(path);
+    }
+    if layout == Layout::HuggingFace && n > 1 {
+        let index =
+            serde_json::json!({"metadata": {"total_size": total}, "weight_map": weight_map});
+        std::fs::write(
+            out.join("model.safetensors.index.json"),
+            serde_json::to_string_pretty(&index)? + "\n",
+        )?;
+    }
+    if layout == Layout::Original {
+        let dtypes: BTreeMap<&str, &str> = tensors
+            .iter()
+            .map(|(s, f)| {
+                (
+                    s.name.as_str(),
+                    match f {
+                        Fill::Codes => "FP4",
+                        Fill::Scales { .. } => "UE8",
+                        Fill::Uniform { .. } => "BF16",
+                    },
+                )
+            })
+            .collect();
+        std::fs::write(
+            out.join("dtypes.json"),
+            serde_json::to_string_pretty(&dtypes)? + "\n",
+        )?;
+    }
+    Ok(SynthSummary {
+        files,
+        bytes: total,
+        tensors: tensors.len(),
+    })
+}
+
+/// Every tensor of the checkpoint, in file order, with how to fill it.
+fn tensor_plan(cfg: &ModelConfig, layout: Layout) -> Vec<(TensorSpec, Fill)> {
+    use LayerTensor::*;
+    let names = TensorNames { layout };
+    let (h, i, e, v) = (
+        cfg.hidden_size,
+        cfg.intermediate_size,
+        cfg.num_experts,
+        cfg.vocab_size,
+    );
+    let (qd, kvd) = (cfg.q_dim(), cfg.kv_dim());
+    // Unit-variance outputs for unit-variance inputs: uniform ±sqrt(3/fan_in).
+    let dense = |fan_in: usize| Fill::Uniform {
+        center: 0.0,
+        half_width: (3.0 / fan_in as f32).sqrt(),
+    };
+    let gain = Fill::Uniform {
+        center: 1.0,
+        half_width: 0.1,
+    };
+    let bias = Fill::Uniform {
+        center: 0.0,
+        half_width: 0.02,
+    };
+    // MXFP4 codes have an RMS of about 2.93; pick the scale so weights have RMS ~1/sqrt(fan_in).
+    let scales = |fan_in: usize| {
+        let target = 1.0 / (2.93 * (fan_in as f64).sqrt());
+        Fill::Scales {
+            base: (127.0 + target.log2().floor() - 2.0) as u8,
+        }
+    };
+    let bf16 =
+        |name: String, shape: &[usize], f: Fill| (TensorSpec::new(name, DType::BF16, shape), f);
+    let u8t = |name: String, shape: &[usize], f: Fill| (TensorSpec::new(name, DType::U8, shape), f);
+
+    let mut t = vec![bf16(
+        names.embedding().into(),
+        &[v, h],
+        Fill::Uniform {
+            center: 0.0,
+            half_width: 1.0,
+        },
+    )];
+    for l in 0..cfg.num_layers {
+        let n = |x| names.layer(l, x);
+        t.push(bf16(n(AttnNorm), &[h], gain));
+        match layout {
+            Layout::HuggingFace => {
+                t.push(bf16(n(QWeight), &[qd, h], dense(h)));
+                t.push(bf16(n(QBias), &[qd], bias));
+                t.push(bf16(n(KWeight), &[kvd, h], dense(h)));
+                t.push(bf16(n(KBias), &[kvd], bias));
+                t.push(bf16(n(VWeight), &[kvd, h], dense(h)));
+                t.push(bf16(n(VBias), &[kvd], bias));
+            }
+            Layout::Original => {
+                t.push(bf16(n(QkvWeight), &[qd + 2 * kvd, h], dense(h)));
+                t.push(bf16(n(QkvBias), &[qd + 2 * kvd], bias));
+            }
+        }
+        t.push(bf16(n(OutWeight), &[h, qd], dense(qd)));
+        t.push(bf16(n(OutBias), &[h], bias));
+        t.push(bf16(
+            n(Sinks),
+            &[cfg.num_heads],
+            Fill::Uniform {
+                center: 0.0,
+                half_width: 1.0,
+            },
+        ));
+        t.push(bf16(n(MlpNorm), &[h], gain));
+        t.push(bf16(n(RouterWeight), &[e, h], dense(h)));
+        t.push(bf16(
+            n(RouterBias),
+            &[e],
+            Fill::Uniform {
+                center: 0.0,
+                half_width: 0.1,
+            },
+        ));
+        t.push(u8t(n(GateUpBlocks), &[e, 2 * i, h / 32, 16], Fill::Codes));
+        t.push(u8t(n(GateUpScales), &[e, 2 * i, h / 32], scales(h)));
+        t.push(bf16(n(GateUpBias), &[e, 2 * i], bias));
+        t.push(u8t(n(DownBlocks), &[e, h, i / 32, 16], Fill::Codes));
+        t.push(u8t(n(DownScales), &[e, h, i / 32], scales(i)));
+        t.push(bf16(n(DownBias), &[e, h], bias));
+    }
+    t.push(bf16(names.final_norm().into(), &[h], gain));
+    t.push(bf16(names.unembedding().into(), &[v, h], dense(h)));
+    debug_assert!(t
+        .iter()
+        .all(|(s, f)| !matches!(f, Fill::Codes) || s.shape[3] == mxfp4::BLOCK_BYTES));
+    t
+}
+
+fn fill_tensor(
+    spec: &TensorSpec,
+    fill: Fill,
+    rng: &mut Rng,
+    buf: &mut Vec<u8>,
+    w: &mut dyn Write,
+) -> io::Result<()> {
+    const CHUNK: usize = 1 << 20;
+    let mut left = spec.byte_len();
+    while left > 0 {
+        let n = left.min(CHUNK);
+        buf.resize(n, 0);
+        match fill {
+            Fill::Codes => rng.fill_bytes(buf),
+            Fill::Scales { base } => buf
+                .iter_mut()
+                .for_each(|b| *b = base + (rng.next_u64() % 3) as u8),
+            Fill::Uniform { center, half_width } => {
+                for pair in buf.chunks_exact_mut(2) {
+                    let r = (rng.next_u64() >> 40) as f32 * (1.0 / (1u64 << 24) as f32); // [0, 1)
+                    let x = center + half_width * (2.0 * r - 1.0);
+                    pair.copy_from_slice(&f32_to_bf16(x).to_le_bytes());
+                }
+            }
+        }
+        w.write_all(buf)?;
+        left -= n;
+    }
+    Ok(())
+}
+
+fn hash_name(name: &str) -> u64 {
+    // FNV-1a: stable across runs and platforms.
+    name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ b as u64).wrapping_mul(0x100_0000_01b3)
+    })
+}

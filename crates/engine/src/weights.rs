@@ -1,0 +1,327 @@
+//! The model's tensors as typed, shape-checked views of the checkpoint. bf16 matrices and
+//! MXFP4 experts stay where they are in the memory map; small vectors (norm gains, biases,
+//! sinks) are widened to f32 once at load.
+
+use gptoss_kernels::bf16::bf16_to_f32;
+use gptoss_kernels::mxfp4;
+
+use crate::checkpoint::{Checkpoint, LayerTensor, TensorNames};
+use crate::config::{Layout, ModelConfig};
+use crate::error::LoadError;
+use crate::safetensors::{Bytes, DType};
+
+/// A bf16 matrix `[rows, cols]`, row-major.
+#[derive(Clone)]
+pub struct Bf16Matrix {
+    data: Bytes,
+    pub rows: usize,
+    pub cols: usize,
+}
+
+impl Bf16Matrix {
+    pub fn new(data: Bytes, rows: usize, cols: usize) -> Self {
+        assert_eq!(
+            data.len(),
+            rows * cols * 2,
+            "Bf16Matrix: byte length does not match the shape"
+        );
+        Bf16Matrix {
+            data: data.aligned(2),
+            rows,
+            cols,
+        }
+    }
+
+    /// `[rows, cols]` bf16 bits.
+    pub fn bf16(&self) -> &[u16] {
+        self.data.as_u16()
+    }
+
+    pub fn row(&self, r: usize) -> &[u16] {
+        &self.bf16()[r * self.cols..(r + 1) * self.cols]
+    }
+
+    /// Rows `start..start + rows` as their own matrix, sharing the bytes.
+    pub fn row_block(&self, start: usize, rows: usize) -> Bf16Matrix {
+        let row_bytes = self.cols * 2;
+        Bf16Matrix {
+            data: self
+                .data
+                .slice(start * row_bytes..(start + rows) * row_bytes),
+            rows,
+            cols: self.cols,
+        }
+    }
+}
+
+/// MXFP4 expert weights: codes `[E, rows, cols/2]` bytes and scales `[E, rows, cols/32]`.
+#[derive(Clone)]
+pub struct Mxfp4Experts {
+    codes: Bytes,
+    scales: Bytes,
+    pub experts: usize,
+    pub rows: usize,
+    pub cols: usize,
+}
+
+impl Mxfp4Experts {
+    /// (codes `[rows, cols/2]`, scales `[rows, cols/32]`) of expert `e`.
+    pub fn expert(&self, e: usize) -> (&[u8], &[u8]) {
+        let (c, s) = (
+            self.rows * self.cols / 2,
+            self.rows * self.cols / mxfp4::BLOCK,
+        );
+        (
+            &self.codes.as_slice()[e * c..(e + 1) * c],
+            &self.scales.as_slice()[e * s..(e + 1) * s],
+        )
+    }
+}
+
+pub struct AttentionWeights {
+    pub norm: Vec<f32>,     // [H]
+    pub q: Bf16Matrix,      // [NQ·HD, H]
+    pub k: Bf16Matrix,      // [NKV·HD, H]
+    pub v: Bf16Matrix,      // [NKV·HD, H]
+    pub q_bias: Vec<f32>,   // [NQ·HD]
+    pub k_bias: Vec<f32>,   // [NKV·HD]
+    pub v_bias: Vec<f32>,   // [NKV·HD]
+    pub out: Bf16Matrix,    // [H, NQ·HD]
+    pub out_bias: Vec<f32>, // [H]
+    pub sinks: Vec<f32>,    // [NQ]
+}
+
+pub struct MoeWeights {
+    pub norm: Vec<f32>,        // [H]
+    pub router: Bf16Matrix,    // [E, H]
+    pub router_bias: Vec<f32>, // [E]
+    /// Rows interleave (gate, up): row 2n is gate unit n, row 2n+1 is up unit n.
+    pub gate_up: Mxfp4Experts, // [E, 2I, H]
+    pub gate_up_bias: Vec<f32>, // [E, 2I]
+    pub down: Mxfp4Experts,    // [E, H, I]
+    pub down_bias: Vec<f32>,   // [E, H]
+}
+
+pub struct LayerWeights {
+    pub attn: AttentionWeights,
+    pub moe: MoeWeights,
+}
+
+pub struct ModelWeights {
+    pub embedding: Bf16Matrix, // [V, H]
+    pub layers: Vec<LayerWeights>,
+    pub norm: Vec<f32>,          // [H]
+    pub unembedding: Bf16Matrix, // [V, H]
+}
+
+impl ModelWeights {
+    /// Every tensor is checked for presence, dtype and shape against the config.
+    pub fn load(ck: &Checkpoint) -> Result<Self, LoadError> {
+        let cfg = &ck.config;
+        let names = TensorNames { layout: ck.layout };
+        let ld = Loader { ck };
+        let (h, v) = (cfg.hidden_size, cfg.vocab_size);
+        let layers = (0..cfg.num_layers)
+            .map(|l| load_layer(&ld, &names, cfg, l))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(ModelWeights {
+            embedding: ld.matrix(names.embedding(), v, h)?,
+            layers,
+            norm: ld.vector(names.final_norm(), &[h])?,
+            unembedding: ld.matrix(names.unembedding(), v, h)?,
+        })
+    }
+}
+
+fn load_layer(
+    ld: &Loader,
+    names: &TensorNames,
+    cfg: &ModelConfig,
+    l: usize,
+) -> Result<LayerWeights, LoadError> {
+    use LayerTensor::*;
+    let n = |t| names.layer(l, t);
+    let (h, i, e) = (cfg.hidden_size, cfg.intermediate_size, cfg.num_experts);
+    let (qd, kvd) = (cfg.q_dim(), cfg.kv_dim());
+    let (q, k, v, q_bias, k_bias, v_bias) = match names.layout {
+        Layout::HuggingFace => (
+            ld.matrix(&n(QWeight), qd, h)?,
+            ld.matrix(&n(KWeight), kvd, h)?,
+            ld.matrix(&n(VWeight), kvd, h)?,
+            ld.vector(&n(QBias), &[qd])?,
+            ld.vector(&n(KBias), &[kvd])?,
+            ld.vector(&n(VBias), &[kvd])?,
+        ),
+        Layout::Original => {
+            // Fused rows: Q 0..qd, K qd..qd+kvd, V qd+kvd..qd+2kvd.
+            let qkv = ld.matrix(&n(QkvWeight), qd + 2 * kvd, h)?;
+            let mut bias = ld.vector(&n(QkvBias), &[qd + 2 * kvd])?;
+            let v_bias = bias.split_off(qd + kvd);
+            let k_bias = bias.split_off(qd);
+            (
+                qkv.row_block(0, qd),
+                qkv.row_block(qd, kvd),
+                qkv.row_block(qd + kvd, kvd),
+                bias,
+                k_bias,
+                v_bias,
+            )
+        }
+    };
+    Ok(LayerWeights {
+        attn: AttentionWeights {
+            norm: ld.vector(&n(AttnNorm), &[h])?,
+            q,
+            k,
+            v,
+            q_bias,
+            k_bias,
+            v_bias,
+            out: ld.matrix(&n(OutWeight), h, qd)?,
+            out_bias: ld.vector(&n(OutBias), &[h])?,
+            sinks: ld.vector(&n(Sinks), &[cfg.num_heads])?,
+        },
+        moe: MoeWeights {
+            norm: ld.vector(&n(MlpNorm), &[h])?,
+            router: ld.matrix(&n(RouterWeight), e, h)?,
+            router_bias: ld.vector(&n(RouterBias), &[e])?,
+            gate_up: ld.experts(&n(GateUpBlocks), &n(GateUpScales), e, 2 * i, h)?,
+            gate_up_bias: ld.vector(&n(GateUpBias), &[e, 2 * i])?,
+            down: ld.experts(&n(DownBlocks), &n(DownScales), e, h, i)?,
+            down_bias: ld.vector(&n(DownBias), &[e, h])?,
+        },
+    })
+}
+
+struct Loader<'a> {
+    ck: &'a Checkpoint,
+}
+
+impl Loader<'_> {
+    fn check(&self, name: &str, dtypes: &[DType], shape: &[usize]) -> Result<Bytes, LoadError> {
+        let (file, info) = self
+            .ck
+            .tensor(name)
+            .map_err(|e| self.explain_missing(name, e))?;
+        if !dtypes.contains(&info.dtype) {
+            let expected = dtypes
+                .iter()
+                .map(|d| d.name())
+                .collect::<Vec<_>>()
+                .join(" or ");
+            return Err(LoadError::WrongDtype {
+                path: file.path.clone(),
+                tensor: name.into(),
+                found: info.dtype.name().into(),
+                expected,
+            });
+        }
+        if info.shape != shape {
+            return Err(LoadError::WrongShape {
+                path: file.path.clone(),
+                tensor: name.into(),
+                found: info.shape.clone(),
+                expected: shape.to_vec(),
+            });
+        }
+        Ok(file.bytes(info))
+    }
+
+    fn matrix(&self, name: &str, rows: usize, cols: usize) -> Result<Bf16Matrix, LoadError> {
+        Ok(Bf16Matrix::new(
+            self.check(name, &[DType::BF16], &[rows, cols])?,
+            rows,
+            cols,
+        ))
+    }
+
+    /// A small tensor widened to f32; bf16, f16 and f32 are accepted.
+    fn vector(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>, LoadError> {
+        let (_, info) = self.ck.tensor(name)?;
+        let dtype = info.dtype;
+        let bytes = self.check(name, &[DType::BF16, DType::F16, DType::F32], shape)?;
+        let b = bytes.as_slice();
+        Ok(match dtype {
+            DType::BF16 => b
+                .chunks_exact(2)
+                .map(|c| bf16_to_f32(u16::from_le_bytes([c[0], c[1]])))
+                .collect(),
+            DType::F16 => b
+                .chunks_exact(2)
+                .map(|c| f16_to_f32(u16::from_le_bytes([c[0], c[1]])))
+                .collect(),
+            _ => b
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect(),
+        })
+    }
+
+    fn experts(
+        &self,
+        blocks: &str,
+        scales: &str,
+        e: usize,
+        rows: usize,
+        cols: usize,
+    ) -> Result<Mxfp4Experts, LoadError> {
+        let g = cols / mxfp4::BLOCK;
+        let codes = self.check(blocks, &[DType::U8], &[e, rows, g, mxfp4::BLOCK_BYTES])?;
+        let scales = self.check(scales, &[DType::U8], &[e, rows, g])?;
+        Ok(Mxfp4Experts {
+            codes,
+            scales,
+            experts: e,
+            rows,
+            cols,
+        })
+    }
+
+    /// Dequantized (bf16) expert checkpoints exist; say so instead of "missing tensor".
+    fn explain_missing(&self, name: &str, err: LoadError) -> LoadError {
+        if let Some(stem) = name
+            .strip_suffix("_blocks")
+            .or_else(|| name.strip_suffix(".blocks"))
+        {
+            if self.ck.contains(stem) {
+                return LoadError::BadCheckpoint {
+                    path: self.ck.dir.clone(),
+                    reason: format!("expert tensor `{stem}` is not MXFP4 (no `_blocks`/`_scales`); dequantized checkpoints are not supported"),
+                };
+            }
+        }
+        err
+    }
+}
+
+fn f16_to_f32(h: u16) -> f32 {
+    let sign = ((h >> 15) as u32) << 31;
+    let exp = ((h >> 10) & 0x1f) as i32;
+    let man = (h & 0x3ff) as u32;
+    let bits = match (exp, man) {
+        (0, 0) => sign,
+        (0, m) => {
+            let v = m as f32 * 2f32.powi(-24); // subnormal
+            return if sign != 0 { -v } else { v };
+        }
+        (31, 0) => sign | 0x7f80_0000,
+        (31, m) => sign | 0x7fc0_0000 | (m << 13),
+        (e, m) => sign | (((e - 15 + 127) as u32) << 23) | (m << 13),
+    };
+    f32::from_bits(bits)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::f16_to_f32;
+
+    #[test]
+    fn f16_values() {
+        assert_eq!(f16_to_f32(0x3c00), 1.0);
+        assert_eq!(f16_to_f32(0xc000), -2.0);
+        assert_eq!(f16_to_f32(0x7bff), 65504.0);
+        assert_eq!(f16_to_f32(0x0001), 2f32.powi(-24));
+        assert_eq!(f16_to_f32(0x8001), -(2f32.powi(-24)));
+        assert_eq!(f16_to_f32(0x7c00), f32::INFINITY);
+    }
+}

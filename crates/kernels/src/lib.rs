@@ -1,0 +1,14 @@
+//! Pure compute for gpt-oss: no I/O, no threads, no allocation inside the hot loops.
+//!
+//! `scalar` is the numerical truth, written for clarity; faster variants live beside it
+//! and are tested against it. Names carry dtypes (`_f32_bf16w`: f32 activations, bf16
+//! weights) and comments carry shapes, outermost first.
+
+pub mod bf16;
+pub mod mxfp4;
+pub mod scalar;
+
+#[cfg(target_endian = "big")]
+compile_error!(
+    "gptoss reads little-endian checkpoint data in place; big-endian hosts are not supported"
+);
