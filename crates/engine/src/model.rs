@@ -233,7 +233,7 @@ impl Model {
         ops::for_each_chunk(&mut attn, hd, |i, out, scores| {
             let (row, head) = (i / cfg.num_heads, i % cfg.num_heads);
             let pos = plan.positions[row];
-            let lo = window.map_or(0, |w| (pos + 1).saturating_sub(w)); // the window includes pos
+            let lo = first_visible_key(pos, window);
             let qh = &q[row * qd + head * hd..row * qd + (head + 1) * hd];
             let kv_off = (head / group) * hd;
             scalar::attend_head_f32(
@@ -431,6 +431,12 @@ impl BatchPlan {
     }
 }
 
+/// The oldest position a query at `pos` attends to: a window of W keys includes the query's
+/// own position, so it sees `pos - W + 1 ..= pos` (spec §4.3 step 5).
+pub fn first_visible_key(pos: usize, window: Option<usize>) -> usize {
+    window.map_or(0, |w| (pos + 1).saturating_sub(w))
+}
+
 fn rmsnorm_rows(x: &[f32], gain: &[f32], eps: f32, width: usize) -> Vec<f32> {
     let mut out = vec![0f32; x.len()];
     for (o, row) in out.chunks_exact_mut(width).zip(x.chunks_exact(width)) {
@@ -442,5 +448,21 @@ fn rmsnorm_rows(x: &[f32], gain: &[f32], eps: f32, width: usize) -> Vec<f32> {
 fn add_assign(x: &mut [f32], y: &[f32]) {
     for (a, b) in x.iter_mut().zip(y) {
         *a += b;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::first_visible_key;
+
+    #[test]
+    fn window_of_128_includes_the_current_token() {
+        // spec §6.12
+        let w = Some(128);
+        assert_eq!(first_visible_key(0, w), 0);
+        assert_eq!(first_visible_key(127, w), 0); // 128 keys: 0..=127
+        assert_eq!(first_visible_key(128, w), 1);
+        assert_eq!(first_visible_key(200, w), 73);
+        assert_eq!(first_visible_key(200, None), 0);
     }
 }
