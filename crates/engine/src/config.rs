@@ -91,6 +91,25 @@ impl ModelConfig {
         }
     }
 
+    /// Bytes of weights one generated token reads: bf16 attention, router and unembedding,
+    /// and the MXFP4 codes, scales and bf16 biases of its experts in every layer.
+    pub fn bytes_read_per_token(&self) -> u64 {
+        let (h, i, e, k, v) = (
+            self.hidden_size,
+            self.intermediate_size,
+            self.num_experts,
+            self.experts_per_token,
+            self.vocab_size,
+        );
+        let (qd, kvd) = (self.q_dim(), self.kv_dim());
+        let attention = 2 * ((qd + 2 * kvd) * (h + 1) + h * qd + h + self.num_heads + 2 * h);
+        let router = 2 * (e * h + e);
+        let mxfp4 = |rows: usize, cols: usize| rows * cols / 2 + rows * cols / 32 + 2 * rows;
+        let experts = k * (mxfp4(2 * i, h) + mxfp4(h, i));
+        let per_layer = attention + router + experts;
+        (self.num_layers * per_layer + 2 * v * h + 2 * h + 2 * h) as u64
+    }
+
     /// Bytes of f32 keys and values per token in the full-attention layers (which grow with
     /// the context) and per sequence in the sliding ones (fixed at the window).
     pub fn kv_bytes(&self) -> (u64, u64) {

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 /// Anything that can go wrong turning files on disk into a model.
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
-    #[error("{path}: {source}")]
+    #[error("cannot read {path}")]
     Io {
         path: PathBuf,
         #[source]

@@ -36,13 +36,20 @@ fn missing_tensor() {
             h.remove("model.norm.weight");
         });
         let index = p.join("model.safetensors.index.json");
-        let mut v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&index).unwrap()).unwrap();
-        v["weight_map"].as_object_mut().unwrap().remove("model.norm.weight");
+        let mut v: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&index).unwrap()).unwrap();
+        v["weight_map"]
+            .as_object_mut()
+            .unwrap()
+            .remove("model.norm.weight");
         std::fs::write(&index, v.to_string()).unwrap();
     });
     let (err, msg) = load_err(&path);
     assert!(matches!(err, LoadError::MissingTensor { .. }), "{msg}");
-    assert!(msg.contains("`model.norm.weight`") && msg.contains("model"), "{msg}");
+    assert!(
+        msg.contains("`model.norm.weight`") && msg.contains("model"),
+        "{msg}"
+    );
 }
 
 #[test]
@@ -53,37 +60,58 @@ fn index_points_at_a_file_without_the_tensor() {
         })
     });
     let (_, msg) = load_err(&path);
-    assert!(msg.contains("model.safetensors.index.json") && msg.contains("`model.norm.weight`"), "{msg}");
+    assert!(
+        msg.contains("model.safetensors.index.json") && msg.contains("`model.norm.weight`"),
+        "{msg}"
+    );
 }
 
 #[test]
 fn wrong_shape() {
     let (_d, path) = broken_hf(|p| {
-        edit_header(&p.join(SHARD0), |h| h["lm_head.weight"]["shape"] = json!([2048, 32]));
+        edit_header(&p.join(SHARD0), |h| {
+            h["lm_head.weight"]["shape"] = json!([2048, 32])
+        });
     });
     let (err, msg) = load_err(&path);
     assert!(matches!(err, LoadError::WrongShape { .. }), "{msg}");
-    assert!(msg.contains(SHARD0) && msg.contains("`lm_head.weight`") && msg.contains("[1024, 64]"), "{msg}");
+    assert!(
+        msg.contains(SHARD0) && msg.contains("`lm_head.weight`") && msg.contains("[1024, 64]"),
+        "{msg}"
+    );
 }
 
 #[test]
 fn wrong_dtype() {
     let (_d, path) = broken_hf(|p| {
-        edit_header(&p.join(SHARD0), |h| h["lm_head.weight"]["dtype"] = json!("F16"));
+        edit_header(&p.join(SHARD0), |h| {
+            h["lm_head.weight"]["dtype"] = json!("F16")
+        });
     });
     let (err, msg) = load_err(&path);
     assert!(matches!(err, LoadError::WrongDtype { .. }), "{msg}");
-    assert!(msg.contains(SHARD0) && msg.contains("`lm_head.weight`") && msg.contains("F16") && msg.contains("BF16"), "{msg}");
+    assert!(
+        msg.contains(SHARD0)
+            && msg.contains("`lm_head.weight`")
+            && msg.contains("F16")
+            && msg.contains("BF16"),
+        "{msg}"
+    );
 }
 
 #[test]
 fn unknown_dtype() {
     let (_d, path) = broken_hf(|p| {
-        edit_header(&p.join(SHARD0), |h| h["model.norm.weight"]["dtype"] = json!("BF17"));
+        edit_header(&p.join(SHARD0), |h| {
+            h["model.norm.weight"]["dtype"] = json!("BF17")
+        });
     });
     let (err, msg) = load_err(&path);
     assert!(matches!(err, LoadError::UnknownDtype { .. }), "{msg}");
-    assert!(msg.contains(SHARD0) && msg.contains("`model.norm.weight`") && msg.contains("BF17"), "{msg}");
+    assert!(
+        msg.contains(SHARD0) && msg.contains("`model.norm.weight`") && msg.contains("BF17"),
+        "{msg}"
+    );
 }
 
 #[test]
@@ -91,11 +119,19 @@ fn truncated_file() {
     let (_d, path) = broken_hf(|p| {
         let f = p.join(SHARD0);
         let len = std::fs::metadata(&f).unwrap().len();
-        std::fs::OpenOptions::new().write(true).open(&f).unwrap().set_len(len - 1000).unwrap();
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&f)
+            .unwrap()
+            .set_len(len - 1000)
+            .unwrap();
     });
     let (err, msg) = load_err(&path);
     assert!(matches!(err, LoadError::Truncated { .. }), "{msg}");
-    assert!(msg.contains(SHARD0) && msg.contains("truncated") && msg.contains('`'), "{msg}");
+    assert!(
+        msg.contains(SHARD0) && msg.contains("truncated") && msg.contains('`'),
+        "{msg}"
+    );
 }
 
 #[test]
@@ -120,7 +156,10 @@ fn header_length_past_the_end() {
         std::fs::write(&f, bytes).unwrap();
     });
     let (_, msg) = load_err(&path);
-    assert!(msg.contains(SHARD0) && msg.contains("header length"), "{msg}");
+    assert!(
+        msg.contains(SHARD0) && msg.contains("header length"),
+        "{msg}"
+    );
 }
 
 #[test]
@@ -133,30 +172,40 @@ fn tiny_file() {
 #[test]
 fn offsets_disagree_with_the_shape() {
     let (_d, path) = broken_hf(|p| {
-        edit_header(&p.join(SHARD0), |h| h["model.norm.weight"]["shape"] = json!([65]));
+        edit_header(&p.join(SHARD0), |h| {
+            h["model.norm.weight"]["shape"] = json!([65])
+        });
     });
     let (_, msg) = load_err(&path);
-    assert!(msg.contains("`model.norm.weight`") && msg.contains("needs 130 bytes"), "{msg}");
+    assert!(
+        msg.contains("`model.norm.weight`") && msg.contains("needs 130 bytes"),
+        "{msg}"
+    );
 }
 
 #[test]
 fn missing_config_field() {
     let (_d, path) = broken_hf(|p| {
         let f = p.join("config.json");
-        let mut v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&f).unwrap()).unwrap();
+        let mut v: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&f).unwrap()).unwrap();
         v.as_object_mut().unwrap().remove("num_attention_heads");
         std::fs::write(&f, v.to_string()).unwrap();
     });
     let (err, msg) = load_err(&path);
     assert!(matches!(err, LoadError::MissingField { .. }), "{msg}");
-    assert!(msg.contains("config.json") && msg.contains("`num_attention_heads`"), "{msg}");
+    assert!(
+        msg.contains("config.json") && msg.contains("`num_attention_heads`"),
+        "{msg}"
+    );
 }
 
 #[test]
 fn config_disagrees_with_the_tensors() {
     let (_d, path) = broken_hf(|p| {
         let f = p.join("config.json");
-        let mut v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&f).unwrap()).unwrap();
+        let mut v: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&f).unwrap()).unwrap();
         v["num_local_experts"] = json!(16);
         std::fs::write(&f, v.to_string()).unwrap();
     });
@@ -169,7 +218,10 @@ fn config_disagrees_with_the_tensors() {
 fn config_not_json() {
     let (_d, path) = broken_hf(|p| std::fs::write(p.join("config.json"), "{ not json").unwrap());
     let (_, msg) = load_err(&path);
-    assert!(msg.contains("config.json") && msg.contains("not valid JSON"), "{msg}");
+    assert!(
+        msg.contains("config.json") && msg.contains("not valid JSON"),
+        "{msg}"
+    );
 }
 
 #[test]
@@ -185,7 +237,12 @@ fn not_a_checkpoint_folder() {
 fn missing_shard() {
     let (_d, path) = broken_hf(|p| std::fs::remove_file(p.join(SHARD0)).unwrap());
     let (_, msg) = load_err(&path);
-    assert!(msg.contains("model.safetensors.index.json") && msg.contains(SHARD0) && msg.contains("does not exist"), "{msg}");
+    assert!(
+        msg.contains("model.safetensors.index.json")
+            && msg.contains(SHARD0)
+            && msg.contains("does not exist"),
+        "{msg}"
+    );
 }
 
 #[test]
@@ -193,7 +250,11 @@ fn duplicate_tensor_across_files() {
     // The original layout scans every *.safetensors: a second copy of the file duplicates all.
     let dir = tempfile::tempdir().unwrap();
     copy_dir(&tiny("original"), dir.path());
-    std::fs::copy(dir.path().join("model.safetensors"), dir.path().join("model-copy.safetensors")).unwrap();
+    std::fs::copy(
+        dir.path().join("model.safetensors"),
+        dir.path().join("model-copy.safetensors"),
+    )
+    .unwrap();
     let (err, msg) = load_err(dir.path());
     assert!(matches!(err, LoadError::DuplicateTensor { .. }), "{msg}");
 }
@@ -201,7 +262,11 @@ fn duplicate_tensor_across_files() {
 #[test]
 fn dequantized_experts_are_named_as_such() {
     let (_d, path) = broken_hf(|p| {
-        for shard in std::fs::read_dir(p).unwrap().map(|e| e.unwrap().path()).filter(|p| p.extension().is_some_and(|e| e == "safetensors")) {
+        for shard in std::fs::read_dir(p)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|e| e == "safetensors"))
+        {
             edit_header(&shard, |h| {
                 if let Some(v) = h.remove("model.layers.0.mlp.experts.gate_up_proj_blocks") {
                     h.insert("model.layers.0.mlp.experts.gate_up_proj".into(), v);
@@ -211,7 +276,10 @@ fn dequantized_experts_are_named_as_such() {
         std::fs::remove_file(p.join("model.safetensors.index.json")).unwrap();
     });
     let (_, msg) = load_err(&path);
-    assert!(msg.contains("not MXFP4") && msg.contains("gate_up_proj"), "{msg}");
+    assert!(
+        msg.contains("not MXFP4") && msg.contains("gate_up_proj"),
+        "{msg}"
+    );
 }
 
 #[test]
@@ -227,10 +295,16 @@ fn layouts_are_detected_and_a_hub_root_loads_the_root() {
     // A folder with only original/ inside loads that.
     let only = tempfile::tempdir().unwrap();
     copy_dir(&tiny("original"), &only.path().join("original"));
-    assert_eq!(Model::load(only.path()).unwrap().layout, gptoss_engine::Layout::Original);
+    assert_eq!(
+        Model::load(only.path()).unwrap().layout,
+        gptoss_engine::Layout::Original
+    );
     // HF without an index: every *.safetensors is scanned.
     let no_index = tempfile::tempdir().unwrap();
     copy_dir(&tiny("hf"), no_index.path());
     std::fs::remove_file(no_index.path().join("model.safetensors.index.json")).unwrap();
-    assert_eq!(Model::load(no_index.path()).unwrap().layout, gptoss_engine::Layout::HuggingFace);
+    assert_eq!(
+        Model::load(no_index.path()).unwrap().layout,
+        gptoss_engine::Layout::HuggingFace
+    );
 }

@@ -1,1 +1,70 @@
-fn main() {}
+//! `gptoss`: run OpenAI's gpt-oss models. Argument parsing and wiring only.
+
+mod cmd;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "gptoss",
+    version,
+    about = "Run OpenAI's gpt-oss-20b and gpt-oss-120b exactly, from their published checkpoints"
+)]
+struct Cli {
+    /// Worker threads (default: all cores).
+    #[arg(long, global = true, value_name = "N")]
+    threads: Option<usize>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Raw completion of a prompt (no chat format), streamed to the terminal.
+    Generate(cmd::generate::Args),
+    /// Negative log-likelihood of every next token of a text or token file.
+    Perplexity(cmd::perplexity::Args),
+    /// What a checkpoint holds: layout, config, parameter counts, memory needed.
+    Inspect {
+        /// Checkpoint folder (Hugging Face or OpenAI original layout).
+        model: PathBuf,
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write a random-weight checkpoint with the real names, shapes, dtypes and config.
+    Synth(cmd::synth::Args),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Some(n) = cli.threads {
+        if n == 0 {
+            eprintln!("error: --threads must be at least 1");
+            return ExitCode::from(2);
+        }
+        if let Err(e) = rayon::ThreadPoolBuilder::new()
+            .num_threads(n)
+            .build_global()
+        {
+            eprintln!("error: cannot start {n} threads: {e}");
+            return ExitCode::FAILURE;
+        }
+    }
+    let result = match cli.command {
+        Command::Generate(args) => cmd::generate::run(args),
+        Command::Perplexity(args) => cmd::perplexity::run(args),
+        Command::Inspect { model, json } => cmd::inspect::run(&model, json),
+        Command::Synth(args) => cmd::synth::run(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

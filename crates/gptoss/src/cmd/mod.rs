@@ -1,0 +1,91 @@
+//! One module per command, plus what they share.
+
+pub mod generate;
+pub mod inspect;
+pub mod perplexity;
+pub mod synth;
+
+use std::path::Path;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use gptoss_engine::Model;
+
+/// Loads a checkpoint and says so on stderr.
+pub fn load_model(path: &Path) -> Result<Model> {
+    let t0 = Instant::now();
+    let model = Model::load(path)?;
+    eprintln!(
+        "loaded {} ({} layout, {} layers, {} experts) in {:.2} s",
+        path.display(),
+        model.layout.name(),
+        model.config.num_layers,
+        model.config.num_experts,
+        t0.elapsed().as_secs_f64()
+    );
+    Ok(model)
+}
+
+/// Token ids separated by whitespace or commas.
+pub fn read_tokens_file(path: &Path) -> Result<Vec<u32>> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let mut ids = Vec::new();
+    for (i, field) in text
+        .split(|c: char| c.is_whitespace() || c == ',')
+        .filter(|f| !f.is_empty())
+        .enumerate()
+    {
+        match field.parse::<u32>() {
+            Ok(id) => ids.push(id),
+            Err(_) => bail!(
+                "{}: entry {} (`{}`) is not a token id",
+                path.display(),
+                i + 1,
+                field.chars().take(40).collect::<String>()
+            ),
+        }
+    }
+    Ok(ids)
+}
+
+/// Prompt tokens from `--prompt` (ordinary encoding) or `--tokens-file`.
+pub fn prompt_tokens(
+    prompt: Option<&str>,
+    tokens_file: Option<&Path>,
+    tokenizer: &gptoss_engine::Tokenizer,
+) -> Result<Vec<u32>> {
+    let ids = match (prompt, tokens_file) {
+        (Some(text), None) => tokenizer.encode(text),
+        (None, Some(path)) => read_tokens_file(path)?,
+        _ => bail!("give exactly one of --prompt and --tokens-file"),
+    };
+    if ids.is_empty() {
+        bail!("the prompt is empty: at least one token is needed");
+    }
+    Ok(ids)
+}
+
+/// 13.76 GB, 2.10 MB, 512 B (decimal units, as disks and downloads count).
+pub fn human_bytes(b: u64) -> String {
+    scaled(b, &["B", "kB", "MB", "GB", "TB"])
+}
+
+/// 20.91 B, 3.61 M, 512 (parameter counts).
+pub fn human_count(n: u64) -> String {
+    scaled(n, &["", "K", "M", "B", "T"])
+}
+
+fn scaled(n: u64, units: &[&str]) -> String {
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1000.0 && u + 1 < units.len() {
+        v /= 1000.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} {}", units[0]).trim_end().to_string()
+    } else {
+        format!("{v:.2} {}", units[u])
+    }
+}

@@ -1,0 +1,84 @@
+//! `gptoss synth`: random-weight checkpoints of the real shapes.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{bail, Result};
+use gptoss_engine::{synth, Layout, ModelConfig};
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum Shape {
+    /// The test fixture's shape (4 layers, hidden 64) with the full 201,088-token vocabulary.
+    Tiny,
+    #[value(name = "20b")]
+    Gpt20b,
+    #[value(name = "120b")]
+    Gpt120b,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum LayoutArg {
+    Hf,
+    Original,
+}
+
+#[derive(clap::Args)]
+pub struct Args {
+    #[arg(long, value_enum)]
+    shape: Shape,
+    #[arg(long, value_enum, default_value = "hf")]
+    layout: LayoutArg,
+    /// Output folder (created if needed).
+    #[arg(long, value_name = "DIR")]
+    out: PathBuf,
+    #[arg(long, default_value_t = 0, value_name = "S")]
+    seed: u64,
+    /// Overwrite a checkpoint already in DIR.
+    #[arg(long)]
+    force: bool,
+}
+
+pub fn run(args: Args) -> Result<()> {
+    let config = match args.shape {
+        Shape::Tiny => ModelConfig::tiny(),
+        Shape::Gpt20b => ModelConfig::gpt_oss_20b(),
+        Shape::Gpt120b => ModelConfig::gpt_oss_120b(),
+    };
+    let layout = match args.layout {
+        LayoutArg::Hf => Layout::HuggingFace,
+        LayoutArg::Original => Layout::Original,
+    };
+    if args.out.join("config.json").exists() && !args.force {
+        bail!(
+            "{} already holds a checkpoint (config.json); pass --force to overwrite it",
+            args.out.display()
+        );
+    }
+    let show = std::io::stderr().is_terminal();
+    let t0 = Instant::now();
+    let mut last_pct = u64::MAX;
+    let summary = synth::write_checkpoint(&config, layout, &args.out, args.seed, |done, total| {
+        let pct = done * 100 / total.max(1);
+        if show && pct != last_pct {
+            eprint!(
+                "\rwriting {pct:3}% ({:.2} / {:.2} GB)",
+                done as f64 / 1e9,
+                total as f64 / 1e9
+            );
+            last_pct = pct;
+        }
+    })?;
+    if show {
+        eprintln!();
+    }
+    eprintln!(
+        "wrote {} tensors, {} in {} file(s) to {} in {:.1} s",
+        summary.tensors,
+        super::human_bytes(summary.bytes),
+        summary.files.len(),
+        args.out.display(),
+        t0.elapsed().as_secs_f64()
+    );
+    Ok(())
+}

@@ -1,0 +1,267 @@
+//! The `gptoss` binary end to end on the tiny fixture and synthetic checkpoints.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use gptoss_engine::safetensors::SafeTensors;
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures")
+}
+
+fn gptoss(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_gptoss"))
+        .args(args)
+        .output()
+        .expect("runs")
+}
+
+fn ok(args: &[&str]) -> (String, String) {
+    let out = gptoss(args);
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    );
+    assert!(out.status.success(), "gptoss {args:?} failed:\n{stderr}");
+    (stdout, stderr)
+}
+
+fn fails(args: &[&str]) -> String {
+    let out = gptoss(args);
+    assert_eq!(out.status.code(), Some(1), "gptoss {args:?} should exit 1");
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    stderr
+}
+
+fn reference_i64(name: &str) -> Vec<i64> {
+    let st = SafeTensors::open(&fixtures().join("tiny/reference.safetensors")).unwrap();
+    st.bytes(st.get(name).unwrap())
+        .as_slice()
+        .chunks_exact(8)
+        .map(|c| i64::from_le_bytes(c.try_into().unwrap()))
+        .collect()
+}
+
+fn tokens_file(dir: &Path, ids: &[i64]) -> String {
+    let path = dir.join("tokens.txt");
+    let text: Vec<String> = ids.iter().map(|i| i.to_string()).collect();
+    std::fs::write(&path, text.join(", ")).unwrap();
+    path.to_str().unwrap().to_string()
+}
+
+#[test]
+fn greedy_generate_reproduces_the_reference_continuation() {
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = reference_i64("tokens");
+    let file = tokens_file(dir.path(), &tokens[..200]);
+    let model = fixtures().join("tiny/original");
+    let (stdout, _) = ok(&[
+        "generate",
+        model.to_str().unwrap(),
+        "--tokens-file",
+        &file,
+        "--max-tokens",
+        "40",
+        "--temperature",
+        "0",
+        "--json",
+    ]);
+    let v: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    let got: Vec<i64> = v["tokens"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t.as_i64().unwrap())
+        .collect();
+    assert_eq!(got, reference_i64("greedy_tokens"));
+    assert_eq!(v["finish_reason"], "length");
+    assert!(v["text"].is_string());
+}
+
+#[test]
+fn seeded_sampling_is_reproducible() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = tokens_file(dir.path(), &[1, 2, 3]);
+    let model = fixtures().join("tiny/hf");
+    let run = |seed: &str| {
+        ok(&[
+            "generate",
+            model.to_str().unwrap(),
+            "--tokens-file",
+            &file,
+            "--max-tokens",
+            "30",
+            "--seed",
+            seed,
+            "--top-k",
+            "50",
+            "--top-p",
+            "0.95",
+            "--min-p",
+            "0.01",
+            "--json",
+        ])
+        .0
+    };
+    assert_eq!(run("7"), run("7"));
+    assert_ne!(run("7"), run("8"));
+}
+
+#[test]
+fn perplexity_matches_the_reference_nll() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = tokens_file(dir.path(), &reference_i64("tokens"));
+    let model = fixtures().join("tiny/hf");
+    let (stdout, _) = ok(&[
+        "perplexity",
+        model.to_str().unwrap(),
+        "--tokens-file",
+        &file,
+        "--json",
+    ]);
+    let v: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    let nll: Vec<f64> = v["nll"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap())
+        .collect();
+    let st = SafeTensors::open(&fixtures().join("tiny/reference.safetensors")).unwrap();
+    let want: Vec<f64> = st
+        .bytes(st.get("next_token_nll").unwrap())
+        .as_slice()
+        .chunks_exact(8)
+        .map(|c| f64::from_le_bytes(c.try_into().unwrap()))
+        .collect();
+    assert_eq!(nll.len(), want.len());
+    let max = nll
+        .iter()
+        .zip(&want)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0, f64::max);
+    assert!(max < 1e-4, "max NLL difference {max}");
+    let mean = want.iter().sum::<f64>() / want.len() as f64;
+    assert!((v["perplexity"].as_f64().unwrap() / mean.exp() - 1.0).abs() < 1e-4);
+    // Independent windows of 100 tokens score 3 × 99 next tokens.
+    let (stdout, _) = ok(&[
+        "perplexity",
+        model.to_str().unwrap(),
+        "--tokens-file",
+        &file,
+        "--json",
+        "--ctx",
+        "100",
+    ]);
+    let v: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert_eq!(v["nll"].as_array().unwrap().len(), 297);
+}
+
+#[test]
+fn inspect_reports_layout_and_counts() {
+    let (stdout, _) = ok(&["inspect", fixtures().join("tiny/hf").to_str().unwrap()]);
+    assert!(
+        stdout.contains("Hugging Face layout") && stdout.contains("all present"),
+        "{stdout}"
+    );
+    let (stdout, _) = ok(&[
+        "inspect",
+        fixtures().join("tiny/original").to_str().unwrap(),
+        "--json",
+    ]);
+    let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(v["layout"], "OpenAI original");
+    assert_eq!(v["config"]["num_experts"], 8);
+    assert!(v["params_total"].as_u64().unwrap() > v["params_active"].as_u64().unwrap());
+}
+
+#[test]
+fn broken_checkpoint_exits_1_naming_file_and_tensor() {
+    let dir = tempfile::tempdir().unwrap();
+    for entry in std::fs::read_dir(fixtures().join("tiny/hf")).unwrap() {
+        let p = entry.unwrap().path();
+        std::fs::copy(&p, dir.path().join(p.file_name().unwrap())).unwrap();
+    }
+    let shard = dir.path().join("model-00001-of-00002.safetensors");
+    let len = std::fs::metadata(&shard).unwrap().len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&shard)
+        .unwrap()
+        .set_len(len / 2)
+        .unwrap();
+    let model = dir.path().to_str().unwrap();
+    for args in [
+        vec!["inspect", model],
+        vec!["generate", model, "--prompt", "hi"],
+        vec!["perplexity", model, "--file", "Cargo.toml"],
+    ] {
+        let stderr = fails(&args);
+        assert!(
+            stderr.contains("model-00001-of-00002.safetensors")
+                && stderr.contains("truncated")
+                && stderr.contains("tensor `"),
+            "{stderr}"
+        );
+    }
+}
+
+#[test]
+fn bad_inputs_get_clear_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = fixtures().join("tiny/hf");
+    let model = model.to_str().unwrap();
+    let bad = dir.path().join("bad.txt");
+    std::fs::write(&bad, "1 2 three 4").unwrap();
+    assert!(
+        fails(&["generate", model, "--tokens-file", bad.to_str().unwrap()])
+            .contains("entry 3 (`three`) is not a token id")
+    );
+    std::fs::write(&bad, "5000").unwrap();
+    assert!(
+        fails(&["generate", model, "--tokens-file", bad.to_str().unwrap()])
+            .contains("outside the model's vocabulary of 1024")
+    );
+    std::fs::write(&bad, "").unwrap();
+    assert!(
+        fails(&["generate", model, "--tokens-file", bad.to_str().unwrap()])
+            .contains("prompt is empty")
+    );
+    assert!(fails(&["generate", model, "--prompt", "x", "--top-p", "0"]).contains("top_p"));
+    assert!(
+        fails(&["generate", model, "--prompt", "x", "--max-tokens", "200000"])
+            .contains("exceeds the model's context")
+    );
+    assert!(fails(&["generate", "/no/such/model", "--prompt", "x"]).contains("/no/such/model"));
+}
+
+#[test]
+fn synth_tiny_runs_end_to_end_with_the_real_tokenizer() {
+    let dir = tempfile::tempdir().unwrap();
+    for layout in ["hf", "original"] {
+        let out = dir.path().join(layout);
+        let out_s = out.to_str().unwrap();
+        ok(&[
+            "synth", "--shape", "tiny", "--layout", layout, "--out", out_s, "--seed", "1",
+        ]);
+        let (stdout, _) = ok(&["inspect", out_s, "--json"]);
+        let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+        assert_eq!(v["config"]["vocab_size"], 201088);
+        assert_eq!(v["complete"], true);
+        let (stdout, _) = ok(&[
+            "generate",
+            out_s,
+            "--prompt",
+            "Hello <|start|> world",
+            "--max-tokens",
+            "8",
+            "--seed",
+            "3",
+            "--ignore-eos",
+            "--json",
+        ]);
+        let v: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+        assert_eq!(v["tokens"].as_array().unwrap().len(), 8);
+        assert!(fails(&["synth", "--shape", "tiny", "--out", out_s]).contains("--force"));
+    }
+}
