@@ -50,6 +50,10 @@ impl Checkpoint {
         } else {
             (list_safetensors(&dir)?, Vec::new())
         };
+        if paths.is_empty() && dir == path && path.join("original").join("config.json").is_file() {
+            // A Hub repository downloaded with only its original/ weights.
+            return Self::open(&path.join("original"));
+        }
         if paths.is_empty() {
             return Err(LoadError::BadCheckpoint {
                 path: dir,

@@ -139,7 +139,11 @@ impl ModelConfig {
                 reason: "config is not a JSON object".into(),
             });
         };
-        let f = Fields { path, obj };
+        let f = Fields {
+            path,
+            obj,
+            prefix: "",
+        };
         let (config, layout) = if obj.contains_key("num_experts")
             || obj.contains_key("rope_scaling_factor")
         {
@@ -155,17 +159,18 @@ impl ModelConfig {
                 reason: "config has neither Hugging Face (`num_local_experts`) nor original (`num_experts`) fields".into(),
             });
         };
-        config.validate(path)?;
+        config.validate(path, layout)?;
         Ok((config, layout))
     }
 
     fn from_hf(f: &Fields) -> Result<Self, LoadError> {
         let num_layers = f.usize("num_hidden_layers")?;
-        let experts_per_token = match f.obj.get("num_experts_per_tok") {
-            Some(_) => f.usize("num_experts_per_tok")?,
-            None => f
-                .usize("experts_per_token")
-                .map_err(|_| f.missing("num_experts_per_tok"))?,
+        let experts_per_token = match (
+            f.opt_usize("num_experts_per_tok")?,
+            f.opt_usize("experts_per_token")?,
+        ) {
+            (Some(k), _) | (None, Some(k)) => k,
+            (None, None) => return Err(f.missing("num_experts_per_tok")),
         };
         let sliding_layers = match f.obj.get("layer_types") {
             None | Some(Value::Null) => (0..num_layers).map(|l| l % 2 == 0).collect(),
@@ -200,6 +205,7 @@ impl ModelConfig {
                     let sub = Fields {
                         path: f.path,
                         obj: rs,
+                        prefix: "rope_scaling.",
                     };
                     let kind = rs
                         .get("rope_type")
@@ -207,28 +213,20 @@ impl ModelConfig {
                         .and_then(Value::as_str)
                         .unwrap_or("yarn");
                     if kind != "yarn" {
-                        return Err(f.bad(
-                            "rope_scaling.rope_type",
-                            format!("is `{kind}`; gpt-oss uses `yarn`"),
-                        ));
+                        return Err(
+                            sub.bad("rope_type", format!("is `{kind}`; gpt-oss uses `yarn`"))
+                        );
                     }
                     let truncate = match rs.get("truncate") {
                         None | Some(Value::Null) => false,
                         Some(Value::Bool(b)) => *b,
-                        Some(_) => {
-                            return Err(f.bad("rope_scaling.truncate", "must be a boolean".into()))
-                        }
+                        Some(_) => return Err(sub.bad("truncate", "must be a boolean".into())),
                     };
                     (
-                        sub.f64("factor")
-                            .map_err(|_| f.missing("rope_scaling.factor"))?,
-                        sub.usize("original_max_position_embeddings").map_err(|_| {
-                            f.missing("rope_scaling.original_max_position_embeddings")
-                        })?,
-                        sub.f64("beta_fast")
-                            .map_err(|_| f.missing("rope_scaling.beta_fast"))?,
-                        sub.f64("beta_slow")
-                            .map_err(|_| f.missing("rope_scaling.beta_slow"))?,
+                        sub.f64("factor")?,
+                        sub.usize("original_max_position_embeddings")?,
+                        sub.f64("beta_fast")?,
+                        sub.f64("beta_slow")?,
                         truncate,
                     )
                 }
@@ -292,29 +290,35 @@ impl ModelConfig {
         })
     }
 
-    fn validate(&self, path: &Path) -> Result<(), LoadError> {
+    fn validate(&self, path: &Path, layout: Layout) -> Result<(), LoadError> {
         let bad = |field: &str, problem: String| LoadError::BadField {
             path: path.into(),
             field: field.into(),
             problem,
         };
-        const LIMIT: usize = 1 << 24;
-        for (field, v) in [
-            ("num_hidden_layers", self.num_layers),
-            ("hidden_size", self.hidden_size),
-            ("intermediate_size", self.intermediate_size),
-            ("head_dim", self.head_dim),
-            ("num_attention_heads", self.num_heads),
-            ("num_key_value_heads", self.num_kv_heads),
-            ("num_experts", self.num_experts),
-            ("experts_per_token", self.experts_per_token),
-            ("vocab_size", self.vocab_size),
-            ("sliding_window", self.sliding_window),
+        // Field names as the file spells them.
+        let hf = layout == Layout::HuggingFace;
+        let name =
+            |hf_name: &'static str, original: &'static str| if hf { hf_name } else { original };
+        let experts = name("num_local_experts", "num_experts");
+        let per_token = name("num_experts_per_tok", "experts_per_token");
+        // Generous bounds that keep every derived size far from overflow.
+        for (field, v, limit) in [
+            ("num_hidden_layers", self.num_layers, 1 << 10),
+            ("hidden_size", self.hidden_size, 1 << 16),
+            ("intermediate_size", self.intermediate_size, 1 << 16),
+            ("head_dim", self.head_dim, 1 << 12),
+            ("num_attention_heads", self.num_heads, 1 << 12),
+            ("num_key_value_heads", self.num_kv_heads, 1 << 12),
+            (experts, self.num_experts, 1 << 12),
+            (per_token, self.experts_per_token, 1 << 12),
+            ("vocab_size", self.vocab_size, 1 << 22),
+            ("sliding_window", self.sliding_window, 1 << 24),
         ] {
-            if v == 0 || v > LIMIT {
+            if v == 0 || v > limit {
                 return Err(bad(
                     field,
-                    format!("is {v}; it must be between 1 and {LIMIT}"),
+                    format!("is {v}; it must be between 1 and {limit}"),
                 ));
             }
         }
@@ -329,7 +333,7 @@ impl ModelConfig {
         }
         if self.experts_per_token > self.num_experts {
             return Err(bad(
-                "experts_per_token",
+                per_token,
                 format!(
                     "({}) exceeds the number of experts ({})",
                     self.experts_per_token, self.num_experts
@@ -353,16 +357,64 @@ impl ModelConfig {
                 format!("({}) must be even for RoPE", self.head_dim),
             ));
         }
-        if !(self.rope_theta > 1.0) || !self.rope_factor.is_finite() || self.rope_factor <= 0.0 {
+        if !(self.rope_theta > 1.0) {
             return Err(bad(
                 "rope_theta",
-                "and the YaRN factor must be positive numbers".into(),
+                format!("is {}; it must be greater than 1", self.rope_theta),
             ));
         }
-        if self.max_context == 0 {
-            return Err(bad("max_position_embeddings", "must be positive".into()));
+        let factor = name("rope_scaling.factor", "rope_scaling_factor");
+        if !(self.rope_factor > 0.0) {
+            return Err(bad(
+                factor,
+                format!("is {}; it must be positive", self.rope_factor),
+            ));
         }
-        if !(self.swiglu_limit > 0.0) {
+        if self.rope_factor > 1.0 {
+            let (fast, slow) = (
+                name("rope_scaling.beta_fast", "rope_ntk_beta"),
+                name("rope_scaling.beta_slow", "rope_ntk_alpha"),
+            );
+            if self.rope_original_context == 0 {
+                let field = name(
+                    "rope_scaling.original_max_position_embeddings",
+                    "initial_context_length",
+                );
+                return Err(bad(field, "must be positive".into()));
+            }
+            if !(self.rope_beta_slow > 0.0) {
+                return Err(bad(
+                    slow,
+                    format!("is {}; it must be positive", self.rope_beta_slow),
+                ));
+            }
+            if !(self.rope_beta_fast > self.rope_beta_slow) {
+                return Err(bad(
+                    fast,
+                    format!(
+                        "({}) must be greater than {slow} ({})",
+                        self.rope_beta_fast, self.rope_beta_slow
+                    ),
+                ));
+            }
+        }
+        if self.max_context == 0 || self.max_context > 1 << 24 {
+            return Err(bad(
+                "max_position_embeddings",
+                format!(
+                    "is {}; it must be between 1 and {}",
+                    self.max_context,
+                    1 << 24
+                ),
+            ));
+        }
+        if !(self.rms_norm_eps >= 0.0 && self.rms_norm_eps.is_finite()) {
+            return Err(bad(
+                "rms_norm_eps",
+                format!("is {}; it must be a finite number >= 0", self.rms_norm_eps),
+            ));
+        }
+        if !(self.swiglu_limit > 0.0 && self.swiglu_limit.is_finite()) {
             return Err(bad(
                 "swiglu_limit",
                 format!("is {}; it must be positive", self.swiglu_limit),
@@ -506,20 +558,22 @@ pub struct ParamCounts {
 struct Fields<'a> {
     path: &'a Path,
     obj: &'a Map<String, Value>,
+    /// Path of `obj` inside the file, e.g. `rope_scaling.`.
+    prefix: &'a str,
 }
 
 impl Fields<'_> {
     fn missing(&self, field: &str) -> LoadError {
         LoadError::MissingField {
             path: self.path.into(),
-            field: field.into(),
+            field: format!("{}{field}", self.prefix),
         }
     }
 
     fn bad(&self, field: &str, problem: String) -> LoadError {
         LoadError::BadField {
             path: self.path.into(),
-            field: field.into(),
+            field: format!("{}{field}", self.prefix),
             problem,
         }
     }

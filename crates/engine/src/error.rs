@@ -77,16 +77,16 @@ impl LoadError {
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
     #[error("unknown sequence {0}")]
-    UnknownSequence(u32),
+    UnknownSequence(u64),
     #[error("sequence {0} appears twice in one batch")]
-    DuplicateSequence(u32),
+    DuplicateSequence(u64),
     #[error("empty token chunk for sequence {0}")]
-    EmptyChunk(u32),
+    EmptyChunk(u64),
     #[error("token id {id} is outside the model's vocabulary of {vocab} tokens")]
     TokenOutOfVocab { id: u32, vocab: usize },
     #[error("context overflow: sequence {seq} would hold {needed} tokens, the limit is {limit}")]
     ContextOverflow {
-        seq: u32,
+        seq: u64,
         needed: usize,
         limit: usize,
     },

@@ -16,14 +16,14 @@ pub const BLOCK_TOKENS: usize = 256;
 
 /// A handle to one sequence in a [`KvCache`]. Handles are never reused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct SeqId(pub u32);
+pub struct SeqId(pub u64);
 
 pub struct KvCache {
     kv_dim: usize,
     /// `[layers]`: the window of each sliding layer, None for full layers.
     windows: Vec<Option<usize>>,
     max_context: usize,
-    next_id: u32,
+    next_id: u64,
     seqs: HashMap<SeqId, SeqKv>,
 }
 

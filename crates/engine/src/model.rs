@@ -111,6 +111,13 @@ impl Model {
     ) -> Result<Logits, EngineError> {
         let cfg = &self.config;
         let plan = BatchPlan::new(cache, batch, cfg.vocab_size)?;
+        if plan.tokens.is_empty() {
+            return Ok(Logits {
+                vocab: cfg.vocab_size,
+                data: Vec::new(),
+                rows: Vec::new(),
+            });
+        }
         let (t, h) = (plan.tokens.len(), cfg.hidden_size);
 
         let mut x = vec![0f32; t * h]; // [T, H] residual stream
@@ -399,9 +406,7 @@ impl BatchPlan {
             if chunk.tokens.is_empty() {
                 return Err(EngineError::EmptyChunk(id));
             }
-            if let Some(&bad) = chunk.tokens.iter().find(|&&t| t as usize >= vocab) {
-                return Err(EngineError::TokenOutOfVocab { id: bad, vocab });
-            }
+            check_tokens(chunk.tokens, vocab)?;
             let needed = start + chunk.tokens.len();
             if needed > cache.max_context() {
                 return Err(EngineError::ContextOverflow {
@@ -428,6 +433,14 @@ impl BatchPlan {
             });
         }
         Ok(plan)
+    }
+}
+
+/// Every id must be a row of the embedding.
+pub fn check_tokens(tokens: &[u32], vocab: usize) -> Result<(), EngineError> {
+    match tokens.iter().find(|&&t| t as usize >= vocab) {
+        Some(&id) => Err(EngineError::TokenOutOfVocab { id, vocab }),
+        None => Ok(()),
     }
 }
 

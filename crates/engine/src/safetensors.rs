@@ -340,19 +340,21 @@ fn parse_entry(
             end - start
         )));
     }
-    let abs_end = data_start as u64 + end;
-    if abs_end > file_len {
-        return Err(LoadError::Truncated {
+    // data_start <= file_len and start <= end, so only `end` can overflow.
+    let abs_end = (data_start as u64)
+        .checked_add(end)
+        .filter(|&e| e <= file_len)
+        .ok_or_else(|| LoadError::Truncated {
             path: path.to_path_buf(),
             tensor: name.to_owned(),
-            needed: abs_end,
+            needed: (data_start as u64).saturating_add(end),
             available: file_len,
-        });
-    }
+        })?;
+    let abs_start = data_start as u64 + start;
     Ok(TensorInfo {
         dtype,
         shape,
-        range: data_start + start as usize..abs_end as usize,
+        range: abs_start as usize..abs_end as usize,
     })
 }
 

@@ -91,7 +91,7 @@ impl Sampler {
         let lse = log_sum_exp(logits);
         Sampled {
             token,
-            logprob: clean(logits[token as usize]) - lse,
+            logprob: logprob(logits[token as usize], lse),
             top_logprobs: top_logprobs(logits, top_n, lse),
         }
     }
@@ -99,29 +99,32 @@ impl Sampler {
     fn draw(&mut self, logits: &[f32]) -> u32 {
         let p = &self.params;
         let inv_t = 1.0 / p.temperature;
+        let max = logits
+            .iter()
+            .fold(f32::NEG_INFINITY, |m, &z| m.max(clean(z)));
+        if !max.is_finite() || !inv_t.is_finite() {
+            // An infinite logit or a vanishing temperature leaves one possible token.
+            return argmax(logits);
+        }
+        // Weights relative to the most likely token, which has weight exactly 1.
         self.cand.clear();
         self.cand.extend(
             logits
                 .iter()
                 .enumerate()
-                .map(|(i, &z)| (i as u32, clean(z) * inv_t)),
+                .map(|(i, &z)| (i as u32, ((clean(z) - max) * inv_t).exp())),
         );
-        let by_value_desc =
+        let by_weight_desc =
             |a: &(u32, f32), b: &(u32, f32)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
         if p.top_k > 0 && p.top_k < self.cand.len() {
-            self.cand.select_nth_unstable_by(p.top_k - 1, by_value_desc);
+            self.cand
+                .select_nth_unstable_by(p.top_k - 1, by_weight_desc);
             self.cand.truncate(p.top_k);
         }
-        self.cand.sort_unstable_by(by_value_desc);
-        // Probabilities relative to the best candidate (which has probability mass 1 here).
-        let max = self.cand[0].1;
-        let mut total = 0.0f64;
-        for c in self.cand.iter_mut() {
-            c.1 = (c.1 - max).exp();
-            total += c.1 as f64;
-        }
+        self.cand.sort_unstable_by(by_weight_desc);
         let mut keep = self.cand.len();
         if p.top_p < 1.0 {
+            let total: f64 = self.cand.iter().map(|c| c.1 as f64).sum();
             let mut cum = 0.0f64;
             for (i, c) in self.cand.iter().enumerate() {
                 cum += c.1 as f64 / total;
@@ -150,7 +153,7 @@ impl Sampler {
                 return c.0;
             }
         }
-        self.cand[self.cand.len() - 1].0
+        self.cand[0].0
     }
 }
 
@@ -178,7 +181,7 @@ pub fn log_sum_exp(logits: &[f32]) -> f32 {
     let max = logits
         .iter()
         .fold(f32::NEG_INFINITY, |m, &z| m.max(clean(z)));
-    if max == f32::NEG_INFINITY {
+    if !max.is_finite() {
         return max;
     }
     let sum: f64 = logits
@@ -186,6 +189,22 @@ pub fn log_sum_exp(logits: &[f32]) -> f32 {
         .map(|&z| ((clean(z) - max) as f64).exp())
         .sum();
     max + sum.ln() as f32
+}
+
+/// log p(z) given the log-sum-exp of all logits; an infinite logit takes all the mass.
+pub fn logprob(z: f32, lse: f32) -> f32 {
+    let z = clean(z);
+    if lse == f32::INFINITY {
+        return if z == f32::INFINITY {
+            0.0
+        } else {
+            f32::NEG_INFINITY
+        };
+    }
+    if lse == f32::NEG_INFINITY {
+        return f32::NEG_INFINITY;
+    }
+    z - lse
 }
 
 /// log p of every token would be `logits - lse`; this returns the n best, best first.
@@ -294,6 +313,21 @@ mod tests {
         let mut s = sampler(1.0, 0, 1.0, 0.0, 5);
         let ones = (0..20_000).filter(|_| s.sample(&z, 0).token == 1).count();
         assert!((ones as f64 / 20_000.0 - 0.75).abs() < 0.015, "{ones}");
+    }
+
+    #[test]
+    fn non_finite_logits_and_tiny_temperatures() {
+        let mut s = sampler(1.0, 0, 1.0, 0.0, 1);
+        let r = s.sample(&[0.0, f32::INFINITY, 0.0, f32::NAN], 2);
+        assert_eq!((r.token, r.logprob), (1, 0.0));
+        assert_eq!(r.top_logprobs[1].1, f32::NEG_INFINITY);
+        let r = s.sample(&[f32::NEG_INFINITY; 4], 0);
+        assert_eq!((r.token, r.logprob), (0, f32::NEG_INFINITY));
+        let r = s.sample(&[f32::NAN, 1.0, f32::NAN], 0);
+        assert_eq!(r.token, 1);
+        let z = logits();
+        let mut cold = sampler(1e-39, 0, 1.0, 0.0, 1);
+        assert_eq!(cold.sample(&z, 0).token, argmax(&z));
     }
 
     #[test]

@@ -28,6 +28,9 @@ pub const END: u32 = 200_007;
 pub const MESSAGE: u32 = 200_008;
 pub const CALL: u32 = 200_012;
 
+/// Pieces longer than this many bytes are merged with a heap instead of rescanning.
+const LONG_PIECE: usize = 64;
+
 /// The o200k pre-tokenizer without its one look-ahead branch (`\s+(?!\S)`), which
 /// [`Tokenizer::encode`] reproduces by giving back the last whitespace character of a run
 /// that is followed by a non-space (spec harmony §1.1, branches 1–5 and 7).
@@ -130,12 +133,19 @@ impl Tokenizer {
     }
 
     /// Byte-pair merge of one pre-tokenized piece: repeatedly merge the adjacent pair whose
-    /// concatenation has the lowest rank (tiktoken's algorithm).
+    /// concatenation has the lowest rank, the leftmost on ties (tiktoken's algorithm).
     fn bpe(&self, piece: &[u8], out: &mut Vec<u32>) {
         if let Some(&r) = self.ranks.get(piece) {
             out.push(r);
-            return;
+        } else if piece.len() > LONG_PIECE {
+            self.bpe_heap(piece, out);
+        } else {
+            self.bpe_scan(piece, out);
         }
+    }
+
+    /// Rescans all pairs after each merge: quadratic, but the fastest for short pieces.
+    fn bpe_scan(&self, piece: &[u8], out: &mut Vec<u32>) {
         // parts[i] = (start offset, rank of merging part i with part i+1)
         let rank_of = |parts: &[(usize, u32)], i: usize| -> u32 {
             if i + 2 < parts.len() {
@@ -171,6 +181,48 @@ impl Tokenizer {
         for w in parts.windows(2) {
             // Every single byte is a token, so every part left has a rank.
             out.push(self.ranks.get(&piece[w[0].0..w[1].0]).copied().unwrap_or(0));
+        }
+    }
+
+    /// The same merges with a heap of candidate pairs, so a megabyte-long piece (a run of
+    /// letters with no space) costs n·log n, not n².
+    fn bpe_heap(&self, piece: &[u8], out: &mut Vec<u32>) {
+        use std::cmp::Reverse;
+        use std::collections::BinaryHeap;
+        let n = piece.len();
+        let rank = |start: usize, end: usize| self.ranks.get(&piece[start..end]).copied();
+        // Parts are a linked list over byte offsets: the part starting at i ends at end[i].
+        let mut end: Vec<usize> = (1..=n).collect();
+        let mut prev: Vec<Option<usize>> = (0..n).map(|i| i.checked_sub(1)).collect();
+        let mut alive = vec![true; n];
+        // (rank, start of the left part, end of the right part): the rank of piece[start..end].
+        let mut heap: BinaryHeap<Reverse<(u32, usize, usize)>> = (0..n - 1)
+            .filter_map(|i| rank(i, i + 2).map(|r| Reverse((r, i, i + 2))))
+            .collect();
+        while let Some(Reverse((_, i, stop))) = heap.pop() {
+            // Still two adjacent parts spanning exactly i..stop? Otherwise the entry is stale.
+            let j = if alive[i] { end[i] } else { continue };
+            if j >= n || end[j] != stop {
+                continue;
+            }
+            alive[j] = false;
+            end[i] = stop;
+            if stop < n {
+                prev[stop] = Some(i);
+                if let Some(r) = rank(i, end[stop]) {
+                    heap.push(Reverse((r, i, end[stop])));
+                }
+            }
+            if let Some(p) = prev[i] {
+                if let Some(r) = rank(p, stop) {
+                    heap.push(Reverse((r, p, stop)));
+                }
+            }
+        }
+        let mut i = 0;
+        while i < n {
+            out.push(rank(i, end[i]).unwrap_or(0));
+            i = end[i];
         }
     }
 
@@ -348,6 +400,47 @@ mod tests {
         assert_eq!(base64_decode(b"IQ==").unwrap(), b"!");
         assert_eq!(base64_decode(b"YWJj").unwrap(), b"abc");
         assert!(base64_decode(b"a$==").is_none());
+    }
+
+    #[test]
+    fn heap_merge_matches_scan_merge() {
+        let t = Tokenizer::o200k_harmony().unwrap();
+        let mut rng = crate::rng::Rng::new(11);
+        let alphabet: [&[u8]; 10] = [
+            b"a",
+            b"b",
+            b"ab",
+            b"the",
+            b"ing",
+            b"\xc3\xa9",
+            b"0",
+            b" ",
+            b"\xe4\xb8\xad",
+            b"zz",
+        ];
+        for len in [2usize, 3, 5, 17, 64, 65, 200, 1000] {
+            for _ in 0..20 {
+                let mut piece = Vec::new();
+                while piece.len() < len {
+                    piece.extend_from_slice(alphabet[(rng.next_u64() % 10) as usize]);
+                }
+                let (mut a, mut b) = (Vec::new(), Vec::new());
+                t.bpe_scan(&piece, &mut a);
+                t.bpe_heap(&piece, &mut b);
+                assert_eq!(a, b, "{:?}", String::from_utf8_lossy(&piece));
+                assert_eq!(t.decode_bytes(&b).unwrap(), piece);
+            }
+        }
+    }
+
+    #[test]
+    fn a_long_run_without_spaces_round_trips() {
+        // One 400 kB piece: this goes through the heap merge (the scan would take minutes).
+        let t = Tokenizer::o200k_harmony().unwrap();
+        let text = "ab".repeat(200_000);
+        let ids = t.encode(&text);
+        assert!(ids.len() < text.len() / 2);
+        assert_eq!(t.decode_bytes(&ids).unwrap(), text.as_bytes());
     }
 
     #[test]

@@ -38,9 +38,9 @@ fn chunked_prefill_and_decode_match_one_pass() {
     let want = alone(&m, &tokens);
     let mut cache = KvCache::new(&m.config, 4096);
     let seq = cache.add_sequence();
-    // Chunks that straddle the 128-token window edge, then single tokens.
+    // A chunk longer than the window after a cached prefix, then single tokens.
     let mut start = 0;
-    for len in [100, 50, 1, 90, 9, 1, 1, 48] {
+    for len in [100, 150, 1, 1, 48] {
         let chunk = &tokens[start..start + len];
         let l = m
             .forward(
@@ -213,6 +213,9 @@ fn bad_batches_are_refused_without_touching_the_cache() {
         assert_eq!(cache.len(s), Some(3), "failed batch changed the sequence");
         assert_eq!(cache.allocated_bytes(), bytes);
     }
+    // An empty batch is a no-op.
+    assert!(m.forward(&mut cache, &[]).unwrap().rows.is_empty());
+    assert_eq!(cache.len(s), Some(3));
     // The context limit is inclusive.
     m.forward(
         &mut cache,

@@ -201,6 +201,65 @@ fn missing_config_field() {
 }
 
 #[test]
+fn malformed_config_fields_are_named() {
+    let set = |key: &str, value: serde_json::Value| {
+        let (_d, path) = broken_hf(|p| {
+            let f = p.join("config.json");
+            let mut v: serde_json::Value =
+                serde_json::from_str(&std::fs::read_to_string(&f).unwrap()).unwrap();
+            let (obj, k) = match key.split_once('.') {
+                Some((outer, inner)) => (&mut v[outer], inner),
+                None => (&mut v, key),
+            };
+            obj[k] = value;
+            std::fs::write(&f, v.to_string()).unwrap();
+        });
+        load_err(&path).1
+    };
+    let msg = set("rope_scaling.factor", json!("32"));
+    assert!(
+        msg.contains("`rope_scaling.factor` must be a number"),
+        "{msg}"
+    );
+    let msg = set("rope_scaling.original_max_position_embeddings", json!(0));
+    assert!(
+        msg.contains("`rope_scaling.original_max_position_embeddings` must be positive"),
+        "{msg}"
+    );
+    let msg = set("rope_scaling.beta_slow", json!(64.0));
+    assert!(
+        msg.contains("`rope_scaling.beta_fast`") && msg.contains("greater than"),
+        "{msg}"
+    );
+    let msg = set("rms_norm_eps", json!(-1.0));
+    assert!(msg.contains("`rms_norm_eps`"), "{msg}");
+    let msg = set("num_experts_per_tok", json!("four"));
+    assert!(
+        msg.contains("`num_experts_per_tok` must be a non-negative integer"),
+        "{msg}"
+    );
+    let msg = set("hidden_size", json!(100));
+    assert!(
+        msg.contains("`hidden_size` (100) is not a multiple of 32"),
+        "{msg}"
+    );
+    let msg = set("vocab_size", json!(0));
+    assert!(msg.contains("`vocab_size` is 0"), "{msg}");
+}
+
+#[test]
+fn offsets_past_the_end_of_memory() {
+    let (_d, path) = broken_hf(|p| {
+        edit_header(&p.join(SHARD0), |h| {
+            let end = u64::MAX;
+            h["model.norm.weight"]["data_offsets"] = json!([end - 128, end]);
+        })
+    });
+    let (err, msg) = load_err(&path);
+    assert!(matches!(err, LoadError::Truncated { .. }), "{msg}");
+}
+
+#[test]
 fn config_disagrees_with_the_tensors() {
     let (_d, path) = broken_hf(|p| {
         let f = p.join("config.json");
@@ -297,6 +356,18 @@ fn layouts_are_detected_and_a_hub_root_loads_the_root() {
     copy_dir(&tiny("original"), &only.path().join("original"));
     assert_eq!(
         Model::load(only.path()).unwrap().layout,
+        gptoss_engine::Layout::Original
+    );
+    // A root config with only original/ weights falls back to original/.
+    let root_config_only = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        tiny("hf").join("config.json"),
+        root_config_only.path().join("config.json"),
+    )
+    .unwrap();
+    copy_dir(&tiny("original"), &root_config_only.path().join("original"));
+    assert_eq!(
+        Model::load(root_config_only.path()).unwrap().layout,
         gptoss_engine::Layout::Original
     );
     // HF without an index: every *.safetensors is scanned.

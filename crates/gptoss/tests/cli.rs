@@ -222,6 +222,21 @@ fn bad_inputs_get_clear_errors() {
         fails(&["generate", model, "--tokens-file", bad.to_str().unwrap()])
             .contains("outside the model's vocabulary of 1024")
     );
+    // An out-of-vocabulary id right after the first 512-token chunk.
+    std::fs::write(&bad, format!("{} 5000", "0 ".repeat(512))).unwrap();
+    assert!(
+        fails(&["perplexity", model, "--tokens-file", bad.to_str().unwrap()])
+            .contains("token id 5000 is outside")
+    );
+    assert!(fails(&[
+        "generate",
+        model,
+        "--prompt",
+        "x",
+        "--max-tokens",
+        "18446744073709551615"
+    ])
+    .contains("exceeds the model's context"));
     std::fs::write(&bad, "").unwrap();
     assert!(
         fails(&["generate", model, "--tokens-file", bad.to_str().unwrap()])

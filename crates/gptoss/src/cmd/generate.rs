@@ -5,7 +5,8 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{bail, Result};
-use gptoss_engine::tokenizer::{StreamDecoder, CALL, END_OF_TEXT, RETURN};
+use gptoss_engine::model::check_tokens;
+use gptoss_engine::tokenizer::{StreamDecoder, CALL, END_OF_TEXT, RETURN, VOCAB_SIZE};
 use gptoss_engine::{KvCache, LogitsRequest, Sampler, SamplingParams, SeqChunk, Tokenizer};
 
 /// Prompt tokens per forward call: long prompts go through in chunks of this many.
@@ -64,8 +65,15 @@ pub fn run(args: Args) -> Result<()> {
         seed: args.seed,
     })?;
     let model = super::load_model(&args.model)?;
+    if model.config.vocab_size > VOCAB_SIZE as usize {
+        bail!(
+            "the model's vocabulary ({} tokens) is larger than the o200k_harmony tokenizer's ({VOCAB_SIZE})",
+            model.config.vocab_size
+        );
+    }
+    check_tokens(&prompt, model.config.vocab_size)?;
     let limit = model.config.max_context;
-    if prompt.len() + args.max_tokens > limit {
+    if args.max_tokens > limit.saturating_sub(prompt.len()) {
         bail!(
             "prompt ({} tokens) plus --max-tokens {} exceeds the model's context of {limit} tokens",
             prompt.len(),
@@ -141,13 +149,12 @@ pub fn run(args: Args) -> Result<()> {
         writeln!(out, "{rest}")?;
     }
     eprintln!(
-        "prompt: {} tokens in {:.2} s ({:.2} tok/s); generated: {} tokens in {:.2} s ({:.2} tok/s); finish: {finish}",
+        "prompt: {} tokens in {prompt_secs:.2} s ({}); generated: {} tokens in {gen_secs:.2} s ({}); finish: {finish}; {}",
         prompt.len(),
-        prompt_secs,
-        prompt.len() as f64 / prompt_secs,
+        super::rate(prompt.len(), prompt_secs),
         tokens.len(),
-        gen_secs,
-        tokens.len() as f64 / gen_secs.max(1e-9),
+        super::rate(tokens.len(), gen_secs),
+        super::memory_report(),
     );
     Ok(())
 }

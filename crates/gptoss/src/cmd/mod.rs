@@ -89,3 +89,37 @@ fn scaled(n: u64, units: &[&str]) -> String {
         format!("{v:.2} {}", units[u])
     }
 }
+
+/// Peak resident memory of this process, with how much of the current resident set is
+/// mapped checkpoint pages (which the kernel can drop and re-read) rather than our own heap.
+/// Linux only; elsewhere an empty string.
+pub fn memory_report() -> String {
+    let Ok(status) = std::fs::read_to_string("/proc/self/status") else {
+        return String::new();
+    };
+    // /proc counts in KiB.
+    let bytes = |key: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(key))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+            * 1024
+    };
+    format!(
+        "peak RSS {} (now: {} heap, {} mapped weights)",
+        human_bytes(bytes("VmHWM:")),
+        human_bytes(bytes("RssAnon:")),
+        human_bytes(bytes("RssFile:"))
+    )
+}
+
+/// "12.34 tok/s", or "-" when nothing was timed.
+pub fn rate(tokens: usize, secs: f64) -> String {
+    if tokens == 0 || secs <= 0.0 {
+        "- tok/s".into()
+    } else {
+        format!("{:.2} tok/s", tokens as f64 / secs)
+    }
+}

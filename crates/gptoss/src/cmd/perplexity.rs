@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
+use gptoss_engine::model::check_tokens;
 use gptoss_engine::sampler::log_sum_exp;
 use gptoss_engine::{KvCache, LogitsRequest, SeqChunk, Tokenizer};
 
@@ -23,7 +24,8 @@ pub struct Args {
     /// Token ids separated by whitespace or commas.
     #[arg(long, value_name = "F")]
     tokens_file: Option<PathBuf>,
-    /// Score in independent windows of this many tokens (default: the model's context).
+    /// Score in independent windows of this many tokens (default: the model's context); the
+    /// first token of each window has no context and is not scored.
     #[arg(long, value_name = "N")]
     ctx: Option<usize>,
     /// Print {"nll": [...], "perplexity": x} instead of a summary.
@@ -56,9 +58,12 @@ pub fn run(args: Args) -> Result<()> {
         );
     }
 
+    check_tokens(&tokens, model.config.vocab_size)?;
+
     let t0 = Instant::now();
     let mut nll = Vec::with_capacity(tokens.len());
-    for win in tokens.chunks(window) {
+    // A trailing window of one token has no next token to score.
+    for win in tokens.chunks(window).filter(|w| w.len() >= 2) {
         let mut cache = KvCache::new(&model.config, win.len());
         let seq = cache.add_sequence();
         for chunk in win.chunks(PREFILL_CHUNK) {
@@ -94,9 +99,10 @@ pub fn run(args: Args) -> Result<()> {
         );
     }
     eprintln!(
-        "{} tokens in {secs:.2} s ({:.2} tok/s)",
+        "{} tokens in {secs:.2} s ({}); {}",
         tokens.len(),
-        tokens.len() as f64 / secs
+        super::rate(tokens.len(), secs),
+        super::memory_report()
     );
     Ok(())
 }

@@ -10,14 +10,22 @@ pub fn router_top_k(logits: &[f32], experts: &mut [usize], weights: &mut [f32]) 
     let k = experts.len();
     assert!(k >= 1 && k <= logits.len(), "router: k must be in 1..=E");
     assert_eq!(weights.len(), k, "router: weights length");
+    // NaN ranks below everything, so it is picked only when nothing else is left.
+    let value = |e: usize| {
+        if logits[e].is_nan() {
+            f32::NEG_INFINITY
+        } else {
+            logits[e]
+        }
+    };
     for slot in 0..k {
         let mut best: Option<usize> = None;
-        for (e, &z) in logits.iter().enumerate() {
+        for e in 0..logits.len() {
             if experts[..slot].contains(&e) {
                 continue;
             }
-            // NaN never wins; a later index wins only when strictly larger.
-            if best.is_none_or(|b| z > logits[b]) {
+            // A later index wins only when strictly larger: ties go to the lower index.
+            if best.is_none_or(|b| value(e) > value(b)) {
                 best = Some(e);
             }
         }
