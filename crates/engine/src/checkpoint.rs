@@ -55,10 +55,7 @@ impl Checkpoint {
             return Self::open(&path.join("original"));
         }
         if paths.is_empty() {
-            return Err(LoadError::BadCheckpoint {
-                path: dir,
-                reason: "no *.safetensors files".into(),
-            });
+            return Err(LoadError::BadCheckpoint { path: dir, reason: "no *.safetensors files".into() });
         }
         let mut files = Vec::with_capacity(paths.len());
         let mut names: HashMap<String, usize> = HashMap::new();
@@ -81,29 +78,16 @@ impl Checkpoint {
             if found != Some(&file) {
                 return Err(LoadError::BadCheckpoint {
                     path: index.clone(),
-                    reason: format!(
-                        "maps tensor `{tensor}` to {} but that file does not hold it",
-                        file.display()
-                    ),
+                    reason: format!("maps tensor `{tensor}` to {} but that file does not hold it", file.display()),
                 });
             }
         }
-        Ok(Checkpoint {
-            dir,
-            layout,
-            config,
-            files,
-            names,
-        })
+        Ok(Checkpoint { dir, layout, config, files, names })
     }
 
     /// The file and header entry of a tensor, or an error naming it.
     pub fn tensor(&self, name: &str) -> Result<(&SafeTensors, &TensorInfo), LoadError> {
-        let file = self
-            .names
-            .get(name)
-            .map(|&i| &self.files[i])
-            .ok_or_else(|| self.missing(name))?;
+        let file = self.names.get(name).map(|&i| &self.files[i]).ok_or_else(|| self.missing(name))?;
         let info = file.get(name).ok_or_else(|| self.missing(name))?;
         Ok((file, info))
     }
@@ -118,56 +102,33 @@ impl Checkpoint {
     }
 
     fn missing(&self, name: &str) -> LoadError {
-        LoadError::MissingTensor {
-            dir: self.dir.clone(),
-            tensor: name.into(),
-            layout: self.layout.name(),
-        }
+        LoadError::MissingTensor { dir: self.dir.clone(), tensor: name.into(), layout: self.layout.name() }
     }
 
     /// Size of the tensor files on disk.
     pub fn bytes_on_disk(&self) -> u64 {
-        self.files
-            .iter()
-            .filter_map(|f| std::fs::metadata(&f.path).ok())
-            .map(|m| m.len())
-            .sum()
+        self.files.iter().filter_map(|f| std::fs::metadata(&f.path).ok()).map(|m| m.len()).sum()
     }
 
     /// Bytes of tensor data (what the weights occupy once mapped).
     pub fn tensor_data_bytes(&self) -> u64 {
-        self.files
-            .iter()
-            .flat_map(|f| f.tensors.values())
-            .map(|t| t.range.len() as u64)
-            .sum()
+        self.files.iter().flat_map(|f| f.tensors.values()).map(|t| t.range.len() as u64).sum()
     }
 }
 
 /// `{"weight_map": {tensor: file}}` -> the files in first-seen order, and each mapping.
 fn read_index(index: &Path) -> Result<(Vec<PathBuf>, Vec<(String, PathBuf)>), LoadError> {
-    let bad = |reason: String| LoadError::BadCheckpoint {
-        path: index.into(),
-        reason,
-    };
+    let bad = |reason: String| LoadError::BadCheckpoint { path: index.into(), reason };
     let text = std::fs::read_to_string(index).map_err(|e| LoadError::io(index, e))?;
-    let value: Value =
-        serde_json::from_str(&text).map_err(|e| bad(format!("not valid JSON: {e}")))?;
-    let map = value
-        .get("weight_map")
-        .and_then(Value::as_object)
-        .ok_or_else(|| bad("no `weight_map` object".into()))?;
+    let value: Value = serde_json::from_str(&text).map_err(|e| bad(format!("not valid JSON: {e}")))?;
+    let map = value.get("weight_map").and_then(Value::as_object).ok_or_else(|| bad("no `weight_map` object".into()))?;
     let dir = index.parent().unwrap_or(Path::new("."));
     let mut files: Vec<PathBuf> = Vec::new();
     let mut expected = Vec::with_capacity(map.len());
     for (tensor, file) in map {
-        let file = file
-            .as_str()
-            .ok_or_else(|| bad(format!("`weight_map.{tensor}` is not a file name")))?;
+        let file = file.as_str().ok_or_else(|| bad(format!("`weight_map.{tensor}` is not a file name")))?;
         if file.contains('/') || file.contains('\\') || file.starts_with('.') {
-            return Err(bad(format!(
-                "`weight_map.{tensor}` names `{file}`, which is not a plain file name"
-            )));
+            return Err(bad(format!("`weight_map.{tensor}` names `{file}`, which is not a plain file name")));
         }
         let path = dir.join(file);
         if !files.contains(&path) {

@@ -72,12 +72,7 @@ impl ModelConfig {
     /// Parameters (MXFP4 weights counted as values) in the whole model and those a single
     /// token uses: its 4 experts of each layer and everything else but the embedding table.
     pub fn param_counts(&self) -> ParamCounts {
-        let (h, i, e, v) = (
-            self.hidden_size,
-            self.intermediate_size,
-            self.num_experts,
-            self.vocab_size,
-        );
+        let (h, i, e, v) = (self.hidden_size, self.intermediate_size, self.num_experts, self.vocab_size);
         let (qd, kvd) = (self.q_dim(), self.kv_dim());
         let attention = h + (qd + 2 * kvd) * (h + 1) + h * qd + h + self.num_heads;
         let router = h + e * h + e;
@@ -85,22 +80,14 @@ impl ModelConfig {
         let per_layer = attention + router + e * expert;
         let total = 2 * v * h + self.num_layers * per_layer + h;
         let active = total - v * h - self.num_layers * (e - self.experts_per_token) * expert;
-        ParamCounts {
-            total: total as u64,
-            active: active as u64,
-        }
+        ParamCounts { total: total as u64, active: active as u64 }
     }
 
     /// Bytes of weights one generated token reads: bf16 attention, router and unembedding,
     /// and the MXFP4 codes, scales and bf16 biases of its experts in every layer.
     pub fn bytes_read_per_token(&self) -> u64 {
-        let (h, i, e, k, v) = (
-            self.hidden_size,
-            self.intermediate_size,
-            self.num_experts,
-            self.experts_per_token,
-            self.vocab_size,
-        );
+        let (h, i, e, k, v) =
+            (self.hidden_size, self.intermediate_size, self.num_experts, self.experts_per_token, self.vocab_size);
         let (qd, kvd) = (self.q_dim(), self.kv_dim());
         let attention = 2 * ((qd + 2 * kvd) * (h + 1) + h * qd + h + self.num_heads + 2 * h);
         let router = 2 * (e * h + e);
@@ -116,10 +103,7 @@ impl ModelConfig {
         let per_layer_token = 2 * self.kv_dim() as u64 * 4;
         let full = self.sliding_layers.iter().filter(|s| !**s).count() as u64;
         let sliding = self.num_layers as u64 - full;
-        (
-            full * per_layer_token,
-            sliding * per_layer_token * self.sliding_window as u64,
-        )
+        (full * per_layer_token, sliding * per_layer_token * self.sliding_window as u64)
     }
 
     /// Reads `path` and decides the dialect from the keys present.
@@ -134,19 +118,10 @@ impl ModelConfig {
 
     pub fn from_json(path: &Path, value: &Value) -> Result<(Self, Layout), LoadError> {
         let Some(obj) = value.as_object() else {
-            return Err(LoadError::BadCheckpoint {
-                path: path.into(),
-                reason: "config is not a JSON object".into(),
-            });
+            return Err(LoadError::BadCheckpoint { path: path.into(), reason: "config is not a JSON object".into() });
         };
-        let f = Fields {
-            path,
-            obj,
-            prefix: "",
-        };
-        let (config, layout) = if obj.contains_key("num_experts")
-            || obj.contains_key("rope_scaling_factor")
-        {
+        let f = Fields { path, obj, prefix: "" };
+        let (config, layout) = if obj.contains_key("num_experts") || obj.contains_key("rope_scaling_factor") {
             (Self::from_original(&f)?, Layout::Original)
         } else if obj.contains_key("num_local_experts")
             || obj.contains_key("model_type")
@@ -156,7 +131,8 @@ impl ModelConfig {
         } else {
             return Err(LoadError::BadCheckpoint {
                 path: path.into(),
-                reason: "config has neither Hugging Face (`num_local_experts`) nor original (`num_experts`) fields".into(),
+                reason: "config has neither Hugging Face (`num_local_experts`) nor original (`num_experts`) fields"
+                    .into(),
             });
         };
         config.validate(path, layout)?;
@@ -165,10 +141,7 @@ impl ModelConfig {
 
     fn from_hf(f: &Fields) -> Result<Self, LoadError> {
         let num_layers = f.usize("num_hidden_layers")?;
-        let experts_per_token = match (
-            f.opt_usize("num_experts_per_tok")?,
-            f.opt_usize("experts_per_token")?,
-        ) {
+        let experts_per_token = match (f.opt_usize("num_experts_per_tok")?, f.opt_usize("experts_per_token")?) {
             (Some(k), _) | (None, Some(k)) => k,
             (None, None) => return Err(f.missing("num_experts_per_tok")),
         };
@@ -176,10 +149,7 @@ impl ModelConfig {
             None | Some(Value::Null) => (0..num_layers).map(|l| l % 2 == 0).collect(),
             Some(Value::Array(types)) => {
                 if types.len() != num_layers {
-                    return Err(f.bad(
-                        "layer_types",
-                        format!("has {} entries for {num_layers} layers", types.len()),
-                    ));
+                    return Err(f.bad("layer_types", format!("has {} entries for {num_layers} layers", types.len())));
                 }
                 types
                     .iter()
@@ -192,46 +162,32 @@ impl ModelConfig {
             }
             Some(_) => return Err(f.bad("layer_types", "must be an array".into())),
         };
-        let (rope_factor, rope_original_context, rope_beta_fast, rope_beta_slow, rope_truncate) =
-            match f.obj.get("rope_scaling") {
-                None | Some(Value::Null) => (
-                    1.0,
-                    f.opt_usize("initial_context_length")?.unwrap_or(4096),
-                    32.0,
-                    1.0,
-                    false,
-                ),
-                Some(Value::Object(rs)) => {
-                    let sub = Fields {
-                        path: f.path,
-                        obj: rs,
-                        prefix: "rope_scaling.",
-                    };
-                    let kind = rs
-                        .get("rope_type")
-                        .or_else(|| rs.get("type"))
-                        .and_then(Value::as_str)
-                        .unwrap_or("yarn");
-                    if kind != "yarn" {
-                        return Err(
-                            sub.bad("rope_type", format!("is `{kind}`; gpt-oss uses `yarn`"))
-                        );
-                    }
-                    let truncate = match rs.get("truncate") {
-                        None | Some(Value::Null) => false,
-                        Some(Value::Bool(b)) => *b,
-                        Some(_) => return Err(sub.bad("truncate", "must be a boolean".into())),
-                    };
-                    (
-                        sub.f64("factor")?,
-                        sub.usize("original_max_position_embeddings")?,
-                        sub.f64("beta_fast")?,
-                        sub.f64("beta_slow")?,
-                        truncate,
-                    )
+        let (rope_factor, rope_original_context, rope_beta_fast, rope_beta_slow, rope_truncate) = match f
+            .obj
+            .get("rope_scaling")
+        {
+            None | Some(Value::Null) => (1.0, f.opt_usize("initial_context_length")?.unwrap_or(4096), 32.0, 1.0, false),
+            Some(Value::Object(rs)) => {
+                let sub = Fields { path: f.path, obj: rs, prefix: "rope_scaling." };
+                let kind = rs.get("rope_type").or_else(|| rs.get("type")).and_then(Value::as_str).unwrap_or("yarn");
+                if kind != "yarn" {
+                    return Err(sub.bad("rope_type", format!("is `{kind}`; gpt-oss uses `yarn`")));
                 }
-                Some(_) => return Err(f.bad("rope_scaling", "must be an object".into())),
-            };
+                let truncate = match rs.get("truncate") {
+                    None | Some(Value::Null) => false,
+                    Some(Value::Bool(b)) => *b,
+                    Some(_) => return Err(sub.bad("truncate", "must be a boolean".into())),
+                };
+                (
+                    sub.f64("factor")?,
+                    sub.usize("original_max_position_embeddings")?,
+                    sub.f64("beta_fast")?,
+                    sub.f64("beta_slow")?,
+                    truncate,
+                )
+            }
+            Some(_) => return Err(f.bad("rope_scaling", "must be an object".into())),
+        };
         let max_context = match f.opt_usize("max_position_embeddings")? {
             Some(n) => n,
             None => (rope_original_context as f64 * rope_factor) as usize,
@@ -291,15 +247,11 @@ impl ModelConfig {
     }
 
     fn validate(&self, path: &Path, layout: Layout) -> Result<(), LoadError> {
-        let bad = |field: &str, problem: String| LoadError::BadField {
-            path: path.into(),
-            field: field.into(),
-            problem,
-        };
+        let bad =
+            |field: &str, problem: String| LoadError::BadField { path: path.into(), field: field.into(), problem };
         // Field names as the file spells them.
         let hf = layout == Layout::HuggingFace;
-        let name =
-            |hf_name: &'static str, original: &'static str| if hf { hf_name } else { original };
+        let name = |hf_name: &'static str, original: &'static str| if hf { hf_name } else { original };
         let experts = name("num_local_experts", "num_experts");
         let per_token = name("num_experts_per_tok", "experts_per_token");
         // Generous bounds that keep every derived size far from overflow.
@@ -316,109 +268,64 @@ impl ModelConfig {
             ("sliding_window", self.sliding_window, 1 << 24),
         ] {
             if v == 0 || v > limit {
-                return Err(bad(
-                    field,
-                    format!("is {v}; it must be between 1 and {limit}"),
-                ));
+                return Err(bad(field, format!("is {v}; it must be between 1 and {limit}")));
             }
         }
         if self.num_heads % self.num_kv_heads != 0 {
             return Err(bad(
                 "num_key_value_heads",
-                format!(
-                    "({}) does not divide num_attention_heads ({})",
-                    self.num_kv_heads, self.num_heads
-                ),
+                format!("({}) does not divide num_attention_heads ({})", self.num_kv_heads, self.num_heads),
             ));
         }
         if self.experts_per_token > self.num_experts {
             return Err(bad(
                 per_token,
-                format!(
-                    "({}) exceeds the number of experts ({})",
-                    self.experts_per_token, self.num_experts
-                ),
+                format!("({}) exceeds the number of experts ({})", self.experts_per_token, self.num_experts),
             ));
         }
-        for (field, v) in [
-            ("hidden_size", self.hidden_size),
-            ("intermediate_size", self.intermediate_size),
-        ] {
+        for (field, v) in [("hidden_size", self.hidden_size), ("intermediate_size", self.intermediate_size)] {
             if v % 32 != 0 {
-                return Err(bad(
-                    field,
-                    format!("({v}) is not a multiple of 32, the MXFP4 block size"),
-                ));
+                return Err(bad(field, format!("({v}) is not a multiple of 32, the MXFP4 block size")));
             }
         }
         if self.head_dim % 2 != 0 {
-            return Err(bad(
-                "head_dim",
-                format!("({}) must be even for RoPE", self.head_dim),
-            ));
+            return Err(bad("head_dim", format!("({}) must be even for RoPE", self.head_dim)));
         }
         if !(self.rope_theta > 1.0) {
-            return Err(bad(
-                "rope_theta",
-                format!("is {}; it must be greater than 1", self.rope_theta),
-            ));
+            return Err(bad("rope_theta", format!("is {}; it must be greater than 1", self.rope_theta)));
         }
         let factor = name("rope_scaling.factor", "rope_scaling_factor");
         if !(self.rope_factor > 0.0) {
-            return Err(bad(
-                factor,
-                format!("is {}; it must be positive", self.rope_factor),
-            ));
+            return Err(bad(factor, format!("is {}; it must be positive", self.rope_factor)));
         }
         if self.rope_factor > 1.0 {
-            let (fast, slow) = (
-                name("rope_scaling.beta_fast", "rope_ntk_beta"),
-                name("rope_scaling.beta_slow", "rope_ntk_alpha"),
-            );
+            let (fast, slow) =
+                (name("rope_scaling.beta_fast", "rope_ntk_beta"), name("rope_scaling.beta_slow", "rope_ntk_alpha"));
             if self.rope_original_context == 0 {
-                let field = name(
-                    "rope_scaling.original_max_position_embeddings",
-                    "initial_context_length",
-                );
+                let field = name("rope_scaling.original_max_position_embeddings", "initial_context_length");
                 return Err(bad(field, "must be positive".into()));
             }
             if !(self.rope_beta_slow > 0.0) {
-                return Err(bad(
-                    slow,
-                    format!("is {}; it must be positive", self.rope_beta_slow),
-                ));
+                return Err(bad(slow, format!("is {}; it must be positive", self.rope_beta_slow)));
             }
             if !(self.rope_beta_fast > self.rope_beta_slow) {
                 return Err(bad(
                     fast,
-                    format!(
-                        "({}) must be greater than {slow} ({})",
-                        self.rope_beta_fast, self.rope_beta_slow
-                    ),
+                    format!("({}) must be greater than {slow} ({})", self.rope_beta_fast, self.rope_beta_slow),
                 ));
             }
         }
         if self.max_context == 0 || self.max_context > 1 << 24 {
             return Err(bad(
                 "max_position_embeddings",
-                format!(
-                    "is {}; it must be between 1 and {}",
-                    self.max_context,
-                    1 << 24
-                ),
+                format!("is {}; it must be between 1 and {}", self.max_context, 1 << 24),
             ));
         }
         if !(self.rms_norm_eps >= 0.0 && self.rms_norm_eps.is_finite()) {
-            return Err(bad(
-                "rms_norm_eps",
-                format!("is {}; it must be a finite number >= 0", self.rms_norm_eps),
-            ));
+            return Err(bad("rms_norm_eps", format!("is {}; it must be a finite number >= 0", self.rms_norm_eps)));
         }
         if !(self.swiglu_limit > 0.0 && self.swiglu_limit.is_finite()) {
-            return Err(bad(
-                "swiglu_limit",
-                format!("is {}; it must be positive", self.swiglu_limit),
-            ));
+            return Err(bad("swiglu_limit", format!("is {}; it must be positive", self.swiglu_limit)));
         }
         Ok(())
     }
@@ -473,17 +380,8 @@ impl ModelConfig {
 
     /// The Hugging Face `config.json` for these shapes.
     pub fn to_hf_json(&self) -> Value {
-        let layer_types: Vec<&str> = self
-            .sliding_layers
-            .iter()
-            .map(|&s| {
-                if s {
-                    "sliding_attention"
-                } else {
-                    "full_attention"
-                }
-            })
-            .collect();
+        let layer_types: Vec<&str> =
+            self.sliding_layers.iter().map(|&s| if s { "sliding_attention" } else { "full_attention" }).collect();
         json!({
             "architectures": ["GptOssForCausalLM"],
             "model_type": "gpt_oss",
@@ -564,18 +462,11 @@ struct Fields<'a> {
 
 impl Fields<'_> {
     fn missing(&self, field: &str) -> LoadError {
-        LoadError::MissingField {
-            path: self.path.into(),
-            field: format!("{}{field}", self.prefix),
-        }
+        LoadError::MissingField { path: self.path.into(), field: format!("{}{field}", self.prefix) }
     }
 
     fn bad(&self, field: &str, problem: String) -> LoadError {
-        LoadError::BadField {
-            path: self.path.into(),
-            field: format!("{}{field}", self.prefix),
-            problem,
-        }
+        LoadError::BadField { path: self.path.into(), field: format!("{}{field}", self.prefix), problem }
     }
 
     fn f64(&self, field: &str) -> Result<f64, LoadError> {
@@ -602,14 +493,11 @@ impl Fields<'_> {
         match self.obj.get(field) {
             None | Some(Value::Null) => Ok(None),
             Some(v) => {
-                let n = v.as_u64().or_else(|| {
-                    v.as_f64()
-                        .filter(|x| *x >= 0.0 && x.fract() == 0.0 && *x < 1e15)
-                        .map(|x| x as u64)
-                });
-                n.map(|n| Some(n as usize)).ok_or_else(|| {
-                    self.bad(field, format!("must be a non-negative integer, found {v}"))
-                })
+                let n = v
+                    .as_u64()
+                    .or_else(|| v.as_f64().filter(|x| *x >= 0.0 && x.fract() == 0.0 && *x < 1e15).map(|x| x as u64));
+                n.map(|n| Some(n as usize))
+                    .ok_or_else(|| self.bad(field, format!("must be a non-negative integer, found {v}")))
             }
         }
     }
@@ -621,15 +509,10 @@ mod tests {
 
     #[test]
     fn presets_round_trip_through_both_dialects() {
-        for cfg in [
-            ModelConfig::gpt_oss_20b(),
-            ModelConfig::gpt_oss_120b(),
-            ModelConfig::tiny(),
-        ] {
+        for cfg in [ModelConfig::gpt_oss_20b(), ModelConfig::gpt_oss_120b(), ModelConfig::tiny()] {
             let (hf, layout) = ModelConfig::from_json(Path::new("x"), &cfg.to_hf_json()).unwrap();
             assert_eq!((hf, layout), (cfg.clone(), Layout::HuggingFace));
-            let (orig, layout) =
-                ModelConfig::from_json(Path::new("x"), &cfg.to_original_json()).unwrap();
+            let (orig, layout) = ModelConfig::from_json(Path::new("x"), &cfg.to_original_json()).unwrap();
             assert_eq!((orig, layout), (cfg.clone(), Layout::Original));
         }
     }
@@ -640,14 +523,8 @@ mod tests {
         let c20 = ModelConfig::gpt_oss_20b().param_counts();
         let c120 = ModelConfig::gpt_oss_120b().param_counts();
         let billions = |n: u64| format!("{:.2}", n as f64 / 1e9);
-        assert_eq!(
-            (billions(c20.total), billions(c20.active)),
-            ("20.91".into(), "3.61".into())
-        );
-        assert_eq!(
-            (billions(c120.total), billions(c120.active)),
-            ("116.83".into(), "5.13".into())
-        );
+        assert_eq!((billions(c20.total), billions(c20.active)), ("20.91".into(), "3.61".into()));
+        assert_eq!((billions(c120.total), billions(c120.active)), ("116.83".into(), "5.13".into()));
     }
 
     #[test]
@@ -663,26 +540,14 @@ mod tests {
     fn errors_name_the_field() {
         let mut v = ModelConfig::gpt_oss_20b().to_hf_json();
         v.as_object_mut().unwrap().remove("hidden_size");
-        let err = ModelConfig::from_json(Path::new("cfg.json"), &v)
-            .unwrap_err()
-            .to_string();
-        assert!(
-            err.contains("cfg.json") && err.contains("`hidden_size`"),
-            "{err}"
-        );
+        let err = ModelConfig::from_json(Path::new("cfg.json"), &v).unwrap_err().to_string();
+        assert!(err.contains("cfg.json") && err.contains("`hidden_size`"), "{err}");
         let mut v = ModelConfig::gpt_oss_20b().to_original_json();
         v["num_key_value_heads"] = json!(7);
-        let err = ModelConfig::from_json(Path::new("cfg.json"), &v)
-            .unwrap_err()
-            .to_string();
-        assert!(
-            err.contains("num_key_value_heads") && err.contains("does not divide"),
-            "{err}"
-        );
+        let err = ModelConfig::from_json(Path::new("cfg.json"), &v).unwrap_err().to_string();
+        assert!(err.contains("num_key_value_heads") && err.contains("does not divide"), "{err}");
         v["num_key_value_heads"] = json!("eight");
-        let err = ModelConfig::from_json(Path::new("cfg.json"), &v)
-            .unwrap_err()
-            .to_string();
+        let err = ModelConfig::from_json(Path::new("cfg.json"), &v).unwrap_err().to_string();
         assert!(err.contains("must be a non-negative integer"), "{err}");
     }
 }

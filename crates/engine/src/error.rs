@@ -14,62 +14,28 @@ pub enum LoadError {
     #[error("{path}: not a valid safetensors file: {reason}")]
     BadHeader { path: PathBuf, reason: String },
     #[error("{path}: file is truncated: tensor `{tensor}` needs bytes up to {needed} but the file has {available}")]
-    Truncated {
-        path: PathBuf,
-        tensor: String,
-        needed: u64,
-        available: u64,
-    },
+    Truncated { path: PathBuf, tensor: String, needed: u64, available: u64 },
     #[error("{path}: tensor `{tensor}` has unknown dtype `{dtype}`")]
-    UnknownDtype {
-        path: PathBuf,
-        tensor: String,
-        dtype: String,
-    },
+    UnknownDtype { path: PathBuf, tensor: String, dtype: String },
     #[error("{path}: tensor `{tensor}` has dtype {found}, expected {expected}")]
-    WrongDtype {
-        path: PathBuf,
-        tensor: String,
-        found: String,
-        expected: String,
-    },
+    WrongDtype { path: PathBuf, tensor: String, found: String, expected: String },
     #[error("{path}: tensor `{tensor}` has shape {found:?}, expected {expected:?}")]
-    WrongShape {
-        path: PathBuf,
-        tensor: String,
-        found: Vec<usize>,
-        expected: Vec<usize>,
-    },
+    WrongShape { path: PathBuf, tensor: String, found: Vec<usize>, expected: Vec<usize> },
     #[error("{dir}: tensor `{tensor}` is missing from the checkpoint ({layout} layout)")]
-    MissingTensor {
-        dir: PathBuf,
-        tensor: String,
-        layout: &'static str,
-    },
+    MissingTensor { dir: PathBuf, tensor: String, layout: &'static str },
     #[error("{path}: tensor `{tensor}` is also defined in {other}")]
-    DuplicateTensor {
-        path: PathBuf,
-        tensor: String,
-        other: PathBuf,
-    },
+    DuplicateTensor { path: PathBuf, tensor: String, other: PathBuf },
     #[error("{path}: missing config field `{field}`")]
     MissingField { path: PathBuf, field: String },
     #[error("{path}: config field `{field}` {problem}")]
-    BadField {
-        path: PathBuf,
-        field: String,
-        problem: String,
-    },
+    BadField { path: PathBuf, field: String, problem: String },
     #[error("{path}: {reason}")]
     BadCheckpoint { path: PathBuf, reason: String },
 }
 
 impl LoadError {
     pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        LoadError::Io {
-            path: path.into(),
-            source,
-        }
+        LoadError::Io { path: path.into(), source }
     }
 }
 
@@ -85,9 +51,5 @@ pub enum EngineError {
     #[error("token id {id} is outside the model's vocabulary of {vocab} tokens")]
     TokenOutOfVocab { id: u32, vocab: usize },
     #[error("context overflow: sequence {seq} would hold {needed} tokens, the limit is {limit}")]
-    ContextOverflow {
-        seq: u64,
-        needed: usize,
-        limit: usize,
-    },
+    ContextOverflow { seq: u64, needed: usize, limit: usize },
 }

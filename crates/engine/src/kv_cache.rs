@@ -36,11 +36,7 @@ enum LayerKv {
     /// Blocks of `[BLOCK_TOKENS, kv_dim]` keys and values; block b holds positions from b·BLOCK_TOKENS.
     Blocks(Vec<(Box<[f32]>, Box<[f32]>)>),
     /// `[window, kv_dim]`; position p lives in slot p mod window. Empty until first written.
-    Ring {
-        window: usize,
-        k: Vec<f32>,
-        v: Vec<f32>,
-    },
+    Ring { window: usize, k: Vec<f32>, v: Vec<f32> },
 }
 
 impl KvCache {
@@ -66,11 +62,7 @@ impl KvCache {
             .windows
             .iter()
             .map(|w| match w {
-                Some(window) => LayerKv::Ring {
-                    window: *window,
-                    k: Vec::new(),
-                    v: Vec::new(),
-                },
+                Some(window) => LayerKv::Ring { window: *window, k: Vec::new(), v: Vec::new() },
                 None => LayerKv::Blocks(Vec::new()),
             })
             .collect();
@@ -126,11 +118,7 @@ impl KvCache {
                     let first = b * BLOCK_TOKENS;
                     let n = len.saturating_sub(first).min(BLOCK_TOKENS);
                     if n > 0 {
-                        out.push(KvSpan {
-                            first_pos: first,
-                            k: &k[..n * kvd],
-                            v: &v[..n * kvd],
-                        });
+                        out.push(KvSpan { first_pos: first, k: &k[..n * kvd], v: &v[..n * kvd] });
                     }
                 }
             }
@@ -152,42 +140,23 @@ impl KvCache {
     }
 
     /// Store `k, v: [n, kv_dim]` for positions `first_pos..first_pos + n` of `layer`.
-    pub(crate) fn write(
-        &mut self,
-        id: SeqId,
-        layer: usize,
-        first_pos: usize,
-        k: &[f32],
-        v: &[f32],
-    ) {
+    pub(crate) fn write(&mut self, id: SeqId, layer: usize, first_pos: usize, k: &[f32], v: &[f32]) {
         let kvd = self.kv_dim;
-        let seq = self
-            .seqs
-            .get_mut(&id)
-            .expect("KvCache::write on a sequence the batch was validated against");
+        let seq = self.seqs.get_mut(&id).expect("KvCache::write on a sequence the batch was validated against");
         let n = k.len() / kvd;
         match &mut seq.layers[layer] {
             LayerKv::Blocks(blocks) => {
                 for i in 0..n {
-                    let (b, off) = (
-                        (first_pos + i) / BLOCK_TOKENS,
-                        (first_pos + i) % BLOCK_TOKENS,
-                    );
+                    let (b, off) = ((first_pos + i) / BLOCK_TOKENS, (first_pos + i) % BLOCK_TOKENS);
                     while blocks.len() <= b {
                         let empty = || vec![0f32; BLOCK_TOKENS * kvd].into_boxed_slice();
                         blocks.push((empty(), empty()));
                     }
-                    blocks[b].0[off * kvd..(off + 1) * kvd]
-                        .copy_from_slice(&k[i * kvd..(i + 1) * kvd]);
-                    blocks[b].1[off * kvd..(off + 1) * kvd]
-                        .copy_from_slice(&v[i * kvd..(i + 1) * kvd]);
+                    blocks[b].0[off * kvd..(off + 1) * kvd].copy_from_slice(&k[i * kvd..(i + 1) * kvd]);
+                    blocks[b].1[off * kvd..(off + 1) * kvd].copy_from_slice(&v[i * kvd..(i + 1) * kvd]);
                 }
             }
-            LayerKv::Ring {
-                window,
-                k: rk,
-                v: rv,
-            } => {
+            LayerKv::Ring { window, k: rk, v: rv } => {
                 if rk.is_empty() {
                     *rk = vec![0f32; *window * kvd];
                     *rv = vec![0f32; *window * kvd];
@@ -222,16 +191,11 @@ mod tests {
     }
 
     fn rows(first: usize, n: usize, kvd: usize) -> Vec<f32> {
-        (first..first + n)
-            .flat_map(|p| std::iter::repeat_n(p as f32, kvd))
-            .collect()
+        (first..first + n).flat_map(|p| std::iter::repeat_n(p as f32, kvd)).collect()
     }
 
     fn positions(spans: &[KvSpan], kvd: usize) -> Vec<usize> {
-        spans
-            .iter()
-            .flat_map(|s| s.k.chunks(kvd).map(|r| r[0] as usize))
-            .collect()
+        spans.iter().flat_map(|s| s.k.chunks(kvd).map(|r| r[0] as usize)).collect()
     }
 
     fn push(c: &mut KvCache, id: SeqId, n: usize) {
@@ -257,10 +221,7 @@ mod tests {
             push(&mut c, id, 1);
         }
         assert_eq!(positions(&c.spans(id, 0), kvd), [305, 306, 307, 308]);
-        assert_eq!(
-            positions(&c.spans(id, 1), kvd),
-            (0..309).collect::<Vec<_>>()
-        );
+        assert_eq!(positions(&c.spans(id, 1), kvd), (0..309).collect::<Vec<_>>());
         let full_bytes = 2 * 2 * BLOCK_TOKENS * kvd * 4; // two blocks hold 309 positions
         assert_eq!(c.sequence_bytes(id), ring_bytes + full_bytes);
     }

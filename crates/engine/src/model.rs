@@ -62,10 +62,7 @@ impl Logits {
 
     /// The logits of the last requested position of batch item `item`.
     pub fn last_for(&self, item: usize) -> Option<&[f32]> {
-        self.rows
-            .iter()
-            .rposition(|r| r.item == item)
-            .map(|i| self.row(i))
+        self.rows.iter().rposition(|r| r.item == item).map(|i| self.row(i))
     }
 }
 
@@ -91,32 +88,18 @@ impl Model {
             c.rope_beta_slow,
             c.rope_truncate,
         );
-        Ok(Model {
-            config: c.clone(),
-            layout: ck.layout,
-            weights,
-            rope,
-        })
+        Ok(Model { config: c.clone(), layout: ck.layout, weights, rope })
     }
 
     pub fn forward(&self, cache: &mut KvCache, batch: &[SeqChunk]) -> Result<Logits, EngineError> {
         self.forward_traced(cache, batch, &mut |_, _, _| {})
     }
 
-    pub fn forward_traced(
-        &self,
-        cache: &mut KvCache,
-        batch: &[SeqChunk],
-        trace: Trace,
-    ) -> Result<Logits, EngineError> {
+    pub fn forward_traced(&self, cache: &mut KvCache, batch: &[SeqChunk], trace: Trace) -> Result<Logits, EngineError> {
         let cfg = &self.config;
         let plan = BatchPlan::new(cache, batch, cfg.vocab_size)?;
         if plan.tokens.is_empty() {
-            return Ok(Logits {
-                vocab: cfg.vocab_size,
-                data: Vec::new(),
-                rows: Vec::new(),
-            });
+            return Ok(Logits { vocab: cfg.vocab_size, data: Vec::new(), rows: Vec::new() });
         }
         let (t, h) = (plan.tokens.len(), cfg.hidden_size);
 
@@ -140,46 +123,21 @@ impl Model {
         let rows: Vec<usize> = plan.logit_rows.iter().map(|&(_, r)| r).collect();
         let mut final_norm = vec![0f32; rows.len() * h]; // [R, H]
         for (out, &r) in final_norm.chunks_exact_mut(h).zip(&rows) {
-            scalar::rmsnorm_f32(
-                &x[r * h..(r + 1) * h],
-                &self.weights.norm,
-                cfg.rms_norm_eps,
-                out,
-            );
+            scalar::rmsnorm_f32(&x[r * h..(r + 1) * h], &self.weights.norm, cfg.rms_norm_eps, out);
         }
         trace("final_norm", None, &final_norm);
         let mut logits = vec![0f32; rows.len() * cfg.vocab_size]; // [R, V]
         if !rows.is_empty() {
-            ops::linear_bf16(
-                &final_norm,
-                rows.len(),
-                &self.weights.unembedding,
-                None,
-                &mut logits,
-            );
+            ops::linear_bf16(&final_norm, rows.len(), &self.weights.unembedding, None, &mut logits);
         }
         trace("logits", None, &logits);
 
         for (item, chunk) in batch.iter().enumerate() {
             cache.advance(chunk.seq, chunk.tokens.len());
-            debug_assert_eq!(
-                cache.len(chunk.seq),
-                Some(plan.items[item].start + chunk.tokens.len())
-            );
+            debug_assert_eq!(cache.len(chunk.seq), Some(plan.items[item].start + chunk.tokens.len()));
         }
-        let rows = plan
-            .logit_rows
-            .iter()
-            .map(|&(item, r)| LogitsRow {
-                item,
-                position: plan.positions[r],
-            })
-            .collect();
-        Ok(Logits {
-            vocab: cfg.vocab_size,
-            data: logits,
-            rows,
-        })
+        let rows = plan.logit_rows.iter().map(|&(item, r)| LogitsRow { item, position: plan.positions[r] }).collect();
+        Ok(Logits { vocab: cfg.vocab_size, data: logits, rows })
     }
 
     /// RMSNorm, q/k/v projections, YaRN RoPE, sink attention over the cache, output projection.
@@ -260,13 +218,7 @@ impl Model {
         trace("attn", Some(l), &attn);
         for item in &plan.items {
             let r = &item.rows;
-            cache.write(
-                item.seq,
-                l,
-                item.start,
-                &k[r.start * kvd..r.end * kvd],
-                &v[r.start * kvd..r.end * kvd],
-            );
+            cache.write(item.seq, l, item.start, &k[r.start * kvd..r.end * kvd], &v[r.start * kvd..r.end * kvd]);
         }
 
         let mut attn_out = vec![0f32; t * h]; // [T, H]
@@ -279,32 +231,19 @@ impl Model {
     /// weighted sum. Tokens are grouped by expert so each expert's weights are read once.
     fn moe_block(&self, l: usize, w: &MoeWeights, x: &[f32], trace: Trace) -> Vec<f32> {
         let cfg = &self.config;
-        let (h, i_dim, n_exp, k) = (
-            cfg.hidden_size,
-            cfg.intermediate_size,
-            cfg.num_experts,
-            cfg.experts_per_token,
-        );
+        let (h, i_dim, n_exp, k) = (cfg.hidden_size, cfg.intermediate_size, cfg.num_experts, cfg.experts_per_token);
         let t = x.len() / h;
 
         let mlp_norm = rmsnorm_rows(x, &w.norm, cfg.rms_norm_eps, h); // [T, H]
         trace("mlp_norm", Some(l), &mlp_norm);
 
         let mut router_logits = vec![0f32; t * n_exp]; // [T, E]
-        ops::linear_bf16(
-            &mlp_norm,
-            t,
-            &w.router,
-            Some(&w.router_bias),
-            &mut router_logits,
-        );
+        ops::linear_bf16(&mlp_norm, t, &w.router, Some(&w.router_bias), &mut router_logits);
         trace("router_logits", Some(l), &router_logits);
         let mut experts = vec![0usize; t * k]; // [T, k], best first
         let mut gates = vec![0f32; t * k]; // [T, k], softmax over the k
-        for ((logits, e), g) in router_logits
-            .chunks_exact(n_exp)
-            .zip(experts.chunks_exact_mut(k))
-            .zip(gates.chunks_exact_mut(k))
+        for ((logits, e), g) in
+            router_logits.chunks_exact(n_exp).zip(experts.chunks_exact_mut(k)).zip(gates.chunks_exact_mut(k))
         {
             scalar::router_top_k(logits, e, g);
         }
@@ -330,21 +269,11 @@ impl Model {
                 &mut gate_up,
             );
             let mut act = vec![0f32; n * i_dim]; // [n, I]
-            for (a, u) in act
-                .chunks_exact_mut(i_dim)
-                .zip(gate_up.chunks_exact(2 * i_dim))
-            {
+            for (a, u) in act.chunks_exact_mut(i_dim).zip(gate_up.chunks_exact(2 * i_dim)) {
                 scalar::swiglu_interleaved_f32(u, SWIGLU_ALPHA, cfg.swiglu_limit, a);
             }
             let mut down = vec![0f32; n * h]; // [n, H]
-            ops::linear_mxfp4(
-                &act,
-                n,
-                &w.down,
-                e,
-                Some(&w.down_bias[e * h..(e + 1) * h]),
-                &mut down,
-            );
+            ops::linear_mxfp4(&act, n, &w.down, e, Some(&w.down_bias[e * h..(e + 1) * h]), &mut down);
             for (src, &s) in down.chunks_exact(h).zip(&slots) {
                 expert_out[s * h..(s + 1) * h].copy_from_slice(src);
             }
@@ -355,10 +284,7 @@ impl Model {
         for (tok, out) in moe_out.chunks_exact_mut(h).enumerate() {
             for j in 0..k {
                 let g = gates[tok * k + j];
-                for (o, &y) in out
-                    .iter_mut()
-                    .zip(&expert_out[(tok * k + j) * h..(tok * k + j + 1) * h])
-                {
+                for (o, &y) in out.iter_mut().zip(&expert_out[(tok * k + j) * h..(tok * k + j + 1) * h]) {
                     *o += g * y;
                 }
             }
@@ -388,18 +314,11 @@ struct PlanItem {
 impl BatchPlan {
     /// Checks everything up front, so a forward pass never fails half way through the cache.
     fn new(cache: &KvCache, batch: &[SeqChunk], vocab: usize) -> Result<Self, EngineError> {
-        let mut plan = BatchPlan {
-            tokens: vec![],
-            positions: vec![],
-            item_of_row: vec![],
-            items: vec![],
-            logit_rows: vec![],
-        };
+        let mut plan =
+            BatchPlan { tokens: vec![], positions: vec![], item_of_row: vec![], items: vec![], logit_rows: vec![] };
         for (i, chunk) in batch.iter().enumerate() {
             let id = chunk.seq.0;
-            let start = cache
-                .len(chunk.seq)
-                .ok_or(EngineError::UnknownSequence(id))?;
+            let start = cache.len(chunk.seq).ok_or(EngineError::UnknownSequence(id))?;
             if batch[..i].iter().any(|c| c.seq == chunk.seq) {
                 return Err(EngineError::DuplicateSequence(id));
             }
@@ -409,28 +328,19 @@ impl BatchPlan {
             check_tokens(chunk.tokens, vocab)?;
             let needed = start + chunk.tokens.len();
             if needed > cache.max_context() {
-                return Err(EngineError::ContextOverflow {
-                    seq: id,
-                    needed,
-                    limit: cache.max_context(),
-                });
+                return Err(EngineError::ContextOverflow { seq: id, needed, limit: cache.max_context() });
             }
             let first_row = plan.tokens.len();
             plan.tokens.extend_from_slice(chunk.tokens);
             plan.positions.extend(start..needed);
-            plan.item_of_row
-                .extend(std::iter::repeat_n(i, chunk.tokens.len()));
+            plan.item_of_row.extend(std::iter::repeat_n(i, chunk.tokens.len()));
             let rows = first_row..plan.tokens.len();
             match chunk.logits {
                 LogitsRequest::None => {}
                 LogitsRequest::Last => plan.logit_rows.push((i, rows.end - 1)),
                 LogitsRequest::All => plan.logit_rows.extend(rows.clone().map(|r| (i, r))),
             }
-            plan.items.push(PlanItem {
-                seq: chunk.seq,
-                start,
-                rows,
-            });
+            plan.items.push(PlanItem { seq: chunk.seq, start, rows });
         }
         Ok(plan)
     }

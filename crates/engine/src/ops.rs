@@ -20,26 +20,12 @@ pub fn linear_bf16(x: &[f32], n_tok: usize, w: &Bf16Matrix, bias: Option<&[f32]>
     let (rows, k) = (w.rows, w.cols);
     let data = w.bf16();
     rows_parallel(rows, n_tok, k, y, |r, out, buf| {
-        scalar::matmul_rows_f32_bf16w(
-            x,
-            n_tok,
-            &data[r.start * k..r.end * k],
-            bias.map(|b| &b[r.clone()]),
-            out,
-            buf,
-        )
+        scalar::matmul_rows_f32_bf16w(x, n_tok, &data[r.start * k..r.end * k], bias.map(|b| &b[r.clone()]), out, buf)
     });
 }
 
 /// `y[T, R] = x[T, K]·W[e]ᵀ + b` for one MXFP4 expert `W[e]: [R, K]`.
-pub fn linear_mxfp4(
-    x: &[f32],
-    n_tok: usize,
-    w: &Mxfp4Experts,
-    e: usize,
-    bias: Option<&[f32]>,
-    y: &mut [f32],
-) {
+pub fn linear_mxfp4(x: &[f32], n_tok: usize, w: &Mxfp4Experts, e: usize, bias: Option<&[f32]>, y: &mut [f32]) {
     let (rows, k) = (w.rows, w.cols);
     let (codes, scales) = w.expert(e);
     let (cpr, spr) = (k / 2, k / gptoss_kernels::mxfp4::BLOCK);
@@ -67,16 +53,13 @@ fn rows_parallel(
     assert_eq!(y.len(), rows * n_tok, "linear: output is not [T, R]");
     let chunk = rows_per_task(rows);
     let run = |out_t: &mut [f32]| {
-        out_t
-            .par_chunks_mut(chunk * n_tok)
-            .enumerate()
-            .for_each_init(
-                || vec![0f32; k],
-                |buf, (i, out)| {
-                    let r0 = i * chunk;
-                    kernel(r0..r0 + out.len() / n_tok, out, buf)
-                },
-            );
+        out_t.par_chunks_mut(chunk * n_tok).enumerate().for_each_init(
+            || vec![0f32; k],
+            |buf, (i, out)| {
+                let r0 = i * chunk;
+                kernel(r0..r0 + out.len() / n_tok, out, buf)
+            },
+        );
     };
     if n_tok == 1 {
         // [R, 1] and [1, R] are the same layout.
@@ -93,12 +76,6 @@ fn rows_parallel(
 }
 
 /// Calls `f(i, chunk, scratch)` for every `chunk_len`-long piece of `out`, in parallel.
-pub fn for_each_chunk(
-    out: &mut [f32],
-    chunk_len: usize,
-    f: impl Fn(usize, &mut [f32], &mut Vec<f32>) + Sync,
-) {
-    out.par_chunks_mut(chunk_len)
-        .enumerate()
-        .for_each_init(Vec::new, |scratch, (i, chunk)| f(i, chunk, scratch));
+pub fn for_each_chunk(out: &mut [f32], chunk_len: usize, f: impl Fn(usize, &mut [f32], &mut Vec<f32>) + Sync) {
+    out.par_chunks_mut(chunk_len).enumerate().for_each_init(Vec::new, |scratch, (i, chunk)| f(i, chunk, scratch));
 }

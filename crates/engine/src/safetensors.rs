@@ -113,9 +113,7 @@ impl Storage {
         match self {
             Storage::Mapped(m) => m,
             // SAFETY: any u64 buffer is a valid byte buffer of 8x the length.
-            Storage::Owned(v) => unsafe {
-                std::slice::from_raw_parts(v.as_ptr().cast(), v.len() * 8)
-            },
+            Storage::Owned(v) => unsafe { std::slice::from_raw_parts(v.as_ptr().cast(), v.len() * 8) },
         }
     }
 }
@@ -124,14 +122,9 @@ impl Bytes {
     pub fn from_vec(data: &[u8]) -> Self {
         let mut words = vec![0u64; data.len().div_ceil(8)];
         // SAFETY: the u64 buffer has at least data.len() bytes.
-        let dst =
-            unsafe { std::slice::from_raw_parts_mut(words.as_mut_ptr().cast::<u8>(), data.len()) };
+        let dst = unsafe { std::slice::from_raw_parts_mut(words.as_mut_ptr().cast::<u8>(), data.len()) };
         dst.copy_from_slice(data);
-        Bytes {
-            owner: Arc::new(Storage::Owned(words)),
-            start: 0,
-            len: data.len(),
-        }
+        Bytes { owner: Arc::new(Storage::Owned(words)), start: 0, len: data.len() }
     }
 
     pub fn as_slice(&self) -> &[u8] {
@@ -148,15 +141,8 @@ impl Bytes {
 
     /// A sub-range of these bytes, sharing the storage.
     pub fn slice(&self, range: Range<usize>) -> Bytes {
-        assert!(
-            range.start <= range.end && range.end <= self.len,
-            "Bytes::slice out of range"
-        );
-        Bytes {
-            owner: self.owner.clone(),
-            start: self.start + range.start,
-            len: range.end - range.start,
-        }
+        assert!(range.start <= range.end && range.end <= self.len, "Bytes::slice out of range");
+        Bytes { owner: self.owner.clone(), start: self.start + range.start, len: range.end - range.start }
     }
 
     /// The same bytes at an address aligned for `align` (copied only if they are not).
@@ -172,10 +158,7 @@ impl Bytes {
     pub fn as_u16(&self) -> &[u16] {
         // SAFETY: u16 has no invalid bit patterns; alignment is checked by align_to.
         let (pre, mid, post) = unsafe { self.as_slice().align_to::<u16>() };
-        assert!(
-            pre.is_empty() && post.is_empty(),
-            "Bytes::as_u16 on misaligned or odd-length data"
-        );
+        assert!(pre.is_empty() && post.is_empty(), "Bytes::as_u16 on misaligned or odd-length data");
         mid
     }
 }
@@ -212,44 +195,30 @@ impl SafeTensors {
             // SAFETY: the mapping is read-only; like every mmap-based loader we assume the
             // checkpoint is not modified while it is in use.
             let m = unsafe { Mmap::map(&file) }.map_err(|e| LoadError::io(path, e))?;
-            Bytes {
-                len: m.len(),
-                owner: Arc::new(Storage::Mapped(m)),
-                start: 0,
-            }
+            Bytes { len: m.len(), owner: Arc::new(Storage::Mapped(m)), start: 0 }
         };
         Self::from_bytes(path, map)
     }
 
     /// Parse and validate a whole file held in `map`.
     pub fn from_bytes(path: &Path, map: Bytes) -> Result<Self, LoadError> {
-        let bad = |reason: String| LoadError::BadHeader {
-            path: path.to_path_buf(),
-            reason,
-        };
+        let bad = |reason: String| LoadError::BadHeader { path: path.to_path_buf(), reason };
         let bytes = map.as_slice();
         let file_len = bytes.len() as u64;
         if file_len < 8 {
-            return Err(bad(format!(
-                "file is {file_len} bytes, too short for the 8-byte header length"
-            )));
+            return Err(bad(format!("file is {file_len} bytes, too short for the 8-byte header length")));
         }
         let header_len = u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes"));
         if header_len > MAX_HEADER_BYTES {
-            return Err(bad(format!(
-                "header length {header_len} exceeds the {MAX_HEADER_BYTES}-byte limit"
-            )));
+            return Err(bad(format!("header length {header_len} exceeds the {MAX_HEADER_BYTES}-byte limit")));
         }
         if 8 + header_len > file_len {
-            return Err(bad(format!(
-                "header length {header_len} runs past the end of the {file_len}-byte file"
-            )));
+            return Err(bad(format!("header length {header_len} runs past the end of the {file_len}-byte file")));
         }
         let data_start = 8 + header_len as usize;
-        let header = std::str::from_utf8(&bytes[8..data_start])
-            .map_err(|e| bad(format!("header is not UTF-8: {e}")))?;
-        let header: Value = serde_json::from_str(header)
-            .map_err(|e| bad(format!("header is not valid JSON: {e}")))?;
+        let header =
+            std::str::from_utf8(&bytes[8..data_start]).map_err(|e| bad(format!("header is not UTF-8: {e}")))?;
+        let header: Value = serde_json::from_str(header).map_err(|e| bad(format!("header is not valid JSON: {e}")))?;
         let Value::Object(entries) = header else {
             return Err(bad("header is not a JSON object".into()));
         };
@@ -259,12 +228,7 @@ impl SafeTensors {
             if name == "__metadata__" {
                 if let Value::Object(m) = entry {
                     for (k, v) in m {
-                        metadata.insert(
-                            k,
-                            v.as_str()
-                                .map(str::to_owned)
-                                .unwrap_or_else(|| v.to_string()),
-                        );
+                        metadata.insert(k, v.as_str().map(str::to_owned).unwrap_or_else(|| v.to_string()));
                     }
                 }
                 continue;
@@ -272,12 +236,7 @@ impl SafeTensors {
             let info = parse_entry(path, &name, &entry, data_start, file_len)?;
             tensors.insert(name, info);
         }
-        Ok(SafeTensors {
-            path: path.to_path_buf(),
-            map,
-            tensors,
-            metadata,
-        })
+        Ok(SafeTensors { path: path.to_path_buf(), map, tensors, metadata })
     }
 
     pub fn get(&self, name: &str) -> Option<&TensorInfo> {
@@ -297,14 +256,9 @@ fn parse_entry(
     data_start: usize,
     file_len: u64,
 ) -> Result<TensorInfo, LoadError> {
-    let bad = |what: String| LoadError::BadHeader {
-        path: path.to_path_buf(),
-        reason: format!("tensor `{name}`: {what}"),
-    };
-    let dtype_str = entry
-        .get("dtype")
-        .and_then(Value::as_str)
-        .ok_or_else(|| bad("no `dtype` string".into()))?;
+    let bad =
+        |what: String| LoadError::BadHeader { path: path.to_path_buf(), reason: format!("tensor `{name}`: {what}") };
+    let dtype_str = entry.get("dtype").and_then(Value::as_str).ok_or_else(|| bad("no `dtype` string".into()))?;
     let dtype = DType::parse(dtype_str).ok_or_else(|| LoadError::UnknownDtype {
         path: path.to_path_buf(),
         tensor: name.to_owned(),
@@ -326,9 +280,7 @@ fn parse_entry(
         .ok_or_else(|| bad("`data_offsets` must be two non-negative integers".into()))?;
     let (start, end) = offsets;
     if end < start {
-        return Err(bad(format!(
-            "data_offsets [{start}, {end}] end before they start"
-        )));
+        return Err(bad(format!("data_offsets [{start}, {end}] end before they start")));
     }
     let needed = shape
         .iter()
@@ -341,21 +293,15 @@ fn parse_entry(
         )));
     }
     // data_start <= file_len and start <= end, so only `end` can overflow.
-    let abs_end = (data_start as u64)
-        .checked_add(end)
-        .filter(|&e| e <= file_len)
-        .ok_or_else(|| LoadError::Truncated {
+    let abs_end =
+        (data_start as u64).checked_add(end).filter(|&e| e <= file_len).ok_or_else(|| LoadError::Truncated {
             path: path.to_path_buf(),
             tensor: name.to_owned(),
             needed: (data_start as u64).saturating_add(end),
             available: file_len,
         })?;
     let abs_start = data_start as u64 + start;
-    Ok(TensorInfo {
-        dtype,
-        shape,
-        range: abs_start as usize..abs_end as usize,
-    })
+    Ok(TensorInfo { dtype, shape, range: abs_start as usize..abs_end as usize })
 }
 
 /// What a tensor will be when written.
@@ -368,11 +314,7 @@ pub struct TensorSpec {
 
 impl TensorSpec {
     pub fn new(name: impl Into<String>, dtype: DType, shape: &[usize]) -> Self {
-        TensorSpec {
-            name: name.into(),
-            dtype,
-            shape: shape.to_vec(),
-        }
+        TensorSpec { name: name.into(), dtype, shape: shape.to_vec() }
     }
 
     pub fn byte_len(&self) -> usize {
@@ -410,10 +352,7 @@ pub fn write_safetensors(
     out.write_all(&(text.len() as u64).to_le_bytes())?;
     out.write_all(&text)?;
     for (i, s) in specs.iter().enumerate() {
-        let mut counter = CountingWriter {
-            inner: &mut out,
-            written: 0,
-        };
+        let mut counter = CountingWriter { inner: &mut out, written: 0 };
         fill(i, &mut counter)?;
         if counter.written != s.byte_len() {
             return Err(io::Error::other(format!(
@@ -451,14 +390,9 @@ mod tests {
     fn write_then_read_back() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("t.safetensors");
-        let specs = [
-            TensorSpec::new("a", DType::BF16, &[2, 3]),
-            TensorSpec::new("b", DType::U8, &[5]),
-        ];
-        write_safetensors(&path, &specs, &BTreeMap::new(), |i, w| {
-            w.write_all(&vec![i as u8 + 1; specs[i].byte_len()])
-        })
-        .unwrap();
+        let specs = [TensorSpec::new("a", DType::BF16, &[2, 3]), TensorSpec::new("b", DType::U8, &[5])];
+        write_safetensors(&path, &specs, &BTreeMap::new(), |i, w| w.write_all(&vec![i as u8 + 1; specs[i].byte_len()]))
+            .unwrap();
         let st = SafeTensors::open(&path).unwrap();
         let a = st.get("a").unwrap();
         assert_eq!((a.dtype, a.shape.clone()), (DType::BF16, vec![2, 3]));
@@ -471,13 +405,8 @@ mod tests {
     fn writer_rejects_short_fill() {
         let dir = tempfile::tempdir().unwrap();
         let specs = [TensorSpec::new("a", DType::F32, &[4])];
-        let err = write_safetensors(&dir.path().join("x"), &specs, &BTreeMap::new(), |_, w| {
-            w.write_all(&[0; 3])
-        })
-        .unwrap_err();
-        assert!(
-            err.to_string().contains("wrote 3 bytes, expected 16"),
-            "{err}"
-        );
+        let err = write_safetensors(&dir.path().join("x"), &specs, &BTreeMap::new(), |_, w| w.write_all(&[0; 3]))
+            .unwrap_err();
+        assert!(err.to_string().contains("wrote 3 bytes, expected 16"), "{err}");
     }
 }

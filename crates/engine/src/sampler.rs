@@ -22,13 +22,7 @@ pub struct SamplingParams {
 
 impl Default for SamplingParams {
     fn default() -> Self {
-        SamplingParams {
-            temperature: 1.0,
-            top_k: 0,
-            top_p: 1.0,
-            min_p: 0.0,
-            seed: None,
-        }
+        SamplingParams { temperature: 1.0, top_k: 0, top_p: 1.0, min_p: 0.0, seed: None }
     }
 }
 
@@ -70,11 +64,7 @@ impl Sampler {
             return Err(SamplingError::MinP(params.min_p));
         }
         let rng = Rng::new(params.seed.unwrap_or_else(Rng::entropy_seed));
-        Ok(Sampler {
-            params,
-            rng,
-            cand: Vec::new(),
-        })
+        Ok(Sampler { params, rng, cand: Vec::new() })
     }
 
     pub fn params(&self) -> &SamplingParams {
@@ -83,42 +73,26 @@ impl Sampler {
 
     /// Picks the next token; `top_n` alternatives are reported with their log-probabilities.
     pub fn sample(&mut self, logits: &[f32], top_n: usize) -> Sampled {
-        let token = if self.params.temperature == 0.0 || self.params.top_k == 1 {
-            argmax(logits)
-        } else {
-            self.draw(logits)
-        };
+        let token =
+            if self.params.temperature == 0.0 || self.params.top_k == 1 { argmax(logits) } else { self.draw(logits) };
         let lse = log_sum_exp(logits);
-        Sampled {
-            token,
-            logprob: logprob(logits[token as usize], lse),
-            top_logprobs: top_logprobs(logits, top_n, lse),
-        }
+        Sampled { token, logprob: logprob(logits[token as usize], lse), top_logprobs: top_logprobs(logits, top_n, lse) }
     }
 
     fn draw(&mut self, logits: &[f32]) -> u32 {
         let p = &self.params;
         let inv_t = 1.0 / p.temperature;
-        let max = logits
-            .iter()
-            .fold(f32::NEG_INFINITY, |m, &z| m.max(clean(z)));
+        let max = logits.iter().fold(f32::NEG_INFINITY, |m, &z| m.max(clean(z)));
         if !max.is_finite() || !inv_t.is_finite() {
             // An infinite logit or a vanishing temperature leaves one possible token.
             return argmax(logits);
         }
         // Weights relative to the most likely token, which has weight exactly 1.
         self.cand.clear();
-        self.cand.extend(
-            logits
-                .iter()
-                .enumerate()
-                .map(|(i, &z)| (i as u32, ((clean(z) - max) * inv_t).exp())),
-        );
-        let by_weight_desc =
-            |a: &(u32, f32), b: &(u32, f32)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
+        self.cand.extend(logits.iter().enumerate().map(|(i, &z)| (i as u32, ((clean(z) - max) * inv_t).exp())));
+        let by_weight_desc = |a: &(u32, f32), b: &(u32, f32)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
         if p.top_k > 0 && p.top_k < self.cand.len() {
-            self.cand
-                .select_nth_unstable_by(p.top_k - 1, by_weight_desc);
+            self.cand.select_nth_unstable_by(p.top_k - 1, by_weight_desc);
             self.cand.truncate(p.top_k);
         }
         self.cand.sort_unstable_by(by_weight_desc);
@@ -136,13 +110,7 @@ impl Sampler {
         }
         if p.min_p > 0.0 {
             // The best candidate has weight 1, so the threshold is min_p itself.
-            keep = keep.min(
-                self.cand
-                    .iter()
-                    .take_while(|c| c.1 >= p.min_p)
-                    .count()
-                    .max(1),
-            );
+            keep = keep.min(self.cand.iter().take_while(|c| c.1 >= p.min_p).count().max(1));
         }
         self.cand.truncate(keep);
         let kept: f64 = self.cand.iter().map(|c| c.1 as f64).sum();
@@ -178,16 +146,11 @@ pub fn argmax(logits: &[f32]) -> u32 {
 }
 
 pub fn log_sum_exp(logits: &[f32]) -> f32 {
-    let max = logits
-        .iter()
-        .fold(f32::NEG_INFINITY, |m, &z| m.max(clean(z)));
+    let max = logits.iter().fold(f32::NEG_INFINITY, |m, &z| m.max(clean(z)));
     if !max.is_finite() {
         return max;
     }
-    let sum: f64 = logits
-        .iter()
-        .map(|&z| ((clean(z) - max) as f64).exp())
-        .sum();
+    let sum: f64 = logits.iter().map(|&z| ((clean(z) - max) as f64).exp()).sum();
     max + sum.ln() as f32
 }
 
@@ -195,11 +158,7 @@ pub fn log_sum_exp(logits: &[f32]) -> f32 {
 pub fn logprob(z: f32, lse: f32) -> f32 {
     let z = clean(z);
     if lse == f32::INFINITY {
-        return if z == f32::INFINITY {
-            0.0
-        } else {
-            f32::NEG_INFINITY
-        };
+        return if z == f32::INFINITY { 0.0 } else { f32::NEG_INFINITY };
     }
     if lse == f32::NEG_INFINITY {
         return f32::NEG_INFINITY;
@@ -214,19 +173,13 @@ pub fn top_logprobs(logits: &[f32], n: usize, lse: f32) -> Vec<(u32, f32)> {
         return Vec::new();
     }
     let mut idx: Vec<u32> = (0..logits.len() as u32).collect();
-    let order = |a: &u32, b: &u32| {
-        clean(logits[*b as usize])
-            .total_cmp(&clean(logits[*a as usize]))
-            .then(a.cmp(b))
-    };
+    let order = |a: &u32, b: &u32| clean(logits[*b as usize]).total_cmp(&clean(logits[*a as usize])).then(a.cmp(b));
     if n < idx.len() {
         idx.select_nth_unstable_by(n - 1, order);
         idx.truncate(n);
     }
     idx.sort_unstable_by(order);
-    idx.into_iter()
-        .map(|i| (i, clean(logits[i as usize]) - lse))
-        .collect()
+    idx.into_iter().map(|i| (i, clean(logits[i as usize]) - lse)).collect()
 }
 
 #[cfg(test)]
@@ -234,20 +187,11 @@ mod tests {
     use super::*;
 
     fn logits() -> Vec<f32> {
-        (0..1000)
-            .map(|i| ((i * 7919) % 1000) as f32 / 100.0)
-            .collect()
+        (0..1000).map(|i| ((i * 7919) % 1000) as f32 / 100.0).collect()
     }
 
     fn sampler(temperature: f32, top_k: usize, top_p: f32, min_p: f32, seed: u64) -> Sampler {
-        Sampler::new(SamplingParams {
-            temperature,
-            top_k,
-            top_p,
-            min_p,
-            seed: Some(seed),
-        })
-        .unwrap()
+        Sampler::new(SamplingParams { temperature, top_k, top_p, min_p, seed: Some(seed) }).unwrap()
     }
 
     #[test]
@@ -258,13 +202,8 @@ mod tests {
         assert_eq!(z[s.token as usize], 9.99);
         assert_eq!(s.top_logprobs[0].0, s.token);
         assert!((s.top_logprobs[0].1 - s.logprob).abs() < 1e-6);
-        assert!(
-            s.top_logprobs[0].1 > s.top_logprobs[1].1 && s.top_logprobs[1].1 > s.top_logprobs[2].1
-        );
-        let total: f64 = z
-            .iter()
-            .map(|&x| ((x - log_sum_exp(&z)) as f64).exp())
-            .sum();
+        assert!(s.top_logprobs[0].1 > s.top_logprobs[1].1 && s.top_logprobs[1].1 > s.top_logprobs[2].1);
+        let total: f64 = z.iter().map(|&x| ((x - log_sum_exp(&z)) as f64).exp()).sum();
         assert!((total - 1.0).abs() < 1e-5);
     }
 
@@ -286,24 +225,18 @@ mod tests {
         ranked.sort_by(|a, b| z[*b as usize].total_cmp(&z[*a as usize]));
         let top5 = &ranked[..5];
         let mut s = sampler(5.0, 5, 1.0, 0.0, 9);
-        let seen: std::collections::HashSet<u32> =
-            (0..500).map(|_| s.sample(&z, 0).token).collect();
-        assert!(
-            seen.iter().all(|t| top5.contains(t)) && seen.len() == 5,
-            "{seen:?}"
-        );
+        let seen: std::collections::HashSet<u32> = (0..500).map(|_| s.sample(&z, 0).token).collect();
+        assert!(seen.iter().all(|t| top5.contains(t)) && seen.len() == 5, "{seen:?}");
 
         // Logits step by 0.01 per rank: at T=0.01 the probabilities fall by e per rank, so
         // top_p 0.7 keeps the first two ranks (0.632, then 0.865).
         let mut s = sampler(0.01, 0, 0.7, 0.0, 9);
-        let seen: std::collections::HashSet<u32> =
-            (0..500).map(|_| s.sample(&z, 0).token).collect();
+        let seen: std::collections::HashSet<u32> = (0..500).map(|_| s.sample(&z, 0).token).collect();
         assert_eq!(seen, ranked[..2].iter().copied().collect());
 
         // min_p 0.3 keeps ranks whose probability is at least 0.3 of the best: e^0, e^-1.
         let mut s = sampler(0.01, 0, 1.0, 0.3, 9);
-        let seen: std::collections::HashSet<u32> =
-            (0..500).map(|_| s.sample(&z, 0).token).collect();
+        let seen: std::collections::HashSet<u32> = (0..500).map(|_| s.sample(&z, 0).token).collect();
         assert_eq!(seen, ranked[..2].iter().copied().collect());
     }
 
@@ -332,23 +265,9 @@ mod tests {
 
     #[test]
     fn bad_parameters_are_refused() {
-        let p = |temperature, top_p, min_p| SamplingParams {
-            temperature,
-            top_p,
-            min_p,
-            ..Default::default()
-        };
-        assert_eq!(
-            Sampler::new(p(-1.0, 1.0, 0.0)).err(),
-            Some(SamplingError::Temperature(-1.0))
-        );
-        assert_eq!(
-            Sampler::new(p(1.0, 0.0, 0.0)).err(),
-            Some(SamplingError::TopP(0.0))
-        );
-        assert_eq!(
-            Sampler::new(p(1.0, 1.0, 1.5)).err(),
-            Some(SamplingError::MinP(1.5))
-        );
+        let p = |temperature, top_p, min_p| SamplingParams { temperature, top_p, min_p, ..Default::default() };
+        assert_eq!(Sampler::new(p(-1.0, 1.0, 0.0)).err(), Some(SamplingError::Temperature(-1.0)));
+        assert_eq!(Sampler::new(p(1.0, 0.0, 0.0)).err(), Some(SamplingError::TopP(0.0)));
+        assert_eq!(Sampler::new(p(1.0, 1.0, 1.5)).err(), Some(SamplingError::MinP(1.5)));
     }
 }

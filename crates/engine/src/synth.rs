@@ -76,10 +76,7 @@ pub fn write_checkpoint(
         Layout::HuggingFace => cfg.to_hf_json(),
         Layout::Original => cfg.to_original_json(),
     };
-    std::fs::write(
-        out.join("config.json"),
-        serde_json::to_string_pretty(&config)? + "\n",
-    )?;
+    std::fs::write(out.join("config.json"), serde_json::to_string_pretty(&config)? + "\n")?;
 
     let mut written = 0u64;
     let mut files = Vec::new();
@@ -105,12 +102,8 @@ pub fn write_checkpoint(
         files.push(path);
     }
     if layout == Layout::HuggingFace && n > 1 {
-        let index =
-            serde_json::json!({"metadata": {"total_size": total}, "weight_map": weight_map});
-        std::fs::write(
-            out.join("model.safetensors.index.json"),
-            serde_json::to_string_pretty(&index)? + "\n",
-        )?;
+        let index = serde_json::json!({"metadata": {"total_size": total}, "weight_map": weight_map});
+        std::fs::write(out.join("model.safetensors.index.json"), serde_json::to_string_pretty(&index)? + "\n")?;
     }
     if layout == Layout::Original {
         let dtypes: BTreeMap<&str, &str> = tensors
@@ -126,61 +119,30 @@ pub fn write_checkpoint(
                 )
             })
             .collect();
-        std::fs::write(
-            out.join("dtypes.json"),
-            serde_json::to_string_pretty(&dtypes)? + "\n",
-        )?;
+        std::fs::write(out.join("dtypes.json"), serde_json::to_string_pretty(&dtypes)? + "\n")?;
     }
-    Ok(SynthSummary {
-        files,
-        bytes: total,
-        tensors: tensors.len(),
-    })
+    Ok(SynthSummary { files, bytes: total, tensors: tensors.len() })
 }
 
 /// Every tensor of the checkpoint, in file order, with how to fill it.
 fn tensor_plan(cfg: &ModelConfig, layout: Layout) -> Vec<(TensorSpec, Fill)> {
     use LayerTensor::*;
     let names = TensorNames { layout };
-    let (h, i, e, v) = (
-        cfg.hidden_size,
-        cfg.intermediate_size,
-        cfg.num_experts,
-        cfg.vocab_size,
-    );
+    let (h, i, e, v) = (cfg.hidden_size, cfg.intermediate_size, cfg.num_experts, cfg.vocab_size);
     let (qd, kvd) = (cfg.q_dim(), cfg.kv_dim());
     // Unit-variance outputs for unit-variance inputs: uniform ±sqrt(3/fan_in).
-    let dense = |fan_in: usize| Fill::Uniform {
-        center: 0.0,
-        half_width: (3.0 / fan_in as f32).sqrt(),
-    };
-    let gain = Fill::Uniform {
-        center: 1.0,
-        half_width: 0.1,
-    };
-    let bias = Fill::Uniform {
-        center: 0.0,
-        half_width: 0.02,
-    };
+    let dense = |fan_in: usize| Fill::Uniform { center: 0.0, half_width: (3.0 / fan_in as f32).sqrt() };
+    let gain = Fill::Uniform { center: 1.0, half_width: 0.1 };
+    let bias = Fill::Uniform { center: 0.0, half_width: 0.02 };
     // MXFP4 codes have an RMS of about 2.93; pick the scale so weights have RMS ~1/sqrt(fan_in).
     let scales = |fan_in: usize| {
         let target = 1.0 / (2.93 * (fan_in as f64).sqrt());
-        Fill::Scales {
-            base: (127.0 + target.log2().floor() - 2.0) as u8,
-        }
+        Fill::Scales { base: (127.0 + target.log2().floor() - 2.0) as u8 }
     };
-    let bf16 =
-        |name: String, shape: &[usize], f: Fill| (TensorSpec::new(name, DType::BF16, shape), f);
+    let bf16 = |name: String, shape: &[usize], f: Fill| (TensorSpec::new(name, DType::BF16, shape), f);
     let u8t = |name: String, shape: &[usize], f: Fill| (TensorSpec::new(name, DType::U8, shape), f);
 
-    let mut t = vec![bf16(
-        names.embedding().into(),
-        &[v, h],
-        Fill::Uniform {
-            center: 0.0,
-            half_width: 1.0,
-        },
-    )];
+    let mut t = vec![bf16(names.embedding().into(), &[v, h], Fill::Uniform { center: 0.0, half_width: 1.0 })];
     for l in 0..cfg.num_layers {
         let n = |x| names.layer(l, x);
         t.push(bf16(n(AttnNorm), &[h], gain));
@@ -200,24 +162,10 @@ fn tensor_plan(cfg: &ModelConfig, layout: Layout) -> Vec<(TensorSpec, Fill)> {
         }
         t.push(bf16(n(OutWeight), &[h, qd], dense(qd)));
         t.push(bf16(n(OutBias), &[h], bias));
-        t.push(bf16(
-            n(Sinks),
-            &[cfg.num_heads],
-            Fill::Uniform {
-                center: 0.0,
-                half_width: 1.0,
-            },
-        ));
+        t.push(bf16(n(Sinks), &[cfg.num_heads], Fill::Uniform { center: 0.0, half_width: 1.0 }));
         t.push(bf16(n(MlpNorm), &[h], gain));
         t.push(bf16(n(RouterWeight), &[e, h], dense(h)));
-        t.push(bf16(
-            n(RouterBias),
-            &[e],
-            Fill::Uniform {
-                center: 0.0,
-                half_width: 0.1,
-            },
-        ));
+        t.push(bf16(n(RouterBias), &[e], Fill::Uniform { center: 0.0, half_width: 0.1 }));
         t.push(u8t(n(GateUpBlocks), &[e, 2 * i, h / 32, 16], Fill::Codes));
         t.push(u8t(n(GateUpScales), &[e, 2 * i, h / 32], scales(h)));
         t.push(bf16(n(GateUpBias), &[e, 2 * i], bias));
@@ -227,19 +175,11 @@ fn tensor_plan(cfg: &ModelConfig, layout: Layout) -> Vec<(TensorSpec, Fill)> {
     }
     t.push(bf16(names.final_norm().into(), &[h], gain));
     t.push(bf16(names.unembedding().into(), &[v, h], dense(h)));
-    debug_assert!(t
-        .iter()
-        .all(|(s, f)| !matches!(f, Fill::Codes) || s.shape[3] == mxfp4::BLOCK_BYTES));
+    debug_assert!(t.iter().all(|(s, f)| !matches!(f, Fill::Codes) || s.shape[3] == mxfp4::BLOCK_BYTES));
     t
 }
 
-fn fill_tensor(
-    spec: &TensorSpec,
-    fill: Fill,
-    rng: &mut Rng,
-    buf: &mut Vec<u8>,
-    w: &mut dyn Write,
-) -> io::Result<()> {
+fn fill_tensor(spec: &TensorSpec, fill: Fill, rng: &mut Rng, buf: &mut Vec<u8>, w: &mut dyn Write) -> io::Result<()> {
     const CHUNK: usize = 1 << 20;
     let mut left = spec.byte_len();
     while left > 0 {
@@ -247,9 +187,7 @@ fn fill_tensor(
         buf.resize(n, 0);
         match fill {
             Fill::Codes => rng.fill_bytes(buf),
-            Fill::Scales { base } => buf
-                .iter_mut()
-                .for_each(|b| *b = base + (rng.next_u64() % 3) as u8),
+            Fill::Scales { base } => buf.iter_mut().for_each(|b| *b = base + (rng.next_u64() % 3) as u8),
             Fill::Uniform { center, half_width } => {
                 for pair in buf.chunks_exact_mut(2) {
                     let r = (rng.next_u64() >> 40) as f32 * (1.0 / (1u64 << 24) as f32); // [0, 1)
@@ -266,7 +204,32 @@ fn fill_tensor(
 
 fn hash_name(name: &str) -> u64 {
     // FNV-1a: stable across runs and platforms.
-    name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-        (h ^ b as u64).wrapping_mul(0x100_0000_01b3)
-    })
+    name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x100_0000_01b3))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn count(plan: &[(TensorSpec, Fill)], f: impl Fn(&Fill) -> bool) -> usize {
+        plan.iter().filter(|(_, fill)| f(fill)).count()
+    }
+
+    #[test]
+    fn plans_match_the_published_tensor_lists() {
+        // original/dtypes.json of gpt-oss-20b: 267 BF16 + 48 FP4 + 48 UE8 (spec §1.3).
+        let plan = tensor_plan(&ModelConfig::gpt_oss_20b(), Layout::Original);
+        assert_eq!(count(&plan, |f| matches!(f, Fill::Uniform { .. })), 267);
+        assert_eq!(count(&plan, |f| matches!(f, Fill::Codes)), 48);
+        assert_eq!(count(&plan, |f| matches!(f, Fill::Scales { .. })), 48);
+        // The HF layout splits qkv: 3 + 24 × 19 tensors.
+        let hf = tensor_plan(&ModelConfig::gpt_oss_20b(), Layout::HuggingFace);
+        assert_eq!(hf.len(), 459);
+        let bytes = |p: &[(TensorSpec, Fill)]| p.iter().map(|(s, _)| s.byte_len() as u64).sum::<u64>();
+        assert_eq!(bytes(&hf), bytes(&plan), "both layouts hold the same bytes");
+        assert_eq!(format!("{:.2}", bytes(&hf) as f64 / 1e9), "13.76");
+        let big = tensor_plan(&ModelConfig::gpt_oss_120b(), Layout::HuggingFace);
+        assert_eq!(big.len(), 3 + 36 * 19);
+        assert_eq!(format!("{:.1}", bytes(&big) as f64 / 1e9), "65.2");
+    }
 }

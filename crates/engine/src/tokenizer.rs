@@ -61,23 +61,13 @@ pub struct Tokenizer {
 impl Tokenizer {
     /// The o200k_harmony tokenizer; works offline.
     pub fn o200k_harmony() -> Result<Self, TokenizerError> {
-        let mut ranks =
-            HashMap::with_capacity_and_hasher(NUM_ORDINARY as usize, Default::default());
+        let mut ranks = HashMap::with_capacity_and_hasher(NUM_ORDINARY as usize, Default::default());
         let mut pieces = vec![Box::<[u8]>::default(); NUM_ORDINARY as usize];
-        for (n, line) in O200K_BASE
-            .split(|&b| b == b'\n')
-            .enumerate()
-            .filter(|(_, l)| !l.is_empty())
-        {
+        for (n, line) in O200K_BASE.split(|&b| b == b'\n').enumerate().filter(|(_, l)| !l.is_empty()) {
             let bad = || TokenizerError::BadRankFile(n + 1);
             let sp = line.iter().position(|&b| b == b' ').ok_or_else(bad)?;
-            let bytes = base64_decode(&line[..sp])
-                .ok_or_else(bad)?
-                .into_boxed_slice();
-            let rank: u32 = std::str::from_utf8(&line[sp + 1..])
-                .ok()
-                .and_then(|s| s.parse().ok())
-                .ok_or_else(bad)?;
+            let bytes = base64_decode(&line[..sp]).ok_or_else(bad)?.into_boxed_slice();
+            let rank: u32 = std::str::from_utf8(&line[sp + 1..]).ok().and_then(|s| s.parse().ok()).ok_or_else(bad)?;
             if rank >= NUM_ORDINARY {
                 return Err(bad());
             }
@@ -88,11 +78,7 @@ impl Tokenizer {
             return Err(TokenizerError::BadRankFile(0));
         }
         let pattern = Regex::new(PATTERN).expect("the o200k pattern compiles");
-        Ok(Tokenizer {
-            ranks,
-            pieces,
-            pattern,
-        })
+        Ok(Tokenizer { ranks, pieces, pattern })
     }
 
     /// Ordinary encoding: never yields a special token.
@@ -115,15 +101,8 @@ impl Tokenizer {
             let piece = &text[start..end];
             // `\s+(?!\S)`: a run of spaces (no newline) followed by text keeps its last
             // character for the next piece, so " world" stays one token.
-            if end < text.len()
-                && piece.chars().all(char::is_whitespace)
-                && !piece.contains(['\r', '\n'])
-            {
-                if let Some(last) = piece
-                    .chars()
-                    .next_back()
-                    .filter(|c| c.len_utf8() < piece.len())
-                {
+            if end < text.len() && piece.chars().all(char::is_whitespace) && !piece.contains(['\r', '\n']) {
+                if let Some(last) = piece.chars().next_back().filter(|c| c.len_utf8() < piece.len()) {
                     end -= last.len_utf8();
                 }
             }
@@ -149,10 +128,7 @@ impl Tokenizer {
         // parts[i] = (start offset, rank of merging part i with part i+1)
         let rank_of = |parts: &[(usize, u32)], i: usize| -> u32 {
             if i + 2 < parts.len() {
-                self.ranks
-                    .get(&piece[parts[i].0..parts[i + 2].0])
-                    .copied()
-                    .unwrap_or(u32::MAX)
+                self.ranks.get(&piece[parts[i].0..parts[i + 2].0]).copied().unwrap_or(u32::MAX)
             } else {
                 u32::MAX
             }
@@ -162,11 +138,7 @@ impl Tokenizer {
             parts[i].1 = rank_of(&parts, i);
         }
         loop {
-            let Some((i, &(_, r))) = parts[..parts.len() - 1]
-                .iter()
-                .enumerate()
-                .min_by_key(|(_, p)| p.1)
-            else {
+            let Some((i, &(_, r))) = parts[..parts.len() - 1].iter().enumerate().min_by_key(|(_, p)| p.1) else {
                 break;
             };
             if r == u32::MAX {
@@ -196,9 +168,8 @@ impl Tokenizer {
         let mut prev: Vec<Option<usize>> = (0..n).map(|i| i.checked_sub(1)).collect();
         let mut alive = vec![true; n];
         // (rank, start of the left part, end of the right part): the rank of piece[start..end].
-        let mut heap: BinaryHeap<Reverse<(u32, usize, usize)>> = (0..n - 1)
-            .filter_map(|i| rank(i, i + 2).map(|r| Reverse((r, i, i + 2))))
-            .collect();
+        let mut heap: BinaryHeap<Reverse<(u32, usize, usize)>> =
+            (0..n - 1).filter_map(|i| rank(i, i + 2).map(|r| Reverse((r, i, i + 2)))).collect();
         while let Some(Reverse((_, i, stop))) = heap.pop() {
             // Still two adjacent parts spanning exactly i..stop? Otherwise the entry is stale.
             let j = if alive[i] { end[i] } else { continue };
@@ -231,9 +202,7 @@ impl Tokenizer {
         if id < NUM_ORDINARY {
             Ok(std::borrow::Cow::Borrowed(&self.pieces[id as usize]))
         } else {
-            special_name(id)
-                .map(|s| std::borrow::Cow::Owned(s.into_bytes()))
-                .ok_or(TokenizerError::UnknownId(id))
+            special_name(id).map(|s| std::borrow::Cow::Owned(s.into_bytes())).ok_or(TokenizerError::UnknownId(id))
         }
     }
 
@@ -406,18 +375,8 @@ mod tests {
     fn heap_merge_matches_scan_merge() {
         let t = Tokenizer::o200k_harmony().unwrap();
         let mut rng = crate::rng::Rng::new(11);
-        let alphabet: [&[u8]; 10] = [
-            b"a",
-            b"b",
-            b"ab",
-            b"the",
-            b"ing",
-            b"\xc3\xa9",
-            b"0",
-            b" ",
-            b"\xe4\xb8\xad",
-            b"zz",
-        ];
+        let alphabet: [&[u8]; 10] =
+            [b"a", b"b", b"ab", b"the", b"ing", b"\xc3\xa9", b"0", b" ", b"\xe4\xb8\xad", b"zz"];
         for len in [2usize, 3, 5, 17, 64, 65, 200, 1000] {
             for _ in 0..20 {
                 let mut piece = Vec::new();
@@ -450,11 +409,7 @@ mod tests {
             assert_eq!(Tokenizer::special_id(&name), Some(id), "{name}");
         }
         assert_eq!(Tokenizer::special_id("<|endofprompt|>"), Some(200_018));
-        assert_eq!(
-            Tokenizer::special_id("<|reserved_200006|>"),
-            None,
-            "200006 is <|start|>"
-        );
+        assert_eq!(Tokenizer::special_id("<|reserved_200006|>"), None, "200006 is <|start|>");
         assert_eq!(Tokenizer::special_id("<|reserved_201088|>"), None);
         assert_eq!(special_name(VOCAB_SIZE), None);
         assert_eq!(special_name(5), None);

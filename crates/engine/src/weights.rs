@@ -20,16 +20,8 @@ pub struct Bf16Matrix {
 
 impl Bf16Matrix {
     pub fn new(data: Bytes, rows: usize, cols: usize) -> Self {
-        assert_eq!(
-            data.len(),
-            rows * cols * 2,
-            "Bf16Matrix: byte length does not match the shape"
-        );
-        Bf16Matrix {
-            data: data.aligned(2),
-            rows,
-            cols,
-        }
+        assert_eq!(data.len(), rows * cols * 2, "Bf16Matrix: byte length does not match the shape");
+        Bf16Matrix { data: data.aligned(2), rows, cols }
     }
 
     /// `[rows, cols]` bf16 bits.
@@ -44,13 +36,7 @@ impl Bf16Matrix {
     /// Rows `start..start + rows` as their own matrix, sharing the bytes.
     pub fn row_block(&self, start: usize, rows: usize) -> Bf16Matrix {
         let row_bytes = self.cols * 2;
-        Bf16Matrix {
-            data: self
-                .data
-                .slice(start * row_bytes..(start + rows) * row_bytes),
-            rows,
-            cols: self.cols,
-        }
+        Bf16Matrix { data: self.data.slice(start * row_bytes..(start + rows) * row_bytes), rows, cols: self.cols }
     }
 }
 
@@ -67,14 +53,8 @@ pub struct Mxfp4Experts {
 impl Mxfp4Experts {
     /// (codes `[rows, cols/2]`, scales `[rows, cols/32]`) of expert `e`.
     pub fn expert(&self, e: usize) -> (&[u8], &[u8]) {
-        let (c, s) = (
-            self.rows * self.cols / 2,
-            self.rows * self.cols / mxfp4::BLOCK,
-        );
-        (
-            &self.codes.as_slice()[e * c..(e + 1) * c],
-            &self.scales.as_slice()[e * s..(e + 1) * s],
-        )
+        let (c, s) = (self.rows * self.cols / 2, self.rows * self.cols / mxfp4::BLOCK);
+        (&self.codes.as_slice()[e * c..(e + 1) * c], &self.scales.as_slice()[e * s..(e + 1) * s])
     }
 }
 
@@ -121,9 +101,7 @@ impl ModelWeights {
         let names = TensorNames { layout: ck.layout };
         let ld = Loader { ck };
         let (h, v) = (cfg.hidden_size, cfg.vocab_size);
-        let layers = (0..cfg.num_layers)
-            .map(|l| load_layer(&ld, &names, cfg, l))
-            .collect::<Result<Vec<_>, _>>()?;
+        let layers = (0..cfg.num_layers).map(|l| load_layer(&ld, &names, cfg, l)).collect::<Result<Vec<_>, _>>()?;
         Ok(ModelWeights {
             embedding: ld.matrix(names.embedding(), v, h)?,
             layers,
@@ -133,12 +111,7 @@ impl ModelWeights {
     }
 }
 
-fn load_layer(
-    ld: &Loader,
-    names: &TensorNames,
-    cfg: &ModelConfig,
-    l: usize,
-) -> Result<LayerWeights, LoadError> {
+fn load_layer(ld: &Loader, names: &TensorNames, cfg: &ModelConfig, l: usize) -> Result<LayerWeights, LoadError> {
     use LayerTensor::*;
     let n = |t| names.layer(l, t);
     let (h, i, e) = (cfg.hidden_size, cfg.intermediate_size, cfg.num_experts);
@@ -158,14 +131,7 @@ fn load_layer(
             let mut bias = ld.vector(&n(QkvBias), &[qd + 2 * kvd])?;
             let v_bias = bias.split_off(qd + kvd);
             let k_bias = bias.split_off(qd);
-            (
-                qkv.row_block(0, qd),
-                qkv.row_block(qd, kvd),
-                qkv.row_block(qd + kvd, kvd),
-                bias,
-                k_bias,
-                v_bias,
-            )
+            (qkv.row_block(0, qd), qkv.row_block(qd, kvd), qkv.row_block(qd + kvd, kvd), bias, k_bias, v_bias)
         }
     };
     Ok(LayerWeights {
@@ -199,16 +165,9 @@ struct Loader<'a> {
 
 impl Loader<'_> {
     fn check(&self, name: &str, dtypes: &[DType], shape: &[usize]) -> Result<Bytes, LoadError> {
-        let (file, info) = self
-            .ck
-            .tensor(name)
-            .map_err(|e| self.explain_missing(name, e))?;
+        let (file, info) = self.ck.tensor(name).map_err(|e| self.explain_missing(name, e))?;
         if !dtypes.contains(&info.dtype) {
-            let expected = dtypes
-                .iter()
-                .map(|d| d.name())
-                .collect::<Vec<_>>()
-                .join(" or ");
+            let expected = dtypes.iter().map(|d| d.name()).collect::<Vec<_>>().join(" or ");
             return Err(LoadError::WrongDtype {
                 path: file.path.clone(),
                 tensor: name.into(),
@@ -228,11 +187,7 @@ impl Loader<'_> {
     }
 
     fn matrix(&self, name: &str, rows: usize, cols: usize) -> Result<Bf16Matrix, LoadError> {
-        Ok(Bf16Matrix::new(
-            self.check(name, &[DType::BF16], &[rows, cols])?,
-            rows,
-            cols,
-        ))
+        Ok(Bf16Matrix::new(self.check(name, &[DType::BF16], &[rows, cols])?, rows, cols))
     }
 
     /// A small tensor widened to f32; bf16, f16 and f32 are accepted.
@@ -242,18 +197,9 @@ impl Loader<'_> {
         let bytes = self.check(name, &[DType::BF16, DType::F16, DType::F32], shape)?;
         let b = bytes.as_slice();
         Ok(match dtype {
-            DType::BF16 => b
-                .chunks_exact(2)
-                .map(|c| bf16_to_f32(u16::from_le_bytes([c[0], c[1]])))
-                .collect(),
-            DType::F16 => b
-                .chunks_exact(2)
-                .map(|c| f16_to_f32(u16::from_le_bytes([c[0], c[1]])))
-                .collect(),
-            _ => b
-                .chunks_exact(4)
-                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                .collect(),
+            DType::BF16 => b.chunks_exact(2).map(|c| bf16_to_f32(u16::from_le_bytes([c[0], c[1]]))).collect(),
+            DType::F16 => b.chunks_exact(2).map(|c| f16_to_f32(u16::from_le_bytes([c[0], c[1]]))).collect(),
+            _ => b.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
         })
     }
 
@@ -268,21 +214,12 @@ impl Loader<'_> {
         let g = cols / mxfp4::BLOCK;
         let codes = self.check(blocks, &[DType::U8], &[e, rows, g, mxfp4::BLOCK_BYTES])?;
         let scales = self.check(scales, &[DType::U8], &[e, rows, g])?;
-        Ok(Mxfp4Experts {
-            codes,
-            scales,
-            experts: e,
-            rows,
-            cols,
-        })
+        Ok(Mxfp4Experts { codes, scales, experts: e, rows, cols })
     }
 
     /// Dequantized (bf16) expert checkpoints exist; say so instead of "missing tensor".
     fn explain_missing(&self, name: &str, err: LoadError) -> LoadError {
-        if let Some(stem) = name
-            .strip_suffix("_blocks")
-            .or_else(|| name.strip_suffix(".blocks"))
-        {
+        if let Some(stem) = name.strip_suffix("_blocks").or_else(|| name.strip_suffix(".blocks")) {
             if self.ck.contains(stem) {
                 return LoadError::BadCheckpoint {
                     path: self.ck.dir.clone(),

@@ -18,16 +18,7 @@ fn same_bits(a: &[f32], b: &[f32]) -> bool {
 fn alone(m: &Model, tokens: &[u32]) -> Vec<Vec<f32>> {
     let mut cache = KvCache::new(&m.config, 4096);
     let seq = cache.add_sequence();
-    let l = m
-        .forward(
-            &mut cache,
-            &[SeqChunk {
-                seq,
-                tokens,
-                logits: LogitsRequest::All,
-            }],
-        )
-        .unwrap();
+    let l = m.forward(&mut cache, &[SeqChunk { seq, tokens, logits: LogitsRequest::All }]).unwrap();
     (0..tokens.len()).map(|i| l.row(i).to_vec()).collect()
 }
 
@@ -42,23 +33,10 @@ fn chunked_prefill_and_decode_match_one_pass() {
     let mut start = 0;
     for len in [100, 150, 1, 1, 48] {
         let chunk = &tokens[start..start + len];
-        let l = m
-            .forward(
-                &mut cache,
-                &[SeqChunk {
-                    seq,
-                    tokens: chunk,
-                    logits: LogitsRequest::All,
-                }],
-            )
-            .unwrap();
+        let l = m.forward(&mut cache, &[SeqChunk { seq, tokens: chunk, logits: LogitsRequest::All }]).unwrap();
         for (i, row) in l.rows.iter().enumerate() {
             assert_eq!(row.position, start + i);
-            assert!(
-                same_bits(l.row(i), &want[start + i]),
-                "position {}",
-                start + i
-            );
+            assert!(same_bits(l.row(i), &want[start + i]), "position {}", start + i);
         }
         start += len;
     }
@@ -73,28 +51,12 @@ fn batched_sequences_are_independent() {
     let (wa, wb) = (alone(&m, a), alone(&m, b));
 
     let mut cache = KvCache::new(&m.config, 4096);
-    let (sa, sb, sc) = (
-        cache.add_sequence(),
-        cache.add_sequence(),
-        cache.add_sequence(),
-    );
+    let (sa, sb, sc) = (cache.add_sequence(), cache.add_sequence(), cache.add_sequence());
     // Step 1: three prompts at once, with different logits requests.
     let batch = [
-        SeqChunk {
-            seq: sa,
-            tokens: &a[..160],
-            logits: LogitsRequest::Last,
-        },
-        SeqChunk {
-            seq: sb,
-            tokens: b,
-            logits: LogitsRequest::All,
-        },
-        SeqChunk {
-            seq: sc,
-            tokens: c,
-            logits: LogitsRequest::None,
-        },
+        SeqChunk { seq: sa, tokens: &a[..160], logits: LogitsRequest::Last },
+        SeqChunk { seq: sb, tokens: b, logits: LogitsRequest::All },
+        SeqChunk { seq: sc, tokens: c, logits: LogitsRequest::None },
     ];
     let l = m.forward(&mut cache, &batch).unwrap();
     assert_eq!(l.rows.len(), 1 + b.len());
@@ -108,14 +70,7 @@ fn batched_sequences_are_independent() {
     assert!(cache.remove_sequence(sc));
     for (i, t) in a[160..].iter().enumerate() {
         let l = m
-            .forward(
-                &mut cache,
-                &[SeqChunk {
-                    seq: sa,
-                    tokens: std::slice::from_ref(t),
-                    logits: LogitsRequest::Last,
-                }],
-            )
+            .forward(&mut cache, &[SeqChunk { seq: sa, tokens: std::slice::from_ref(t), logits: LogitsRequest::Last }])
             .unwrap();
         assert!(same_bits(l.row(0), &wa[160 + i]));
     }
@@ -129,83 +84,30 @@ fn bad_batches_are_refused_without_touching_the_cache() {
     let mut cache = KvCache::new(&m.config, 64);
     let s = cache.add_sequence();
     let ok = [1u32, 2, 3];
-    m.forward(
-        &mut cache,
-        &[SeqChunk {
-            seq: s,
-            tokens: &ok,
-            logits: LogitsRequest::None,
-        }],
-    )
-    .unwrap();
+    m.forward(&mut cache, &[SeqChunk { seq: s, tokens: &ok, logits: LogitsRequest::None }]).unwrap();
     let bytes = cache.allocated_bytes();
     let ghost = gptoss_engine::SeqId(999);
 
     let cases: Vec<(Vec<SeqChunk>, fn(&EngineError) -> bool)> = vec![
-        (
-            vec![SeqChunk {
-                seq: ghost,
-                tokens: &ok,
-                logits: LogitsRequest::Last,
-            }],
-            |e| matches!(e, EngineError::UnknownSequence(_)),
-        ),
+        (vec![SeqChunk { seq: ghost, tokens: &ok, logits: LogitsRequest::Last }], |e| {
+            matches!(e, EngineError::UnknownSequence(_))
+        }),
         (
             vec![
-                SeqChunk {
-                    seq: s,
-                    tokens: &ok,
-                    logits: LogitsRequest::Last,
-                },
-                SeqChunk {
-                    seq: s,
-                    tokens: &ok,
-                    logits: LogitsRequest::Last,
-                },
+                SeqChunk { seq: s, tokens: &ok, logits: LogitsRequest::Last },
+                SeqChunk { seq: s, tokens: &ok, logits: LogitsRequest::Last },
             ],
             |e| matches!(e, EngineError::DuplicateSequence(_)),
         ),
-        (
-            vec![SeqChunk {
-                seq: s,
-                tokens: &[],
-                logits: LogitsRequest::Last,
-            }],
-            |e| matches!(e, EngineError::EmptyChunk(_)),
-        ),
-        (
-            vec![SeqChunk {
-                seq: s,
-                tokens: &[5, 1024],
-                logits: LogitsRequest::Last,
-            }],
-            |e| {
-                matches!(
-                    e,
-                    EngineError::TokenOutOfVocab {
-                        id: 1024,
-                        vocab: 1024
-                    }
-                )
-            },
-        ),
-        (
-            vec![SeqChunk {
-                seq: s,
-                tokens: &[7; 62],
-                logits: LogitsRequest::Last,
-            }],
-            |e| {
-                matches!(
-                    e,
-                    EngineError::ContextOverflow {
-                        needed: 65,
-                        limit: 64,
-                        ..
-                    }
-                )
-            },
-        ),
+        (vec![SeqChunk { seq: s, tokens: &[], logits: LogitsRequest::Last }], |e| {
+            matches!(e, EngineError::EmptyChunk(_))
+        }),
+        (vec![SeqChunk { seq: s, tokens: &[5, 1024], logits: LogitsRequest::Last }], |e| {
+            matches!(e, EngineError::TokenOutOfVocab { id: 1024, vocab: 1024 })
+        }),
+        (vec![SeqChunk { seq: s, tokens: &[7; 62], logits: LogitsRequest::Last }], |e| {
+            matches!(e, EngineError::ContextOverflow { needed: 65, limit: 64, .. })
+        }),
     ];
     for (batch, check) in cases {
         let err = m.forward(&mut cache, &batch).err().expect("must fail");
@@ -217,14 +119,6 @@ fn bad_batches_are_refused_without_touching_the_cache() {
     assert!(m.forward(&mut cache, &[]).unwrap().rows.is_empty());
     assert_eq!(cache.len(s), Some(3));
     // The context limit is inclusive.
-    m.forward(
-        &mut cache,
-        &[SeqChunk {
-            seq: s,
-            tokens: &[7; 61],
-            logits: LogitsRequest::Last,
-        }],
-    )
-    .unwrap();
+    m.forward(&mut cache, &[SeqChunk { seq: s, tokens: &[7; 61], logits: LogitsRequest::Last }]).unwrap();
     assert_eq!(cache.len(s), Some(64));
 }

@@ -36,20 +36,13 @@ fn missing_tensor() {
             h.remove("model.norm.weight");
         });
         let index = p.join("model.safetensors.index.json");
-        let mut v: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(&index).unwrap()).unwrap();
-        v["weight_map"]
-            .as_object_mut()
-            .unwrap()
-            .remove("model.norm.weight");
+        let mut v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&index).unwrap()).unwrap();
+        v["weight_map"].as_object_mut().unwrap().remove("model.norm.weight");
         std::fs::write(&index, v.to_string()).unwrap();
     });
     let (err, msg) = load_err(&path);
     assert!(matches!(err, LoadError::MissingTensor { .. }), "{msg}");
-    assert!(
-        msg.contains("`model.norm.weight`") && msg.contains("model"),
-        "{msg}"
-    );
+    assert!(msg.contains("`model.norm.weight`") && msg.contains("model"), "{msg}");
 }
 
 #[test]
@@ -60,41 +53,28 @@ fn index_points_at_a_file_without_the_tensor() {
         })
     });
     let (_, msg) = load_err(&path);
-    assert!(
-        msg.contains("model.safetensors.index.json") && msg.contains("`model.norm.weight`"),
-        "{msg}"
-    );
+    assert!(msg.contains("model.safetensors.index.json") && msg.contains("`model.norm.weight`"), "{msg}");
 }
 
 #[test]
 fn wrong_shape() {
     let (_d, path) = broken_hf(|p| {
-        edit_header(&p.join(SHARD0), |h| {
-            h["lm_head.weight"]["shape"] = json!([2048, 32])
-        });
+        edit_header(&p.join(SHARD0), |h| h["lm_head.weight"]["shape"] = json!([2048, 32]));
     });
     let (err, msg) = load_err(&path);
     assert!(matches!(err, LoadError::WrongShape { .. }), "{msg}");
-    assert!(
-        msg.contains(SHARD0) && msg.contains("`lm_head.weight`") && msg.contains("[1024, 64]"),
-        "{msg}"
-    );
+    assert!(msg.contains(SHARD0) && msg.contains("`lm_head.weight`") && msg.contains("[1024, 64]"), "{msg}");
 }
 
 #[test]
 fn wrong_dtype() {
     let (_d, path) = broken_hf(|p| {
-        edit_header(&p.join(SHARD0), |h| {
-            h["lm_head.weight"]["dtype"] = json!("F16")
-        });
+        edit_header(&p.join(SHARD0), |h| h["lm_head.weight"]["dtype"] = json!("F16"));
     });
     let (err, msg) = load_err(&path);
     assert!(matches!(err, LoadError::WrongDtype { .. }), "{msg}");
     assert!(
-        msg.contains(SHARD0)
-            && msg.contains("`lm_head.weight`")
-            && msg.contains("F16")
-            && msg.contains("BF16"),
+        msg.contains(SHARD0) && msg.contains("`lm_head.weight`") && msg.contains("F16") && msg.contains("BF16"),
         "{msg}"
     );
 }
@@ -102,16 +82,11 @@ fn wrong_dtype() {
 #[test]
 fn unknown_dtype() {
     let (_d, path) = broken_hf(|p| {
-        edit_header(&p.join(SHARD0), |h| {
-            h["model.norm.weight"]["dtype"] = json!("BF17")
-        });
+        edit_header(&p.join(SHARD0), |h| h["model.norm.weight"]["dtype"] = json!("BF17"));
     });
     let (err, msg) = load_err(&path);
     assert!(matches!(err, LoadError::UnknownDtype { .. }), "{msg}");
-    assert!(
-        msg.contains(SHARD0) && msg.contains("`model.norm.weight`") && msg.contains("BF17"),
-        "{msg}"
-    );
+    assert!(msg.contains(SHARD0) && msg.contains("`model.norm.weight`") && msg.contains("BF17"), "{msg}");
 }
 
 #[test]
@@ -119,19 +94,11 @@ fn truncated_file() {
     let (_d, path) = broken_hf(|p| {
         let f = p.join(SHARD0);
         let len = std::fs::metadata(&f).unwrap().len();
-        std::fs::OpenOptions::new()
-            .write(true)
-            .open(&f)
-            .unwrap()
-            .set_len(len - 1000)
-            .unwrap();
+        std::fs::OpenOptions::new().write(true).open(&f).unwrap().set_len(len - 1000).unwrap();
     });
     let (err, msg) = load_err(&path);
     assert!(matches!(err, LoadError::Truncated { .. }), "{msg}");
-    assert!(
-        msg.contains(SHARD0) && msg.contains("truncated") && msg.contains('`'),
-        "{msg}"
-    );
+    assert!(msg.contains(SHARD0) && msg.contains("truncated") && msg.contains('`'), "{msg}");
 }
 
 #[test]
@@ -156,10 +123,7 @@ fn header_length_past_the_end() {
         std::fs::write(&f, bytes).unwrap();
     });
     let (_, msg) = load_err(&path);
-    assert!(
-        msg.contains(SHARD0) && msg.contains("header length"),
-        "{msg}"
-    );
+    assert!(msg.contains(SHARD0) && msg.contains("header length"), "{msg}");
 }
 
 #[test]
@@ -172,32 +136,23 @@ fn tiny_file() {
 #[test]
 fn offsets_disagree_with_the_shape() {
     let (_d, path) = broken_hf(|p| {
-        edit_header(&p.join(SHARD0), |h| {
-            h["model.norm.weight"]["shape"] = json!([65])
-        });
+        edit_header(&p.join(SHARD0), |h| h["model.norm.weight"]["shape"] = json!([65]));
     });
     let (_, msg) = load_err(&path);
-    assert!(
-        msg.contains("`model.norm.weight`") && msg.contains("needs 130 bytes"),
-        "{msg}"
-    );
+    assert!(msg.contains("`model.norm.weight`") && msg.contains("needs 130 bytes"), "{msg}");
 }
 
 #[test]
 fn missing_config_field() {
     let (_d, path) = broken_hf(|p| {
         let f = p.join("config.json");
-        let mut v: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(&f).unwrap()).unwrap();
+        let mut v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&f).unwrap()).unwrap();
         v.as_object_mut().unwrap().remove("num_attention_heads");
         std::fs::write(&f, v.to_string()).unwrap();
     });
     let (err, msg) = load_err(&path);
     assert!(matches!(err, LoadError::MissingField { .. }), "{msg}");
-    assert!(
-        msg.contains("config.json") && msg.contains("`num_attention_heads`"),
-        "{msg}"
-    );
+    assert!(msg.contains("config.json") && msg.contains("`num_attention_heads`"), "{msg}");
 }
 
 #[test]
@@ -205,8 +160,7 @@ fn malformed_config_fields_are_named() {
     let set = |key: &str, value: serde_json::Value| {
         let (_d, path) = broken_hf(|p| {
             let f = p.join("config.json");
-            let mut v: serde_json::Value =
-                serde_json::from_str(&std::fs::read_to_string(&f).unwrap()).unwrap();
+            let mut v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&f).unwrap()).unwrap();
             let (obj, k) = match key.split_once('.') {
                 Some((outer, inner)) => (&mut v[outer], inner),
                 None => (&mut v, key),
@@ -217,32 +171,17 @@ fn malformed_config_fields_are_named() {
         load_err(&path).1
     };
     let msg = set("rope_scaling.factor", json!("32"));
-    assert!(
-        msg.contains("`rope_scaling.factor` must be a number"),
-        "{msg}"
-    );
+    assert!(msg.contains("`rope_scaling.factor` must be a number"), "{msg}");
     let msg = set("rope_scaling.original_max_position_embeddings", json!(0));
-    assert!(
-        msg.contains("`rope_scaling.original_max_position_embeddings` must be positive"),
-        "{msg}"
-    );
+    assert!(msg.contains("`rope_scaling.original_max_position_embeddings` must be positive"), "{msg}");
     let msg = set("rope_scaling.beta_slow", json!(64.0));
-    assert!(
-        msg.contains("`rope_scaling.beta_fast`") && msg.contains("greater than"),
-        "{msg}"
-    );
+    assert!(msg.contains("`rope_scaling.beta_fast`") && msg.contains("greater than"), "{msg}");
     let msg = set("rms_norm_eps", json!(-1.0));
     assert!(msg.contains("`rms_norm_eps`"), "{msg}");
     let msg = set("num_experts_per_tok", json!("four"));
-    assert!(
-        msg.contains("`num_experts_per_tok` must be a non-negative integer"),
-        "{msg}"
-    );
+    assert!(msg.contains("`num_experts_per_tok` must be a non-negative integer"), "{msg}");
     let msg = set("hidden_size", json!(100));
-    assert!(
-        msg.contains("`hidden_size` (100) is not a multiple of 32"),
-        "{msg}"
-    );
+    assert!(msg.contains("`hidden_size` (100) is not a multiple of 32"), "{msg}");
     let msg = set("vocab_size", json!(0));
     assert!(msg.contains("`vocab_size` is 0"), "{msg}");
 }
@@ -263,8 +202,7 @@ fn offsets_past_the_end_of_memory() {
 fn config_disagrees_with_the_tensors() {
     let (_d, path) = broken_hf(|p| {
         let f = p.join("config.json");
-        let mut v: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(&f).unwrap()).unwrap();
+        let mut v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&f).unwrap()).unwrap();
         v["num_local_experts"] = json!(16);
         std::fs::write(&f, v.to_string()).unwrap();
     });
@@ -277,10 +215,7 @@ fn config_disagrees_with_the_tensors() {
 fn config_not_json() {
     let (_d, path) = broken_hf(|p| std::fs::write(p.join("config.json"), "{ not json").unwrap());
     let (_, msg) = load_err(&path);
-    assert!(
-        msg.contains("config.json") && msg.contains("not valid JSON"),
-        "{msg}"
-    );
+    assert!(msg.contains("config.json") && msg.contains("not valid JSON"), "{msg}");
 }
 
 #[test]
@@ -297,9 +232,7 @@ fn missing_shard() {
     let (_d, path) = broken_hf(|p| std::fs::remove_file(p.join(SHARD0)).unwrap());
     let (_, msg) = load_err(&path);
     assert!(
-        msg.contains("model.safetensors.index.json")
-            && msg.contains(SHARD0)
-            && msg.contains("does not exist"),
+        msg.contains("model.safetensors.index.json") && msg.contains(SHARD0) && msg.contains("does not exist"),
         "{msg}"
     );
 }
@@ -309,11 +242,7 @@ fn duplicate_tensor_across_files() {
     // The original layout scans every *.safetensors: a second copy of the file duplicates all.
     let dir = tempfile::tempdir().unwrap();
     copy_dir(&tiny("original"), dir.path());
-    std::fs::copy(
-        dir.path().join("model.safetensors"),
-        dir.path().join("model-copy.safetensors"),
-    )
-    .unwrap();
+    std::fs::copy(dir.path().join("model.safetensors"), dir.path().join("model-copy.safetensors")).unwrap();
     let (err, msg) = load_err(dir.path());
     assert!(matches!(err, LoadError::DuplicateTensor { .. }), "{msg}");
 }
@@ -335,10 +264,7 @@ fn dequantized_experts_are_named_as_such() {
         std::fs::remove_file(p.join("model.safetensors.index.json")).unwrap();
     });
     let (_, msg) = load_err(&path);
-    assert!(
-        msg.contains("not MXFP4") && msg.contains("gate_up_proj"),
-        "{msg}"
-    );
+    assert!(msg.contains("not MXFP4") && msg.contains("gate_up_proj"), "{msg}");
 }
 
 #[test]
@@ -354,28 +280,15 @@ fn layouts_are_detected_and_a_hub_root_loads_the_root() {
     // A folder with only original/ inside loads that.
     let only = tempfile::tempdir().unwrap();
     copy_dir(&tiny("original"), &only.path().join("original"));
-    assert_eq!(
-        Model::load(only.path()).unwrap().layout,
-        gptoss_engine::Layout::Original
-    );
+    assert_eq!(Model::load(only.path()).unwrap().layout, gptoss_engine::Layout::Original);
     // A root config with only original/ weights falls back to original/.
     let root_config_only = tempfile::tempdir().unwrap();
-    std::fs::copy(
-        tiny("hf").join("config.json"),
-        root_config_only.path().join("config.json"),
-    )
-    .unwrap();
+    std::fs::copy(tiny("hf").join("config.json"), root_config_only.path().join("config.json")).unwrap();
     copy_dir(&tiny("original"), &root_config_only.path().join("original"));
-    assert_eq!(
-        Model::load(root_config_only.path()).unwrap().layout,
-        gptoss_engine::Layout::Original
-    );
+    assert_eq!(Model::load(root_config_only.path()).unwrap().layout, gptoss_engine::Layout::Original);
     // HF without an index: every *.safetensors is scanned.
     let no_index = tempfile::tempdir().unwrap();
     copy_dir(&tiny("hf"), no_index.path());
     std::fs::remove_file(no_index.path().join("model.safetensors.index.json")).unwrap();
-    assert_eq!(
-        Model::load(no_index.path()).unwrap().layout,
-        gptoss_engine::Layout::HuggingFace
-    );
+    assert_eq!(Model::load(no_index.path()).unwrap().layout, gptoss_engine::Layout::HuggingFace);
 }

@@ -10,16 +10,7 @@ use gptoss_engine::{KvCache, LogitsRequest, Model, SeqChunk};
 fn all_logits(model: &Model, tokens: &[u32]) -> Vec<Vec<f32>> {
     let mut cache = KvCache::new(&model.config, 4096);
     let seq = cache.add_sequence();
-    let logits = model
-        .forward(
-            &mut cache,
-            &[SeqChunk {
-                seq,
-                tokens,
-                logits: LogitsRequest::All,
-            }],
-        )
-        .unwrap();
+    let logits = model.forward(&mut cache, &[SeqChunk { seq, tokens, logits: LogitsRequest::All }]).unwrap();
     assert_eq!(logits.rows.len(), tokens.len());
     (0..tokens.len()).map(|i| logits.row(i).to_vec()).collect()
 }
@@ -46,17 +37,9 @@ fn check_against_reference(layout: &str) -> Vec<Vec<f32>> {
         let mut ours: Vec<u32> = (0..lp.len() as u32).collect();
         ours.sort_by(|a, b| lp[*b as usize].total_cmp(&lp[*a as usize]));
         for j in 0..8 {
-            let prev_gap = if j > 0 {
-                lps[j - 1] - lps[j]
-            } else {
-                f64::INFINITY
-            };
+            let prev_gap = if j > 0 { lps[j - 1] - lps[j] } else { f64::INFINITY };
             // Rank 8 is not in the reference; our own 9th logprob stands in for it.
-            let next_gap = if j < 7 {
-                lps[j] - lps[j + 1]
-            } else {
-                lps[7] - lp[ours[8] as usize]
-            };
+            let next_gap = if j < 7 { lps[j] - lps[j + 1] } else { lps[7] - lp[ours[8] as usize] };
             if prev_gap > 1e-3 && next_gap > 1e-3 {
                 assert_eq!(ours[j], ids[j], "{layout}: rank {j} at position {pos}");
                 top8_checked += 1;
@@ -66,14 +49,8 @@ fn check_against_reference(layout: &str) -> Vec<Vec<f32>> {
     eprintln!("{layout}: max |Δnll| = {max_nll:.3e} over {} tokens, max |Δlogit| = {max_logit:.3e} at {:?}, {top8_checked} top-8 ranks compared",
         r.next_token_nll.len(), r.full_logits_positions);
     assert!(max_nll <= 1e-4, "{layout}: max NLL difference {max_nll}");
-    assert!(
-        max_logit <= 1e-3,
-        "{layout}: max logit difference {max_logit}"
-    );
-    assert!(
-        top8_checked > 300 * 6,
-        "too few ranks were separable: {top8_checked}"
-    );
+    assert!(max_logit <= 1e-3, "{layout}: max logit difference {max_logit}");
+    assert!(top8_checked > 300 * 6, "too few ranks were separable: {top8_checked}");
     logits
 }
 
@@ -93,10 +70,7 @@ fn both_layouts_give_bit_identical_logits() {
     let hf = all_logits(&Model::load(&tiny("hf")).unwrap(), &r.tokens);
     let orig = all_logits(&Model::load(&tiny("original")).unwrap(), &r.tokens);
     for (pos, (a, b)) in hf.iter().zip(&orig).enumerate() {
-        assert!(
-            a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits()),
-            "position {pos} differs"
-        );
+        assert!(a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits()), "position {pos} differs");
     }
 }
 
@@ -108,35 +82,16 @@ fn greedy_continuation_with_the_kv_cache() {
         let mut cache = KvCache::new(&model.config, 4096);
         let seq = cache.add_sequence();
         let prompt = &r.tokens[..r.greedy_prompt_len];
-        let mut logits = model
-            .forward(
-                &mut cache,
-                &[SeqChunk {
-                    seq,
-                    tokens: prompt,
-                    logits: LogitsRequest::Last,
-                }],
-            )
-            .unwrap();
+        let mut logits =
+            model.forward(&mut cache, &[SeqChunk { seq, tokens: prompt, logits: LogitsRequest::Last }]).unwrap();
         let mut out = Vec::new();
         for _ in 0..r.greedy_tokens.len() {
             let next = gptoss_engine::sampler::argmax(logits.last_for(0).unwrap());
             out.push(next);
-            logits = model
-                .forward(
-                    &mut cache,
-                    &[SeqChunk {
-                        seq,
-                        tokens: &[next],
-                        logits: LogitsRequest::Last,
-                    }],
-                )
-                .unwrap();
+            logits =
+                model.forward(&mut cache, &[SeqChunk { seq, tokens: &[next], logits: LogitsRequest::Last }]).unwrap();
         }
         assert_eq!(out, r.greedy_tokens, "{layout}");
-        assert_eq!(
-            cache.len(seq),
-            Some(r.greedy_prompt_len + r.greedy_tokens.len())
-        );
+        assert_eq!(cache.len(seq), Some(r.greedy_prompt_len + r.greedy_tokens.len()));
     }
 }

@@ -10,18 +10,13 @@ fn fixtures() -> PathBuf {
 }
 
 fn gptoss(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_gptoss"))
-        .args(args)
-        .output()
-        .expect("runs")
+    Command::new(env!("CARGO_BIN_EXE_gptoss")).args(args).output().expect("runs")
 }
 
 fn ok(args: &[&str]) -> (String, String) {
     let out = gptoss(args);
-    let (stdout, stderr) = (
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    );
+    let (stdout, stderr) =
+        (String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned());
     assert!(out.status.success(), "gptoss {args:?} failed:\n{stderr}");
     (stdout, stderr)
 }
@@ -68,15 +63,22 @@ fn greedy_generate_reproduces_the_reference_continuation() {
         "--json",
     ]);
     let v: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
-    let got: Vec<i64> = v["tokens"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|t| t.as_i64().unwrap())
-        .collect();
+    let got: Vec<i64> = v["tokens"].as_array().unwrap().iter().map(|t| t.as_i64().unwrap()).collect();
     assert_eq!(got, reference_i64("greedy_tokens"));
     assert_eq!(v["finish_reason"], "length");
     assert!(v["text"].is_string());
+    // Greedy picks the most likely token, so it heads its own top list.
+    let model = model.to_str().unwrap();
+    let args = ["generate", model, "--tokens-file", &file, "--max-tokens", "3", "--temperature", "0", "--json"];
+    let (stdout, _) = ok(&[&args[..], &["--top-logprobs", "5"]].concat());
+    let v: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    for lp in v["logprobs"].as_array().unwrap() {
+        let top = lp["top"].as_array().unwrap();
+        assert_eq!(top.len(), 5);
+        assert_eq!(top[0][0], lp["token"]);
+        assert!((top[0][1].as_f64().unwrap() - lp["logprob"].as_f64().unwrap()).abs() < 1e-6);
+        assert!(lp["logprob"].as_f64().unwrap() < 0.0);
+    }
 }
 
 #[test]
@@ -113,20 +115,9 @@ fn perplexity_matches_the_reference_nll() {
     let dir = tempfile::tempdir().unwrap();
     let file = tokens_file(dir.path(), &reference_i64("tokens"));
     let model = fixtures().join("tiny/hf");
-    let (stdout, _) = ok(&[
-        "perplexity",
-        model.to_str().unwrap(),
-        "--tokens-file",
-        &file,
-        "--json",
-    ]);
+    let (stdout, _) = ok(&["perplexity", model.to_str().unwrap(), "--tokens-file", &file, "--json"]);
     let v: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
-    let nll: Vec<f64> = v["nll"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_f64().unwrap())
-        .collect();
+    let nll: Vec<f64> = v["nll"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect();
     let st = SafeTensors::open(&fixtures().join("tiny/reference.safetensors")).unwrap();
     let want: Vec<f64> = st
         .bytes(st.get("next_token_nll").unwrap())
@@ -135,24 +126,12 @@ fn perplexity_matches_the_reference_nll() {
         .map(|c| f64::from_le_bytes(c.try_into().unwrap()))
         .collect();
     assert_eq!(nll.len(), want.len());
-    let max = nll
-        .iter()
-        .zip(&want)
-        .map(|(a, b)| (a - b).abs())
-        .fold(0.0, f64::max);
+    let max = nll.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
     assert!(max < 1e-4, "max NLL difference {max}");
     let mean = want.iter().sum::<f64>() / want.len() as f64;
     assert!((v["perplexity"].as_f64().unwrap() / mean.exp() - 1.0).abs() < 1e-4);
     // Independent windows of 100 tokens score 3 × 99 next tokens.
-    let (stdout, _) = ok(&[
-        "perplexity",
-        model.to_str().unwrap(),
-        "--tokens-file",
-        &file,
-        "--json",
-        "--ctx",
-        "100",
-    ]);
+    let (stdout, _) = ok(&["perplexity", model.to_str().unwrap(), "--tokens-file", &file, "--json", "--ctx", "100"]);
     let v: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
     assert_eq!(v["nll"].as_array().unwrap().len(), 297);
 }
@@ -160,15 +139,8 @@ fn perplexity_matches_the_reference_nll() {
 #[test]
 fn inspect_reports_layout_and_counts() {
     let (stdout, _) = ok(&["inspect", fixtures().join("tiny/hf").to_str().unwrap()]);
-    assert!(
-        stdout.contains("Hugging Face layout") && stdout.contains("all present"),
-        "{stdout}"
-    );
-    let (stdout, _) = ok(&[
-        "inspect",
-        fixtures().join("tiny/original").to_str().unwrap(),
-        "--json",
-    ]);
+    assert!(stdout.contains("Hugging Face layout") && stdout.contains("all present"), "{stdout}");
+    let (stdout, _) = ok(&["inspect", fixtures().join("tiny/original").to_str().unwrap(), "--json"]);
     let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
     assert_eq!(v["layout"], "OpenAI original");
     assert_eq!(v["config"]["num_experts"], 8);
@@ -184,12 +156,7 @@ fn broken_checkpoint_exits_1_naming_file_and_tensor() {
     }
     let shard = dir.path().join("model-00001-of-00002.safetensors");
     let len = std::fs::metadata(&shard).unwrap().len();
-    std::fs::OpenOptions::new()
-        .write(true)
-        .open(&shard)
-        .unwrap()
-        .set_len(len / 2)
-        .unwrap();
+    std::fs::OpenOptions::new().write(true).open(&shard).unwrap().set_len(len / 2).unwrap();
     let model = dir.path().to_str().unwrap();
     for args in [
         vec!["inspect", model],
@@ -213,39 +180,21 @@ fn bad_inputs_get_clear_errors() {
     let model = model.to_str().unwrap();
     let bad = dir.path().join("bad.txt");
     std::fs::write(&bad, "1 2 three 4").unwrap();
-    assert!(
-        fails(&["generate", model, "--tokens-file", bad.to_str().unwrap()])
-            .contains("entry 3 (`three`) is not a token id")
-    );
+    assert!(fails(&["generate", model, "--tokens-file", bad.to_str().unwrap()])
+        .contains("entry 3 (`three`) is not a token id"));
     std::fs::write(&bad, "5000").unwrap();
-    assert!(
-        fails(&["generate", model, "--tokens-file", bad.to_str().unwrap()])
-            .contains("outside the model's vocabulary of 1024")
-    );
+    assert!(fails(&["generate", model, "--tokens-file", bad.to_str().unwrap()])
+        .contains("outside the model's vocabulary of 1024"));
     // An out-of-vocabulary id right after the first 512-token chunk.
     std::fs::write(&bad, format!("{} 5000", "0 ".repeat(512))).unwrap();
-    assert!(
-        fails(&["perplexity", model, "--tokens-file", bad.to_str().unwrap()])
-            .contains("token id 5000 is outside")
-    );
-    assert!(fails(&[
-        "generate",
-        model,
-        "--prompt",
-        "x",
-        "--max-tokens",
-        "18446744073709551615"
-    ])
-    .contains("exceeds the model's context"));
+    assert!(fails(&["perplexity", model, "--tokens-file", bad.to_str().unwrap()]).contains("token id 5000 is outside"));
+    assert!(fails(&["generate", model, "--prompt", "x", "--max-tokens", "18446744073709551615"])
+        .contains("exceeds the model's context"));
     std::fs::write(&bad, "").unwrap();
-    assert!(
-        fails(&["generate", model, "--tokens-file", bad.to_str().unwrap()])
-            .contains("prompt is empty")
-    );
+    assert!(fails(&["generate", model, "--tokens-file", bad.to_str().unwrap()]).contains("prompt is empty"));
     assert!(fails(&["generate", model, "--prompt", "x", "--top-p", "0"]).contains("top_p"));
     assert!(
-        fails(&["generate", model, "--prompt", "x", "--max-tokens", "200000"])
-            .contains("exceeds the model's context")
+        fails(&["generate", model, "--prompt", "x", "--max-tokens", "200000"]).contains("exceeds the model's context")
     );
     assert!(fails(&["generate", "/no/such/model", "--prompt", "x"]).contains("/no/such/model"));
 }
@@ -256,9 +205,7 @@ fn synth_tiny_runs_end_to_end_with_the_real_tokenizer() {
     for layout in ["hf", "original"] {
         let out = dir.path().join(layout);
         let out_s = out.to_str().unwrap();
-        ok(&[
-            "synth", "--shape", "tiny", "--layout", layout, "--out", out_s, "--seed", "1",
-        ]);
+        ok(&["synth", "--shape", "tiny", "--layout", layout, "--out", out_s, "--seed", "1"]);
         let (stdout, _) = ok(&["inspect", out_s, "--json"]);
         let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
         assert_eq!(v["config"]["vocab_size"], 201088);

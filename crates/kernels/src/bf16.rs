@@ -36,10 +36,7 @@ mod tests {
         // 1 + 2^-8 is halfway between 1 and 1 + 2^-7: ties go to even (1.0).
         assert_eq!(bf16_to_f32(f32_to_bf16(1.0 + 1.0 / 256.0)), 1.0);
         // 1 + 3·2^-8 is halfway between 1 + 2^-7 and 1 + 2^-6: even is 1 + 2^-6.
-        assert_eq!(
-            bf16_to_f32(f32_to_bf16(1.0 + 3.0 / 256.0)),
-            1.0 + 1.0 / 64.0
-        );
+        assert_eq!(bf16_to_f32(f32_to_bf16(1.0 + 3.0 / 256.0)), 1.0 + 1.0 / 64.0);
         assert!(bf16_to_f32(f32_to_bf16(f32::NAN)).is_nan());
         // spec §6.5: the concentration 1.3465736 rounds to 1.34375 in bf16.
         assert_eq!(bf16_to_f32(f32_to_bf16(1.346_573_6)), 1.34375);

@@ -9,6 +9,4 @@ pub mod mxfp4;
 pub mod scalar;
 
 #[cfg(target_endian = "big")]
-compile_error!(
-    "gptoss reads little-endian checkpoint data in place; big-endian hosts are not supported"
-);
+compile_error!("gptoss reads little-endian checkpoint data in place; big-endian hosts are not supported");

@@ -10,9 +10,8 @@ pub const BLOCK: usize = 32;
 pub const BLOCK_BYTES: usize = BLOCK / 2;
 
 /// E2M1 code -> value (bit 3 sign, bits 2..1 exponent with bias 1, bit 0 mantissa).
-pub const FP4_VALUES: [f32; 16] = [
-    0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, -0.0, -0.5, -1.0, -1.5, -2.0, -3.0, -4.0, -6.0,
-];
+pub const FP4_VALUES: [f32; 16] =
+    [0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, -0.0, -0.5, -1.0, -1.5, -2.0, -3.0, -4.0, -6.0];
 
 /// E8M0 scale byte -> 2^(s-127). 0 gives the subnormal 2^-127; 255 (NaN in OCP, an ordinary
 /// exponent to every reference) gives 2^128 = +inf in f32, as torch's bf16 `ldexp` does.
@@ -28,25 +27,10 @@ pub fn e8m0_to_f32(s: u8) -> f32 {
 /// Decode one row: codes `[K/2]` bytes and scales `[K/32]` into `out [K]`.
 pub fn decode_row(codes: &[u8], scales: &[u8], out: &mut [f32]) {
     let k = out.len();
-    assert!(
-        k % BLOCK == 0,
-        "MXFP4 row length {k} is not a multiple of {BLOCK}"
-    );
-    assert_eq!(
-        codes.len(),
-        k / 2,
-        "MXFP4 row: code bytes do not match the row length"
-    );
-    assert_eq!(
-        scales.len(),
-        k / BLOCK,
-        "MXFP4 row: scale bytes do not match the row length"
-    );
-    for ((block_out, block_codes), &s) in out
-        .chunks_exact_mut(BLOCK)
-        .zip(codes.chunks_exact(BLOCK_BYTES))
-        .zip(scales)
-    {
+    assert!(k % BLOCK == 0, "MXFP4 row length {k} is not a multiple of {BLOCK}");
+    assert_eq!(codes.len(), k / 2, "MXFP4 row: code bytes do not match the row length");
+    assert_eq!(scales.len(), k / BLOCK, "MXFP4 row: scale bytes do not match the row length");
+    for ((block_out, block_codes), &s) in out.chunks_exact_mut(BLOCK).zip(codes.chunks_exact(BLOCK_BYTES)).zip(scales) {
         let scale = e8m0_to_f32(s);
         for (pair, &byte) in block_out.chunks_exact_mut(2).zip(block_codes) {
             pair[0] = FP4_VALUES[(byte & 0x0f) as usize] * scale;
@@ -60,18 +44,16 @@ mod tests {
     use super::*;
 
     // spec §6.2: block bytes 10 32 54 76 98 BA DC FE 00 11 22 33 44 55 66 77.
-    const BLOCK_6_2: [u8; 16] = [
-        0x10, 0x32, 0x54, 0x76, 0x98, 0xBA, 0xDC, 0xFE, 0x00, 0x11, 0x22, 0x33, 0x44, 0x55, 0x66,
-        0x77,
-    ];
+    const BLOCK_6_2: [u8; 16] =
+        [0x10, 0x32, 0x54, 0x76, 0x98, 0xBA, 0xDC, 0xFE, 0x00, 0x11, 0x22, 0x33, 0x44, 0x55, 0x66, 0x77];
 
     #[test]
     fn spec_block_decodes_low_nibble_first() {
         let mut out = [0f32; 32];
         decode_row(&BLOCK_6_2, &[127], &mut out);
         let expect = [
-            0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, -0.0, -0.5, -1.0, -1.5, -2.0, -3.0, -4.0, -6.0,
-            0.0, 0.0, 0.5, 0.5, 1.0, 1.0, 1.5, 1.5, 2.0, 2.0, 3.0, 3.0, 4.0, 4.0, 6.0, 6.0,
+            0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, -0.0, -0.5, -1.0, -1.5, -2.0, -3.0, -4.0, -6.0, 0.0, 0.0, 0.5, 0.5,
+            1.0, 1.0, 1.5, 1.5, 2.0, 2.0, 3.0, 3.0, 4.0, 4.0, 6.0, 6.0,
         ];
         assert_eq!(out, expect);
         decode_row(&BLOCK_6_2, &[128], &mut out);

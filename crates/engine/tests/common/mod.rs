@@ -28,50 +28,27 @@ pub struct Reference {
 pub fn reference() -> Reference {
     let st = SafeTensors::open(&fixtures().join("tiny/reference.safetensors")).unwrap();
     let raw = |name: &str, dtype: DType| {
-        let info = st
-            .get(name)
-            .unwrap_or_else(|| panic!("reference has no {name}"));
+        let info = st.get(name).unwrap_or_else(|| panic!("reference has no {name}"));
         assert_eq!(info.dtype, dtype, "{name}");
         st.bytes(info).as_slice().to_vec()
     };
     let i64s = |name: &str| -> Vec<i64> {
-        raw(name, DType::I64)
-            .chunks_exact(8)
-            .map(|c| i64::from_le_bytes(c.try_into().unwrap()))
-            .collect()
+        raw(name, DType::I64).chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap())).collect()
     };
     let f64s = |name: &str| -> Vec<f64> {
-        raw(name, DType::F64)
-            .chunks_exact(8)
-            .map(|c| f64::from_le_bytes(c.try_into().unwrap()))
-            .collect()
+        raw(name, DType::F64).chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().unwrap())).collect()
     };
     let f32s = |name: &str| -> Vec<f32> {
-        raw(name, DType::F32)
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
-            .collect()
+        raw(name, DType::F32).chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect()
     };
     let ids = |v: Vec<i64>| v.into_iter().map(|x| x as u32).collect::<Vec<u32>>();
     Reference {
         tokens: ids(i64s("tokens")),
         next_token_nll: f64s("next_token_nll"),
-        top8_ids: ids(i64s("top8_ids"))
-            .chunks(8)
-            .map(<[u32]>::to_vec)
-            .collect(),
-        top8_logprobs: f64s("top8_logprobs")
-            .chunks(8)
-            .map(<[f64]>::to_vec)
-            .collect(),
-        full_logits_positions: i64s("full_logits_positions")
-            .into_iter()
-            .map(|p| p as usize)
-            .collect(),
-        full_logits: f32s("full_logits")
-            .chunks(1024)
-            .map(<[f32]>::to_vec)
-            .collect(),
+        top8_ids: ids(i64s("top8_ids")).chunks(8).map(<[u32]>::to_vec).collect(),
+        top8_logprobs: f64s("top8_logprobs").chunks(8).map(<[f64]>::to_vec).collect(),
+        full_logits_positions: i64s("full_logits_positions").into_iter().map(|p| p as usize).collect(),
+        full_logits: f32s("full_logits").chunks(1024).map(<[f32]>::to_vec).collect(),
         greedy_prompt_len: i64s("greedy_prompt_len")[0] as usize,
         greedy_tokens: ids(i64s("greedy_tokens")),
     }
@@ -79,15 +56,8 @@ pub fn reference() -> Reference {
 
 /// log-softmax in f64.
 pub fn log_softmax(logits: &[f32]) -> Vec<f64> {
-    let max = logits
-        .iter()
-        .fold(f64::NEG_INFINITY, |m, &z| m.max(z as f64));
-    let lse = max
-        + logits
-            .iter()
-            .map(|&z| (z as f64 - max).exp())
-            .sum::<f64>()
-            .ln();
+    let max = logits.iter().fold(f64::NEG_INFINITY, |m, &z| m.max(z as f64));
+    let lse = max + logits.iter().map(|&z| (z as f64 - max).exp()).sum::<f64>().ln();
     logits.iter().map(|&z| z as f64 - lse).collect()
 }
 
@@ -103,14 +73,10 @@ pub fn copy_dir(from: &Path, to: &Path) {
 }
 
 /// Rewrites a safetensors file's JSON header with `edit`, keeping the data section as is.
-pub fn edit_header(
-    path: &Path,
-    edit: impl FnOnce(&mut serde_json::Map<String, serde_json::Value>),
-) {
+pub fn edit_header(path: &Path, edit: impl FnOnce(&mut serde_json::Map<String, serde_json::Value>)) {
     let bytes = std::fs::read(path).unwrap();
     let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
-    let mut header: serde_json::Map<String, serde_json::Value> =
-        serde_json::from_slice(&bytes[8..8 + n]).unwrap();
+    let mut header: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
     edit(&mut header);
     let mut text = serde_json::to_vec(&header).unwrap();
     while (8 + text.len()) % 8 != 0 {

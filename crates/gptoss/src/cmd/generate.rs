@@ -17,11 +17,7 @@ pub struct Args {
     /// Checkpoint folder.
     model: PathBuf,
     /// Prompt text, encoded as ordinary text (special-token look-alikes stay plain text).
-    #[arg(
-        long,
-        conflicts_with = "tokens_file",
-        required_unless_present = "tokens_file"
-    )]
+    #[arg(long, conflicts_with = "tokens_file", required_unless_present = "tokens_file")]
     prompt: Option<String>,
     /// Prompt as token ids separated by whitespace or commas.
     #[arg(long, value_name = "F")]
@@ -48,15 +44,14 @@ pub struct Args {
     /// Print {"tokens": [...], "text": "..."} at the end instead of streaming.
     #[arg(long)]
     json: bool,
+    /// With --json: the log-probability of each generated token and of the N most likely.
+    #[arg(long, default_value_t = 0, value_name = "N", requires = "json")]
+    top_logprobs: usize,
 }
 
 pub fn run(args: Args) -> Result<()> {
     let tokenizer = Tokenizer::o200k_harmony()?;
-    let prompt = super::prompt_tokens(
-        args.prompt.as_deref(),
-        args.tokens_file.as_deref(),
-        &tokenizer,
-    )?;
+    let prompt = super::prompt_tokens(args.prompt.as_deref(), args.tokens_file.as_deref(), &tokenizer)?;
     let mut sampler = Sampler::new(SamplingParams {
         temperature: args.temperature,
         top_k: args.top_k,
@@ -86,34 +81,25 @@ pub fn run(args: Args) -> Result<()> {
     let t0 = Instant::now();
     let mut logits = None;
     for chunk in prompt.chunks(PREFILL_CHUNK) {
-        logits = Some(model.forward(
-            &mut cache,
-            &[SeqChunk {
-                seq,
-                tokens: chunk,
-                logits: LogitsRequest::Last,
-            }],
-        )?);
+        logits = Some(model.forward(&mut cache, &[SeqChunk { seq, tokens: chunk, logits: LogitsRequest::Last }])?);
     }
     let prompt_secs = t0.elapsed().as_secs_f64();
 
-    let stops: &[u32] = if args.ignore_eos {
-        &[]
-    } else {
-        &[RETURN, CALL, END_OF_TEXT]
-    };
+    let stops: &[u32] = if args.ignore_eos { &[] } else { &[RETURN, CALL, END_OF_TEXT] };
     let mut out = std::io::stdout().lock();
     let mut decoder = StreamDecoder::default();
-    let (mut tokens, mut text) = (Vec::new(), String::new());
+    let (mut tokens, mut text, mut logprobs) = (Vec::new(), String::new(), Vec::new());
     let mut finish = "length";
     let t1 = Instant::now();
     while let Some(l) = logits.take() {
         if tokens.len() == args.max_tokens {
             break;
         }
-        let next = sampler
-            .sample(l.last_for(0).expect("logits of the last position"), 0)
-            .token;
+        let sampled = sampler.sample(l.last_for(0).expect("logits of the last position"), args.top_logprobs);
+        let next = sampled.token;
+        if args.top_logprobs > 0 {
+            logprobs.push(serde_json::json!({"token": next, "logprob": sampled.logprob, "top": sampled.top_logprobs}));
+        }
         if stops.contains(&next) {
             finish = "stop";
             break;
@@ -126,25 +112,19 @@ pub fn run(args: Args) -> Result<()> {
         }
         text += &piece;
         if tokens.len() < args.max_tokens {
-            logits = Some(model.forward(
-                &mut cache,
-                &[SeqChunk {
-                    seq,
-                    tokens: &[next],
-                    logits: LogitsRequest::Last,
-                }],
-            )?);
+            logits =
+                Some(model.forward(&mut cache, &[SeqChunk { seq, tokens: &[next], logits: LogitsRequest::Last }])?);
         }
     }
     let rest = decoder.finish();
     text += &rest;
     let gen_secs = t1.elapsed().as_secs_f64();
     if args.json {
-        writeln!(
-            out,
-            "{}",
-            serde_json::json!({"tokens": tokens, "text": text, "finish_reason": finish})
-        )?;
+        let mut v = serde_json::json!({"tokens": tokens, "text": text, "finish_reason": finish});
+        if args.top_logprobs > 0 {
+            v["logprobs"] = logprobs.into();
+        }
+        writeln!(out, "{v}")?;
     } else {
         writeln!(out, "{rest}")?;
     }

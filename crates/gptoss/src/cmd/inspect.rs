@@ -15,11 +15,7 @@ pub fn run(path: &Path, json: bool) -> Result<()> {
     let c = &ck.config;
     let params = c.param_counts();
     let (kv_per_token, kv_sliding) = c.kv_bytes();
-    let files: Vec<String> = ck
-        .files
-        .iter()
-        .map(|f| f.path.display().to_string())
-        .collect();
+    let files: Vec<String> = ck.files.iter().map(|f| f.path.display().to_string()).collect();
     let sliding: Vec<usize> = (0..c.num_layers).filter(|&l| c.sliding_layers[l]).collect();
     if json {
         let v = serde_json::json!({
@@ -51,16 +47,8 @@ pub fn run(path: &Path, json: bool) -> Result<()> {
         } else {
             format!("layers {sliding:?}")
         };
-        println!(
-            "checkpoint   {} ({} layout)",
-            ck.dir.display(),
-            ck.layout.name()
-        );
-        println!(
-            "files        {} safetensors file(s), {} on disk",
-            files.len(),
-            human_bytes(ck.bytes_on_disk())
-        );
+        println!("checkpoint   {} ({} layout)", ck.dir.display(), ck.layout.name());
+        println!("files        {} safetensors file(s), {} on disk", files.len(), human_bytes(ck.bytes_on_disk()));
         for f in &files {
             println!("             {f}");
         }
@@ -70,25 +58,33 @@ pub fn run(path: &Path, json: bool) -> Result<()> {
         }
         println!(
             "config       {} layers, hidden {}, {} query / {} kv heads x {}, {} experts (top {}) x {}, vocab {}",
-            c.num_layers, c.hidden_size, c.num_heads, c.num_kv_heads, c.head_dim, c.num_experts, c.experts_per_token, c.intermediate_size, c.vocab_size
+            c.num_layers,
+            c.hidden_size,
+            c.num_heads,
+            c.num_kv_heads,
+            c.head_dim,
+            c.num_experts,
+            c.experts_per_token,
+            c.intermediate_size,
+            c.vocab_size
         );
         println!(
             "attention    window {} on {pattern}, full elsewhere; context {}; YaRN x{} over {} (theta {}, beta {}/{})",
-            c.sliding_window, c.max_context, c.rope_factor, c.rope_original_context, c.rope_theta, c.rope_beta_fast, c.rope_beta_slow
+            c.sliding_window,
+            c.max_context,
+            c.rope_factor,
+            c.rope_original_context,
+            c.rope_theta,
+            c.rope_beta_fast,
+            c.rope_beta_slow
         );
         println!(
             "parameters   {} total, {} active per token (embedding table excluded)",
             human_count(params.total),
             human_count(params.active)
         );
-        println!(
-            "weights      {} memory-mapped (MXFP4 experts stay packed)",
-            human_bytes(ck.tensor_data_bytes())
-        );
-        println!(
-            "per token    {} of weights read per generated token",
-            human_bytes(c.bytes_read_per_token())
-        );
+        println!("weights      {} memory-mapped (MXFP4 experts stay packed)", human_bytes(ck.tensor_data_bytes()));
+        println!("per token    {} of weights read per generated token", human_bytes(c.bytes_read_per_token()));
         println!(
             "KV cache     {} per 1k tokens (full-attention layers, f32) + {} per sequence (sliding layers)",
             human_bytes(kv_per_token * 1000),

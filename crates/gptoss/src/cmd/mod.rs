@@ -28,14 +28,9 @@ pub fn load_model(path: &Path) -> Result<Model> {
 
 /// Token ids separated by whitespace or commas.
 pub fn read_tokens_file(path: &Path) -> Result<Vec<u32>> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     let mut ids = Vec::new();
-    for (i, field) in text
-        .split(|c: char| c.is_whitespace() || c == ',')
-        .filter(|f| !f.is_empty())
-        .enumerate()
-    {
+    for (i, field) in text.split(|c: char| c.is_whitespace() || c == ',').filter(|f| !f.is_empty()).enumerate() {
         match field.parse::<u32>() {
             Ok(id) => ids.push(id),
             Err(_) => bail!(

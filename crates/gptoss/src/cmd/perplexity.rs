@@ -15,11 +15,7 @@ pub struct Args {
     /// Checkpoint folder.
     model: PathBuf,
     /// Text file, encoded as ordinary text.
-    #[arg(
-        long,
-        conflicts_with = "tokens_file",
-        required_unless_present = "tokens_file"
-    )]
+    #[arg(long, conflicts_with = "tokens_file", required_unless_present = "tokens_file")]
     file: Option<PathBuf>,
     /// Token ids separated by whitespace or commas.
     #[arg(long, value_name = "F")]
@@ -37,25 +33,18 @@ pub fn run(args: Args) -> Result<()> {
     let tokenizer = Tokenizer::o200k_harmony()?;
     let tokens = match &args.file {
         Some(path) => {
-            let text = std::fs::read_to_string(path)
-                .with_context(|| format!("reading {}", path.display()))?;
+            let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
             tokenizer.encode(&text)
         }
         None => super::prompt_tokens(None, args.tokens_file.as_deref(), &tokenizer)?,
     };
     if tokens.len() < 2 {
-        bail!(
-            "need at least 2 tokens to score a next token, got {}",
-            tokens.len()
-        );
+        bail!("need at least 2 tokens to score a next token, got {}", tokens.len());
     }
     let model = super::load_model(&args.model)?;
     let window = args.ctx.unwrap_or(model.config.max_context);
     if window < 2 || window > model.config.max_context {
-        bail!(
-            "--ctx must be between 2 and the model's context of {}",
-            model.config.max_context
-        );
+        bail!("--ctx must be between 2 and the model's context of {}", model.config.max_context);
     }
 
     check_tokens(&tokens, model.config.vocab_size)?;
@@ -67,14 +56,7 @@ pub fn run(args: Args) -> Result<()> {
         let mut cache = KvCache::new(&model.config, win.len());
         let seq = cache.add_sequence();
         for chunk in win.chunks(PREFILL_CHUNK) {
-            let logits = model.forward(
-                &mut cache,
-                &[SeqChunk {
-                    seq,
-                    tokens: chunk,
-                    logits: LogitsRequest::All,
-                }],
-            )?;
+            let logits = model.forward(&mut cache, &[SeqChunk { seq, tokens: chunk, logits: LogitsRequest::All }])?;
             for (i, row) in logits.rows.iter().enumerate() {
                 if let Some(&target) = win.get(row.position + 1) {
                     let z = logits.row(i);
@@ -91,12 +73,7 @@ pub fn run(args: Args) -> Result<()> {
             serde_json::json!({"nll": nll, "mean_nll": mean, "perplexity": mean.exp(), "tokens": tokens.len()})
         );
     } else {
-        println!(
-            "tokens: {}  scored: {}  mean NLL: {mean:.6}  perplexity: {:.4}",
-            tokens.len(),
-            nll.len(),
-            mean.exp()
-        );
+        println!("tokens: {}  scored: {}  mean NLL: {mean:.6}  perplexity: {:.4}", tokens.len(), nll.len(), mean.exp());
     }
     eprintln!(
         "{} tokens in {secs:.2} s ({}); {}",

@@ -50,10 +50,7 @@ pub fn run(args: Args) -> Result<()> {
         LayoutArg::Original => Layout::Original,
     };
     if args.out.join("config.json").exists() && !args.force {
-        bail!(
-            "{} already holds a checkpoint (config.json); pass --force to overwrite it",
-            args.out.display()
-        );
+        bail!("{} already holds a checkpoint (config.json); pass --force to overwrite it", args.out.display());
     }
     let show = std::io::stderr().is_terminal();
     let t0 = Instant::now();
@@ -61,11 +58,7 @@ pub fn run(args: Args) -> Result<()> {
     let summary = synth::write_checkpoint(&config, layout, &args.out, args.seed, |done, total| {
         let pct = done * 100 / total.max(1);
         if show && pct != last_pct {
-            eprint!(
-                "\rwriting {pct:3}% ({:.2} / {:.2} GB)",
-                done as f64 / 1e9,
-                total as f64 / 1e9
-            );
+            eprint!("\rwriting {pct:3}% ({:.2} / {:.2} GB)", done as f64 / 1e9, total as f64 / 1e9);
             last_pct = pct;
         }
     })?;

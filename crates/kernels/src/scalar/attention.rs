@@ -82,56 +82,19 @@ mod tests {
     fn sink_softmax_spec_vector() {
         // spec §6.11: scores [1, 2, 0.5], sink 1.5, values [[1,0],[0,1],[1,1]].
         let (k, v) = one_span(&[1.0, 2.0, 0.5], &[[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]]);
-        let spans = [KvSpan {
-            first_pos: 0,
-            k: &k,
-            v: &v,
-        }];
+        let spans = [KvSpan { first_pos: 0, k: &k, v: &v }];
         let mut out = [0f32; 2];
-        attend_head_f32(
-            &[1.0, 0.0],
-            &spans,
-            2,
-            0,
-            0,
-            2,
-            1.0,
-            1.5,
-            &mut Vec::new(),
-            &mut out,
-        );
-        assert!(
-            (out[0] - 0.26894140).abs() < 1e-6 && (out[1] - 0.55659056).abs() < 1e-6,
-            "{out:?}"
-        );
+        attend_head_f32(&[1.0, 0.0], &spans, 2, 0, 0, 2, 1.0, 1.5, &mut Vec::new(), &mut out);
+        assert!((out[0] - 0.26894140).abs() < 1e-6 && (out[1] - 0.55659056).abs() < 1e-6, "{out:?}");
     }
 
     #[test]
     fn first_token_weight_is_sigmoid_of_score_minus_sink() {
-        for (z, s, w) in [
-            (0.0, -2.0, 0.880797078),
-            (0.0, 2.0, 0.119202922),
-            (3.0, 0.0, 0.952574127),
-        ] {
+        for (z, s, w) in [(0.0, -2.0, 0.880797078), (0.0, 2.0, 0.119202922), (3.0, 0.0, 0.952574127)] {
             let (k, v) = one_span(&[z], &[[1.0, 0.0]]);
             let mut out = [0f32; 2];
-            let spans = [KvSpan {
-                first_pos: 0,
-                k: &k,
-                v: &v,
-            }];
-            attend_head_f32(
-                &[1.0, 0.0],
-                &spans,
-                2,
-                0,
-                0,
-                0,
-                1.0,
-                s,
-                &mut Vec::new(),
-                &mut out,
-            );
+            let spans = [KvSpan { first_pos: 0, k: &k, v: &v }];
+            attend_head_f32(&[1.0, 0.0], &spans, 2, 0, 0, 0, 1.0, s, &mut Vec::new(), &mut out);
             assert!((out[0] - w).abs() < 1e-6, "z={z} S={s}: {}", out[0]);
         }
     }
@@ -142,36 +105,12 @@ mod tests {
         let scores: Vec<f32> = (0..6).map(|i| i as f32 * 0.3).collect();
         let values: Vec<[f32; 2]> = (0..6).map(|i| [i as f32, 1.0]).collect();
         let (k, v) = one_span(&scores, &values);
-        let spans = [
-            KvSpan {
-                first_pos: 10,
-                k: &k[..6],
-                v: &v[..6],
-            },
-            KvSpan {
-                first_pos: 13,
-                k: &k[6..],
-                v: &v[6..],
-            },
-        ];
+        let spans =
+            [KvSpan { first_pos: 10, k: &k[..6], v: &v[..6] }, KvSpan { first_pos: 13, k: &k[6..], v: &v[6..] }];
         let mut out = [0f32; 2];
-        attend_head_f32(
-            &[1.0, 0.0],
-            &spans,
-            2,
-            0,
-            12,
-            14,
-            1.0,
-            f32::NEG_INFINITY,
-            &mut Vec::new(),
-            &mut out,
-        );
+        attend_head_f32(&[1.0, 0.0], &spans, 2, 0, 12, 14, 1.0, f32::NEG_INFINITY, &mut Vec::new(), &mut out);
         let w: Vec<f64> = [0.6f64, 0.9, 1.2].iter().map(|z| z.exp()).collect();
         let expect = (2.0 * w[0] + 3.0 * w[1] + 4.0 * w[2]) / w.iter().sum::<f64>();
-        assert!(
-            (out[0] as f64 - expect).abs() < 1e-6 && (out[1] - 1.0).abs() < 1e-6,
-            "{out:?}"
-        );
+        assert!((out[0] as f64 - expect).abs() < 1e-6 && (out[1] - 1.0).abs() < 1e-6, "{out:?}");
     }
 }

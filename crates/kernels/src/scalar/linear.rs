@@ -21,11 +21,7 @@ pub fn matmul_rows_f32_bf16w(
     let k = row_buf.len();
     check_shapes(x, n_tok, k, w.len() / k.max(1), bias, out);
     assert_eq!(w.len() % k.max(1), 0, "bf16 weight rows do not match K");
-    for (r, (w_row, out_row)) in w
-        .chunks_exact(k)
-        .zip(out.chunks_exact_mut(n_tok))
-        .enumerate()
-    {
+    for (r, (w_row, out_row)) in w.chunks_exact(k).zip(out.chunks_exact_mut(n_tok)).enumerate() {
         bf16_slice_to_f32(w_row, row_buf);
         let b = bias.map_or(0.0, |b| b[r]);
         for (t, y) in out_row.iter_mut().enumerate() {
@@ -47,18 +43,10 @@ pub fn matmul_rows_f32_mxfp4w(
     let k = row_buf.len();
     let rows = scales.len() / (k / mxfp4::BLOCK).max(1);
     check_shapes(x, n_tok, k, rows, bias, out);
-    assert_eq!(
-        codes.len(),
-        rows * k / 2,
-        "MXFP4 codes do not match [R, K/2]"
-    );
+    assert_eq!(codes.len(), rows * k / 2, "MXFP4 codes do not match [R, K/2]");
     let row_codes = codes.chunks_exact(k / 2);
     let row_scales = scales.chunks_exact(k / mxfp4::BLOCK);
-    for (r, ((c, s), out_row)) in row_codes
-        .zip(row_scales)
-        .zip(out.chunks_exact_mut(n_tok))
-        .enumerate()
-    {
+    for (r, ((c, s), out_row)) in row_codes.zip(row_scales).zip(out.chunks_exact_mut(n_tok)).enumerate() {
         mxfp4::decode_row(c, s, row_buf);
         let b = bias.map_or(0.0, |b| b[r]);
         for (t, y) in out_row.iter_mut().enumerate() {
@@ -84,21 +72,15 @@ mod tests {
     #[test]
     fn bf16_matmul_matches_naive() {
         let (n_tok, k, rows) = (3, 37, 5);
-        let x: Vec<f32> = (0..n_tok * k)
-            .map(|i| ((i % 13) as f32 - 6.0) / 8.0)
-            .collect();
-        let w: Vec<u16> = (0..rows * k)
-            .map(|i| f32_to_bf16(((i % 11) as f32 - 5.0) / 4.0))
-            .collect();
+        let x: Vec<f32> = (0..n_tok * k).map(|i| ((i % 13) as f32 - 6.0) / 8.0).collect();
+        let w: Vec<u16> = (0..rows * k).map(|i| f32_to_bf16(((i % 11) as f32 - 5.0) / 4.0)).collect();
         let bias: Vec<f32> = (0..rows).map(|r| r as f32 * 0.5).collect();
         let mut out = vec![0f32; rows * n_tok];
         let mut buf = vec![0f32; k];
         matmul_rows_f32_bf16w(&x, n_tok, &w, Some(&bias), &mut out, &mut buf);
         for r in 0..rows {
             for t in 0..n_tok {
-                let naive: f64 = (0..k)
-                    .map(|i| x[t * k + i] as f64 * bf16_to_f32(w[r * k + i]) as f64)
-                    .sum();
+                let naive: f64 = (0..k).map(|i| x[t * k + i] as f64 * bf16_to_f32(w[r * k + i]) as f64).sum();
                 assert!((out[r * n_tok + t] as f64 - naive - bias[r] as f64).abs() < 1e-5);
             }
         }
@@ -109,19 +91,13 @@ mod tests {
         let (n_tok, k, rows) = (2, 64, 3);
         let codes: Vec<u8> = (0..rows * k / 2).map(|i| (i * 29 % 256) as u8).collect();
         let scales: Vec<u8> = (0..rows * k / 32).map(|i| 120 + (i % 5) as u8).collect();
-        let x: Vec<f32> = (0..n_tok * k)
-            .map(|i| ((i % 7) as f32 - 3.0) / 2.0)
-            .collect();
+        let x: Vec<f32> = (0..n_tok * k).map(|i| ((i % 7) as f32 - 3.0) / 2.0).collect();
         let mut out = vec![0f32; rows * n_tok];
         let mut buf = vec![0f32; k];
         matmul_rows_f32_mxfp4w(&x, n_tok, &codes, &scales, None, &mut out, &mut buf);
         let mut w = vec![0f32; k];
         for r in 0..rows {
-            mxfp4::decode_row(
-                &codes[r * k / 2..(r + 1) * k / 2],
-                &scales[r * 2..r * 2 + 2],
-                &mut w,
-            );
+            mxfp4::decode_row(&codes[r * k / 2..(r + 1) * k / 2], &scales[r * 2..r * 2 + 2], &mut w);
             for t in 0..n_tok {
                 let naive: f64 = (0..k).map(|i| x[t * k + i] as f64 * w[i] as f64).sum();
                 assert!((out[r * n_tok + t] as f64 - naive).abs() < 1e-5);

@@ -23,12 +23,7 @@ pub fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
     let mut acc = [0f32; 8];
     let a8 = a.chunks_exact(8);
     let b8 = b.chunks_exact(8);
-    let tail: f32 = a8
-        .remainder()
-        .iter()
-        .zip(b8.remainder())
-        .map(|(x, y)| x * y)
-        .sum();
+    let tail: f32 = a8.remainder().iter().zip(b8.remainder()).map(|(x, y)| x * y).sum();
     for (x, y) in a8.zip(b8) {
         for l in 0..8 {
             acc[l] += x[l] * y[l];
@@ -44,18 +39,11 @@ mod tests {
     #[test]
     fn dot_matches_f64_on_ragged_lengths() {
         for n in [0usize, 1, 7, 8, 9, 31, 64, 2880, 2883] {
-            let a: Vec<f32> = (0..n)
-                .map(|i| ((i * 37 % 101) as f32 - 50.0) / 17.0)
-                .collect();
-            let b: Vec<f32> = (0..n)
-                .map(|i| ((i * 53 % 97) as f32 - 48.0) / 13.0)
-                .collect();
+            let a: Vec<f32> = (0..n).map(|i| ((i * 37 % 101) as f32 - 50.0) / 17.0).collect();
+            let b: Vec<f32> = (0..n).map(|i| ((i * 53 % 97) as f32 - 48.0) / 13.0).collect();
             let exact: f64 = a.iter().zip(&b).map(|(x, y)| *x as f64 * *y as f64).sum();
             let got = dot_f32(&a, &b) as f64;
-            assert!(
-                (got - exact).abs() <= 1e-5 * (1.0 + exact.abs()),
-                "n={n}: {got} vs {exact}"
-            );
+            assert!((got - exact).abs() <= 1e-5 * (1.0 + exact.abs()), "n={n}: {got} vs {exact}");
         }
     }
 }

@@ -65,10 +65,7 @@ mod tests {
         let (mut e, mut w) = ([0usize; 4], [0f32; 4]);
         router_top_k(&logits, &mut e, &mut w);
         assert_eq!(e, [3, 7, 1, 4]);
-        for (got, want) in w
-            .iter()
-            .zip([0.42693272, 0.25894779, 0.15705977, 0.15705977])
-        {
+        for (got, want) in w.iter().zip([0.42693272, 0.25894779, 0.15705977, 0.15705977]) {
             assert!((got - want).abs() < 1e-6, "{w:?}");
         }
     }
@@ -92,11 +89,7 @@ mod tests {
         for (g, u, want) in cases {
             let mut out = [0f32];
             swiglu_interleaved_f32(&[g, u], SWIGLU_ALPHA, 7.0, &mut out);
-            assert!(
-                (out[0] - want).abs() <= 1e-6 * (1.0 + want.abs()),
-                "gate {g} up {u}: {} vs {want}",
-                out[0]
-            );
+            assert!((out[0] - want).abs() <= 1e-6 * (1.0 + want.abs()), "gate {g} up {u}: {} vs {want}", out[0]);
         }
     }
 
@@ -105,9 +98,6 @@ mod tests {
         // u = [g0, u0, g1, u1]: unit 0 is (1, 0), unit 1 is (3, -1) which yields 0.
         let mut out = [0f32; 2];
         swiglu_interleaved_f32(&[1.0, 0.0, 3.0, -1.0], SWIGLU_ALPHA, 7.0, &mut out);
-        assert!(
-            (out[0] - 0.845795751).abs() < 1e-6 && out[1] == 0.0,
-            "{out:?}"
-        );
+        assert!((out[0] - 0.845795751).abs() < 1e-6 && out[1] == 0.0, "{out:?}");
     }
 }

@@ -22,12 +22,7 @@ mod tests {
     fn spec_vector() {
         // spec §6.8
         let mut out = [0f32; 4];
-        rmsnorm_f32(
-            &[1.0, 2.0, 3.0, 4.0],
-            &[1.0, 0.5, 2.0, -1.0],
-            1e-5,
-            &mut out,
-        );
+        rmsnorm_f32(&[1.0, 2.0, 3.0, 4.0], &[1.0, 0.5, 2.0, -1.0], 1e-5, &mut out);
         let expect = [0.36514813, 0.36514813, 2.19088888, -1.46059251];
         for (o, e) in out.iter().zip(expect) {
             assert!((o - e).abs() < 1e-6, "{out:?}");

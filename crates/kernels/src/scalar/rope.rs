@@ -26,26 +26,16 @@ impl YarnRope {
         beta_slow: f64,
         truncate: bool,
     ) -> Self {
-        assert!(
-            head_dim >= 2 && head_dim % 2 == 0,
-            "RoPE head_dim must be even"
-        );
+        assert!(head_dim >= 2 && head_dim % 2 == 0, "RoPE head_dim must be even");
         let half = head_dim / 2;
         // freq[i] = base^(2i/d) in f32, as `base ** (arange(0, d, 2) / d)`.
-        let freq: Vec<f32> = (0..half)
-            .map(|i| (base as f32).powf((2 * i) as f32 / head_dim as f32))
-            .collect();
+        let freq: Vec<f32> = (0..half).map(|i| (base as f32).powf((2 * i) as f32 / head_dim as f32)).collect();
         if factor <= 1.0 {
-            return Self {
-                inv_freq: freq.iter().map(|f| 1.0 / f).collect(),
-                concentration: 1.0,
-            };
+            return Self { inv_freq: freq.iter().map(|f| 1.0 / f).collect(), concentration: 1.0 };
         }
         let concentration = (0.1 * factor.ln() + 1.0) as f32;
         let d_half = half as f64;
-        let corr = |beta: f64| {
-            d_half * (original_context / (beta * 2.0 * std::f64::consts::PI)).ln() / base.ln()
-        };
+        let corr = |beta: f64| d_half * (original_context / (beta * 2.0 * std::f64::consts::PI)).ln() / base.ln();
         let (mut low, mut high) = (corr(beta_fast), corr(beta_slow));
         if truncate {
             low = low.floor();
@@ -63,10 +53,7 @@ impl YarnRope {
                 interpolation * (1.0 - mask) + extrapolation * mask
             })
             .collect();
-        Self {
-            inv_freq,
-            concentration,
-        }
+        Self { inv_freq, concentration }
     }
 
     pub fn half_dim(&self) -> usize {
@@ -110,11 +97,10 @@ mod tests {
 
     // spec §6.5, fp32 bits of the reference inv_freq.
     const INV_FREQ_BITS: [u32; 32] = [
-        0x3f800000, 0x3f306535, 0x3ef316a2, 0x3ea77faa, 0x3e66d3fa, 0x3e1f0cfd, 0x3ddb2f9f,
-        0x3d970764, 0x3d502194, 0x3d01ddd5, 0x3c9e646f, 0x3c3dec94, 0x3bdea840, 0x3b7cfe14,
-        0x3b093803, 0x3a89f778, 0x39ef543c, 0x390799b9, 0x3820adc6, 0x37dd6dfc, 0x37989328,
-        0x375242fa, 0x3710e12c, 0x36c7a82b, 0x3689928c, 0x363d9647, 0x3602a245, 0x35b40668,
-        0x35781728, 0x352af200, 0x34eb93eb, 0x34a252d3,
+        0x3f800000, 0x3f306535, 0x3ef316a2, 0x3ea77faa, 0x3e66d3fa, 0x3e1f0cfd, 0x3ddb2f9f, 0x3d970764, 0x3d502194,
+        0x3d01ddd5, 0x3c9e646f, 0x3c3dec94, 0x3bdea840, 0x3b7cfe14, 0x3b093803, 0x3a89f778, 0x39ef543c, 0x390799b9,
+        0x3820adc6, 0x37dd6dfc, 0x37989328, 0x375242fa, 0x3710e12c, 0x36c7a82b, 0x3689928c, 0x363d9647, 0x3602a245,
+        0x35b40668, 0x35781728, 0x352af200, 0x34eb93eb, 0x34a252d3,
     ];
 
     #[test]
@@ -143,26 +129,16 @@ mod tests {
         let rope = gpt_oss();
         let (mut c, mut s) = (vec![0f32; 32], vec![0f32; 32]);
         rope.cos_sin(1, &mut c, &mut s);
-        let (ec, es) = (
-            [0.72755688, 1.03935814, 1.19763231, 1.27515590],
-            [1.13310254, 0.85615128, 0.61557889, 0.43271011],
-        );
+        let (ec, es) =
+            ([0.72755688, 1.03935814, 1.19763231, 1.27515590], [1.13310254, 0.85615128, 0.61557889, 0.43271011]);
         for i in 0..4 {
-            assert!(
-                (c[i] - ec[i]).abs() < 2e-6 && (s[i] - es[i]).abs() < 2e-6,
-                "p=1 pair {i}"
-            );
+            assert!((c[i] - ec[i]).abs() < 2e-6 && (s[i] - es[i]).abs() < 2e-6, "p=1 pair {i}");
         }
         rope.cos_sin(1000, &mut c, &mut s);
-        let (ec, es) = (
-            [0.75728482, -0.68685812, -1.23946071, 1.22941065],
-            [1.11345422, -1.15822554, -0.52630568, 0.54937214],
-        );
+        let (ec, es) =
+            ([0.75728482, -0.68685812, -1.23946071, 1.22941065], [1.11345422, -1.15822554, -0.52630568, 0.54937214]);
         for i in 0..4 {
-            assert!(
-                (c[i] - ec[i]).abs() < 2e-5 && (s[i] - es[i]).abs() < 2e-5,
-                "p=1000 pair {i}"
-            );
+            assert!((c[i] - ec[i]).abs() < 2e-5 && (s[i] - es[i]).abs() < 2e-5, "p=1000 pair {i}");
         }
         assert!((s[31] - 0.000407138).abs() < 1e-8);
     }
@@ -175,14 +151,9 @@ mod tests {
         rope.cos_sin(5, &mut c, &mut s);
         let mut x: Vec<f32> = (0..64).map(|j| j as f32 / 64.0).collect();
         YarnRope::apply(&mut x, &c, &s);
-        for (j, e) in [
-            (0, 0.6456311),
-            (1, 0.1875155),
-            (31, 0.6522446),
-            (32, 0.190986),
-            (33, -0.6688577),
-            (63, 1.3255343),
-        ] {
+        for (j, e) in
+            [(0, 0.6456311), (1, 0.1875155), (31, 0.6522446), (32, 0.190986), (33, -0.6688577), (63, 1.3255343)]
+        {
             assert!((x[j] - e).abs() < 2e-6, "y[{j}] = {} expected {e}", x[j]);
         }
     }
