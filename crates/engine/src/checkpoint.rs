@@ -10,7 +10,7 @@ use serde_json::Value;
 
 use crate::config::{Layout, ModelConfig};
 use crate::error::LoadError;
-use crate::safetensors::{Bytes, SafeTensors, TensorInfo};
+use crate::safetensors::{SafeTensors, TensorInfo};
 
 pub struct Checkpoint {
     /// The folder holding the config and tensor files that were loaded.
@@ -96,11 +96,6 @@ impl Checkpoint {
         self.names.contains_key(name)
     }
 
-    pub fn tensor_bytes(&self, name: &str) -> Result<Bytes, LoadError> {
-        let (file, info) = self.tensor(name)?;
-        Ok(file.bytes(info))
-    }
-
     fn missing(&self, name: &str) -> LoadError {
         LoadError::MissingTensor { dir: self.dir.clone(), tensor: name.into(), layout: self.layout.name() }
     }
@@ -117,7 +112,9 @@ impl Checkpoint {
 }
 
 /// `{"weight_map": {tensor: file}}` -> the files in first-seen order, and each mapping.
-fn read_index(index: &Path) -> Result<(Vec<PathBuf>, Vec<(String, PathBuf)>), LoadError> {
+type IndexMap = (Vec<PathBuf>, Vec<(String, PathBuf)>);
+
+fn read_index(index: &Path) -> Result<IndexMap, LoadError> {
     let bad = |reason: String| LoadError::BadCheckpoint { path: index.into(), reason };
     let text = std::fs::read_to_string(index).map_err(|e| LoadError::io(index, e))?;
     let value: Value = serde_json::from_str(&text).map_err(|e| bad(format!("not valid JSON: {e}")))?;

@@ -246,6 +246,8 @@ impl ModelConfig {
         })
     }
 
+    // `!(x > 0.0)` on purpose: it also rejects NaN.
+    #[allow(clippy::neg_cmp_op_on_partial_ord)]
     fn validate(&self, path: &Path, layout: Layout) -> Result<(), LoadError> {
         let bad =
             |field: &str, problem: String| LoadError::BadField { path: path.into(), field: field.into(), problem };

@@ -32,9 +32,15 @@ struct SeqKv {
     layers: Vec<LayerKv>,
 }
 
+/// `[BLOCK_TOKENS, kv_dim]` keys and values.
+struct KvBlock {
+    k: Box<[f32]>,
+    v: Box<[f32]>,
+}
+
 enum LayerKv {
-    /// Blocks of `[BLOCK_TOKENS, kv_dim]` keys and values; block b holds positions from b·BLOCK_TOKENS.
-    Blocks(Vec<(Box<[f32]>, Box<[f32]>)>),
+    /// Block b holds positions b·BLOCK_TOKENS.. .
+    Blocks(Vec<KvBlock>),
     /// `[window, kv_dim]`; position p lives in slot p mod window. Empty until first written.
     Ring { window: usize, k: Vec<f32>, v: Vec<f32> },
 }
@@ -80,10 +86,6 @@ impl KvCache {
         self.seqs.get(&id).map(|s| s.len)
     }
 
-    pub fn num_sequences(&self) -> usize {
-        self.seqs.len()
-    }
-
     /// Bytes of K/V storage currently allocated, over all sequences.
     pub fn allocated_bytes(&self) -> usize {
         self.seqs.keys().map(|&id| self.sequence_bytes(id)).sum()
@@ -97,7 +99,7 @@ impl KvCache {
             .layers
             .iter()
             .map(|l| match l {
-                LayerKv::Blocks(b) => b.iter().map(|(k, v)| k.len() + v.len()).sum(),
+                LayerKv::Blocks(b) => b.iter().map(|b| b.k.len() + b.v.len()).sum(),
                 LayerKv::Ring { k, v, .. } => k.capacity() + v.capacity(),
             })
             .sum();
@@ -114,7 +116,7 @@ impl KvCache {
         let mut out = Vec::new();
         match &seq.layers[layer] {
             LayerKv::Blocks(blocks) => {
-                for (b, (k, v)) in blocks.iter().enumerate() {
+                for (b, KvBlock { k, v }) in blocks.iter().enumerate() {
                     let first = b * BLOCK_TOKENS;
                     let n = len.saturating_sub(first).min(BLOCK_TOKENS);
                     if n > 0 {
@@ -150,10 +152,10 @@ impl KvCache {
                     let (b, off) = ((first_pos + i) / BLOCK_TOKENS, (first_pos + i) % BLOCK_TOKENS);
                     while blocks.len() <= b {
                         let empty = || vec![0f32; BLOCK_TOKENS * kvd].into_boxed_slice();
-                        blocks.push((empty(), empty()));
+                        blocks.push(KvBlock { k: empty(), v: empty() });
                     }
-                    blocks[b].0[off * kvd..(off + 1) * kvd].copy_from_slice(&k[i * kvd..(i + 1) * kvd]);
-                    blocks[b].1[off * kvd..(off + 1) * kvd].copy_from_slice(&v[i * kvd..(i + 1) * kvd]);
+                    blocks[b].k[off * kvd..(off + 1) * kvd].copy_from_slice(&k[i * kvd..(i + 1) * kvd]);
+                    blocks[b].v[off * kvd..(off + 1) * kvd].copy_from_slice(&v[i * kvd..(i + 1) * kvd]);
                 }
             }
             LayerKv::Ring { window, k: rk, v: rv } => {

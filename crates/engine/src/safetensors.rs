@@ -171,12 +171,6 @@ pub struct TensorInfo {
     pub range: Range<usize>,
 }
 
-impl TensorInfo {
-    pub fn numel(&self) -> usize {
-        self.shape.iter().product()
-    }
-}
-
 /// One memory-mapped safetensors file with a validated header.
 pub struct SafeTensors {
     pub path: PathBuf,

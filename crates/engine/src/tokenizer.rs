@@ -137,13 +137,10 @@ impl Tokenizer {
         for i in 0..parts.len() {
             parts[i].1 = rank_of(&parts, i);
         }
-        loop {
-            let Some((i, &(_, r))) = parts[..parts.len() - 1].iter().enumerate().min_by_key(|(_, p)| p.1) else {
-                break;
-            };
-            if r == u32::MAX {
-                break;
-            }
+        // The lowest-ranked pair, leftmost on ties (min_by_key keeps the first minimum).
+        while let Some((i, _)) =
+            parts[..parts.len() - 1].iter().enumerate().filter(|(_, p)| p.1 != u32::MAX).min_by_key(|(_, p)| p.1)
+        {
             parts.remove(i + 1);
             parts[i].1 = rank_of(&parts, i);
             if i > 0 {

@@ -164,7 +164,8 @@ struct Loader<'a> {
 }
 
 impl Loader<'_> {
-    fn check(&self, name: &str, dtypes: &[DType], shape: &[usize]) -> Result<Bytes, LoadError> {
+    /// The tensor's bytes and dtype, once its dtype is one of `dtypes` and its shape is `shape`.
+    fn check(&self, name: &str, dtypes: &[DType], shape: &[usize]) -> Result<(Bytes, DType), LoadError> {
         let (file, info) = self.ck.tensor(name).map_err(|e| self.explain_missing(name, e))?;
         if !dtypes.contains(&info.dtype) {
             let expected = dtypes.iter().map(|d| d.name()).collect::<Vec<_>>().join(" or ");
@@ -183,18 +184,16 @@ impl Loader<'_> {
                 expected: shape.to_vec(),
             });
         }
-        Ok(file.bytes(info))
+        Ok((file.bytes(info), info.dtype))
     }
 
     fn matrix(&self, name: &str, rows: usize, cols: usize) -> Result<Bf16Matrix, LoadError> {
-        Ok(Bf16Matrix::new(self.check(name, &[DType::BF16], &[rows, cols])?, rows, cols))
+        Ok(Bf16Matrix::new(self.check(name, &[DType::BF16], &[rows, cols])?.0, rows, cols))
     }
 
     /// A small tensor widened to f32; bf16, f16 and f32 are accepted.
     fn vector(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>, LoadError> {
-        let (_, info) = self.ck.tensor(name)?;
-        let dtype = info.dtype;
-        let bytes = self.check(name, &[DType::BF16, DType::F16, DType::F32], shape)?;
+        let (bytes, dtype) = self.check(name, &[DType::BF16, DType::F16, DType::F32], shape)?;
         let b = bytes.as_slice();
         Ok(match dtype {
             DType::BF16 => b.chunks_exact(2).map(|c| bf16_to_f32(u16::from_le_bytes([c[0], c[1]]))).collect(),
@@ -212,8 +211,8 @@ impl Loader<'_> {
         cols: usize,
     ) -> Result<Mxfp4Experts, LoadError> {
         let g = cols / mxfp4::BLOCK;
-        let codes = self.check(blocks, &[DType::U8], &[e, rows, g, mxfp4::BLOCK_BYTES])?;
-        let scales = self.check(scales, &[DType::U8], &[e, rows, g])?;
+        let (codes, _) = self.check(blocks, &[DType::U8], &[e, rows, g, mxfp4::BLOCK_BYTES])?;
+        let (scales, _) = self.check(scales, &[DType::U8], &[e, rows, g])?;
         Ok(Mxfp4Experts { codes, scales, experts: e, rows, cols })
     }
 

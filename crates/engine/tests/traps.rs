@@ -8,7 +8,6 @@
 mod common;
 
 use std::collections::{BTreeMap, HashMap};
-use std::io::Write;
 use std::path::Path;
 
 use gptoss_engine::safetensors::{write_safetensors, DType, TensorSpec};

@@ -4,6 +4,9 @@
 //! and are tested against it. Names carry dtypes (`_f32_bf16w`: f32 activations, bf16
 //! weights) and comments carry shapes, outermost first.
 
+// Tests quote the spec's vectors digit for digit.
+#![cfg_attr(test, allow(clippy::excessive_precision))]
+
 pub mod bf16;
 pub mod mxfp4;
 pub mod scalar;
