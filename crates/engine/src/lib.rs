@@ -4,6 +4,7 @@
 pub mod checkpoint;
 pub mod config;
 pub mod error;
+pub mod harmony;
 pub mod kv_cache;
 pub mod model;
 mod ops;

@@ -111,6 +111,31 @@ impl Tokenizer {
         }
     }
 
+    /// Encodes `text` where the names of special tokens (`<|start|>`) stand for the tokens
+    /// themselves. Only for trusted text such as test scripts: user and tool text must go
+    /// through [`Tokenizer::encode`], which never produces a special token.
+    pub fn encode_with_special_tokens(&self, text: &str) -> Vec<u32> {
+        let mut out = Vec::new();
+        let mut rest = text;
+        let mut plain = 0; // bytes of `rest` known to be ordinary text
+        while let Some(open) = rest[plain..].find("<|").map(|i| plain + i) {
+            let special = rest[open..]
+                .find("|>")
+                .and_then(|close| Self::special_id(&rest[open..open + close + 2]).map(|id| (id, close + 2)));
+            match special {
+                Some((id, len)) => {
+                    self.encode_into(&rest[..open], &mut out);
+                    out.push(id);
+                    rest = &rest[open + len..];
+                    plain = 0;
+                }
+                None => plain = open + 2,
+            }
+        }
+        self.encode_into(rest, &mut out);
+        out
+    }
+
     /// Byte-pair merge of one pre-tokenized piece: repeatedly merge the adjacent pair whose
     /// concatenation has the lowest rank, the leftmost on ties (tiktoken's algorithm).
     fn bpe(&self, piece: &[u8], out: &mut Vec<u32>) {
@@ -258,8 +283,8 @@ pub fn special_name(id: u32) -> Option<String> {
     Some(format!("<|{name}|>"))
 }
 
-/// Turns a stream of token ids into text, holding back bytes of an unfinished UTF-8
-/// character until the token that completes it arrives.
+/// Turns a stream of token ids into text, holding back the bytes of an unfinished UTF-8
+/// character until the token that completes it arrives. Invalid bytes become U+FFFD.
 #[derive(Default)]
 pub struct StreamDecoder {
     pending: Vec<u8>,
@@ -268,16 +293,7 @@ pub struct StreamDecoder {
 impl StreamDecoder {
     pub fn push(&mut self, tok: &Tokenizer, id: u32) -> Result<String, TokenizerError> {
         self.pending.extend_from_slice(&tok.token_bytes(id)?);
-        let valid = match std::str::from_utf8(&self.pending) {
-            Ok(_) => self.pending.len(),
-            // An error with no length is an incomplete character at the end: wait for more.
-            Err(e) if e.error_len().is_none() => e.valid_up_to(),
-            // Truly invalid bytes: emit everything lossily.
-            Err(_) => self.pending.len(),
-        };
-        let out = String::from_utf8_lossy(&self.pending[..valid]).into_owned();
-        self.pending.drain(..valid);
-        Ok(out)
+        Ok(self.take_complete())
     }
 
     /// Whatever is left, lossily.
@@ -285,6 +301,34 @@ impl StreamDecoder {
         let out = String::from_utf8_lossy(&self.pending).into_owned();
         self.pending.clear();
         out
+    }
+
+    fn take_complete(&mut self) -> String {
+        let mut out = String::new();
+        loop {
+            match std::str::from_utf8(&self.pending) {
+                Ok(s) => {
+                    out.push_str(s);
+                    self.pending.clear();
+                    return out;
+                }
+                Err(e) => {
+                    let valid = e.valid_up_to();
+                    out.push_str(std::str::from_utf8(&self.pending[..valid]).expect("valid prefix"));
+                    match e.error_len() {
+                        // An incomplete character at the end: wait for the next token.
+                        None => {
+                            self.pending.drain(..valid);
+                            return out;
+                        }
+                        Some(bad) => {
+                            out.push('\u{fffd}');
+                            self.pending.drain(..valid + bad);
+                        }
+                    }
+                }
+            }
+        }
     }
 }
 
@@ -359,6 +403,17 @@ impl Hasher for FxHasher {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn specials_by_name_only_where_asked() {
+        let t = Tokenizer::o200k_harmony().unwrap();
+        let ids = t.encode_with_special_tokens("<|start|>user<|message|>a <|not_special|> b<|end|>");
+        assert_eq!(ids[0], START);
+        assert_eq!(ids[2], MESSAGE);
+        assert_eq!(*ids.last().unwrap(), END);
+        assert_eq!(t.decode_bytes(&ids).unwrap(), b"<|start|>user<|message|>a <|not_special|> b<|end|>");
+        assert!(t.encode("<|start|>").iter().all(|&i| i < NUM_ORDINARY));
+    }
 
     #[test]
     fn base64() {
