@@ -32,6 +32,14 @@ struct SeqKv {
     layers: Vec<LayerKv>,
 }
 
+/// A sequence's sliding-window state at some length; see [`KvCache::snapshot`].
+#[derive(Clone)]
+pub struct KvSnapshot {
+    pub len: usize,
+    /// Per layer: the ring's keys and values, or None for a full-attention layer.
+    rings: Vec<Option<(Vec<f32>, Vec<f32>)>>,
+}
+
 /// `[BLOCK_TOKENS, kv_dim]` keys and values.
 struct KvBlock {
     k: Box<[f32]>,
@@ -104,6 +112,42 @@ impl KvCache {
             })
             .sum();
         floats * 4
+    }
+
+    /// What it takes to rewind the sequence to its current length later: the sliding-window
+    /// rings (full-attention layers only need the length). A few MB for the 20b.
+    pub fn snapshot(&self, id: SeqId) -> Option<KvSnapshot> {
+        let seq = self.seqs.get(&id)?;
+        let rings = seq
+            .layers
+            .iter()
+            .map(|l| match l {
+                LayerKv::Ring { k, v, .. } => Some((k.clone(), v.clone())),
+                LayerKv::Blocks(_) => None,
+            })
+            .collect();
+        Some(KvSnapshot { len: seq.len, rings })
+    }
+
+    /// Rewinds the sequence to a snapshot taken from it when it was at most as long as now
+    /// (and not rewound past the snapshot since). False, and nothing changed, otherwise.
+    pub fn restore(&mut self, id: SeqId, snap: &KvSnapshot) -> bool {
+        let Some(seq) = self.seqs.get_mut(&id) else { return false };
+        if snap.len > seq.len || snap.rings.len() != seq.layers.len() {
+            return false;
+        }
+        for (layer, ring) in seq.layers.iter_mut().zip(&snap.rings) {
+            match (layer, ring) {
+                (LayerKv::Ring { k, v, .. }, Some((sk, sv))) => {
+                    k.clone_from(sk);
+                    v.clone_from(sv);
+                }
+                (LayerKv::Blocks(blocks), None) => blocks.truncate(snap.len.div_ceil(BLOCK_TOKENS)),
+                _ => return false,
+            }
+        }
+        seq.len = snap.len;
+        true
     }
 
     /// The stored positions of `layer` that any future query can still see, as runs of
@@ -226,6 +270,27 @@ mod tests {
         assert_eq!(positions(&c.spans(id, 1), kvd), (0..309).collect::<Vec<_>>());
         let full_bytes = 2 * 2 * BLOCK_TOKENS * kvd * 4; // two blocks hold 309 positions
         assert_eq!(c.sequence_bytes(id), ring_bytes + full_bytes);
+    }
+
+    #[test]
+    fn snapshots_rewind_rings_and_blocks() {
+        let mut c = cache(4);
+        let kvd = c.kv_dim;
+        let id = c.add_sequence();
+        push(&mut c, id, 10);
+        let snap = c.snapshot(id).unwrap();
+        push(&mut c, id, 300);
+        assert!(c.restore(id, &snap));
+        assert_eq!(c.len(id), Some(10));
+        assert_eq!(positions(&c.spans(id, 0), kvd), [6, 7, 8, 9]);
+        assert_eq!(positions(&c.spans(id, 1), kvd), (0..10).collect::<Vec<_>>());
+        assert_eq!(c.sequence_bytes(id), 2 * 4 * kvd * 4 + 2 * BLOCK_TOKENS * kvd * 4, "extra blocks freed");
+        // A snapshot from the future cannot be restored.
+        push(&mut c, id, 5);
+        let later = c.snapshot(id).unwrap();
+        assert!(c.restore(id, &snap));
+        assert!(!c.restore(id, &later));
+        assert_eq!(c.len(id), Some(10));
     }
 
     #[test]

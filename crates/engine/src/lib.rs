@@ -1,9 +1,11 @@
 //! gpt-oss from checkpoint files to tokens: loading and validation, the forward pass, the
 //! KV cache, sampling and the o200k_harmony tokenizer. Synchronous; no async runtime.
 
+pub mod chat;
 pub mod checkpoint;
 pub mod config;
 pub mod error;
+pub mod generator;
 pub mod harmony;
 pub mod kv_cache;
 pub mod model;

@@ -122,3 +122,59 @@ fn bad_batches_are_refused_without_touching_the_cache() {
     m.forward(&mut cache, &[SeqChunk { seq: s, tokens: &[7; 61], logits: LogitsRequest::Last }]).unwrap();
     assert_eq!(cache.len(s), Some(64));
 }
+
+#[test]
+fn model_source_reuses_the_cached_prefix() {
+    use gptoss_engine::generator::{GenerateOptions, ModelSource, StopReason, TokenSource};
+    use gptoss_engine::{Sampler, SamplingParams};
+    let m = model();
+    let greedy = || Sampler::new(SamplingParams { temperature: 0.0, ..Default::default() }).unwrap();
+    let opts = GenerateOptions { max_tokens: 5, stop_tokens: vec![], top_logprobs: 0 };
+    let run = |src: &mut ModelSource, prompt: &[u32]| {
+        let mut out = Vec::new();
+        let g = src.generate(prompt, &opts, &mut |s| {
+            out.push(s.token);
+            true
+        });
+        (g.unwrap(), out)
+    };
+    let prompt: Vec<u32> = reference().tokens[..50].to_vec();
+    let mut src = ModelSource::new(&m, 1024, greedy());
+    let (g1, out1) = run(&mut src, &prompt);
+    assert_eq!((g1.reused_tokens, g1.generated, g1.stop), (0, 5, StopReason::Length));
+
+    // The next prompt extends the last one: everything but the unfed last token is reused.
+    let mut next = prompt.clone();
+    next.extend_from_slice(&out1);
+    next.extend_from_slice(&[7, 8, 9]);
+    let (g2, out2) = run(&mut src, &next);
+    assert_eq!(g2.reused_tokens, prompt.len() + 4);
+    // Same tokens as a fresh source on the same prompt.
+    let (_, fresh) = run(&mut ModelSource::new(&m, 1024, greedy()), &next);
+    assert_eq!(out2, fresh);
+
+    // A prompt that leaves out what was generated after the last prompt (a chat dropping a
+    // finished turn's reasoning) resumes from the end of that prompt.
+    let mut chat_like = next.clone();
+    chat_like.extend_from_slice(&[11, 12, 13]);
+    let (_, _) = run(&mut src, &chat_like);
+    let mut diverging = chat_like.clone();
+    diverging.extend_from_slice(&[21, 22]);
+    let (g5, out5) = run(&mut src, &diverging);
+    assert_eq!(g5.reused_tokens, chat_like.len());
+    let (_, fresh5) = run(&mut ModelSource::new(&m, 1024, greedy()), &diverging);
+    assert_eq!(out5, fresh5);
+    // Regenerating an answer to the same prompt rewinds to its end as well.
+    let (g6, out6) = run(&mut src, &diverging);
+    assert_eq!((g6.reused_tokens, out6), (diverging.len(), out5));
+    // A prompt that diverges before the last prompt's end starts over.
+    let (g3, _) = run(&mut src, &prompt[..20]);
+    assert_eq!(g3.reused_tokens, 0);
+    // Asking again for exactly the cached tokens needs no forward pass at all.
+    let mut src = ModelSource::new(&m, 1024, greedy());
+    let (_, a) = run(&mut src, &prompt);
+    let mut again = prompt.clone();
+    again.extend_from_slice(&a[..4]);
+    let (g4, b) = run(&mut src, &again);
+    assert_eq!((g4.reused_tokens, b[0]), (again.len(), a[4]));
+}

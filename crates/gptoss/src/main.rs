@@ -1,6 +1,7 @@
 //! `gptoss`: run OpenAI's gpt-oss models. Argument parsing and wiring only.
 
 mod cmd;
+mod interrupt;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -37,6 +38,16 @@ enum Command {
     },
     /// Write a random-weight checkpoint with the real names, shapes, dtypes and config.
     Synth(cmd::synth::Args),
+    /// Interactive multi-turn chat in the harmony format.
+    Chat(cmd::chat::ChatArgs),
+    /// Ask one question; the final answer goes to stdout.
+    Run(cmd::chat::RunArgs),
+    /// Render a conversation (openai-harmony JSON) to tokens.
+    Render(cmd::harmony::RenderArgs),
+    /// Encode text with the o200k_harmony tokenizer.
+    Tokenize(cmd::harmony::TokenizeArgs),
+    /// Parse model output tokens into harmony messages.
+    Parse(cmd::harmony::ParseArgs),
 }
 
 fn main() -> ExitCode {
@@ -56,6 +67,11 @@ fn main() -> ExitCode {
         Command::Perplexity(args) => cmd::perplexity::run(args),
         Command::Inspect { model, json } => cmd::inspect::run(&model, json),
         Command::Synth(args) => cmd::synth::run(args),
+        Command::Chat(args) => cmd::chat::chat(args),
+        Command::Run(args) => cmd::chat::run(args),
+        Command::Render(args) => cmd::harmony::render(args),
+        Command::Tokenize(args) => cmd::harmony::tokenize(args),
+        Command::Parse(args) => cmd::harmony::parse(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

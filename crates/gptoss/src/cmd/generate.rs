@@ -2,15 +2,14 @@
 
 use std::io::Write;
 use std::path::PathBuf;
-use std::time::Instant;
 
 use anyhow::{bail, Result};
+use gptoss_engine::generator::{GenerateOptions, ModelSource, StopReason, TokenSource};
 use gptoss_engine::model::check_tokens;
 use gptoss_engine::tokenizer::{StreamDecoder, CALL, END_OF_TEXT, RETURN, VOCAB_SIZE};
-use gptoss_engine::{KvCache, LogitsRequest, Sampler, SamplingParams, SeqChunk, Tokenizer};
+use gptoss_engine::Tokenizer;
 
-/// Prompt tokens per forward call: long prompts go through in chunks of this many.
-pub const PREFILL_CHUNK: usize = 512;
+use super::SamplingArgs;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -25,19 +24,8 @@ pub struct Args {
     /// Tokens to generate at most.
     #[arg(long, default_value_t = 128, value_name = "N")]
     max_tokens: usize,
-    /// 0 is greedy.
-    #[arg(long, default_value_t = 1.0, value_name = "T")]
-    temperature: f32,
-    #[arg(long, default_value_t = 1.0, value_name = "P")]
-    top_p: f32,
-    /// 0 keeps every token.
-    #[arg(long, default_value_t = 0, value_name = "K")]
-    top_k: usize,
-    #[arg(long, default_value_t = 0.0, value_name = "P")]
-    min_p: f32,
-    /// Makes sampling reproducible.
-    #[arg(long, value_name = "S")]
-    seed: Option<u64>,
+    #[command(flatten)]
+    sampling: SamplingArgs,
     /// Keep going past <|return|>, <|call|> and <|endoftext|>.
     #[arg(long)]
     ignore_eos: bool,
@@ -52,13 +40,7 @@ pub struct Args {
 pub fn run(args: Args) -> Result<()> {
     let tokenizer = Tokenizer::o200k_harmony()?;
     let prompt = super::prompt_tokens(args.prompt.as_deref(), args.tokens_file.as_deref(), &tokenizer)?;
-    let mut sampler = Sampler::new(SamplingParams {
-        temperature: args.temperature,
-        top_k: args.top_k,
-        top_p: args.top_p,
-        min_p: args.min_p,
-        seed: args.seed,
-    })?;
+    let sampler = args.sampling.sampler()?;
     let model = super::load_model(&args.model)?;
     if model.config.vocab_size > VOCAB_SIZE as usize {
         bail!(
@@ -75,50 +57,43 @@ pub fn run(args: Args) -> Result<()> {
             args.max_tokens
         );
     }
-    let mut cache = KvCache::new(&model.config, prompt.len() + args.max_tokens);
-    let seq = cache.add_sequence();
+    let mut source = ModelSource::new(&model, prompt.len() + args.max_tokens, sampler);
+    let stop_tokens = if args.ignore_eos { vec![] } else { vec![RETURN, CALL, END_OF_TEXT] };
+    let opts = GenerateOptions {
+        max_tokens: args.max_tokens,
+        stop_tokens: stop_tokens.clone(),
+        top_logprobs: args.top_logprobs,
+    };
 
-    let t0 = Instant::now();
-    let mut logits = None;
-    for chunk in prompt.chunks(PREFILL_CHUNK) {
-        logits = Some(model.forward(&mut cache, &[SeqChunk { seq, tokens: chunk, logits: LogitsRequest::Last }])?);
-    }
-    let prompt_secs = t0.elapsed().as_secs_f64();
-
-    let stops: &[u32] = if args.ignore_eos { &[] } else { &[RETURN, CALL, END_OF_TEXT] };
     let mut out = std::io::stdout().lock();
     let mut decoder = StreamDecoder::default();
     let (mut tokens, mut text, mut logprobs) = (Vec::new(), String::new(), Vec::new());
-    let mut finish = "length";
-    let t1 = Instant::now();
-    while let Some(l) = logits.take() {
-        if tokens.len() == args.max_tokens {
-            break;
+    let mut failure = None;
+    let generation = source.generate(&prompt, &opts, &mut |s| {
+        if stop_tokens.contains(&s.token) {
+            return true; // the stop token ends the output; it is not part of it
         }
-        let sampled = sampler.sample(l.last_for(0).expect("logits of the last position"), args.top_logprobs);
-        let next = sampled.token;
+        tokens.push(s.token);
         if args.top_logprobs > 0 {
-            logprobs.push(serde_json::json!({"token": next, "logprob": sampled.logprob, "top": sampled.top_logprobs}));
+            logprobs.push(serde_json::json!({"token": s.token, "logprob": s.logprob, "top": s.top_logprobs}));
         }
-        if stops.contains(&next) {
-            finish = "stop";
-            break;
-        }
-        tokens.push(next);
-        let piece = decoder.push(&tokenizer, next)?;
-        if !args.json {
-            out.write_all(piece.as_bytes())?;
-            out.flush()?;
-        }
+        let piece = match decoder.push(&tokenizer, s.token) {
+            Ok(p) => p,
+            Err(e) => {
+                failure = Some(e);
+                return false;
+            }
+        };
         text += &piece;
-        if tokens.len() < args.max_tokens {
-            logits =
-                Some(model.forward(&mut cache, &[SeqChunk { seq, tokens: &[next], logits: LogitsRequest::Last }])?);
-        }
+        // A closed stdout (piped into `head`) ends generation quietly.
+        args.json || out.write_all(piece.as_bytes()).and_then(|_| out.flush()).is_ok()
+    })?;
+    if let Some(e) = failure {
+        return Err(e.into());
     }
     let rest = decoder.finish();
     text += &rest;
-    let gen_secs = t1.elapsed().as_secs_f64();
+    let finish = if matches!(generation.stop, StopReason::Stop(_)) { "stop" } else { "length" };
     if args.json {
         let mut v = serde_json::json!({"tokens": tokens, "text": text, "finish_reason": finish});
         if args.top_logprobs > 0 {
@@ -129,11 +104,13 @@ pub fn run(args: Args) -> Result<()> {
         writeln!(out, "{rest}")?;
     }
     eprintln!(
-        "prompt: {} tokens in {prompt_secs:.2} s ({}); generated: {} tokens in {gen_secs:.2} s ({}); finish: {finish}; {}",
+        "prompt: {} tokens in {:.2} s ({}); generated: {} tokens in {:.2} s ({}); finish: {finish}; {}",
         prompt.len(),
-        super::rate(prompt.len(), prompt_secs),
-        tokens.len(),
-        super::rate(tokens.len(), gen_secs),
+        generation.prompt_secs,
+        super::rate(prompt.len(), generation.prompt_secs),
+        generation.generated,
+        generation.gen_secs,
+        super::rate(generation.generated, generation.gen_secs),
         super::memory_report(),
     );
     Ok(())

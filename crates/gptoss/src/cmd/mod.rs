@@ -1,15 +1,71 @@
 //! One module per command, plus what they share.
 
+pub mod chat;
 pub mod generate;
+pub mod harmony;
 pub mod inspect;
 pub mod perplexity;
 pub mod synth;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
-use gptoss_engine::Model;
+use gptoss_engine::{Model, Sampler, SamplingParams};
+
+/// The model used when a command is given none.
+pub const DEFAULT_MODEL: &str = "openai/gpt-oss-20b";
+
+/// Sampling flags shared by the commands that generate.
+#[derive(clap::Args, Clone, Debug)]
+pub struct SamplingArgs {
+    /// 0 is greedy. OpenAI recommends 1.0 for gpt-oss.
+    #[arg(long, default_value_t = 1.0, value_name = "T")]
+    pub temperature: f32,
+    /// Nucleus sampling: keep the most likely tokens up to this probability mass.
+    #[arg(long, default_value_t = 1.0, value_name = "P")]
+    pub top_p: f32,
+    /// Keep only the K most likely tokens; 0 keeps every token.
+    #[arg(long, default_value_t = 0, value_name = "K")]
+    pub top_k: usize,
+    /// Drop tokens less likely than P times the most likely one.
+    #[arg(long, default_value_t = 0.0, value_name = "P")]
+    pub min_p: f32,
+    /// Makes sampling reproducible.
+    #[arg(long, value_name = "S")]
+    pub seed: Option<u64>,
+}
+
+impl SamplingArgs {
+    pub fn sampler(&self) -> Result<Sampler> {
+        Ok(Sampler::new(SamplingParams {
+            temperature: self.temperature,
+            top_k: self.top_k,
+            top_p: self.top_p,
+            min_p: self.min_p,
+            seed: self.seed,
+        })?)
+    }
+}
+
+/// A MODEL argument: a checkpoint folder. Hub ids are not fetched yet, so one that is not a
+/// local folder gets a message saying where to put the files.
+pub fn resolve_model(arg: &str) -> Result<PathBuf> {
+    let path = PathBuf::from(arg);
+    if path.exists() {
+        return Ok(path);
+    }
+    let looks_like_hub_id = arg.split('/').count() == 2 && !arg.starts_with(['.', '/', '~']);
+    if looks_like_hub_id {
+        bail!(
+            "{arg} is not a local folder, and downloading from the Hugging Face Hub is not built yet.\n\
+             Download it first, e.g. `huggingface-cli download {arg} --local-dir ~/models/{name}`,\n\
+             then pass the folder: gptoss ... ~/models/{name}",
+            name = arg.rsplit('/').next().unwrap_or(arg)
+        );
+    }
+    bail!("{arg}: no such checkpoint folder")
+}
 
 /// Loads a checkpoint and says so on stderr.
 pub fn load_model(path: &Path) -> Result<Model> {

@@ -8,7 +8,7 @@ use gptoss_engine::model::check_tokens;
 use gptoss_engine::sampler::log_sum_exp;
 use gptoss_engine::{KvCache, LogitsRequest, SeqChunk, Tokenizer};
 
-use super::generate::PREFILL_CHUNK;
+use gptoss_engine::generator::PREFILL_CHUNK;
 
 #[derive(clap::Args)]
 pub struct Args {

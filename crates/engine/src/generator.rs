@@ -1,0 +1,222 @@
+//! Token sources: what chat, run and the server generate from. [`ModelSource`] runs the
+//! model with a KV cache that is reused across calls when a new prompt extends what is
+//! already cached; [`ScriptedSource`] replays fixed completions, so protocol handling can be
+//! tested with exactly the model output a case needs.
+
+use std::collections::VecDeque;
+use std::time::Instant;
+
+use crate::error::EngineError;
+use crate::kv_cache::{KvCache, KvSnapshot, SeqId};
+use crate::model::{LogitsRequest, Model, SeqChunk};
+use crate::sampler::{Sampled, Sampler};
+
+/// Prompt tokens per forward call.
+pub const PREFILL_CHUNK: usize = 512;
+
+#[derive(Clone, Debug)]
+pub struct GenerateOptions {
+    /// Tokens to generate at most (stop token included).
+    pub max_tokens: usize,
+    /// Generation ends after emitting one of these.
+    pub stop_tokens: Vec<u32>,
+    /// Alternatives reported with each token.
+    pub top_logprobs: usize,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StopReason {
+    /// A stop token was generated (it was passed to the callback).
+    Stop(u32),
+    /// `max_tokens` or the context limit was reached.
+    Length,
+    /// The callback asked to stop.
+    Cancelled,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Generation {
+    pub prompt_tokens: usize,
+    /// Prompt tokens whose keys and values were already cached.
+    pub reused_tokens: usize,
+    pub generated: usize,
+    pub prompt_secs: f64,
+    pub gen_secs: f64,
+    pub stop: StopReason,
+}
+
+pub trait TokenSource {
+    /// Generates after `prompt`, handing each token to `on_token` (which returns false to
+    /// stop), until a stop token, `max_tokens` or the context limit.
+    fn generate(
+        &mut self,
+        prompt: &[u32],
+        opts: &GenerateOptions,
+        on_token: &mut dyn FnMut(&Sampled) -> bool,
+    ) -> Result<Generation, EngineError>;
+}
+
+/// The model, one sequence, and a sampler.
+pub struct ModelSource<'m> {
+    model: &'m Model,
+    cache: KvCache,
+    seq: SeqId,
+    /// Tokens whose keys and values are in the cache, in order.
+    cached: Vec<u32>,
+    /// Logits after the last cached token.
+    last_logits: Option<Vec<f32>>,
+    /// The cache as it was at the end of the last prompt, with that position's logits: a
+    /// chat's next prompt repeats the last one but not what was generated after it (harmony
+    /// drops the reasoning), so this is where it can resume.
+    prompt_end: Option<(KvSnapshot, Vec<f32>)>,
+    sampler: Sampler,
+}
+
+impl<'m> ModelSource<'m> {
+    pub fn new(model: &'m Model, max_context: usize, sampler: Sampler) -> Self {
+        let mut cache = KvCache::new(&model.config, max_context);
+        let seq = cache.add_sequence();
+        ModelSource { model, cache, seq, cached: Vec::new(), last_logits: None, prompt_end: None, sampler }
+    }
+
+    pub fn max_context(&self) -> usize {
+        self.cache.max_context()
+    }
+
+    /// Forgets the cache.
+    pub fn reset(&mut self) {
+        self.cache.remove_sequence(self.seq);
+        self.seq = self.cache.add_sequence();
+        self.cached.clear();
+        self.last_logits = None;
+        self.prompt_end = None;
+    }
+
+    fn feed(&mut self, tokens: &[u32]) -> Result<(), EngineError> {
+        for chunk in tokens.chunks(PREFILL_CHUNK) {
+            let logits = self
+                .model
+                .forward(&mut self.cache, &[SeqChunk { seq: self.seq, tokens: chunk, logits: LogitsRequest::Last }])?;
+            self.cached.extend_from_slice(chunk);
+            self.last_logits = logits.last_for(0).map(<[f32]>::to_vec);
+        }
+        Ok(())
+    }
+}
+
+impl TokenSource for ModelSource<'_> {
+    fn generate(
+        &mut self,
+        prompt: &[u32],
+        opts: &GenerateOptions,
+        on_token: &mut dyn FnMut(&Sampled) -> bool,
+    ) -> Result<Generation, EngineError> {
+        if prompt.is_empty() {
+            return Err(EngineError::EmptyChunk(self.seq.0));
+        }
+        crate::model::check_tokens(prompt, self.model.config.vocab_size)?;
+        if prompt.len() > self.cache.max_context() {
+            return Err(EngineError::ContextOverflow {
+                seq: self.seq.0,
+                needed: prompt.len(),
+                limit: self.cache.max_context(),
+            });
+        }
+        // Reuse the cache when it holds a prefix of the prompt, or can be rewound to the end of
+        // the last prompt; sliding-window rings cannot be rewound anywhere else.
+        let common = self.cached.iter().zip(prompt).take_while(|(a, b)| a == b).count();
+        if common < self.cached.len() {
+            match self.prompt_end.take() {
+                Some((snap, logits)) if snap.len <= common && self.cache.restore(self.seq, &snap) => {
+                    self.cached.truncate(snap.len);
+                    self.last_logits = Some(logits.clone());
+                    self.prompt_end = Some((snap, logits));
+                }
+                _ => self.reset(),
+            }
+        }
+        let reused = self.cached.len();
+        let t0 = Instant::now();
+        self.feed(&prompt[reused..])?;
+        if reused < prompt.len() || self.prompt_end.as_ref().is_none_or(|(s, _)| s.len != prompt.len()) {
+            if let (Some(snap), Some(logits)) = (self.cache.snapshot(self.seq), &self.last_logits) {
+                self.prompt_end = Some((snap, logits.clone()));
+            }
+        }
+        let prompt_secs = t0.elapsed().as_secs_f64();
+
+        let t1 = Instant::now();
+        let (mut generated, mut stop) = (0, StopReason::Length);
+        while generated < opts.max_tokens {
+            let Some(logits) = self.last_logits.as_deref() else { break };
+            let sampled = self.sampler.sample(logits, opts.top_logprobs);
+            generated += 1;
+            if !on_token(&sampled) {
+                stop = StopReason::Cancelled;
+                break;
+            }
+            if opts.stop_tokens.contains(&sampled.token) {
+                stop = StopReason::Stop(sampled.token);
+                break;
+            }
+            if generated == opts.max_tokens || self.cached.len() >= self.cache.max_context() {
+                break;
+            }
+            self.feed(&[sampled.token])?;
+        }
+        Ok(Generation {
+            prompt_tokens: prompt.len(),
+            reused_tokens: reused,
+            generated,
+            prompt_secs,
+            gen_secs: t1.elapsed().as_secs_f64(),
+            stop,
+        })
+    }
+}
+
+/// Replays completions in order, one per call, whatever the prompt.
+#[derive(Default)]
+pub struct ScriptedSource {
+    turns: VecDeque<Vec<u32>>,
+    /// Every prompt it was given.
+    pub prompts: Vec<Vec<u32>>,
+}
+
+impl ScriptedSource {
+    pub fn new(turns: impl IntoIterator<Item = Vec<u32>>) -> Self {
+        ScriptedSource { turns: turns.into_iter().collect(), prompts: Vec::new() }
+    }
+}
+
+impl TokenSource for ScriptedSource {
+    fn generate(
+        &mut self,
+        prompt: &[u32],
+        opts: &GenerateOptions,
+        on_token: &mut dyn FnMut(&Sampled) -> bool,
+    ) -> Result<Generation, EngineError> {
+        self.prompts.push(prompt.to_vec());
+        let turn = self.turns.pop_front().unwrap_or_default();
+        let (mut generated, mut stop) = (0, StopReason::Length);
+        for &token in turn.iter().take(opts.max_tokens) {
+            generated += 1;
+            if !on_token(&Sampled { token, logprob: 0.0, top_logprobs: Vec::new() }) {
+                stop = StopReason::Cancelled;
+                break;
+            }
+            if opts.stop_tokens.contains(&token) {
+                stop = StopReason::Stop(token);
+                break;
+            }
+        }
+        Ok(Generation {
+            prompt_tokens: prompt.len(),
+            reused_tokens: 0,
+            generated,
+            prompt_secs: 0.0,
+            gen_secs: 0.0,
+            stop,
+        })
+    }
+}
