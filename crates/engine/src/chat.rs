@@ -66,7 +66,7 @@ impl ChatSession {
     pub fn messages(&self) -> Vec<Message> {
         let mut out = vec![Message::new(Role::System, Content::System(self.system.clone()))];
         if let Some(instructions) = &self.developer {
-            let dev = DeveloperContent { instructions: Some(instructions.clone()), tools: None };
+            let dev = DeveloperContent { instructions: Some(instructions.clone()), ..Default::default() };
             out.push(Message::new(Role::Developer, Content::Developer(dev)));
         }
         out.extend(self.history.iter().cloned());

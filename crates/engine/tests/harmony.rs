@@ -260,3 +260,49 @@ fn parser_never_panics_on_random_tokens() {
         assert_eq!(streamed, kept, "round {round} after {fed_text} tokens");
     }
 }
+
+#[test]
+fn built_in_tools_match_openai_harmony() {
+    use gptoss_engine::harmony::ToolNamespace;
+    let mut found = 0;
+    for v in vectors("render.jsonl") {
+        let conv = Conversation::from_json(&v["conversation"]).unwrap();
+        for m in &conv.messages {
+            if let Some(Content::System(SystemContent { tools: Some(tools), .. })) = m.content.first() {
+                if let Some(b) = tools.get("browser") {
+                    assert_eq!(*b, ToolNamespace::browser());
+                    found += 1;
+                }
+                if let Some(p) = tools.get("python") {
+                    assert_eq!(*p, ToolNamespace::python());
+                    found += 1;
+                }
+            }
+        }
+    }
+    assert!(found >= 2);
+}
+
+#[test]
+fn response_formats_render_after_the_tools() {
+    use gptoss_engine::harmony::ResponseFormat;
+    let schema = json!({"type": "object", "properties": {"items": {"type": "array", "items": {"type": "string"}}}});
+    let dev = DeveloperContent {
+        instructions: Some("You are a helpful shopping assistant".into()),
+        tools: None,
+        response_formats: vec![ResponseFormat {
+            name: "shopping_list".into(),
+            description: Some("entries on the list".into()),
+            schema,
+        }],
+    };
+    let msgs = [Message::new(Role::Developer, Content::Developer(dev.clone()))];
+    let ids = Renderer::new(tok()).render_conversation(&msgs, RenderOptions::default()).unwrap();
+    assert_eq!(
+        tok().decode_lossy(&ids).unwrap(),
+        "<|start|>developer<|message|># Instructions\n\nYou are a helpful shopping assistant\n\n# Response Formats\n\n## shopping_list\n\n// entries on the list\n{\"type\":\"object\",\"properties\":{\"items\":{\"type\":\"array\",\"items\":{\"type\":\"string\"}}}}<|end|>"
+    );
+    // It survives the JSON form.
+    let conv = Conversation::new(msgs.to_vec());
+    assert_eq!(Conversation::from_json(&conv.to_json()).unwrap(), conv);
+}

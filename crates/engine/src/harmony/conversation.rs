@@ -110,6 +110,43 @@ pub struct ToolNamespace {
     pub tools: Vec<ToolDescription>,
 }
 
+impl ToolNamespace {
+    /// The built-in browser gpt-oss was trained with (spec harmony §2.4.1), exactly as
+    /// openai-harmony defines it. Calls go to `browser.search`, `.open`, `.find`.
+    pub fn browser() -> Self {
+        ToolNamespace {
+            name: "browser".into(),
+            description: Some(BROWSER_DESCRIPTION.into()),
+            tools: vec![
+            ToolDescription {
+                name: "search".into(),
+                description: "Searches for information related to `query` and displays `topn` results.".into(),
+                parameters: Some(json!({"type": "object", "properties": {"query": {"type": "string"}, "topn": {"type": "number", "default": 10}, "source": {"type": "string"}}, "required": ["query"]})),
+            },
+            ToolDescription {
+                name: "open".into(),
+                description: "Opens the link `id` from the page indicated by `cursor` starting at line number `loc`, showing `num_lines` lines.\nValid link ids are displayed with the formatting: `【{id}†.*】`.\nIf `cursor` is not provided, the most recent page is implied.\nIf `id` is a string, it is treated as a fully qualified URL associated with `source`.\nIf `loc` is not provided, the viewport will be positioned at the beginning of the document or centered on the most relevant passage, if available.\nUse this function without `id` to scroll to a new location of an opened page.".into(),
+                parameters: Some(json!({"type": "object", "properties": {"id": {"type": ["number", "string"], "default": -1}, "cursor": {"type": "number", "default": -1}, "loc": {"type": "number", "default": -1}, "num_lines": {"type": "number", "default": -1}, "view_source": {"type": "boolean", "default": false}, "source": {"type": "string"}}})),
+            },
+            ToolDescription {
+                name: "find".into(),
+                description: "Finds exact matches of `pattern` in the current page, or the page given by `cursor`.".into(),
+                parameters: Some(json!({"type": "object", "properties": {"pattern": {"type": "string"}, "cursor": {"type": "number", "default": -1}}, "required": ["pattern"]})),
+            },
+            ],
+        }
+    }
+
+    /// The built-in python tool; calls go to `python` with code as content.
+    pub fn python() -> Self {
+        ToolNamespace { name: "python".into(), description: Some(PYTHON_DESCRIPTION.into()), tools: Vec::new() }
+    }
+}
+
+const BROWSER_DESCRIPTION: &str = "Tool for browsing.\nThe `cursor` appears in brackets before each browsing display: `[{cursor}]`.\nCite information from the tool using the following format:\n`【{cursor}†L{line_start}(-L{line_end})?】`, for example: `【6†L9-L11】` or `【8†L3】`.\nDo not quote more than 10 words directly from the tool output.\nsources=web (default: web)";
+
+const PYTHON_DESCRIPTION: &str = "Use this tool to execute Python code in your chain of thought. The code will not be shown to the user. This tool should be used for internal reasoning, but not for code that is intended to be visible to the user (e.g. when creating plots, tables, or files).\n\nWhen you send a message containing Python code to python, it will be executed in a stateful Jupyter notebook environment. python will respond with the output of the execution or time out after 120.0 seconds. The drive at '/mnt/data' can be used to save and persist user files. Internet access for this session is UNKNOWN. Depends on the cluster.";
+
 /// Namespaces by name; they render in name order.
 pub type Tools = BTreeMap<String, ToolNamespace>;
 
@@ -140,11 +177,23 @@ impl SystemContent {
     }
 }
 
-/// The developer message's content: instructions and function tools.
+/// The developer message's content: instructions, function tools and response formats.
 #[derive(Clone, Debug, PartialEq, Default)]
 pub struct DeveloperContent {
     pub instructions: Option<String>,
     pub tools: Option<Tools>,
+    /// Structured-output schemas (`# Response Formats`, harmony's docs/format.md). Not in
+    /// openai-harmony's types; in the JSON form it is `response_formats`, written only
+    /// when there are some.
+    pub response_formats: Vec<ResponseFormat>,
+}
+
+/// A JSON Schema the answer should follow, named as in the Responses API.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ResponseFormat {
+    pub name: String,
+    pub description: Option<String>,
+    pub schema: Value,
 }
 
 impl DeveloperContent {
@@ -374,12 +423,31 @@ fn content_from_json(v: &Value, path: &str) -> Result<Content, HarmonyError> {
         "developer_content" => Ok(Content::Developer(DeveloperContent {
             instructions: o.opt_str("instructions")?,
             tools: tools_from_json(o.get("tools"), &o.field("tools"))?,
+            response_formats: response_formats_from_json(o.get("response_formats"), &o.field("response_formats"))?,
         })),
         other => Err(bad(
             &o.field("type"),
             &format!("unknown content type `{other}` (text, system_content, developer_content)"),
         )),
     }
+}
+
+fn response_formats_from_json(v: Option<&Value>, path: &str) -> Result<Vec<ResponseFormat>, HarmonyError> {
+    let Some(v) = v else { return Ok(Vec::new()) };
+    let items = v.as_array().ok_or_else(|| bad(path, "must be an array"))?;
+    items
+        .iter()
+        .enumerate()
+        .map(|(i, f)| {
+            let fpath = format!("{path}[{i}]");
+            let f = Obj::new(f, &fpath)?;
+            Ok(ResponseFormat {
+                name: f.str("name")?,
+                description: f.opt_str("description")?,
+                schema: f.get("schema").cloned().ok_or_else(|| bad(&f.field("schema"), "is missing"))?,
+            })
+        })
+        .collect()
 }
 
 fn tools_from_json(v: Option<&Value>, path: &str) -> Result<Option<Tools>, HarmonyError> {
@@ -455,6 +523,18 @@ fn content_to_json(c: &Content) -> Value {
         Content::Developer(d) => {
             put("instructions", d.instructions.clone().map(Value::from));
             put("tools", d.tools.as_ref().map(tools_to_json));
+            if !d.response_formats.is_empty() {
+                let formats = d.response_formats.iter().map(|f| {
+                    let mut m = Map::new();
+                    m.insert("name".into(), f.name.clone().into());
+                    if let Some(desc) = &f.description {
+                        m.insert("description".into(), desc.clone().into());
+                    }
+                    m.insert("schema".into(), f.schema.clone());
+                    Value::Object(m)
+                });
+                put("response_formats", Some(Value::Array(formats.collect())));
+            }
             put("type", Some("developer_content".into()));
         }
     }

@@ -7,8 +7,8 @@ mod render;
 mod schema_ts;
 
 pub use conversation::{
-    Author, ChannelConfig, Content, Conversation, DeveloperContent, Message, ReasoningEffort, Role, SystemContent,
-    ToolDescription, ToolNamespace, Tools,
+    Author, ChannelConfig, Content, Conversation, DeveloperContent, Message, ReasoningEffort, ResponseFormat, Role,
+    SystemContent, ToolDescription, ToolNamespace, Tools,
 };
 pub use parser::{Header, ParseEvent, StreamParser};
 pub use render::{RenderOptions, Renderer};

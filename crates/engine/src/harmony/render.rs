@@ -187,7 +187,8 @@ fn system_text(s: &SystemContent, has_function_tools: bool) -> String {
     sections.join("\n\n")
 }
 
-/// `# Instructions`, the instructions, then the tools, joined by blank lines.
+/// `# Instructions`, the instructions, the tools, then the response formats, joined by blank
+/// lines.
 fn developer_text(d: &DeveloperContent) -> String {
     let mut sections = Vec::new();
     if let Some(instructions) = &d.instructions {
@@ -196,6 +197,13 @@ fn developer_text(d: &DeveloperContent) -> String {
     }
     if let Some(tools) = d.tools.as_ref().filter(|t| !t.is_empty()) {
         sections.push(tools_section(tools));
+    }
+    if !d.response_formats.is_empty() {
+        sections.push("# Response Formats".to_string());
+        for f in &d.response_formats {
+            let comment = f.description.as_ref().map(|d| format!("// {d}\n")).unwrap_or_default();
+            sections.push(format!("## {}\n\n{comment}{}", f.name, f.schema));
+        }
     }
     sections.join("\n\n")
 }
