@@ -56,6 +56,14 @@ pub trait TokenSource {
     ) -> Result<Generation, EngineError>;
 }
 
+/// Hands a token to the callback; the reason generation ends there, if it does.
+fn emit(s: &Sampled, opts: &GenerateOptions, on_token: &mut dyn FnMut(&Sampled) -> bool) -> Option<StopReason> {
+    if !on_token(s) {
+        return Some(StopReason::Cancelled);
+    }
+    opts.stop_tokens.contains(&s.token).then_some(StopReason::Stop(s.token))
+}
+
 /// The model, one sequence, and a sampler.
 pub struct ModelSource<'m> {
     model: &'m Model,
@@ -151,12 +159,8 @@ impl TokenSource for ModelSource<'_> {
             let Some(logits) = self.last_logits.as_deref() else { break };
             let sampled = self.sampler.sample(logits, opts.top_logprobs);
             generated += 1;
-            if !on_token(&sampled) {
-                stop = StopReason::Cancelled;
-                break;
-            }
-            if opts.stop_tokens.contains(&sampled.token) {
-                stop = StopReason::Stop(sampled.token);
+            if let Some(reason) = emit(&sampled, opts, on_token) {
+                stop = reason;
                 break;
             }
             if generated == opts.max_tokens || self.cached.len() >= self.cache.max_context() {
@@ -201,12 +205,8 @@ impl TokenSource for ScriptedSource {
         let (mut generated, mut stop) = (0, StopReason::Length);
         for &token in turn.iter().take(opts.max_tokens) {
             generated += 1;
-            if !on_token(&Sampled { token, logprob: 0.0, top_logprobs: Vec::new() }) {
-                stop = StopReason::Cancelled;
-                break;
-            }
-            if opts.stop_tokens.contains(&token) {
-                stop = StopReason::Stop(token);
+            if let Some(reason) = emit(&Sampled { token, logprob: 0.0, top_logprobs: Vec::new() }, opts, on_token) {
+                stop = reason;
                 break;
             }
         }
