@@ -26,8 +26,8 @@ pub enum ChatError {
 #[derive(Clone, Debug, PartialEq)]
 pub struct ChatSession {
     pub system: SystemContent,
-    /// Developer instructions (`# Instructions`), if any.
-    pub developer: Option<String>,
+    /// The developer message: instructions, and whatever tools a loaded conversation had.
+    pub developer: Option<DeveloperContent>,
     /// Everything after the system and developer messages.
     pub history: Vec<Message>,
     /// Keep the analysis of finished turns in the history (off: harmony's rule).
@@ -58,16 +58,17 @@ impl Turn {
 }
 
 impl ChatSession {
-    pub fn new(system: SystemContent, developer: Option<String>) -> Self {
+    /// `instructions`: the developer message's `# Instructions`, if any.
+    pub fn new(system: SystemContent, instructions: Option<String>) -> Self {
+        let developer = instructions.map(|i| DeveloperContent { instructions: Some(i), ..Default::default() });
         ChatSession { system, developer, history: Vec::new(), keep_analysis: false }
     }
 
     /// The whole conversation: system, developer (if it has instructions), history.
     pub fn messages(&self) -> Vec<Message> {
         let mut out = vec![Message::new(Role::System, Content::System(self.system.clone()))];
-        if let Some(instructions) = &self.developer {
-            let dev = DeveloperContent { instructions: Some(instructions.clone()), ..Default::default() };
-            out.push(Message::new(Role::Developer, Content::Developer(dev)));
+        if let Some(dev) = &self.developer {
+            out.push(Message::new(Role::Developer, Content::Developer(dev.clone())));
         }
         out.extend(self.history.iter().cloned());
         out
@@ -78,15 +79,23 @@ impl ChatSession {
     }
 
     /// A saved conversation; its system and developer messages, when present, replace ours.
-    pub fn load(&mut self, conv: Conversation) {
-        self.history.clear();
+    /// It must render, and the history rule applies to it from the start.
+    pub fn load(&mut self, conv: Conversation, tok: &Tokenizer) -> Result<(), HarmonyError> {
+        let mut loaded = self.clone();
+        loaded.history.clear();
         for m in conv.messages {
             match (m.author.role, m.content.first()) {
-                (Role::System, Some(Content::System(s))) => self.system = s.clone(),
-                (Role::Developer, Some(Content::Developer(d))) => self.developer = d.instructions.clone(),
-                _ => self.history.push(m),
+                (Role::System, Some(Content::System(s))) => loaded.system = s.clone(),
+                (Role::Developer, Some(Content::Developer(d))) => loaded.developer = Some(d.clone()),
+                _ => loaded.history.push(m),
             }
         }
+        if !loaded.keep_analysis {
+            drop_finished_analysis(&mut loaded.history);
+        }
+        loaded.prompt(tok)?;
+        *self = loaded;
+        Ok(())
     }
 
     /// The prompt for the assistant's next message.
@@ -110,7 +119,13 @@ impl ChatSession {
         on_event: &mut dyn FnMut(&ParseEvent) -> bool,
     ) -> Result<Turn, ChatError> {
         self.history.push(Message::text(Role::User, user));
-        let prompt = self.prompt(tok)?;
+        let prompt = match self.prompt(tok) {
+            Ok(p) => p,
+            Err(e) => {
+                self.history.pop(); // the turn did not happen
+                return Err(e.into());
+            }
+        };
         let mut parser = StreamParser::new(tok, Some(Role::Assistant));
         let mut events = Vec::new();
         let opts = GenerateOptions { max_tokens, stop_tokens: STOP_TOKENS.to_vec(), top_logprobs: 0 };
@@ -120,7 +135,9 @@ impl ChatSession {
             }
             events.clear();
             parser.push(s.token, &mut events);
-            events.iter().all(&mut *on_event)
+            // Every event is shown, even after a stop request, so the history holds
+            // nothing the user did not see.
+            events.iter().fold(true, |go, e| on_event(e) && go)
         });
         let generation = match generated {
             Ok(g) => g,
@@ -255,7 +272,17 @@ mod tests {
         chat.history.push(Message::text(Role::User, "hello"));
         let json = chat.to_json();
         let mut other = ChatSession::new(SystemContent::default(), None);
-        other.load(Conversation::from_json(&json).unwrap());
+        other.load(Conversation::from_json(&json).unwrap(), tok()).unwrap();
         assert_eq!(other, chat);
+        // Loading applies the history rule and refuses what cannot be rendered.
+        let mut finished = chat.messages();
+        finished.push(Message::text(Role::Assistant, "thinking").with_channel("analysis"));
+        finished.push(Message::text(Role::Assistant, "done").with_channel("final"));
+        other.load(Conversation::new(finished), tok()).unwrap();
+        assert_eq!(other.history.len(), 2);
+        let mut nameless = Message::text(Role::Tool, "x");
+        nameless.author.name = None;
+        assert!(other.load(Conversation::new(vec![nameless]), tok()).is_err());
+        assert_eq!(other.history.len(), 2, "a failed load changes nothing");
     }
 }

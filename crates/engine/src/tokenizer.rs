@@ -292,8 +292,13 @@ pub struct StreamDecoder {
 
 impl StreamDecoder {
     pub fn push(&mut self, tok: &Tokenizer, id: u32) -> Result<String, TokenizerError> {
-        self.pending.extend_from_slice(&tok.token_bytes(id)?);
-        Ok(self.take_complete())
+        Ok(self.push_bytes(&tok.token_bytes(id)?))
+    }
+
+    /// The complete characters so far, given more bytes.
+    pub fn push_bytes(&mut self, bytes: &[u8]) -> String {
+        self.pending.extend_from_slice(bytes);
+        self.take_complete()
     }
 
     /// Whatever is left, lossily.

@@ -216,9 +216,33 @@ fn malformed_output_is_recovered_not_lost() {
     // Special tokens inside content are kept as their text.
     let (m, _, _) = parse_text("<|channel|>final<|message|>a<|channel|>b<|return|>");
     assert_eq!(m[0].text_content(), "a<|channel|>b");
+    // A space after <|channel|> does not turn the answer into a tool call.
+    let (m, p, _) = parse_text("<|channel|> final<|message|>42<|return|>");
+    assert_eq!((m[0].channel.as_deref(), m[0].recipient.as_deref(), p.len()), (Some("final"), None, 1));
     // Unknown channel names are kept for the caller to judge.
     let (m, _, _) = parse_text("<|channel|>finalx<|message|>hm<|end|>");
     assert_eq!(m[0].channel.as_deref(), Some("finalx"));
+}
+
+#[test]
+fn tool_messages_without_channel_parse_back() {
+    // openai/harmony's test_does_not_drop_if_ongoing_analysis renders one like this.
+    let mut p = StreamParser::new(tok(), None);
+    let mut events = Vec::new();
+    for t in encode_specials("<|start|>functions.lookup_weather<|message|>{\"temperature\": 20}<|end|><|start|>user:alice<|message|>hi<|end|>") {
+        p.push(t, &mut events);
+    }
+    p.finish(&mut events);
+    assert!(p.problems().is_empty(), "{:?}", p.problems());
+    let m = p.into_messages();
+    assert_eq!(
+        (m[0].author.role, m[0].author.name.as_deref(), m[0].recipient.as_deref()),
+        (Role::Tool, Some("functions.lookup_weather"), None)
+    );
+    assert_eq!(
+        (m[1].author.role, m[1].author.name.as_deref(), m[1].recipient.as_deref()),
+        (Role::User, Some("alice"), None)
+    );
 }
 
 #[test]

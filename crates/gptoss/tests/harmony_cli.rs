@@ -158,6 +158,26 @@ fn chat_follows_harmony_history_rules() {
 }
 
 #[test]
+fn chat_survives_bad_input_lines() {
+    let dir = tempfile::tempdir().unwrap();
+    let script = script(dir.path(), &["<|channel|>final<|message|>ok<|return|>"]);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_gptoss"))
+        .args(["chat", "--script", &script])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Not UTF-8, then a broken file to load, then a real question.
+    child.stdin.take().unwrap().write_all(b"caf\xe9\n/load /no/such/file.json\n/save\n").unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "ok");
+    assert!(stderr.contains("reading /no/such/file.json") && stderr.contains("/save needs a file name"), "{stderr}");
+}
+
+#[test]
 fn chat_runs_a_real_model_for_several_turns() {
     let dir = tempfile::tempdir().unwrap();
     let model = dir.path().join("tiny");
@@ -192,6 +212,11 @@ fn run_prints_only_the_final_answer() {
     assert_eq!(stdout, "Paris.\n");
     assert!(stderr.contains("Think.") && stderr.contains("Let me see."), "{stderr}");
 
+    // An answer cut off by --max-tokens is printed, but the exit status says so.
+    let long = script(dir.path(), &["<|channel|>final<|message|>one two three four five six seven<|return|>"]);
+    let out = gptoss(&["run", "--script", &long, "--max-tokens", "6", "count"], "");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cut off after 6 tokens"));
     // No final answer: a clear error and a non-zero exit.
     let tool = script(dir.path(), &["<|channel|>analysis<|message|>Search.<|end|><|start|>assistant<|channel|>analysis to=browser.search<|message|>{}<|call|>"]);
     let out = gptoss(&["run", "--script", &tool, "news?"], "");

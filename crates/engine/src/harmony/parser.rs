@@ -109,7 +109,7 @@ impl<'t> StreamParser<'t> {
             }
             State::Header(tokens) => {
                 if token == MESSAGE {
-                    let text = self.tok.decode_lossy(tokens).unwrap_or_default();
+                    let text = String::from_utf8_lossy(&header_bytes(self.tok, tokens)).into_owned();
                     let (header, problems) = parse_header(&text, self.role.take());
                     for p in problems {
                         self.problem(events, p);
@@ -179,7 +179,9 @@ impl<'t> StreamParser<'t> {
     /// A header that never reached `<|message|>`: its channel is kept, and the rest of its
     /// text is taken as content (`<|channel|>final Hello<|end|>` is a final "Hello").
     fn salvage_header(&mut self, tokens: &[u32], events: &mut Vec<ParseEvent>) {
-        let text = self.tok.decode_lossy(tokens).unwrap_or_default();
+        // An unfinished character at the end stays in the decoder for the content that follows.
+        let bytes = header_bytes(self.tok, tokens);
+        let text = self.decoder.push_bytes(&bytes);
         self.problem(events, format!("message header without <|message|>: {:?}", clip(&text)));
         let (header, content) = salvage(&text, self.role.take());
         self.open(header, events);
@@ -219,17 +221,36 @@ impl<'t> StreamParser<'t> {
     }
 }
 
+/// The bytes of header tokens; an id outside the vocabulary stands as U+FFFD.
+fn header_bytes(tok: &Tokenizer, tokens: &[u32]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for &t in tokens {
+        match tok.token_bytes(t) {
+            Ok(b) => out.extend_from_slice(&b),
+            Err(_) => out.extend_from_slice("\u{fffd}".as_bytes()),
+        }
+    }
+    out
+}
+
 /// Removes `<|channel|>NAME` (NAME ends at whitespace or `<`) and returns NAME.
 fn take_channel(text: &str) -> (Option<String>, String, Option<String>) {
     const MARKER: &str = "<|channel|>";
     let Some(i) = text.find(MARKER) else { return (None, text.to_string(), None) };
     let after = &text[i + MARKER.len()..];
-    let end = after.find(|c: char| c.is_whitespace() || c == '<').unwrap_or(after.len());
+    let word_end = |s: &str| s.find(|c: char| c.is_whitespace() || c == '<').unwrap_or(s.len());
+    let end = word_end(after);
+    if end > 0 {
+        return (Some(after[..end].to_string()), format!("{}{}", &text[..i], &after[end..]), None);
+    }
+    // `<|channel|> final`: the name came after a space.
+    let skipped = after.len() - after.trim_start().len();
+    let end = skipped + word_end(&after[skipped..]);
     let rest = format!("{}{}", &text[..i], &after[end..]);
-    if end == 0 {
-        (None, rest, Some("<|channel|> without a channel name".into()))
+    if end > skipped {
+        (Some(after[skipped..end].to_string()), rest, Some("space between <|channel|> and the channel name".into()))
     } else {
-        (Some(after[..end].to_string()), rest, None)
+        (None, rest, Some("<|channel|> without a channel name".into()))
     }
 }
 
@@ -246,23 +267,33 @@ fn parse_header(text: &str, role: Option<Role>) -> (Header, Vec<String>) {
         rest = rest.replace(&marker, &format!(" {marker}")).trim().to_string();
     }
     let mut parts: Vec<&str> = rest.split_ascii_whitespace().collect();
-    let mut tool_name = None;
-    let role = match role {
-        Some(r) => r,
-        None => match parts.first().map(|p| (Role::parse(p), *p)) {
-            Some((Some(r), p)) => {
-                tool_name = Some(p.to_string());
+    let mut name = None;
+    let role = match (role, parts.first().copied()) {
+        (Some(r), _) => r,
+        (None, None) => {
+            problems.push("empty message header".into());
+            Role::Assistant
+        }
+        (None, Some(first)) => match (Role::parse(first), first.split_once(':')) {
+            (Some(r), _) => {
+                name = (r == Role::Tool).then(|| first.to_string());
                 r
             }
-            // `browser.search to=assistant`: a tool speaks.
-            Some((None, p)) if parts.len() > 1 || p.starts_with("to=") => {
-                tool_name = Some(p.to_string());
+            // `user:alice`: a named author.
+            (None, Some((r, n))) if Role::parse(r).is_some() => {
                 parts.remove(0);
-                Role::Tool
+                name = Some(n.to_string());
+                Role::parse(r).expect("checked")
             }
-            _ => {
-                problems.push(format!("header names no known role: {:?}", clip(text)));
+            (None, _) if first.starts_with("to=") => {
+                problems.push(format!("header names no author: {:?}", clip(text)));
                 Role::Assistant
+            }
+            // `browser.search to=assistant`, `functions.get_weather`: a tool speaks.
+            (None, _) => {
+                parts.remove(0);
+                name = Some(first.to_string());
+                Role::Tool
             }
         },
     };
@@ -285,7 +316,6 @@ fn parse_header(text: &str, role: Option<Role>) -> (Header, Vec<String>) {
     if !parts.is_empty() {
         problems.push(format!("unexpected text in message header ignored: {:?}", parts.join(" ")));
     }
-    let name = if role == Role::Tool { tool_name } else { None };
     (Header { author: Author { role, name }, channel, recipient, content_type }, problems)
 }
 
@@ -354,8 +384,27 @@ mod tests {
         assert_eq!(h.recipient.as_deref(), Some("functions.f"));
         assert_eq!(p.len(), 1);
         let (h, p) = header("<|channel|> final", Some(Role::Assistant));
+        assert_eq!((h.channel.as_deref(), h.recipient, p.len()), (Some("final"), None, 1));
+        let (h, p) = header("<|channel|>", Some(Role::Assistant));
         assert!(h.channel.is_none() && p[0].contains("without a channel name"));
-        let (h, p) = header("zork", None);
+        let (h, p) = header("to=functions.f<|channel|>commentary", None);
+        assert_eq!((h.author.role, h.recipient.as_deref(), p.len()), (Role::Assistant, Some("functions.f"), 1));
+        let (h, p) = header("", None);
         assert_eq!((h.author.role, p.len()), (Role::Assistant, 1));
+    }
+
+    #[test]
+    fn authors() {
+        // A tool message rendered without channel or recipient (openai/harmony
+        // test_does_not_drop_if_ongoing_analysis) parses back as the tool speaking.
+        let (h, p) = header("functions.lookup_weather", None);
+        assert_eq!(
+            (h.author.role, h.author.name.as_deref(), h.recipient, p.len()),
+            (Role::Tool, Some("functions.lookup_weather"), None, 0)
+        );
+        let (h, _) = header("user:alice", None);
+        assert_eq!((h.author.role, h.author.name.as_deref(), h.recipient), (Role::User, Some("alice"), None));
+        let (h, _) = header("tool", None);
+        assert_eq!((h.author.role, h.author.name.as_deref()), (Role::Tool, Some("tool")));
     }
 }

@@ -4,11 +4,11 @@ use std::io::{BufRead, IsTerminal, Write};
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use gptoss_engine::chat::{today_utc, ChatSession, Turn};
+use gptoss_engine::chat::{today_utc, ChatError, ChatSession, Turn};
 use gptoss_engine::generator::{ModelSource, ScriptedSource, StopReason, TokenSource};
 use gptoss_engine::harmony::{Conversation, ParseEvent, ReasoningEffort, SystemContent};
 use gptoss_engine::tokenizer::CALL;
-use gptoss_engine::{Model, Tokenizer};
+use gptoss_engine::{EngineError, Model, Tokenizer};
 
 use super::{SamplingArgs, DEFAULT_MODEL};
 use crate::interrupt;
@@ -217,21 +217,24 @@ pub fn chat(args: ChatArgs) -> Result<()> {
         if interactive {
             eprintln!("Chat with gpt-oss. /help for commands; Ctrl-C stops an answer; Ctrl-D or /quit leaves.");
         }
-        let stdin = std::io::stdin();
-        let mut lines = stdin.lock().lines();
+        let mut stdin = std::io::stdin().lock();
+        let mut buf = Vec::new();
         loop {
             if interactive {
-                print!("\n> ");
-                std::io::stdout().flush()?;
+                // On stderr, so a piped stdout holds only answers.
+                eprint!("\n> ");
             }
-            let Some(line) = lines.next() else { break };
-            let line = line.context("reading stdin")?;
+            buf.clear();
+            if stdin.read_until(b'\n', &mut buf).context("reading stdin")? == 0 {
+                break;
+            }
+            let line = String::from_utf8_lossy(&buf);
             let input = line.trim();
             if input.is_empty() {
                 continue;
             }
             if let Some(cmd) = input.strip_prefix('/') {
-                match command(cmd, &mut session) {
+                match command(cmd, &mut session, &tok) {
                     Ok(Flow::Quit) => break,
                     Ok(Flow::Continue(msg)) => eprintln!("{msg}"),
                     Err(e) => eprintln!("error: {e:#}"),
@@ -255,7 +258,15 @@ pub fn chat(args: ChatArgs) -> Result<()> {
                         eprintln!("{line}");
                     }
                 }
-                Err(e) => eprintln!("error: {e:#}"),
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    if matches!(e, ChatError::Engine(EngineError::ContextOverflow { .. })) {
+                        eprintln!(
+                            "(the conversation no longer fits in --ctx {}: /reset, or start with a larger --ctx)",
+                            args.conv.ctx
+                        );
+                    }
+                }
             }
         }
         Ok(())
@@ -267,7 +278,7 @@ enum Flow {
     Quit,
 }
 
-fn command(cmd: &str, session: &mut ChatSession) -> Result<Flow> {
+fn command(cmd: &str, session: &mut ChatSession, tok: &Tokenizer) -> Result<Flow> {
     let (name, arg) = cmd.split_once(' ').map_or((cmd, ""), |(n, a)| (n, a.trim()));
     Ok(Flow::Continue(match name {
         "quit" | "exit" => return Ok(Flow::Quit),
@@ -298,7 +309,9 @@ fn command(cmd: &str, session: &mut ChatSession) -> Result<Flow> {
             let text = std::fs::read_to_string(arg).with_context(|| format!("reading {arg}"))?;
             let json: serde_json::Value =
                 serde_json::from_str(&text).with_context(|| format!("{arg}: not valid JSON"))?;
-            session.load(Conversation::from_json(&json).with_context(|| arg.to_string())?);
+            session
+                .load(Conversation::from_json(&json).with_context(|| arg.to_string())?, tok)
+                .with_context(|| arg.to_string())?;
             format!("loaded {} messages from {arg}", session.messages().len())
         }
         "save" | "load" => bail!("/{name} needs a file name"),
@@ -336,6 +349,9 @@ pub fn run(args: RunArgs) -> Result<()> {
             bail!("the model stopped before giving a final answer: {why}");
         }
         println!();
+        if turn.generation.stop == StopReason::Length && turn.messages.last().is_some_and(|m| m.is_channel("final")) {
+            bail!("the answer was cut off after {} tokens (raise --max-tokens)", turn.generation.generated);
+        }
         eprintln!("{}", summary(&turn));
         Ok(())
     })
