@@ -137,7 +137,11 @@ impl ChatSession {
             parser.push(s.token, &mut events);
             // Every event is shown, even after a stop request, so the history holds
             // nothing the user did not see.
-            events.iter().fold(true, |go, e| on_event(e) && go)
+            let mut go = true;
+            for e in &events {
+                go &= on_event(e);
+            }
+            go
         });
         let generation = match generated {
             Ok(g) => g,
