@@ -87,10 +87,6 @@ impl<'m> ModelSource<'m> {
         ModelSource { model, cache, seq, cached: Vec::new(), last_logits: None, prompt_end: None, sampler }
     }
 
-    pub fn max_context(&self) -> usize {
-        self.cache.max_context()
-    }
-
     /// Forgets the cache.
     pub fn reset(&mut self) {
         self.cache.remove_sequence(self.seq);

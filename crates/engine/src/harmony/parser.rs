@@ -84,11 +84,6 @@ impl<'t> StreamParser<'t> {
         &self.problems
     }
 
-    /// The header of the message being read, once complete.
-    pub fn current_header(&self) -> Option<&Header> {
-        self.header.as_ref()
-    }
-
     /// Feeds one token; what it completes is appended to `events`.
     pub fn push(&mut self, token: u32, events: &mut Vec<ParseEvent>) {
         let is_stop = matches!(token, END | RETURN | CALL);

@@ -7,7 +7,7 @@
 use super::conversation::{Content, DeveloperContent, Message, Role, SystemContent, Tools};
 use super::schema_ts::schema_to_typescript;
 use super::HarmonyError;
-use crate::tokenizer::{Tokenizer, CALL, CHANNEL, CONSTRAIN, END, MESSAGE, RETURN, START};
+use crate::tokenizer::{Tokenizer, CALL, CHANNEL, CONSTRAIN, END, MESSAGE, START};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RenderOptions {
@@ -49,17 +49,6 @@ impl<'t> Renderer<'t> {
         self.render_conversation_into(messages, opts, &mut out)?;
         out.push(START);
         self.text(next_role.as_str(), &mut out);
-        Ok(out)
-    }
-
-    /// As for training: a final assistant answer at the end closes with `<|return|>`.
-    pub fn render_for_training(&self, messages: &[Message], opts: RenderOptions) -> Result<Vec<u32>, HarmonyError> {
-        let mut out = self.render_conversation(messages, opts)?;
-        if messages.last().is_some_and(|m| m.author.role == Role::Assistant && m.is_channel("final")) {
-            if let Some(last) = out.last_mut() {
-                *last = RETURN;
-            }
-        }
         Ok(out)
     }
 

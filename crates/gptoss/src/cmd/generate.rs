@@ -5,7 +5,6 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Result};
 use gptoss_engine::generator::{GenerateOptions, ModelSource, StopReason, TokenSource};
-use gptoss_engine::model::check_tokens;
 use gptoss_engine::tokenizer::{StreamDecoder, CALL, END_OF_TEXT, RETURN, VOCAB_SIZE};
 use gptoss_engine::Tokenizer;
 
@@ -48,7 +47,6 @@ pub fn run(args: Args) -> Result<()> {
             model.config.vocab_size
         );
     }
-    check_tokens(&prompt, model.config.vocab_size)?;
     let limit = model.config.max_context;
     if args.max_tokens > limit.saturating_sub(prompt.len()) {
         bail!(
