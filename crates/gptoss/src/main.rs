@@ -48,6 +48,8 @@ enum Command {
     Tokenize(cmd::harmony::TokenizeArgs),
     /// Parse model output tokens into harmony messages.
     Parse(cmd::harmony::ParseArgs),
+    /// Serve the OpenAI APIs (chat completions, responses, completions) with continuous batching.
+    Serve(cmd::serve::Args),
 }
 
 fn main() -> ExitCode {
@@ -72,6 +74,7 @@ fn main() -> ExitCode {
         Command::Render(args) => cmd::harmony::render(args),
         Command::Tokenize(args) => cmd::harmony::tokenize(args),
         Command::Parse(args) => cmd::harmony::parse(args),
+        Command::Serve(args) => cmd::serve::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -5,6 +5,7 @@ pub mod generate;
 pub mod harmony;
 pub mod inspect;
 pub mod perplexity;
+pub mod serve;
 pub mod synth;
 
 use std::path::{Path, PathBuf};

@@ -1,0 +1,86 @@
+//! `gptoss serve`: the OpenAI-compatible server.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::Args as ClapArgs;
+use gptoss_engine::Tokenizer;
+use gptoss_server::{EngineConfig, ModelExecutor, ScriptedExecutor, ServeOptions};
+
+use super::{human_bytes, load_model, resolve_model, DEFAULT_MODEL};
+
+#[derive(ClapArgs, Debug)]
+pub struct Args {
+    /// Checkpoint folder.
+    #[arg(default_value = DEFAULT_MODEL)]
+    model: String,
+    /// Address to listen on. Loopback by default; 0.0.0.0 exposes the server to the network.
+    #[arg(long, default_value = "127.0.0.1")]
+    host: String,
+    /// Port (0 picks a free one; the address is printed).
+    #[arg(long, default_value_t = 8000)]
+    port: u16,
+    /// Require `Authorization: Bearer KEY` on the API endpoints (also read from GPTOSS_API_KEY).
+    #[arg(long, value_name = "KEY", env = "GPTOSS_API_KEY", hide_env_values = true)]
+    api_key: Option<String>,
+    /// Sequences generating together at most.
+    #[arg(long, default_value_t = 16, value_name = "N")]
+    max_batch: usize,
+    /// Requests waiting for a batch slot at most; more get 429 with Retry-After.
+    #[arg(long, default_value_t = 64, value_name = "N")]
+    max_queue: usize,
+    /// Context length per sequence (prompt plus completion), at most the model's 131072.
+    #[arg(long, default_value_t = 8192, value_name = "N")]
+    ctx: usize,
+    /// Tokens per forward step: every running sequence's next token plus prompt chunks.
+    #[arg(long, default_value_t = 512, value_name = "N")]
+    step_tokens: usize,
+    /// The model name clients use (default: the checkpoint folder's name).
+    #[arg(long, value_name = "NAME")]
+    served_model_name: Option<String>,
+    /// Answer with scripted completions instead of the model (protocol tests).
+    #[arg(long, value_name = "FILE", hide = true)]
+    script: Option<PathBuf>,
+}
+
+pub fn run(args: Args) -> Result<()> {
+    if args.max_batch == 0 || args.ctx == 0 {
+        anyhow::bail!("--max-batch and --ctx must be at least 1");
+    }
+    let tok = Tokenizer::o200k_harmony().context("loading the tokenizer")?;
+    let engine = EngineConfig { max_batch: args.max_batch, max_queue: args.max_queue, step_tokens: args.step_tokens };
+    let name_of = |p: &std::path::Path| {
+        p.canonicalize()
+            .ok()
+            .and_then(|c| c.file_name().map(|n| n.to_string_lossy().into_owned()))
+            .unwrap_or_else(|| "gpt-oss".into())
+    };
+    if let Some(script) = &args.script {
+        let exec = ScriptedExecutor::from_file(script, Tokenizer::o200k_harmony()?, args.ctx)?;
+        let opts = ServeOptions {
+            host: args.host,
+            port: args.port,
+            api_key: args.api_key,
+            model_name: args.served_model_name.unwrap_or_else(|| "scripted".into()),
+            engine,
+        };
+        eprintln!("serving scripted completions from {}", script.display());
+        return Ok(gptoss_server::serve(exec, tok, opts)?);
+    }
+    let path = resolve_model(&args.model)?;
+    let model = load_model(&path)?;
+    let ctx = args.ctx.min(model.config.max_context);
+    // Full-attention layers grow with the context; sliding ones hold a fixed window.
+    let (per_token, per_seq) = model.config.kv_bytes();
+    let worst = (per_token * ctx as u64 + per_seq) * args.max_batch as u64;
+    eprintln!("context {ctx} tokens, up to {} sequences: KV cache at most {}", args.max_batch, human_bytes(worst));
+    let exec = ModelExecutor::new(model, ctx);
+    let opts = ServeOptions {
+        host: args.host,
+        port: args.port,
+        api_key: args.api_key,
+        model_name: args.served_model_name.unwrap_or_else(|| name_of(&path)),
+        engine,
+    };
+    Ok(gptoss_server::serve(exec, tok, opts)?)
+}

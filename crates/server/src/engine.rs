@@ -1,0 +1,530 @@
+//! The step loop. One thread owns the model; each step it takes in new requests, drops the
+//! ones whose client went away, admits waiting ones while the batch has room, schedules
+//! (every running sequence decodes one token; prompts are fed in chunks beside them),
+//! executes one batched forward pass, and hands each sequence its token.
+//!
+//! The scheduler ([`schedule`]) is a pure function of the sequences' progress, so it is
+//! tested without a model; the model itself is behind [`Executor`], so the same loop runs
+//! a scripted token source for protocol tests.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc};
+use std::time::{Duration, Instant};
+
+use gptoss_engine::model::{LogitsRequest, SeqChunk};
+use gptoss_engine::sampler::{log_sum_exp, logprob, top_logprobs};
+use gptoss_engine::{Sampled, Sampler, SamplingParams, SeqId};
+use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
+
+use crate::executor::Executor;
+use crate::metrics::Metrics;
+
+/// What one request asks the engine to generate.
+#[derive(Clone, Debug)]
+pub struct JobSpec {
+    pub prompt: Vec<u32>,
+    /// Tokens to generate at most (stop token included).
+    pub max_tokens: usize,
+    pub sampling: SamplingParams,
+    /// Generation ends after one of these (it is reported, then the sequence finishes).
+    pub stop_tokens: Vec<u32>,
+    /// Alternatives reported with each token.
+    pub top_logprobs: usize,
+    /// Report the log-probability of every prompt token after the first (`echo`).
+    pub prompt_logprobs: bool,
+    pub presence_penalty: f32,
+    pub frequency_penalty: f32,
+    /// Added to the logits before sampling.
+    pub logit_bias: Vec<(u32, f32)>,
+}
+
+impl JobSpec {
+    pub fn new(prompt: Vec<u32>, max_tokens: usize) -> Self {
+        JobSpec {
+            prompt,
+            max_tokens,
+            sampling: SamplingParams::default(),
+            stop_tokens: Vec::new(),
+            top_logprobs: 0,
+            prompt_logprobs: false,
+            presence_penalty: 0.0,
+            frequency_penalty: 0.0,
+            logit_bias: Vec::new(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum FinishReason {
+    /// One of the stop tokens (already sent as a token).
+    Stop(u32),
+    /// `max_tokens` or the context limit.
+    Length,
+    /// The engine failed on this request; the message says why.
+    Error(String),
+}
+
+#[derive(Clone, Debug)]
+pub struct Finish {
+    pub reason: FinishReason,
+    pub prompt_tokens: usize,
+    pub generated: usize,
+    /// From arrival until admitted to the batch.
+    pub queued: Duration,
+    /// From arrival until the first token.
+    pub ttft: Option<Duration>,
+}
+
+#[derive(Clone, Debug)]
+pub enum Event {
+    /// `[prompt_len - 1]`: log-probability of prompt token i+1 given the ones before it.
+    PromptLogprobs(Vec<Sampled>),
+    Token(Sampled),
+    Finished(Finish),
+}
+
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum SubmitError {
+    #[error("the server is busy: {0} requests are already waiting")]
+    QueueFull(usize),
+    #[error("the engine has stopped")]
+    Stopped,
+}
+
+struct Job {
+    spec: JobSpec,
+    events: UnboundedSender<Event>,
+    arrived: Instant,
+}
+
+/// The HTTP side's handle: submit jobs, each answered by a stream of events. Dropping the
+/// receiver cancels the job.
+#[derive(Clone)]
+pub struct EngineHandle {
+    tx: mpsc::Sender<Job>,
+    waiting: Arc<AtomicUsize>,
+    max_queue: usize,
+    pub max_context: usize,
+    pub vocab: usize,
+}
+
+impl EngineHandle {
+    pub fn submit(&self, spec: JobSpec) -> Result<UnboundedReceiver<Event>, SubmitError> {
+        let before = self.waiting.fetch_add(1, Ordering::SeqCst);
+        if before >= self.max_queue {
+            self.waiting.fetch_sub(1, Ordering::SeqCst);
+            return Err(SubmitError::QueueFull(before));
+        }
+        let (events, rx) = unbounded_channel();
+        if self.tx.send(Job { spec, events, arrived: Instant::now() }).is_err() {
+            self.waiting.fetch_sub(1, Ordering::SeqCst);
+            return Err(SubmitError::Stopped);
+        }
+        Ok(rx)
+    }
+
+    /// Requests accepted but not yet running.
+    pub fn waiting(&self) -> usize {
+        self.waiting.load(Ordering::SeqCst)
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct EngineConfig {
+    /// Sequences decoding together at most.
+    pub max_batch: usize,
+    /// Requests waiting for a slot at most; more are refused.
+    pub max_queue: usize,
+    /// Tokens per forward step at most (decodes plus prompt chunks).
+    pub step_tokens: usize,
+}
+
+/// Starts the engine thread. It stops when every handle is dropped and its work is done.
+pub fn start<E: Executor + 'static>(
+    exec: E,
+    cfg: EngineConfig,
+    metrics: Arc<Metrics>,
+) -> std::io::Result<(EngineHandle, std::thread::JoinHandle<()>)> {
+    let (tx, rx) = mpsc::channel();
+    let waiting = Arc::new(AtomicUsize::new(0));
+    let handle = EngineHandle {
+        tx,
+        waiting: waiting.clone(),
+        max_queue: cfg.max_queue,
+        max_context: exec.max_context(),
+        vocab: exec.vocab(),
+    };
+    let step_tokens = cfg.step_tokens.max(cfg.max_batch + 1);
+    let mut engine = EngineLoop {
+        exec,
+        cfg: EngineConfig { step_tokens, ..cfg },
+        rx,
+        waiting_count: waiting,
+        waiting: VecDeque::new(),
+        running: Vec::new(),
+        metrics,
+    };
+    let thread = std::thread::Builder::new().name("gptoss-engine".into()).spawn(move || engine.run())?;
+    Ok((handle, thread))
+}
+
+/// A sequence's progress, as the scheduler sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Progress {
+    pub prompt_len: usize,
+    /// Prompt tokens already fed.
+    pub fed: usize,
+}
+
+/// One sequence's share of a step.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Work {
+    /// Feed the last sampled token and sample the next.
+    Decode(usize),
+    /// Feed prompt tokens `start..end`; sample if that ends the prompt.
+    Prefill { index: usize, start: usize, end: usize },
+}
+
+/// Decides one step: every sequence past its prompt decodes one token; the remaining budget
+/// goes to prompt chunks, oldest request first. Nothing is scheduled twice.
+pub fn schedule(seqs: &[Progress], step_tokens: usize) -> Vec<Work> {
+    let mut work: Vec<Work> =
+        seqs.iter().enumerate().filter(|(_, s)| s.fed >= s.prompt_len).map(|(i, _)| Work::Decode(i)).collect();
+    let mut budget = step_tokens.saturating_sub(work.len());
+    for (i, s) in seqs.iter().enumerate() {
+        if budget == 0 {
+            break;
+        }
+        if s.fed < s.prompt_len {
+            let end = s.prompt_len.min(s.fed + budget);
+            work.push(Work::Prefill { index: i, start: s.fed, end });
+            budget -= end - s.fed;
+        }
+    }
+    work
+}
+
+struct Running {
+    job: Job,
+    seq: SeqId,
+    fed: usize,
+    /// The last sampled token, to be fed next step.
+    next: Option<u32>,
+    generated: usize,
+    sampler: Sampler,
+    admitted: Instant,
+    first_token: Option<Instant>,
+    last_token: Option<Instant>,
+    /// How often each token was generated, for the penalties.
+    counts: HashMap<u32, u32>,
+}
+
+struct EngineLoop<E> {
+    exec: E,
+    cfg: EngineConfig,
+    rx: mpsc::Receiver<Job>,
+    waiting_count: Arc<AtomicUsize>,
+    waiting: VecDeque<Job>,
+    running: Vec<Running>,
+    metrics: Arc<Metrics>,
+}
+
+impl<E: Executor> EngineLoop<E> {
+    fn run(&mut self) {
+        loop {
+            if self.running.is_empty() && self.waiting.is_empty() {
+                match self.rx.recv() {
+                    Ok(job) => self.waiting.push_back(job),
+                    Err(_) => return,
+                }
+            }
+            while let Ok(job) = self.rx.try_recv() {
+                self.waiting.push_back(job);
+            }
+            self.drop_cancelled();
+            self.admit();
+            self.publish();
+            if !self.running.is_empty() {
+                self.step();
+            }
+            self.publish();
+        }
+    }
+
+    fn drop_cancelled(&mut self) {
+        let before = self.waiting.len();
+        self.waiting.retain(|j| !j.events.is_closed());
+        let gone = before - self.waiting.len();
+        self.waiting_count.fetch_sub(gone, Ordering::SeqCst);
+        let mut i = 0;
+        while i < self.running.len() {
+            if self.running[i].job.events.is_closed() {
+                let r = self.running.swap_remove(i);
+                self.exec.remove_sequence(r.seq);
+                self.metrics.cancelled.fetch_add(1, Ordering::Relaxed);
+            } else {
+                i += 1;
+            }
+        }
+        self.metrics.cancelled.fetch_add(gone as u64, Ordering::Relaxed);
+    }
+
+    fn admit(&mut self) {
+        while self.running.len() < self.cfg.max_batch {
+            let Some(job) = self.waiting.pop_front() else { break };
+            self.waiting_count.fetch_sub(1, Ordering::SeqCst);
+            let sampler = match Sampler::new(job.spec.sampling.clone()) {
+                Ok(s) => s,
+                Err(e) => {
+                    finish_job(&job, FinishReason::Error(e.to_string()), 0, None, None);
+                    continue;
+                }
+            };
+            let seq = self.exec.add_sequence();
+            self.running.push(Running {
+                job,
+                seq,
+                fed: 0,
+                next: None,
+                generated: 0,
+                sampler,
+                admitted: Instant::now(),
+                first_token: None,
+                last_token: None,
+                counts: HashMap::new(),
+            });
+        }
+    }
+
+    fn publish(&self) {
+        self.metrics.queue_depth.store(self.waiting_count.load(Ordering::SeqCst), Ordering::Relaxed);
+        self.metrics.running.store(self.running.len(), Ordering::Relaxed);
+        self.metrics.kv_cache_bytes.store(self.exec.cache_bytes(), Ordering::Relaxed);
+    }
+
+    fn step(&mut self) {
+        let progress: Vec<Progress> =
+            self.running.iter().map(|r| Progress { prompt_len: r.job.spec.prompt.len(), fed: r.fed }).collect();
+        let work = schedule(&progress, self.cfg.step_tokens);
+        let decode_tokens: Vec<[u32; 1]> = work
+            .iter()
+            .map(|w| match w {
+                Work::Decode(i) => [self.running[*i].next.unwrap_or_default()],
+                Work::Prefill { .. } => [0],
+            })
+            .collect();
+        let chunks: Vec<SeqChunk> = work
+            .iter()
+            .zip(&decode_tokens)
+            .map(|(w, tok)| match *w {
+                Work::Decode(i) => SeqChunk { seq: self.running[i].seq, tokens: tok, logits: LogitsRequest::Last },
+                Work::Prefill { index, start, end } => {
+                    let r = &self.running[index];
+                    let last = end == r.job.spec.prompt.len();
+                    let logits = if r.job.spec.prompt_logprobs {
+                        LogitsRequest::All
+                    } else if last {
+                        LogitsRequest::Last
+                    } else {
+                        LogitsRequest::None
+                    };
+                    SeqChunk { seq: r.seq, tokens: &r.job.spec.prompt[start..end], logits }
+                }
+            })
+            .collect();
+        self.metrics.steps.fetch_add(1, Ordering::Relaxed);
+        self.metrics.batch_size.observe(chunks.len() as f64);
+        let prompt_fed: usize =
+            work.iter().map(|w| if let Work::Prefill { start, end, .. } = w { end - start } else { 0 }).sum();
+        self.metrics.prompt_tokens.fetch_add(prompt_fed as u64, Ordering::Relaxed);
+
+        let logits = match self.exec.forward(&chunks) {
+            Ok(l) => l,
+            Err(e) => {
+                // Nothing in this batch can go on; the others are unaffected.
+                let message = format!("the model failed on this batch: {e}");
+                let mut failed: Vec<usize> = work
+                    .iter()
+                    .map(|w| match *w {
+                        Work::Decode(i) | Work::Prefill { index: i, .. } => i,
+                    })
+                    .collect();
+                failed.sort_unstable();
+                for &i in failed.iter().rev() {
+                    let r = self.running.swap_remove(i);
+                    self.exec.remove_sequence(r.seq);
+                    r.finish(FinishReason::Error(message.clone()));
+                }
+                return;
+            }
+        };
+        drop(chunks);
+
+        let mut finished: Vec<(usize, FinishReason)> = Vec::new();
+        for (item, w) in work.iter().enumerate() {
+            let i = match *w {
+                Work::Decode(i) => {
+                    self.running[i].next = None;
+                    i
+                }
+                Work::Prefill { index, end, .. } => {
+                    let r = &mut self.running[index];
+                    r.fed = end;
+                    if r.job.spec.prompt_logprobs {
+                        let prompt = &r.job.spec.prompt;
+                        let rows: Vec<Sampled> = logits
+                            .rows
+                            .iter()
+                            .enumerate()
+                            .filter(|(_, row)| row.item == item && row.position + 1 < prompt.len())
+                            .map(|(k, row)| {
+                                let z = logits.row(k);
+                                let lse = log_sum_exp(z);
+                                let token = prompt[row.position + 1];
+                                Sampled {
+                                    token,
+                                    logprob: logprob(z[token as usize], lse),
+                                    top_logprobs: top_logprobs(z, r.job.spec.top_logprobs, lse),
+                                }
+                            })
+                            .collect();
+                        let _ = r.job.events.send(Event::PromptLogprobs(rows));
+                    }
+                    if end < r.job.spec.prompt.len() {
+                        continue;
+                    }
+                    index
+                }
+            };
+            let Some(z) = logits.last_for(item) else { continue };
+            let r = &mut self.running[i];
+            let sampled = r.sample(z);
+            let now = Instant::now();
+            match r.last_token {
+                None => self.metrics.time_to_first_token.observe((now - r.job.arrived).as_secs_f64()),
+                Some(t) => self.metrics.inter_token_latency.observe((now - t).as_secs_f64()),
+            }
+            r.first_token.get_or_insert(now);
+            r.last_token = Some(now);
+            r.generated += 1;
+            *r.counts.entry(sampled.token).or_default() += 1;
+            self.metrics.generation_tokens.fetch_add(1, Ordering::Relaxed);
+            let token = sampled.token;
+            let _ = r.job.events.send(Event::Token(sampled));
+            let spec = &r.job.spec;
+            if spec.stop_tokens.contains(&token) {
+                finished.push((i, FinishReason::Stop(token)));
+            } else if r.generated >= spec.max_tokens || spec.prompt.len() + r.generated >= self.exec.max_context() {
+                finished.push((i, FinishReason::Length));
+            } else {
+                r.next = Some(token);
+            }
+        }
+        finished.sort_unstable_by_key(|(i, _)| *i);
+        for (i, reason) in finished.into_iter().rev() {
+            let r = self.running.swap_remove(i);
+            self.exec.remove_sequence(r.seq);
+            self.metrics.request_latency.observe(r.job.arrived.elapsed().as_secs_f64());
+            r.finish(reason);
+        }
+    }
+}
+
+impl Running {
+    fn sample(&mut self, logits: &[f32]) -> Sampled {
+        let spec = &self.job.spec;
+        let adjust = spec.presence_penalty != 0.0 || spec.frequency_penalty != 0.0 || !spec.logit_bias.is_empty();
+        if !adjust {
+            return self.sampler.sample(logits, spec.top_logprobs);
+        }
+        // Penalties and biases shape what is sampled; the reported log-probabilities stay the
+        // model's own, as OpenAI reports them.
+        let mut z = logits.to_vec();
+        for (&t, &n) in &self.counts {
+            if let Some(v) = z.get_mut(t as usize) {
+                *v -= spec.presence_penalty + spec.frequency_penalty * n as f32;
+            }
+        }
+        for &(t, b) in &spec.logit_bias {
+            if let Some(v) = z.get_mut(t as usize) {
+                *v += b;
+            }
+        }
+        let token = self.sampler.sample(&z, 0).token;
+        let lse = log_sum_exp(logits);
+        Sampled {
+            token,
+            logprob: logprob(logits[token as usize], lse),
+            top_logprobs: top_logprobs(logits, spec.top_logprobs, lse),
+        }
+    }
+
+    fn finish(self, reason: FinishReason) {
+        finish_job(&self.job, reason, self.generated, Some(self.admitted), self.first_token);
+    }
+}
+
+fn finish_job(job: &Job, reason: FinishReason, generated: usize, admitted: Option<Instant>, first: Option<Instant>) {
+    let queued = admitted.unwrap_or_else(Instant::now) - job.arrived;
+    let _ = job.events.send(Event::Finished(Finish {
+        reason,
+        prompt_tokens: job.spec.prompt.len(),
+        generated,
+        queued,
+        ttft: first.map(|t| t - job.arrived),
+    }));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(prompt_len: usize, fed: usize) -> Progress {
+        Progress { prompt_len, fed }
+    }
+
+    #[test]
+    fn decodes_everyone_then_fills_budget_with_prompts_in_order() {
+        let seqs = [p(10, 10), p(1000, 0), p(5, 0), p(3, 3)];
+        let w = schedule(&seqs, 64);
+        assert_eq!(w, vec![Work::Decode(0), Work::Decode(3), Work::Prefill { index: 1, start: 0, end: 62 }]);
+    }
+
+    #[test]
+    fn later_prompts_get_what_earlier_ones_leave() {
+        let seqs = [p(20, 15), p(100, 0), p(4, 0)];
+        let w = schedule(&seqs, 30);
+        assert_eq!(
+            w,
+            vec![Work::Prefill { index: 0, start: 15, end: 20 }, Work::Prefill { index: 1, start: 0, end: 25 },]
+        );
+    }
+
+    #[test]
+    fn every_token_is_scheduled_exactly_once_until_done() {
+        // Simulate: prompts of ragged lengths finish prefill in order, never exceeding the budget.
+        let mut seqs = vec![p(700, 0), p(3, 0), p(129, 0), p(1, 0)];
+        let mut fed_total = 0;
+        for _ in 0..10 {
+            let w = schedule(&seqs, 256);
+            let tokens: usize = w
+                .iter()
+                .map(|w| match w {
+                    Work::Decode(_) => 1,
+                    Work::Prefill { start, end, .. } => end - start,
+                })
+                .sum();
+            assert!(tokens <= 256);
+            for w in &w {
+                if let Work::Prefill { index, start, end } = *w {
+                    assert_eq!(start, seqs[index].fed);
+                    seqs[index].fed = end;
+                    fed_total += end - start;
+                }
+            }
+        }
+        assert_eq!(fed_total, 700 + 3 + 129 + 1);
+        assert!(seqs.iter().all(|s| s.fed == s.prompt_len));
+    }
+}

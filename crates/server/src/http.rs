@@ -1,0 +1,407 @@
+//! The HTTP surface: routing, API keys, body limits, request logs, SSE, and the small
+//! endpoints (models, tokenize, detokenize, health, metrics). The generating endpoints live
+//! in `chat.rs`, `responses.rs` and `completions.rs`.
+
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use gptoss_engine::Tokenizer;
+use serde_json::{json, Map, Value};
+use tokio::sync::mpsc;
+
+use crate::engine::{EngineHandle, Event, JobSpec, SubmitError};
+use crate::error::ApiError;
+use crate::fields::{parse_body, wrong, Obj};
+use crate::metrics::Metrics;
+use crate::prompt::{self, PromptSpec, ToolChoice};
+use crate::responses::ResponseStore;
+
+/// Request bodies larger than this are refused with 413.
+pub const MAX_BODY_BYTES: usize = 8 << 20;
+
+pub struct AppState {
+    pub engine: EngineHandle,
+    pub tok: Tokenizer,
+    pub model_name: String,
+    pub api_key: Option<String>,
+    pub metrics: Arc<Metrics>,
+    pub store: Mutex<ResponseStore>,
+    pub started: u64,
+    next_id: AtomicU64,
+}
+
+impl AppState {
+    pub fn new(
+        engine: EngineHandle,
+        tok: Tokenizer,
+        model_name: String,
+        api_key: Option<String>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        AppState {
+            engine,
+            tok,
+            model_name,
+            api_key,
+            metrics,
+            store: Mutex::new(ResponseStore::new(1024)),
+            started: unix_now(),
+            next_id: AtomicU64::new(1),
+        }
+    }
+
+    /// A short, unique, increasing request number for logs.
+    pub fn request_number(&self) -> u64 {
+        self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+}
+
+pub fn unix_now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+pub fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/v1/chat/completions", post(crate::chat::handle))
+        .route("/v1/responses", post(crate::responses::handle))
+        .route("/v1/responses/{id}", get(crate::responses::get_stored))
+        .route("/v1/completions", post(crate::completions::handle))
+        .route("/v1/models", get(models))
+        .route("/v1/models/{id}", get(model))
+        .route("/tokenize", post(tokenize))
+        .route("/detokenize", post(detokenize))
+        .route("/health", get(health))
+        .route("/metrics", get(metrics))
+        .fallback(not_found)
+        .with_state(state)
+}
+
+/// One line per request on stderr, and the request counter, written when the request is
+/// over (for a stream: when the stream ends or the client leaves).
+pub struct RequestLog {
+    metrics: Arc<Metrics>,
+    pub endpoint: &'static str,
+    pub id: String,
+    pub status: u16,
+    pub prompt_tokens: usize,
+    pub completion_tokens: usize,
+    pub queued: Option<Duration>,
+    pub ttft: Option<Duration>,
+    pub note: &'static str,
+    start: Instant,
+}
+
+impl RequestLog {
+    pub fn new(st: &AppState, endpoint: &'static str) -> Self {
+        RequestLog {
+            metrics: st.metrics.clone(),
+            endpoint,
+            id: format!("req-{}", st.request_number()),
+            status: 200,
+            prompt_tokens: 0,
+            completion_tokens: 0,
+            queued: None,
+            ttft: None,
+            note: "",
+            start: Instant::now(),
+        }
+    }
+
+    pub fn fail(&mut self, e: &ApiError) {
+        self.status = e.status.as_u16();
+    }
+}
+
+impl Drop for RequestLog {
+    fn drop(&mut self) {
+        self.metrics.request_done(self.endpoint, self.status);
+        let ms = |d: Option<Duration>| d.map_or("-".to_string(), |d| format!("{:.0}ms", d.as_secs_f64() * 1e3));
+        eprintln!(
+            "{} {} {} prompt={} completion={} queued={} ttft={} total={}{}{}",
+            self.id,
+            self.endpoint,
+            self.status,
+            self.prompt_tokens,
+            self.completion_tokens,
+            ms(self.queued),
+            ms(self.ttft),
+            ms(Some(self.start.elapsed())),
+            if self.note.is_empty() { "" } else { " " },
+            self.note
+        );
+    }
+}
+
+/// Checks the API key, reads the body within the limit and parses it as a JSON object.
+pub async fn read_request(st: &AppState, headers: &HeaderMap, body: Body) -> Result<Map<String, Value>, ApiError> {
+    authorize(st, headers)?;
+    let declared =
+        headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > MAX_BODY_BYTES as u64) {
+        return Err(ApiError::too_large(MAX_BODY_BYTES));
+    }
+    let bytes: Bytes = axum::body::to_bytes(body, MAX_BODY_BYTES).await.map_err(|e| {
+        if format!("{e:?}").contains("LengthLimit") {
+            ApiError::too_large(MAX_BODY_BYTES)
+        } else {
+            ApiError::invalid("", format!("could not read the request body: {e}"))
+        }
+    })?;
+    parse_body(&bytes)
+}
+
+pub fn authorize(st: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
+    let Some(key) = &st.api_key else { return Ok(()) };
+    let given = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+    match given.and_then(|v| v.strip_prefix("Bearer ")) {
+        None => Err(ApiError::unauthorized("missing API key: send `Authorization: Bearer <key>`")),
+        Some(k) if k.trim() == key => Ok(()),
+        Some(_) => Err(ApiError::unauthorized("incorrect API key")),
+    }
+}
+
+/// The `model` field, if given, must name the served model.
+pub fn check_model(st: &AppState, o: &Obj) -> Result<(), ApiError> {
+    match o.str("model")? {
+        Some(m) if m != st.model_name => Err(ApiError::not_found(
+            Some("model"),
+            format!("the model `{m}` does not exist; this server serves `{}`", st.model_name),
+            "model_not_found",
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// Tokens the completion may use: what was asked, if prompt plus that fits the context;
+/// otherwise the rest of the context. Refused before any work when it cannot fit.
+pub fn fit_context(st: &AppState, prompt_len: usize, asked: Option<usize>, param: &str) -> Result<usize, ApiError> {
+    let ctx = st.engine.max_context;
+    match asked {
+        Some(n) if prompt_len + n > ctx => Err(ApiError::context_overflow(
+            format!(
+                "this model's context is {ctx} tokens; the prompt has {prompt_len} and `{param}` asks for {n} more ({} in all)",
+                prompt_len + n
+            ),
+            param,
+        )),
+        Some(n) => Ok(n),
+        None if prompt_len >= ctx => Err(ApiError::context_overflow(
+            format!("this model's context is {ctx} tokens and the prompt has {prompt_len}, leaving no room to answer"),
+            "messages",
+        )),
+        None => Ok(ctx - prompt_len),
+    }
+}
+
+pub fn submit(st: &AppState, spec: JobSpec) -> Result<mpsc::UnboundedReceiver<Event>, ApiError> {
+    st.engine.submit(spec).map_err(|e| match e {
+        SubmitError::QueueFull(_) => ApiError::busy(format!("{e}; retry shortly")),
+        SubmitError::Stopped => ApiError::unavailable("the engine has stopped"),
+    })
+}
+
+/// Waits for an event and takes every one already queued after it, so a step's tokens are
+/// handled together. Empty when the engine is gone.
+pub async fn next_events(rx: &mut mpsc::UnboundedReceiver<Event>) -> Vec<Event> {
+    let mut out = Vec::new();
+    if let Some(e) = rx.recv().await {
+        out.push(e);
+        while let Ok(e) = rx.try_recv() {
+            out.push(e);
+        }
+    }
+    out
+}
+
+pub fn sse_response(rx: mpsc::Receiver<Bytes>) -> Response {
+    let stream =
+        futures_util::stream::unfold(
+            rx,
+            |mut rx| async move { rx.recv().await.map(|b| (Ok::<Bytes, Infallible>(b), rx)) },
+        );
+    Response::builder()
+        .header(header::CONTENT_TYPE, "text/event-stream")
+        .header(header::CACHE_CONTROL, "no-cache")
+        .body(Body::from_stream(stream))
+        .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
+}
+
+pub fn sse_data(v: &Value) -> Bytes {
+    Bytes::from(format!("data: {v}\n\n"))
+}
+
+/// Log-probabilities are finite in JSON: an impossible token reports -9999.
+pub fn finite(lp: f32) -> f64 {
+    if lp.is_finite() {
+        lp as f64
+    } else {
+        -9999.0
+    }
+}
+
+/// Sampling settings shared by the generating endpoints.
+pub fn sampling(o: &Obj, default_temperature: f32) -> Result<gptoss_engine::SamplingParams, ApiError> {
+    Ok(gptoss_engine::SamplingParams {
+        temperature: o.f32_in("temperature", 0.0, 2.0)?.unwrap_or(default_temperature),
+        top_p: match o.f32_in("top_p", 0.0, 1.0)? {
+            Some(p) if p <= 0.0 => return Err(ApiError::invalid("top_p", "`top_p` must be greater than 0")),
+            Some(p) => p,
+            None => 1.0,
+        },
+        top_k: o.usize_in("top_k", 0, 1 << 20)?.unwrap_or(0),
+        min_p: o.f32_in("min_p", 0.0, 1.0)?.unwrap_or(0.0),
+        seed: o.i64("seed")?.map(|s| s as u64),
+    })
+}
+
+/// Penalties and logit bias, as OpenAI defines them.
+pub fn penalties(o: &Obj, spec: &mut JobSpec, vocab: usize) -> Result<(), ApiError> {
+    spec.presence_penalty = o.f32_in("presence_penalty", -2.0, 2.0)?.unwrap_or(0.0);
+    spec.frequency_penalty = o.f32_in("frequency_penalty", -2.0, 2.0)?.unwrap_or(0.0);
+    if let Some(bias) = o.obj("logit_bias")? {
+        for (k, v) in bias {
+            let path = format!("logit_bias.{k}");
+            let id: u32 =
+                k.parse().ok().filter(|&id: &u32| (id as usize) < vocab).ok_or_else(|| {
+                    ApiError::invalid(&path, format!("`{path}`: {k:?} is not a token id below {vocab}"))
+                })?;
+            let b = v
+                .as_f64()
+                .filter(|b| (-100.0..=100.0).contains(b))
+                .ok_or_else(|| wrong(&path, "a number from -100 to 100", v))?;
+            spec.logit_bias.push((id, b as f32));
+        }
+    }
+    Ok(())
+}
+
+async fn not_found() -> ApiError {
+    ApiError::not_found(None, "no such endpoint", "not_found")
+}
+
+async fn health(State(st): State<Arc<AppState>>) -> Response {
+    Json(json!({
+        "status": "ok",
+        "model": st.model_name,
+        "running": st.metrics.running.load(Ordering::Relaxed),
+        "waiting": st.engine.waiting(),
+    }))
+    .into_response()
+}
+
+async fn metrics(State(st): State<Arc<AppState>>) -> Response {
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], st.metrics.render()).into_response()
+}
+
+fn model_object(st: &AppState) -> Value {
+    json!({
+        "id": st.model_name, "object": "model", "created": st.started, "owned_by": "gptoss",
+        "max_model_len": st.engine.max_context,
+    })
+}
+
+async fn models(State(st): State<Arc<AppState>>, headers: HeaderMap) -> Response {
+    let mut log = RequestLog::new(&st, "models");
+    if let Err(e) = authorize(&st, &headers) {
+        log.fail(&e);
+        return e.into_response();
+    }
+    Json(json!({"object": "list", "data": [model_object(&st)]})).into_response()
+}
+
+async fn model(State(st): State<Arc<AppState>>, headers: HeaderMap, Path(id): Path<String>) -> Response {
+    let mut log = RequestLog::new(&st, "models");
+    let result = authorize(&st, &headers).and_then(|_| {
+        if id == st.model_name {
+            Ok(Json(model_object(&st)).into_response())
+        } else {
+            Err(ApiError::not_found(Some("model"), format!("the model `{id}` does not exist"), "model_not_found"))
+        }
+    });
+    result.unwrap_or_else(|e| {
+        log.fail(&e);
+        e.into_response()
+    })
+}
+
+/// `{"prompt": text}` (ordinary text) or `{"messages": [...], "tools": [...]}` (the chat
+/// prompt exactly as `/v1/chat/completions` renders it).
+async fn tokenize(State(st): State<Arc<AppState>>, headers: HeaderMap, body: Body) -> Response {
+    let mut log = RequestLog::new(&st, "tokenize");
+    let result = async {
+        let req = read_request(&st, &headers, body).await?;
+        let o = Obj::new(&req, "");
+        check_model(&st, &o)?;
+        let tokens = if let Some(text) = o.str("prompt")? {
+            st.tok.encode(text)
+        } else if let Some(list) = o.arr("messages")? {
+            let (instructions, messages) = prompt::chat_messages(list)?;
+            let tools = prompt::parse_tools(&o, true)?;
+            let tool_choice = prompt::parse_tool_choice(&o, &tools)?;
+            let spec = PromptSpec {
+                effort: prompt::parse_effort(&o)?,
+                instructions,
+                tools,
+                tool_choice: if tool_choice == ToolChoice::None { ToolChoice::None } else { ToolChoice::Auto },
+                response_formats: Vec::new(),
+                messages,
+            };
+            spec.render(&st.tok)?.tokens
+        } else {
+            return Err(ApiError::invalid("prompt", "give `prompt` (text) or `messages` (a chat)"));
+        };
+        let mut out = json!({"count": tokens.len(), "max_model_len": st.engine.max_context, "tokens": tokens});
+        if o.bool("return_token_strs")? == Some(true) {
+            let strs: Vec<String> = tokens.iter().map(|&t| st.tok.decode_lossy(&[t]).unwrap_or_default()).collect();
+            out["token_strs"] = json!(strs);
+        }
+        log.prompt_tokens = tokens.len();
+        Ok::<_, ApiError>(Json(out).into_response())
+    }
+    .await;
+    result.unwrap_or_else(|e| {
+        log.fail(&e);
+        e.into_response()
+    })
+}
+
+async fn detokenize(State(st): State<Arc<AppState>>, headers: HeaderMap, body: Body) -> Response {
+    let mut log = RequestLog::new(&st, "detokenize");
+    let result = async {
+        let req = read_request(&st, &headers, body).await?;
+        let o = Obj::new(&req, "");
+        check_model(&st, &o)?;
+        let list = o.arr("tokens")?.ok_or_else(|| ApiError::invalid("tokens", "`tokens` is required"))?;
+        let ids = token_ids(list, "tokens", st.engine.vocab)?;
+        let text = st.tok.decode_lossy(&ids).map_err(|e| ApiError::invalid("tokens", e.to_string()))?;
+        Ok::<_, ApiError>(Json(json!({"prompt": text})).into_response())
+    }
+    .await;
+    result.unwrap_or_else(|e| {
+        log.fail(&e);
+        e.into_response()
+    })
+}
+
+/// Token ids, each checked against the vocabulary.
+pub fn token_ids(list: &[Value], path: &str, vocab: usize) -> Result<Vec<u32>, ApiError> {
+    list.iter()
+        .enumerate()
+        .map(|(i, v)| {
+            v.as_u64().filter(|&id| (id as usize) < vocab).map(|id| id as u32).ok_or_else(|| {
+                ApiError::invalid(
+                    format!("{path}[{i}]"),
+                    format!("`{path}[{i}]` must be a token id from 0 to {}", vocab - 1),
+                )
+            })
+        })
+        .collect()
+}
