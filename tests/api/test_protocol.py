@@ -172,6 +172,13 @@ def test_tool_choice_named_forces_the_call(scripted_server):
         model="scripted", messages=[{"role": "user", "content": "hi"}], tools=TOOLS,
         tool_choice={"type": "function", "function": {"name": "get_weather"}})
     assert r.choices[0].message.tool_calls[0].function.name == "get_weather"
+    # Streaming: the forced header's call comes first, with its id and name.
+    chunks = list(scripted_server.client().chat.completions.create(
+        model="scripted", messages=[{"role": "user", "content": "hi"}], tools=TOOLS, stream=True,
+        tool_choice={"type": "function", "function": {"name": "get_weather"}}))
+    calls = [tc for ch in chunks if ch.choices for tc in (ch.choices[0].delta.tool_calls or [])]
+    assert calls[0].id.startswith("call_") and calls[0].function.name == "get_weather"
+    assert chunks[-1].choices[0].finish_reason == "tool_calls"
     r = scripted_server.client().chat.completions.create(
         model="scripted", messages=[{"role": "user", "content": "hi"}], tools=TOOLS, tool_choice="none")
     assert r.choices[0].message.tool_calls is None

@@ -126,11 +126,11 @@ struct Run<'t> {
 }
 
 impl<'t> Run<'t> {
-    fn new(st: &'t AppState, req: &ChatRequest) -> Self {
+    /// The pieces of a forced header (the start of a required call) go to `pieces`.
+    fn new(st: &'t AppState, req: &ChatRequest, pieces: &mut Vec<Piece>) -> Self {
         let mut out = Output::new(&st.tok, req.prompt.tools.clone(), req.stop.clone());
-        let mut ignored = Vec::new();
         for &t in &req.prompt.forced {
-            out.push(&Sampled { token: t, logprob: 0.0, top_logprobs: Vec::new() }, &mut ignored);
+            out.push(&Sampled { token: t, logprob: 0.0, top_logprobs: Vec::new() }, pieces);
         }
         Run { out, generated: 0, finish: None }
     }
@@ -218,8 +218,8 @@ async fn complete(
     id: String,
     mut log: RequestLog,
 ) -> Response {
-    let mut run = Run::new(st, &req);
     let mut pieces = Vec::new();
+    let mut run = Run::new(st, &req, &mut pieces);
     loop {
         let events = next_events(&mut rx).await;
         if events.is_empty() || run.take(&events, &mut pieces) {
@@ -238,7 +238,8 @@ async fn complete(
     let tool_calls: Vec<Value> = items
         .iter()
         .filter_map(|i| match &i.kind {
-            Kind::ToolCall { name, call_id } => {
+            // A call cut off by the token limit is not a call to make.
+            Kind::ToolCall { name, call_id } if i.complete => {
                 Some(json!({"id": call_id, "type": "function", "function": {"name": name, "arguments": i.text}}))
             }
             _ => None,
@@ -288,7 +289,8 @@ async fn stream(
             "choices": [{"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": finish}],
         })
     };
-    let mut run = Run::new(&st, &req);
+    let mut pieces = Vec::new();
+    let mut run = Run::new(&st, &req, &mut pieces);
     if tx.send(sse_data(&chunk(json!({"role": "assistant", "content": ""}), None, None))).await.is_err() {
         log.note = "client gone";
         return;
@@ -296,18 +298,9 @@ async fn stream(
     // item → tool-call index; logprobs already sent per item.
     let mut call_index: HashMap<usize, usize> = HashMap::new();
     let mut sent_logprobs: HashMap<usize, usize> = HashMap::new();
-    let mut text_started = false;
-    let mut pieces = Vec::new();
+    let (mut text_started, mut reasoning_started) = (false, false);
+    let mut done = false;
     loop {
-        let events = tokio::select! {
-            _ = tx.closed() => {
-                log.note = "client gone";
-                run.fill_log(&mut log);
-                return; // dropping rx cancels the generation
-            }
-            ev = next_events(&mut rx) => ev,
-        };
-        let done = events.is_empty() || run.take(&events, &mut pieces);
         let mut reasoning = String::new();
         let mut content = String::new();
         let mut calls: Vec<Value> = Vec::new();
@@ -327,13 +320,18 @@ async fn stream(
                         }
                         text_started = true;
                     }
-                    Kind::Reasoning => {}
+                    Kind::Reasoning => {
+                        if reasoning_started {
+                            reasoning.push('\n'); // as the final view joins them
+                        }
+                        reasoning_started = true;
+                    }
                 },
                 Piece::Delta(i, text) => match &run.out.items[i].kind {
                     Kind::Reasoning => reasoning.push_str(&text),
                     Kind::Text => content.push_str(&text),
                     Kind::ToolCall { .. } => {
-                        let k = call_index.get(&i).copied().unwrap_or(0);
+                        let Some(&k) = call_index.get(&i) else { continue };
                         match calls.last_mut() {
                             Some(last) if last["index"] == json!(k) => {
                                 let args = last["function"]["arguments"].as_str().unwrap_or("").to_string() + &text;
@@ -377,6 +375,15 @@ async fn stream(
         if done {
             break;
         }
+        let events = tokio::select! {
+            _ = tx.closed() => {
+                log.note = "client gone";
+                run.fill_log(&mut log);
+                return; // dropping rx cancels the generation
+            }
+            ev = next_events(&mut rx) => ev,
+        };
+        done = events.is_empty() || run.take(&events, &mut pieces);
     }
     drop(rx);
     run.fill_log(&mut log);

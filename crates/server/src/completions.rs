@@ -156,7 +156,7 @@ impl Text {
 
     fn record(&mut self, st: &AppState, token: u32, lp: Option<&Sampled>) {
         self.tokens.push(st.tok.decode_lossy(&[token]).unwrap_or_default());
-        self.text_offset.push(self.text.len());
+        self.text_offset.push(self.text.len() + self.stop.held_len());
         self.token_logprobs.push(lp.map_or(Value::Null, |s| json!(finite(s.logprob))));
         self.top_logprobs.push(lp.map_or(Value::Null, |s| {
             let m: Map<String, Value> = s

@@ -175,7 +175,13 @@ pub struct Progress {
     pub prompt_len: usize,
     /// Prompt tokens already fed.
     pub fed: usize,
+    /// Prompt tokens per step at most (small when every position's logits are kept).
+    pub max_chunk: usize,
 }
+
+/// Prompt chunk for a request that wants every prompt position's logprobs: each position
+/// holds a full vocabulary row (0.8 MB), so chunks stay small.
+pub const PROMPT_LOGPROBS_CHUNK: usize = 32;
 
 /// One sequence's share of a step.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -197,7 +203,7 @@ pub fn schedule(seqs: &[Progress], step_tokens: usize) -> Vec<Work> {
             break;
         }
         if s.fed < s.prompt_len {
-            let end = s.prompt_len.min(s.fed + budget);
+            let end = s.prompt_len.min(s.fed + budget.min(s.max_chunk.max(1)));
             work.push(Work::Prefill { index: i, start: s.fed, end });
             budget -= end - s.fed;
         }
@@ -304,8 +310,15 @@ impl<E: Executor> EngineLoop<E> {
     }
 
     fn step(&mut self) {
-        let progress: Vec<Progress> =
-            self.running.iter().map(|r| Progress { prompt_len: r.job.spec.prompt.len(), fed: r.fed }).collect();
+        let progress: Vec<Progress> = self
+            .running
+            .iter()
+            .map(|r| Progress {
+                prompt_len: r.job.spec.prompt.len(),
+                fed: r.fed,
+                max_chunk: if r.job.spec.prompt_logprobs { PROMPT_LOGPROBS_CHUNK } else { usize::MAX },
+            })
+            .collect();
         let work = schedule(&progress, self.cfg.step_tokens);
         let decode_tokens: Vec<[u32; 1]> = work
             .iter()
@@ -397,7 +410,11 @@ impl<E: Executor> EngineLoop<E> {
                     index
                 }
             };
-            let Some(z) = logits.last_for(item) else { continue };
+            let Some(z) = logits.last_for(item) else {
+                // The executor broke its contract; without logits this sequence cannot go on.
+                finished.push((i, FinishReason::Error("no logits for the sequence's next token".into())));
+                continue;
+            };
             let r = &mut self.running[i];
             let sampled = r.sample(z);
             let now = Instant::now();
@@ -481,7 +498,7 @@ mod tests {
     use super::*;
 
     fn p(prompt_len: usize, fed: usize) -> Progress {
-        Progress { prompt_len, fed }
+        Progress { prompt_len, fed, max_chunk: usize::MAX }
     }
 
     #[test]
@@ -498,6 +515,15 @@ mod tests {
         assert_eq!(
             w,
             vec![Work::Prefill { index: 0, start: 15, end: 20 }, Work::Prefill { index: 1, start: 0, end: 25 },]
+        );
+    }
+
+    #[test]
+    fn a_capped_prompt_leaves_the_budget_to_the_next() {
+        let seqs = [Progress { prompt_len: 100, fed: 0, max_chunk: 32 }, p(50, 0)];
+        assert_eq!(
+            schedule(&seqs, 64),
+            vec![Work::Prefill { index: 0, start: 0, end: 32 }, Work::Prefill { index: 1, start: 0, end: 32 }]
         );
     }
 

@@ -120,7 +120,7 @@ impl Metrics {
         counter(
             &mut out,
             "gptoss_requests_cancelled_total",
-            "Generations stopped because the client went away.",
+            "Generations ended early: the client went away or a stop string was met.",
             self.cancelled.load(Ordering::Relaxed),
         );
         counter(&mut out, "gptoss_engine_steps_total", "Batched forward steps.", self.steps.load(Ordering::Relaxed));

@@ -84,6 +84,8 @@ pub enum Kind {
 #[derive(Clone, Debug)]
 pub struct Item {
     pub kind: Kind,
+    /// The harmony channel it was written on.
+    pub channel: Option<String>,
     pub id: String,
     pub text: String,
     /// Closed by a terminator (not cut off).
@@ -138,6 +140,11 @@ impl StopFilter {
             }
         }
         self.held.drain(..self.held.len() - hold).collect()
+    }
+
+    /// Bytes of text received but not yet released.
+    pub fn held_len(&self) -> usize {
+        self.held.len()
     }
 
     /// The text held back, at the end of the stream.
@@ -262,14 +269,17 @@ impl<'t> Output<'t> {
                     Kind::ToolCall { .. } => "fc_",
                 };
                 let id = random_id(&mut self.rng, prefix, 32);
-                self.items.push(Item { kind, id, text: String::new(), complete: false, logprobs: Vec::new() });
+                let channel = h.channel.clone();
+                self.items.push(Item { kind, channel, id, text: String::new(), complete: false, logprobs: Vec::new() });
                 let i = self.items.len() - 1;
                 self.current = Some(i);
                 out.push(Piece::Begin(i));
             }
             ParseEvent::Text(t) => {
                 let Some(i) = self.current else { return };
-                if self.items[i].kind == Kind::Text {
+                // Stop strings apply to the answer only (spec harmony §3.5), not to preambles.
+                let answer = self.items[i].kind == Kind::Text && self.items[i].channel.as_deref() != Some("commentary");
+                if answer {
                     let released = self.stop.push(t);
                     if !released.is_empty() {
                         self.items[i].text.push_str(&released);

@@ -248,15 +248,14 @@ pub async fn handle(State(st): State<Arc<AppState>>, headers: HeaderMap, body: B
     log.prompt_tokens = req.prompt.tokens.len();
     let id = random_id(&mut Rng::new(Rng::entropy_seed()), "resp_", 32);
     let (tx, body_rx) = mpsc::channel(64);
-    let streaming = req.stream;
-    let task = tokio::spawn(run(st.clone(), req, rx, tx, id, log));
-    if streaming {
+    if req.stream {
+        tokio::spawn(run(st.clone(), req, rx, tx, id, log));
         http::sse_response(body_rx)
     } else {
-        match task.await {
-            Ok(Ok(object)) => Json(object).into_response(),
-            Ok(Err(e)) => e.into_response(),
-            Err(_) => ApiError::engine("the request was dropped").into_response(),
+        // Awaited here, so a client that leaves drops the generation with this handler.
+        match run(st.clone(), req, rx, tx, id, log).await {
+            Ok(object) => Json(object).into_response(),
+            Err(e) => e.into_response(),
         }
     }
 }
@@ -429,7 +428,8 @@ async fn run(
         for item in &out.items {
             messages.push(match &item.kind {
                 Kind::Reasoning => Message::text(Role::Assistant, item.text.clone()).with_channel("analysis"),
-                Kind::Text => Message::text(Role::Assistant, item.text.clone()).with_channel("final"),
+                Kind::Text => Message::text(Role::Assistant, item.text.clone())
+                    .with_channel(item.channel.clone().unwrap_or_else(|| "final".into())),
                 Kind::ToolCall { name, call_id } => {
                     calls.push((call_id.clone(), name.clone()));
                     call_message(name, item.text.clone())
