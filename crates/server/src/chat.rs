@@ -74,10 +74,7 @@ fn parse(st: &AppState, req: &Map<String, Value>) -> Result<ChatRequest, ApiErro
     job.top_logprobs = top_logprobs;
     http::penalties(&o, &mut job, st.engine.vocab)?;
     let stream = o.bool("stream")?.unwrap_or(false);
-    let include_usage = match o.obj("stream_options")? {
-        Some(so) => Obj::new(so, "stream_options").bool("include_usage")?.unwrap_or(false),
-        None => false,
-    };
+    let include_usage = http::include_usage(&o)?;
     Ok(ChatRequest {
         prompt,
         job,
@@ -92,19 +89,9 @@ fn parse(st: &AppState, req: &Map<String, Value>) -> Result<ChatRequest, ApiErro
 
 pub async fn handle(State(st): State<Arc<AppState>>, headers: HeaderMap, body: Body) -> Response {
     let mut log = RequestLog::new(&st, "chat.completions");
-    let started = async {
-        let req = http::read_request(&st, &headers, body).await?;
-        let req = parse(&st, &req)?;
-        let rx = http::submit(&st, req.job.clone())?;
-        Ok::<_, ApiError>((req, rx))
-    }
-    .await;
-    let (req, rx) = match started {
+    let (req, rx) = match http::accept(&st, &headers, body, &mut log, parse, |r| &r.job).await {
         Ok(x) => x,
-        Err(e) => {
-            log.fail(&e);
-            return e.into_response();
-        }
+        Err(resp) => return resp,
     };
     log.prompt_tokens = req.prompt.tokens.len();
     let mut rng = Rng::new(Rng::entropy_seed());

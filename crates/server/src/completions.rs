@@ -82,10 +82,7 @@ fn parse(st: &AppState, req: &Map<String, Value>) -> Result<CompletionRequest, A
     job.top_logprobs = logprobs.unwrap_or(0);
     job.prompt_logprobs = echo && logprobs.is_some();
     http::penalties(&o, &mut job, st.engine.vocab)?;
-    let include_usage = match o.obj("stream_options")? {
-        Some(so) => Obj::new(so, "stream_options").bool("include_usage")?.unwrap_or(false),
-        None => false,
-    };
+    let include_usage = http::include_usage(&o)?;
     Ok(CompletionRequest {
         prompt,
         job,
@@ -99,19 +96,9 @@ fn parse(st: &AppState, req: &Map<String, Value>) -> Result<CompletionRequest, A
 
 pub async fn handle(State(st): State<Arc<AppState>>, headers: HeaderMap, body: Body) -> Response {
     let mut log = RequestLog::new(&st, "completions");
-    let started = async {
-        let req = http::read_request(&st, &headers, body).await?;
-        let req = parse(&st, &req)?;
-        let rx = http::submit(&st, req.job.clone())?;
-        Ok::<_, ApiError>((req, rx))
-    }
-    .await;
-    let (req, rx) = match started {
+    let (req, rx) = match http::accept(&st, &headers, body, &mut log, parse, |r| &r.job).await {
         Ok(x) => x,
-        Err(e) => {
-            log.fail(&e);
-            return e.into_response();
-        }
+        Err(resp) => return resp,
     };
     log.prompt_tokens = req.prompt.len();
     let id = random_id(&mut Rng::new(Rng::entropy_seed()), "cmpl-", 32);

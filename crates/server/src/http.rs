@@ -201,6 +201,36 @@ pub fn fit_context(st: &AppState, prompt_len: usize, asked: Option<usize>, param
     }
 }
 
+/// The start every generating endpoint shares: key, body, parse, submit. On failure the
+/// error is logged and is the response.
+pub async fn accept<R>(
+    st: &AppState,
+    headers: &HeaderMap,
+    body: Body,
+    log: &mut RequestLog,
+    parse: impl FnOnce(&AppState, &Map<String, Value>) -> Result<R, ApiError>,
+    job: impl FnOnce(&R) -> &JobSpec,
+) -> Result<(R, mpsc::UnboundedReceiver<Event>), Response> {
+    let started = async {
+        let req = parse(st, &read_request(st, headers, body).await?)?;
+        let rx = submit(st, job(&req).clone())?;
+        Ok::<_, ApiError>((req, rx))
+    }
+    .await;
+    started.map_err(|e| {
+        log.fail(&e);
+        e.into_response()
+    })
+}
+
+/// `stream_options.include_usage`.
+pub fn include_usage(o: &Obj) -> Result<bool, ApiError> {
+    match o.obj("stream_options")? {
+        Some(so) => Ok(Obj::new(so, "stream_options").bool("include_usage")?.unwrap_or(false)),
+        None => Ok(false),
+    }
+}
+
 pub fn submit(st: &AppState, spec: JobSpec) -> Result<mpsc::UnboundedReceiver<Event>, ApiError> {
     st.engine.submit(spec).map_err(|e| match e {
         SubmitError::QueueFull(_) => ApiError::busy(format!("{e}; retry shortly")),

@@ -231,19 +231,9 @@ fn parse(st: &AppState, req: &Map<String, Value>) -> Result<ResponsesRequest, Ap
 
 pub async fn handle(State(st): State<Arc<AppState>>, headers: HeaderMap, body: Body) -> Response {
     let mut log = RequestLog::new(&st, "responses");
-    let started = async {
-        let req = http::read_request(&st, &headers, body).await?;
-        let req = parse(&st, &req)?;
-        let rx = http::submit(&st, req.job.clone())?;
-        Ok::<_, ApiError>((req, rx))
-    }
-    .await;
-    let (req, rx) = match started {
+    let (req, rx) = match http::accept(&st, &headers, body, &mut log, parse, |r| &r.job).await {
         Ok(x) => x,
-        Err(e) => {
-            log.fail(&e);
-            return e.into_response();
-        }
+        Err(resp) => return resp,
     };
     log.prompt_tokens = req.prompt.tokens.len();
     let id = random_id(&mut Rng::new(Rng::entropy_seed()), "resp_", 32);
