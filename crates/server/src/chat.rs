@@ -41,22 +41,10 @@ struct ChatRequest {
 fn parse(st: &AppState, req: &Map<String, Value>) -> Result<ChatRequest, ApiError> {
     let o = Obj::new(req, "");
     http::check_model(st, &o)?;
-    let list = o.arr("messages")?.ok_or_else(|| ApiError::invalid("messages", "`messages` is required"))?;
-    let (instructions, messages) = prompt::chat_messages(list)?;
-    let tools = prompt::parse_tools(&o, true)?;
-    let tool_choice = prompt::parse_tool_choice(&o, &tools)?;
-    let spec = PromptSpec {
-        effort: prompt::parse_effort(&o)?,
-        instructions,
-        tools,
-        tool_choice,
-        response_formats: prompt::parse_response_format(o.obj("response_format")?, "response_format", true)?,
-        messages,
-    };
     if o.usize_in("n", 1, 1)?.is_none() && o.get("n").is_some() {
         return Err(ApiError::invalid("n", "`n` must be 1"));
     }
-    let prompt = spec.render(&st.tok)?;
+    let prompt = PromptSpec::from_chat(&o)?.render(&st.tok)?;
     let asked = match o.usize_in("max_completion_tokens", 1, usize::MAX >> 1)? {
         Some(n) => Some(n),
         None => o.usize_in("max_tokens", 1, usize::MAX >> 1)?,

@@ -21,7 +21,7 @@ use crate::engine::{EngineHandle, Event, JobSpec, SubmitError};
 use crate::error::ApiError;
 use crate::fields::{parse_body, wrong, Obj};
 use crate::metrics::Metrics;
-use crate::prompt::{self, PromptSpec, ToolChoice};
+use crate::prompt::PromptSpec;
 use crate::responses::ResponseStore;
 
 /// Request bodies larger than this are refused with 413.
@@ -362,7 +362,7 @@ async fn model(State(st): State<Arc<AppState>>, headers: HeaderMap, Path(id): Pa
     })
 }
 
-/// `{"prompt": text}` (ordinary text) or `{"messages": [...], "tools": [...]}` (the chat
+/// `{"prompt": text}` (ordinary text) or a chat request's fields (`messages`, `tools`, ...: the chat
 /// prompt exactly as `/v1/chat/completions` renders it).
 async fn tokenize(State(st): State<Arc<AppState>>, headers: HeaderMap, body: Body) -> Response {
     let mut log = RequestLog::new(&st, "tokenize");
@@ -372,19 +372,8 @@ async fn tokenize(State(st): State<Arc<AppState>>, headers: HeaderMap, body: Bod
         check_model(&st, &o)?;
         let tokens = if let Some(text) = o.str("prompt")? {
             st.tok.encode(text)
-        } else if let Some(list) = o.arr("messages")? {
-            let (instructions, messages) = prompt::chat_messages(list)?;
-            let tools = prompt::parse_tools(&o, true)?;
-            let tool_choice = prompt::parse_tool_choice(&o, &tools)?;
-            let spec = PromptSpec {
-                effort: prompt::parse_effort(&o)?,
-                instructions,
-                tools,
-                tool_choice: if tool_choice == ToolChoice::None { ToolChoice::None } else { ToolChoice::Auto },
-                response_formats: Vec::new(),
-                messages,
-            };
-            spec.render(&st.tok)?.tokens
+        } else if o.get("messages").is_some() {
+            PromptSpec::from_chat(&o)?.render(&st.tok)?.tokens
         } else {
             return Err(ApiError::invalid("prompt", "give `prompt` (text) or `messages` (a chat)"));
         };

@@ -381,6 +381,23 @@ pub fn parse_response_format(v: Option<&Map<String, Value>>, path: &str, nested:
 }
 
 impl PromptSpec {
+    /// A Chat Completions request's prompt: `messages`, `tools`, `tool_choice`, the reasoning
+    /// effort and `response_format`.
+    pub fn from_chat(o: &Obj) -> Result<Self> {
+        let list = o.arr("messages")?.ok_or_else(|| ApiError::invalid("messages", "`messages` is required"))?;
+        let (instructions, messages) = chat_messages(list)?;
+        let tools = parse_tools(o, true)?;
+        let tool_choice = parse_tool_choice(o, &tools)?;
+        Ok(PromptSpec {
+            effort: parse_effort(o)?,
+            instructions,
+            tools,
+            tool_choice,
+            response_formats: parse_response_format(o.obj("response_format")?, "response_format", true)?,
+            messages,
+        })
+    }
+
     pub fn render(&self, tok: &Tokenizer) -> Result<Prompt> {
         let mut names = ToolNames::default();
         let offered = if self.tool_choice == ToolChoice::None { &[][..] } else { &self.tools[..] };
