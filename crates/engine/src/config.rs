@@ -273,7 +273,7 @@ impl ModelConfig {
                 return Err(bad(field, format!("is {v}; it must be between 1 and {limit}")));
             }
         }
-        if self.num_heads % self.num_kv_heads != 0 {
+        if !self.num_heads.is_multiple_of(self.num_kv_heads) {
             return Err(bad(
                 "num_key_value_heads",
                 format!("({}) does not divide num_attention_heads ({})", self.num_kv_heads, self.num_heads),
@@ -290,7 +290,7 @@ impl ModelConfig {
                 return Err(bad(field, format!("({v}) is not a multiple of 32, the MXFP4 block size")));
             }
         }
-        if self.head_dim % 2 != 0 {
+        if !self.head_dim.is_multiple_of(2) {
             return Err(bad("head_dim", format!("({}) must be even for RoPE", self.head_dim)));
         }
         if !(self.rope_theta > 1.0) {

@@ -31,6 +31,8 @@ pub enum LoadError {
     BadField { path: PathBuf, field: String, problem: String },
     #[error("{path}: {reason}")]
     BadCheckpoint { path: PathBuf, reason: String },
+    #[error(transparent)]
+    Kernels(#[from] gptoss_kernels::KernelError),
 }
 
 impl LoadError {

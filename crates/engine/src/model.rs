@@ -9,6 +9,7 @@ use std::path::Path;
 
 use gptoss_kernels::bf16::bf16_slice_to_f32;
 use gptoss_kernels::scalar::{self, KvSpan, YarnRope, SWIGLU_ALPHA};
+use gptoss_kernels::Kernels;
 
 use crate::checkpoint::Checkpoint;
 use crate::config::{Layout, ModelConfig};
@@ -19,6 +20,8 @@ use crate::weights::{AttentionWeights, ModelWeights, MoeWeights};
 
 pub struct Model {
     pub config: ModelConfig,
+    /// The kernels it runs on; [`Kernels::scalar`] is the float32 reference.
+    pub kernels: &'static Kernels,
     pub layout: Layout,
     pub weights: ModelWeights,
     rope: YarnRope,
@@ -88,7 +91,7 @@ impl Model {
             c.rope_beta_slow,
             c.rope_truncate,
         );
-        Ok(Model { config: c.clone(), layout: ck.layout, weights, rope })
+        Ok(Model { config: c.clone(), kernels: Kernels::from_env()?, layout: ck.layout, weights, rope })
     }
 
     pub fn forward(&self, cache: &mut KvCache, batch: &[SeqChunk]) -> Result<Logits, EngineError> {
@@ -128,7 +131,7 @@ impl Model {
         trace("final_norm", None, &final_norm);
         let mut logits = vec![0f32; rows.len() * cfg.vocab_size]; // [R, V]
         if !rows.is_empty() {
-            ops::linear_bf16(&final_norm, rows.len(), &self.weights.unembedding, None, &mut logits);
+            ops::linear_bf16(self.kernels, &final_norm, rows.len(), &self.weights.unembedding, None, &mut logits);
         }
         trace("logits", None, &logits);
 
@@ -161,9 +164,9 @@ impl Model {
         let mut q = vec![0f32; t * qd]; // [T, NQ·HD]
         let mut k = vec![0f32; t * kvd]; // [T, NKV·HD]
         let mut v = vec![0f32; t * kvd]; // [T, NKV·HD]
-        ops::linear_bf16(&attn_norm, t, &w.q, Some(&w.q_bias), &mut q);
-        ops::linear_bf16(&attn_norm, t, &w.k, Some(&w.k_bias), &mut k);
-        ops::linear_bf16(&attn_norm, t, &w.v, Some(&w.v_bias), &mut v);
+        ops::linear_bf16(self.kernels, &attn_norm, t, &w.q, Some(&w.q_bias), &mut q);
+        ops::linear_bf16(self.kernels, &attn_norm, t, &w.k, Some(&w.k_bias), &mut k);
+        ops::linear_bf16(self.kernels, &attn_norm, t, &w.v, Some(&w.v_bias), &mut v);
 
         let half = hd / 2;
         let (mut cos, mut sin) = (vec![0f32; half], vec![0f32; half]);
@@ -222,7 +225,7 @@ impl Model {
         }
 
         let mut attn_out = vec![0f32; t * h]; // [T, H]
-        ops::linear_bf16(&attn, t, &w.out, Some(&w.out_bias), &mut attn_out);
+        ops::linear_bf16(self.kernels, &attn, t, &w.out, Some(&w.out_bias), &mut attn_out);
         trace("attn_out", Some(l), &attn_out);
         attn_out
     }
@@ -238,7 +241,7 @@ impl Model {
         trace("mlp_norm", Some(l), &mlp_norm);
 
         let mut router_logits = vec![0f32; t * n_exp]; // [T, E]
-        ops::linear_bf16(&mlp_norm, t, &w.router, Some(&w.router_bias), &mut router_logits);
+        ops::linear_bf16(self.kernels, &mlp_norm, t, &w.router, Some(&w.router_bias), &mut router_logits);
         trace("router_logits", Some(l), &router_logits);
         let mut experts = vec![0usize; t * k]; // [T, k], best first
         let mut gates = vec![0f32; t * k]; // [T, k], softmax over the k
@@ -261,6 +264,7 @@ impl Model {
             }
             let mut gate_up = vec![0f32; n * 2 * i_dim]; // [n, 2I] interleaved (gate, up)
             ops::linear_mxfp4(
+                self.kernels,
                 &xe,
                 n,
                 &w.gate_up,
@@ -273,7 +277,7 @@ impl Model {
                 scalar::swiglu_interleaved_f32(u, SWIGLU_ALPHA, cfg.swiglu_limit, a);
             }
             let mut down = vec![0f32; n * h]; // [n, H]
-            ops::linear_mxfp4(&act, n, &w.down, e, Some(&w.down_bias[e * h..(e + 1) * h]), &mut down);
+            ops::linear_mxfp4(self.kernels, &act, n, &w.down, e, Some(&w.down_bias[e * h..(e + 1) * h]), &mut down);
             for (src, &s) in down.chunks_exact(h).zip(&slots) {
                 expert_out[s * h..(s + 1) * h].copy_from_slice(src);
             }

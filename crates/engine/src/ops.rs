@@ -4,7 +4,7 @@
 
 use std::ops::Range;
 
-use gptoss_kernels::scalar;
+use gptoss_kernels::Kernels;
 use rayon::prelude::*;
 
 use crate::weights::{Bf16Matrix, Mxfp4Experts};
@@ -16,21 +16,31 @@ fn rows_per_task(rows: usize) -> usize {
 }
 
 /// `y[T, R] = x[T, K]·Wᵀ + b` for bf16 `W [R, K]`.
-pub fn linear_bf16(x: &[f32], n_tok: usize, w: &Bf16Matrix, bias: Option<&[f32]>, y: &mut [f32]) {
+pub fn linear_bf16(kern: &Kernels, x: &[f32], n_tok: usize, w: &Bf16Matrix, bias: Option<&[f32]>, y: &mut [f32]) {
     let (rows, k) = (w.rows, w.cols);
     let data = w.bf16();
+    let matmul = kern.matmul_rows_f32_bf16w;
     rows_parallel(rows, n_tok, k, y, |r, out, buf| {
-        scalar::matmul_rows_f32_bf16w(x, n_tok, &data[r.start * k..r.end * k], bias.map(|b| &b[r.clone()]), out, buf)
+        matmul(x, n_tok, &data[r.start * k..r.end * k], bias.map(|b| &b[r.clone()]), out, buf)
     });
 }
 
 /// `y[T, R] = x[T, K]·W[e]ᵀ + b` for one MXFP4 expert `W[e]: [R, K]`.
-pub fn linear_mxfp4(x: &[f32], n_tok: usize, w: &Mxfp4Experts, e: usize, bias: Option<&[f32]>, y: &mut [f32]) {
+pub fn linear_mxfp4(
+    kern: &Kernels,
+    x: &[f32],
+    n_tok: usize,
+    w: &Mxfp4Experts,
+    e: usize,
+    bias: Option<&[f32]>,
+    y: &mut [f32],
+) {
     let (rows, k) = (w.rows, w.cols);
     let (codes, scales) = w.expert(e);
     let (cpr, spr) = (k / 2, k / gptoss_kernels::mxfp4::BLOCK);
+    let matmul = kern.matmul_rows_f32_mxfp4w;
     rows_parallel(rows, n_tok, k, y, |r, out, buf| {
-        scalar::matmul_rows_f32_mxfp4w(
+        matmul(
             x,
             n_tok,
             &codes[r.start * cpr..r.end * cpr],

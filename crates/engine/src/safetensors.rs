@@ -147,7 +147,7 @@ impl Bytes {
 
     /// The same bytes at an address aligned for `align` (copied only if they are not).
     pub fn aligned(self, align: usize) -> Bytes {
-        if (self.as_slice().as_ptr() as usize) % align == 0 {
+        if (self.as_slice().as_ptr() as usize).is_multiple_of(align) {
             self
         } else {
             Bytes::from_vec(self.as_slice())

@@ -267,7 +267,7 @@ fn parser_never_panics_on_random_tokens() {
         let n = (rng.next_u64() % 400) as usize;
         let mut fed_text = 0;
         for _ in 0..n {
-            let t = if rng.next_u64() % 3 == 0 {
+            let t = if rng.next_u64().is_multiple_of(3) {
                 interesting[(rng.next_u64() % 10) as usize]
             } else {
                 (rng.next_u64() % 201_088) as u32

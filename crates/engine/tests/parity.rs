@@ -5,6 +5,7 @@ mod common;
 
 use common::{log_softmax, reference, tiny};
 use gptoss_engine::{KvCache, LogitsRequest, Model, SeqChunk};
+use gptoss_kernels::Kernels;
 
 /// Logits `[300, 1024]` for every position of the reference tokens, in one forward call.
 fn all_logits(model: &Model, tokens: &[u32]) -> Vec<Vec<f32>> {
@@ -15,9 +16,10 @@ fn all_logits(model: &Model, tokens: &[u32]) -> Vec<Vec<f32>> {
     (0..tokens.len()).map(|i| logits.row(i).to_vec()).collect()
 }
 
-fn check_against_reference(layout: &str) -> Vec<Vec<f32>> {
+fn check_against_reference(layout: &str, kernels: &'static Kernels) -> Vec<Vec<f32>> {
     let r = reference();
-    let model = Model::load(&tiny(layout)).unwrap();
+    let mut model = Model::load(&tiny(layout)).unwrap();
+    model.kernels = kernels;
     let logits = all_logits(&model, &r.tokens);
 
     let mut max_nll = 0f64;
@@ -46,7 +48,7 @@ fn check_against_reference(layout: &str) -> Vec<Vec<f32>> {
             }
         }
     }
-    eprintln!("{layout}: max |Δnll| = {max_nll:.3e} over {} tokens, max |Δlogit| = {max_logit:.3e} at {:?}, {top8_checked} top-8 ranks compared",
+    eprintln!("{layout} ({kernels:?} kernels): max |Δnll| = {max_nll:.3e} over {} tokens, max |Δlogit| = {max_logit:.3e} at {:?}, {top8_checked} top-8 ranks compared",
         r.next_token_nll.len(), r.full_logits_positions);
     assert!(max_nll <= 1e-4, "{layout}: max NLL difference {max_nll}");
     assert!(max_logit <= 1e-3, "{layout}: max logit difference {max_logit}");
@@ -56,12 +58,18 @@ fn check_against_reference(layout: &str) -> Vec<Vec<f32>> {
 
 #[test]
 fn hf_layout_matches_reference() {
-    check_against_reference("hf");
+    check_against_reference("hf", Kernels::scalar());
 }
 
 #[test]
 fn original_layout_matches_reference() {
-    check_against_reference("original");
+    check_against_reference("original", Kernels::scalar());
+}
+
+/// The kernels this CPU runs by default (SIMD where it has it) against the same reference.
+#[test]
+fn fast_kernels_match_reference() {
+    check_against_reference("hf", Kernels::detect());
 }
 
 #[test]

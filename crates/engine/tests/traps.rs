@@ -92,8 +92,11 @@ fn write_hash_model(dir: &Path) {
 
 const TOKENS: [u32; 10] = [1, 5, 9, 13, 17, 21, 25, 29, 3, 7];
 
+/// Traced intermediates by (name, layer).
+type Traced = HashMap<(String, Option<usize>), Vec<f32>>;
+
 /// Runs the model; returns the logits `[10, 32]` and every traced intermediate.
-fn run() -> (Vec<Vec<f32>>, HashMap<(String, Option<usize>), Vec<f32>>) {
+fn run() -> (Vec<Vec<f32>>, Traced) {
     let dir = tempfile::tempdir().unwrap();
     write_hash_model(dir.path());
     let model = Model::load(dir.path()).unwrap();

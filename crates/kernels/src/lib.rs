@@ -8,8 +8,13 @@
 #![cfg_attr(test, allow(clippy::excessive_precision))]
 
 pub mod bf16;
+pub mod dispatch;
 pub mod mxfp4;
 pub mod scalar;
+#[cfg(target_arch = "x86_64")]
+mod x86;
+
+pub use dispatch::{Isa, KernelError, Kernels};
 
 #[cfg(target_endian = "big")]
 compile_error!("gptoss reads little-endian checkpoint data in place; big-endian hosts are not supported");

@@ -27,7 +27,7 @@ pub fn e8m0_to_f32(s: u8) -> f32 {
 /// Decode one row: codes `[K/2]` bytes and scales `[K/32]` into `out [K]`.
 pub fn decode_row(codes: &[u8], scales: &[u8], out: &mut [f32]) {
     let k = out.len();
-    assert!(k % BLOCK == 0, "MXFP4 row length {k} is not a multiple of {BLOCK}");
+    assert!(k.is_multiple_of(BLOCK), "MXFP4 row length {k} is not a multiple of {BLOCK}");
     assert_eq!(codes.len(), k / 2, "MXFP4 row: code bytes do not match the row length");
     assert_eq!(scales.len(), k / BLOCK, "MXFP4 row: scale bytes do not match the row length");
     for ((block_out, block_codes), &s) in out.chunks_exact_mut(BLOCK).zip(codes.chunks_exact(BLOCK_BYTES)).zip(scales) {

@@ -73,11 +73,12 @@ pub fn load_model(path: &Path) -> Result<Model> {
     let t0 = Instant::now();
     let model = Model::load(path)?;
     eprintln!(
-        "loaded {} ({} layout, {} layers, {} experts) in {:.2} s",
+        "loaded {} ({} layout, {} layers, {} experts, {:?} kernels) in {:.2} s",
         path.display(),
         model.layout.name(),
         model.config.num_layers,
         model.config.num_experts,
+        model.kernels,
         t0.elapsed().as_secs_f64()
     );
     Ok(model)

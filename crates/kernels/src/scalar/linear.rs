@@ -41,9 +41,7 @@ pub fn matmul_rows_f32_mxfp4w(
     row_buf: &mut [f32],
 ) {
     let k = row_buf.len();
-    let rows = scales.len() / (k / mxfp4::BLOCK).max(1);
-    check_shapes(x, n_tok, k, rows, bias, out);
-    assert_eq!(codes.len(), rows * k / 2, "MXFP4 codes do not match [R, K/2]");
+    check_mxfp4_shapes(x, n_tok, k, codes.len(), scales.len(), bias, out);
     let row_codes = codes.chunks_exact(k / 2);
     let row_scales = scales.chunks_exact(k / mxfp4::BLOCK);
     for (r, ((c, s), out_row)) in row_codes.zip(row_scales).zip(out.chunks_exact_mut(n_tok)).enumerate() {
@@ -53,6 +51,29 @@ pub fn matmul_rows_f32_mxfp4w(
             *y = dot_f32(&x[t * k..(t + 1) * k], row_buf) + b;
         }
     }
+}
+
+/// Panics unless the shapes fit: a caller's bug, never something input can cause.
+pub(crate) fn check_matmul_shapes(x: &[f32], n_tok: usize, k: usize, w_len: usize, bias: Option<&[f32]>, out: &[f32]) {
+    assert!(k > 0 && w_len.is_multiple_of(k), "linear: weight rows do not match K");
+    check_shapes(x, n_tok, k, w_len / k, bias, out);
+}
+
+/// Same for MXFP4 rows: K a positive multiple of the block, codes `[R, K/2]`, scales `[R, K/32]`.
+pub(crate) fn check_mxfp4_shapes(
+    x: &[f32],
+    n_tok: usize,
+    k: usize,
+    codes_len: usize,
+    scales_len: usize,
+    bias: Option<&[f32]>,
+    out: &[f32],
+) {
+    assert!(k > 0 && k.is_multiple_of(mxfp4::BLOCK), "MXFP4: K must be a positive multiple of {}", mxfp4::BLOCK);
+    let rows = scales_len / (k / mxfp4::BLOCK);
+    assert_eq!(scales_len, rows * (k / mxfp4::BLOCK), "MXFP4 scales do not match [R, K/32]");
+    assert_eq!(codes_len, rows * k / 2, "MXFP4 codes do not match [R, K/2]");
+    check_shapes(x, n_tok, k, rows, bias, out);
 }
 
 fn check_shapes(x: &[f32], n_tok: usize, k: usize, rows: usize, bias: Option<&[f32]>, out: &[f32]) {

@@ -26,7 +26,7 @@ impl YarnRope {
         beta_slow: f64,
         truncate: bool,
     ) -> Self {
-        assert!(head_dim >= 2 && head_dim % 2 == 0, "RoPE head_dim must be even");
+        assert!(head_dim >= 2 && head_dim.is_multiple_of(2), "RoPE head_dim must be even");
         let half = head_dim / 2;
         // freq[i] = base^(2i/d) in f32, as `base ** (arange(0, d, 2) / d)`.
         let freq: Vec<f32> = (0..half).map(|i| (base as f32).powf((2 * i) as f32 / head_dim as f32)).collect();

@@ -1,0 +1,173 @@
+//! AVX2 + FMA: 8 f32 lanes, bf16 widened by a 16-bit shift.
+
+use std::arch::x86_64::*;
+
+use crate::bf16::bf16_to_f32;
+
+/// `[8]` bf16 at `p` as f32.
+#[inline(always)]
+unsafe fn load_bf16x8(p: *const u16) -> __m256 {
+    _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128(p as *const __m128i)), 16))
+}
+
+#[inline(always)]
+unsafe fn hsum(v: __m256) -> f32 {
+    let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    let s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
+    _mm_cvtss_f32(s)
+}
+
+/// Σ x[i]·w[i], w in bf16. Four accumulators, then the tail in order.
+#[target_feature(enable = "avx2,fma")]
+unsafe fn dot_f32_bf16(x: &[f32], w: &[u16]) -> f32 {
+    let n = x.len().min(w.len());
+    let (xp, wp) = (x.as_ptr(), w.as_ptr());
+    let mut acc = [_mm256_setzero_ps(); 4];
+    let mut i = 0;
+    while i + 32 <= n {
+        for (j, a) in acc.iter_mut().enumerate() {
+            let o = i + 8 * j;
+            *a = _mm256_fmadd_ps(_mm256_loadu_ps(xp.add(o)), load_bf16x8(wp.add(o)), *a);
+        }
+        i += 32;
+    }
+    while i + 8 <= n {
+        acc[0] = _mm256_fmadd_ps(_mm256_loadu_ps(xp.add(i)), load_bf16x8(wp.add(i)), acc[0]);
+        i += 8;
+    }
+    let mut s = hsum(_mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3])));
+    while i < n {
+        s += x[i] * bf16_to_f32(w[i]);
+        i += 1;
+    }
+    s
+}
+
+#[target_feature(enable = "avx2,fma")]
+unsafe fn matmul_impl(x: &[f32], n_tok: usize, w: &[u16], bias: Option<&[f32]>, out: &mut [f32], k: usize) {
+    for (r, (w_row, out_row)) in w.chunks_exact(k).zip(out.chunks_exact_mut(n_tok)).enumerate() {
+        let b = bias.map_or(0.0, |b| b[r]);
+        for (t, y) in out_row.iter_mut().enumerate() {
+            *y = dot_f32_bf16(&x[t * k..(t + 1) * k], w_row) + b;
+        }
+    }
+}
+
+/// See [`crate::scalar::matmul_rows_f32_bf16w`]; same shapes, FMA summation order.
+pub fn matmul_rows_f32_bf16w(
+    x: &[f32],
+    n_tok: usize,
+    w: &[u16],
+    bias: Option<&[f32]>,
+    out: &mut [f32],
+    row_buf: &mut [f32],
+) {
+    let k = row_buf.len();
+    crate::scalar::check_matmul_shapes(x, n_tok, k, w.len(), bias, out);
+    // SAFETY: handed out by `Kernels` only when the CPU has AVX2 and FMA; every access is
+    // within the slices, whose lengths were checked above.
+    unsafe { matmul_impl(x, n_tok, w, bias, out, k) }
+}
+
+/// Σ a[i]·b[i] in f32. Four accumulators, then the tail in order.
+#[target_feature(enable = "avx2,fma")]
+unsafe fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
+    let n = a.len().min(b.len());
+    let (ap, bp) = (a.as_ptr(), b.as_ptr());
+    let mut acc = [_mm256_setzero_ps(); 4];
+    let mut i = 0;
+    while i + 32 <= n {
+        for (j, c) in acc.iter_mut().enumerate() {
+            let o = i + 8 * j;
+            *c = _mm256_fmadd_ps(_mm256_loadu_ps(ap.add(o)), _mm256_loadu_ps(bp.add(o)), *c);
+        }
+        i += 32;
+    }
+    while i + 8 <= n {
+        acc[0] = _mm256_fmadd_ps(_mm256_loadu_ps(ap.add(i)), _mm256_loadu_ps(bp.add(i)), acc[0]);
+        i += 8;
+    }
+    let mut s = hsum(_mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3])));
+    while i < n {
+        s += a[i] * b[i];
+        i += 1;
+    }
+    s
+}
+
+/// 8 code bytes at `codes` → 16 weights (low nibble first), times `scale`. The magnitude is
+/// an 8-entry lane permute; the code's bit 3 is the sign.
+#[inline(always)]
+unsafe fn decode_half_block(codes: *const u8, scale: __m256, mag: __m256) -> (__m256, __m256) {
+    let bytes = _mm256_cvtepu8_epi32(_mm_loadl_epi64(codes as *const __m128i));
+    let value = |n: __m256i| {
+        let m = _mm256_permutevar8x32_ps(mag, n);
+        let sign = _mm256_slli_epi32(_mm256_and_si256(n, _mm256_set1_epi32(8)), 28);
+        _mm256_xor_ps(m, _mm256_castsi256_ps(sign))
+    };
+    let lo = value(_mm256_and_si256(bytes, _mm256_set1_epi32(0xf)));
+    let hi = value(_mm256_srli_epi32(bytes, 4));
+    // unpack interleaves within 128-bit halves; permute2f128 puts the halves in order.
+    let (a, b) = (_mm256_unpacklo_ps(lo, hi), _mm256_unpackhi_ps(lo, hi));
+    (_mm256_mul_ps(_mm256_permute2f128_ps(a, b, 0x20), scale), _mm256_mul_ps(_mm256_permute2f128_ps(a, b, 0x31), scale))
+}
+
+#[target_feature(enable = "avx2,fma")]
+unsafe fn matmul_mxfp4_impl(
+    x: &[f32],
+    n_tok: usize,
+    codes: &[u8],
+    scales: &[u8],
+    bias: Option<&[f32]>,
+    out: &mut [f32],
+    row_buf: &mut [f32],
+) {
+    let k = row_buf.len();
+    let mag = _mm256_loadu_ps(crate::mxfp4::FP4_VALUES.as_ptr());
+    let rows = codes.chunks_exact(k / 2).zip(scales.chunks_exact(k / crate::mxfp4::BLOCK));
+    for (r, ((c, s), out_row)) in rows.zip(out.chunks_exact_mut(n_tok)).enumerate() {
+        let b = bias.map_or(0.0, |b| b[r]);
+        // With one token the weights go straight into the dot product. A block is one of
+        // `dot_f32`'s 32-wide groups, so the sum has its order: the result does not depend
+        // on the batch size.
+        let mut acc = [_mm256_setzero_ps(); 4];
+        for (blk, &sc) in s.iter().enumerate() {
+            let scale = _mm256_set1_ps(crate::mxfp4::e8m0_to_f32(sc));
+            for half in 0..2 {
+                let (w0, w1) = decode_half_block(c.as_ptr().add(blk * 16 + half * 8), scale, mag);
+                let o = blk * 32 + half * 16;
+                if n_tok == 1 {
+                    acc[2 * half] = _mm256_fmadd_ps(_mm256_loadu_ps(x.as_ptr().add(o)), w0, acc[2 * half]);
+                    acc[2 * half + 1] = _mm256_fmadd_ps(_mm256_loadu_ps(x.as_ptr().add(o + 8)), w1, acc[2 * half + 1]);
+                } else {
+                    _mm256_storeu_ps(row_buf.as_mut_ptr().add(o), w0);
+                    _mm256_storeu_ps(row_buf.as_mut_ptr().add(o + 8), w1);
+                }
+            }
+        }
+        if n_tok == 1 {
+            out_row[0] = hsum(_mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]))) + b;
+        } else {
+            for (t, y) in out_row.iter_mut().enumerate() {
+                *y = dot_f32(&x[t * k..(t + 1) * k], row_buf) + b;
+            }
+        }
+    }
+}
+
+/// See [`crate::scalar::matmul_rows_f32_mxfp4w`]; same shapes, FMA summation order.
+pub fn matmul_rows_f32_mxfp4w(
+    x: &[f32],
+    n_tok: usize,
+    codes: &[u8],
+    scales: &[u8],
+    bias: Option<&[f32]>,
+    out: &mut [f32],
+    row_buf: &mut [f32],
+) {
+    crate::scalar::check_mxfp4_shapes(x, n_tok, row_buf.len(), codes.len(), scales.len(), bias, out);
+    // SAFETY: handed out by `Kernels` only when the CPU has AVX2 and FMA; the shapes were
+    // checked above, so every block read and row_buf write is in bounds.
+    unsafe { matmul_mxfp4_impl(x, n_tok, codes, scales, bias, out, row_buf) }
+}

@@ -1,0 +1,172 @@
+//! AVX-512F: 16 f32 lanes, bf16 widened by a 16-bit shift.
+
+use std::arch::x86_64::*;
+
+use crate::bf16::bf16_to_f32;
+
+#[inline(always)]
+unsafe fn load_bf16x16(p: *const u16) -> __m512 {
+    _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256(p as *const __m256i)), 16))
+}
+
+/// Σ x[i]·w[i], w in bf16. Four accumulators, then the tail in order.
+#[target_feature(enable = "avx512f")]
+unsafe fn dot_f32_bf16(x: &[f32], w: &[u16]) -> f32 {
+    let n = x.len().min(w.len());
+    let (xp, wp) = (x.as_ptr(), w.as_ptr());
+    let mut acc = [_mm512_setzero_ps(); 4];
+    let mut i = 0;
+    while i + 64 <= n {
+        for (j, a) in acc.iter_mut().enumerate() {
+            let o = i + 16 * j;
+            *a = _mm512_fmadd_ps(_mm512_loadu_ps(xp.add(o)), load_bf16x16(wp.add(o)), *a);
+        }
+        i += 64;
+    }
+    while i + 16 <= n {
+        acc[0] = _mm512_fmadd_ps(_mm512_loadu_ps(xp.add(i)), load_bf16x16(wp.add(i)), acc[0]);
+        i += 16;
+    }
+    let mut s = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(acc[0], acc[1]), _mm512_add_ps(acc[2], acc[3])));
+    while i < n {
+        s += x[i] * bf16_to_f32(w[i]);
+        i += 1;
+    }
+    s
+}
+
+#[target_feature(enable = "avx512f")]
+unsafe fn matmul_impl(x: &[f32], n_tok: usize, w: &[u16], bias: Option<&[f32]>, out: &mut [f32], k: usize) {
+    for (r, (w_row, out_row)) in w.chunks_exact(k).zip(out.chunks_exact_mut(n_tok)).enumerate() {
+        let b = bias.map_or(0.0, |b| b[r]);
+        for (t, y) in out_row.iter_mut().enumerate() {
+            *y = dot_f32_bf16(&x[t * k..(t + 1) * k], w_row) + b;
+        }
+    }
+}
+
+/// See [`crate::scalar::matmul_rows_f32_bf16w`]; same shapes, FMA summation order.
+pub fn matmul_rows_f32_bf16w(
+    x: &[f32],
+    n_tok: usize,
+    w: &[u16],
+    bias: Option<&[f32]>,
+    out: &mut [f32],
+    row_buf: &mut [f32],
+) {
+    let k = row_buf.len();
+    crate::scalar::check_matmul_shapes(x, n_tok, k, w.len(), bias, out);
+    // SAFETY: handed out by `Kernels` only when the CPU has AVX-512F; every access is within
+    // the slices, whose lengths were checked above.
+    unsafe { matmul_impl(x, n_tok, w, bias, out, k) }
+}
+
+/// Σ a[i]·b[i] in f32. Four accumulators, then the tail in order.
+#[target_feature(enable = "avx512f")]
+unsafe fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
+    let n = a.len().min(b.len());
+    let (ap, bp) = (a.as_ptr(), b.as_ptr());
+    let mut acc = [_mm512_setzero_ps(); 4];
+    let mut i = 0;
+    while i + 64 <= n {
+        for (j, c) in acc.iter_mut().enumerate() {
+            let o = i + 16 * j;
+            *c = _mm512_fmadd_ps(_mm512_loadu_ps(ap.add(o)), _mm512_loadu_ps(bp.add(o)), *c);
+        }
+        i += 64;
+    }
+    while i + 16 <= n {
+        acc[0] = _mm512_fmadd_ps(_mm512_loadu_ps(ap.add(i)), _mm512_loadu_ps(bp.add(i)), acc[0]);
+        i += 16;
+    }
+    let mut s = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(acc[0], acc[1]), _mm512_add_ps(acc[2], acc[3])));
+    while i < n {
+        s += a[i] * b[i];
+        i += 1;
+    }
+    s
+}
+
+/// One MXFP4 block: 16 code bytes at `codes` → 32 weights (low nibble first), times `scale`.
+/// The E2M1 table is a whole register, so each nibble is one lane permute.
+#[inline(always)]
+unsafe fn decode_block(codes: *const u8, scale: __m512, lut: __m512) -> (__m512, __m512) {
+    let bytes = _mm512_cvtepu8_epi32(_mm_loadu_si128(codes as *const __m128i));
+    let lo = _mm512_permutexvar_ps(_mm512_and_si512(bytes, _mm512_set1_epi32(0xf)), lut);
+    let hi = _mm512_permutexvar_ps(_mm512_srli_epi32(bytes, 4), lut);
+    // [lo0 hi0 lo1 hi1 ... lo7 hi7] and [lo8 hi8 ... lo15 hi15]; index bit 4 picks `hi`.
+    let first = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
+    let second = _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
+    (
+        _mm512_mul_ps(_mm512_permutex2var_ps(lo, first, hi), scale),
+        _mm512_mul_ps(_mm512_permutex2var_ps(lo, second, hi), scale),
+    )
+}
+
+#[target_feature(enable = "avx512f")]
+unsafe fn matmul_mxfp4_impl(
+    x: &[f32],
+    n_tok: usize,
+    codes: &[u8],
+    scales: &[u8],
+    bias: Option<&[f32]>,
+    out: &mut [f32],
+    row_buf: &mut [f32],
+) {
+    let k = row_buf.len();
+    let lut = _mm512_loadu_ps(crate::mxfp4::FP4_VALUES.as_ptr());
+    let rows = codes.chunks_exact(k / 2).zip(scales.chunks_exact(k / crate::mxfp4::BLOCK));
+    for (r, ((c, s), out_row)) in rows.zip(out.chunks_exact_mut(n_tok)).enumerate() {
+        let b = bias.map_or(0.0, |b| b[r]);
+        if n_tok == 1 {
+            // Decode: weights go straight from the codes into the dot product, summed in
+            // exactly `dot_f32`'s order (a result must not depend on the batch size): blocks
+            // pair up into its 64-wide groups; an odd last block goes to its 16-wide loop.
+            let mut acc = [_mm512_setzero_ps(); 4];
+            let paired = s.len() & !1;
+            for (blk, &sc) in s.iter().enumerate() {
+                let scale = _mm512_set1_ps(crate::mxfp4::e8m0_to_f32(sc));
+                let (w0, w1) = decode_block(c.as_ptr().add(blk * 16), scale, lut);
+                let (x0, x1) =
+                    (_mm512_loadu_ps(x.as_ptr().add(blk * 32)), _mm512_loadu_ps(x.as_ptr().add(blk * 32 + 16)));
+                if blk < paired {
+                    let j = 2 * (blk % 2);
+                    acc[j] = _mm512_fmadd_ps(x0, w0, acc[j]);
+                    acc[j + 1] = _mm512_fmadd_ps(x1, w1, acc[j + 1]);
+                } else {
+                    acc[0] = _mm512_fmadd_ps(x0, w0, acc[0]);
+                    acc[0] = _mm512_fmadd_ps(x1, w1, acc[0]);
+                }
+            }
+            let sum = _mm512_add_ps(_mm512_add_ps(acc[0], acc[1]), _mm512_add_ps(acc[2], acc[3]));
+            out_row[0] = _mm512_reduce_add_ps(sum) + b;
+        } else {
+            // Several tokens: widen the row once, then one dot per token.
+            for (blk, &sc) in s.iter().enumerate() {
+                let scale = _mm512_set1_ps(crate::mxfp4::e8m0_to_f32(sc));
+                let (w0, w1) = decode_block(c.as_ptr().add(blk * 16), scale, lut);
+                _mm512_storeu_ps(row_buf.as_mut_ptr().add(blk * 32), w0);
+                _mm512_storeu_ps(row_buf.as_mut_ptr().add(blk * 32 + 16), w1);
+            }
+            for (t, y) in out_row.iter_mut().enumerate() {
+                *y = dot_f32(&x[t * k..(t + 1) * k], row_buf) + b;
+            }
+        }
+    }
+}
+
+/// See [`crate::scalar::matmul_rows_f32_mxfp4w`]; same shapes, FMA summation order.
+pub fn matmul_rows_f32_mxfp4w(
+    x: &[f32],
+    n_tok: usize,
+    codes: &[u8],
+    scales: &[u8],
+    bias: Option<&[f32]>,
+    out: &mut [f32],
+    row_buf: &mut [f32],
+) {
+    crate::scalar::check_mxfp4_shapes(x, n_tok, row_buf.len(), codes.len(), scales.len(), bias, out);
+    // SAFETY: handed out by `Kernels` only when the CPU has AVX-512F; the shapes were checked
+    // above, so every block read and row_buf write is in bounds.
+    unsafe { matmul_mxfp4_impl(x, n_tok, codes, scales, bias, out, row_buf) }
+}
