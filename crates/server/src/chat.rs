@@ -11,7 +11,6 @@ use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use gptoss_engine::chat::STOP_TOKENS;
 use gptoss_engine::rng::Rng;
 use gptoss_engine::Sampled;
 use serde_json::{json, Map, Value};
@@ -56,11 +55,8 @@ fn parse(st: &AppState, req: &Map<String, Value>) -> Result<ChatRequest, ApiErro
     if top_logprobs > 0 && !logprobs {
         return Err(ApiError::invalid("top_logprobs", "`top_logprobs` needs `logprobs: true`"));
     }
-    let mut job = JobSpec::new(prompt.tokens.clone(), max_tokens);
-    job.sampling = http::sampling(&o, 1.0)?;
-    job.stop_tokens = STOP_TOKENS.to_vec();
+    let mut job = http::job(st, &o, prompt.tokens.clone(), max_tokens)?;
     job.top_logprobs = top_logprobs;
-    http::penalties(&o, &mut job, st.engine.vocab)?;
     let stream = o.bool("stream")?.unwrap_or(false);
     let include_usage = http::include_usage(&o)?;
     Ok(ChatRequest {

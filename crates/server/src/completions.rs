@@ -76,12 +76,9 @@ fn parse(st: &AppState, req: &Map<String, Value>) -> Result<CompletionRequest, A
     let max_tokens = http::fit_context(st, prompt.len(), asked, "max_tokens")?;
     let logprobs = o.usize_in("logprobs", 0, 20)?;
     let echo = o.bool("echo")?.unwrap_or(false);
-    let mut job = JobSpec::new(prompt.clone(), max_tokens);
-    job.sampling = http::sampling(&o, 1.0)?;
-    job.stop_tokens = STOP_TOKENS.to_vec();
+    let mut job = http::job(st, &o, prompt.clone(), max_tokens)?;
     job.top_logprobs = logprobs.unwrap_or(0);
     job.prompt_logprobs = echo && logprobs.is_some();
-    http::penalties(&o, &mut job, st.engine.vocab)?;
     let include_usage = http::include_usage(&o)?;
     Ok(CompletionRequest {
         prompt,

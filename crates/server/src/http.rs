@@ -278,7 +278,7 @@ pub fn finite(lp: f32) -> f64 {
 }
 
 /// Sampling settings shared by the generating endpoints.
-pub fn sampling(o: &Obj, default_temperature: f32) -> Result<gptoss_engine::SamplingParams, ApiError> {
+fn sampling(o: &Obj, default_temperature: f32) -> Result<gptoss_engine::SamplingParams, ApiError> {
     Ok(gptoss_engine::SamplingParams {
         temperature: o.f32_in("temperature", 0.0, 2.0)?.unwrap_or(default_temperature),
         top_p: match o.f32_in("top_p", 0.0, 1.0)? {
@@ -292,8 +292,18 @@ pub fn sampling(o: &Obj, default_temperature: f32) -> Result<gptoss_engine::Samp
     })
 }
 
+/// A job for the harmony stop tokens with the request's sampling settings, penalties and
+/// logit bias.
+pub fn job(st: &AppState, o: &Obj, prompt: Vec<u32>, max_tokens: usize) -> Result<JobSpec, ApiError> {
+    let mut job = JobSpec::new(prompt, max_tokens);
+    job.sampling = sampling(o, 1.0)?;
+    job.stop_tokens = gptoss_engine::chat::STOP_TOKENS.to_vec();
+    penalties(o, &mut job, st.engine.vocab)?;
+    Ok(job)
+}
+
 /// Penalties and logit bias, as OpenAI defines them.
-pub fn penalties(o: &Obj, spec: &mut JobSpec, vocab: usize) -> Result<(), ApiError> {
+fn penalties(o: &Obj, spec: &mut JobSpec, vocab: usize) -> Result<(), ApiError> {
     spec.presence_penalty = o.f32_in("presence_penalty", -2.0, 2.0)?.unwrap_or(0.0);
     spec.frequency_penalty = o.f32_in("frequency_penalty", -2.0, 2.0)?.unwrap_or(0.0);
     if let Some(bias) = o.obj("logit_bias")? {

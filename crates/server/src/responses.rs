@@ -10,7 +10,6 @@ use axum::extract::{Path, State};
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use gptoss_engine::chat::STOP_TOKENS;
 use gptoss_engine::harmony::{Content, DeveloperContent, Message, Role};
 use gptoss_engine::rng::Rng;
 use gptoss_engine::Sampled;
@@ -206,9 +205,7 @@ fn parse(st: &AppState, req: &Map<String, Value>) -> Result<ResponsesRequest, Ap
     let prompt = spec.render(&st.tok)?;
     let asked = o.usize_in("max_output_tokens", 1, usize::MAX >> 1)?;
     let max_tokens = http::fit_context(st, prompt.tokens.len(), asked, "max_output_tokens")?;
-    let mut job = JobSpec::new(prompt.tokens.clone(), max_tokens);
-    job.sampling = http::sampling(&o, 1.0)?;
-    job.stop_tokens = STOP_TOKENS.to_vec();
+    let job = http::job(st, &o, prompt.tokens.clone(), max_tokens)?;
     let mut echo = Map::new();
     echo.insert("instructions".into(), o.get("instructions").cloned().unwrap_or(Value::Null));
     echo.insert("max_output_tokens".into(), json!(asked));
