@@ -40,9 +40,7 @@ struct ChatRequest {
 fn parse(st: &AppState, req: &Map<String, Value>) -> Result<ChatRequest, ApiError> {
     let o = Obj::new(req, "");
     http::check_model(st, &o)?;
-    if o.usize_in("n", 1, 1)?.is_none() && o.get("n").is_some() {
-        return Err(ApiError::invalid("n", "`n` must be 1"));
-    }
+    o.usize_in("n", 1, 1)?; // one choice per request
     let prompt = PromptSpec::from_chat(&o)?.render(&st.tok)?;
     let asked = match o.usize_in("max_completion_tokens", 1, usize::MAX >> 1)? {
         Some(n) => Some(n),

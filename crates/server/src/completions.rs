@@ -66,12 +66,8 @@ fn parse(st: &AppState, req: &Map<String, Value>) -> Result<CompletionRequest, A
     if o.str("suffix")?.is_some_and(|s| !s.is_empty()) {
         return Err(ApiError::invalid("suffix", "`suffix` is not supported by gpt-oss"));
     }
-    if o.usize_in("n", 1, 1)?.is_none() && o.get("n").is_some() {
-        return Err(ApiError::invalid("n", "`n` must be 1"));
-    }
-    if o.get("best_of").is_some() && o.usize_in("best_of", 1, 1)?.is_none() {
-        return Err(ApiError::invalid("best_of", "`best_of` must be 1"));
-    }
+    o.usize_in("n", 1, 1)?; // one choice per request
+    o.usize_in("best_of", 1, 1)?;
     let asked = o.usize_in("max_tokens", 1, usize::MAX >> 1)?.or(Some(16));
     let max_tokens = http::fit_context(st, prompt.len(), asked, "max_tokens")?;
     let logprobs = o.usize_in("logprobs", 0, 20)?;

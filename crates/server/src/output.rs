@@ -51,10 +51,6 @@ impl ToolNames {
         let name = recipient.strip_prefix("functions.").unwrap_or(recipient);
         self.to_client.get(name).map(String::as_str)
     }
-
-    pub fn is_empty(&self) -> bool {
-        self.to_client.is_empty()
-    }
 }
 
 /// A TypeScript identifier for a tool name: spaces, `-` and `.` become `_`, other
@@ -164,8 +160,6 @@ pub struct Output<'t> {
     /// A stop string was met; nothing more is taken.
     pub stopped: bool,
     pub reasoning_tokens: usize,
-    /// Tokens pushed (the prefilled header included).
-    pub tokens: usize,
     rng: Rng,
 }
 
@@ -191,7 +185,6 @@ impl<'t> Output<'t> {
             stop: StopFilter::new(stop),
             stopped: false,
             reasoning_tokens: 0,
-            tokens: 0,
             rng: Rng::new(Rng::entropy_seed()),
         }
     }
@@ -200,7 +193,6 @@ impl<'t> Output<'t> {
         if self.stopped || s.token == END_OF_TEXT {
             return;
         }
-        self.tokens += 1;
         let was_reasoning = self.current_kind() == Some(&Kind::Reasoning);
         let mut events = std::mem::take(&mut self.events);
         events.clear();

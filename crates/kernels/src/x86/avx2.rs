@@ -18,30 +18,38 @@ unsafe fn hsum(v: __m256) -> f32 {
     _mm_cvtss_f32(s)
 }
 
-/// Σ x[i]·w[i], w in bf16. Four accumulators, then the tail in order.
-#[target_feature(enable = "avx2,fma")]
-unsafe fn dot_f32_bf16(x: &[f32], w: &[u16]) -> f32 {
-    let n = x.len().min(w.len());
-    let (xp, wp) = (x.as_ptr(), w.as_ptr());
+/// Σ x[i]·y(i) over `n` elements: `load(o)` gives y[o..o+8], `at(i)` one y. Four
+/// accumulators over 32-wide groups, one for the 8-wide rest, then the tail in order: every
+/// dot product here sums in this one order.
+#[inline(always)]
+unsafe fn dot_with(x: &[f32], n: usize, load: impl Fn(usize) -> __m256, at: impl Fn(usize) -> f32) -> f32 {
+    let xp = x.as_ptr();
     let mut acc = [_mm256_setzero_ps(); 4];
     let mut i = 0;
     while i + 32 <= n {
         for (j, a) in acc.iter_mut().enumerate() {
             let o = i + 8 * j;
-            *a = _mm256_fmadd_ps(_mm256_loadu_ps(xp.add(o)), load_bf16x8(wp.add(o)), *a);
+            *a = _mm256_fmadd_ps(_mm256_loadu_ps(xp.add(o)), load(o), *a);
         }
         i += 32;
     }
     while i + 8 <= n {
-        acc[0] = _mm256_fmadd_ps(_mm256_loadu_ps(xp.add(i)), load_bf16x8(wp.add(i)), acc[0]);
+        acc[0] = _mm256_fmadd_ps(_mm256_loadu_ps(xp.add(i)), load(i), acc[0]);
         i += 8;
     }
     let mut s = hsum(_mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3])));
     while i < n {
-        s += x[i] * bf16_to_f32(w[i]);
+        s += x[i] * at(i);
         i += 1;
     }
     s
+}
+
+/// Σ x[i]·w[i], w in bf16.
+#[target_feature(enable = "avx2,fma")]
+unsafe fn dot_f32_bf16(x: &[f32], w: &[u16]) -> f32 {
+    let wp = w.as_ptr();
+    dot_with(x, x.len().min(w.len()), |o| load_bf16x8(wp.add(o)), |i| bf16_to_f32(w[i]))
 }
 
 #[target_feature(enable = "avx2,fma")]
@@ -70,30 +78,11 @@ pub fn matmul_rows_f32_bf16w(
     unsafe { matmul_impl(x, n_tok, w, bias, out, k) }
 }
 
-/// Σ a[i]·b[i] in f32. Four accumulators, then the tail in order.
+/// Σ a[i]·b[i] in f32.
 #[target_feature(enable = "avx2,fma")]
 unsafe fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
-    let n = a.len().min(b.len());
-    let (ap, bp) = (a.as_ptr(), b.as_ptr());
-    let mut acc = [_mm256_setzero_ps(); 4];
-    let mut i = 0;
-    while i + 32 <= n {
-        for (j, c) in acc.iter_mut().enumerate() {
-            let o = i + 8 * j;
-            *c = _mm256_fmadd_ps(_mm256_loadu_ps(ap.add(o)), _mm256_loadu_ps(bp.add(o)), *c);
-        }
-        i += 32;
-    }
-    while i + 8 <= n {
-        acc[0] = _mm256_fmadd_ps(_mm256_loadu_ps(ap.add(i)), _mm256_loadu_ps(bp.add(i)), acc[0]);
-        i += 8;
-    }
-    let mut s = hsum(_mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3])));
-    while i < n {
-        s += a[i] * b[i];
-        i += 1;
-    }
-    s
+    let bp = b.as_ptr();
+    dot_with(a, a.len().min(b.len()), |o| _mm256_loadu_ps(bp.add(o)), |i| b[i])
 }
 
 /// 8 code bytes at `codes` → 16 weights (low nibble first), times `scale`. The magnitude is

@@ -9,30 +9,38 @@ unsafe fn load_bf16x16(p: *const u16) -> __m512 {
     _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256(p as *const __m256i)), 16))
 }
 
-/// Σ x[i]·w[i], w in bf16. Four accumulators, then the tail in order.
-#[target_feature(enable = "avx512f")]
-unsafe fn dot_f32_bf16(x: &[f32], w: &[u16]) -> f32 {
-    let n = x.len().min(w.len());
-    let (xp, wp) = (x.as_ptr(), w.as_ptr());
+/// Σ x[i]·y(i) over `n` elements: `load(o)` gives y[o..o+16], `at(i)` one y. Four
+/// accumulators over 64-wide groups, one for the 16-wide rest, then the tail in order: every
+/// dot product here sums in this one order.
+#[inline(always)]
+unsafe fn dot_with(x: &[f32], n: usize, load: impl Fn(usize) -> __m512, at: impl Fn(usize) -> f32) -> f32 {
+    let xp = x.as_ptr();
     let mut acc = [_mm512_setzero_ps(); 4];
     let mut i = 0;
     while i + 64 <= n {
         for (j, a) in acc.iter_mut().enumerate() {
             let o = i + 16 * j;
-            *a = _mm512_fmadd_ps(_mm512_loadu_ps(xp.add(o)), load_bf16x16(wp.add(o)), *a);
+            *a = _mm512_fmadd_ps(_mm512_loadu_ps(xp.add(o)), load(o), *a);
         }
         i += 64;
     }
     while i + 16 <= n {
-        acc[0] = _mm512_fmadd_ps(_mm512_loadu_ps(xp.add(i)), load_bf16x16(wp.add(i)), acc[0]);
+        acc[0] = _mm512_fmadd_ps(_mm512_loadu_ps(xp.add(i)), load(i), acc[0]);
         i += 16;
     }
     let mut s = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(acc[0], acc[1]), _mm512_add_ps(acc[2], acc[3])));
     while i < n {
-        s += x[i] * bf16_to_f32(w[i]);
+        s += x[i] * at(i);
         i += 1;
     }
     s
+}
+
+/// Σ x[i]·w[i], w in bf16.
+#[target_feature(enable = "avx512f")]
+unsafe fn dot_f32_bf16(x: &[f32], w: &[u16]) -> f32 {
+    let wp = w.as_ptr();
+    dot_with(x, x.len().min(w.len()), |o| load_bf16x16(wp.add(o)), |i| bf16_to_f32(w[i]))
 }
 
 #[target_feature(enable = "avx512f")]
@@ -61,30 +69,11 @@ pub fn matmul_rows_f32_bf16w(
     unsafe { matmul_impl(x, n_tok, w, bias, out, k) }
 }
 
-/// Σ a[i]·b[i] in f32. Four accumulators, then the tail in order.
+/// Σ a[i]·b[i] in f32.
 #[target_feature(enable = "avx512f")]
 unsafe fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
-    let n = a.len().min(b.len());
-    let (ap, bp) = (a.as_ptr(), b.as_ptr());
-    let mut acc = [_mm512_setzero_ps(); 4];
-    let mut i = 0;
-    while i + 64 <= n {
-        for (j, c) in acc.iter_mut().enumerate() {
-            let o = i + 16 * j;
-            *c = _mm512_fmadd_ps(_mm512_loadu_ps(ap.add(o)), _mm512_loadu_ps(bp.add(o)), *c);
-        }
-        i += 64;
-    }
-    while i + 16 <= n {
-        acc[0] = _mm512_fmadd_ps(_mm512_loadu_ps(ap.add(i)), _mm512_loadu_ps(bp.add(i)), acc[0]);
-        i += 16;
-    }
-    let mut s = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(acc[0], acc[1]), _mm512_add_ps(acc[2], acc[3])));
-    while i < n {
-        s += a[i] * b[i];
-        i += 1;
-    }
-    s
+    let bp = b.as_ptr();
+    dot_with(a, a.len().min(b.len()), |o| _mm512_loadu_ps(bp.add(o)), |i| b[i])
 }
 
 /// One MXFP4 block: 16 code bytes at `codes` → 32 weights (low nibble first), times `scale`.
