@@ -19,10 +19,25 @@ fn rows_per_task(rows: usize) -> usize {
 pub fn linear_bf16(kern: &Kernels, x: &[f32], n_tok: usize, w: &Bf16Matrix, bias: Option<&[f32]>, y: &mut [f32]) {
     let (rows, k) = (w.rows, w.cols);
     let data = w.bf16();
+    if let Some(ba) = &kern.bf16_act {
+        let xb = round_bf16(ba, x);
+        let matmul = ba.matmul_rows_bf16a_bf16w;
+        rows_parallel(rows, n_tok, y, || (), |r, out, _| {
+            matmul(&xb, n_tok, &data[r.start * k..r.end * k], bias.map(|b| &b[r.clone()]), out)
+        });
+        return;
+    }
     let matmul = kern.matmul_rows_f32_bf16w;
-    rows_parallel(rows, n_tok, k, y, |r, out, buf| {
+    rows_parallel(rows, n_tok, y, || vec![0f32; k], |r, out, buf| {
         matmul(x, n_tok, &data[r.start * k..r.end * k], bias.map(|b| &b[r.clone()]), out, buf)
     });
+}
+
+/// Activations rounded once per call for the bf16-activation kernels.
+fn round_bf16(ba: &gptoss_kernels::dispatch::Bf16Act, x: &[f32]) -> Vec<u16> {
+    let mut xb = vec![0u16; x.len()];
+    (ba.round)(x, &mut xb);
+    xb
 }
 
 /// `y[T, R] = x[T, K]·W[e]ᵀ + b` for one MXFP4 expert `W[e]: [R, K]`.
@@ -38,8 +53,24 @@ pub fn linear_mxfp4(
     let (rows, k) = (w.rows, w.cols);
     let (codes, scales) = w.expert(e);
     let (cpr, spr) = (k / 2, k / gptoss_kernels::mxfp4::BLOCK);
+    if let Some(ba) = &kern.bf16_act {
+        let xb = round_bf16(ba, x);
+        let matmul = ba.matmul_rows_bf16a_mxfp4w;
+        rows_parallel(rows, n_tok, y, Vec::new, |r, out, scratch| {
+            matmul(
+                &xb,
+                n_tok,
+                &codes[r.start * cpr..r.end * cpr],
+                &scales[r.start * spr..r.end * spr],
+                bias.map(|b| &b[r.clone()]),
+                out,
+                scratch,
+            )
+        });
+        return;
+    }
     let matmul = kern.matmul_rows_f32_mxfp4w;
-    rows_parallel(rows, n_tok, k, y, |r, out, buf| {
+    rows_parallel(rows, n_tok, y, || vec![0f32; k], |r, out, buf| {
         matmul(
             x,
             n_tok,
@@ -52,19 +83,19 @@ pub fn linear_mxfp4(
     });
 }
 
-/// Runs `kernel(rows, out [rows, T], row_buf [K])` over row blocks and leaves `y` as `[T, R]`.
-fn rows_parallel(
+/// Runs `kernel(rows, out [rows, T], scratch)` over row blocks and leaves `y` as `[T, R]`.
+fn rows_parallel<S>(
     rows: usize,
     n_tok: usize,
-    k: usize,
     y: &mut [f32],
-    kernel: impl Fn(Range<usize>, &mut [f32], &mut [f32]) + Sync,
+    scratch: impl Fn() -> S + Sync + Send,
+    kernel: impl Fn(Range<usize>, &mut [f32], &mut S) + Sync,
 ) {
     assert_eq!(y.len(), rows * n_tok, "linear: output is not [T, R]");
     let chunk = rows_per_task(rows);
     let run = |out_t: &mut [f32]| {
         out_t.par_chunks_mut(chunk * n_tok).enumerate().for_each_init(
-            || vec![0f32; k],
+            &scratch,
             |buf, (i, out)| {
                 let r0 = i * chunk;
                 kernel(r0..r0 + out.len() / n_tok, out, buf)

@@ -24,6 +24,14 @@ pub fn bf16_slice_to_f32(src: &[u16], dst: &mut [f32]) {
     }
 }
 
+/// dst[i] = round(src[i]) to bf16, nearest even.
+pub fn round_slice_to_bf16(src: &[f32], dst: &mut [u16]) {
+    assert_eq!(src.len(), dst.len(), "round_slice_to_bf16: length mismatch");
+    for (d, &s) in dst.iter_mut().zip(src) {
+        *d = f32_to_bf16(s);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,6 +1,7 @@
 //! Every fast kernel against its scalar twin, on random shapes with ragged tails.
 
-use gptoss_kernels::bf16::f32_to_bf16;
+use gptoss_kernels::bf16::{f32_to_bf16, round_slice_to_bf16};
+use gptoss_kernels::scalar;
 use gptoss_kernels::{Isa, Kernels};
 
 /// xorshift, so the test needs no dependency.
@@ -21,7 +22,108 @@ impl Rng {
 }
 
 fn fast_kernels() -> Vec<&'static Kernels> {
-    [Isa::Avx2, Isa::Avx512].into_iter().filter_map(Kernels::for_isa).collect()
+    [Isa::Avx2, Isa::Avx512, Isa::Avx512Bf16].into_iter().filter_map(Kernels::for_isa).collect()
+}
+
+/// The kernel tables with bf16-activation matmuls.
+fn bf16_act_kernels() -> Vec<&'static Kernels> {
+    fast_kernels().into_iter().filter(|k| k.bf16_act.is_some()).collect()
+}
+
+/// Shapes that cross the fast kernels' blocks: 4×4 register tiles, 32-row panels and
+/// 64-token tiles, with ragged ends on every axis.
+fn blocked_shape(rng: &mut Rng, case: usize) -> (usize, usize) {
+    match case % 4 {
+        0 => (1 + rng.below(4), 1 + rng.below(6)),
+        1 => (1 + rng.below(12), 1 + rng.below(40)),
+        2 => (60 + rng.below(10), 1 + rng.below(9)),
+        _ => (1, 30 + rng.below(40)),
+    }
+}
+
+#[test]
+fn bf16_rounding_matches_scalar_bit_for_bit() {
+    let mut rng = Rng(0x1234_5678_9ABC_DEF1);
+    let mut x: Vec<f32> = (0..1000).map(|_| rng.f32() * 1e3).collect();
+    // Ties both ways, specials, subnormals, the largest finite value.
+    x.extend([1.0 + 1.0 / 256.0, 1.0 + 3.0 / 256.0, f32::NAN, -f32::NAN, f32::INFINITY, -0.0, 1e-40, f32::MAX]);
+    x.push(f32::from_bits(0x7f80_0001)); // signalling NaN
+    let mut want = vec![0u16; x.len()];
+    round_slice_to_bf16(&x, &mut want);
+    for kern in bf16_act_kernels() {
+        let ba = kern.bf16_act.as_ref().expect("filtered");
+        for n in [0, 1, 15, 16, 17, x.len()] {
+            let mut got = vec![0u16; n];
+            (ba.round)(&x[..n], &mut got);
+            assert_eq!(got, want[..n], "{:?} n={n}", kern.isa);
+        }
+    }
+}
+
+#[test]
+fn bf16_activation_matmuls_match_scalar_on_random_ragged_shapes() {
+    let fast = bf16_act_kernels();
+    if fast.is_empty() {
+        eprintln!("no bf16-activation kernels on this CPU; nothing to compare");
+        return;
+    }
+    let mut rng = Rng(0x6A09_E667_F3BC_C908);
+    for case in 0..240 {
+        let (n_tok, rows) = blocked_shape(&mut rng, case);
+        let k = if case == 0 { 2880 } else { 1 + rng.below(200) };
+        let x: Vec<u16> = (0..n_tok * k).map(|_| f32_to_bf16(rng.f32())).collect();
+        let w: Vec<u16> = (0..rows * k).map(|_| f32_to_bf16(rng.f32())).collect();
+        let bias: Vec<f32> = (0..rows).map(|_| rng.f32()).collect();
+        let b = (case % 2 == 0).then_some(&bias[..]);
+        let mut want = vec![0f32; rows * n_tok];
+        scalar::matmul_rows_bf16a_bf16w(&x, n_tok, &w, b, &mut want);
+        for kern in &fast {
+            let mut got = vec![f32::NAN; rows * n_tok];
+            (kern.bf16_act.as_ref().expect("filtered").matmul_rows_bf16a_bf16w)(&x, n_tok, &w, b, &mut got);
+            for (i, (g, e)) in got.iter().zip(&want).enumerate() {
+                let tol = 4.0 * f32::EPSILON * (k as f32).sqrt() * (1.0 + e.abs()) + 1e-6;
+                assert!((g - e).abs() <= tol, "{:?} k={k} T={n_tok} R={rows} [{i}]: {g} vs {e}", kern.isa);
+            }
+        }
+    }
+}
+
+#[test]
+fn bf16_activation_mxfp4_matmul_matches_scalar_on_random_ragged_shapes() {
+    let fast = bf16_act_kernels();
+    if fast.is_empty() {
+        eprintln!("no bf16-activation kernels on this CPU; nothing to compare");
+        return;
+    }
+    let mut rng = Rng(0xBB67_AE85_84CA_A73B);
+    for case in 0..240 {
+        let (n_tok, rows) = blocked_shape(&mut rng, case);
+        let k = if case == 0 { 2880 } else { 32 * (1 + rng.below(8)) };
+        let x: Vec<u16> = (0..n_tok * k).map(|_| f32_to_bf16(rng.f32())).collect();
+        let codes: Vec<u8> = (0..rows * k / 2).map(|_| rng.next() as u8).collect();
+        // Ordinary scales and now and then the tiny ones and NaN (255).
+        let scales: Vec<u8> = (0..rows * k / 32)
+            .map(|_| match rng.below(40) {
+                0 => [0, 1, 2][rng.below(3)],
+                1 if case % 7 == 0 => 255,
+                _ => 118 + rng.below(12) as u8,
+            })
+            .collect();
+        let bias: Vec<f32> = (0..rows).map(|_| rng.f32()).collect();
+        let b = (case % 2 == 0).then_some(&bias[..]);
+        let mut want = vec![0f32; rows * n_tok];
+        scalar::matmul_rows_bf16a_mxfp4w(&x, n_tok, &codes, &scales, b, &mut want, &mut Vec::new());
+        for kern in &fast {
+            let mut got = vec![f32::NAN; rows * n_tok];
+            let mm = kern.bf16_act.as_ref().expect("filtered").matmul_rows_bf16a_mxfp4w;
+            mm(&x, n_tok, &codes, &scales, b, &mut got, &mut Vec::new());
+            for (i, (g, e)) in got.iter().zip(&want).enumerate() {
+                // Largest ordinary |w| is 6·2^2; scale 252 makes 6·2^125 ≈ 2e38.
+                let tol = 4.0 * f32::EPSILON * (k as f32).sqrt() * (24.0 + e.abs()) + 1e-6;
+                assert!(close(*g, *e, tol), "{:?} k={k} T={n_tok} R={rows} [{i}]: {g} vs {e}", kern.isa);
+            }
+        }
+    }
 }
 
 #[test]
@@ -104,6 +206,42 @@ fn mxfp4_matmul_matches_scalar_on_random_ragged_shapes() {
     }
 }
 
+/// One-hot tokens read single weights back, so every code under every one of the 256
+/// scales can be checked exactly, without sums that overflow.
+#[test]
+fn bf16_activation_mxfp4_decodes_every_code_and_scale_exactly() {
+    let k = 64;
+    let x: Vec<u16> = (0..k * k).map(|i| if i / k == i % k { f32_to_bf16(1.0) } else { 0 }).collect();
+    // Row r: scales r·2 and r·2+1, up to 252, the largest whose weights are all finite (an
+    // infinite weight times a zero activation would make the whole row NaN); bytes cycle
+    // through every code pair.
+    let rows = 127;
+    let codes: Vec<u8> = (0..rows * k / 2).map(|i| (i * 7 % 256) as u8).collect();
+    let scales: Vec<u8> = (0..rows * 2).map(|i| i.min(252) as u8).collect();
+    let mut decoded = vec![0f32; k];
+    for kern in bf16_act_kernels() {
+        let mut got = vec![0f32; rows * k];
+        let mm = kern.bf16_act.as_ref().expect("filtered").matmul_rows_bf16a_mxfp4w;
+        mm(&x, k, &codes, &scales, None, &mut got, &mut Vec::new());
+        for r in 0..rows {
+            gptoss_kernels::mxfp4::decode_row(&codes[r * 32..(r + 1) * 32], &scales[r * 2..r * 2 + 2], &mut decoded);
+            for (t, &want) in decoded.iter().enumerate() {
+                let g = got[r * k + t];
+                // bf16 holds every normal weight exactly; subnormal weights (scales 0 and 1)
+                // may flush to zero in the dot product.
+                let ok = if want.is_nan() {
+                    g.is_nan()
+                } else if want != 0.0 && want.abs() < f32::MIN_POSITIVE {
+                    g == 0.0 || g == want
+                } else {
+                    g == want
+                };
+                assert!(ok, "{:?} row {r} scale {} element {t}: {g} vs {want}", kern.isa, scales[r * 2 + t / 32]);
+            }
+        }
+    }
+}
+
 #[test]
 fn names_select_kernels_and_unknown_names_are_refused() {
     assert_eq!(Kernels::by_name("scalar").map(|k| k.isa), Ok(Isa::Scalar));
@@ -118,9 +256,10 @@ fn names_select_kernels_and_unknown_names_are_refused() {
 #[test]
 fn results_do_not_depend_on_the_batch() {
     let mut rng = Rng(0x2545_F491_4F6C_DD1D);
-    for kern in [Isa::Scalar, Isa::Avx2, Isa::Avx512].into_iter().filter_map(Kernels::for_isa) {
+    for kern in [Isa::Scalar, Isa::Avx2, Isa::Avx512, Isa::Avx512Bf16].into_iter().filter_map(Kernels::for_isa) {
         for k in [32, 64, 96, 2880] {
-            let (n_tok, rows) = (3, 4);
+            // Past the 4×4 register tiles and the 32-row panels of the blocked kernels.
+            let (n_tok, rows) = (7, 37);
             let x: Vec<f32> = (0..n_tok * k).map(|_| rng.f32()).collect();
             let w: Vec<u16> = (0..rows * k).map(|_| f32_to_bf16(rng.f32())).collect();
             let codes: Vec<u8> = (0..rows * k / 2).map(|_| rng.next() as u8).collect();
@@ -137,6 +276,24 @@ fn results_do_not_depend_on_the_batch() {
                 for r in 0..rows {
                     assert_eq!(one_b[r].to_bits(), all_b[r * n_tok + t].to_bits(), "{:?} bf16 k={k}", kern.isa);
                     assert_eq!(one_m[r].to_bits(), all_m[r * n_tok + t].to_bits(), "{:?} mxfp4 k={k}", kern.isa);
+                }
+            }
+            if let Some(ba) = &kern.bf16_act {
+                let mut xb = vec![0u16; x.len()];
+                (ba.round)(&x, &mut xb);
+                let (mut all_b, mut all_m) = (vec![0f32; rows * n_tok], vec![0f32; rows * n_tok]);
+                (ba.matmul_rows_bf16a_bf16w)(&xb, n_tok, &w, None, &mut all_b);
+                (ba.matmul_rows_bf16a_mxfp4w)(&xb, n_tok, &codes, &scales, None, &mut all_m, &mut Vec::new());
+                for t in 0..n_tok {
+                    let xt = &xb[t * k..(t + 1) * k];
+                    let (mut one_b, mut one_m) = (vec![0f32; rows], vec![0f32; rows]);
+                    (ba.matmul_rows_bf16a_bf16w)(xt, 1, &w, None, &mut one_b);
+                    (ba.matmul_rows_bf16a_mxfp4w)(xt, 1, &codes, &scales, None, &mut one_m, &mut Vec::new());
+                    for r in 0..rows {
+                        let (b, m) = (all_b[r * n_tok + t], all_m[r * n_tok + t]);
+                        assert_eq!(one_b[r].to_bits(), b.to_bits(), "{:?} bf16a bf16 k={k}", kern.isa);
+                        assert_eq!(one_m[r].to_bits(), m.to_bits(), "{:?} bf16a mxfp4 k={k}", kern.isa);
+                    }
                 }
             }
         }

@@ -53,6 +53,70 @@ pub fn matmul_rows_f32_mxfp4w(
     }
 }
 
+/// `out[r, t] = Σ_k x[t, k]·w[r, k] + bias[r]` with activations already rounded to bf16
+/// (`x: [n_tok, K]` bf16 bits): the twin of the AVX512-BF16 kernels, summing exact products
+/// in the reference order. out: `[R, n_tok]`.
+pub fn matmul_rows_bf16a_bf16w(x: &[u16], n_tok: usize, w: &[u16], bias: Option<&[f32]>, out: &mut [f32]) {
+    let k = x.len() / n_tok.max(1);
+    check_bf16a_shapes(x, n_tok, k, w.len(), bias, out);
+    let xf = widen(x);
+    let mut row = vec![0f32; k];
+    for (r, (w_row, out_row)) in w.chunks_exact(k).zip(out.chunks_exact_mut(n_tok)).enumerate() {
+        bf16_slice_to_f32(w_row, &mut row);
+        let b = bias.map_or(0.0, |b| b[r]);
+        for (t, y) in out_row.iter_mut().enumerate() {
+            *y = dot_f32(&xf[t * k..(t + 1) * k], &row) + b;
+        }
+    }
+}
+
+/// The same with MXFP4 weights (codes `[R, K/2]`, scales `[R, K/32]`); `scratch` is unused
+/// here and holds decoded rows in the fast twin.
+pub fn matmul_rows_bf16a_mxfp4w(
+    x: &[u16],
+    n_tok: usize,
+    codes: &[u8],
+    scales: &[u8],
+    bias: Option<&[f32]>,
+    out: &mut [f32],
+    _scratch: &mut Vec<u16>,
+) {
+    let k = x.len() / n_tok.max(1);
+    check_mxfp4_bf16a_shapes(x, n_tok, k, codes.len(), scales.len(), bias, out);
+    let xf = widen(x);
+    let mut row = vec![0f32; k];
+    matmul_rows_f32_mxfp4w(&xf, n_tok, codes, scales, bias, out, &mut row);
+}
+
+fn widen(x: &[u16]) -> Vec<f32> {
+    let mut xf = vec![0f32; x.len()];
+    bf16_slice_to_f32(x, &mut xf);
+    xf
+}
+
+pub(crate) fn check_bf16a_shapes(x: &[u16], n_tok: usize, k: usize, w_len: usize, bias: Option<&[f32]>, out: &[f32]) {
+    assert!(n_tok > 0 && k > 0 && x.len() == n_tok * k, "linear: x is not [n_tok, K]");
+    assert!(w_len.is_multiple_of(k), "linear: weight rows do not match K");
+    check_out(n_tok, w_len / k, bias, out);
+}
+
+pub(crate) fn check_mxfp4_bf16a_shapes(
+    x: &[u16],
+    n_tok: usize,
+    k: usize,
+    codes_len: usize,
+    scales_len: usize,
+    bias: Option<&[f32]>,
+    out: &[f32],
+) {
+    assert!(n_tok > 0 && k > 0 && x.len() == n_tok * k, "linear: x is not [n_tok, K]");
+    assert!(k.is_multiple_of(mxfp4::BLOCK), "MXFP4: K must be a positive multiple of {}", mxfp4::BLOCK);
+    let rows = scales_len / (k / mxfp4::BLOCK);
+    assert_eq!(scales_len, rows * (k / mxfp4::BLOCK), "MXFP4 scales do not match [R, K/32]");
+    assert_eq!(codes_len, rows * k / 2, "MXFP4 codes do not match [R, K/2]");
+    check_out(n_tok, rows, bias, out);
+}
+
 /// Panics unless the shapes fit: a caller's bug, never something input can cause.
 pub(crate) fn check_matmul_shapes(x: &[f32], n_tok: usize, k: usize, w_len: usize, bias: Option<&[f32]>, out: &[f32]) {
     assert!(k > 0 && w_len.is_multiple_of(k), "linear: weight rows do not match K");
@@ -79,6 +143,10 @@ pub(crate) fn check_mxfp4_shapes(
 fn check_shapes(x: &[f32], n_tok: usize, k: usize, rows: usize, bias: Option<&[f32]>, out: &[f32]) {
     assert!(k > 0, "linear: K must be positive");
     assert_eq!(x.len(), n_tok * k, "linear: x is not [n_tok, K]");
+    check_out(n_tok, rows, bias, out);
+}
+
+fn check_out(n_tok: usize, rows: usize, bias: Option<&[f32]>, out: &[f32]) {
     assert_eq!(out.len(), rows * n_tok, "linear: out is not [R, n_tok]");
     if let Some(b) = bias {
         assert_eq!(b.len(), rows, "linear: bias is not [R]");

@@ -1,0 +1,242 @@
+//! AVX512-BF16: activations rounded to bf16, products summed in f32 by `vdpbf16ps`, 32
+//! multiply-adds per instruction (twice the f32 FMA rate, and bf16 weights need no widening).
+//!
+//! Matmuls are blocked for the caches: a panel of weight rows (decoded from MXFP4 once per
+//! panel) stays in L2 while tiles of tokens stream past it, and the innermost 4×4 block keeps
+//! 16 accumulators in registers. Every (row, token) result has its own single accumulator,
+//! summed over K in order and reduced the same way whatever the block shape, so a token's
+//! output never depends on the batch it came in.
+
+use std::arch::x86_64::*;
+
+use crate::bf16::f32_to_bf16;
+use crate::mxfp4::{self, FP4_VALUES};
+
+/// Weight rows decoded and kept hot together when several tokens share them.
+const PANEL_ROWS: usize = 32;
+/// Tokens whose activations stay in L2 while a panel passes over them ([64, 2880] bf16 = 368 KB).
+const TOKEN_TILE: usize = 64;
+
+#[inline(always)]
+unsafe fn load_bh(p: *const u16) -> __m512bh {
+    std::mem::transmute::<__m512i, __m512bh>(_mm512_loadu_si512(p as *const _))
+}
+
+#[inline(always)]
+unsafe fn load_bh_masked(p: *const u16, m: __mmask32) -> __m512bh {
+    std::mem::transmute::<__m512i, __m512bh>(_mm512_maskz_loadu_epi16(m, p as *const i16))
+}
+
+/// `out[i, j] = Σ_k w[i, k]·x[j, k] + bias[i]` for an RB×TB block: w rows and x rows are K
+/// apart, out rows `n_tok` apart.
+#[inline(always)]
+unsafe fn tile<const RB: usize, const TB: usize>(
+    x: *const u16,
+    w: *const u16,
+    k: usize,
+    bias: Option<*const f32>,
+    out: *mut f32,
+    n_tok: usize,
+) {
+    let mut acc = [[_mm512_setzero_ps(); TB]; RB];
+    let mut o = 0;
+    while o + 32 <= k {
+        let wv: [__m512bh; RB] = std::array::from_fn(|i| load_bh(w.add(i * k + o)));
+        let xv: [__m512bh; TB] = std::array::from_fn(|j| load_bh(x.add(j * k + o)));
+        for i in 0..RB {
+            for j in 0..TB {
+                acc[i][j] = _mm512_dpbf16_ps(acc[i][j], wv[i], xv[j]);
+            }
+        }
+        o += 32;
+    }
+    if o < k {
+        // Zeros past K add nothing.
+        let m: __mmask32 = (1u32 << (k - o)) - 1;
+        let wv: [__m512bh; RB] = std::array::from_fn(|i| load_bh_masked(w.add(i * k + o), m));
+        let xv: [__m512bh; TB] = std::array::from_fn(|j| load_bh_masked(x.add(j * k + o), m));
+        for i in 0..RB {
+            for j in 0..TB {
+                acc[i][j] = _mm512_dpbf16_ps(acc[i][j], wv[i], xv[j]);
+            }
+        }
+    }
+    for (i, row) in acc.iter().enumerate() {
+        let b = bias.map_or(0.0, |b| *b.add(i));
+        for (j, a) in row.iter().enumerate() {
+            *out.add(i * n_tok + j) = _mm512_reduce_add_ps(*a) + b;
+        }
+    }
+}
+
+/// Calls `tile::<rb, tb>` for runtime block sizes in 1..=4.
+macro_rules! tile_dispatch {
+    ($rb:expr, $tb:expr, $($arg:expr),*) => {
+        match ($rb, $tb) {
+            (4, 4) => tile::<4, 4>($($arg),*),
+            (4, 3) => tile::<4, 3>($($arg),*),
+            (4, 2) => tile::<4, 2>($($arg),*),
+            (4, 1) => tile::<4, 1>($($arg),*),
+            (3, 4) => tile::<3, 4>($($arg),*),
+            (3, 3) => tile::<3, 3>($($arg),*),
+            (3, 2) => tile::<3, 2>($($arg),*),
+            (3, 1) => tile::<3, 1>($($arg),*),
+            (2, 4) => tile::<2, 4>($($arg),*),
+            (2, 3) => tile::<2, 3>($($arg),*),
+            (2, 2) => tile::<2, 2>($($arg),*),
+            (2, 1) => tile::<2, 1>($($arg),*),
+            (1, 4) => tile::<1, 4>($($arg),*),
+            (1, 3) => tile::<1, 3>($($arg),*),
+            (1, 2) => tile::<1, 2>($($arg),*),
+            _ => tile::<1, 1>($($arg),*),
+        }
+    };
+}
+
+/// `out[R, T] = w[R, K]·x[T, K]ᵀ + bias` for one panel of rows, tokens in L2-sized tiles.
+#[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+unsafe fn gemm_panel(
+    x: *const u16,
+    n_tok: usize,
+    k: usize,
+    w: *const u16,
+    rows: usize,
+    bias: Option<*const f32>,
+    out: *mut f32,
+) {
+    let mut t0 = 0;
+    while t0 < n_tok {
+        let t1 = (t0 + TOKEN_TILE).min(n_tok);
+        let mut r = 0;
+        while r < rows {
+            let rb = (rows - r).min(4);
+            let (w_r, bias_r, out_r) = (w.add(r * k), bias.map(|b| b.add(r)), out.add(r * n_tok));
+            let mut t = t0;
+            while t < t1 {
+                let tb = (t1 - t).min(4);
+                tile_dispatch!(rb, tb, x.add(t * k), w_r, k, bias_r, out_r.add(t), n_tok);
+                t += tb;
+            }
+            r += rb;
+        }
+        t0 = t1;
+    }
+}
+
+/// See [`crate::scalar::matmul_rows_bf16a_bf16w`].
+pub fn matmul_rows_bf16a_bf16w(x: &[u16], n_tok: usize, w: &[u16], bias: Option<&[f32]>, out: &mut [f32]) {
+    let k = x.len() / n_tok.max(1);
+    crate::scalar::check_bf16a_shapes(x, n_tok, k, w.len(), bias, out);
+    let rows = w.len() / k;
+    // SAFETY: handed out by `Kernels` only when the CPU has AVX-512F/BW/BF16; the shapes were
+    // checked above, so every block read and write is in bounds.
+    unsafe {
+        let mut r = 0;
+        while r < rows {
+            let pr = (rows - r).min(PANEL_ROWS);
+            let bias = bias.map(|b| b.as_ptr().add(r));
+            gemm_panel(x.as_ptr(), n_tok, k, w.as_ptr().add(r * k), pr, bias, out.as_mut_ptr().add(r * n_tok));
+            r += pr;
+        }
+    }
+}
+
+/// E2M1 codes as bf16 bits, twice (a 32-lane word permute ignores index bit 4).
+fn fp4_bf16_table() -> [u16; 32] {
+    std::array::from_fn(|i| f32_to_bf16(FP4_VALUES[i % 16]))
+}
+
+/// Decodes `rows` MXFP4 rows into bf16 `dst [rows, K]`. The weights are exact in bf16: a
+/// block's scale is added to the exponents of the table's nonzero entries, which stays a
+/// normal bf16 for scales 2..=252 (E2M1 exponents are -1..=2); other scales, which trained
+/// weights do not use, take the scalar path.
+#[target_feature(enable = "avx512f,avx512bw")]
+unsafe fn decode_rows_bf16(codes: &[u8], scales: &[u8], k: usize, rows: usize, dst: &mut [u16]) {
+    let table = fp4_bf16_table();
+    let lut = _mm512_loadu_si512(table.as_ptr() as *const _);
+    let nonzero: __mmask32 = 0xFEFE_FEFE; // entries 0 and 8 (±0) keep their bits
+    let (lo_mask, hi_mask) = (_mm256_set1_epi16(0x000f), _mm256_set1_epi16(0x0f00));
+    let blocks = k / mxfp4::BLOCK;
+    for b in 0..rows * blocks {
+        let s = scales[b];
+        let d = dst.as_mut_ptr().add(b * 32);
+        if (2..=252).contains(&s) {
+            let delta = ((s as i16 - 127) << 7) as i16;
+            let scaled = _mm512_mask_add_epi16(lut, nonzero, lut, _mm512_set1_epi16(delta));
+            // Byte j holds elements 2j (low nibble) and 2j+1 (high): word j = lo | hi << 8 is
+            // the element order as bytes, widened to one word index per element.
+            let words = _mm256_cvtepu8_epi16(_mm_loadu_si128(codes.as_ptr().add(b * 16) as *const __m128i));
+            let idx = _mm256_or_si256(
+                _mm256_and_si256(words, lo_mask),
+                _mm256_and_si256(_mm256_slli_epi16(words, 4), hi_mask),
+            );
+            let vals = _mm512_permutexvar_epi16(_mm512_cvtepu8_epi16(idx), scaled);
+            _mm512_storeu_si512(d as *mut _, vals);
+        } else {
+            let scale = mxfp4::e8m0_to_f32(s);
+            for (i, &byte) in codes[b * 16..b * 16 + 16].iter().enumerate() {
+                *d.add(2 * i) = f32_to_bf16(FP4_VALUES[(byte & 0xf) as usize] * scale);
+                *d.add(2 * i + 1) = f32_to_bf16(FP4_VALUES[(byte >> 4) as usize] * scale);
+            }
+        }
+    }
+}
+
+/// See [`crate::scalar::matmul_rows_bf16a_mxfp4w`].
+pub fn matmul_rows_bf16a_mxfp4w(
+    x: &[u16],
+    n_tok: usize,
+    codes: &[u8],
+    scales: &[u8],
+    bias: Option<&[f32]>,
+    out: &mut [f32],
+    scratch: &mut Vec<u16>,
+) {
+    let k = x.len() / n_tok.max(1);
+    crate::scalar::check_mxfp4_bf16a_shapes(x, n_tok, k, codes.len(), scales.len(), bias, out);
+    let rows = scales.len() / (k / mxfp4::BLOCK);
+    // One token reuses nothing: decode 4 rows at a time so they stay in L1.
+    let panel = if n_tok <= 4 { 4 } else { PANEL_ROWS };
+    scratch.resize(panel * k, 0);
+    let (cpr, spr) = (k / 2, k / mxfp4::BLOCK);
+    // SAFETY: handed out by `Kernels` only when the CPU has AVX-512F/BW/BF16; the shapes were
+    // checked above and the scratch holds a whole panel.
+    unsafe {
+        let mut r = 0;
+        while r < rows {
+            let pr = (rows - r).min(panel);
+            decode_rows_bf16(&codes[r * cpr..(r + pr) * cpr], &scales[r * spr..(r + pr) * spr], k, pr, scratch);
+            let bias = bias.map(|b| b.as_ptr().add(r));
+            gemm_panel(x.as_ptr(), n_tok, k, scratch.as_ptr(), pr, bias, out.as_mut_ptr().add(r * n_tok));
+            r += pr;
+        }
+    }
+}
+
+/// Rounds activations to bf16 (nearest even), 16 at a time; the same bits as
+/// [`crate::bf16::f32_to_bf16`], NaN included.
+#[target_feature(enable = "avx512f,avx512bw")]
+unsafe fn round_impl(src: &[f32], dst: &mut [u16]) {
+    let n = src.len();
+    let mut i = 0;
+    let (one, bias, quiet) = (_mm512_set1_epi32(1), _mm512_set1_epi32(0x7fff), _mm512_set1_epi32(0x0040_0000));
+    while i + 16 <= n {
+        let v = _mm512_loadu_ps(src.as_ptr().add(i));
+        let bits = _mm512_castps_si512(v);
+        let lsb = _mm512_and_si512(_mm512_srli_epi32(bits, 16), one);
+        let rounded = _mm512_add_epi32(bits, _mm512_add_epi32(bias, lsb));
+        let nan = _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
+        let r = _mm512_mask_mov_epi32(rounded, nan, _mm512_or_si512(bits, quiet));
+        _mm256_storeu_si256(dst.as_mut_ptr().add(i) as *mut __m256i, _mm512_cvtepi32_epi16(_mm512_srli_epi32(r, 16)));
+        i += 16;
+    }
+    for j in i..n {
+        dst[j] = f32_to_bf16(src[j]);
+    }
+}
+
+pub fn round_to_bf16(src: &[f32], dst: &mut [u16]) {
+    assert_eq!(src.len(), dst.len(), "round_to_bf16: length mismatch");
+    // SAFETY: handed out only with AVX-512F/BW; lengths checked above.
+    unsafe { round_impl(src, dst) }
+}
