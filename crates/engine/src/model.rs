@@ -241,7 +241,7 @@ impl Model {
         trace("mlp_norm", Some(l), &mlp_norm);
 
         let mut router_logits = vec![0f32; t * n_exp]; // [T, E]
-        ops::linear_bf16(self.kernels, &mlp_norm, t, &w.router, Some(&w.router_bias), &mut router_logits);
+        ops::linear_bf16_f32a(self.kernels, &mlp_norm, t, &w.router, Some(&w.router_bias), &mut router_logits);
         trace("router_logits", Some(l), &router_logits);
         let mut experts = vec![0usize; t * k]; // [T, k], best first
         let mut gates = vec![0f32; t * k]; // [T, k], softmax over the k

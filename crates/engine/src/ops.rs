@@ -17,9 +17,27 @@ fn rows_per_task(rows: usize) -> usize {
 
 /// `y[T, R] = x[T, K]·Wᵀ + b` for bf16 `W [R, K]`.
 pub fn linear_bf16(kern: &Kernels, x: &[f32], n_tok: usize, w: &Bf16Matrix, bias: Option<&[f32]>, y: &mut [f32]) {
+    linear_bf16_with(kern, true, x, n_tok, w, bias, y)
+}
+
+/// The same with f32 activations whatever the kernels: for the router, whose top-k choice
+/// is discontinuous, so rounding its input would now and then pick another expert.
+pub fn linear_bf16_f32a(kern: &Kernels, x: &[f32], n_tok: usize, w: &Bf16Matrix, bias: Option<&[f32]>, y: &mut [f32]) {
+    linear_bf16_with(kern, false, x, n_tok, w, bias, y)
+}
+
+fn linear_bf16_with(
+    kern: &Kernels,
+    may_round: bool,
+    x: &[f32],
+    n_tok: usize,
+    w: &Bf16Matrix,
+    bias: Option<&[f32]>,
+    y: &mut [f32],
+) {
     let (rows, k) = (w.rows, w.cols);
     let data = w.bf16();
-    if let Some(ba) = &kern.bf16_act {
+    if let (true, Some(ba)) = (may_round, &kern.bf16_act) {
         let xb = round_bf16(ba, x);
         let matmul = ba.matmul_rows_bf16a_bf16w;
         rows_parallel(rows, n_tok, y, || (), |r, out, _| {
@@ -33,10 +51,10 @@ pub fn linear_bf16(kern: &Kernels, x: &[f32], n_tok: usize, w: &Bf16Matrix, bias
     });
 }
 
-/// Activations rounded once per call for the bf16-activation kernels.
+/// Activations split into bf16 terms once per call for the bf16-activation kernels.
 fn round_bf16(ba: &gptoss_kernels::dispatch::Bf16Act, x: &[f32]) -> Vec<u16> {
-    let mut xb = vec![0u16; x.len()];
-    (ba.round)(x, &mut xb);
+    let mut xb = vec![0u16; ba.terms * x.len()];
+    (ba.split)(x, &mut xb);
     xb
 }
 

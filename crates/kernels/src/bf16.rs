@@ -24,11 +24,16 @@ pub fn bf16_slice_to_f32(src: &[u16], dst: &mut [f32]) {
     }
 }
 
-/// dst[i] = round(src[i]) to bf16, nearest even.
-pub fn round_slice_to_bf16(src: &[f32], dst: &mut [u16]) {
-    assert_eq!(src.len(), dst.len(), "round_slice_to_bf16: length mismatch");
-    for (d, &s) in dst.iter_mut().zip(src) {
-        *d = f32_to_bf16(s);
+/// x ≈ hi + lo in two bf16s: hi = round(x), lo = round(x - hi) (exact in f32). The pair
+/// carries 16 significant bits, so products with bf16 weights summed in f32 stay within
+/// about 1e-5 of the f32 result. Without `lo`, only hi (8 bits) is written.
+pub fn split_slice_to_bf16(src: &[f32], hi: &mut [u16], mut lo: Option<&mut [u16]>) {
+    assert_eq!(src.len(), hi.len(), "split_slice_to_bf16: length mismatch");
+    for (i, (&x, h)) in src.iter().zip(hi.iter_mut()).enumerate() {
+        *h = f32_to_bf16(x);
+        if let Some(lo) = lo.as_deref_mut() {
+            lo[i] = f32_to_bf16(x - bf16_to_f32(*h));
+        }
     }
 }
 

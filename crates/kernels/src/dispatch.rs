@@ -1,5 +1,5 @@
 //! Which kernels run: picked once from the CPU's features, or forced with
-//! `GPTOSS_KERNELS=scalar|avx2|avx512|avx512bf16|neon` to test and compare. Call sites go through
+//! `GPTOSS_KERNELS=scalar|avx2|avx512|avx512bf16|avx512bf16-round|neon` to test and compare. Call sites go through
 //! [`Kernels`] and never name an instruction set.
 
 use std::sync::OnceLock;
@@ -9,8 +9,12 @@ pub enum Isa {
     Scalar,
     Avx2,
     Avx512,
-    /// AVX-512 with BF16 dot products: matmul activations rounded to bf16.
+    /// AVX-512 with BF16 dot products; matmul activations split into two bf16 terms
+    /// (hi + lo), accurate to about 1e-5 like f32.
     Avx512Bf16,
+    /// The same with one term: activations rounded to bf16. Twice the arithmetic rate, but
+    /// fails the accuracy bar (README), so never picked unless asked for.
+    Avx512Bf16Round,
 }
 
 impl Isa {
@@ -20,6 +24,7 @@ impl Isa {
             Isa::Avx2 => "avx2",
             Isa::Avx512 => "avx512",
             Isa::Avx512Bf16 => "avx512bf16",
+            Isa::Avx512Bf16Round => "avx512bf16-round",
         }
     }
 
@@ -32,7 +37,7 @@ impl Isa {
             #[cfg(target_arch = "x86_64")]
             Isa::Avx512 => is_x86_feature_detected!("avx512f"),
             #[cfg(target_arch = "x86_64")]
-            Isa::Avx512Bf16 => {
+            Isa::Avx512Bf16 | Isa::Avx512Bf16Round => {
                 is_x86_feature_detected!("avx512f")
                     && is_x86_feature_detected!("avx512bw")
                     && is_x86_feature_detected!("avx512bf16")
@@ -51,18 +56,20 @@ pub type MatmulBf16 = fn(&[f32], usize, &[u16], Option<&[f32]>, &mut [f32], &mut
 /// [`crate::scalar::matmul_rows_f32_mxfp4w`]).
 pub type MatmulMxfp4 = fn(&[f32], usize, &[u8], &[u8], Option<&[f32]>, &mut [f32], &mut [f32]);
 
-/// `y[R, T] = W[R, K]·x[T, K]ᵀ + b` with `x` rounded to bf16 (the signature of
-/// [`crate::scalar::matmul_rows_bf16a_bf16w`]).
+/// `y[R, T] = W[R, K]·x[T, K]ᵀ + b` with `x` split into bf16 terms `[terms, T, K]` (the
+/// signature of [`crate::scalar::matmul_rows_bf16a_bf16w`]).
 pub type MatmulBf16aBf16w = fn(&[u16], usize, &[u16], Option<&[f32]>, &mut [f32]);
 
 /// The same with MXFP4 weights; the `Vec` is the kernel's scratch for decoded rows.
 pub type MatmulBf16aMxfp4w = fn(&[u16], usize, &[u8], &[u8], Option<&[f32]>, &mut [f32], &mut Vec<u16>);
 
-/// Matmuls that read activations rounded to bf16: twice the arithmetic rate of f32 and
-/// exact weights, at an accuracy cost measured against the f32 reference (README).
+/// Matmuls that read activations as bf16 terms (see [`crate::bf16::split_slice_to_bf16`]):
+/// bf16 weights need no widening and MXFP4 weights decode to exact bf16.
 pub struct Bf16Act {
-    /// f32 → bf16, nearest even.
-    pub round: fn(&[f32], &mut [u16]),
+    /// 1 (x rounded to bf16) or 2 (x ≈ hi + lo).
+    pub terms: usize,
+    /// f32 `[n]` → bf16 `[terms, n]`.
+    pub split: fn(&[f32], &mut [u16]),
     pub matmul_rows_bf16a_bf16w: MatmulBf16aBf16w,
     pub matmul_rows_bf16a_mxfp4w: MatmulBf16aMxfp4w,
 }
@@ -77,7 +84,7 @@ pub struct Kernels {
 
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum KernelError {
-    #[error("GPTOSS_KERNELS={0:?} is not one of scalar, avx2, avx512, avx512bf16, neon")]
+    #[error("GPTOSS_KERNELS={0:?} is not one of scalar, avx2, avx512, avx512bf16, avx512bf16-round, neon")]
     Unknown(String),
     #[error("GPTOSS_KERNELS={0}: this CPU does not support it")]
     Unsupported(&'static str),
@@ -109,9 +116,22 @@ static AVX512_BF16: Kernels = Kernels {
     matmul_rows_f32_bf16w: crate::x86::avx512::matmul_rows_f32_bf16w,
     matmul_rows_f32_mxfp4w: crate::x86::avx512::matmul_rows_f32_mxfp4w,
     bf16_act: Some(Bf16Act {
-        round: crate::x86::avx512bf16::round_to_bf16,
-        matmul_rows_bf16a_bf16w: crate::x86::avx512bf16::matmul_rows_bf16a_bf16w,
-        matmul_rows_bf16a_mxfp4w: crate::x86::avx512bf16::matmul_rows_bf16a_mxfp4w,
+        terms: 2,
+        split: crate::x86::avx512bf16::split_to_bf16::<2>,
+        matmul_rows_bf16a_bf16w: crate::x86::avx512bf16::matmul_rows_bf16a_bf16w::<2>,
+        matmul_rows_bf16a_mxfp4w: crate::x86::avx512bf16::matmul_rows_bf16a_mxfp4w::<2>,
+    }),
+};
+#[cfg(target_arch = "x86_64")]
+static AVX512_BF16_ROUND: Kernels = Kernels {
+    isa: Isa::Avx512Bf16Round,
+    matmul_rows_f32_bf16w: crate::x86::avx512::matmul_rows_f32_bf16w,
+    matmul_rows_f32_mxfp4w: crate::x86::avx512::matmul_rows_f32_mxfp4w,
+    bf16_act: Some(Bf16Act {
+        terms: 1,
+        split: crate::x86::avx512bf16::split_to_bf16::<1>,
+        matmul_rows_bf16a_bf16w: crate::x86::avx512bf16::matmul_rows_bf16a_bf16w::<1>,
+        matmul_rows_bf16a_mxfp4w: crate::x86::avx512bf16::matmul_rows_bf16a_mxfp4w::<1>,
     }),
 };
 
@@ -134,6 +154,8 @@ impl Kernels {
             Isa::Avx512 => Some(&AVX512),
             #[cfg(target_arch = "x86_64")]
             Isa::Avx512Bf16 => Some(&AVX512_BF16),
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512Bf16Round => Some(&AVX512_BF16_ROUND),
             #[cfg(not(target_arch = "x86_64"))]
             _ => None,
         }
@@ -144,13 +166,14 @@ impl Kernels {
         [Isa::Avx512Bf16, Isa::Avx512, Isa::Avx2].into_iter().find_map(Kernels::for_isa).unwrap_or(&SCALAR)
     }
 
-    /// `scalar`, `avx2`, `avx512`, `avx512bf16` or `neon` (not built yet, so never supported).
+    /// `scalar`, `avx2`, `avx512`, `avx512bf16`, `avx512bf16-round` or `neon` (not built yet, so never supported).
     pub fn by_name(name: &str) -> Result<&'static Kernels, KernelError> {
         let isa = match name.trim().to_ascii_lowercase().as_str() {
             "scalar" => Isa::Scalar,
             "avx2" => Isa::Avx2,
             "avx512" => Isa::Avx512,
             "avx512bf16" => Isa::Avx512Bf16,
+            "avx512bf16-round" => Isa::Avx512Bf16Round,
             "neon" => return Err(KernelError::Unsupported("neon")),
             other => return Err(KernelError::Unknown(other.to_string())),
         };

@@ -1,6 +1,7 @@
 //! Every fast kernel against its scalar twin, on random shapes with ragged tails.
 
-use gptoss_kernels::bf16::{f32_to_bf16, round_slice_to_bf16};
+use gptoss_kernels::bf16::{f32_to_bf16, split_slice_to_bf16};
+use gptoss_kernels::dispatch::Bf16Act;
 use gptoss_kernels::scalar;
 use gptoss_kernels::{Isa, Kernels};
 
@@ -22,7 +23,7 @@ impl Rng {
 }
 
 fn fast_kernels() -> Vec<&'static Kernels> {
-    [Isa::Avx2, Isa::Avx512, Isa::Avx512Bf16].into_iter().filter_map(Kernels::for_isa).collect()
+    [Isa::Avx2, Isa::Avx512, Isa::Avx512Bf16, Isa::Avx512Bf16Round].into_iter().filter_map(Kernels::for_isa).collect()
 }
 
 /// The kernel tables with bf16-activation matmuls.
@@ -41,22 +42,57 @@ fn blocked_shape(rng: &mut Rng, case: usize) -> (usize, usize) {
     }
 }
 
+/// `x` as the kernels read it: `[terms, n]` bf16, by the scalar reference split.
+fn split(ba: &Bf16Act, x: &[f32]) -> Vec<u16> {
+    let mut out = vec![0u16; ba.terms * x.len()];
+    let (hi, lo) = out.split_at_mut(x.len());
+    split_slice_to_bf16(x, hi, (ba.terms == 2).then_some(lo));
+    out
+}
+
+fn scalar_bf16w(terms: usize) -> fn(&[u16], usize, &[u16], Option<&[f32]>, &mut [f32]) {
+    if terms == 2 {
+        scalar::matmul_rows_bf16a_bf16w::<2>
+    } else {
+        scalar::matmul_rows_bf16a_bf16w::<1>
+    }
+}
+
+fn scalar_mxfp4w(terms: usize) -> gptoss_kernels::dispatch::MatmulBf16aMxfp4w {
+    if terms == 2 {
+        scalar::matmul_rows_bf16a_mxfp4w::<2>
+    } else {
+        scalar::matmul_rows_bf16a_mxfp4w::<1>
+    }
+}
+
 #[test]
-fn bf16_rounding_matches_scalar_bit_for_bit() {
+fn bf16_split_matches_scalar_bit_for_bit() {
     let mut rng = Rng(0x1234_5678_9ABC_DEF1);
     let mut x: Vec<f32> = (0..1000).map(|_| rng.f32() * 1e3).collect();
     // Ties both ways, specials, subnormals, the largest finite value.
     x.extend([1.0 + 1.0 / 256.0, 1.0 + 3.0 / 256.0, f32::NAN, -f32::NAN, f32::INFINITY, -0.0, 1e-40, f32::MAX]);
     x.push(f32::from_bits(0x7f80_0001)); // signalling NaN
-    let mut want = vec![0u16; x.len()];
-    round_slice_to_bf16(&x, &mut want);
     for kern in bf16_act_kernels() {
         let ba = kern.bf16_act.as_ref().expect("filtered");
         for n in [0, 1, 15, 16, 17, x.len()] {
-            let mut got = vec![0u16; n];
-            (ba.round)(&x[..n], &mut got);
-            assert_eq!(got, want[..n], "{:?} n={n}", kern.isa);
+            let want = split(ba, &x[..n]);
+            let mut got = vec![0u16; ba.terms * n];
+            (ba.split)(&x[..n], &mut got);
+            assert_eq!(got, want, "{:?} n={n}", kern.isa);
         }
+    }
+}
+
+#[test]
+fn two_bf16_terms_carry_sixteen_bits() {
+    let mut rng = Rng(0x3C6E_F372_FE94_F82B);
+    for _ in 0..10_000 {
+        let x = rng.f32() * 100.0;
+        let (mut hi, mut lo) = ([0u16], [0u16]);
+        split_slice_to_bf16(&[x], &mut hi, Some(&mut lo));
+        let back = gptoss_kernels::bf16::bf16_to_f32(hi[0]) + gptoss_kernels::bf16::bf16_to_f32(lo[0]);
+        assert!((back - x).abs() <= x.abs() * 2f32.powi(-16), "{x} -> {back}");
     }
 }
 
@@ -71,15 +107,17 @@ fn bf16_activation_matmuls_match_scalar_on_random_ragged_shapes() {
     for case in 0..240 {
         let (n_tok, rows) = blocked_shape(&mut rng, case);
         let k = if case == 0 { 2880 } else { 1 + rng.below(200) };
-        let x: Vec<u16> = (0..n_tok * k).map(|_| f32_to_bf16(rng.f32())).collect();
+        let xf: Vec<f32> = (0..n_tok * k).map(|_| rng.f32()).collect();
         let w: Vec<u16> = (0..rows * k).map(|_| f32_to_bf16(rng.f32())).collect();
         let bias: Vec<f32> = (0..rows).map(|_| rng.f32()).collect();
         let b = (case % 2 == 0).then_some(&bias[..]);
-        let mut want = vec![0f32; rows * n_tok];
-        scalar::matmul_rows_bf16a_bf16w(&x, n_tok, &w, b, &mut want);
         for kern in &fast {
+            let ba = kern.bf16_act.as_ref().expect("filtered");
+            let x = split(ba, &xf);
+            let mut want = vec![0f32; rows * n_tok];
+            scalar_bf16w(ba.terms)(&x, n_tok, &w, b, &mut want);
             let mut got = vec![f32::NAN; rows * n_tok];
-            (kern.bf16_act.as_ref().expect("filtered").matmul_rows_bf16a_bf16w)(&x, n_tok, &w, b, &mut got);
+            (ba.matmul_rows_bf16a_bf16w)(&x, n_tok, &w, b, &mut got);
             for (i, (g, e)) in got.iter().zip(&want).enumerate() {
                 let tol = 4.0 * f32::EPSILON * (k as f32).sqrt() * (1.0 + e.abs()) + 1e-6;
                 assert!((g - e).abs() <= tol, "{:?} k={k} T={n_tok} R={rows} [{i}]: {g} vs {e}", kern.isa);
@@ -99,7 +137,7 @@ fn bf16_activation_mxfp4_matmul_matches_scalar_on_random_ragged_shapes() {
     for case in 0..240 {
         let (n_tok, rows) = blocked_shape(&mut rng, case);
         let k = if case == 0 { 2880 } else { 32 * (1 + rng.below(8)) };
-        let x: Vec<u16> = (0..n_tok * k).map(|_| f32_to_bf16(rng.f32())).collect();
+        let xf: Vec<f32> = (0..n_tok * k).map(|_| rng.f32()).collect();
         let codes: Vec<u8> = (0..rows * k / 2).map(|_| rng.next() as u8).collect();
         // Ordinary scales and now and then the tiny ones and NaN (255).
         let scales: Vec<u8> = (0..rows * k / 32)
@@ -111,12 +149,13 @@ fn bf16_activation_mxfp4_matmul_matches_scalar_on_random_ragged_shapes() {
             .collect();
         let bias: Vec<f32> = (0..rows).map(|_| rng.f32()).collect();
         let b = (case % 2 == 0).then_some(&bias[..]);
-        let mut want = vec![0f32; rows * n_tok];
-        scalar::matmul_rows_bf16a_mxfp4w(&x, n_tok, &codes, &scales, b, &mut want, &mut Vec::new());
         for kern in &fast {
+            let ba = kern.bf16_act.as_ref().expect("filtered");
+            let x = split(ba, &xf);
+            let mut want = vec![0f32; rows * n_tok];
+            scalar_mxfp4w(ba.terms)(&x, n_tok, &codes, &scales, b, &mut want, &mut Vec::new());
             let mut got = vec![f32::NAN; rows * n_tok];
-            let mm = kern.bf16_act.as_ref().expect("filtered").matmul_rows_bf16a_mxfp4w;
-            mm(&x, n_tok, &codes, &scales, b, &mut got, &mut Vec::new());
+            (ba.matmul_rows_bf16a_mxfp4w)(&x, n_tok, &codes, &scales, b, &mut got, &mut Vec::new());
             for (i, (g, e)) in got.iter().zip(&want).enumerate() {
                 // Largest ordinary |w| is 6·2^2; scale 252 makes 6·2^125 ≈ 2e38.
                 let tol = 4.0 * f32::EPSILON * (k as f32).sqrt() * (24.0 + e.abs()) + 1e-6;
@@ -211,7 +250,7 @@ fn mxfp4_matmul_matches_scalar_on_random_ragged_shapes() {
 #[test]
 fn bf16_activation_mxfp4_decodes_every_code_and_scale_exactly() {
     let k = 64;
-    let x: Vec<u16> = (0..k * k).map(|i| if i / k == i % k { f32_to_bf16(1.0) } else { 0 }).collect();
+    let xf: Vec<f32> = (0..k * k).map(|i| if i / k == i % k { 1.0 } else { 0.0 }).collect();
     // Row r: scales r·2 and r·2+1, up to 252, the largest whose weights are all finite (an
     // infinite weight times a zero activation would make the whole row NaN); bytes cycle
     // through every code pair.
@@ -220,9 +259,9 @@ fn bf16_activation_mxfp4_decodes_every_code_and_scale_exactly() {
     let scales: Vec<u8> = (0..rows * 2).map(|i| i.min(252) as u8).collect();
     let mut decoded = vec![0f32; k];
     for kern in bf16_act_kernels() {
+        let ba = kern.bf16_act.as_ref().expect("filtered");
         let mut got = vec![0f32; rows * k];
-        let mm = kern.bf16_act.as_ref().expect("filtered").matmul_rows_bf16a_mxfp4w;
-        mm(&x, k, &codes, &scales, None, &mut got, &mut Vec::new());
+        (ba.matmul_rows_bf16a_mxfp4w)(&split(ba, &xf), k, &codes, &scales, None, &mut got, &mut Vec::new());
         for r in 0..rows {
             gptoss_kernels::mxfp4::decode_row(&codes[r * 32..(r + 1) * 32], &scales[r * 2..r * 2 + 2], &mut decoded);
             for (t, &want) in decoded.iter().enumerate() {
@@ -256,7 +295,7 @@ fn names_select_kernels_and_unknown_names_are_refused() {
 #[test]
 fn results_do_not_depend_on_the_batch() {
     let mut rng = Rng(0x2545_F491_4F6C_DD1D);
-    for kern in [Isa::Scalar, Isa::Avx2, Isa::Avx512, Isa::Avx512Bf16].into_iter().filter_map(Kernels::for_isa) {
+    for kern in [Isa::Scalar, Isa::Avx2, Isa::Avx512, Isa::Avx512Bf16, Isa::Avx512Bf16Round].into_iter().filter_map(Kernels::for_isa) {
         for k in [32, 64, 96, 2880] {
             // Past the 4×4 register tiles and the 32-row panels of the blocked kernels.
             let (n_tok, rows) = (7, 37);
@@ -279,13 +318,12 @@ fn results_do_not_depend_on_the_batch() {
                 }
             }
             if let Some(ba) = &kern.bf16_act {
-                let mut xb = vec![0u16; x.len()];
-                (ba.round)(&x, &mut xb);
+                let xb = split(ba, &x);
                 let (mut all_b, mut all_m) = (vec![0f32; rows * n_tok], vec![0f32; rows * n_tok]);
                 (ba.matmul_rows_bf16a_bf16w)(&xb, n_tok, &w, None, &mut all_b);
                 (ba.matmul_rows_bf16a_mxfp4w)(&xb, n_tok, &codes, &scales, None, &mut all_m, &mut Vec::new());
                 for t in 0..n_tok {
-                    let xt = &xb[t * k..(t + 1) * k];
+                    let xt = &split(ba, &x[t * k..(t + 1) * k]);
                     let (mut one_b, mut one_m) = (vec![0f32; rows], vec![0f32; rows]);
                     (ba.matmul_rows_bf16a_bf16w)(xt, 1, &w, None, &mut one_b);
                     (ba.matmul_rows_bf16a_mxfp4w)(xt, 1, &codes, &scales, None, &mut one_m, &mut Vec::new());

@@ -53,13 +53,19 @@ pub fn matmul_rows_f32_mxfp4w(
     }
 }
 
-/// `out[r, t] = Σ_k x[t, k]·w[r, k] + bias[r]` with activations already rounded to bf16
-/// (`x: [n_tok, K]` bf16 bits): the twin of the AVX512-BF16 kernels, summing exact products
-/// in the reference order. out: `[R, n_tok]`.
-pub fn matmul_rows_bf16a_bf16w(x: &[u16], n_tok: usize, w: &[u16], bias: Option<&[f32]>, out: &mut [f32]) {
-    let k = x.len() / n_tok.max(1);
-    check_bf16a_shapes(x, n_tok, k, w.len(), bias, out);
-    let xf = widen(x);
+/// `out[r, t] = Σ_k x[t, k]·w[r, k] + bias[r]` with activations split into TERMS bf16 parts
+/// (`x: [TERMS, n_tok, K]` bf16 bits, see [`crate::bf16::split_slice_to_bf16`]): the twin of
+/// the AVX512-BF16 kernels, summing exact products in the reference order. out: `[R, n_tok]`.
+pub fn matmul_rows_bf16a_bf16w<const TERMS: usize>(
+    x: &[u16],
+    n_tok: usize,
+    w: &[u16],
+    bias: Option<&[f32]>,
+    out: &mut [f32],
+) {
+    let k = x.len() / (TERMS * n_tok.max(1));
+    check_bf16a_shapes(x, TERMS, n_tok, k, w.len(), bias, out);
+    let xf = widen::<TERMS>(x);
     let mut row = vec![0f32; k];
     for (r, (w_row, out_row)) in w.chunks_exact(k).zip(out.chunks_exact_mut(n_tok)).enumerate() {
         bf16_slice_to_f32(w_row, &mut row);
@@ -72,7 +78,7 @@ pub fn matmul_rows_bf16a_bf16w(x: &[u16], n_tok: usize, w: &[u16], bias: Option<
 
 /// The same with MXFP4 weights (codes `[R, K/2]`, scales `[R, K/32]`); `scratch` is unused
 /// here and holds decoded rows in the fast twin.
-pub fn matmul_rows_bf16a_mxfp4w(
+pub fn matmul_rows_bf16a_mxfp4w<const TERMS: usize>(
     x: &[u16],
     n_tok: usize,
     codes: &[u8],
@@ -81,27 +87,44 @@ pub fn matmul_rows_bf16a_mxfp4w(
     out: &mut [f32],
     _scratch: &mut Vec<u16>,
 ) {
-    let k = x.len() / n_tok.max(1);
-    check_mxfp4_bf16a_shapes(x, n_tok, k, codes.len(), scales.len(), bias, out);
-    let xf = widen(x);
+    let k = x.len() / (TERMS * n_tok.max(1));
+    check_mxfp4_bf16a_shapes(x, TERMS, n_tok, k, codes.len(), scales.len(), bias, out);
+    let xf = widen::<TERMS>(x);
     let mut row = vec![0f32; k];
     matmul_rows_f32_mxfp4w(&xf, n_tok, codes, scales, bias, out, &mut row);
 }
 
-fn widen(x: &[u16]) -> Vec<f32> {
-    let mut xf = vec![0f32; x.len()];
-    bf16_slice_to_f32(x, &mut xf);
+/// hi (+ lo): exact in f32, both have 8 significant bits and lo is below hi's last one.
+fn widen<const TERMS: usize>(x: &[u16]) -> Vec<f32> {
+    let n = x.len() / TERMS;
+    let mut xf = vec![0f32; n];
+    bf16_slice_to_f32(&x[..n], &mut xf);
+    if TERMS == 2 {
+        for (v, &lo) in xf.iter_mut().zip(&x[n..]) {
+            *v += crate::bf16::bf16_to_f32(lo);
+        }
+    }
     xf
 }
 
-pub(crate) fn check_bf16a_shapes(x: &[u16], n_tok: usize, k: usize, w_len: usize, bias: Option<&[f32]>, out: &[f32]) {
-    assert!(n_tok > 0 && k > 0 && x.len() == n_tok * k, "linear: x is not [n_tok, K]");
+pub(crate) fn check_bf16a_shapes(
+    x: &[u16],
+    terms: usize,
+    n_tok: usize,
+    k: usize,
+    w_len: usize,
+    bias: Option<&[f32]>,
+    out: &[f32],
+) {
+    assert!(n_tok > 0 && k > 0 && x.len() == terms * n_tok * k, "linear: x is not [terms, n_tok, K]");
     assert!(w_len.is_multiple_of(k), "linear: weight rows do not match K");
     check_out(n_tok, w_len / k, bias, out);
 }
 
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn check_mxfp4_bf16a_shapes(
     x: &[u16],
+    terms: usize,
     n_tok: usize,
     k: usize,
     codes_len: usize,
@@ -109,7 +132,7 @@ pub(crate) fn check_mxfp4_bf16a_shapes(
     bias: Option<&[f32]>,
     out: &[f32],
 ) {
-    assert!(n_tok > 0 && k > 0 && x.len() == n_tok * k, "linear: x is not [n_tok, K]");
+    assert!(n_tok > 0 && k > 0 && x.len() == terms * n_tok * k, "linear: x is not [terms, n_tok, K]");
     assert!(k.is_multiple_of(mxfp4::BLOCK), "MXFP4: K must be a positive multiple of {}", mxfp4::BLOCK);
     let rows = scales_len / (k / mxfp4::BLOCK);
     assert_eq!(scales_len, rows * (k / mxfp4::BLOCK), "MXFP4 scales do not match [R, K/32]");

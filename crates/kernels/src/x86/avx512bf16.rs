@@ -28,10 +28,12 @@ unsafe fn load_bh_masked(p: *const u16, m: __mmask32) -> __m512bh {
 }
 
 /// `out[i, j] = Σ_k w[i, k]·x[j, k] + bias[i]` for an RB×TB block: w rows and x rows are K
-/// apart, out rows `n_tok` apart.
+/// apart, out rows `n_tok` apart. With two terms, x is hi + lo, the lo parts `lo_off`
+/// elements after the hi ones; each chunk adds w·hi, then w·lo, to the same accumulator.
 #[inline(always)]
-unsafe fn tile<const RB: usize, const TB: usize>(
+unsafe fn tile<const TERMS: usize, const RB: usize, const TB: usize>(
     x: *const u16,
+    lo_off: usize,
     w: *const u16,
     k: usize,
     bias: Option<*const f32>,
@@ -42,10 +44,12 @@ unsafe fn tile<const RB: usize, const TB: usize>(
     let mut o = 0;
     while o + 32 <= k {
         let wv: [__m512bh; RB] = std::array::from_fn(|i| load_bh(w.add(i * k + o)));
-        let xv: [__m512bh; TB] = std::array::from_fn(|j| load_bh(x.add(j * k + o)));
-        for i in 0..RB {
-            for j in 0..TB {
-                acc[i][j] = _mm512_dpbf16_ps(acc[i][j], wv[i], xv[j]);
+        for term in 0..TERMS {
+            let xv: [__m512bh; TB] = std::array::from_fn(|j| load_bh(x.add(term * lo_off + j * k + o)));
+            for i in 0..RB {
+                for j in 0..TB {
+                    acc[i][j] = _mm512_dpbf16_ps(acc[i][j], wv[i], xv[j]);
+                }
             }
         }
         o += 32;
@@ -54,10 +58,12 @@ unsafe fn tile<const RB: usize, const TB: usize>(
         // Zeros past K add nothing.
         let m: __mmask32 = (1u32 << (k - o)) - 1;
         let wv: [__m512bh; RB] = std::array::from_fn(|i| load_bh_masked(w.add(i * k + o), m));
-        let xv: [__m512bh; TB] = std::array::from_fn(|j| load_bh_masked(x.add(j * k + o), m));
-        for i in 0..RB {
-            for j in 0..TB {
-                acc[i][j] = _mm512_dpbf16_ps(acc[i][j], wv[i], xv[j]);
+        for term in 0..TERMS {
+            let xv: [__m512bh; TB] = std::array::from_fn(|j| load_bh_masked(x.add(term * lo_off + j * k + o), m));
+            for i in 0..RB {
+                for j in 0..TB {
+                    acc[i][j] = _mm512_dpbf16_ps(acc[i][j], wv[i], xv[j]);
+                }
             }
         }
     }
@@ -69,33 +75,33 @@ unsafe fn tile<const RB: usize, const TB: usize>(
     }
 }
 
-/// Calls `tile::<rb, tb>` for runtime block sizes in 1..=4.
+/// Calls `tile::<TERMS, rb, tb>` for runtime block sizes in 1..=4.
 macro_rules! tile_dispatch {
-    ($rb:expr, $tb:expr, $($arg:expr),*) => {
+    ($terms:ident, $rb:expr, $tb:expr, $($arg:expr),*) => {
         match ($rb, $tb) {
-            (4, 4) => tile::<4, 4>($($arg),*),
-            (4, 3) => tile::<4, 3>($($arg),*),
-            (4, 2) => tile::<4, 2>($($arg),*),
-            (4, 1) => tile::<4, 1>($($arg),*),
-            (3, 4) => tile::<3, 4>($($arg),*),
-            (3, 3) => tile::<3, 3>($($arg),*),
-            (3, 2) => tile::<3, 2>($($arg),*),
-            (3, 1) => tile::<3, 1>($($arg),*),
-            (2, 4) => tile::<2, 4>($($arg),*),
-            (2, 3) => tile::<2, 3>($($arg),*),
-            (2, 2) => tile::<2, 2>($($arg),*),
-            (2, 1) => tile::<2, 1>($($arg),*),
-            (1, 4) => tile::<1, 4>($($arg),*),
-            (1, 3) => tile::<1, 3>($($arg),*),
-            (1, 2) => tile::<1, 2>($($arg),*),
-            _ => tile::<1, 1>($($arg),*),
+            (4, 4) => tile::<$terms, 4, 4>($($arg),*),
+            (4, 3) => tile::<$terms, 4, 3>($($arg),*),
+            (4, 2) => tile::<$terms, 4, 2>($($arg),*),
+            (4, 1) => tile::<$terms, 4, 1>($($arg),*),
+            (3, 4) => tile::<$terms, 3, 4>($($arg),*),
+            (3, 3) => tile::<$terms, 3, 3>($($arg),*),
+            (3, 2) => tile::<$terms, 3, 2>($($arg),*),
+            (3, 1) => tile::<$terms, 3, 1>($($arg),*),
+            (2, 4) => tile::<$terms, 2, 4>($($arg),*),
+            (2, 3) => tile::<$terms, 2, 3>($($arg),*),
+            (2, 2) => tile::<$terms, 2, 2>($($arg),*),
+            (2, 1) => tile::<$terms, 2, 1>($($arg),*),
+            (1, 4) => tile::<$terms, 1, 4>($($arg),*),
+            (1, 3) => tile::<$terms, 1, 3>($($arg),*),
+            (1, 2) => tile::<$terms, 1, 2>($($arg),*),
+            _ => tile::<$terms, 1, 1>($($arg),*),
         }
     };
 }
 
 /// `out[R, T] = w[R, K]·x[T, K]ᵀ + bias` for one panel of rows, tokens in L2-sized tiles.
 #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
-unsafe fn gemm_panel(
+unsafe fn gemm_panel<const TERMS: usize>(
     x: *const u16,
     n_tok: usize,
     k: usize,
@@ -114,7 +120,7 @@ unsafe fn gemm_panel(
             let mut t = t0;
             while t < t1 {
                 let tb = (t1 - t).min(4);
-                tile_dispatch!(rb, tb, x.add(t * k), w_r, k, bias_r, out_r.add(t), n_tok);
+                tile_dispatch!(TERMS, rb, tb, x.add(t * k), n_tok * k, w_r, k, bias_r, out_r.add(t), n_tok);
                 t += tb;
             }
             r += rb;
@@ -124,9 +130,15 @@ unsafe fn gemm_panel(
 }
 
 /// See [`crate::scalar::matmul_rows_bf16a_bf16w`].
-pub fn matmul_rows_bf16a_bf16w(x: &[u16], n_tok: usize, w: &[u16], bias: Option<&[f32]>, out: &mut [f32]) {
-    let k = x.len() / n_tok.max(1);
-    crate::scalar::check_bf16a_shapes(x, n_tok, k, w.len(), bias, out);
+pub fn matmul_rows_bf16a_bf16w<const TERMS: usize>(
+    x: &[u16],
+    n_tok: usize,
+    w: &[u16],
+    bias: Option<&[f32]>,
+    out: &mut [f32],
+) {
+    let k = x.len() / (TERMS * n_tok.max(1));
+    crate::scalar::check_bf16a_shapes(x, TERMS, n_tok, k, w.len(), bias, out);
     let rows = w.len() / k;
     // SAFETY: handed out by `Kernels` only when the CPU has AVX-512F/BW/BF16; the shapes were
     // checked above, so every block read and write is in bounds.
@@ -135,7 +147,7 @@ pub fn matmul_rows_bf16a_bf16w(x: &[u16], n_tok: usize, w: &[u16], bias: Option<
         while r < rows {
             let pr = (rows - r).min(PANEL_ROWS);
             let bias = bias.map(|b| b.as_ptr().add(r));
-            gemm_panel(x.as_ptr(), n_tok, k, w.as_ptr().add(r * k), pr, bias, out.as_mut_ptr().add(r * n_tok));
+            gemm_panel::<TERMS>(x.as_ptr(), n_tok, k, w.as_ptr().add(r * k), pr, bias, out.as_mut_ptr().add(r * n_tok));
             r += pr;
         }
     }
@@ -183,7 +195,7 @@ unsafe fn decode_rows_bf16(codes: &[u8], scales: &[u8], k: usize, rows: usize, d
 }
 
 /// See [`crate::scalar::matmul_rows_bf16a_mxfp4w`].
-pub fn matmul_rows_bf16a_mxfp4w(
+pub fn matmul_rows_bf16a_mxfp4w<const TERMS: usize>(
     x: &[u16],
     n_tok: usize,
     codes: &[u8],
@@ -192,8 +204,8 @@ pub fn matmul_rows_bf16a_mxfp4w(
     out: &mut [f32],
     scratch: &mut Vec<u16>,
 ) {
-    let k = x.len() / n_tok.max(1);
-    crate::scalar::check_mxfp4_bf16a_shapes(x, n_tok, k, codes.len(), scales.len(), bias, out);
+    let k = x.len() / (TERMS * n_tok.max(1));
+    crate::scalar::check_mxfp4_bf16a_shapes(x, TERMS, n_tok, k, codes.len(), scales.len(), bias, out);
     let rows = scales.len() / (k / mxfp4::BLOCK);
     // One token reuses nothing: decode 4 rows at a time so they stay in L1.
     let panel = if n_tok <= 4 { 4 } else { PANEL_ROWS };
@@ -207,36 +219,44 @@ pub fn matmul_rows_bf16a_mxfp4w(
             let pr = (rows - r).min(panel);
             decode_rows_bf16(&codes[r * cpr..(r + pr) * cpr], &scales[r * spr..(r + pr) * spr], k, pr, scratch);
             let bias = bias.map(|b| b.as_ptr().add(r));
-            gemm_panel(x.as_ptr(), n_tok, k, scratch.as_ptr(), pr, bias, out.as_mut_ptr().add(r * n_tok));
+            gemm_panel::<TERMS>(x.as_ptr(), n_tok, k, scratch.as_ptr(), pr, bias, out.as_mut_ptr().add(r * n_tok));
             r += pr;
         }
     }
 }
 
-/// Rounds activations to bf16 (nearest even), 16 at a time; the same bits as
-/// [`crate::bf16::f32_to_bf16`], NaN included.
-#[target_feature(enable = "avx512f,avx512bw")]
-unsafe fn round_impl(src: &[f32], dst: &mut [u16]) {
-    let n = src.len();
-    let mut i = 0;
-    let (one, bias, quiet) = (_mm512_set1_epi32(1), _mm512_set1_epi32(0x7fff), _mm512_set1_epi32(0x0040_0000));
-    while i + 16 <= n {
-        let v = _mm512_loadu_ps(src.as_ptr().add(i));
-        let bits = _mm512_castps_si512(v);
-        let lsb = _mm512_and_si512(_mm512_srli_epi32(bits, 16), one);
-        let rounded = _mm512_add_epi32(bits, _mm512_add_epi32(bias, lsb));
-        let nan = _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
-        let r = _mm512_mask_mov_epi32(rounded, nan, _mm512_or_si512(bits, quiet));
-        _mm256_storeu_si256(dst.as_mut_ptr().add(i) as *mut __m256i, _mm512_cvtepi32_epi16(_mm512_srli_epi32(r, 16)));
-        i += 16;
-    }
-    for j in i..n {
-        dst[j] = f32_to_bf16(src[j]);
-    }
+/// f32 → bf16 bits, nearest even, NaN kept quiet: [`crate::bf16::f32_to_bf16`] on 16 lanes.
+#[inline(always)]
+unsafe fn round16(v: __m512) -> __m512i {
+    let bits = _mm512_castps_si512(v);
+    let lsb = _mm512_and_si512(_mm512_srli_epi32(bits, 16), _mm512_set1_epi32(1));
+    let rounded = _mm512_add_epi32(bits, _mm512_add_epi32(_mm512_set1_epi32(0x7fff), lsb));
+    let nan = _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
+    let r = _mm512_mask_mov_epi32(rounded, nan, _mm512_or_si512(bits, _mm512_set1_epi32(0x0040_0000)));
+    _mm512_srli_epi32(r, 16)
 }
 
-pub fn round_to_bf16(src: &[f32], dst: &mut [u16]) {
-    assert_eq!(src.len(), dst.len(), "round_to_bf16: length mismatch");
+/// dst = [hi; lo] (TERMS = 2) or [hi] (TERMS = 1), as [`crate::bf16::split_slice_to_bf16`].
+#[target_feature(enable = "avx512f,avx512bw")]
+unsafe fn split_impl<const TERMS: usize>(src: &[f32], dst: &mut [u16]) {
+    let n = src.len();
+    let (hi, lo) = dst.split_at_mut(n);
+    let mut i = 0;
+    while i + 16 <= n {
+        let v = _mm512_loadu_ps(src.as_ptr().add(i));
+        let h = round16(v);
+        _mm256_storeu_si256(hi.as_mut_ptr().add(i) as *mut __m256i, _mm512_cvtepi32_epi16(h));
+        if TERMS == 2 {
+            let rest = _mm512_sub_ps(v, _mm512_castsi512_ps(_mm512_slli_epi32(h, 16)));
+            _mm256_storeu_si256(lo.as_mut_ptr().add(i) as *mut __m256i, _mm512_cvtepi32_epi16(round16(rest)));
+        }
+        i += 16;
+    }
+    crate::bf16::split_slice_to_bf16(&src[i..], &mut hi[i..], if TERMS == 2 { Some(&mut lo[i..]) } else { None });
+}
+
+pub fn split_to_bf16<const TERMS: usize>(src: &[f32], dst: &mut [u16]) {
+    assert_eq!(TERMS * src.len(), dst.len(), "split_to_bf16: dst is not [TERMS, n]");
     // SAFETY: handed out only with AVX-512F/BW; lengths checked above.
-    unsafe { round_impl(src, dst) }
+    unsafe { split_impl::<TERMS>(src, dst) }
 }
