@@ -9,6 +9,7 @@ pub mod generator;
 pub mod harmony;
 pub mod kv_cache;
 pub mod model;
+pub mod profile;
 mod ops;
 pub mod rng;
 pub mod safetensors;

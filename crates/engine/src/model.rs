@@ -16,6 +16,7 @@ use crate::config::{Layout, ModelConfig};
 use crate::error::{EngineError, LoadError};
 use crate::kv_cache::{KvCache, SeqId};
 use crate::ops;
+use crate::profile::{self, Stage};
 use crate::weights::{AttentionWeights, ModelWeights, MoeWeights};
 
 pub struct Model {
@@ -81,6 +82,7 @@ impl Model {
 
     pub fn from_checkpoint(ck: &Checkpoint) -> Result<Self, LoadError> {
         let weights = ModelWeights::load(ck)?;
+        weights.populate();
         let c = &ck.config;
         let rope = YarnRope::new(
             c.head_dim,
@@ -106,10 +108,12 @@ impl Model {
         }
         let (t, h) = (plan.tokens.len(), cfg.hidden_size);
 
+        let timer = profile::time(Stage::Embedding);
         let mut x = vec![0f32; t * h]; // [T, H] residual stream
         for (row, &tok) in x.chunks_exact_mut(h).zip(&plan.tokens) {
             bf16_slice_to_f32(self.weights.embedding.row(tok as usize), row);
         }
+        drop(timer);
         trace("embedding", None, &x);
 
         for (l, layer) in self.weights.layers.iter().enumerate() {
@@ -123,16 +127,20 @@ impl Model {
         }
 
         // Only the positions that asked for logits go through the final norm and unembedding.
+        let timer = profile::time(Stage::FinalNorm);
         let rows: Vec<usize> = plan.logit_rows.iter().map(|&(_, r)| r).collect();
         let mut final_norm = vec![0f32; rows.len() * h]; // [R, H]
         for (out, &r) in final_norm.chunks_exact_mut(h).zip(&rows) {
             scalar::rmsnorm_f32(&x[r * h..(r + 1) * h], &self.weights.norm, cfg.rms_norm_eps, out);
         }
+        drop(timer);
         trace("final_norm", None, &final_norm);
+        let timer = profile::time(Stage::Unembedding);
         let mut logits = vec![0f32; rows.len() * cfg.vocab_size]; // [R, V]
         if !rows.is_empty() {
             ops::linear_bf16(self.kernels, &final_norm, rows.len(), &self.weights.unembedding, None, &mut logits);
         }
+        drop(timer);
         trace("logits", None, &logits);
 
         for (item, chunk) in batch.iter().enumerate() {
@@ -158,15 +166,21 @@ impl Model {
         let (t, h, hd) = (plan.tokens.len(), cfg.hidden_size, cfg.head_dim);
         let (qd, kvd) = (cfg.q_dim(), cfg.kv_dim());
 
+        let timer = profile::time(Stage::AttnNorm);
         let attn_norm = rmsnorm_rows(x, &w.norm, cfg.rms_norm_eps, h); // [T, H]
+        drop(timer);
         trace("attn_norm", Some(l), &attn_norm);
 
+        let timer = profile::time(Stage::Qkv);
         let mut q = vec![0f32; t * qd]; // [T, NQ·HD]
         let mut k = vec![0f32; t * kvd]; // [T, NKV·HD]
         let mut v = vec![0f32; t * kvd]; // [T, NKV·HD]
         ops::linear_bf16(self.kernels, &attn_norm, t, &w.q, Some(&w.q_bias), &mut q);
         ops::linear_bf16(self.kernels, &attn_norm, t, &w.k, Some(&w.k_bias), &mut k);
         ops::linear_bf16(self.kernels, &attn_norm, t, &w.v, Some(&w.v_bias), &mut v);
+        drop(timer);
+
+        let timer = profile::time(Stage::Rope);
 
         let half = hd / 2;
         let (mut cos, mut sin) = (vec![0f32; half], vec![0f32; half]);
@@ -175,10 +189,12 @@ impl Model {
             YarnRope::apply(&mut q[i * qd..(i + 1) * qd], &cos, &sin);
             YarnRope::apply(&mut k[i * kvd..(i + 1) * kvd], &cos, &sin);
         }
+        drop(timer);
         trace("q", Some(l), &q);
         trace("k", Some(l), &k);
         trace("v", Some(l), &v);
 
+        let timer = profile::time(Stage::Attention);
         // Each chunk sees its sequence's cached positions, then its own new keys.
         let spans: Vec<Vec<KvSpan>> = plan
             .items
@@ -218,14 +234,18 @@ impl Model {
             );
         });
         drop(spans);
-        trace("attn", Some(l), &attn);
         for item in &plan.items {
             let r = &item.rows;
             cache.write(item.seq, l, item.start, &k[r.start * kvd..r.end * kvd], &v[r.start * kvd..r.end * kvd]);
         }
+        drop(timer);
+        trace("attn", Some(l), &attn);
+
+        let timer = profile::time(Stage::AttnOut);
 
         let mut attn_out = vec![0f32; t * h]; // [T, H]
         ops::linear_bf16(self.kernels, &attn, t, &w.out, Some(&w.out_bias), &mut attn_out);
+        drop(timer);
         trace("attn_out", Some(l), &attn_out);
         attn_out
     }
@@ -237,9 +257,12 @@ impl Model {
         let (h, i_dim, n_exp, k) = (cfg.hidden_size, cfg.intermediate_size, cfg.num_experts, cfg.experts_per_token);
         let t = x.len() / h;
 
+        let timer = profile::time(Stage::MlpNorm);
         let mlp_norm = rmsnorm_rows(x, &w.norm, cfg.rms_norm_eps, h); // [T, H]
+        drop(timer);
         trace("mlp_norm", Some(l), &mlp_norm);
 
+        let timer = profile::time(Stage::Router);
         let mut router_logits = vec![0f32; t * n_exp]; // [T, E]
         ops::linear_bf16_f32a(self.kernels, &mlp_norm, t, &w.router, Some(&w.router_bias), &mut router_logits);
         trace("router_logits", Some(l), &router_logits);
@@ -250,6 +273,7 @@ impl Model {
         {
             scalar::router_top_k(logits, e, g);
         }
+        drop(timer);
 
         let mut expert_out = vec![0f32; t * k * h]; // [T, k, H]
         for e in 0..n_exp {
@@ -262,6 +286,7 @@ impl Model {
             for (dst, &s) in xe.chunks_exact_mut(h).zip(&slots) {
                 dst.copy_from_slice(&mlp_norm[(s / k) * h..(s / k + 1) * h]);
             }
+            let timer = profile::time(Stage::GateUp);
             let mut gate_up = vec![0f32; n * 2 * i_dim]; // [n, 2I] interleaved (gate, up)
             ops::linear_mxfp4(
                 self.kernels,
@@ -272,16 +297,23 @@ impl Model {
                 Some(&w.gate_up_bias[e * 2 * i_dim..(e + 1) * 2 * i_dim]),
                 &mut gate_up,
             );
+            drop(timer);
+            let timer = profile::time(Stage::Swiglu);
             let mut act = vec![0f32; n * i_dim]; // [n, I]
             for (a, u) in act.chunks_exact_mut(i_dim).zip(gate_up.chunks_exact(2 * i_dim)) {
                 scalar::swiglu_interleaved_f32(u, SWIGLU_ALPHA, cfg.swiglu_limit, a);
             }
+            drop(timer);
+            let timer = profile::time(Stage::Down);
             let mut down = vec![0f32; n * h]; // [n, H]
             ops::linear_mxfp4(self.kernels, &act, n, &w.down, e, Some(&w.down_bias[e * h..(e + 1) * h]), &mut down);
             for (src, &s) in down.chunks_exact(h).zip(&slots) {
                 expert_out[s * h..(s + 1) * h].copy_from_slice(src);
             }
+            drop(timer);
         }
+
+        let timer = profile::time(Stage::MoeSum);
 
         // moe_out[t] = Σ_j gates[t, j]·expert_out[t, j], summed best expert first.
         let mut moe_out = vec![0f32; t * h]; // [T, H]
@@ -293,6 +325,7 @@ impl Model {
                 }
             }
         }
+        drop(timer);
         trace("moe_out", Some(l), &moe_out);
         moe_out
     }

@@ -135,6 +135,16 @@ impl Bytes {
         self.len
     }
 
+    /// Maps these bytes' pages in now (reading them if they are not cached), so the forward
+    /// pass never stops on a page fault. Best effort: kernels before Linux 5.14 and owned
+    /// buffers have nothing to do.
+    pub fn populate(&self) {
+        #[cfg(target_os = "linux")]
+        if let Storage::Mapped(m) = &*self.owner {
+            let _ = m.advise_range(memmap2::Advice::PopulateRead, self.start, self.len);
+        }
+    }
+
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }

@@ -29,6 +29,15 @@ impl Bf16Matrix {
         self.data.as_u16()
     }
 
+    pub fn populate(&self) {
+        self.data.populate()
+    }
+
+    /// Bytes of the matrix as stored.
+    pub fn bytes(&self) -> u64 {
+        self.data.len() as u64
+    }
+
     pub fn row(&self, r: usize) -> &[u16] {
         &self.bf16()[r * self.cols..(r + 1) * self.cols]
     }
@@ -51,6 +60,16 @@ pub struct Mxfp4Experts {
 }
 
 impl Mxfp4Experts {
+    pub fn populate(&self) {
+        self.codes.populate();
+        self.scales.populate();
+    }
+
+    /// Codes and scales of one expert.
+    pub fn bytes_per_expert(&self) -> u64 {
+        (self.rows * self.cols / 2 + self.rows * self.cols / mxfp4::BLOCK) as u64
+    }
+
     /// (codes `[rows, cols/2]`, scales `[rows, cols/32]`) of expert `e`.
     pub fn expert(&self, e: usize) -> (&[u8], &[u8]) {
         let (c, s) = (self.rows * self.cols / 2, self.rows * self.cols / mxfp4::BLOCK);
@@ -95,6 +114,41 @@ pub struct ModelWeights {
 }
 
 impl ModelWeights {
+    /// Faults in every page a forward pass reads, except the embedding's, of which each token
+    /// reads one row: without this, the first use of each expert stalls on page faults (a
+    /// decode then runs at a third of its speed until every expert has been used once).
+    pub fn populate(&self) {
+        self.unembedding.populate();
+        for layer in &self.layers {
+            let (a, m) = (&layer.attn, &layer.moe);
+            for w in [&a.q, &a.k, &a.v, &a.out, &m.router] {
+                w.populate();
+            }
+            m.gate_up.populate();
+            m.down.populate();
+        }
+    }
+
+    /// Weight bytes one decoded token reads: every dense matrix and vector, the embedding
+    /// row, and `experts_per_token` experts per layer (the KV cache is not counted).
+    pub fn bytes_per_token(&self, experts_per_token: usize) -> u64 {
+        let f32s = |v: &[f32]| 4 * v.len() as u64;
+        let mut total = self.embedding.cols as u64 * 2 + f32s(&self.norm) + self.unembedding.bytes();
+        for layer in &self.layers {
+            let (a, m) = (&layer.attn, &layer.moe);
+            total += [&a.q, &a.k, &a.v, &a.out, &m.router].iter().map(|w| w.bytes()).sum::<u64>();
+            total += [&a.norm, &a.q_bias, &a.k_bias, &a.v_bias, &a.out_bias, &a.sinks, &m.norm, &m.router_bias]
+                .iter()
+                .map(|v| f32s(v))
+                .sum::<u64>();
+            let per_expert = m.gate_up.bytes_per_expert()
+                + m.down.bytes_per_expert()
+                + 4 * (m.gate_up_bias.len() + m.down_bias.len()) as u64 / m.gate_up.experts as u64;
+            total += experts_per_token as u64 * per_expert;
+        }
+        total
+    }
+
     /// Every tensor is checked for presence, dtype and shape against the config.
     pub fn load(ck: &Checkpoint) -> Result<Self, LoadError> {
         let cfg = &ck.config;

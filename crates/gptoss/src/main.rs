@@ -48,6 +48,8 @@ enum Command {
     Tokenize(cmd::harmony::TokenizeArgs),
     /// Parse model output tokens into harmony messages.
     Parse(cmd::harmony::ParseArgs),
+    /// Prompt-processing and generation speed (llama-bench style), against the read bandwidth.
+    Bench(cmd::bench::Args),
     /// Serve the OpenAI APIs (chat completions, responses, completions) with continuous batching.
     Serve(cmd::serve::Args),
 }
@@ -75,6 +77,7 @@ fn main() -> ExitCode {
         Command::Tokenize(args) => cmd::harmony::tokenize(args),
         Command::Parse(args) => cmd::harmony::parse(args),
         Command::Serve(args) => cmd::serve::run(args),
+        Command::Bench(args) => cmd::bench::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,5 +1,6 @@
 //! One module per command, plus what they share.
 
+pub mod bench;
 pub mod chat;
 pub mod generate;
 pub mod harmony;
@@ -166,6 +167,16 @@ pub fn memory_report() -> String {
         human_bytes(bytes("RssAnon:")),
         human_bytes(bytes("RssFile:"))
     )
+}
+
+/// Peak resident set of this process in bytes (Linux; 0 elsewhere).
+pub fn peak_rss() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+        })
+        .map_or(0, |kib| kib * 1024)
 }
 
 /// "12.34 tok/s", or "-" when nothing was timed.

@@ -140,7 +140,7 @@ pub fn matmul_rows_bf16a_bf16w<const TERMS: usize>(
     let k = x.len() / (TERMS * n_tok.max(1));
     crate::scalar::check_bf16a_shapes(x, TERMS, n_tok, k, w.len(), bias, out);
     let rows = w.len() / k;
-    // SAFETY: handed out by `Kernels` only when the CPU has AVX-512F/BW/BF16; the shapes were
+    // SAFETY: handed out by `Kernels` only when the CPU has AVX-512F/BW/BF16/VBMI; the shapes were
     // checked above, so every block read and write is in bounds.
     unsafe {
         let mut r = 0;
@@ -153,6 +153,9 @@ pub fn matmul_rows_bf16a_bf16w<const TERMS: usize>(
     }
 }
 
+/// Bytes ahead of the decoder to prefetch MXFP4 codes.
+const PREFETCH_AHEAD: usize = 4096;
+
 /// E2M1 codes as bf16 bits, twice (a 32-lane word permute ignores index bit 4).
 fn fp4_bf16_table() -> [u16; 32] {
     std::array::from_fn(|i| f32_to_bf16(FP4_VALUES[i % 16]))
@@ -162,28 +165,30 @@ fn fp4_bf16_table() -> [u16; 32] {
 /// block's scale is added to the exponents of the table's nonzero entries, which stays a
 /// normal bf16 for scales 2..=252 (E2M1 exponents are -1..=2); other scales, which trained
 /// weights do not use, take the scalar path.
-#[target_feature(enable = "avx512f,avx512bw")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vbmi")]
 unsafe fn decode_rows_bf16(codes: &[u8], scales: &[u8], k: usize, rows: usize, dst: &mut [u16]) {
     let table = fp4_bf16_table();
     let lut = _mm512_loadu_si512(table.as_ptr() as *const _);
     let nonzero: __mmask32 = 0xFEFE_FEFE; // entries 0 and 8 (±0) keep their bits
-    let (lo_mask, hi_mask) = (_mm256_set1_epi16(0x000f), _mm256_set1_epi16(0x0f00));
+    // Qword i holds code bytes 2i, 2i+1 (elements 4i..4i+4, low nibble first); word m of
+    // the result takes the byte at bit 4m, whose low 5 bits index the table (period 16,
+    // so the neighbouring nibble's bit is ignored).
+    let shifts = _mm512_set1_epi64(0x000c_0008_0004_0000);
     let blocks = k / mxfp4::BLOCK;
     for b in 0..rows * blocks {
+        // One stream through page-cache pages: the hardware prefetcher stops at every 4 KiB
+        // page boundary, so ask for the codes a few pages ahead.
+        if b % 4 == 0 {
+            _mm_prefetch::<_MM_HINT_T0>(codes.as_ptr().wrapping_add(b * 16 + PREFETCH_AHEAD) as *const i8);
+        }
         let s = scales[b];
         let d = dst.as_mut_ptr().add(b * 32);
         if (2..=252).contains(&s) {
             let delta = ((s as i16 - 127) << 7) as i16;
             let scaled = _mm512_mask_add_epi16(lut, nonzero, lut, _mm512_set1_epi16(delta));
-            // Byte j holds elements 2j (low nibble) and 2j+1 (high): word j = lo | hi << 8 is
-            // the element order as bytes, widened to one word index per element.
-            let words = _mm256_cvtepu8_epi16(_mm_loadu_si128(codes.as_ptr().add(b * 16) as *const __m128i));
-            let idx = _mm256_or_si256(
-                _mm256_and_si256(words, lo_mask),
-                _mm256_and_si256(_mm256_slli_epi16(words, 4), hi_mask),
-            );
-            let vals = _mm512_permutexvar_epi16(_mm512_cvtepu8_epi16(idx), scaled);
-            _mm512_storeu_si512(d as *mut _, vals);
+            let pairs = _mm512_cvtepu16_epi64(_mm_loadu_si128(codes.as_ptr().add(b * 16) as *const __m128i));
+            let idx = _mm512_multishift_epi64_epi8(shifts, pairs);
+            _mm512_storeu_si512(d as *mut _, _mm512_permutexvar_epi16(idx, scaled));
         } else {
             let scale = mxfp4::e8m0_to_f32(s);
             for (i, &byte) in codes[b * 16..b * 16 + 16].iter().enumerate() {
@@ -192,6 +197,71 @@ unsafe fn decode_rows_bf16(codes: &[u8], scales: &[u8], k: usize, rows: usize, d
             }
         }
     }
+}
+
+/// Blocks per row the fused decode path takes (K up to 8192).
+const GEMV_MAX_BLOCKS: usize = 256;
+
+/// One token through 4 MXFP4 rows, decoding in registers: the same products summed in the
+/// same order as decoding the rows and running [`tile`], so results stay batch-invariant.
+/// False (nothing written) when a scale lies outside the exponent-add range or K is too
+/// long, and the caller takes the general path.
+#[target_feature(enable = "avx512f,avx512bw,avx512bf16,avx512vbmi")]
+unsafe fn gemv_rows4_mxfp4<const TERMS: usize>(
+    x: *const u16,
+    k: usize,
+    codes: *const u8,
+    scales: *const u8,
+    bias: Option<*const f32>,
+    out: *mut f32,
+) -> bool {
+    let blocks = k / mxfp4::BLOCK;
+    if blocks > GEMV_MAX_BLOCKS {
+        return false;
+    }
+    // Exponent deltas `(s - 127) << 7` for the 4 rows, 32 scales at a time.
+    let mut deltas = [[0i16; GEMV_MAX_BLOCKS]; 4];
+    for (i, row) in deltas.iter_mut().enumerate() {
+        let mut c = 0;
+        while c < blocks {
+            let m: __mmask32 = if blocks - c >= 32 { !0 } else { (1u32 << (blocks - c)) - 1 };
+            let s = _mm512_cvtepu8_epi16(_mm256_maskz_loadu_epi8(m, scales.add(i * blocks + c) as *const i8));
+            let bad = _mm512_mask_cmplt_epu16_mask(m, s, _mm512_set1_epi16(2))
+                | _mm512_mask_cmpgt_epu16_mask(m, s, _mm512_set1_epi16(252));
+            if bad != 0 {
+                return false;
+            }
+            let d = _mm512_slli_epi16(_mm512_sub_epi16(s, _mm512_set1_epi16(127)), 7);
+            _mm512_mask_storeu_epi16(row.as_mut_ptr().add(c), m, d);
+            c += 32;
+        }
+    }
+    let table = fp4_bf16_table();
+    let lut = _mm512_loadu_si512(table.as_ptr() as *const _);
+    let nonzero: __mmask32 = 0xFEFE_FEFE;
+    let shifts = _mm512_set1_epi64(0x000c_0008_0004_0000);
+    let mut acc = [_mm512_setzero_ps(); 4];
+    for c in 0..blocks {
+        if c % 4 == 0 {
+            for i in 0..4 {
+                _mm_prefetch::<_MM_HINT_T0>(codes.wrapping_add((i * blocks + c) * 16 + PREFETCH_AHEAD) as *const i8);
+            }
+        }
+        let xv: [__m512bh; TERMS] = std::array::from_fn(|t| load_bh(x.add(t * k + c * 32)));
+        for (i, a) in acc.iter_mut().enumerate() {
+            let scaled = _mm512_mask_add_epi16(lut, nonzero, lut, _mm512_set1_epi16(deltas[i][c]));
+            let pairs = _mm512_cvtepu16_epi64(_mm_loadu_si128(codes.add((i * blocks + c) * 16) as *const __m128i));
+            let w = _mm512_permutexvar_epi16(_mm512_multishift_epi64_epi8(shifts, pairs), scaled);
+            let w = std::mem::transmute::<__m512i, __m512bh>(w);
+            for xt in xv {
+                *a = _mm512_dpbf16_ps(*a, w, xt);
+            }
+        }
+    }
+    for (i, a) in acc.iter().enumerate() {
+        *out.add(i) = _mm512_reduce_add_ps(*a) + bias.map_or(0.0, |b| *b.add(i));
+    }
+    true
 }
 
 /// See [`crate::scalar::matmul_rows_bf16a_mxfp4w`].
@@ -211,12 +281,27 @@ pub fn matmul_rows_bf16a_mxfp4w<const TERMS: usize>(
     let panel = if n_tok <= 4 { 4 } else { PANEL_ROWS };
     scratch.resize(panel * k, 0);
     let (cpr, spr) = (k / 2, k / mxfp4::BLOCK);
-    // SAFETY: handed out by `Kernels` only when the CPU has AVX-512F/BW/BF16; the shapes were
+    // SAFETY: handed out by `Kernels` only when the CPU has AVX-512F/BW/BF16/VBMI; the shapes were
     // checked above and the scratch holds a whole panel.
     unsafe {
         let mut r = 0;
         while r < rows {
             let pr = (rows - r).min(panel);
+            let bias_r = bias.map(|b| b.as_ptr().add(r));
+            if n_tok == 1
+                && pr == 4
+                && gemv_rows4_mxfp4::<TERMS>(
+                    x.as_ptr(),
+                    k,
+                    codes.as_ptr().add(r * cpr),
+                    scales.as_ptr().add(r * spr),
+                    bias_r,
+                    out.as_mut_ptr().add(r),
+                )
+            {
+                r += pr;
+                continue;
+            }
             decode_rows_bf16(&codes[r * cpr..(r + pr) * cpr], &scales[r * spr..(r + pr) * spr], k, pr, scratch);
             let bias = bias.map(|b| b.as_ptr().add(r));
             gemm_panel::<TERMS>(x.as_ptr(), n_tok, k, scratch.as_ptr(), pr, bias, out.as_mut_ptr().add(r * n_tok));
