@@ -17,13 +17,15 @@ use crate::error::{EngineError, LoadError};
 use crate::kv_cache::{KvCache, SeqId};
 use crate::ops;
 use crate::profile::{self, Stage};
-use crate::weights::{AttentionWeights, ModelWeights, MoeWeights};
+use crate::weights::{AttentionWeights, DenseFormat, ModelWeights, MoeWeights};
 
 pub struct Model {
     pub config: ModelConfig,
     /// The kernels it runs on; [`Kernels::scalar`] is the float32 reference.
     pub kernels: &'static Kernels,
     pub layout: Layout,
+    /// How the dense attention and unembedding weights are held.
+    pub dense: DenseFormat,
     pub weights: ModelWeights,
     rope: YarnRope,
 }
@@ -76,12 +78,22 @@ pub type Trace<'a> = &'a mut dyn FnMut(&str, Option<usize>, &[f32]);
 impl Model {
     /// Opens a checkpoint folder of either layout; every tensor is checked against the config.
     pub fn load(path: &Path) -> Result<Self, LoadError> {
+        Self::load_with(path, DenseFormat::Bf16)
+    }
+
+    /// With the dense attention and unembedding weights held as `dense`.
+    pub fn load_with(path: &Path, dense: DenseFormat) -> Result<Self, LoadError> {
         let ck = Checkpoint::open(path)?;
-        Self::from_checkpoint(&ck)
+        Self::from_checkpoint_with(&ck, dense)
     }
 
     pub fn from_checkpoint(ck: &Checkpoint) -> Result<Self, LoadError> {
-        let weights = ModelWeights::load(ck)?;
+        Self::from_checkpoint_with(ck, DenseFormat::Bf16)
+    }
+
+    pub fn from_checkpoint_with(ck: &Checkpoint, dense: DenseFormat) -> Result<Self, LoadError> {
+        let mut weights = ModelWeights::load(ck)?;
+        weights.set_dense_format(dense);
         weights.populate();
         let c = &ck.config;
         let rope = YarnRope::new(
@@ -93,7 +105,7 @@ impl Model {
             c.rope_beta_slow,
             c.rope_truncate,
         );
-        Ok(Model { config: c.clone(), kernels: Kernels::from_env()?, layout: ck.layout, weights, rope })
+        Ok(Model { config: c.clone(), kernels: Kernels::from_env()?, layout: ck.layout, dense, weights, rope })
     }
 
     pub fn forward(&self, cache: &mut KvCache, batch: &[SeqChunk]) -> Result<Logits, EngineError> {
@@ -138,7 +150,7 @@ impl Model {
         let timer = profile::time(Stage::Unembedding);
         let mut logits = vec![0f32; rows.len() * cfg.vocab_size]; // [R, V]
         if !rows.is_empty() {
-            ops::linear_bf16(self.kernels, &final_norm, rows.len(), &self.weights.unembedding, None, &mut logits);
+            ops::linear_dense(self.kernels, &final_norm, rows.len(), &self.weights.unembedding, None, &mut logits);
         }
         drop(timer);
         trace("logits", None, &logits);
@@ -175,9 +187,9 @@ impl Model {
         let mut q = vec![0f32; t * qd]; // [T, NQ·HD]
         let mut k = vec![0f32; t * kvd]; // [T, NKV·HD]
         let mut v = vec![0f32; t * kvd]; // [T, NKV·HD]
-        ops::linear_bf16(self.kernels, &attn_norm, t, &w.q, Some(&w.q_bias), &mut q);
-        ops::linear_bf16(self.kernels, &attn_norm, t, &w.k, Some(&w.k_bias), &mut k);
-        ops::linear_bf16(self.kernels, &attn_norm, t, &w.v, Some(&w.v_bias), &mut v);
+        ops::linear_dense(self.kernels, &attn_norm, t, &w.q, Some(&w.q_bias), &mut q);
+        ops::linear_dense(self.kernels, &attn_norm, t, &w.k, Some(&w.k_bias), &mut k);
+        ops::linear_dense(self.kernels, &attn_norm, t, &w.v, Some(&w.v_bias), &mut v);
         drop(timer);
 
         let timer = profile::time(Stage::Rope);
@@ -244,7 +256,7 @@ impl Model {
         let timer = profile::time(Stage::AttnOut);
 
         let mut attn_out = vec![0f32; t * h]; // [T, H]
-        ops::linear_bf16(self.kernels, &attn, t, &w.out, Some(&w.out_bias), &mut attn_out);
+        ops::linear_dense(self.kernels, &attn, t, &w.out, Some(&w.out_bias), &mut attn_out);
         drop(timer);
         trace("attn_out", Some(l), &attn_out);
         attn_out

@@ -7,12 +7,41 @@ use std::ops::Range;
 use gptoss_kernels::Kernels;
 use rayon::prelude::*;
 
-use crate::weights::{Bf16Matrix, Mxfp4Experts};
+use crate::weights::{Bf16Matrix, Dense, Mxfp4Experts, Q8Matrix};
 
 /// Rows per task: enough tasks to keep every thread busy to the end, each big enough that
 /// scheduling costs nothing next to it.
 fn rows_per_task(rows: usize) -> usize {
     rows.div_ceil(rayon::current_num_threads() * 8).max(4)
+}
+
+/// `y[T, R] = x[T, K]·Wᵀ + b` for a dense `W [R, K]` in either format.
+pub fn linear_dense(kern: &Kernels, x: &[f32], n_tok: usize, w: &Dense, bias: Option<&[f32]>, y: &mut [f32]) {
+    match w {
+        Dense::Bf16(m) => linear_bf16(kern, x, n_tok, m, bias, y),
+        Dense::Q8(m) => linear_q8(kern, x, n_tok, m, bias, y),
+    }
+}
+
+/// `y[T, R] = x[T, K]·Wᵀ + b` for q8 `W [R, K]`.
+pub fn linear_q8(kern: &Kernels, x: &[f32], n_tok: usize, w: &Q8Matrix, bias: Option<&[f32]>, y: &mut [f32]) {
+    let (rows, k) = (w.rows, w.cols);
+    let spr = k / gptoss_kernels::q8::BLOCK;
+    let (codes, scales) = (&w.codes, &w.scales);
+    if let Some(ba) = &kern.bf16_act {
+        let xb = round_bf16(ba, x);
+        let matmul = ba.matmul_rows_bf16a_q8w;
+        rows_parallel(rows, n_tok, y, Vec::new, |r, out, scratch| {
+            let (c, s) = (&codes[r.start * k..r.end * k], &scales[r.start * spr..r.end * spr]);
+            matmul(&xb, n_tok, c, s, bias.map(|b| &b[r.clone()]), out, scratch)
+        });
+        return;
+    }
+    let matmul = kern.matmul_rows_f32_q8w;
+    rows_parallel(rows, n_tok, y, || vec![0f32; k], |r, out, buf| {
+        let (c, s) = (&codes[r.start * k..r.end * k], &scales[r.start * spr..r.end * spr]);
+        matmul(x, n_tok, c, s, bias.map(|b| &b[r.clone()]), out, buf)
+    });
 }
 
 /// `y[T, R] = x[T, K]·Wᵀ + b` for bf16 `W [R, K]`.

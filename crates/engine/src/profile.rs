@@ -44,10 +44,10 @@ impl Stage {
         match self {
             Stage::Embedding => "embedding",
             Stage::AttnNorm => "attn_norm",
-            Stage::Qkv => "qkv (bf16 matmul)",
+            Stage::Qkv => "qkv (dense matmul)",
             Stage::Rope => "rope",
             Stage::Attention => "attention (sinks, window)",
-            Stage::AttnOut => "attn_out (bf16 matmul)",
+            Stage::AttnOut => "attn_out (dense matmul)",
             Stage::MlpNorm => "mlp_norm",
             Stage::Router => "router (bf16 matmul, top-k)",
             Stage::GateUp => "experts gate_up (MXFP4)",
@@ -55,7 +55,7 @@ impl Stage {
             Stage::Down => "experts down (MXFP4)",
             Stage::MoeSum => "moe weighted sum",
             Stage::FinalNorm => "final_norm",
-            Stage::Unembedding => "unembedding (bf16 matmul)",
+            Stage::Unembedding => "unembedding (dense matmul)",
         }
     }
 }

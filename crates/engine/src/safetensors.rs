@@ -135,6 +135,17 @@ impl Bytes {
         self.len
     }
 
+    /// Unmaps these bytes' pages from this process (they stay in the page cache): for
+    /// weights that were copied, so they stop counting in the resident set.
+    pub fn release(&self) {
+        #[cfg(target_os = "linux")]
+        if let Storage::Mapped(m) = &*self.owner {
+            // SAFETY: DONTNEED on a read-only file mapping only drops page-table entries; a
+            // later read faults the same file contents back in.
+            let _ = unsafe { m.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, self.start, self.len) };
+        }
+    }
+
     /// Maps these bytes' pages in now (reading them if they are not cached), so the forward
     /// pass never stops on a page fault. Best effort: kernels before Linux 5.14 and owned
     /// buffers have nothing to do.

@@ -77,15 +77,89 @@ impl Mxfp4Experts {
     }
 }
 
+/// A q8 matrix `[rows, cols]`: int8 codes and one f32 scale per 32 (see
+/// [`gptoss_kernels::q8`]), requantized from bf16 at load.
+pub struct Q8Matrix {
+    pub codes: Vec<i8>,   // [rows, cols]
+    pub scales: Vec<f32>, // [rows, cols/32]
+    pub rows: usize,
+    pub cols: usize,
+}
+
+impl Q8Matrix {
+    /// Requantizes `w` row by row, in parallel.
+    pub fn from_bf16(w: &Bf16Matrix) -> Self {
+        use rayon::prelude::*;
+        let (rows, cols) = (w.rows, w.cols);
+        let spr = cols / gptoss_kernels::q8::BLOCK;
+        let mut codes = vec![0i8; rows * cols];
+        let mut scales = vec![0f32; rows * spr];
+        codes.par_chunks_mut(cols).zip(scales.par_chunks_mut(spr)).enumerate().for_each(|(r, (c, s))| {
+            gptoss_kernels::q8::quantize_row_bf16(w.row(r), c, s);
+        });
+        Q8Matrix { codes, scales, rows, cols }
+    }
+}
+
+/// A dense matrix as the forward pass reads it: the checkpoint's bf16 (exact) or q8.
+pub enum Dense {
+    Bf16(Bf16Matrix),
+    Q8(Q8Matrix),
+}
+
+/// How dense attention and unembedding weights are held (`--dense`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum DenseFormat {
+    /// As in the checkpoint; exact.
+    #[default]
+    Bf16,
+    /// Requantized to 8 bits at load: about half the bytes per token, at an accuracy cost.
+    Q8,
+}
+
+impl Dense {
+    pub fn rows(&self) -> usize {
+        match self {
+            Dense::Bf16(m) => m.rows,
+            Dense::Q8(m) => m.rows,
+        }
+    }
+
+    /// Bytes the forward pass reads for the whole matrix.
+    pub fn bytes(&self) -> u64 {
+        match self {
+            Dense::Bf16(m) => m.bytes(),
+            Dense::Q8(m) => (m.codes.len() + 4 * m.scales.len()) as u64,
+        }
+    }
+
+    pub fn populate(&self) {
+        if let Dense::Bf16(m) = self {
+            m.populate()
+        }
+    }
+
+    /// Only q8 requantizes, and only once (K must be a multiple of 32, as in gpt-oss).
+    fn to_format(&mut self, format: DenseFormat) {
+        if let (DenseFormat::Q8, Dense::Bf16(m)) = (format, &*self) {
+            if m.cols.is_multiple_of(gptoss_kernels::q8::BLOCK) {
+                let q8 = Q8Matrix::from_bf16(m);
+                m.data.release();
+                *self = Dense::Q8(q8);
+            }
+        }
+    }
+}
+
 pub struct AttentionWeights {
     pub norm: Vec<f32>,     // [H]
-    pub q: Bf16Matrix,      // [NQ·HD, H]
-    pub k: Bf16Matrix,      // [NKV·HD, H]
-    pub v: Bf16Matrix,      // [NKV·HD, H]
+    pub q: Dense,           // [NQ·HD, H]
+    pub k: Dense,           // [NKV·HD, H]
+    pub v: Dense,           // [NKV·HD, H]
     pub q_bias: Vec<f32>,   // [NQ·HD]
     pub k_bias: Vec<f32>,   // [NKV·HD]
     pub v_bias: Vec<f32>,   // [NKV·HD]
-    pub out: Bf16Matrix,    // [H, NQ·HD]
+    pub out: Dense,         // [H, NQ·HD]
     pub out_bias: Vec<f32>, // [H]
     pub sinks: Vec<f32>,    // [NQ]
 }
@@ -109,8 +183,8 @@ pub struct LayerWeights {
 pub struct ModelWeights {
     pub embedding: Bf16Matrix, // [V, H]
     pub layers: Vec<LayerWeights>,
-    pub norm: Vec<f32>,          // [H]
-    pub unembedding: Bf16Matrix, // [V, H]
+    pub norm: Vec<f32>,     // [H]
+    pub unembedding: Dense, // [V, H]
 }
 
 impl ModelWeights {
@@ -121,9 +195,10 @@ impl ModelWeights {
         self.unembedding.populate();
         for layer in &self.layers {
             let (a, m) = (&layer.attn, &layer.moe);
-            for w in [&a.q, &a.k, &a.v, &a.out, &m.router] {
+            for w in [&a.q, &a.k, &a.v, &a.out] {
                 w.populate();
             }
+            m.router.populate();
             m.gate_up.populate();
             m.down.populate();
         }
@@ -136,7 +211,7 @@ impl ModelWeights {
         let mut total = self.embedding.cols as u64 * 2 + f32s(&self.norm) + self.unembedding.bytes();
         for layer in &self.layers {
             let (a, m) = (&layer.attn, &layer.moe);
-            total += [&a.q, &a.k, &a.v, &a.out, &m.router].iter().map(|w| w.bytes()).sum::<u64>();
+            total += [&a.q, &a.k, &a.v, &a.out].iter().map(|w| w.bytes()).sum::<u64>() + m.router.bytes();
             total += [&a.norm, &a.q_bias, &a.k_bias, &a.v_bias, &a.out_bias, &a.sinks, &m.norm, &m.router_bias]
                 .iter()
                 .map(|v| f32s(v))
@@ -160,8 +235,20 @@ impl ModelWeights {
             embedding: ld.matrix(names.embedding(), v, h)?,
             layers,
             norm: ld.vector(names.final_norm(), &[h])?,
-            unembedding: ld.matrix(names.unembedding(), v, h)?,
+            unembedding: Dense::Bf16(ld.matrix(names.unembedding(), v, h)?),
         })
+    }
+
+    /// Converts the attention and unembedding matrices to `format` (the router stays bf16:
+    /// its top-k choice is discontinuous and it is tiny).
+    pub fn set_dense_format(&mut self, format: DenseFormat) {
+        self.unembedding.to_format(format);
+        for layer in &mut self.layers {
+            let a = &mut layer.attn;
+            for w in [&mut a.q, &mut a.k, &mut a.v, &mut a.out] {
+                w.to_format(format);
+            }
+        }
     }
 }
 
@@ -191,13 +278,13 @@ fn load_layer(ld: &Loader, names: &TensorNames, cfg: &ModelConfig, l: usize) -> 
     Ok(LayerWeights {
         attn: AttentionWeights {
             norm: ld.vector(&n(AttnNorm), &[h])?,
-            q,
-            k,
-            v,
+            q: Dense::Bf16(q),
+            k: Dense::Bf16(k),
+            v: Dense::Bf16(v),
             q_bias,
             k_bias,
             v_bias,
-            out: ld.matrix(&n(OutWeight), h, qd)?,
+            out: Dense::Bf16(ld.matrix(&n(OutWeight), h, qd)?),
             out_bias: ld.vector(&n(OutBias), &[h])?,
             sinks: ld.vector(&n(Sinks), &[cfg.num_heads])?,
         },

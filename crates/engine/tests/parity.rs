@@ -4,6 +4,7 @@
 mod common;
 
 use common::{log_softmax, reference, tiny};
+use gptoss_engine::weights::DenseFormat;
 use gptoss_engine::{KvCache, LogitsRequest, Model, SeqChunk};
 use gptoss_kernels::{Isa, Kernels};
 
@@ -80,7 +81,6 @@ fn f32_simd_kernels_match_reference() {
 /// the bar, which it misses; it is never picked unless asked for.
 #[test]
 fn bf16_dot_product_kernels_are_accurate_enough() {
-    let r = reference();
     let fast: Vec<_> = [Isa::Avx512Bf16, Isa::Avx512Bf16Round].into_iter().filter_map(Kernels::for_isa).collect();
     if fast.is_empty() {
         eprintln!("no bf16-activation kernels on this CPU; nothing to measure");
@@ -88,29 +88,48 @@ fn bf16_dot_product_kernels_are_accurate_enough() {
     for kern in fast {
         let mut model = Model::load(&tiny("hf")).unwrap();
         model.kernels = kern;
-        let logits = all_logits(&model, &r.tokens);
-        let (mut max_nll, mut sum_nll, mut top1_same) = (0f64, 0f64, 0usize);
-        for (i, &want) in r.next_token_nll.iter().enumerate() {
-            let d = (-log_softmax(&logits[i])[r.tokens[i + 1] as usize] - want).abs();
-            max_nll = max_nll.max(d);
-            sum_nll += d;
-        }
-        for (pos, ids) in r.top8_ids.iter().enumerate() {
-            top1_same += usize::from(gptoss_engine::sampler::argmax(&logits[pos]) == ids[0]);
-        }
-        let n = r.next_token_nll.len();
-        let agree = top1_same as f64 / r.top8_ids.len() as f64;
-        eprintln!(
-            "{kern:?}: max |Δnll| = {max_nll:.3e}, mean |Δnll| = {:.3e} over {n} tokens; top-1 agreement {top1_same}/{} = {:.2}%",
-            sum_nll / n as f64,
-            r.top8_ids.len(),
-            100.0 * agree
-        );
+        let (max_nll, _, agree) = accuracy(&model, &format!("{kern:?}"));
         if kern.isa == Isa::Avx512Bf16Round {
             continue;
         }
         assert!(max_nll <= 0.01, "{kern:?}: NLL differs by {max_nll} from the reference");
         assert!(agree >= 0.99, "{kern:?}: top-1 agreement {agree}");
+    }
+}
+
+/// (max |Δnll|, mean |Δnll|, top-1 agreement) against the reference, printed.
+fn accuracy(model: &Model, what: &str) -> (f64, f64, f64) {
+    let r = reference();
+    let logits = all_logits(model, &r.tokens);
+    let (mut max_nll, mut sum_nll, mut top1_same) = (0f64, 0f64, 0usize);
+    for (i, &want) in r.next_token_nll.iter().enumerate() {
+        let d = (-log_softmax(&logits[i])[r.tokens[i + 1] as usize] - want).abs();
+        max_nll = max_nll.max(d);
+        sum_nll += d;
+    }
+    for (pos, ids) in r.top8_ids.iter().enumerate() {
+        top1_same += usize::from(gptoss_engine::sampler::argmax(&logits[pos]) == ids[0]);
+    }
+    let n = r.next_token_nll.len();
+    let agree = top1_same as f64 / r.top8_ids.len() as f64;
+    eprintln!(
+        "{what}: max |Δnll| = {max_nll:.3e}, mean |Δnll| = {:.3e} over {n} tokens; top-1 agreement {top1_same}/{} = {:.2}%",
+        sum_nll / n as f64,
+        r.top8_ids.len(),
+        100.0 * agree
+    );
+    (max_nll, sum_nll / n as f64, agree)
+}
+
+/// `--dense q8` trades accuracy for bytes: measured here (and in the README), held to a
+/// loose bar that still catches a broken quantizer or kernel.
+#[test]
+fn q8_dense_weights_cost_is_measured() {
+    for kern in [Some(Kernels::scalar()), Kernels::for_isa(Isa::Avx512Bf16)].into_iter().flatten() {
+        let mut model = Model::load_with(&tiny("hf"), DenseFormat::Q8).unwrap();
+        model.kernels = kern;
+        let (_, mean, agree) = accuracy(&model, &format!("q8 dense, {kern:?}"));
+        assert!(mean <= 0.2 && agree >= 0.9, "q8 with {kern:?}: mean |Δnll| {mean}, top-1 {agree}");
     }
 }
 

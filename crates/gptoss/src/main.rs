@@ -18,6 +18,10 @@ struct Cli {
     /// Worker threads (default: all cores).
     #[arg(long, global = true, value_name = "N")]
     threads: Option<usize>,
+    /// Dense attention and unembedding weights: bf16 as in the checkpoint (exact), or q8,
+    /// requantized at load (fewer bytes per token; accuracy cost in the README).
+    #[arg(long, global = true, value_enum, default_value_t = cmd::Dense::Bf16)]
+    dense: cmd::Dense,
     #[command(subcommand)]
     command: Command,
 }
@@ -66,6 +70,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     }
+    cmd::set_dense(cli.dense);
     let result = match cli.command {
         Command::Generate(args) => cmd::generate::run(args),
         Command::Perplexity(args) => cmd::perplexity::run(args),

@@ -14,7 +14,17 @@ fn gptoss(args: &[&str]) -> Output {
 }
 
 fn ok(args: &[&str]) -> (String, String) {
-    let out = gptoss(args);
+    ok_with_kernels(None, args)
+}
+
+/// `GPTOSS_KERNELS` set to `kernels` (the CPU's default when None).
+fn ok_with_kernels(kernels: Option<&str>, args: &[&str]) -> (String, String) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_gptoss"));
+    cmd.args(args).env_remove("GPTOSS_KERNELS");
+    if let Some(k) = kernels {
+        cmd.env("GPTOSS_KERNELS", k);
+    }
+    let out = cmd.output().expect("runs");
     let (stdout, stderr) =
         (String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned());
     assert!(out.status.success(), "gptoss {args:?} failed:\n{stderr}");
@@ -115,9 +125,14 @@ fn perplexity_matches_the_reference_nll() {
     let dir = tempfile::tempdir().unwrap();
     let file = tokens_file(dir.path(), &reference_i64("tokens"));
     let model = fixtures().join("tiny/hf");
-    let (stdout, _) = ok(&["perplexity", model.to_str().unwrap(), "--tokens-file", &file, "--json"]);
+    let args = ["perplexity", model.to_str().unwrap(), "--tokens-file", &file, "--json"];
+    // The reference kernels to 1e-4; the CPU's default (fast) kernels to the 0.01 bar.
+    let (fast, _) = ok(&args);
+    let (stdout, _) = ok_with_kernels(Some("scalar"), &args);
     let v: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
     let nll: Vec<f64> = v["nll"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect();
+    let fast: serde_json::Value = serde_json::from_str(fast.trim()).unwrap();
+    let fast_nll: Vec<f64> = fast["nll"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect();
     let st = SafeTensors::open(&fixtures().join("tiny/reference.safetensors")).unwrap();
     let want: Vec<f64> = st
         .bytes(st.get("next_token_nll").unwrap())
@@ -128,10 +143,13 @@ fn perplexity_matches_the_reference_nll() {
     assert_eq!(nll.len(), want.len());
     let max = nll.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
     assert!(max < 1e-4, "max NLL difference {max}");
+    let fast_max = fast_nll.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
+    assert!(fast_nll.len() == want.len() && fast_max < 0.01, "default kernels: max NLL difference {fast_max}");
     let mean = want.iter().sum::<f64>() / want.len() as f64;
     assert!((v["perplexity"].as_f64().unwrap() / mean.exp() - 1.0).abs() < 1e-4);
     // Independent windows of 100 tokens score 3 × 99 next tokens.
-    let (stdout, _) = ok(&["perplexity", model.to_str().unwrap(), "--tokens-file", &file, "--json", "--ctx", "100"]);
+    let (stdout, _) =
+        ok_with_kernels(Some("scalar"), &["perplexity", model.to_str().unwrap(), "--tokens-file", &file, "--json", "--ctx", "100"]);
     let v: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
     assert_eq!(v["nll"].as_array().unwrap().len(), 297);
 }

@@ -66,6 +66,13 @@ pub type MatmulBf16aMxfp4w = fn(&[u16], usize, &[u8], &[u8], Option<&[f32]>, &mu
 
 /// Matmuls that read activations as bf16 terms (see [`crate::bf16::split_slice_to_bf16`]):
 /// bf16 weights need no widening and MXFP4 weights decode to exact bf16.
+/// `y[R, T] = W[R, K]·x[T, K]ᵀ + b` with q8 weights (codes `[R, K]`, scales `[R, K/32]`) and
+/// f32 activations (the signature of [`crate::scalar::matmul_rows_f32_q8w`]).
+pub type MatmulQ8 = fn(&[f32], usize, &[i8], &[f32], Option<&[f32]>, &mut [f32], &mut [f32]);
+
+/// The same with activations as bf16 terms.
+pub type MatmulBf16aQ8w = fn(&[u16], usize, &[i8], &[f32], Option<&[f32]>, &mut [f32], &mut Vec<u16>);
+
 pub struct Bf16Act {
     /// 1 (x rounded to bf16) or 2 (x ≈ hi + lo).
     pub terms: usize,
@@ -73,12 +80,15 @@ pub struct Bf16Act {
     pub split: fn(&[f32], &mut [u16]),
     pub matmul_rows_bf16a_bf16w: MatmulBf16aBf16w,
     pub matmul_rows_bf16a_mxfp4w: MatmulBf16aMxfp4w,
+    pub matmul_rows_bf16a_q8w: MatmulBf16aQ8w,
 }
 
 pub struct Kernels {
     pub isa: Isa,
     pub matmul_rows_f32_bf16w: MatmulBf16,
     pub matmul_rows_f32_mxfp4w: MatmulMxfp4,
+    /// `--dense q8`; the scalar twin in every table (q8 is fast through [`Bf16Act`]).
+    pub matmul_rows_f32_q8w: MatmulQ8,
     /// When set, the linear layers use these instead of the f32 matmuls.
     pub bf16_act: Option<Bf16Act>,
 }
@@ -95,6 +105,7 @@ static SCALAR: Kernels = Kernels {
     isa: Isa::Scalar,
     matmul_rows_f32_bf16w: crate::scalar::matmul_rows_f32_bf16w,
     matmul_rows_f32_mxfp4w: crate::scalar::matmul_rows_f32_mxfp4w,
+    matmul_rows_f32_q8w: crate::scalar::matmul_rows_f32_q8w,
     bf16_act: None,
 };
 #[cfg(target_arch = "x86_64")]
@@ -102,6 +113,7 @@ static AVX2: Kernels = Kernels {
     isa: Isa::Avx2,
     matmul_rows_f32_bf16w: crate::x86::avx2::matmul_rows_f32_bf16w,
     matmul_rows_f32_mxfp4w: crate::x86::avx2::matmul_rows_f32_mxfp4w,
+    matmul_rows_f32_q8w: crate::scalar::matmul_rows_f32_q8w,
     bf16_act: None,
 };
 #[cfg(target_arch = "x86_64")]
@@ -109,6 +121,7 @@ static AVX512: Kernels = Kernels {
     isa: Isa::Avx512,
     matmul_rows_f32_bf16w: crate::x86::avx512::matmul_rows_f32_bf16w,
     matmul_rows_f32_mxfp4w: crate::x86::avx512::matmul_rows_f32_mxfp4w,
+    matmul_rows_f32_q8w: crate::scalar::matmul_rows_f32_q8w,
     bf16_act: None,
 };
 #[cfg(target_arch = "x86_64")]
@@ -116,11 +129,13 @@ static AVX512_BF16: Kernels = Kernels {
     isa: Isa::Avx512Bf16,
     matmul_rows_f32_bf16w: crate::x86::avx512::matmul_rows_f32_bf16w,
     matmul_rows_f32_mxfp4w: crate::x86::avx512::matmul_rows_f32_mxfp4w,
+    matmul_rows_f32_q8w: crate::scalar::matmul_rows_f32_q8w,
     bf16_act: Some(Bf16Act {
         terms: 2,
         split: crate::x86::avx512bf16::split_to_bf16::<2>,
         matmul_rows_bf16a_bf16w: crate::x86::avx512bf16::matmul_rows_bf16a_bf16w::<2>,
         matmul_rows_bf16a_mxfp4w: crate::x86::avx512bf16::matmul_rows_bf16a_mxfp4w::<2>,
+        matmul_rows_bf16a_q8w: crate::x86::avx512bf16::matmul_rows_bf16a_q8w::<2>,
     }),
 };
 #[cfg(target_arch = "x86_64")]
@@ -128,11 +143,13 @@ static AVX512_BF16_ROUND: Kernels = Kernels {
     isa: Isa::Avx512Bf16Round,
     matmul_rows_f32_bf16w: crate::x86::avx512::matmul_rows_f32_bf16w,
     matmul_rows_f32_mxfp4w: crate::x86::avx512::matmul_rows_f32_mxfp4w,
+    matmul_rows_f32_q8w: crate::scalar::matmul_rows_f32_q8w,
     bf16_act: Some(Bf16Act {
         terms: 1,
         split: crate::x86::avx512bf16::split_to_bf16::<1>,
         matmul_rows_bf16a_bf16w: crate::x86::avx512bf16::matmul_rows_bf16a_bf16w::<1>,
         matmul_rows_bf16a_mxfp4w: crate::x86::avx512bf16::matmul_rows_bf16a_mxfp4w::<1>,
+        matmul_rows_bf16a_q8w: crate::x86::avx512bf16::matmul_rows_bf16a_q8w::<1>,
     }),
 };
 

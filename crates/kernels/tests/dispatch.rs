@@ -282,6 +282,57 @@ fn bf16_activation_mxfp4_decodes_every_code_and_scale_exactly() {
 }
 
 #[test]
+fn q8_matmuls_match_scalar_on_random_ragged_shapes() {
+    let mut rng = Rng(0xA54F_F53A_5F1D_36F1);
+    for case in 0..160 {
+        let (n_tok, rows) = blocked_shape(&mut rng, case);
+        let k = if case == 0 { 2880 } else { 32 * (1 + rng.below(8)) };
+        let xf: Vec<f32> = (0..n_tok * k).map(|_| rng.f32()).collect();
+        let w: Vec<u16> = (0..rows * k).map(|_| f32_to_bf16(rng.f32() * 4.0)).collect();
+        let (mut codes, mut scales) = (vec![0i8; rows * k], vec![0f32; rows * k / 32]);
+        for r in 0..rows {
+            gptoss_kernels::q8::quantize_row_bf16(
+                &w[r * k..(r + 1) * k],
+                &mut codes[r * k..(r + 1) * k],
+                &mut scales[r * k / 32..(r + 1) * k / 32],
+            );
+        }
+        let bias: Vec<f32> = (0..rows).map(|_| rng.f32()).collect();
+        let b = (case % 2 == 0).then_some(&bias[..]);
+        let mut want = vec![0f32; rows * n_tok];
+        scalar::matmul_rows_f32_q8w(&xf, n_tok, &codes, &scales, b, &mut want, &mut vec![0f32; k]);
+        let tol = |e: f32| 4.0 * f32::EPSILON * (k as f32).sqrt() * (4.0 + e.abs()) + 1e-6;
+        for kern in fast_kernels() {
+            let mut got = vec![f32::NAN; rows * n_tok];
+            (kern.matmul_rows_f32_q8w)(&xf, n_tok, &codes, &scales, b, &mut got, &mut vec![0f32; k]);
+            for (i, (g, e)) in got.iter().zip(&want).enumerate() {
+                assert!((g - e).abs() <= tol(*e), "{:?} f32 k={k} T={n_tok} R={rows} [{i}]: {g} vs {e}", kern.isa);
+            }
+            let Some(ba) = &kern.bf16_act else { continue };
+            let x = split(ba, &xf);
+            let mut twin = vec![0f32; rows * n_tok];
+            let scalar_q8 =
+                if ba.terms == 2 { scalar::matmul_rows_bf16a_q8w::<2> } else { scalar::matmul_rows_bf16a_q8w::<1> };
+            scalar_q8(&x, n_tok, &codes, &scales, b, &mut twin, &mut Vec::new());
+            let mut got = vec![f32::NAN; rows * n_tok];
+            (ba.matmul_rows_bf16a_q8w)(&x, n_tok, &codes, &scales, b, &mut got, &mut Vec::new());
+            for (i, (g, e)) in got.iter().zip(&twin).enumerate() {
+                assert!((g - e).abs() <= tol(*e), "{:?} bf16a k={k} T={n_tok} R={rows} [{i}]: {g} vs {e}", kern.isa);
+            }
+            // Batch invariance: each token alone gives the same bits.
+            for t in 0..n_tok {
+                let mut one = vec![0f32; rows];
+                let xt = split(ba, &xf[t * k..(t + 1) * k]);
+                (ba.matmul_rows_bf16a_q8w)(&xt, 1, &codes, &scales, b, &mut one, &mut Vec::new());
+                for r in 0..rows {
+                    assert_eq!(one[r].to_bits(), got[r * n_tok + t].to_bits(), "{:?} q8 batch k={k}", kern.isa);
+                }
+            }
+        }
+    }
+}
+
+#[test]
 fn names_select_kernels_and_unknown_names_are_refused() {
     assert_eq!(Kernels::by_name("scalar").map(|k| k.isa), Ok(Isa::Scalar));
     assert!(Kernels::by_name("sse9").is_err());

@@ -13,6 +13,7 @@ use gptoss_engine::{KvCache, LogitsRequest, Model, SeqChunk};
 use rayon::prelude::*;
 
 #[derive(clap::Args)]
+/// `--threads` and `--dense` are the global flags.
 pub struct Args {
     /// Checkpoint folder.
     model: String,
@@ -164,7 +165,7 @@ pub fn run(args: Args) -> Result<()> {
         let mut v = serde_json::json!({
             "model": name,
             "kernels": kernels,
-            "dense": "bf16",
+            "dense": super::dense().name(),
             "threads": threads,
             "prompt_tokens": args.prompt,
             "gen_tokens": args.gen,
@@ -198,7 +199,7 @@ pub fn run(args: Args) -> Result<()> {
     println!("|---|---|---|---|---|---|");
     for (test, s) in [(format!("pp{}", args.prompt), &pp), (format!("tg{}", args.gen), &tg)] {
         if let Some(s) = s {
-            println!("| {name} | {kernels} | bf16 | {threads} | {test} | {:.2} ± {:.2} |", s.mean, s.sd);
+            println!("| {name} | {kernels} | {} | {threads} | {test} | {:.2} ± {:.2} |", super::dense().name(), s.mean, s.sd);
         }
     }
     println!();

@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
+use gptoss_engine::weights::DenseFormat;
 use gptoss_engine::{Model, Sampler, SamplingParams};
 
 /// The model used when a command is given none.
@@ -69,17 +70,48 @@ pub fn resolve_model(arg: &str) -> Result<PathBuf> {
     bail!("{arg}: no such checkpoint folder")
 }
 
-/// Loads a checkpoint and says so on stderr.
+/// `--dense`: how attention and unembedding weights are held.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Dense {
+    Bf16,
+    Q8,
+}
+
+impl Dense {
+    pub fn name(self) -> &'static str {
+        match self {
+            Dense::Bf16 => "bf16",
+            Dense::Q8 => "q8",
+        }
+    }
+}
+
+static DENSE: std::sync::OnceLock<Dense> = std::sync::OnceLock::new();
+
+pub fn set_dense(d: Dense) {
+    let _ = DENSE.set(d);
+}
+
+pub fn dense() -> Dense {
+    DENSE.get().copied().unwrap_or(Dense::Bf16)
+}
+
+/// Loads a checkpoint (with the `--dense` format) and says so on stderr.
 pub fn load_model(path: &Path) -> Result<Model> {
     let t0 = Instant::now();
-    let model = Model::load(path)?;
+    let format = match dense() {
+        Dense::Bf16 => DenseFormat::Bf16,
+        Dense::Q8 => DenseFormat::Q8,
+    };
+    let model = Model::load_with(path, format)?;
     eprintln!(
-        "loaded {} ({} layout, {} layers, {} experts, {:?} kernels) in {:.2} s",
+        "loaded {} ({} layout, {} layers, {} experts, {:?} kernels, {} dense weights) in {:.2} s",
         path.display(),
         model.layout.name(),
         model.config.num_layers,
         model.config.num_experts,
         model.kernels,
+        dense().name(),
         t0.elapsed().as_secs_f64()
     );
     Ok(model)

@@ -94,6 +94,61 @@ pub fn matmul_rows_bf16a_mxfp4w<const TERMS: usize>(
     matmul_rows_f32_mxfp4w(&xf, n_tok, codes, scales, bias, out, &mut row);
 }
 
+/// `out[r, t] = Σ_k x[t, k]·w[r, k] + bias[r]` with q8 weights (codes `[R, K]`, scales
+/// `[R, K/32]`, see [`crate::q8`]) and f32 activations. out: `[R, n_tok]`; row_buf `[K]`.
+pub fn matmul_rows_f32_q8w(
+    x: &[f32],
+    n_tok: usize,
+    codes: &[i8],
+    scales: &[f32],
+    bias: Option<&[f32]>,
+    out: &mut [f32],
+    row_buf: &mut [f32],
+) {
+    let k = row_buf.len();
+    check_q8_shapes(n_tok, k, codes.len(), scales.len(), bias, out);
+    assert_eq!(x.len(), n_tok * k, "linear: x is not [n_tok, K]");
+    for (r, ((c, s), out_row)) in
+        codes.chunks_exact(k).zip(scales.chunks_exact(k / crate::q8::BLOCK)).zip(out.chunks_exact_mut(n_tok)).enumerate()
+    {
+        crate::q8::dequantize_row(c, s, row_buf);
+        let b = bias.map_or(0.0, |b| b[r]);
+        for (t, y) in out_row.iter_mut().enumerate() {
+            *y = dot_f32(&x[t * k..(t + 1) * k], row_buf) + b;
+        }
+    }
+}
+
+/// The same with activations as bf16 terms (the twin of the AVX512-BF16 q8 kernel).
+pub fn matmul_rows_bf16a_q8w<const TERMS: usize>(
+    x: &[u16],
+    n_tok: usize,
+    codes: &[i8],
+    scales: &[f32],
+    bias: Option<&[f32]>,
+    out: &mut [f32],
+    _scratch: &mut Vec<u16>,
+) {
+    let k = x.len() / (TERMS * n_tok.max(1));
+    let xf = widen::<TERMS>(x);
+    matmul_rows_f32_q8w(&xf, n_tok, codes, scales, bias, out, &mut vec![0f32; k]);
+}
+
+pub(crate) fn check_q8_shapes(
+    n_tok: usize,
+    k: usize,
+    codes_len: usize,
+    scales_len: usize,
+    bias: Option<&[f32]>,
+    out: &[f32],
+) {
+    assert!(n_tok > 0 && k > 0 && k.is_multiple_of(crate::q8::BLOCK), "q8: K must be a positive multiple of 32");
+    let rows = codes_len / k;
+    assert_eq!(codes_len, rows * k, "q8 codes do not match [R, K]");
+    assert_eq!(scales_len, rows * k / crate::q8::BLOCK, "q8 scales do not match [R, K/32]");
+    check_out(n_tok, rows, bias, out);
+}
+
 /// hi (+ lo): exact in f32, both have 8 significant bits and lo is below hi's last one.
 fn widen<const TERMS: usize>(x: &[u16]) -> Vec<f32> {
     let n = x.len() / TERMS;

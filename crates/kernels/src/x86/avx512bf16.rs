@@ -345,3 +345,87 @@ pub fn split_to_bf16<const TERMS: usize>(src: &[f32], dst: &mut [u16]) {
     // SAFETY: handed out only with AVX-512F/BW; lengths checked above.
     unsafe { split_impl::<TERMS>(src, dst) }
 }
+
+/// 32 q8 codes times their block's scale, rounded to bf16 (the weight's defined value).
+#[inline(always)]
+unsafe fn decode_q8_block(codes: *const i8, scale: f32) -> __m512bh {
+    let s = _mm512_set1_ps(scale);
+    let lo = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(codes as *const __m128i)));
+    let hi = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(codes.add(16) as *const __m128i)));
+    _mm512_cvtne2ps_pbh(_mm512_mul_ps(hi, s), _mm512_mul_ps(lo, s))
+}
+
+#[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+unsafe fn decode_rows_q8(codes: *const i8, scales: *const f32, blocks: usize, dst: *mut u16) {
+    for b in 0..blocks {
+        let w = decode_q8_block(codes.add(b * 32), *scales.add(b));
+        _mm512_storeu_si512(dst.add(b * 32) as *mut _, std::mem::transmute::<__m512bh, __m512i>(w));
+    }
+}
+
+/// One token through 4 q8 rows, decoding in registers; same sums as decode + [`tile`].
+#[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+unsafe fn gemv_rows4_q8<const TERMS: usize>(
+    x: *const u16,
+    k: usize,
+    codes: *const i8,
+    scales: *const f32,
+    bias: Option<*const f32>,
+    out: *mut f32,
+) {
+    let blocks = k / crate::q8::BLOCK;
+    let mut acc = [_mm512_setzero_ps(); 4];
+    for c in 0..blocks {
+        if c % 2 == 0 {
+            for i in 0..4 {
+                _mm_prefetch::<_MM_HINT_T0>(codes.wrapping_add(i * k + c * 32 + PREFETCH_AHEAD) as *const i8);
+            }
+        }
+        let xv: [__m512bh; TERMS] = std::array::from_fn(|t| load_bh(x.add(t * k + c * 32)));
+        for (i, a) in acc.iter_mut().enumerate() {
+            let w = decode_q8_block(codes.add(i * k + c * 32), *scales.add(i * blocks + c));
+            for xt in xv {
+                *a = _mm512_dpbf16_ps(*a, w, xt);
+            }
+        }
+    }
+    for (i, a) in acc.iter().enumerate() {
+        *out.add(i) = _mm512_reduce_add_ps(*a) + bias.map_or(0.0, |b| *b.add(i));
+    }
+}
+
+/// See [`crate::scalar::matmul_rows_bf16a_q8w`].
+pub fn matmul_rows_bf16a_q8w<const TERMS: usize>(
+    x: &[u16],
+    n_tok: usize,
+    codes: &[i8],
+    scales: &[f32],
+    bias: Option<&[f32]>,
+    out: &mut [f32],
+    scratch: &mut Vec<u16>,
+) {
+    let k = x.len() / (TERMS * n_tok.max(1));
+    assert_eq!(x.len(), TERMS * n_tok * k, "linear: x is not [terms, n_tok, K]");
+    crate::scalar::check_q8_shapes(n_tok, k, codes.len(), scales.len(), bias, out);
+    let rows = codes.len() / k;
+    let panel = if n_tok <= 4 { 4 } else { PANEL_ROWS };
+    scratch.resize(panel * k, 0);
+    let spr = k / crate::q8::BLOCK;
+    // SAFETY: handed out by `Kernels` only when the CPU has AVX-512F/BW/BF16; the shapes were
+    // checked above and the scratch holds a whole panel.
+    unsafe {
+        let mut r = 0;
+        while r < rows {
+            let pr = (rows - r).min(panel);
+            let bias_r = bias.map(|b| b.as_ptr().add(r));
+            let (c, s) = (codes.as_ptr().add(r * k), scales.as_ptr().add(r * spr));
+            if n_tok == 1 && pr == 4 {
+                gemv_rows4_q8::<TERMS>(x.as_ptr(), k, c, s, bias_r, out.as_mut_ptr().add(r));
+            } else {
+                decode_rows_q8(c, s, pr * spr, scratch.as_mut_ptr());
+                gemm_panel::<TERMS>(x.as_ptr(), n_tok, k, scratch.as_ptr(), pr, bias_r, out.as_mut_ptr().add(r * n_tok));
+            }
+            r += pr;
+        }
+    }
+}
