@@ -38,10 +38,16 @@ pub fn linear_q8(kern: &Kernels, x: &[f32], n_tok: usize, w: &Q8Matrix, bias: Op
         return;
     }
     let matmul = kern.matmul_rows_f32_q8w;
-    rows_parallel(rows, n_tok, y, || vec![0f32; k], |r, out, buf| {
-        let (c, s) = (&codes[r.start * k..r.end * k], &scales[r.start * spr..r.end * spr]);
-        matmul(x, n_tok, c, s, bias.map(|b| &b[r.clone()]), out, buf)
-    });
+    rows_parallel(
+        rows,
+        n_tok,
+        y,
+        || vec![0f32; k],
+        |r, out, buf| {
+            let (c, s) = (&codes[r.start * k..r.end * k], &scales[r.start * spr..r.end * spr]);
+            matmul(x, n_tok, c, s, bias.map(|b| &b[r.clone()]), out, buf)
+        },
+    );
 }
 
 /// `y[T, R] = x[T, K]·Wᵀ + b` for bf16 `W [R, K]`.
@@ -69,15 +75,23 @@ fn linear_bf16_with(
     if let (true, Some(ba)) = (may_round, &kern.bf16_act) {
         let xb = round_bf16(ba, x);
         let matmul = ba.matmul_rows_bf16a_bf16w;
-        rows_parallel(rows, n_tok, y, || (), |r, out, _| {
-            matmul(&xb, n_tok, &data[r.start * k..r.end * k], bias.map(|b| &b[r.clone()]), out)
-        });
+        rows_parallel(
+            rows,
+            n_tok,
+            y,
+            || (),
+            |r, out, _| matmul(&xb, n_tok, &data[r.start * k..r.end * k], bias.map(|b| &b[r.clone()]), out),
+        );
         return;
     }
     let matmul = kern.matmul_rows_f32_bf16w;
-    rows_parallel(rows, n_tok, y, || vec![0f32; k], |r, out, buf| {
-        matmul(x, n_tok, &data[r.start * k..r.end * k], bias.map(|b| &b[r.clone()]), out, buf)
-    });
+    rows_parallel(
+        rows,
+        n_tok,
+        y,
+        || vec![0f32; k],
+        |r, out, buf| matmul(x, n_tok, &data[r.start * k..r.end * k], bias.map(|b| &b[r.clone()]), out, buf),
+    );
 }
 
 /// Activations split into bf16 terms once per call for the bf16-activation kernels.
@@ -117,17 +131,23 @@ pub fn linear_mxfp4(
         return;
     }
     let matmul = kern.matmul_rows_f32_mxfp4w;
-    rows_parallel(rows, n_tok, y, || vec![0f32; k], |r, out, buf| {
-        matmul(
-            x,
-            n_tok,
-            &codes[r.start * cpr..r.end * cpr],
-            &scales[r.start * spr..r.end * spr],
-            bias.map(|b| &b[r.clone()]),
-            out,
-            buf,
-        )
-    });
+    rows_parallel(
+        rows,
+        n_tok,
+        y,
+        || vec![0f32; k],
+        |r, out, buf| {
+            matmul(
+                x,
+                n_tok,
+                &codes[r.start * cpr..r.end * cpr],
+                &scales[r.start * spr..r.end * spr],
+                bias.map(|b| &b[r.clone()]),
+                out,
+                buf,
+            )
+        },
+    );
 }
 
 /// Runs `kernel(rows, out [rows, T], scratch)` over row blocks and leaves `y` as `[T, R]`.
@@ -141,13 +161,10 @@ fn rows_parallel<S>(
     assert_eq!(y.len(), rows * n_tok, "linear: output is not [T, R]");
     let chunk = rows_per_task(rows);
     let run = |out_t: &mut [f32]| {
-        out_t.par_chunks_mut(chunk * n_tok).enumerate().for_each_init(
-            &scratch,
-            |buf, (i, out)| {
-                let r0 = i * chunk;
-                kernel(r0..r0 + out.len() / n_tok, out, buf)
-            },
-        );
+        out_t.par_chunks_mut(chunk * n_tok).enumerate().for_each_init(&scratch, |buf, (i, out)| {
+            let r0 = i * chunk;
+            kernel(r0..r0 + out.len() / n_tok, out, buf)
+        });
     };
     if n_tok == 1 {
         // [R, 1] and [1, R] are the same layout.

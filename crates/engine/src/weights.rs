@@ -140,7 +140,7 @@ impl Dense {
     }
 
     /// Only q8 requantizes, and only once (K must be a multiple of 32, as in gpt-oss).
-    fn to_format(&mut self, format: DenseFormat) {
+    fn convert_to(&mut self, format: DenseFormat) {
         if let (DenseFormat::Q8, Dense::Bf16(m)) = (format, &*self) {
             if m.cols.is_multiple_of(gptoss_kernels::q8::BLOCK) {
                 let q8 = Q8Matrix::from_bf16(m);
@@ -242,11 +242,11 @@ impl ModelWeights {
     /// Converts the attention and unembedding matrices to `format` (the router stays bf16:
     /// its top-k choice is discontinuous and it is tiny).
     pub fn set_dense_format(&mut self, format: DenseFormat) {
-        self.unembedding.to_format(format);
+        self.unembedding.convert_to(format);
         for layer in &mut self.layers {
             let a = &mut layer.attn;
             for w in [&mut a.q, &mut a.k, &mut a.v, &mut a.out] {
-                w.to_format(format);
+                w.convert_to(format);
             }
         }
     }

@@ -148,8 +148,10 @@ fn perplexity_matches_the_reference_nll() {
     let mean = want.iter().sum::<f64>() / want.len() as f64;
     assert!((v["perplexity"].as_f64().unwrap() / mean.exp() - 1.0).abs() < 1e-4);
     // Independent windows of 100 tokens score 3 × 99 next tokens.
-    let (stdout, _) =
-        ok_with_kernels(Some("scalar"), &["perplexity", model.to_str().unwrap(), "--tokens-file", &file, "--json", "--ctx", "100"]);
+    let (stdout, _) = ok_with_kernels(
+        Some("scalar"),
+        &["perplexity", model.to_str().unwrap(), "--tokens-file", &file, "--json", "--ctx", "100"],
+    );
     let v: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
     assert_eq!(v["nll"].as_array().unwrap().len(), 297);
 }

@@ -346,7 +346,10 @@ fn names_select_kernels_and_unknown_names_are_refused() {
 #[test]
 fn results_do_not_depend_on_the_batch() {
     let mut rng = Rng(0x2545_F491_4F6C_DD1D);
-    for kern in [Isa::Scalar, Isa::Avx2, Isa::Avx512, Isa::Avx512Bf16, Isa::Avx512Bf16Round].into_iter().filter_map(Kernels::for_isa) {
+    for kern in [Isa::Scalar, Isa::Avx2, Isa::Avx512, Isa::Avx512Bf16, Isa::Avx512Bf16Round]
+        .into_iter()
+        .filter_map(Kernels::for_isa)
+    {
         for k in [32, 64, 96, 2880] {
             // Past the 4×4 register tiles and the 32-row panels of the blocked kernels.
             let (n_tok, rows) = (7, 37);

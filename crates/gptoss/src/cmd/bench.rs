@@ -55,10 +55,8 @@ fn read_bandwidth() -> f64 {
     let mut best = 0f64;
     for _ in 0..5 {
         let t0 = Instant::now();
-        let sum: u64 = buf
-            .par_chunks(per)
-            .map(|c| c.iter().fold(0u64, |a, &b| a.wrapping_add(b)))
-            .reduce(|| 0, u64::wrapping_add);
+        let sum: u64 =
+            buf.par_chunks(per).map(|c| c.iter().fold(0u64, |a, &b| a.wrapping_add(b))).reduce(|| 0, u64::wrapping_add);
         black_box(sum);
         best = best.max((words * 8) as f64 / t0.elapsed().as_secs_f64());
     }
@@ -199,7 +197,12 @@ pub fn run(args: Args) -> Result<()> {
     println!("|---|---|---|---|---|---|");
     for (test, s) in [(format!("pp{}", args.prompt), &pp), (format!("tg{}", args.gen), &tg)] {
         if let Some(s) = s {
-            println!("| {name} | {kernels} | {} | {threads} | {test} | {:.2} ± {:.2} |", super::dense().name(), s.mean, s.sd);
+            println!(
+                "| {name} | {kernels} | {} | {threads} | {test} | {:.2} ± {:.2} |",
+                super::dense().name(),
+                s.mean,
+                s.sd
+            );
         }
     }
     println!();
@@ -217,7 +220,7 @@ pub fn run(args: Args) -> Result<()> {
         println!();
         println!("time per generated token by stage ({} tokens, {:.2} ms/token):", args.gen, per_tok(*total));
         let mut rows = totals.clone();
-        rows.sort_by(|a, b| b.1.cmp(&a.1));
+        rows.sort_by_key(|r| std::cmp::Reverse(r.1));
         for (stage, d) in rows {
             println!(
                 "  {:<28} {:>8.2} ms  {:>5.1}%",

@@ -108,8 +108,11 @@ pub fn matmul_rows_f32_q8w(
     let k = row_buf.len();
     check_q8_shapes(n_tok, k, codes.len(), scales.len(), bias, out);
     assert_eq!(x.len(), n_tok * k, "linear: x is not [n_tok, K]");
-    for (r, ((c, s), out_row)) in
-        codes.chunks_exact(k).zip(scales.chunks_exact(k / crate::q8::BLOCK)).zip(out.chunks_exact_mut(n_tok)).enumerate()
+    for (r, ((c, s), out_row)) in codes
+        .chunks_exact(k)
+        .zip(scales.chunks_exact(k / crate::q8::BLOCK))
+        .zip(out.chunks_exact_mut(n_tok))
+        .enumerate()
     {
         crate::q8::dequantize_row(c, s, row_buf);
         let b = bias.map_or(0.0, |b| b[r]);

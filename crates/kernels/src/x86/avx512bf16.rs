@@ -170,9 +170,9 @@ unsafe fn decode_rows_bf16(codes: &[u8], scales: &[u8], k: usize, rows: usize, d
     let table = fp4_bf16_table();
     let lut = _mm512_loadu_si512(table.as_ptr() as *const _);
     let nonzero: __mmask32 = 0xFEFE_FEFE; // entries 0 and 8 (±0) keep their bits
-    // Qword i holds code bytes 2i, 2i+1 (elements 4i..4i+4, low nibble first); word m of
-    // the result takes the byte at bit 4m, whose low 5 bits index the table (period 16,
-    // so the neighbouring nibble's bit is ignored).
+                                          // Qword i holds code bytes 2i, 2i+1 (elements 4i..4i+4, low nibble first); word m of
+                                          // the result takes the byte at bit 4m, whose low 5 bits index the table (period 16,
+                                          // so the neighbouring nibble's bit is ignored).
     let shifts = _mm512_set1_epi64(0x000c_0008_0004_0000);
     let blocks = k / mxfp4::BLOCK;
     for b in 0..rows * blocks {
@@ -184,7 +184,7 @@ unsafe fn decode_rows_bf16(codes: &[u8], scales: &[u8], k: usize, rows: usize, d
         let s = scales[b];
         let d = dst.as_mut_ptr().add(b * 32);
         if (2..=252).contains(&s) {
-            let delta = ((s as i16 - 127) << 7) as i16;
+            let delta = (s as i16 - 127) << 7;
             let scaled = _mm512_mask_add_epi16(lut, nonzero, lut, _mm512_set1_epi16(delta));
             let pairs = _mm512_cvtepu16_epi64(_mm_loadu_si128(codes.as_ptr().add(b * 16) as *const __m128i));
             let idx = _mm512_multishift_epi64_epi8(shifts, pairs);
@@ -207,6 +207,7 @@ const GEMV_MAX_BLOCKS: usize = 256;
 /// False (nothing written) when a scale lies outside the exponent-add range or K is too
 /// long, and the caller takes the general path.
 #[target_feature(enable = "avx512f,avx512bw,avx512bf16,avx512vbmi")]
+#[allow(clippy::needless_range_loop)] // c indexes codes, x and deltas alike
 unsafe fn gemv_rows4_mxfp4<const TERMS: usize>(
     x: *const u16,
     k: usize,
@@ -378,7 +379,7 @@ unsafe fn gemv_rows4_q8<const TERMS: usize>(
     for c in 0..blocks {
         if c % 2 == 0 {
             for i in 0..4 {
-                _mm_prefetch::<_MM_HINT_T0>(codes.wrapping_add(i * k + c * 32 + PREFETCH_AHEAD) as *const i8);
+                _mm_prefetch::<_MM_HINT_T0>(codes.wrapping_add(i * k + c * 32 + PREFETCH_AHEAD));
             }
         }
         let xv: [__m512bh; TERMS] = std::array::from_fn(|t| load_bh(x.add(t * k + c * 32)));
@@ -423,7 +424,15 @@ pub fn matmul_rows_bf16a_q8w<const TERMS: usize>(
                 gemv_rows4_q8::<TERMS>(x.as_ptr(), k, c, s, bias_r, out.as_mut_ptr().add(r));
             } else {
                 decode_rows_q8(c, s, pr * spr, scratch.as_mut_ptr());
-                gemm_panel::<TERMS>(x.as_ptr(), n_tok, k, scratch.as_ptr(), pr, bias_r, out.as_mut_ptr().add(r * n_tok));
+                gemm_panel::<TERMS>(
+                    x.as_ptr(),
+                    n_tok,
+                    k,
+                    scratch.as_ptr(),
+                    pr,
+                    bias_r,
+                    out.as_mut_ptr().add(r * n_tok),
+                );
             }
             r += pr;
         }
