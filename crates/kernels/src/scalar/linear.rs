@@ -191,11 +191,16 @@ pub(crate) fn check_mxfp4_bf16a_shapes(
     out: &[f32],
 ) {
     assert!(n_tok > 0 && k > 0 && x.len() == terms * n_tok * k, "linear: x is not [terms, n_tok, K]");
-    assert!(k.is_multiple_of(mxfp4::BLOCK), "MXFP4: K must be a positive multiple of {}", mxfp4::BLOCK);
+    check_out(n_tok, mxfp4_rows(k, codes_len, scales_len), bias, out);
+}
+
+/// Rows of MXFP4 codes `[R, K/2]` and scales `[R, K/32]`, checked against each other.
+fn mxfp4_rows(k: usize, codes_len: usize, scales_len: usize) -> usize {
+    assert!(k > 0 && k.is_multiple_of(mxfp4::BLOCK), "MXFP4: K must be a positive multiple of {}", mxfp4::BLOCK);
     let rows = scales_len / (k / mxfp4::BLOCK);
     assert_eq!(scales_len, rows * (k / mxfp4::BLOCK), "MXFP4 scales do not match [R, K/32]");
     assert_eq!(codes_len, rows * k / 2, "MXFP4 codes do not match [R, K/2]");
-    check_out(n_tok, rows, bias, out);
+    rows
 }
 
 /// Panics unless the shapes fit: a caller's bug, never something input can cause.
@@ -214,11 +219,7 @@ pub(crate) fn check_mxfp4_shapes(
     bias: Option<&[f32]>,
     out: &[f32],
 ) {
-    assert!(k > 0 && k.is_multiple_of(mxfp4::BLOCK), "MXFP4: K must be a positive multiple of {}", mxfp4::BLOCK);
-    let rows = scales_len / (k / mxfp4::BLOCK);
-    assert_eq!(scales_len, rows * (k / mxfp4::BLOCK), "MXFP4 scales do not match [R, K/32]");
-    assert_eq!(codes_len, rows * k / 2, "MXFP4 codes do not match [R, K/2]");
-    check_shapes(x, n_tok, k, rows, bias, out);
+    check_shapes(x, n_tok, k, mxfp4_rows(k, codes_len, scales_len), bias, out);
 }
 
 fn check_shapes(x: &[f32], n_tok: usize, k: usize, rows: usize, bias: Option<&[f32]>, out: &[f32]) {
