@@ -106,7 +106,12 @@ fn bf16_activation_matmuls_match_scalar_on_random_ragged_shapes() {
     let mut rng = Rng(0x6A09_E667_F3BC_C908);
     for case in 0..240 {
         let (n_tok, rows) = blocked_shape(&mut rng, case);
-        let k = if case == 0 { 2880 } else { 1 + rng.below(200) };
+        // Now and then K spans several of the GEMM's K passes (1024) and ends ragged.
+        let k = match case {
+            0 => 2880,
+            _ if case % 16 == 5 => 1000 + rng.below(1200),
+            _ => 1 + rng.below(200),
+        };
         let xf: Vec<f32> = (0..n_tok * k).map(|_| rng.f32()).collect();
         let w: Vec<u16> = (0..rows * k).map(|_| f32_to_bf16(rng.f32())).collect();
         let bias: Vec<f32> = (0..rows).map(|_| rng.f32()).collect();
@@ -136,7 +141,11 @@ fn bf16_activation_mxfp4_matmul_matches_scalar_on_random_ragged_shapes() {
     let mut rng = Rng(0xBB67_AE85_84CA_A73B);
     for case in 0..240 {
         let (n_tok, rows) = blocked_shape(&mut rng, case);
-        let k = if case == 0 { 2880 } else { 32 * (1 + rng.below(8)) };
+        let k = match case {
+            0 => 2880,
+            _ if case % 16 == 5 => 32 * (30 + rng.below(40)),
+            _ => 32 * (1 + rng.below(8)),
+        };
         let xf: Vec<f32> = (0..n_tok * k).map(|_| rng.f32()).collect();
         let codes: Vec<u8> = (0..rows * k / 2).map(|_| rng.next() as u8).collect();
         // Ordinary scales and now and then the tiny ones and NaN (255).
@@ -350,8 +359,8 @@ fn results_do_not_depend_on_the_batch() {
         .into_iter()
         .filter_map(Kernels::for_isa)
     {
-        for k in [32, 64, 96, 2880] {
-            // Past the 4×4 register tiles and the 32-row panels of the blocked kernels.
+        for k in [32, 64, 96, 2080, 2880] {
+            // Past the 4×4 register tiles, the 32-row panels and the 1024-long K passes.
             let (n_tok, rows) = (7, 37);
             let x: Vec<f32> = (0..n_tok * k).map(|_| rng.f32()).collect();
             let w: Vec<u16> = (0..rows * k).map(|_| f32_to_bf16(rng.f32())).collect();

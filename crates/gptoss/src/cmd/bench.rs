@@ -144,14 +144,21 @@ pub fn run(args: Args) -> Result<()> {
             eprintln!("run {}/{} done", rep + 1, args.repetitions);
         }
     }
-    let split = if args.profile && args.gen > 0 {
+    // Stage splits: one profiled run of each test, after the timed ones.
+    let profiled = |run: &dyn Fn() -> Result<Duration>| -> Result<(Duration, Vec<(profile::Stage, Duration)>)> {
         profile::enable(true);
-        let total = gen_run(&model, args.gen)?;
+        let total = run();
         let totals = profile::totals();
         profile::enable(false);
-        Some((total, totals))
-    } else {
-        None
+        Ok((total?, totals))
+    };
+    let split = match args.profile && args.gen > 0 {
+        true => Some(profiled(&|| gen_run(&model, args.gen))?),
+        false => None,
+    };
+    let prompt_split = match args.profile && args.prompt > 0 {
+        true => Some(profiled(&|| prompt_run(&model, &prompt))?),
+        false => None,
     };
 
     let ceiling = bandwidth / bytes_per_token as f64;
@@ -178,17 +185,23 @@ pub fn run(args: Args) -> Result<()> {
             "bandwidth_fraction": fraction,
             "peak_rss_bytes": super::peak_rss(),
         });
-        if let Some((total, totals)) = &split {
-            v["profile"] = totals
+        let to_json = |(total, totals): &(Duration, Vec<(profile::Stage, Duration)>), n: usize| {
+            totals
                 .iter()
                 .map(|(stage, d)| {
                     serde_json::json!({
                         "stage": stage.name(),
-                        "ms_per_token": d.as_secs_f64() * 1e3 / args.gen as f64,
+                        "ms_per_token": d.as_secs_f64() * 1e3 / n as f64,
                         "share": d.as_secs_f64() / total.as_secs_f64(),
                     })
                 })
-                .collect();
+                .collect::<serde_json::Value>()
+        };
+        if let Some(s) = &split {
+            v["profile"] = to_json(s, args.gen);
+        }
+        if let Some(s) = &prompt_split {
+            v["prompt_profile"] = to_json(s, args.prompt);
         }
         println!("{v}");
         return Ok(());
@@ -215,23 +228,31 @@ pub fn run(args: Args) -> Result<()> {
     if let (Some(s), Some(f)) = (&tg, fraction) {
         println!("generation: {:.2} tokens/s = {:.1}% of the bandwidth limit", s.mean, 100.0 * f);
     }
-    if let Some((total, totals)) = &split {
-        let per_tok = |d: Duration| d.as_secs_f64() * 1e3 / args.gen as f64;
-        println!();
-        println!("time per generated token by stage ({} tokens, {:.2} ms/token):", args.gen, per_tok(*total));
-        let mut rows = totals.clone();
-        rows.sort_by_key(|r| std::cmp::Reverse(r.1));
-        for (stage, d) in rows {
-            println!(
-                "  {:<28} {:>8.2} ms  {:>5.1}%",
-                stage.name(),
-                per_tok(d),
-                100.0 * d.as_secs_f64() / total.as_secs_f64()
-            );
-        }
-        let counted: Duration = totals.iter().map(|t| t.1).sum();
-        println!("  {:<28} {:>8.2} ms", "other (sampling, glue)", per_tok(total.saturating_sub(counted)));
+    if let Some(s) = &split {
+        print_split(&format!("time per generated token by stage ({} tokens", args.gen), s, args.gen);
+    }
+    if let Some(s) = &prompt_split {
+        print_split(&format!("time per prompt token by stage (pp{}", args.prompt), s, args.prompt);
     }
     println!("{}", super::memory_report());
     Ok(())
+}
+
+/// A stage table: `title` is completed with the time per token.
+fn print_split(title: &str, (total, totals): &(Duration, Vec<(profile::Stage, Duration)>), n: usize) {
+    let per_tok = |d: Duration| d.as_secs_f64() * 1e3 / n as f64;
+    println!();
+    println!("{title}, {:.2} ms/token):", per_tok(*total));
+    let mut rows = totals.clone();
+    rows.sort_by_key(|r| std::cmp::Reverse(r.1));
+    for (stage, d) in rows {
+        println!(
+            "  {:<28} {:>8.2} ms  {:>5.1}%",
+            stage.name(),
+            per_tok(d),
+            100.0 * d.as_secs_f64() / total.as_secs_f64()
+        );
+    }
+    let counted: Duration = totals.iter().map(|t| t.1).sum();
+    println!("  {:<28} {:>8.2} ms", "other (sampling, glue)", per_tok(total.saturating_sub(counted)));
 }

@@ -27,22 +27,37 @@ unsafe fn load_bh_masked(p: *const u16, m: __mmask32) -> __m512bh {
     std::mem::transmute::<__m512i, __m512bh>(_mm512_maskz_loadu_epi16(m, p as *const i16))
 }
 
-/// `out[i, j] = Σ_k w[i, k]·x[j, k] + bias[i]` for an RB×TB block: w rows and x rows are K
-/// apart, out rows `n_tok` apart. With two terms, x is hi + lo, the lo parts `lo_off`
+/// K per pass of a panel: the x of one token group (4 tokens × 2 terms × 1024 bf16 = 16 KB)
+/// stays in L1 while the panel's weight rows stream past it from L2.
+const KC: usize = 1024;
+
+/// Accumulates `Σ_k w[i, k]·x[j, k]` over `k in o0..o1` for an RB×TB block into `acc`
+/// (slot `i * 4 + j`; read back unless `o0` is 0). On the pass that reaches K (`o1 == k`)
+/// the sums are reduced and written as `out[i, j] + bias[i]` instead. w rows and x rows are
+/// K apart, out rows `n_tok` apart. With two terms, x is hi + lo, the lo parts `lo_off`
 /// elements after the hi ones; each chunk adds w·hi, then w·lo, to the same accumulator.
+/// Stopping between passes only parks the 16 lanes in memory: each lane still sums its k
+/// in order, so the result is the same bits as one pass (and as [`gemv_rows4_mxfp4`]).
 #[inline(always)]
+#[allow(clippy::too_many_arguments)]
 unsafe fn tile<const TERMS: usize, const RB: usize, const TB: usize>(
     x: *const u16,
     lo_off: usize,
     w: *const u16,
     k: usize,
+    (o0, o1): (usize, usize),
+    acc_mem: *mut __m512,
     bias: Option<*const f32>,
     out: *mut f32,
     n_tok: usize,
 ) {
-    let mut acc = [[_mm512_setzero_ps(); TB]; RB];
-    let mut o = 0;
-    while o + 32 <= k {
+    let mut acc: [[__m512; TB]; RB] = if o0 == 0 {
+        [[_mm512_setzero_ps(); TB]; RB]
+    } else {
+        std::array::from_fn(|i| std::array::from_fn(|j| *acc_mem.add(i * 4 + j)))
+    };
+    let mut o = o0;
+    while o + 32 <= o1 {
         let wv: [__m512bh; RB] = std::array::from_fn(|i| load_bh(w.add(i * k + o)));
         for term in 0..TERMS {
             let xv: [__m512bh; TB] = std::array::from_fn(|j| load_bh(x.add(term * lo_off + j * k + o)));
@@ -54,9 +69,9 @@ unsafe fn tile<const TERMS: usize, const RB: usize, const TB: usize>(
         }
         o += 32;
     }
-    if o < k {
+    if o < o1 {
         // Zeros past K add nothing.
-        let m: __mmask32 = (1u32 << (k - o)) - 1;
+        let m: __mmask32 = (1u32 << (o1 - o)) - 1;
         let wv: [__m512bh; RB] = std::array::from_fn(|i| load_bh_masked(w.add(i * k + o), m));
         for term in 0..TERMS {
             let xv: [__m512bh; TB] = std::array::from_fn(|j| load_bh_masked(x.add(term * lo_off + j * k + o), m));
@@ -66,6 +81,14 @@ unsafe fn tile<const TERMS: usize, const RB: usize, const TB: usize>(
                 }
             }
         }
+    }
+    if o1 < k {
+        for (i, row) in acc.iter().enumerate() {
+            for (j, a) in row.iter().enumerate() {
+                *acc_mem.add(i * 4 + j) = *a;
+            }
+        }
+        return;
     }
     for (i, row) in acc.iter().enumerate() {
         let b = bias.map_or(0.0, |b| *b.add(i));
@@ -99,7 +122,12 @@ macro_rules! tile_dispatch {
     };
 }
 
-/// `out[R, T] = w[R, K]·x[T, K]ᵀ + bias` for one panel of rows, tokens in L2-sized tiles.
+/// Row groups × token groups of one panel and token tile, 16 parked accumulators each.
+const PARKED: usize = (PANEL_ROWS / 4) * (TOKEN_TILE / 4) * 16;
+
+/// `out[R, T] = w[R, K]·x[T, K]ᵀ + bias` for one panel of rows (at most [`PANEL_ROWS`]):
+/// tokens in tiles of [`TOKEN_TILE`], K in passes of [`KC`], and within a pass each group
+/// of 4 tokens meets every group of 4 rows while its x is in L1.
 #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
 unsafe fn gemm_panel<const TERMS: usize>(
     x: *const u16,
@@ -110,20 +138,43 @@ unsafe fn gemm_panel<const TERMS: usize>(
     bias: Option<*const f32>,
     out: *mut f32,
 ) {
+    debug_assert!(rows <= PANEL_ROWS);
+    // 128 KB of accumulators, each written by a pass before the next one reads it.
+    let mut parked = std::mem::MaybeUninit::<[__m512; PARKED]>::uninit();
+    let parked = parked.as_mut_ptr() as *mut __m512;
     let mut t0 = 0;
     while t0 < n_tok {
         let t1 = (t0 + TOKEN_TILE).min(n_tok);
-        let mut r = 0;
-        while r < rows {
-            let rb = (rows - r).min(4);
-            let (w_r, bias_r, out_r) = (w.add(r * k), bias.map(|b| b.add(r)), out.add(r * n_tok));
+        let mut o0 = 0;
+        while o0 < k {
+            let o1 = (o0 + KC).min(k);
             let mut t = t0;
             while t < t1 {
                 let tb = (t1 - t).min(4);
-                tile_dispatch!(TERMS, rb, tb, x.add(t * k), n_tok * k, w_r, k, bias_r, out_r.add(t), n_tok);
+                let mut r = 0;
+                while r < rows {
+                    let rb = (rows - r).min(4);
+                    let slot = parked.add(((r / 4) * (TOKEN_TILE / 4) + (t - t0) / 4) * 16);
+                    let (w_r, bias_r, out_r) = (w.add(r * k), bias.map(|b| b.add(r)), out.add(r * n_tok + t));
+                    tile_dispatch!(
+                        TERMS,
+                        rb,
+                        tb,
+                        x.add(t * k),
+                        n_tok * k,
+                        w_r,
+                        k,
+                        (o0, o1),
+                        slot,
+                        bias_r,
+                        out_r,
+                        n_tok
+                    );
+                    r += rb;
+                }
                 t += tb;
             }
-            r += rb;
+            o0 = o1;
         }
         t0 = t1;
     }

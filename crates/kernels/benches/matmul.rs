@@ -1,0 +1,91 @@
+//! Single-thread matmul throughput at the 20b expert and attention shapes, for every kernel
+//! set this CPU runs: `cargo bench -p gptoss-kernels --bench matmul [-- FILTER]`.
+//! Prints GMAC/s (multiply-adds of the model, not of the split terms) and, for one token,
+//! the weight bytes streamed per second.
+
+use std::time::Instant;
+
+use gptoss_kernels::{Isa, Kernels};
+
+struct Rng(u64);
+impl Rng {
+    fn f32(&mut self) -> f32 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        (self.0 >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
+    }
+    fn byte(&mut self) -> u8 {
+        (self.f32().to_bits() >> 3) as u8
+    }
+}
+
+/// Best of `reps` timings of `f`, in seconds.
+fn best(reps: usize, mut f: impl FnMut()) -> f64 {
+    f();
+    (0..reps)
+        .map(|_| {
+            let t = Instant::now();
+            f();
+            t.elapsed().as_secs_f64()
+        })
+        .fold(f64::INFINITY, f64::min)
+}
+
+fn main() {
+    let filter = std::env::args().skip(1).find(|a| !a.starts_with('-')).unwrap_or_default();
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    // (name, rows, K): experts gate_up and down, attention qkv.
+    let shapes = [("gate_up", 5760, 2880), ("down", 2880, 2880), ("qkv", 5120, 2880)];
+    let isas = [Isa::Avx512, Isa::Avx512Bf16, Isa::Avx512Bf16Round];
+    for (name, rows, k) in shapes {
+        if !name.contains(&filter) {
+            continue;
+        }
+        let codes: Vec<u8> = (0..rows * k / 2).map(|_| rng.byte()).collect();
+        let scales: Vec<u8> = (0..rows * k / 32).map(|_| 120 + rng.byte() % 8).collect();
+        let w: Vec<u16> = (0..rows * k).map(|_| gptoss_kernels::bf16::f32_to_bf16(rng.f32())).collect();
+        for n_tok in std::env::var("TOKS")
+            .map(|s| s.split(",").map(|v| v.parse().unwrap()).collect())
+            .unwrap_or(vec![1usize, 64])
+        {
+            let xf: Vec<f32> = (0..n_tok * k).map(|_| rng.f32()).collect();
+            let mut out = vec![0f32; rows * n_tok];
+            let mut row_buf = vec![0f32; k];
+            let macs = (rows * k * n_tok) as f64;
+            for isa in isas.iter().filter(|i| i.supported()) {
+                let Some(kern) = Kernels::for_isa(*isa) else { continue };
+                let reps = if n_tok == 1 { 50 } else { 5 };
+                let (t_fp4, t_bf16) = match &kern.bf16_act {
+                    Some(ba) => {
+                        let mut x = vec![0u16; ba.terms * n_tok * k];
+                        (ba.split)(&xf, &mut x);
+                        let mut scratch = Vec::new();
+                        let f = best(reps, || {
+                            (ba.matmul_rows_bf16a_mxfp4w)(&x, n_tok, &codes, &scales, None, &mut out, &mut scratch)
+                        });
+                        let b = best(reps, || (ba.matmul_rows_bf16a_bf16w)(&x, n_tok, &w, None, &mut out));
+                        (f, b)
+                    }
+                    None => {
+                        let f = best(reps, || {
+                            (kern.matmul_rows_f32_mxfp4w)(&xf, n_tok, &codes, &scales, None, &mut out, &mut row_buf)
+                        });
+                        let b =
+                            best(reps, || (kern.matmul_rows_f32_bf16w)(&xf, n_tok, &w, None, &mut out, &mut row_buf));
+                        (f, b)
+                    }
+                };
+                let gb = |bytes: f64, t: f64| bytes / t / 1e9;
+                println!(
+                    "{name:8} T={n_tok:3} {:17} mxfp4 {:7.1} GMAC/s {:5.1} GB/s | bf16 {:7.1} GMAC/s {:5.1} GB/s",
+                    isa.name(),
+                    macs / t_fp4 / 1e9,
+                    gb((codes.len() + scales.len()) as f64, t_fp4),
+                    macs / t_bf16 / 1e9,
+                    gb(2.0 * w.len() as f64, t_bf16),
+                );
+            }
+        }
+    }
+}
