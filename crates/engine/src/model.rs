@@ -226,21 +226,22 @@ impl Model {
         let group = cfg.num_heads / cfg.num_kv_heads; // query heads per kv head
         let scale = 1.0 / (hd as f32).sqrt();
         let mut attn = vec![0f32; t * qd]; // [T, NQ·HD], heads in order
-        ops::for_each_chunk(&mut attn, hd, |i, out, scores| {
-            let (row, head) = (i / cfg.num_heads, i % cfg.num_heads);
+                                           // One task per (row, kv head): the group's query heads are adjacent in q and attn.
+        ops::for_each_chunk(&mut attn, group * hd, |i, out, scores| {
+            let (row, kvh) = (i / cfg.num_kv_heads, i % cfg.num_kv_heads);
             let pos = plan.positions[row];
             let lo = first_visible_key(pos, window);
-            let qh = &q[row * qd + head * hd..row * qd + (head + 1) * hd];
-            let kv_off = (head / group) * hd;
-            scalar::attend_head_f32(
-                qh,
+            let heads = kvh * group..(kvh + 1) * group;
+            let qg = &q[row * qd + heads.start * hd..row * qd + heads.end * hd];
+            (self.kernels.attend_heads_f32)(
+                qg,
                 &spans[plan.item_of_row[row]],
                 kvd,
-                kv_off,
+                kvh * hd,
                 lo,
                 pos,
                 scale,
-                w.sinks[head],
+                &w.sinks[heads],
                 scores,
                 out,
             );

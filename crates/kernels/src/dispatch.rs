@@ -73,6 +73,11 @@ pub type MatmulQ8 = fn(&[f32], usize, &[i8], &[f32], Option<&[f32]>, &mut [f32],
 /// The same with activations as bf16 terms.
 pub type MatmulBf16aQ8w = fn(&[u16], usize, &[i8], &[f32], Option<&[f32]>, &mut [f32], &mut Vec<u16>);
 
+/// Attention of the query heads that share one kv head (the signature of
+/// [`crate::scalar::attend_heads_f32`]).
+pub type AttendHeads =
+    fn(&[f32], &[crate::scalar::KvSpan], usize, usize, usize, usize, f32, &[f32], &mut Vec<f32>, &mut [f32]);
+
 pub struct Bf16Act {
     /// 1 (x rounded to bf16) or 2 (x ≈ hi + lo).
     pub terms: usize,
@@ -89,6 +94,7 @@ pub struct Kernels {
     pub matmul_rows_f32_mxfp4w: MatmulMxfp4,
     /// `--dense q8`; the scalar twin in every table (q8 is fast through [`Bf16Act`]).
     pub matmul_rows_f32_q8w: MatmulQ8,
+    pub attend_heads_f32: AttendHeads,
     /// When set, the linear layers use these instead of the f32 matmuls.
     pub bf16_act: Option<Bf16Act>,
 }
@@ -106,6 +112,7 @@ static SCALAR: Kernels = Kernels {
     matmul_rows_f32_bf16w: crate::scalar::matmul_rows_f32_bf16w,
     matmul_rows_f32_mxfp4w: crate::scalar::matmul_rows_f32_mxfp4w,
     matmul_rows_f32_q8w: crate::scalar::matmul_rows_f32_q8w,
+    attend_heads_f32: crate::scalar::attend_heads_f32,
     bf16_act: None,
 };
 #[cfg(target_arch = "x86_64")]
@@ -114,6 +121,7 @@ static AVX2: Kernels = Kernels {
     matmul_rows_f32_bf16w: crate::x86::avx2::matmul_rows_f32_bf16w,
     matmul_rows_f32_mxfp4w: crate::x86::avx2::matmul_rows_f32_mxfp4w,
     matmul_rows_f32_q8w: crate::scalar::matmul_rows_f32_q8w,
+    attend_heads_f32: crate::scalar::attend_heads_f32,
     bf16_act: None,
 };
 #[cfg(target_arch = "x86_64")]
@@ -122,6 +130,7 @@ static AVX512: Kernels = Kernels {
     matmul_rows_f32_bf16w: crate::x86::avx512::matmul_rows_f32_bf16w,
     matmul_rows_f32_mxfp4w: crate::x86::avx512::matmul_rows_f32_mxfp4w,
     matmul_rows_f32_q8w: crate::scalar::matmul_rows_f32_q8w,
+    attend_heads_f32: crate::x86::attention::attend_heads_f32,
     bf16_act: None,
 };
 #[cfg(target_arch = "x86_64")]
@@ -130,6 +139,7 @@ static AVX512_BF16: Kernels = Kernels {
     matmul_rows_f32_bf16w: crate::x86::avx512::matmul_rows_f32_bf16w,
     matmul_rows_f32_mxfp4w: crate::x86::avx512::matmul_rows_f32_mxfp4w,
     matmul_rows_f32_q8w: crate::scalar::matmul_rows_f32_q8w,
+    attend_heads_f32: crate::x86::attention::attend_heads_f32,
     bf16_act: Some(Bf16Act {
         terms: 2,
         split: crate::x86::avx512bf16::split_to_bf16::<2>,
@@ -144,6 +154,7 @@ static AVX512_BF16_ROUND: Kernels = Kernels {
     matmul_rows_f32_bf16w: crate::x86::avx512::matmul_rows_f32_bf16w,
     matmul_rows_f32_mxfp4w: crate::x86::avx512::matmul_rows_f32_mxfp4w,
     matmul_rows_f32_q8w: crate::scalar::matmul_rows_f32_q8w,
+    attend_heads_f32: crate::x86::attention::attend_heads_f32,
     bf16_act: Some(Bf16Act {
         terms: 1,
         split: crate::x86::avx512bf16::split_to_bf16::<1>,

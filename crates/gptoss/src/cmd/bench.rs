@@ -141,7 +141,9 @@ pub fn run(args: Args) -> Result<()> {
             tg.push(args.gen as f64 / secs);
         }
         if !args.json {
-            eprintln!("run {}/{} done", rep + 1, args.repetitions);
+            let last = |test: String, v: &[f64]| v.last().map_or(String::new(), |x| format!(" {test} {x:.2} tokens/s"));
+            let (p, g) = (last(format!("pp{}", args.prompt), &pp), last(format!("tg{}", args.gen), &tg));
+            eprintln!("run {}/{}:{p}{g}", rep + 1, args.repetitions);
         }
     }
     // Stage splits: one profiled run of each test, after the timed ones.

@@ -67,6 +67,29 @@ pub fn attend_head_f32(
     }
 }
 
+/// [`attend_head_f32`] for the G query heads that share one kv head: `q` and `out` are
+/// `[G, hd]`, `sinks` is `[G]`. The fast kernels read each key and value once for the group.
+#[allow(clippy::too_many_arguments)]
+pub fn attend_heads_f32(
+    q: &[f32],
+    spans: &[KvSpan],
+    kv_dim: usize,
+    kv_off: usize,
+    lo: usize,
+    hi: usize,
+    scale: f32,
+    sinks: &[f32],
+    scores: &mut Vec<f32>,
+    out: &mut [f32],
+) {
+    let g = sinks.len();
+    assert!(g > 0 && q.len() % g == 0 && out.len() == q.len(), "attention: q/out are not [heads, head_dim]");
+    let hd = q.len() / g;
+    for ((qh, oh), &sink) in q.chunks_exact(hd).zip(out.chunks_exact_mut(hd)).zip(sinks) {
+        attend_head_f32(qh, spans, kv_dim, kv_off, lo, hi, scale, sink, scores, oh);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

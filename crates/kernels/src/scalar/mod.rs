@@ -10,7 +10,7 @@ mod moe;
 mod norm;
 mod rope;
 
-pub use attention::{attend_head_f32, KvSpan};
+pub use attention::{attend_head_f32, attend_heads_f32, KvSpan};
 pub(crate) use linear::{
     check_bf16a_shapes, check_matmul_shapes, check_mxfp4_bf16a_shapes, check_mxfp4_shapes, check_q8_shapes,
 };
