@@ -288,43 +288,65 @@ impl Model {
         }
         drop(timer);
 
+        // Tokens grouped by expert: slots s = token·k + j routed to each active expert.
+        let mut slots_of: Vec<Vec<usize>> = vec![Vec::new(); n_exp];
+        for (s, &e) in experts.iter().enumerate() {
+            slots_of[e].push(s);
+        }
+        let active: Vec<(usize, Vec<usize>)> =
+            slots_of.into_iter().enumerate().filter(|(_, s)| !s.is_empty()).collect();
+        let xes: Vec<Vec<f32>> = active // [n_e, H] per expert
+            .iter()
+            .map(|(_, slots)| slots.iter().flat_map(|&s| &mlp_norm[(s / k) * h..(s / k + 1) * h]).copied().collect())
+            .collect();
+
+        let timer = profile::time(Stage::GateUp);
+        let mut gate_ups: Vec<Vec<f32>> = xes.iter().map(|x| vec![0f32; x.len() / h * 2 * i_dim]).collect(); // [n_e, 2I] interleaved (gate, up)
+        let mut jobs: Vec<ops::ExpertJob> = active
+            .iter()
+            .zip(&xes)
+            .zip(gate_ups.iter_mut())
+            .map(|(((e, _), x), y)| ops::ExpertJob {
+                expert: *e,
+                x,
+                bias: Some(&w.gate_up_bias[e * 2 * i_dim..(e + 1) * 2 * i_dim]),
+                y,
+            })
+            .collect();
+        ops::linear_mxfp4_experts(self.kernels, &w.gate_up, &mut jobs);
+        drop(jobs);
+        drop(timer);
+
+        let timer = profile::time(Stage::Swiglu);
+        let acts: Vec<Vec<f32>> = gate_ups // [n_e, I]
+            .iter()
+            .map(|gu| {
+                let mut act = vec![0f32; gu.len() / 2];
+                for (a, u) in act.chunks_exact_mut(i_dim).zip(gu.chunks_exact(2 * i_dim)) {
+                    scalar::swiglu_interleaved_f32(u, SWIGLU_ALPHA, cfg.swiglu_limit, a);
+                }
+                act
+            })
+            .collect();
+        drop(timer);
+
+        let timer = profile::time(Stage::Down);
+        let mut downs: Vec<Vec<f32>> = acts.iter().map(|a| vec![0f32; a.len() / i_dim * h]).collect(); // [n_e, H]
+        let mut jobs: Vec<ops::ExpertJob> = active
+            .iter()
+            .zip(&acts)
+            .zip(downs.iter_mut())
+            .map(|(((e, _), x), y)| ops::ExpertJob { expert: *e, x, bias: Some(&w.down_bias[e * h..(e + 1) * h]), y })
+            .collect();
+        ops::linear_mxfp4_experts(self.kernels, &w.down, &mut jobs);
+        drop(jobs);
         let mut expert_out = vec![0f32; t * k * h]; // [T, k, H]
-        for e in 0..n_exp {
-            let slots: Vec<usize> = (0..t * k).filter(|&s| experts[s] == e).collect(); // s = token·k + slot
-            if slots.is_empty() {
-                continue;
-            }
-            let n = slots.len();
-            let mut xe = vec![0f32; n * h]; // [n, H]
-            for (dst, &s) in xe.chunks_exact_mut(h).zip(&slots) {
-                dst.copy_from_slice(&mlp_norm[(s / k) * h..(s / k + 1) * h]);
-            }
-            let timer = profile::time(Stage::GateUp);
-            let mut gate_up = vec![0f32; n * 2 * i_dim]; // [n, 2I] interleaved (gate, up)
-            ops::linear_mxfp4(
-                self.kernels,
-                &xe,
-                n,
-                &w.gate_up,
-                e,
-                Some(&w.gate_up_bias[e * 2 * i_dim..(e + 1) * 2 * i_dim]),
-                &mut gate_up,
-            );
-            drop(timer);
-            let timer = profile::time(Stage::Swiglu);
-            let mut act = vec![0f32; n * i_dim]; // [n, I]
-            for (a, u) in act.chunks_exact_mut(i_dim).zip(gate_up.chunks_exact(2 * i_dim)) {
-                scalar::swiglu_interleaved_f32(u, SWIGLU_ALPHA, cfg.swiglu_limit, a);
-            }
-            drop(timer);
-            let timer = profile::time(Stage::Down);
-            let mut down = vec![0f32; n * h]; // [n, H]
-            ops::linear_mxfp4(self.kernels, &act, n, &w.down, e, Some(&w.down_bias[e * h..(e + 1) * h]), &mut down);
-            for (src, &s) in down.chunks_exact(h).zip(&slots) {
+        for ((_, slots), down) in active.iter().zip(&downs) {
+            for (src, &s) in down.chunks_exact(h).zip(slots) {
                 expert_out[s * h..(s + 1) * h].copy_from_slice(src);
             }
-            drop(timer);
         }
+        drop(timer);
 
         let timer = profile::time(Stage::MoeSum);
 

@@ -101,53 +101,65 @@ fn round_bf16(ba: &gptoss_kernels::dispatch::Bf16Act, x: &[f32]) -> Vec<u16> {
     xb
 }
 
-/// `y[T, R] = x[T, K]·W[e]ᵀ + b` for one MXFP4 expert `W[e]: [R, K]`.
-pub fn linear_mxfp4(
-    kern: &Kernels,
-    x: &[f32],
-    n_tok: usize,
-    w: &Mxfp4Experts,
-    e: usize,
-    bias: Option<&[f32]>,
-    y: &mut [f32],
-) {
+/// One expert's share of a MoE projection: `y[T, R] = x[T, K]·W[expert]ᵀ + bias`.
+pub struct ExpertJob<'a> {
+    pub expert: usize,
+    pub x: &'a [f32],
+    pub bias: Option<&'a [f32]>,
+    pub y: &'a mut [f32],
+}
+
+/// Every job of one MoE projection in a single parallel pass: row blocks of all the experts
+/// are one pool of tasks, so the threads meet once per projection instead of once per expert
+/// and none idles while another finishes an expert.
+pub fn linear_mxfp4_experts(kern: &Kernels, w: &Mxfp4Experts, jobs: &mut [ExpertJob]) {
     let (rows, k) = (w.rows, w.cols);
-    let (codes, scales) = w.expert(e);
     let (cpr, spr) = (k / 2, k / gptoss_kernels::mxfp4::BLOCK);
-    if let Some(ba) = &kern.bf16_act {
-        let xb = round_bf16(ba, x);
-        let matmul = ba.matmul_rows_bf16a_mxfp4w;
-        rows_parallel(rows, n_tok, y, Vec::new, |r, out, scratch| {
-            matmul(
-                &xb,
-                n_tok,
-                &codes[r.start * cpr..r.end * cpr],
-                &scales[r.start * spr..r.end * spr],
-                bias.map(|b| &b[r.clone()]),
-                out,
-                scratch,
-            )
-        });
-        return;
+    let n_toks: Vec<usize> = jobs.iter().map(|j| j.x.len() / k).collect();
+    for (job, &n) in jobs.iter().zip(&n_toks) {
+        assert_eq!(job.y.len(), rows * n, "linear: output is not [T, R]");
     }
-    let matmul = kern.matmul_rows_f32_mxfp4w;
-    rows_parallel(
-        rows,
-        n_tok,
-        y,
-        || vec![0f32; k],
-        |r, out, buf| {
-            matmul(
-                x,
-                n_tok,
-                &codes[r.start * cpr..r.end * cpr],
-                &scales[r.start * spr..r.end * spr],
-                bias.map(|b| &b[r.clone()]),
-                out,
-                buf,
-            )
+    // Activations as the kernels read them, and [R, T] outputs for jobs of several tokens
+    // ([R, 1] is [1, R], written in place).
+    let xbs: Vec<Vec<u16>> = match &kern.bf16_act {
+        Some(ba) => jobs.iter().map(|j| round_bf16(ba, j.x)).collect(),
+        None => Vec::new(),
+    };
+    let mut outs_t: Vec<Vec<f32>> =
+        n_toks.iter().map(|&n| if n == 1 { Vec::new() } else { vec![0f32; rows * n] }).collect();
+    let inputs: Vec<(usize, &[f32], Option<&[f32]>)> = jobs.iter().map(|j| (j.expert, j.x, j.bias)).collect();
+    let chunk = rows_per_task(rows);
+    let mut tasks: Vec<(usize, usize, &mut [f32])> = Vec::new(); // (job, first row, out [rows, T])
+    for (i, (job, out_t)) in jobs.iter_mut().zip(outs_t.iter_mut()).enumerate() {
+        let out: &mut [f32] = if n_toks[i] == 1 { job.y } else { out_t };
+        for (c, block) in out.chunks_mut(chunk * n_toks[i]).enumerate() {
+            tasks.push((i, c * chunk, block));
+        }
+    }
+    tasks.into_par_iter().for_each_init(
+        || (Vec::new(), vec![0f32; k]),
+        |(scratch, row_buf), (i, r0, out)| {
+            let n = n_toks[i];
+            let (e, x, bias) = inputs[i];
+            let (codes, scales) = w.expert(e);
+            let r1 = r0 + out.len() / n;
+            let (c, s) = (&codes[r0 * cpr..r1 * cpr], &scales[r0 * spr..r1 * spr]);
+            let b = bias.map(|b| &b[r0..r1]);
+            match &kern.bf16_act {
+                Some(ba) => (ba.matmul_rows_bf16a_mxfp4w)(&xbs[i], n, c, s, b, out, scratch),
+                None => (kern.matmul_rows_f32_mxfp4w)(x, n, c, s, b, out, row_buf),
+            }
         },
     );
+    jobs.par_iter_mut().zip(outs_t.par_iter()).zip(n_toks.par_iter()).for_each(|((job, out_t), &n)| {
+        if n > 1 {
+            for (r, col) in out_t.chunks_exact(n).enumerate() {
+                for (t, &val) in col.iter().enumerate() {
+                    job.y[t * rows + r] = val;
+                }
+            }
+        }
+    });
 }
 
 /// Runs `kernel(rows, out [rows, T], scratch)` over row blocks and leaves `y` as `[T, R]`.

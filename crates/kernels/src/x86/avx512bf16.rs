@@ -37,7 +37,7 @@ const KC: usize = 1024;
 /// K apart, out rows `n_tok` apart. With two terms, x is hi + lo, the lo parts `lo_off`
 /// elements after the hi ones; each chunk adds w·hi, then w·lo, to the same accumulator.
 /// Stopping between passes only parks the 16 lanes in memory: each lane still sums its k
-/// in order, so the result is the same bits as one pass (and as [`gemv_rows4_mxfp4`]).
+/// in order, so the result is the same bits as one pass (and as [`gemv_rows_mxfp4`]).
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 unsafe fn tile<const TERMS: usize, const RB: usize, const TB: usize>(
@@ -207,9 +207,35 @@ pub fn matmul_rows_bf16a_bf16w<const TERMS: usize>(
 /// Bytes ahead of the decoder to prefetch MXFP4 codes.
 const PREFETCH_AHEAD: usize = 4096;
 
-/// E2M1 codes as bf16 bits, twice (a 32-lane word permute ignores index bit 4).
-fn fp4_bf16_table() -> [u16; 32] {
-    std::array::from_fn(|i| f32_to_bf16(FP4_VALUES[i % 16]))
+/// The 16 E2M1 codes as bf16 bits, times 2^(s − 127) for every E8M0 scale s in 2..=252,
+/// each table twice (a 32-lane word permute ignores index bit 4). Exact: a scale adds to the
+/// exponent of the nonzero entries and stays a normal bf16 in that range (E2M1 exponents are
+/// -1..=2). 32 KB, so a block's table is one L1 load instead of a broadcast and an add.
+#[repr(C, align(64))]
+struct ScaledFp4Tables([[u16; 32]; 256]);
+
+static SCALED_FP4_BF16: ScaledFp4Tables = {
+    // 0, 0.5, 1, 1.5, 2, 3, 4, 6 as bf16 bits.
+    const MAGNITUDES: [u16; 8] = [0x0000, 0x3F00, 0x3F80, 0x3FC0, 0x4000, 0x4040, 0x4080, 0x40C0];
+    let mut t = [[0u16; 32]; 256];
+    let mut s = 2;
+    while s <= 252 {
+        let mut i = 0;
+        while i < 32 {
+            let m = MAGNITUDES[i % 8];
+            let sign = if i % 16 >= 8 { 0x8000 } else { 0 };
+            t[s][i] = if m == 0 { sign } else { sign | (m + ((s as u16) << 7) - (127 << 7)) };
+            i += 1;
+        }
+        s += 1;
+    }
+    ScaledFp4Tables(t)
+};
+
+/// The table for scale `s` (2..=252).
+#[inline(always)]
+unsafe fn scaled_fp4_lut(s: u8) -> __m512i {
+    _mm512_load_si512(SCALED_FP4_BF16.0.as_ptr().add(s as usize) as *const _)
 }
 
 /// Decodes `rows` MXFP4 rows into bf16 `dst [rows, K]`. The weights are exact in bf16: a
@@ -218,12 +244,9 @@ fn fp4_bf16_table() -> [u16; 32] {
 /// weights do not use, take the scalar path.
 #[target_feature(enable = "avx512f,avx512bw,avx512vbmi")]
 unsafe fn decode_rows_bf16(codes: &[u8], scales: &[u8], k: usize, rows: usize, dst: &mut [u16]) {
-    let table = fp4_bf16_table();
-    let lut = _mm512_loadu_si512(table.as_ptr() as *const _);
-    let nonzero: __mmask32 = 0xFEFE_FEFE; // entries 0 and 8 (±0) keep their bits
-                                          // Qword i holds code bytes 2i, 2i+1 (elements 4i..4i+4, low nibble first); word m of
-                                          // the result takes the byte at bit 4m, whose low 5 bits index the table (period 16,
-                                          // so the neighbouring nibble's bit is ignored).
+    // Qword i holds code bytes 2i, 2i+1 (elements 4i..4i+4, low nibble first); word m of the
+    // result takes the byte at bit 4m, whose low 5 bits index the table (period 16, so the
+    // neighbouring nibble's bit is ignored).
     let shifts = _mm512_set1_epi64(0x000c_0008_0004_0000);
     let blocks = k / mxfp4::BLOCK;
     for b in 0..rows * blocks {
@@ -235,8 +258,7 @@ unsafe fn decode_rows_bf16(codes: &[u8], scales: &[u8], k: usize, rows: usize, d
         let s = scales[b];
         let d = dst.as_mut_ptr().add(b * 32);
         if (2..=252).contains(&s) {
-            let delta = (s as i16 - 127) << 7;
-            let scaled = _mm512_mask_add_epi16(lut, nonzero, lut, _mm512_set1_epi16(delta));
+            let scaled = scaled_fp4_lut(s);
             let pairs = _mm512_cvtepu16_epi64(_mm_loadu_si128(codes.as_ptr().add(b * 16) as *const __m128i));
             let idx = _mm512_multishift_epi64_epi8(shifts, pairs);
             _mm512_storeu_si512(d as *mut _, _mm512_permutexvar_epi16(idx, scaled));
@@ -250,16 +272,18 @@ unsafe fn decode_rows_bf16(codes: &[u8], scales: &[u8], k: usize, rows: usize, d
     }
 }
 
-/// Blocks per row the fused decode path takes (K up to 8192).
-const GEMV_MAX_BLOCKS: usize = 256;
+/// Rows one token goes through together. Each row's sum is a chain of dependent
+/// `vdpbf16ps` (hi, then lo, block after block), so a single token is bound by their latency
+/// unless enough rows run side by side: 4 rows held MXFP4 decode to about 20 GB/s per core.
+const GEMV_ROWS: usize = 8;
 
-/// One token through 4 MXFP4 rows, decoding in registers: the same products summed in the
+/// One token through R MXFP4 rows, decoding in registers: the same products summed in the
 /// same order as decoding the rows and running [`tile`], so results stay batch-invariant.
-/// False (nothing written) when a scale lies outside the exponent-add range or K is too
-/// long, and the caller takes the general path.
+/// False (nothing written) when a scale lies outside 2..=252, and the caller takes the
+/// general path.
 #[target_feature(enable = "avx512f,avx512bw,avx512bf16,avx512vbmi")]
-#[allow(clippy::needless_range_loop)] // c indexes codes, x and deltas alike
-unsafe fn gemv_rows4_mxfp4<const TERMS: usize>(
+#[allow(clippy::needless_range_loop)] // c indexes codes, scales and x alike
+unsafe fn gemv_rows_mxfp4<const TERMS: usize, const R: usize>(
     x: *const u16,
     k: usize,
     codes: *const u8,
@@ -268,12 +292,8 @@ unsafe fn gemv_rows4_mxfp4<const TERMS: usize>(
     out: *mut f32,
 ) -> bool {
     let blocks = k / mxfp4::BLOCK;
-    if blocks > GEMV_MAX_BLOCKS {
-        return false;
-    }
-    // Exponent deltas `(s - 127) << 7` for the 4 rows, 32 scales at a time.
-    let mut deltas = [[0i16; GEMV_MAX_BLOCKS]; 4];
-    for (i, row) in deltas.iter_mut().enumerate() {
+    // Every scale must have a table: checked 32 at a time before any work.
+    for i in 0..R {
         let mut c = 0;
         while c < blocks {
             let m: __mmask32 = if blocks - c >= 32 { !0 } else { (1u32 << (blocks - c)) - 1 };
@@ -283,25 +303,20 @@ unsafe fn gemv_rows4_mxfp4<const TERMS: usize>(
             if bad != 0 {
                 return false;
             }
-            let d = _mm512_slli_epi16(_mm512_sub_epi16(s, _mm512_set1_epi16(127)), 7);
-            _mm512_mask_storeu_epi16(row.as_mut_ptr().add(c), m, d);
             c += 32;
         }
     }
-    let table = fp4_bf16_table();
-    let lut = _mm512_loadu_si512(table.as_ptr() as *const _);
-    let nonzero: __mmask32 = 0xFEFE_FEFE;
     let shifts = _mm512_set1_epi64(0x000c_0008_0004_0000);
-    let mut acc = [_mm512_setzero_ps(); 4];
+    let mut acc = [_mm512_setzero_ps(); R];
     for c in 0..blocks {
         if c % 4 == 0 {
-            for i in 0..4 {
+            for i in 0..R {
                 _mm_prefetch::<_MM_HINT_T0>(codes.wrapping_add((i * blocks + c) * 16 + PREFETCH_AHEAD) as *const i8);
             }
         }
         let xv: [__m512bh; TERMS] = std::array::from_fn(|t| load_bh(x.add(t * k + c * 32)));
         for (i, a) in acc.iter_mut().enumerate() {
-            let scaled = _mm512_mask_add_epi16(lut, nonzero, lut, _mm512_set1_epi16(deltas[i][c]));
+            let scaled = scaled_fp4_lut(*scales.add(i * blocks + c));
             let pairs = _mm512_cvtepu16_epi64(_mm_loadu_si128(codes.add((i * blocks + c) * 16) as *const __m128i));
             let w = _mm512_permutexvar_epi16(_mm512_multishift_epi64_epi8(shifts, pairs), scaled);
             let w = std::mem::transmute::<__m512i, __m512bh>(w);
@@ -329,8 +344,8 @@ pub fn matmul_rows_bf16a_mxfp4w<const TERMS: usize>(
     let k = x.len() / (TERMS * n_tok.max(1));
     crate::scalar::check_mxfp4_bf16a_shapes(x, TERMS, n_tok, k, codes.len(), scales.len(), bias, out);
     let rows = scales.len() / (k / mxfp4::BLOCK);
-    // One token reuses nothing: decode 4 rows at a time so they stay in L1.
-    let panel = if n_tok <= 4 { 4 } else { PANEL_ROWS };
+    // One token reuses nothing: decode a few rows at a time so they stay in L1.
+    let panel = if n_tok <= 4 { GEMV_ROWS } else { PANEL_ROWS };
     scratch.resize(panel * k, 0);
     let (cpr, spr) = (k / 2, k / mxfp4::BLOCK);
     // SAFETY: handed out by `Kernels` only when the CPU has AVX-512F/BW/BF16/VBMI; the shapes were
@@ -340,17 +355,13 @@ pub fn matmul_rows_bf16a_mxfp4w<const TERMS: usize>(
         while r < rows {
             let pr = (rows - r).min(panel);
             let bias_r = bias.map(|b| b.as_ptr().add(r));
-            if n_tok == 1
-                && pr == 4
-                && gemv_rows4_mxfp4::<TERMS>(
-                    x.as_ptr(),
-                    k,
-                    codes.as_ptr().add(r * cpr),
-                    scales.as_ptr().add(r * spr),
-                    bias_r,
-                    out.as_mut_ptr().add(r),
-                )
-            {
+            let (c, s, o) = (codes.as_ptr().add(r * cpr), scales.as_ptr().add(r * spr), out.as_mut_ptr().add(r));
+            let fused = match (n_tok, pr) {
+                (1, GEMV_ROWS) => gemv_rows_mxfp4::<TERMS, GEMV_ROWS>(x.as_ptr(), k, c, s, bias_r, o),
+                (1, 4) => gemv_rows_mxfp4::<TERMS, 4>(x.as_ptr(), k, c, s, bias_r, o),
+                _ => false,
+            };
+            if fused {
                 r += pr;
                 continue;
             }
@@ -415,9 +426,9 @@ unsafe fn decode_rows_q8(codes: *const i8, scales: *const f32, blocks: usize, ds
     }
 }
 
-/// One token through 4 q8 rows, decoding in registers; same sums as decode + [`tile`].
+/// One token through R q8 rows, decoding in registers; same sums as decode + [`tile`].
 #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
-unsafe fn gemv_rows4_q8<const TERMS: usize>(
+unsafe fn gemv_rows_q8<const TERMS: usize, const R: usize>(
     x: *const u16,
     k: usize,
     codes: *const i8,
@@ -426,10 +437,10 @@ unsafe fn gemv_rows4_q8<const TERMS: usize>(
     out: *mut f32,
 ) {
     let blocks = k / crate::q8::BLOCK;
-    let mut acc = [_mm512_setzero_ps(); 4];
+    let mut acc = [_mm512_setzero_ps(); R];
     for c in 0..blocks {
         if c % 2 == 0 {
-            for i in 0..4 {
+            for i in 0..R {
                 _mm_prefetch::<_MM_HINT_T0>(codes.wrapping_add(i * k + c * 32 + PREFETCH_AHEAD));
             }
         }
@@ -460,7 +471,7 @@ pub fn matmul_rows_bf16a_q8w<const TERMS: usize>(
     assert_eq!(x.len(), TERMS * n_tok * k, "linear: x is not [terms, n_tok, K]");
     crate::scalar::check_q8_shapes(n_tok, k, codes.len(), scales.len(), bias, out);
     let rows = codes.len() / k;
-    let panel = if n_tok <= 4 { 4 } else { PANEL_ROWS };
+    let panel = if n_tok <= 4 { GEMV_ROWS } else { PANEL_ROWS };
     scratch.resize(panel * k, 0);
     let spr = k / crate::q8::BLOCK;
     // SAFETY: handed out by `Kernels` only when the CPU has AVX-512F/BW/BF16; the shapes were
@@ -471,8 +482,10 @@ pub fn matmul_rows_bf16a_q8w<const TERMS: usize>(
             let pr = (rows - r).min(panel);
             let bias_r = bias.map(|b| b.as_ptr().add(r));
             let (c, s) = (codes.as_ptr().add(r * k), scales.as_ptr().add(r * spr));
-            if n_tok == 1 && pr == 4 {
-                gemv_rows4_q8::<TERMS>(x.as_ptr(), k, c, s, bias_r, out.as_mut_ptr().add(r));
+            if n_tok == 1 && pr == GEMV_ROWS {
+                gemv_rows_q8::<TERMS, GEMV_ROWS>(x.as_ptr(), k, c, s, bias_r, out.as_mut_ptr().add(r));
+            } else if n_tok == 1 && pr == 4 {
+                gemv_rows_q8::<TERMS, 4>(x.as_ptr(), k, c, s, bias_r, out.as_mut_ptr().add(r));
             } else {
                 decode_rows_q8(c, s, pr * spr, scratch.as_mut_ptr());
                 gemm_panel::<TERMS>(
