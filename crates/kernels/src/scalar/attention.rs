@@ -83,7 +83,7 @@ pub fn attend_heads_f32(
     out: &mut [f32],
 ) {
     let g = sinks.len();
-    assert!(g > 0 && q.len() % g == 0 && out.len() == q.len(), "attention: q/out are not [heads, head_dim]");
+    assert!(g > 0 && q.len().is_multiple_of(g) && out.len() == q.len(), "attention: q/out are not [heads, head_dim]");
     let hd = q.len() / g;
     for ((qh, oh), &sink) in q.chunks_exact(hd).zip(out.chunks_exact_mut(hd)).zip(sinks) {
         attend_head_f32(qh, spans, kv_dim, kv_off, lo, hi, scale, sink, scores, oh);
