@@ -127,7 +127,8 @@ pub fn linear_mxfp4_experts(kern: &Kernels, w: &Mxfp4Experts, jobs: &mut [Expert
     };
     let mut outs_t: Vec<Vec<f32>> =
         n_toks.iter().map(|&n| if n == 1 { Vec::new() } else { vec![0f32; rows * n] }).collect();
-    let inputs: Vec<(usize, &[f32], Option<&[f32]>)> = jobs.iter().map(|j| (j.expert, j.x, j.bias)).collect();
+    type Input<'a> = (usize, &'a [f32], Option<&'a [f32]>); // (expert, x, bias)
+    let inputs: Vec<Input> = jobs.iter().map(|j| (j.expert, j.x, j.bias)).collect();
     let chunk = rows_per_task(rows);
     let mut tasks: Vec<(usize, usize, &mut [f32])> = Vec::new(); // (job, first row, out [rows, T])
     for (i, (job, out_t)) in jobs.iter_mut().zip(outs_t.iter_mut()).enumerate() {
