@@ -138,7 +138,7 @@ pub fn linear_mxfp4_experts(kern: &Kernels, w: &Mxfp4Experts, jobs: &mut [Expert
         }
     }
     tasks.into_par_iter().for_each_init(
-        || (Vec::new(), vec![0f32; k]),
+        || (Vec::new(), Vec::new()),
         |(scratch, row_buf), (i, r0, out)| {
             let n = n_toks[i];
             let (e, x, bias) = inputs[i];
@@ -148,17 +148,16 @@ pub fn linear_mxfp4_experts(kern: &Kernels, w: &Mxfp4Experts, jobs: &mut [Expert
             let b = bias.map(|b| &b[r0..r1]);
             match &kern.bf16_act {
                 Some(ba) => (ba.matmul_rows_bf16a_mxfp4w)(&xbs[i], n, c, s, b, out, scratch),
-                None => (kern.matmul_rows_f32_mxfp4w)(x, n, c, s, b, out, row_buf),
+                None => {
+                    row_buf.resize(k, 0.0);
+                    (kern.matmul_rows_f32_mxfp4w)(x, n, c, s, b, out, row_buf)
+                }
             }
         },
     );
     jobs.par_iter_mut().zip(outs_t.par_iter()).zip(n_toks.par_iter()).for_each(|((job, out_t), &n)| {
         if n > 1 {
-            for (r, col) in out_t.chunks_exact(n).enumerate() {
-                for (t, &val) in col.iter().enumerate() {
-                    job.y[t * rows + r] = val;
-                }
-            }
+            transpose_rt_to_tr(out_t, n, job.y);
         }
     });
 }
@@ -185,10 +184,16 @@ fn rows_parallel<S>(
     } else {
         let mut out_t = vec![0f32; rows * n_tok];
         run(&mut out_t);
-        for (r, col) in out_t.chunks_exact(n_tok).enumerate() {
-            for (t, &val) in col.iter().enumerate() {
-                y[t * rows + r] = val;
-            }
+        transpose_rt_to_tr(&out_t, n_tok, y);
+    }
+}
+
+/// `y [T, R]` from the kernels' `out_t [R, T]`.
+fn transpose_rt_to_tr(out_t: &[f32], n_tok: usize, y: &mut [f32]) {
+    let rows = out_t.len() / n_tok;
+    for (r, col) in out_t.chunks_exact(n_tok).enumerate() {
+        for (t, &val) in col.iter().enumerate() {
+            y[t * rows + r] = val;
         }
     }
 }

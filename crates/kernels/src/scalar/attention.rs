@@ -15,6 +15,16 @@ pub struct KvSpan<'a> {
     pub v: &'a [f32],
 }
 
+impl KvSpan<'_> {
+    /// The rows of this span (indices into its `[n, kv_dim]`) whose positions lie in `lo..=hi`.
+    pub fn rows_in(&self, lo: usize, hi: usize, kv_dim: usize) -> std::ops::Range<usize> {
+        let n = self.k.len() / kv_dim;
+        let start = lo.max(self.first_pos);
+        let end = (hi + 1).min(self.first_pos + n);
+        (start.saturating_sub(self.first_pos))..(end.max(start) - self.first_pos)
+    }
+}
+
 /// `out[hd] = Σ_s P[s]·v[s]` over the keys at positions `lo..=hi` found in `spans`, where
 /// `P = softmax([z, sink])[..-1]` and `z[s] = (q·k[s])·scale`. `kv_off` selects the kv head's
 /// `hd` columns inside each `kv_dim` row. `scores` is scratch.
@@ -35,14 +45,8 @@ pub fn attend_head_f32(
     assert_eq!(out.len(), hd, "attention: out is not [head_dim]");
     assert!(kv_off + hd <= kv_dim, "attention: kv head outside kv_dim");
     scores.clear();
-    let rows_in_range = |span: &KvSpan| {
-        let n = span.k.len() / kv_dim;
-        let start = lo.max(span.first_pos);
-        let end = (hi + 1).min(span.first_pos + n);
-        (start.saturating_sub(span.first_pos))..(end.max(start) - span.first_pos)
-    };
     for span in spans {
-        for r in rows_in_range(span) {
+        for r in span.rows_in(lo, hi, kv_dim) {
             let k = &span.k[r * kv_dim + kv_off..r * kv_dim + kv_off + hd];
             scores.push(dot_f32(q, k) * scale);
         }
@@ -56,7 +60,7 @@ pub fn attend_head_f32(
     out.fill(0.0);
     let mut i = 0;
     for span in spans {
-        for r in rows_in_range(span) {
+        for r in span.rows_in(lo, hi, kv_dim) {
             let p = scores[i] / denom;
             i += 1;
             let v = &span.v[r * kv_dim + kv_off..r * kv_dim + kv_off + hd];

@@ -75,11 +75,8 @@ fn for_each_row(
 ) {
     let mut i = 0;
     for span in spans {
-        let n = span.k.len() / kv_dim;
-        let start = lo.max(span.first_pos);
-        let end = (hi + 1).min(span.first_pos + n);
-        for pos in start..end.max(start) {
-            let off = (pos - span.first_pos) * kv_dim + kv_off;
+        for r in span.rows_in(lo, hi, kv_dim) {
+            let off = r * kv_dim + kv_off;
             f(i, span.k[off..off + HD].as_ptr(), span.v[off..off + HD].as_ptr());
             i += 1;
         }
@@ -102,11 +99,7 @@ unsafe fn attend_impl(
     out: &mut [f32],
 ) {
     let g = sinks.len();
-    let n: usize = {
-        let mut n = 0;
-        for_each_row(spans, kv_dim, kv_off, lo, hi, |_, _, _| n += 1);
-        n
-    };
+    let n: usize = spans.iter().map(|s| s.rows_in(lo, hi, kv_dim).len()).sum();
     // [G, n] scores, then weights.
     scores.clear();
     scores.resize(g * n, 0.0);
