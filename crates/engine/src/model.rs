@@ -17,12 +17,13 @@ use crate::error::{EngineError, LoadError};
 use crate::kv_cache::{KvCache, SeqId};
 use crate::ops;
 use crate::profile::{self, Stage};
-use crate::weights::{AttentionWeights, DenseFormat, ModelWeights, MoeWeights};
+use crate::weights::{AttentionWeights, DenseFormat, ModelWeights, MoeWeights, Mxfp4Layout};
 
 pub struct Model {
     pub config: ModelConfig,
-    /// The kernels it runs on; [`Kernels::scalar`] is the float32 reference.
-    pub kernels: &'static Kernels,
+    /// The kernels it runs on ([`Kernels::scalar`] is the float32 reference); set with
+    /// [`Model::set_kernels`], which also lays the experts out for them.
+    kernels: &'static Kernels,
     pub layout: Layout,
     /// How the dense attention and unembedding weights are held.
     pub dense: DenseFormat,
@@ -72,6 +73,15 @@ impl Logits {
     }
 }
 
+/// The MXFP4 layout `kernels` read: repacked for the integer kernels, else as stored.
+fn expert_layout_for(kernels: &Kernels) -> Mxfp4Layout {
+    if kernels.i16_act.is_some() {
+        Mxfp4Layout::Rows16
+    } else {
+        Mxfp4Layout::Rows
+    }
+}
+
 /// Receives named intermediates `[T, width]` (layer None for whole-model tensors).
 pub type Trace<'a> = &'a mut dyn FnMut(&str, Option<usize>, &[f32]);
 
@@ -92,8 +102,10 @@ impl Model {
     }
 
     pub fn from_checkpoint_with(ck: &Checkpoint, dense: DenseFormat) -> Result<Self, LoadError> {
+        let kernels = Kernels::from_env()?;
         let mut weights = ModelWeights::load(ck)?;
         weights.set_dense_format(dense);
+        weights.set_expert_layout(expert_layout_for(kernels));
         weights.populate();
         let c = &ck.config;
         let rope = YarnRope::new(
@@ -105,7 +117,17 @@ impl Model {
             c.rope_beta_slow,
             c.rope_truncate,
         );
-        Ok(Model { config: c.clone(), kernels: Kernels::from_env()?, layout: ck.layout, dense, weights, rope })
+        Ok(Model { config: c.clone(), kernels, layout: ck.layout, dense, weights, rope })
+    }
+
+    pub fn kernels(&self) -> &'static Kernels {
+        self.kernels
+    }
+
+    /// Runs on `kernels` from now on, repacking the MXFP4 experts if they read another layout.
+    pub fn set_kernels(&mut self, kernels: &'static Kernels) {
+        self.kernels = kernels;
+        self.weights.set_expert_layout(expert_layout_for(kernels));
     }
 
     pub fn forward(&self, cache: &mut KvCache, batch: &[SeqChunk]) -> Result<Logits, EngineError> {

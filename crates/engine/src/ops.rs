@@ -7,7 +7,7 @@ use std::ops::Range;
 use gptoss_kernels::Kernels;
 use rayon::prelude::*;
 
-use crate::weights::{Bf16Matrix, Dense, Mxfp4Experts, Q8Matrix};
+use crate::weights::{Bf16Matrix, Dense, Mxfp4Experts, Mxfp4Layout, Q8Matrix};
 
 /// Rows per task: enough tasks to keep every thread busy to the end, each big enough that
 /// scheduling costs nothing next to it.
@@ -119,17 +119,19 @@ pub fn linear_mxfp4_experts(kern: &Kernels, w: &Mxfp4Experts, jobs: &mut [Expert
     for (job, &n) in jobs.iter().zip(&n_toks) {
         assert_eq!(job.y.len(), rows * n, "linear: output is not [T, R]");
     }
-    // Activations as the kernels read them, and [R, T] outputs for jobs of several tokens
-    // ([R, 1] is [1, R], written in place).
-    let xbs: Vec<Vec<u16>> = match &kern.bf16_act {
-        Some(ba) => jobs.iter().map(|j| round_bf16(ba, j.x)).collect(),
-        None => Vec::new(),
+    // Activations as the kernels read them: int16 codes and block scales for repacked
+    // weights, bf16 terms for the bf16-activation kernels, f32 otherwise.
+    let acts: Vec<Act> = jobs.iter().map(|j| Act::new(kern, w.layout, j.x)).collect();
+    // Repacked weights come in groups of 16 rows; whole groups per task.
+    let chunk = match w.layout {
+        Mxfp4Layout::Rows => rows_per_task(rows),
+        Mxfp4Layout::Rows16 => rows_per_task(rows).next_multiple_of(gptoss_kernels::mxfp4_r16::GROUP),
     };
+    // [R, T] outputs for jobs of several tokens ([R, 1] is [1, R], written in place).
     let mut outs_t: Vec<Vec<f32>> =
         n_toks.iter().map(|&n| if n == 1 { Vec::new() } else { vec![0f32; rows * n] }).collect();
-    type Input<'a> = (usize, &'a [f32], Option<&'a [f32]>); // (expert, x, bias)
-    let inputs: Vec<Input> = jobs.iter().map(|j| (j.expert, j.x, j.bias)).collect();
-    let chunk = rows_per_task(rows);
+    type Input<'a> = (usize, Option<&'a [f32]>); // (expert, bias)
+    let inputs: Vec<Input> = jobs.iter().map(|j| (j.expert, j.bias)).collect();
     let mut tasks: Vec<(usize, usize, &mut [f32])> = Vec::new(); // (job, first row, out [rows, T])
     for (i, (job, out_t)) in jobs.iter_mut().zip(outs_t.iter_mut()).enumerate() {
         let out: &mut [f32] = if n_toks[i] == 1 { job.y } else { out_t };
@@ -137,29 +139,73 @@ pub fn linear_mxfp4_experts(kern: &Kernels, w: &Mxfp4Experts, jobs: &mut [Expert
             tasks.push((i, c * chunk, block));
         }
     }
-    tasks.into_par_iter().for_each_init(
-        || (Vec::new(), Vec::new()),
-        |(scratch, row_buf), (i, r0, out)| {
-            let n = n_toks[i];
-            let (e, x, bias) = inputs[i];
-            let (codes, scales) = w.expert(e);
-            let r1 = r0 + out.len() / n;
-            let (c, s) = (&codes[r0 * cpr..r1 * cpr], &scales[r0 * spr..r1 * spr]);
-            let b = bias.map(|b| &b[r0..r1]);
-            match &kern.bf16_act {
-                Some(ba) => (ba.matmul_rows_bf16a_mxfp4w)(&xbs[i], n, c, s, b, out, scratch),
-                None => {
-                    row_buf.resize(k, 0.0);
-                    (kern.matmul_rows_f32_mxfp4w)(x, n, c, s, b, out, row_buf)
-                }
+    tasks.into_par_iter().for_each_init(Scratch::default, |scratch, (i, r0, out)| {
+        let n = n_toks[i];
+        let (e, bias) = inputs[i];
+        let (codes, scales) = w.expert(e);
+        let r1 = r0 + out.len() / n;
+        let (c, s) = (&codes[r0 * cpr..r1 * cpr], &scales[r0 * spr..r1 * spr]);
+        let b = bias.map(|b| &b[r0..r1]);
+        match &acts[i] {
+            Act::I16 { q, scales: xs } => {
+                // Set by the model only with kernels that have it; the twin keeps any other
+                // pairing correct.
+                let matmul =
+                    kern.i16_act.as_ref().map_or(gptoss_kernels::scalar::matmul_rows_i16a_mxfp4r16w as _, |ia| {
+                        ia.matmul_rows_i16a_mxfp4r16w
+                    });
+                matmul(q, xs, n, c, s, b, out, &mut scratch.words)
             }
-        },
-    );
+            Act::Bf16(xb) => {
+                let ba = kern.bf16_act.as_ref().expect("bf16 activations come from bf16 kernels");
+                (ba.matmul_rows_bf16a_mxfp4w)(xb, n, c, s, b, out, &mut scratch.halves)
+            }
+            Act::F32(x) => {
+                scratch.floats.resize(k, 0.0);
+                (kern.matmul_rows_f32_mxfp4w)(x, n, c, s, b, out, &mut scratch.floats)
+            }
+        }
+    });
     jobs.par_iter_mut().zip(outs_t.par_iter()).zip(n_toks.par_iter()).for_each(|((job, out_t), &n)| {
         if n > 1 {
             transpose_rt_to_tr(out_t, n, job.y);
         }
     });
+}
+
+/// One job's activations in the form its kernel reads.
+enum Act<'a> {
+    /// `q [T, K]` int16 codes and `scales [T, K/32]`.
+    I16 {
+        q: Vec<i16>,
+        scales: Vec<f32>,
+    },
+    /// `[terms, T, K]` bf16 bits.
+    Bf16(Vec<u16>),
+    F32(&'a [f32]),
+}
+
+impl<'a> Act<'a> {
+    fn new(kern: &Kernels, layout: Mxfp4Layout, x: &'a [f32]) -> Self {
+        match (layout, &kern.bf16_act) {
+            (Mxfp4Layout::Rows16, _) => {
+                let mut q = vec![0i16; x.len()];
+                let mut scales = vec![0f32; x.len() / gptoss_kernels::mxfp4::BLOCK];
+                gptoss_kernels::mxfp4_r16::quantize_i16(x, &mut q, &mut scales);
+                Act::I16 { q, scales }
+            }
+            (Mxfp4Layout::Rows, Some(ba)) => Act::Bf16(round_bf16(ba, x)),
+            (Mxfp4Layout::Rows, None) => Act::F32(x),
+        }
+    }
+}
+
+/// Per-thread kernel scratch, reused across tasks.
+#[derive(Default)]
+struct Scratch {
+    words: Vec<u32>,
+    halves: Vec<u16>,
+    floats: Vec<f32>,
 }
 
 /// Runs `kernel(rows, out [rows, T], scratch)` over row blocks and leaves `y` as `[T, R]`.

@@ -127,6 +127,14 @@ impl Bytes {
         Bytes { owner: Arc::new(Storage::Owned(words)), start: 0, len: data.len() }
     }
 
+    /// `len` owned bytes written by `fill` (given zeros), without an extra copy.
+    pub fn build(len: usize, fill: impl FnOnce(&mut [u8])) -> Self {
+        let mut words = vec![0u64; len.div_ceil(8)];
+        // SAFETY: the u64 buffer has at least len bytes, and any byte pattern is a valid u64.
+        fill(unsafe { std::slice::from_raw_parts_mut(words.as_mut_ptr().cast::<u8>(), len) });
+        Bytes { owner: Arc::new(Storage::Owned(words)), start: 0, len }
+    }
+
     pub fn as_slice(&self) -> &[u8] {
         &self.owner.as_slice()[self.start..self.start + self.len]
     }

@@ -49,17 +49,57 @@ impl Bf16Matrix {
     }
 }
 
+/// The byte order of MXFP4 expert weights.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mxfp4Layout {
+    /// As in the checkpoint: row after row (the memory map itself).
+    Rows,
+    /// Repacked at load for the integer kernels, 16 rows per vector
+    /// ([`gptoss_kernels::mxfp4_r16`]); row ranges that are multiples of 16 slice alike.
+    Rows16,
+}
+
 /// MXFP4 expert weights: codes `[E, rows, cols/2]` bytes and scales `[E, rows, cols/32]`.
 #[derive(Clone)]
 pub struct Mxfp4Experts {
     codes: Bytes,
     scales: Bytes,
+    pub layout: Mxfp4Layout,
     pub experts: usize,
     pub rows: usize,
     pub cols: usize,
 }
 
 impl Mxfp4Experts {
+    /// These weights in `layout`: the same numbers, repacked into owned memory when the
+    /// layout changes (the map's pages are released, so RSS does not hold both). Stays in
+    /// rows when a matrix cannot be repacked (rows not whole groups of 16, or a scale byte of
+    /// 0 or 255, which trained weights never use).
+    pub fn with_layout(self, layout: Mxfp4Layout) -> Mxfp4Experts {
+        use gptoss_kernels::mxfp4_r16;
+        use rayon::prelude::*;
+        if layout == self.layout
+            || (layout == Mxfp4Layout::Rows16 && !mxfp4_r16::can_pack(self.rows, self.cols, self.scales.as_slice()))
+        {
+            return self;
+        }
+        let (c, s) = (self.rows * self.cols / 2, self.rows * self.cols / mxfp4::BLOCK);
+        let convert = match layout {
+            Mxfp4Layout::Rows16 => mxfp4_r16::pack,
+            Mxfp4Layout::Rows => mxfp4_r16::unpack,
+        };
+        let mut scales = vec![0u8; self.scales.len()];
+        let codes = Bytes::build(self.codes.len(), |dst| {
+            dst.par_chunks_mut(c).zip(scales.par_chunks_mut(s)).enumerate().for_each(|(e, (dc, ds))| {
+                let (src_c, src_s) = self.expert(e);
+                convert(src_c, src_s, self.cols, dc, ds);
+            });
+        });
+        self.codes.release();
+        self.scales.release();
+        Mxfp4Experts { codes, scales: Bytes::build(scales.len(), |d| d.copy_from_slice(&scales)), layout, ..self }
+    }
+
     pub fn populate(&self) {
         self.codes.populate();
         self.scales.populate();
@@ -239,6 +279,20 @@ impl ModelWeights {
         })
     }
 
+    /// Puts every MXFP4 expert matrix in `layout` (see [`Mxfp4Experts::with_layout`]).
+    pub fn set_expert_layout(&mut self, layout: Mxfp4Layout) {
+        for layer in &mut self.layers {
+            let m = &mut layer.moe;
+            for w in [&mut m.gate_up, &mut m.down] {
+                let empty = Bytes::from_vec(&[]);
+                let (experts, rows, cols, current) = (w.experts, w.rows, w.cols, w.layout);
+                let placeholder =
+                    Mxfp4Experts { codes: empty.clone(), scales: empty, layout: current, experts, rows, cols };
+                *w = std::mem::replace(w, placeholder).with_layout(layout);
+            }
+        }
+    }
+
     /// Converts the attention and unembedding matrices to `format` (the router stays bf16:
     /// its top-k choice is discontinuous and it is tiny).
     pub fn set_dense_format(&mut self, format: DenseFormat) {
@@ -354,7 +408,7 @@ impl Loader<'_> {
         let g = cols / mxfp4::BLOCK;
         let (codes, _) = self.check(blocks, &[DType::U8], &[e, rows, g, mxfp4::BLOCK_BYTES])?;
         let (scales, _) = self.check(scales, &[DType::U8], &[e, rows, g])?;
-        Ok(Mxfp4Experts { codes, scales, experts: e, rows, cols })
+        Ok(Mxfp4Experts { codes, scales, layout: Mxfp4Layout::Rows, experts: e, rows, cols })
     }
 
     /// Dequantized (bf16) expert checkpoints exist; say so instead of "missing tensor".

@@ -20,7 +20,7 @@ fn all_logits(model: &Model, tokens: &[u32]) -> Vec<Vec<f32>> {
 fn check_against_reference(layout: &str, kernels: &'static Kernels) -> Vec<Vec<f32>> {
     let r = reference();
     let mut model = Model::load(&tiny(layout)).unwrap();
-    model.kernels = kernels;
+    model.set_kernels(kernels);
     let logits = all_logits(&model, &r.tokens);
 
     let mut max_nll = 0f64;
@@ -87,7 +87,7 @@ fn bf16_dot_product_kernels_are_accurate_enough() {
     }
     for kern in fast {
         let mut model = Model::load(&tiny("hf")).unwrap();
-        model.kernels = kern;
+        model.set_kernels(kern);
         let (max_nll, _, agree) = accuracy(&model, &format!("{kern:?}"));
         if kern.isa == Isa::Avx512Bf16Round {
             continue;
@@ -127,7 +127,7 @@ fn accuracy(model: &Model, what: &str) -> (f64, f64, f64) {
 fn q8_dense_weights_cost_is_measured() {
     for kern in [Some(Kernels::scalar()), Kernels::for_isa(Isa::Avx512Bf16)].into_iter().flatten() {
         let mut model = Model::load_with(&tiny("hf"), DenseFormat::Q8).unwrap();
-        model.kernels = kern;
+        model.set_kernels(kern);
         let (_, mean, agree) = accuracy(&model, &format!("q8 dense, {kern:?}"));
         assert!(mean <= 0.2 && agree >= 0.9, "q8 with {kern:?}: mean |Δnll| {mean}, top-1 {agree}");
     }
@@ -148,7 +148,7 @@ fn greedy_continuation_with_the_kv_cache() {
     let r = reference();
     for layout in ["hf", "original"] {
         let mut model = Model::load(&tiny(layout)).unwrap();
-        model.kernels = Kernels::scalar();
+        model.set_kernels(Kernels::scalar());
         let mut cache = KvCache::new(&model.config, 4096);
         let seq = cache.add_sequence();
         let prompt = &r.tokens[..r.greedy_prompt_len];

@@ -101,7 +101,7 @@ fn run() -> (Vec<Vec<f32>>, Traced) {
     write_hash_model(dir.path());
     // The spec's checkpoints are float32 math: the reference kernels.
     let mut model = Model::load(dir.path()).unwrap();
-    model.kernels = gptoss_kernels::Kernels::scalar();
+    model.set_kernels(gptoss_kernels::Kernels::scalar());
     let mut cache = KvCache::new(&model.config, 64);
     let seq = cache.add_sequence();
     let mut traced = HashMap::new();
@@ -221,7 +221,7 @@ fn incremental_decoding_matches_the_full_pass() {
     write_hash_model(dir.path());
     // The spec's checkpoints are float32 math: the reference kernels.
     let mut model = Model::load(dir.path()).unwrap();
-    model.kernels = gptoss_kernels::Kernels::scalar();
+    model.set_kernels(gptoss_kernels::Kernels::scalar());
     let mut cache = KvCache::new(&model.config, 64);
     let seq = cache.add_sequence();
     for (i, tok) in TOKENS.iter().enumerate() {

@@ -1,7 +1,8 @@
 //! Single-thread matmul throughput at the 20b expert and attention shapes, for every kernel
 //! set this CPU runs: `cargo bench -p gptoss-kernels --bench matmul [-- FILTER]`.
 //! Prints GMAC/s (multiply-adds of the model, not of the split terms) and, for one token,
-//! the weight bytes streamed per second.
+//! the weight bytes streamed per second. Kernel sets with integer MXFP4 kernels add a line
+//! for those (weights repacked, activations quantized to int16).
 
 use std::time::Instant;
 
@@ -85,6 +86,22 @@ fn main() {
                     macs / t_bf16 / 1e9,
                     gb(2.0 * w.len() as f64, t_bf16),
                 );
+                if let (Some(ia), true) = (&kern.i16_act, rows % 16 == 0) {
+                    let (mut pc, mut ps) = (vec![0u8; codes.len()], vec![0u8; scales.len()]);
+                    gptoss_kernels::mxfp4_r16::pack(&codes, &scales, k, &mut pc, &mut ps);
+                    let (mut q, mut xs) = (vec![0i16; xf.len()], vec![0f32; xf.len() / 32]);
+                    gptoss_kernels::mxfp4_r16::quantize_i16(&xf, &mut q, &mut xs);
+                    let mut scratch = Vec::new();
+                    let t = best(reps, || {
+                        (ia.matmul_rows_i16a_mxfp4r16w)(&q, &xs, n_tok, &pc, &ps, None, &mut out, &mut scratch)
+                    });
+                    println!(
+                        "{name:8} T={n_tok:3} {:17} mxfp4 {:7.1} GMAC/s {:5.1} GB/s (int16 activations, repacked)",
+                        isa.name(),
+                        macs / t / 1e9,
+                        gb((codes.len() + scales.len()) as f64, t),
+                    );
+                }
             }
         }
     }

@@ -42,6 +42,7 @@ impl Isa {
                     && is_x86_feature_detected!("avx512bw")
                     && is_x86_feature_detected!("avx512bf16")
                     && is_x86_feature_detected!("avx512vbmi")
+                    && is_x86_feature_detected!("avx512vnni")
             }
             #[cfg(not(target_arch = "x86_64"))]
             _ => false,
@@ -78,6 +79,18 @@ pub type MatmulBf16aQ8w = fn(&[u16], usize, &[i8], &[f32], Option<&[f32]>, &mut 
 pub type AttendHeads =
     fn(&[f32], &[crate::scalar::KvSpan], usize, usize, usize, usize, f32, &[f32], &mut Vec<f32>, &mut [f32]);
 
+/// `y[R, T] = W[R, K]·x[T, K]ᵀ + b` with MXFP4 weights in the [`crate::mxfp4_r16`] layout
+/// and x quantized to int16 (codes `[T, K]`, scales `[T, K/32]`); the `Vec` is scratch (the
+/// signature of [`crate::scalar::matmul_rows_i16a_mxfp4r16w`]).
+pub type MatmulI16aMxfp4r16w = fn(&[i16], &[f32], usize, &[u8], &[u8], Option<&[f32]>, &mut [f32], &mut Vec<u32>);
+
+/// MXFP4 experts through integer dot products: the weights are repacked at load
+/// ([`crate::mxfp4_r16::pack`]) and activations quantized per block by
+/// [`crate::mxfp4_r16::quantize_i16`].
+pub struct I16Act {
+    pub matmul_rows_i16a_mxfp4r16w: MatmulI16aMxfp4r16w,
+}
+
 pub struct Bf16Act {
     /// 1 (x rounded to bf16) or 2 (x ≈ hi + lo).
     pub terms: usize,
@@ -97,6 +110,8 @@ pub struct Kernels {
     pub attend_heads_f32: AttendHeads,
     /// When set, the linear layers use these instead of the f32 matmuls.
     pub bf16_act: Option<Bf16Act>,
+    /// When set, MXFP4 experts are repacked at load and use these instead.
+    pub i16_act: Option<I16Act>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -114,6 +129,7 @@ static SCALAR: Kernels = Kernels {
     matmul_rows_f32_q8w: crate::scalar::matmul_rows_f32_q8w,
     attend_heads_f32: crate::scalar::attend_heads_f32,
     bf16_act: None,
+    i16_act: None,
 };
 #[cfg(target_arch = "x86_64")]
 static AVX2: Kernels = Kernels {
@@ -123,6 +139,7 @@ static AVX2: Kernels = Kernels {
     matmul_rows_f32_q8w: crate::scalar::matmul_rows_f32_q8w,
     attend_heads_f32: crate::scalar::attend_heads_f32,
     bf16_act: None,
+    i16_act: None,
 };
 #[cfg(target_arch = "x86_64")]
 static AVX512: Kernels = Kernels {
@@ -132,6 +149,7 @@ static AVX512: Kernels = Kernels {
     matmul_rows_f32_q8w: crate::scalar::matmul_rows_f32_q8w,
     attend_heads_f32: crate::x86::attention::attend_heads_f32,
     bf16_act: None,
+    i16_act: None,
 };
 #[cfg(target_arch = "x86_64")]
 static AVX512_BF16: Kernels = Kernels {
@@ -147,6 +165,7 @@ static AVX512_BF16: Kernels = Kernels {
         matmul_rows_bf16a_mxfp4w: crate::x86::avx512bf16::matmul_rows_bf16a_mxfp4w::<2>,
         matmul_rows_bf16a_q8w: crate::x86::avx512bf16::matmul_rows_bf16a_q8w::<2>,
     }),
+    i16_act: Some(I16Act { matmul_rows_i16a_mxfp4r16w: crate::x86::vnni::matmul_rows_i16a_mxfp4r16w }),
 };
 #[cfg(target_arch = "x86_64")]
 static AVX512_BF16_ROUND: Kernels = Kernels {
@@ -162,6 +181,7 @@ static AVX512_BF16_ROUND: Kernels = Kernels {
         matmul_rows_bf16a_mxfp4w: crate::x86::avx512bf16::matmul_rows_bf16a_mxfp4w::<1>,
         matmul_rows_bf16a_q8w: crate::x86::avx512bf16::matmul_rows_bf16a_q8w::<1>,
     }),
+    i16_act: None,
 };
 
 impl Kernels {

@@ -10,6 +10,7 @@
 pub mod bf16;
 pub mod dispatch;
 pub mod mxfp4;
+pub mod mxfp4_r16;
 pub mod q8;
 pub mod scalar;
 #[cfg(target_arch = "x86_64")]

@@ -50,7 +50,7 @@ fn split(ba: &Bf16Act, x: &[f32]) -> Vec<u16> {
     out
 }
 
-fn scalar_bf16w(terms: usize) -> fn(&[u16], usize, &[u16], Option<&[f32]>, &mut [f32]) {
+fn scalar_bf16w(terms: usize) -> gptoss_kernels::dispatch::MatmulBf16aBf16w {
     if terms == 2 {
         scalar::matmul_rows_bf16a_bf16w::<2>
     } else {

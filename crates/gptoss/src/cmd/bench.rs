@@ -166,7 +166,7 @@ pub fn run(args: Args) -> Result<()> {
     let ceiling = bandwidth / bytes_per_token as f64;
     let (pp, tg) = ((!pp.is_empty()).then(|| stats(&pp)), (!tg.is_empty()).then(|| stats(&tg)));
     let fraction = tg.as_ref().map(|s| s.mean / ceiling);
-    let kernels = format!("{:?}", model.kernels);
+    let kernels = format!("{:?}", model.kernels());
     let name = path.file_name().map_or_else(|| args.model.clone(), |n| n.to_string_lossy().into_owned());
     if args.json {
         let mut v = serde_json::json!({

@@ -110,7 +110,7 @@ pub fn load_model(path: &Path) -> Result<Model> {
         model.layout.name(),
         model.config.num_layers,
         model.config.num_experts,
-        model.kernels,
+        model.kernels(),
         dense().name(),
         t0.elapsed().as_secs_f64()
     );

@@ -5,12 +5,15 @@
 //! or how many tokens were batched together.
 
 mod attention;
+mod i16a;
 mod linear;
 mod moe;
 mod norm;
 mod rope;
 
 pub use attention::{attend_head_f32, attend_heads_f32, KvSpan};
+pub(crate) use i16a::check_i16a_shapes;
+pub use i16a::matmul_rows_i16a_mxfp4r16w;
 pub(crate) use linear::{
     check_bf16a_shapes, check_matmul_shapes, check_mxfp4_bf16a_shapes, check_mxfp4_shapes, check_q8_shapes,
 };

@@ -5,3 +5,4 @@ pub mod attention;
 pub mod avx2;
 pub mod avx512;
 pub mod avx512bf16;
+pub mod vnni;

@@ -1,0 +1,293 @@
+//! AVX-512 VNNI: MXFP4 experts in the [`crate::mxfp4_r16`] layout times int16 activations.
+//! `vpdpwssd` sums 32 int16 products into 16 exact int32 lanes per instruction, one lane per
+//! weight row; a block's sums turn into f32 once (a convert and one fused multiply-add per
+//! 16 rows and token), in the order the scalar twin
+//! [`crate::scalar::matmul_rows_i16a_mxfp4r16w`] defines, so every path gives its bits.
+
+use std::arch::x86_64::*;
+
+use crate::mxfp4::BLOCK;
+use crate::mxfp4_r16::{FP4_X2, GROUP, TILE_BYTES};
+
+/// 2×E2M1 as int16, twice: `vpermw` reads 5 index bits and the fifth belongs to the next
+/// nibble, so both halves must agree.
+#[repr(C, align(64))]
+struct Table([i16; 32]);
+static FP4_X2_TWICE: Table = {
+    let mut t = [0i16; 32];
+    let mut i = 0;
+    while i < 32 {
+        t[i] = FP4_X2[i % 16];
+        i += 1;
+    }
+    Table(t)
+};
+
+/// Multishift controls for pair `P` (0..4) of a quad: in each qword, word 0 takes the code
+/// byte of the even row (low nibble indexes), word 1 the same byte shifted by 4 (high nibble),
+/// words 2 and 3 the odd row's. The upper byte of each word is never read by `vpermw`.
+const fn pair_ctl(p: u64) -> i64 {
+    let b = 16 * p;
+    (b | (b + 4) << 16 | (b + 8) << 32 | (b + 12) << 48) as i64
+}
+
+/// Column pair `P` of a 64-byte quad → 16 lanes (rows) of (w[2p], w[2p+1]) int16 pairs.
+#[inline(always)]
+unsafe fn decode_pair<const P: u64>(quad: __m512i, table: __m512i) -> __m512i {
+    _mm512_permutexvar_epi16(_mm512_multishift_epi64_epi8(_mm512_set1_epi64(pair_ctl(P)), quad), table)
+}
+
+/// The 16 rows' weight scales of one block: `from_bits(s << 23) · 0.5`.
+#[inline(always)]
+unsafe fn weight_scales(s: *const u8) -> __m512 {
+    let bits = _mm512_slli_epi32(_mm512_cvtepu8_epi32(_mm_loadu_si128(s as *const __m128i)), 23);
+    _mm512_mul_ps(_mm512_castsi512_ps(bits), _mm512_set1_ps(0.5))
+}
+
+/// Bytes ahead of the decoder to prefetch codes (the hardware prefetcher stops at pages).
+const PREFETCH_AHEAD: usize = 4096;
+
+/// One token through G groups of 16 rows, decoding in registers. `xq` is the token's codes
+/// `[K]`, `xs` its scales `[K/32]`; out `[G·16]`.
+#[target_feature(enable = "avx512f,avx512bw,avx512vbmi,avx512vnni")]
+unsafe fn gemv_groups<const G: usize>(
+    xq: *const i16,
+    xs: *const f32,
+    k: usize,
+    codes: *const u8,
+    scales: *const u8,
+    bias: Option<*const f32>,
+    out: *mut f32,
+) {
+    let blocks = k / BLOCK;
+    let table = _mm512_load_si512(FP4_X2_TWICE.0.as_ptr() as *const _);
+    let xp = xq as *const i32;
+    let mut facc = [_mm512_setzero_ps(); G];
+    for b in 0..blocks {
+        // Two integer chains per group: exact, so how the pairs are split cannot matter.
+        let mut iacc = [[_mm512_setzero_si512(); 2]; G];
+        for q in 0..4 {
+            for (g, acc) in iacc.iter_mut().enumerate() {
+                let src = codes.add((g * blocks + b) * TILE_BYTES + q * 64);
+                _mm_prefetch::<_MM_HINT_T0>(src.wrapping_add(PREFETCH_AHEAD) as *const i8);
+                let quad = _mm512_loadu_si512(src as *const _);
+                let x = |p: usize| _mm512_set1_epi32(*xp.add(b * 16 + q * 4 + p));
+                let a = &mut acc[q % 2];
+                *a = _mm512_dpwssd_epi32(*a, decode_pair::<0>(quad, table), x(0));
+                *a = _mm512_dpwssd_epi32(*a, decode_pair::<1>(quad, table), x(1));
+                *a = _mm512_dpwssd_epi32(*a, decode_pair::<2>(quad, table), x(2));
+                *a = _mm512_dpwssd_epi32(*a, decode_pair::<3>(quad, table), x(3));
+            }
+        }
+        let xsb = _mm512_set1_ps(*xs.add(b));
+        for (g, f) in facc.iter_mut().enumerate() {
+            let isum = _mm512_add_epi32(iacc[g][0], iacc[g][1]);
+            let comb = _mm512_mul_ps(weight_scales(scales.add((g * blocks + b) * GROUP)), xsb);
+            *f = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), comb, *f);
+        }
+    }
+    for (g, f) in facc.iter().enumerate() {
+        let bv = bias.map_or(_mm512_setzero_ps(), |p| _mm512_loadu_ps(p.add(g * GROUP)));
+        _mm512_storeu_ps(out.add(g * GROUP), _mm512_add_ps(*f, bv));
+    }
+}
+
+/// Groups decoded together for several tokens: 32 rows × K int16 pairs stay in L2.
+const PANEL_GROUPS: usize = 2;
+/// Tokens per tile: RB·TB integer and RB·TB float accumulators fit the 32 registers.
+const TOKENS: usize = 6;
+
+/// Decodes `groups` groups into `w [g][b][p]` vectors of 16 int16 pairs and `ws [g][b]`.
+#[target_feature(enable = "avx512f,avx512bw,avx512vbmi")]
+unsafe fn decode_panel(
+    codes: *const u8,
+    scales: *const u8,
+    blocks: usize,
+    groups: usize,
+    w: *mut __m512i,
+    ws: *mut __m512,
+) {
+    let table = _mm512_load_si512(FP4_X2_TWICE.0.as_ptr() as *const _);
+    for t in 0..groups * blocks {
+        let dst = w.add(t * 16);
+        for q in 0..4 {
+            let src = codes.add(t * TILE_BYTES + q * 64);
+            _mm_prefetch::<_MM_HINT_T0>(src.wrapping_add(PREFETCH_AHEAD) as *const i8);
+            let quad = _mm512_loadu_si512(src as *const _);
+            _mm512_storeu_si512(dst.add(q * 4) as *mut _, decode_pair::<0>(quad, table));
+            _mm512_storeu_si512(dst.add(q * 4 + 1) as *mut _, decode_pair::<1>(quad, table));
+            _mm512_storeu_si512(dst.add(q * 4 + 2) as *mut _, decode_pair::<2>(quad, table));
+            _mm512_storeu_si512(dst.add(q * 4 + 3) as *mut _, decode_pair::<3>(quad, table));
+        }
+        *ws.add(t) = weight_scales(scales.add(t * GROUP));
+    }
+}
+
+/// RB groups × TB tokens over all of K. `w`/`ws` point at the panel's first group, `xq`/`xs`
+/// at the first token's codes and scales, `out` at (row 0, token 0) of `[R, n_tok]`.
+#[inline(always)]
+#[allow(clippy::too_many_arguments, clippy::needless_range_loop)] // i, j index accumulators and operands alike
+unsafe fn tile<const RB: usize, const TB: usize>(
+    w: *const __m512i,
+    ws: *const __m512,
+    blocks: usize,
+    xq: *const i16,
+    xs: *const f32,
+    bias: Option<*const f32>,
+    out: *mut f32,
+    n_tok: usize,
+) {
+    let k = blocks * BLOCK;
+    let xp = xq as *const i32;
+    let mut facc = [[_mm512_setzero_ps(); TB]; RB];
+    for b in 0..blocks {
+        let mut iacc = [[_mm512_setzero_si512(); TB]; RB];
+        for p in 0..16 {
+            let wv: [__m512i; RB] =
+                std::array::from_fn(|i| _mm512_loadu_si512(w.add((i * blocks + b) * 16 + p) as *const _));
+            for j in 0..TB {
+                let xb = _mm512_set1_epi32(*xp.add((j * k) / 2 + b * 16 + p));
+                for i in 0..RB {
+                    iacc[i][j] = _mm512_dpwssd_epi32(iacc[i][j], wv[i], xb);
+                }
+            }
+        }
+        for j in 0..TB {
+            let xsb = _mm512_set1_ps(*xs.add(j * blocks + b));
+            for i in 0..RB {
+                let comb = _mm512_mul_ps(*ws.add(i * blocks + b), xsb);
+                facc[i][j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(iacc[i][j]), comb, facc[i][j]);
+            }
+        }
+    }
+    let mut lanes = [0f32; GROUP];
+    for (i, row) in facc.iter().enumerate() {
+        let bv = bias.map_or(_mm512_setzero_ps(), |p| _mm512_loadu_ps(p.add(i * GROUP)));
+        for (j, f) in row.iter().enumerate() {
+            _mm512_storeu_ps(lanes.as_mut_ptr(), _mm512_add_ps(*f, bv));
+            for (l, v) in lanes.iter().enumerate() {
+                *out.add((i * GROUP + l) * n_tok + j) = *v;
+            }
+        }
+    }
+}
+
+macro_rules! tile_dispatch {
+    ($rb:expr, $tb:expr, $($arg:expr),*) => {
+        match ($rb, $tb) {
+            (2, 6) => tile::<2, 6>($($arg),*),
+            (2, 5) => tile::<2, 5>($($arg),*),
+            (2, 4) => tile::<2, 4>($($arg),*),
+            (2, 3) => tile::<2, 3>($($arg),*),
+            (2, 2) => tile::<2, 2>($($arg),*),
+            (2, _) => tile::<2, 1>($($arg),*),
+            (_, 6) => tile::<1, 6>($($arg),*),
+            (_, 5) => tile::<1, 5>($($arg),*),
+            (_, 4) => tile::<1, 4>($($arg),*),
+            (_, 3) => tile::<1, 3>($($arg),*),
+            (_, 2) => tile::<1, 2>($($arg),*),
+            _ => tile::<1, 1>($($arg),*),
+        }
+    };
+}
+
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn gemm_panel(
+    w: *const __m512i,
+    ws: *const __m512,
+    blocks: usize,
+    groups: usize,
+    xq: *const i16,
+    xs: *const f32,
+    n_tok: usize,
+    bias: Option<*const f32>,
+    out: *mut f32,
+) {
+    let k = blocks * BLOCK;
+    let mut t = 0;
+    while t < n_tok {
+        let tb = (n_tok - t).min(TOKENS);
+        tile_dispatch!(groups, tb, w, ws, blocks, xq.add(t * k), xs.add(t * blocks), bias, out.add(t), n_tok);
+        t += tb;
+    }
+}
+
+/// See [`crate::scalar::matmul_rows_i16a_mxfp4r16w`]; `scratch` holds a decoded panel.
+#[allow(clippy::too_many_arguments)]
+pub fn matmul_rows_i16a_mxfp4r16w(
+    xq: &[i16],
+    xs: &[f32],
+    n_tok: usize,
+    codes: &[u8],
+    scales: &[u8],
+    bias: Option<&[f32]>,
+    out: &mut [f32],
+    scratch: &mut Vec<u32>,
+) {
+    let k = xq.len() / n_tok.max(1);
+    crate::scalar::check_i16a_shapes(xq, xs, n_tok, k, codes.len(), scales.len(), bias, out);
+    let blocks = k / BLOCK;
+    let groups = scales.len() / (blocks * GROUP);
+    // SAFETY: handed out by `Kernels` only when the CPU has AVX-512F/BW/VBMI/VNNI; the shapes
+    // were checked above, so every tile, token and output offset is in bounds, and the scratch
+    // is sized (and aligned by hand) for one panel of vectors.
+    unsafe {
+        if n_tok == 1 {
+            let mut g = 0;
+            while g < groups {
+                let n = (groups - g).min(4);
+                let args = (
+                    xq.as_ptr(),
+                    xs.as_ptr(),
+                    k,
+                    codes.as_ptr().add(g * blocks * TILE_BYTES),
+                    scales.as_ptr().add(g * blocks * GROUP),
+                    bias.map(|b| b.as_ptr().add(g * GROUP)),
+                    out.as_mut_ptr().add(g * GROUP),
+                );
+                match n {
+                    4 => gemv_groups::<4>(args.0, args.1, args.2, args.3, args.4, args.5, args.6),
+                    3 => gemv_groups::<3>(args.0, args.1, args.2, args.3, args.4, args.5, args.6),
+                    2 => gemv_groups::<2>(args.0, args.1, args.2, args.3, args.4, args.5, args.6),
+                    _ => gemv_groups::<1>(args.0, args.1, args.2, args.3, args.4, args.5, args.6),
+                }
+                g += n;
+            }
+            return;
+        }
+        // [PANEL_GROUPS][blocks][16] code vectors then [PANEL_GROUPS][blocks] scale vectors,
+        // 16 u32 each, plus room to align to 64 bytes.
+        let vectors = PANEL_GROUPS * blocks * (16 + 1);
+        scratch.resize(vectors * 16 + 16, 0);
+        let base = scratch.as_mut_ptr();
+        let base = base.add(base.align_offset(64));
+        let w = base as *mut __m512i;
+        let ws = w.add(PANEL_GROUPS * blocks * 16) as *mut __m512;
+        let mut g = 0;
+        while g < groups {
+            let pg = (groups - g).min(PANEL_GROUPS);
+            decode_panel(
+                codes.as_ptr().add(g * blocks * TILE_BYTES),
+                scales.as_ptr().add(g * blocks * GROUP),
+                blocks,
+                pg,
+                w,
+                ws,
+            );
+            let bias_g = bias.map(|b| b.as_ptr().add(g * GROUP));
+            gemm_panel(
+                w,
+                ws,
+                blocks,
+                pg,
+                xq.as_ptr(),
+                xs.as_ptr(),
+                n_tok,
+                bias_g,
+                out.as_mut_ptr().add(g * GROUP * n_tok),
+            );
+            g += pg;
+        }
+    }
+}
