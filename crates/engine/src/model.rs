@@ -10,6 +10,7 @@ use std::path::Path;
 use gptoss_kernels::bf16::bf16_slice_to_f32;
 use gptoss_kernels::scalar::{self, KvSpan, YarnRope, SWIGLU_ALPHA};
 use gptoss_kernels::Kernels;
+use rayon::prelude::*;
 
 use crate::checkpoint::Checkpoint;
 use crate::config::{Layout, ModelConfig};
@@ -340,12 +341,13 @@ impl Model {
         drop(timer);
 
         let timer = profile::time(Stage::Swiglu);
+        let swiglu = self.kernels.swiglu_interleaved_f32;
         let acts: Vec<Vec<f32>> = gate_ups // [n_e, I]
-            .iter()
+            .par_iter()
             .map(|gu| {
                 let mut act = vec![0f32; gu.len() / 2];
                 for (a, u) in act.chunks_exact_mut(i_dim).zip(gu.chunks_exact(2 * i_dim)) {
-                    scalar::swiglu_interleaved_f32(u, SWIGLU_ALPHA, cfg.swiglu_limit, a);
+                    swiglu(u, SWIGLU_ALPHA, cfg.swiglu_limit, a);
                 }
                 act
             })

@@ -121,7 +121,7 @@ pub fn linear_mxfp4_experts(kern: &Kernels, w: &Mxfp4Experts, jobs: &mut [Expert
     }
     // Activations as the kernels read them: int16 codes and block scales for repacked
     // weights, bf16 terms for the bf16-activation kernels, f32 otherwise.
-    let acts: Vec<Act> = jobs.iter().map(|j| Act::new(kern, w.layout, j.x)).collect();
+    let acts: Vec<Act> = jobs.par_iter().map(|j| Act::new(kern, w.layout, j.x)).collect();
     // Repacked weights come in groups of 16 rows; whole groups per task.
     let chunk = match w.layout {
         Mxfp4Layout::Rows => rows_per_task(rows),
@@ -191,7 +191,9 @@ impl<'a> Act<'a> {
             (Mxfp4Layout::Rows16, _) => {
                 let mut q = vec![0i16; x.len()];
                 let mut scales = vec![0f32; x.len() / gptoss_kernels::mxfp4::BLOCK];
-                gptoss_kernels::mxfp4_r16::quantize_i16(x, &mut q, &mut scales);
+                let quantize =
+                    kern.i16_act.as_ref().map_or(gptoss_kernels::mxfp4_r16::quantize_i16 as _, |ia| ia.quantize);
+                quantize(x, &mut q, &mut scales);
                 Act::I16 { q, scales }
             }
             (Mxfp4Layout::Rows, Some(ba)) => Act::Bf16(round_bf16(ba, x)),

@@ -88,6 +88,9 @@ pub type MatmulI16aMxfp4r16w = fn(&[i16], &[f32], usize, &[u8], &[u8], Option<&[
 /// ([`crate::mxfp4_r16::pack`]) and activations quantized per block by
 /// [`crate::mxfp4_r16::quantize_i16`].
 pub struct I16Act {
+    /// f32 `[T, K]` → int16 codes `[T, K]` and scales `[T, K/32]`, bit for bit
+    /// [`crate::mxfp4_r16::quantize_i16`].
+    pub quantize: fn(&[f32], &mut [i16], &mut [f32]),
     pub matmul_rows_i16a_mxfp4r16w: MatmulI16aMxfp4r16w,
 }
 
@@ -108,6 +111,9 @@ pub struct Kernels {
     /// `--dense q8`; the scalar twin in every table (q8 is fast through [`Bf16Act`]).
     pub matmul_rows_f32_q8w: MatmulQ8,
     pub attend_heads_f32: AttendHeads,
+    /// The clamped SwiGLU over interleaved (gate, up) pairs (the signature of
+    /// [`crate::scalar::swiglu_interleaved_f32`]).
+    pub swiglu_interleaved_f32: fn(&[f32], f32, f32, &mut [f32]),
     /// When set, the linear layers use these instead of the f32 matmuls.
     pub bf16_act: Option<Bf16Act>,
     /// When set, MXFP4 experts are repacked at load and use these instead.
@@ -128,6 +134,7 @@ static SCALAR: Kernels = Kernels {
     matmul_rows_f32_mxfp4w: crate::scalar::matmul_rows_f32_mxfp4w,
     matmul_rows_f32_q8w: crate::scalar::matmul_rows_f32_q8w,
     attend_heads_f32: crate::scalar::attend_heads_f32,
+    swiglu_interleaved_f32: crate::scalar::swiglu_interleaved_f32,
     bf16_act: None,
     i16_act: None,
 };
@@ -138,6 +145,7 @@ static AVX2: Kernels = Kernels {
     matmul_rows_f32_mxfp4w: crate::x86::avx2::matmul_rows_f32_mxfp4w,
     matmul_rows_f32_q8w: crate::scalar::matmul_rows_f32_q8w,
     attend_heads_f32: crate::scalar::attend_heads_f32,
+    swiglu_interleaved_f32: crate::scalar::swiglu_interleaved_f32,
     bf16_act: None,
     i16_act: None,
 };
@@ -148,6 +156,7 @@ static AVX512: Kernels = Kernels {
     matmul_rows_f32_mxfp4w: crate::x86::avx512::matmul_rows_f32_mxfp4w,
     matmul_rows_f32_q8w: crate::scalar::matmul_rows_f32_q8w,
     attend_heads_f32: crate::x86::attention::attend_heads_f32,
+    swiglu_interleaved_f32: crate::x86::avx512::swiglu_interleaved_f32,
     bf16_act: None,
     i16_act: None,
 };
@@ -158,6 +167,7 @@ static AVX512_BF16: Kernels = Kernels {
     matmul_rows_f32_mxfp4w: crate::x86::avx512::matmul_rows_f32_mxfp4w,
     matmul_rows_f32_q8w: crate::scalar::matmul_rows_f32_q8w,
     attend_heads_f32: crate::x86::attention::attend_heads_f32,
+    swiglu_interleaved_f32: crate::x86::avx512::swiglu_interleaved_f32,
     bf16_act: Some(Bf16Act {
         terms: 2,
         split: crate::x86::avx512bf16::split_to_bf16::<2>,
@@ -165,7 +175,10 @@ static AVX512_BF16: Kernels = Kernels {
         matmul_rows_bf16a_mxfp4w: crate::x86::avx512bf16::matmul_rows_bf16a_mxfp4w::<2>,
         matmul_rows_bf16a_q8w: crate::x86::avx512bf16::matmul_rows_bf16a_q8w::<2>,
     }),
-    i16_act: Some(I16Act { matmul_rows_i16a_mxfp4r16w: crate::x86::vnni::matmul_rows_i16a_mxfp4r16w }),
+    i16_act: Some(I16Act {
+        quantize: crate::x86::vnni::quantize_i16,
+        matmul_rows_i16a_mxfp4r16w: crate::x86::vnni::matmul_rows_i16a_mxfp4r16w,
+    }),
 };
 #[cfg(target_arch = "x86_64")]
 static AVX512_BF16_ROUND: Kernels = Kernels {
@@ -174,6 +187,7 @@ static AVX512_BF16_ROUND: Kernels = Kernels {
     matmul_rows_f32_mxfp4w: crate::x86::avx512::matmul_rows_f32_mxfp4w,
     matmul_rows_f32_q8w: crate::scalar::matmul_rows_f32_q8w,
     attend_heads_f32: crate::x86::attention::attend_heads_f32,
+    swiglu_interleaved_f32: crate::x86::avx512::swiglu_interleaved_f32,
     bf16_act: Some(Bf16Act {
         terms: 1,
         split: crate::x86::avx512bf16::split_to_bf16::<1>,

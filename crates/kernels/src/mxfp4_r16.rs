@@ -98,9 +98,10 @@ pub fn weight_scale(s: u8) -> f32 {
 }
 
 /// `x [T, K]` → codes `q [T, K]` and scales `xs [T, K/32]`: per block, `xs = amax / 32767`
-/// and `q = round_ties_even(x · (32767 / amax))`, so |q| ≤ 32767. A block of zeros gets
-/// scale 0; a block holding inf or NaN gets scale NaN (and codes 0), so it poisons the sums
-/// as it would in f32.
+/// and `q = round_ties_even(x · (32767 / amax))`, so |q| ≤ 32767. A block of zeros, or of
+/// values below the smallest normal f32 (whose inverse scale would overflow; they are 1e-38
+/// of any other block), gets codes and scale 0; a block holding inf or NaN gets scale NaN
+/// (and codes 0), so it poisons the sums as it would in f32.
 pub fn quantize_i16(x: &[f32], q: &mut [i16], xs: &mut [f32]) {
     assert!(x.len().is_multiple_of(BLOCK), "quantize_i16: {} values are not whole blocks of {BLOCK}", x.len());
     assert_eq!((q.len(), xs.len()), (x.len(), x.len() / BLOCK), "quantize_i16: outputs are not [T, K] and [T, K/32]");
@@ -114,7 +115,7 @@ pub fn quantize_i16(x: &[f32], q: &mut [i16], xs: &mut [f32]) {
         if !finite {
             qb.fill(0);
             *s = f32::NAN;
-        } else if amax == 0.0 {
+        } else if amax < f32::MIN_POSITIVE {
             qb.fill(0);
             *s = 0.0;
         } else {

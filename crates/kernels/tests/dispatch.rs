@@ -400,3 +400,34 @@ fn results_do_not_depend_on_the_batch() {
         }
     }
 }
+
+#[test]
+fn swiglu_matches_scalar_within_a_few_ulps() {
+    let mut rng = Rng(31);
+    for n in [1usize, 15, 16, 17, 33, 2880, 2881] {
+        let mut u: Vec<f32> = (0..2 * n).map(|i| rng.f32() * [0.5, 4.0, 40.0, 1e-3][i % 4]).collect();
+        if n > 20 {
+            u[0] = f32::NAN; // gate: min drops it
+            u[3] = f32::NAN; // up: clamp keeps it
+            u[4] = f32::NEG_INFINITY;
+            u[6] = -200.0;
+            u[8] = 7.5; // past the limit
+        }
+        let mut want = vec![0f32; n];
+        scalar::swiglu_interleaved_f32(&u, scalar::SWIGLU_ALPHA, 7.0, &mut want);
+        for kern in fast_kernels() {
+            let mut got = vec![0f32; n];
+            (kern.swiglu_interleaved_f32)(&u, scalar::SWIGLU_ALPHA, 7.0, &mut got);
+            for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                let ok = (g.is_nan() && w.is_nan()) || g == w || (g - w).abs() <= 2e-6 * w.abs() + 1e-37;
+                assert!(
+                    ok,
+                    "{} n={n}: out[{i}] = {g:e}, scalar {w:e} (gate {:e}, up {:e})",
+                    kern.isa.name(),
+                    u[2 * i],
+                    u[2 * i + 1]
+                );
+            }
+        }
+    }
+}

@@ -98,6 +98,27 @@ fn vector_kernels_match_the_twin_bit_for_bit_on_random_shapes() {
 }
 
 #[test]
+fn vector_quantize_matches_the_twin_bit_for_bit() {
+    let mut rng = Rng(5);
+    let mut x: Vec<f32> = (0..32 * 400).map(|i| rng.f32() * [1.0, 1e-30, 3e5, 0.07, 1e-41][i / 32 % 5]).collect();
+    x[32 * 7..32 * 8].fill(0.0);
+    x[32 * 9 + 3] = f32::INFINITY;
+    x[32 * 11 + 31] = f32::NAN;
+    x[32 * 12 + 5] = -0.0;
+    x[32 * 13..32 * 14].fill(-1.0);
+    let (mut q0, mut s0) = (vec![0i16; x.len()], vec![0f32; x.len() / 32]);
+    mxfp4_r16::quantize_i16(&x, &mut q0, &mut s0);
+    for kern in int_kernels() {
+        let (mut q, mut s) = (vec![7i16; x.len()], vec![7f32; x.len() / 32]);
+        (kern.i16_act.as_ref().unwrap().quantize)(&x, &mut q, &mut s);
+        if let Some(at) = q.iter().zip(&q0).position(|(a, b)| a != b) {
+            panic!("{}: q[{at}] = {} but the twin gives {} (x = {:e})", kern.isa.name(), q[at], q0[at], x[at]);
+        }
+        assert!(same_bits(&s, &s0).is_none(), "{}", kern.isa.name());
+    }
+}
+
+#[test]
 fn a_token_gets_the_same_bits_alone_or_in_any_batch() {
     let Some(kern) = int_kernels().first().copied() else { return };
     let f = kern.i16_act.as_ref().unwrap().matmul_rows_i16a_mxfp4r16w;

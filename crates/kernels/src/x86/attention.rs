@@ -17,7 +17,7 @@ const PV_HEADS: usize = 4;
 /// e^x for x ≤ 0 (anything larger is not asked for here): n = round(x·log2 e), r = x − n·ln 2
 /// in two parts, e^r by Cephes' degree-6 polynomial, times 2^n by `vscalefps`. About 1 ulp.
 #[inline(always)]
-unsafe fn exp_nonpositive(x: __m512) -> __m512 {
+pub(crate) unsafe fn exp_nonpositive(x: __m512) -> __m512 {
     let x = _mm512_max_ps(x, _mm512_set1_ps(-104.0));
     let n = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(_mm512_mul_ps(
         x,

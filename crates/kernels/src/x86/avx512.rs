@@ -159,3 +159,39 @@ pub fn matmul_rows_f32_mxfp4w(
     // above, so every block read and row_buf write is in bounds.
     unsafe { matmul_mxfp4_impl(x, n_tok, codes, scales, bias, out, row_buf) }
 }
+
+/// [`crate::scalar::swiglu_interleaved_f32`] on 16 units at a time. σ(z) is 1/(1 + e^−z)
+/// for z ≥ 0 and e^z/(1 + e^z) below, so the exponential never overflows; within a few
+/// ulps of the scalar twin.
+#[target_feature(enable = "avx512f")]
+unsafe fn swiglu_impl(u: &[f32], alpha: f32, limit: f32, out: &mut [f32]) {
+    let n = out.len();
+    // Gates in the even lanes of each pair of vectors, ups in the odd.
+    let evens = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+    let odds = _mm512_add_epi32(evens, _mm512_set1_epi32(1));
+    let (lim, one) = (_mm512_set1_ps(limit), _mm512_set1_ps(1.0));
+    let mut i = 0;
+    while i + 16 <= n {
+        let (a, b) = (_mm512_loadu_ps(u.as_ptr().add(2 * i)), _mm512_loadu_ps(u.as_ptr().add(2 * i + 16)));
+        let gate = _mm512_min_ps(_mm512_permutex2var_ps(a, evens, b), lim);
+        // Operand order keeps a NaN up (clamp passes it) and drops a NaN gate (min does).
+        let up = _mm512_max_ps(
+            _mm512_sub_ps(_mm512_setzero_ps(), lim),
+            _mm512_min_ps(lim, _mm512_permutex2var_ps(a, odds, b)),
+        );
+        let z = _mm512_mul_ps(_mm512_set1_ps(alpha), gate);
+        let neg_abs = _mm512_castsi512_ps(_mm512_or_si512(_mm512_castps_si512(z), _mm512_set1_epi32(i32::MIN)));
+        let e = super::attention::exp_nonpositive(neg_abs);
+        let num = _mm512_mask_blend_ps(_mm512_cmp_ps_mask::<_CMP_GE_OQ>(z, _mm512_setzero_ps()), e, one);
+        let sig = _mm512_div_ps(num, _mm512_add_ps(one, e));
+        _mm512_storeu_ps(out.as_mut_ptr().add(i), _mm512_mul_ps(_mm512_mul_ps(gate, sig), _mm512_add_ps(up, one)));
+        i += 16;
+    }
+    crate::scalar::swiglu_interleaved_f32(&u[2 * i..], alpha, limit, &mut out[i..]);
+}
+
+pub fn swiglu_interleaved_f32(u: &[f32], alpha: f32, limit: f32, out: &mut [f32]) {
+    assert_eq!(u.len(), 2 * out.len(), "swiglu: u is not [2I]");
+    // SAFETY: handed out by `Kernels` only with AVX-512F; loads and stores stay below 2·n and n.
+    unsafe { swiglu_impl(u, alpha, limit, out) }
+}

@@ -7,7 +7,7 @@
 use std::arch::x86_64::*;
 
 use crate::mxfp4::BLOCK;
-use crate::mxfp4_r16::{FP4_X2, GROUP, TILE_BYTES};
+use crate::mxfp4_r16::{FP4_X2, GROUP, Q_MAX, TILE_BYTES};
 
 /// 2×E2M1 as int16, twice: `vpermw` reads 5 index bits and the fifth belongs to the next
 /// nibble, so both halves must agree.
@@ -290,4 +290,41 @@ pub fn matmul_rows_i16a_mxfp4r16w(
             g += pg;
         }
     }
+}
+
+/// [`crate::mxfp4_r16::quantize_i16`] on 32 lanes at a time, bit for bit: the block's
+/// absolute maximum is taken on the float bits as integers (the same order for finite
+/// values, and inf/NaN are caught apart), the scale and its inverse are the same scalar
+/// divisions, and `vcvtps2dq` rounds to nearest even as `round_ties_even` does.
+#[target_feature(enable = "avx512f,avx512bw")]
+unsafe fn quantize_impl(x: &[f32], q: &mut [i16], xs: &mut [f32]) {
+    let abs_mask = _mm512_set1_epi32(0x7fff_ffff);
+    let inf_bits = _mm512_set1_epi32(0x7f80_0000);
+    for (b, s) in xs.iter_mut().enumerate() {
+        let (src, dst) = (x.as_ptr().add(b * BLOCK), q.as_mut_ptr().add(b * BLOCK));
+        let (v0, v1) = (_mm512_loadu_ps(src), _mm512_loadu_ps(src.add(16)));
+        let a0 = _mm512_and_si512(_mm512_castps_si512(v0), abs_mask);
+        let a1 = _mm512_and_si512(_mm512_castps_si512(v1), abs_mask);
+        let not_finite = _mm512_cmpge_epu32_mask(a0, inf_bits) | _mm512_cmpge_epu32_mask(a1, inf_bits);
+        let amax = f32::from_bits(_mm512_reduce_max_epu32(_mm512_max_epu32(a0, a1)));
+        if not_finite != 0 || amax < f32::MIN_POSITIVE {
+            _mm512_storeu_si512(dst as *mut _, _mm512_setzero_si512());
+            *s = if not_finite != 0 { f32::NAN } else { 0.0 };
+            continue;
+        }
+        let inv = _mm512_set1_ps(Q_MAX / amax);
+        let q0 = _mm512_cvtsepi32_epi16(_mm512_cvtps_epi32(_mm512_mul_ps(v0, inv)));
+        let q1 = _mm512_cvtsepi32_epi16(_mm512_cvtps_epi32(_mm512_mul_ps(v1, inv)));
+        _mm256_storeu_si256(dst as *mut __m256i, q0);
+        _mm256_storeu_si256(dst.add(16) as *mut __m256i, q1);
+        *s = amax / Q_MAX;
+    }
+}
+
+/// See [`crate::mxfp4_r16::quantize_i16`].
+pub fn quantize_i16(x: &[f32], q: &mut [i16], xs: &mut [f32]) {
+    assert!(x.len().is_multiple_of(BLOCK), "quantize_i16: {} values are not whole blocks of {BLOCK}", x.len());
+    assert_eq!((q.len(), xs.len()), (x.len(), x.len() / BLOCK), "quantize_i16: outputs are not [T, K] and [T, K/32]");
+    // SAFETY: handed out by `Kernels` only with AVX-512F/BW; every block is in bounds (checked).
+    unsafe { quantize_impl(x, q, xs) }
 }
