@@ -166,7 +166,7 @@ impl Model {
         let rows: Vec<usize> = plan.logit_rows.iter().map(|&(_, r)| r).collect();
         let mut final_norm = vec![0f32; rows.len() * h]; // [R, H]
         for (out, &r) in final_norm.chunks_exact_mut(h).zip(&rows) {
-            scalar::rmsnorm_f32(&x[r * h..(r + 1) * h], &self.weights.norm, cfg.rms_norm_eps, out);
+            (self.kernels.rmsnorm_f32)(&x[r * h..(r + 1) * h], &self.weights.norm, cfg.rms_norm_eps, out);
         }
         drop(timer);
         trace("final_norm", None, &final_norm);
@@ -202,7 +202,7 @@ impl Model {
         let (qd, kvd) = (cfg.q_dim(), cfg.kv_dim());
 
         let timer = profile::time(Stage::AttnNorm);
-        let attn_norm = rmsnorm_rows(x, &w.norm, cfg.rms_norm_eps, h); // [T, H]
+        let attn_norm = rmsnorm_rows(self.kernels, x, &w.norm, cfg.rms_norm_eps, h); // [T, H]
         drop(timer);
         trace("attn_norm", Some(l), &attn_norm);
 
@@ -221,8 +221,8 @@ impl Model {
         let (mut cos, mut sin) = (vec![0f32; half], vec![0f32; half]);
         for (i, &pos) in plan.positions.iter().enumerate() {
             self.rope.cos_sin(pos, &mut cos, &mut sin);
-            YarnRope::apply(&mut q[i * qd..(i + 1) * qd], &cos, &sin);
-            YarnRope::apply(&mut k[i * kvd..(i + 1) * kvd], &cos, &sin);
+            (self.kernels.rope_apply_f32)(&mut q[i * qd..(i + 1) * qd], &cos, &sin);
+            (self.kernels.rope_apply_f32)(&mut k[i * kvd..(i + 1) * kvd], &cos, &sin);
         }
         drop(timer);
         trace("q", Some(l), &q);
@@ -294,7 +294,7 @@ impl Model {
         let t = x.len() / h;
 
         let timer = profile::time(Stage::MlpNorm);
-        let mlp_norm = rmsnorm_rows(x, &w.norm, cfg.rms_norm_eps, h); // [T, H]
+        let mlp_norm = rmsnorm_rows(self.kernels, x, &w.norm, cfg.rms_norm_eps, h); // [T, H]
         drop(timer);
         trace("mlp_norm", Some(l), &mlp_norm);
 
@@ -456,10 +456,10 @@ pub fn first_visible_key(pos: usize, window: Option<usize>) -> usize {
     window.map_or(0, |w| (pos + 1).saturating_sub(w))
 }
 
-fn rmsnorm_rows(x: &[f32], gain: &[f32], eps: f32, width: usize) -> Vec<f32> {
+fn rmsnorm_rows(kern: &Kernels, x: &[f32], gain: &[f32], eps: f32, width: usize) -> Vec<f32> {
     let mut out = vec![0f32; x.len()];
     for (o, row) in out.chunks_exact_mut(width).zip(x.chunks_exact(width)) {
-        scalar::rmsnorm_f32(row, gain, eps, o);
+        (kern.rmsnorm_f32)(row, gain, eps, o);
     }
     out
 }

@@ -114,6 +114,9 @@ pub struct Kernels {
     /// The clamped SwiGLU over interleaved (gate, up) pairs (the signature of
     /// [`crate::scalar::swiglu_interleaved_f32`]).
     pub swiglu_interleaved_f32: fn(&[f32], f32, f32, &mut [f32]),
+    /// [`crate::scalar::rmsnorm_f32`] and [`crate::scalar::YarnRope::apply`], bit for bit.
+    pub rmsnorm_f32: fn(&[f32], &[f32], f32, &mut [f32]),
+    pub rope_apply_f32: fn(&mut [f32], &[f32], &[f32]),
     /// When set, the linear layers use these instead of the f32 matmuls.
     pub bf16_act: Option<Bf16Act>,
     /// When set, MXFP4 experts are repacked at load and use these instead.
@@ -135,6 +138,8 @@ static SCALAR: Kernels = Kernels {
     matmul_rows_f32_q8w: crate::scalar::matmul_rows_f32_q8w,
     attend_heads_f32: crate::scalar::attend_heads_f32,
     swiglu_interleaved_f32: crate::scalar::swiglu_interleaved_f32,
+    rmsnorm_f32: crate::scalar::rmsnorm_f32,
+    rope_apply_f32: crate::scalar::YarnRope::apply,
     bf16_act: None,
     i16_act: None,
 };
@@ -146,6 +151,8 @@ static AVX2: Kernels = Kernels {
     matmul_rows_f32_q8w: crate::scalar::matmul_rows_f32_q8w,
     attend_heads_f32: crate::scalar::attend_heads_f32,
     swiglu_interleaved_f32: crate::scalar::swiglu_interleaved_f32,
+    rmsnorm_f32: crate::scalar::rmsnorm_f32,
+    rope_apply_f32: crate::scalar::YarnRope::apply,
     bf16_act: None,
     i16_act: None,
 };
@@ -157,6 +164,8 @@ static AVX512: Kernels = Kernels {
     matmul_rows_f32_q8w: crate::scalar::matmul_rows_f32_q8w,
     attend_heads_f32: crate::x86::attention::attend_heads_f32,
     swiglu_interleaved_f32: crate::x86::avx512::swiglu_interleaved_f32,
+    rmsnorm_f32: crate::x86::avx512::rmsnorm_f32,
+    rope_apply_f32: crate::x86::avx512::rope_apply_f32,
     bf16_act: None,
     i16_act: None,
 };
@@ -168,6 +177,8 @@ static AVX512_BF16: Kernels = Kernels {
     matmul_rows_f32_q8w: crate::scalar::matmul_rows_f32_q8w,
     attend_heads_f32: crate::x86::attention::attend_heads_f32,
     swiglu_interleaved_f32: crate::x86::avx512::swiglu_interleaved_f32,
+    rmsnorm_f32: crate::x86::avx512::rmsnorm_f32,
+    rope_apply_f32: crate::x86::avx512::rope_apply_f32,
     bf16_act: Some(Bf16Act {
         terms: 2,
         split: crate::x86::avx512bf16::split_to_bf16::<2>,
@@ -188,6 +199,8 @@ static AVX512_BF16_ROUND: Kernels = Kernels {
     matmul_rows_f32_q8w: crate::scalar::matmul_rows_f32_q8w,
     attend_heads_f32: crate::x86::attention::attend_heads_f32,
     swiglu_interleaved_f32: crate::x86::avx512::swiglu_interleaved_f32,
+    rmsnorm_f32: crate::x86::avx512::rmsnorm_f32,
+    rope_apply_f32: crate::x86::avx512::rope_apply_f32,
     bf16_act: Some(Bf16Act {
         terms: 1,
         split: crate::x86::avx512bf16::split_to_bf16::<1>,

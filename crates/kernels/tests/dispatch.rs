@@ -431,3 +431,41 @@ fn swiglu_matches_scalar_within_a_few_ulps() {
         }
     }
 }
+
+#[test]
+fn rmsnorm_and_rope_match_scalar_bit_for_bit() {
+    let mut rng = Rng(41);
+    for n in [1usize, 7, 8, 9, 16, 17, 63, 64, 2880, 2887] {
+        let x: Vec<f32> = (0..n).map(|i| rng.f32() * [1.0, 30.0, 1e-3][i % 3]).collect();
+        let gain: Vec<f32> = (0..n).map(|_| rng.f32()).collect();
+        let mut want = vec![0f32; n];
+        scalar::rmsnorm_f32(&x, &gain, 1e-5, &mut want);
+        for kern in fast_kernels() {
+            let mut got = vec![0f32; n];
+            (kern.rmsnorm_f32)(&x, &gain, 1e-5, &mut got);
+            assert_eq!(
+                got.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                want.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                "{} n={n}",
+                kern.isa.name()
+            );
+        }
+    }
+    for (half, heads) in [(1usize, 3usize), (16, 2), (17, 1), (32, 64), (40, 5)] {
+        let x: Vec<f32> = (0..2 * half * heads).map(|_| rng.f32() * 5.0).collect();
+        let cos: Vec<f32> = (0..half).map(|_| rng.f32()).collect();
+        let sin: Vec<f32> = (0..half).map(|_| rng.f32()).collect();
+        let mut want = x.clone();
+        scalar::YarnRope::apply(&mut want, &cos, &sin);
+        for kern in fast_kernels() {
+            let mut got = x.clone();
+            (kern.rope_apply_f32)(&mut got, &cos, &sin);
+            assert_eq!(
+                got.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                want.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                "{} half={half}",
+                kern.isa.name()
+            );
+        }
+    }
+}

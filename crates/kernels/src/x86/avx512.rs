@@ -195,3 +195,69 @@ pub fn swiglu_interleaved_f32(u: &[f32], alpha: f32, limit: f32, out: &mut [f32]
     // SAFETY: handed out by `Kernels` only with AVX-512F; loads and stores stay below 2·n and n.
     unsafe { swiglu_impl(u, alpha, limit, out) }
 }
+
+/// [`crate::scalar::rmsnorm_f32`] bit for bit: Σx² in the reference order (eight partial
+/// sums of separately rounded products, combined pairwise, then the tail), then the same
+/// scalar inverse and the same two roundings per element.
+#[target_feature(enable = "avx512f")]
+unsafe fn rmsnorm_impl(x: &[f32], gain: &[f32], eps: f32, out: &mut [f32]) {
+    let n = x.len();
+    let mut acc = _mm256_setzero_ps();
+    let mut i = 0;
+    while i + 8 <= n {
+        let v = _mm256_loadu_ps(x.as_ptr().add(i));
+        acc = _mm256_add_ps(acc, _mm256_mul_ps(v, v));
+        i += 8;
+    }
+    let mut a = [0f32; 8];
+    _mm256_storeu_ps(a.as_mut_ptr(), acc);
+    let tail: f32 = x[i..].iter().map(|v| v * v).sum();
+    let sum_sq = ((a[0] + a[4]) + (a[1] + a[5])) + ((a[2] + a[6]) + (a[3] + a[7])) + tail;
+    let inv_rms = 1.0 / (sum_sq / n as f32 + eps).sqrt();
+    let inv = _mm512_set1_ps(inv_rms);
+    let mut i = 0;
+    while i + 16 <= n {
+        let v = _mm512_mul_ps(_mm512_loadu_ps(x.as_ptr().add(i)), inv);
+        _mm512_storeu_ps(out.as_mut_ptr().add(i), _mm512_mul_ps(v, _mm512_loadu_ps(gain.as_ptr().add(i))));
+        i += 16;
+    }
+    for j in i..n {
+        out[j] = (x[j] * inv_rms) * gain[j];
+    }
+}
+
+pub fn rmsnorm_f32(x: &[f32], gain: &[f32], eps: f32, out: &mut [f32]) {
+    assert_eq!(x.len(), gain.len(), "rmsnorm: gain length");
+    assert_eq!(x.len(), out.len(), "rmsnorm: out length");
+    // SAFETY: handed out by `Kernels` only with AVX-512F; every access is below n (checked).
+    unsafe { rmsnorm_impl(x, gain, eps, out) }
+}
+
+/// [`crate::scalar::YarnRope::apply`] bit for bit (the same separately rounded products).
+#[target_feature(enable = "avx512f")]
+unsafe fn rope_impl(x: &mut [f32], cos: &[f32], sin: &[f32]) {
+    let half = cos.len();
+    for head in x.chunks_exact_mut(2 * half) {
+        let (x1, x2) = head.split_at_mut(half);
+        let mut i = 0;
+        while i + 16 <= half {
+            let (a, b) = (_mm512_loadu_ps(x1.as_ptr().add(i)), _mm512_loadu_ps(x2.as_ptr().add(i)));
+            let (c, s) = (_mm512_loadu_ps(cos.as_ptr().add(i)), _mm512_loadu_ps(sin.as_ptr().add(i)));
+            _mm512_storeu_ps(x1.as_mut_ptr().add(i), _mm512_sub_ps(_mm512_mul_ps(a, c), _mm512_mul_ps(b, s)));
+            _mm512_storeu_ps(x2.as_mut_ptr().add(i), _mm512_add_ps(_mm512_mul_ps(b, c), _mm512_mul_ps(a, s)));
+            i += 16;
+        }
+        for j in i..half {
+            let (a, b) = (x1[j], x2[j]);
+            x1[j] = a * cos[j] - b * sin[j];
+            x2[j] = b * cos[j] + a * sin[j];
+        }
+    }
+}
+
+pub fn rope_apply_f32(x: &mut [f32], cos: &[f32], sin: &[f32]) {
+    assert_eq!(cos.len(), sin.len(), "rope: cos and sin lengths differ");
+    assert!(!cos.is_empty() && x.len().is_multiple_of(2 * cos.len()), "rope: x is not [heads, head_dim]");
+    // SAFETY: handed out by `Kernels` only with AVX-512F; every access is within a head.
+    unsafe { rope_impl(x, cos, sin) }
+}
