@@ -9,7 +9,7 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use memmap2::Mmap;
+use memmap2::{Mmap, MmapMut};
 use serde_json::Value;
 
 use crate::error::LoadError;
@@ -106,12 +106,16 @@ pub struct Bytes {
 enum Storage {
     Mapped(Mmap),
     Owned(Vec<u64>),
+    /// Built at load (repacked weights): anonymous memory, in huge pages where the kernel
+    /// allows, so gigabytes fault in 2 MiB at a time.
+    Anon(MmapMut),
 }
 
 impl Storage {
     fn as_slice(&self) -> &[u8] {
         match self {
             Storage::Mapped(m) => m,
+            Storage::Anon(m) => m,
             // SAFETY: any u64 buffer is a valid byte buffer of 8x the length.
             Storage::Owned(v) => unsafe { std::slice::from_raw_parts(v.as_ptr().cast(), v.len() * 8) },
         }
@@ -129,6 +133,12 @@ impl Bytes {
 
     /// `len` owned bytes written by `fill` (given zeros), without an extra copy.
     pub fn build(len: usize, fill: impl FnOnce(&mut [u8])) -> Self {
+        if let Ok(mut m) = memmap2::MmapOptions::new().len(len).map_anon() {
+            #[cfg(target_os = "linux")]
+            let _ = m.advise(memmap2::Advice::HugePage);
+            fill(&mut m);
+            return Bytes { owner: Arc::new(Storage::Anon(m)), start: 0, len };
+        }
         let mut words = vec![0u64; len.div_ceil(8)];
         // SAFETY: the u64 buffer has at least len bytes, and any byte pattern is a valid u64.
         fill(unsafe { std::slice::from_raw_parts_mut(words.as_mut_ptr().cast::<u8>(), len) });

@@ -88,6 +88,8 @@ impl Mxfp4Experts {
             Mxfp4Layout::Rows16 => mxfp4_r16::pack,
             Mxfp4Layout::Rows => mxfp4_r16::unpack,
         };
+        // Map the source in bulk rather than a fault per 4 KiB page.
+        self.codes.populate();
         let mut scales = vec![0u8; self.scales.len()];
         let codes = Bytes::build(self.codes.len(), |dst| {
             dst.par_chunks_mut(c).zip(scales.par_chunks_mut(s)).enumerate().for_each(|(e, (dc, ds))| {

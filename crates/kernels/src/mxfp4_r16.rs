@@ -49,20 +49,35 @@ pub fn can_pack(rows: usize, k: usize, scales: &[u8]) -> bool {
 }
 
 /// Checkpoint rows (codes `[R, K/2]`, scales `[R, K/32]`) → this layout, in place of `dst_*`.
+/// A quad's qword j interleaves 4 code bytes of row 2j with the same 4 of row 2j+1, built
+/// 8 bytes at a time (the model's 10 GB of experts are repacked at every load).
 pub fn pack(codes: &[u8], scales: &[u8], k: usize, dst_codes: &mut [u8], dst_scales: &mut [u8]) {
     let blocks = k / BLOCK;
     let rows = scales.len() / blocks;
     assert!(rows.is_multiple_of(GROUP) && k.is_multiple_of(BLOCK), "mxfp4_r16::pack: [{rows}, {k}] is not whole tiles");
     assert_eq!((codes.len(), dst_codes.len(), dst_scales.len()), (rows * k / 2, rows * k / 2, scales.len()));
+    // Byte i of x to byte 2i.
+    let spread = |x: u32| {
+        let x = x as u64;
+        let x = (x | x << 16) & 0x0000_ffff_0000_ffff;
+        (x | x << 8) & 0x00ff_00ff_00ff_00ff
+    };
+    let row_bytes = k / 2;
     for g in 0..rows / GROUP {
+        let group = &codes[g * GROUP * row_bytes..(g + 1) * GROUP * row_bytes];
         for b in 0..blocks {
-            let tile = (g * blocks + b) * TILE_BYTES;
-            for r in 0..GROUP {
-                let row = g * GROUP + r;
-                for p in 0..BLOCK_BYTES {
-                    dst_codes[tile + tile_offset(r, p)] = codes[row * k / 2 + b * BLOCK_BYTES + p];
+            let tile = &mut dst_codes[(g * blocks + b) * TILE_BYTES..][..TILE_BYTES];
+            for j in 0..GROUP / 2 {
+                let even = &group[2 * j * row_bytes + b * BLOCK_BYTES..][..BLOCK_BYTES];
+                let odd = &group[(2 * j + 1) * row_bytes + b * BLOCK_BYTES..][..BLOCK_BYTES];
+                for q in 0..4 {
+                    let word = |r: &[u8]| u32::from_le_bytes([r[4 * q], r[4 * q + 1], r[4 * q + 2], r[4 * q + 3]]);
+                    let qword = spread(word(even)) | spread(word(odd)) << 8;
+                    tile[q * 64 + j * 8..][..8].copy_from_slice(&qword.to_le_bytes());
                 }
-                dst_scales[(g * blocks + b) * GROUP + r] = scales[row * blocks + b];
+            }
+            for r in 0..GROUP {
+                dst_scales[(g * blocks + b) * GROUP + r] = scales[(g * GROUP + r) * blocks + b];
             }
         }
     }
