@@ -15,6 +15,8 @@ pub enum Isa {
     /// The same with one term: activations rounded to bf16. Twice the arithmetic rate, but
     /// fails the accuracy bar (README), so never picked unless asked for.
     Avx512Bf16Round,
+    /// AArch64 Advanced SIMD (baseline on every AArch64 CPU), f32 activations.
+    Neon,
 }
 
 impl Isa {
@@ -25,6 +27,7 @@ impl Isa {
             Isa::Avx512 => "avx512",
             Isa::Avx512Bf16 => "avx512bf16",
             Isa::Avx512Bf16Round => "avx512bf16-round",
+            Isa::Neon => "neon",
         }
     }
 
@@ -44,7 +47,9 @@ impl Isa {
                     && is_x86_feature_detected!("avx512vbmi")
                     && is_x86_feature_detected!("avx512vnni")
             }
-            #[cfg(not(target_arch = "x86_64"))]
+            #[cfg(target_arch = "aarch64")]
+            Isa::Neon => std::arch::is_aarch64_feature_detected!("neon"),
+            // The instruction sets of the other architectures.
             _ => false,
         }
     }
@@ -108,7 +113,7 @@ pub struct Kernels {
     pub isa: Isa,
     pub matmul_rows_f32_bf16w: MatmulBf16,
     pub matmul_rows_f32_mxfp4w: MatmulMxfp4,
-    /// `--dense q8`; the scalar twin in every table (q8 is fast through [`Bf16Act`]).
+    /// `--dense q8`; the scalar twin in the x86 tables (q8 is fast there through [`Bf16Act`]).
     pub matmul_rows_f32_q8w: MatmulQ8,
     pub attend_heads_f32: AttendHeads,
     /// The clamped SwiGLU over interleaved (gate, up) pairs (the signature of
@@ -211,6 +216,21 @@ static AVX512_BF16_ROUND: Kernels = Kernels {
     i16_act: None,
 };
 
+#[cfg(target_arch = "aarch64")]
+static NEON: Kernels = Kernels {
+    isa: Isa::Neon,
+    matmul_rows_f32_bf16w: crate::arm::neon::matmul_rows_f32_bf16w,
+    matmul_rows_f32_mxfp4w: crate::arm::neon::matmul_rows_f32_mxfp4w,
+    matmul_rows_f32_q8w: crate::arm::neon::matmul_rows_f32_q8w,
+    attend_heads_f32: crate::arm::neon::attend_heads_f32,
+    // Elementwise and per-token work stays on the scalar twins for now.
+    swiglu_interleaved_f32: crate::scalar::swiglu_interleaved_f32,
+    rmsnorm_f32: crate::scalar::rmsnorm_f32,
+    rope_apply_f32: crate::scalar::YarnRope::apply,
+    bf16_act: None,
+    i16_act: None,
+};
+
 impl Kernels {
     /// The float32 reference kernels.
     pub fn scalar() -> &'static Kernels {
@@ -232,17 +252,20 @@ impl Kernels {
             Isa::Avx512Bf16 => Some(&AVX512_BF16),
             #[cfg(target_arch = "x86_64")]
             Isa::Avx512Bf16Round => Some(&AVX512_BF16_ROUND),
-            #[cfg(not(target_arch = "x86_64"))]
+            #[cfg(target_arch = "aarch64")]
+            Isa::Neon => Some(&NEON),
+            // Unreachable: `supported` is false for the other architectures' sets.
             _ => None,
         }
     }
 
     /// The fastest this CPU supports.
     pub fn detect() -> &'static Kernels {
-        [Isa::Avx512Bf16, Isa::Avx512, Isa::Avx2].into_iter().find_map(Kernels::for_isa).unwrap_or(&SCALAR)
+        [Isa::Avx512Bf16, Isa::Avx512, Isa::Avx2, Isa::Neon].into_iter().find_map(Kernels::for_isa).unwrap_or(&SCALAR)
     }
 
-    /// `scalar`, `avx2`, `avx512`, `avx512bf16`, `avx512bf16-round` or `neon` (not built yet, so never supported).
+    /// `scalar`, `avx2`, `avx512`, `avx512bf16`, `avx512bf16-round` or `neon`; a set this CPU
+    /// cannot run (`neon` on x86-64, the x86 sets on AArch64) is [`KernelError::Unsupported`].
     pub fn by_name(name: &str) -> Result<&'static Kernels, KernelError> {
         let isa = match name.trim().to_ascii_lowercase().as_str() {
             "scalar" => Isa::Scalar,
@@ -250,7 +273,7 @@ impl Kernels {
             "avx512" => Isa::Avx512,
             "avx512bf16" => Isa::Avx512Bf16,
             "avx512bf16-round" => Isa::Avx512Bf16Round,
-            "neon" => return Err(KernelError::Unsupported("neon")),
+            "neon" => Isa::Neon,
             other => return Err(KernelError::Unknown(other.to_string())),
         };
         Kernels::for_isa(isa).ok_or(KernelError::Unsupported(isa.name()))

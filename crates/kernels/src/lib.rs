@@ -7,6 +7,8 @@
 // Tests quote the spec's vectors digit for digit.
 #![cfg_attr(test, allow(clippy::excessive_precision))]
 
+#[cfg(target_arch = "aarch64")]
+mod arm;
 pub mod bf16;
 pub mod dispatch;
 pub mod mxfp4;

@@ -3,7 +3,7 @@
 use gptoss_kernels::bf16::{f32_to_bf16, split_slice_to_bf16};
 use gptoss_kernels::dispatch::Bf16Act;
 use gptoss_kernels::scalar;
-use gptoss_kernels::{Isa, Kernels};
+use gptoss_kernels::{Isa, KernelError, Kernels};
 
 /// xorshift, so the test needs no dependency.
 struct Rng(u64);
@@ -22,8 +22,11 @@ impl Rng {
     }
 }
 
+/// Every instruction set, each architecture's; only those this CPU runs are tested.
+const ALL_ISAS: [Isa; 6] = [Isa::Scalar, Isa::Avx2, Isa::Avx512, Isa::Avx512Bf16, Isa::Avx512Bf16Round, Isa::Neon];
+
 fn fast_kernels() -> Vec<&'static Kernels> {
-    [Isa::Avx2, Isa::Avx512, Isa::Avx512Bf16, Isa::Avx512Bf16Round].into_iter().filter_map(Kernels::for_isa).collect()
+    ALL_ISAS.into_iter().filter(|&i| i != Isa::Scalar).filter_map(Kernels::for_isa).collect()
 }
 
 /// The kernel tables with bf16-activation matmuls.
@@ -345,9 +348,19 @@ fn q8_matmuls_match_scalar_on_random_ragged_shapes() {
 fn names_select_kernels_and_unknown_names_are_refused() {
     assert_eq!(Kernels::by_name("scalar").map(|k| k.isa), Ok(Isa::Scalar));
     assert!(Kernels::by_name("sse9").is_err());
-    assert!(Kernels::by_name("neon").is_err());
     assert!(Isa::Scalar.supported());
     assert!(Kernels::detect().isa.supported());
+    for isa in ALL_ISAS {
+        match Kernels::by_name(isa.name()) {
+            Ok(k) => assert!(k.isa == isa && isa.supported(), "{isa:?}"),
+            Err(e) => assert!(e == KernelError::Unsupported(isa.name()) && !isa.supported(), "{isa:?}: {e}"),
+        }
+    }
+    // NEON is baseline on AArch64 and picked there; x86-64 refuses it.
+    assert_eq!(Isa::Neon.supported(), cfg!(target_arch = "aarch64"));
+    if cfg!(target_arch = "aarch64") {
+        assert_eq!(Kernels::detect().isa, Isa::Neon);
+    }
 }
 
 /// A token's result must not depend on what it is batched with: batched, chunked and
@@ -355,10 +368,7 @@ fn names_select_kernels_and_unknown_names_are_refused() {
 #[test]
 fn results_do_not_depend_on_the_batch() {
     let mut rng = Rng(0x2545_F491_4F6C_DD1D);
-    for kern in [Isa::Scalar, Isa::Avx2, Isa::Avx512, Isa::Avx512Bf16, Isa::Avx512Bf16Round]
-        .into_iter()
-        .filter_map(Kernels::for_isa)
-    {
+    for kern in ALL_ISAS.into_iter().filter_map(Kernels::for_isa) {
         for k in [32, 64, 96, 2080, 2880] {
             // Past the 4×4 register tiles, the 32-row panels and the 1024-long K passes.
             let (n_tok, rows) = (7, 37);
