@@ -293,6 +293,95 @@ fn bf16_activation_mxfp4_decodes_every_code_and_scale_exactly() {
     }
 }
 
+/// The same through the f32 matmuls, batched and one token at a time (the fast kernels
+/// decode in registers for one token and into `row_buf` for several): every weight exact,
+/// subnormal ones included, as f32 FMAs keep them.
+#[test]
+fn f32_mxfp4_decodes_every_code_and_scale_exactly() {
+    let k = 64;
+    let x: Vec<f32> = (0..k * k).map(|i| if i / k == i % k { 1.0 } else { 0.0 }).collect();
+    let rows = 127;
+    let codes: Vec<u8> = (0..rows * k / 2).map(|i| (i * 7 % 256) as u8).collect();
+    let scales: Vec<u8> = (0..rows * 2).map(|i| i.min(252) as u8).collect();
+    let mut decoded = vec![0f32; rows * k];
+    for r in 0..rows {
+        let (c, s) = (&codes[r * 32..(r + 1) * 32], &scales[r * 2..r * 2 + 2]);
+        gptoss_kernels::mxfp4::decode_row(c, s, &mut decoded[r * k..(r + 1) * k]);
+    }
+    for kern in fast_kernels() {
+        let mut got = vec![f32::NAN; rows * k];
+        (kern.matmul_rows_f32_mxfp4w)(&x, k, &codes, &scales, None, &mut got, &mut vec![0f32; k]);
+        for (i, (&g, &want)) in got.iter().zip(&decoded).enumerate() {
+            assert!(g == want, "{:?} row {} element {}: {g} vs {want}", kern.isa, i / k, i % k);
+        }
+        for t in 0..k {
+            let mut one = vec![f32::NAN; rows];
+            (kern.matmul_rows_f32_mxfp4w)(
+                &x[t * k..(t + 1) * k],
+                1,
+                &codes,
+                &scales,
+                None,
+                &mut one,
+                &mut vec![0f32; k],
+            );
+            for (r, &g) in one.iter().enumerate() {
+                let want = decoded[r * k + t];
+                assert!(g == want, "{:?} one token: row {r} element {t}: {g} vs {want}", kern.isa);
+            }
+        }
+    }
+}
+
+/// q8 weights are `bf16(code · scale)`: one-hot tokens read them back from the f32 matmuls,
+/// rounded exactly as the reference rounds (ties to even, subnormal scales, every code), and a
+/// NaN scale whose payload would carry into the sign when rounded stays NaN.
+#[test]
+fn f32_q8_weights_round_like_the_reference() {
+    let (k, rows) = (64, 40);
+    let x: Vec<f32> = (0..k * k).map(|i| if i / k == i % k { 1.0 } else { 0.0 }).collect();
+    let mut rng = Rng(0x243F_6A88_85A3_08D3);
+    let codes: Vec<i8> = (0..rows * k).map(|i| if i < 256 { i as u8 as i8 } else { rng.next() as i8 }).collect();
+    // Finite products only (an infinite weight would make its row NaN through 0·inf): any
+    // sign and mantissa, exponents from subnormal to 2^113; now and then a bf16 tie.
+    let mut scales: Vec<f32> = (0..rows * k / 32)
+        .map(|i| match i % 6 {
+            0 => [1.0 + 1.0 / 256.0, 1.0 + 3.0 / 256.0, -(1.0 + 1.0 / 128.0 + 1.0 / 256.0)][rng.below(3)],
+            _ => f32::from_bits((rng.next() as u32 & 0x807f_ffff) | ((rng.below(241) as u32) << 23)),
+        })
+        .collect();
+    let nan_row = rows - 1;
+    scales[nan_row * 2] = f32::from_bits(0x7fff_ffff);
+    scales[nan_row * 2 + 1] = f32::from_bits(0xffff_ffff);
+    let mut want = vec![0f32; rows * k];
+    for r in 0..rows {
+        let (c, s) = (&codes[r * k..(r + 1) * k], &scales[r * 2..r * 2 + 2]);
+        gptoss_kernels::q8::dequantize_row(c, s, &mut want[r * k..(r + 1) * k]);
+    }
+    let check = |isa: Isa, r: usize, t: usize, g: f32| {
+        if r == nan_row {
+            assert!(g.is_nan(), "{isa:?} NaN scale: row {r} element {t}: {g}");
+        } else {
+            let w = want[r * k + t];
+            assert!(g == w, "{isa:?} row {r} element {t} (scale {}): {g} vs {w}", scales[r * 2 + t / 32]);
+        }
+    };
+    for kern in fast_kernels() {
+        let mut got = vec![0f32; rows * k];
+        (kern.matmul_rows_f32_q8w)(&x, k, &codes, &scales, None, &mut got, &mut vec![0f32; k]);
+        for (i, &g) in got.iter().enumerate() {
+            check(kern.isa, i / k, i % k, g);
+        }
+        for t in 0..k {
+            let mut one = vec![0f32; rows];
+            (kern.matmul_rows_f32_q8w)(&x[t * k..(t + 1) * k], 1, &codes, &scales, None, &mut one, &mut vec![0f32; k]);
+            for (r, &g) in one.iter().enumerate() {
+                check(kern.isa, r, t, g);
+            }
+        }
+    }
+}
+
 #[test]
 fn q8_matmuls_match_scalar_on_random_ragged_shapes() {
     let mut rng = Rng(0xA54F_F53A_5F1D_36F1);
@@ -319,6 +408,15 @@ fn q8_matmuls_match_scalar_on_random_ragged_shapes() {
             (kern.matmul_rows_f32_q8w)(&xf, n_tok, &codes, &scales, b, &mut got, &mut vec![0f32; k]);
             for (i, (g, e)) in got.iter().zip(&want).enumerate() {
                 assert!((g - e).abs() <= tol(*e), "{:?} f32 k={k} T={n_tok} R={rows} [{i}]: {g} vs {e}", kern.isa);
+            }
+            // Batch invariance: each token alone gives the same bits.
+            for t in 0..n_tok {
+                let mut one = vec![0f32; rows];
+                let xt = &xf[t * k..(t + 1) * k];
+                (kern.matmul_rows_f32_q8w)(xt, 1, &codes, &scales, b, &mut one, &mut vec![0f32; k]);
+                for r in 0..rows {
+                    assert_eq!(one[r].to_bits(), got[r * n_tok + t].to_bits(), "{:?} f32 q8 batch k={k}", kern.isa);
+                }
             }
             let Some(ba) = &kern.bf16_act else { continue };
             let x = split(ba, &xf);
