@@ -70,7 +70,7 @@ fn original_layout_matches_reference() {
 /// The SIMD kernels that keep f32 activations hold the reference's 1e-4 too.
 #[test]
 fn f32_simd_kernels_match_reference() {
-    for kern in [Isa::Avx2, Isa::Avx512].into_iter().filter_map(Kernels::for_isa) {
+    for kern in [Isa::Avx2, Isa::Avx512, Isa::Neon].into_iter().filter_map(Kernels::for_isa) {
         check_against_reference("hf", kern);
     }
 }
