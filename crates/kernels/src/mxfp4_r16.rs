@@ -112,14 +112,19 @@ pub fn weight_scale(s: u8) -> f32 {
     f32::from_bits((s as u32) << 23) * 0.5
 }
 
+/// Panics (a caller bug) unless `x` is whole blocks and `q`, `xs` are `[T, K]`, `[T, K/32]`.
+pub(crate) fn check_quantize_shapes(x: &[f32], q: &[i16], xs: &[f32]) {
+    assert!(x.len().is_multiple_of(BLOCK), "quantize_i16: {} values are not whole blocks of {BLOCK}", x.len());
+    assert_eq!((q.len(), xs.len()), (x.len(), x.len() / BLOCK), "quantize_i16: outputs are not [T, K] and [T, K/32]");
+}
+
 /// `x [T, K]` → codes `q [T, K]` and scales `xs [T, K/32]`: per block, `xs = amax / 32767`
 /// and `q = round_ties_even(x · (32767 / amax))`, so |q| ≤ 32767. A block of zeros, or of
 /// values below the smallest normal f32 (whose inverse scale would overflow; they are 1e-38
 /// of any other block), gets codes and scale 0; a block holding inf or NaN gets scale NaN
 /// (and codes 0), so it poisons the sums as it would in f32.
 pub fn quantize_i16(x: &[f32], q: &mut [i16], xs: &mut [f32]) {
-    assert!(x.len().is_multiple_of(BLOCK), "quantize_i16: {} values are not whole blocks of {BLOCK}", x.len());
-    assert_eq!((q.len(), xs.len()), (x.len(), x.len() / BLOCK), "quantize_i16: outputs are not [T, K] and [T, K/32]");
+    check_quantize_shapes(x, q, xs);
     for ((xb, qb), s) in x.chunks_exact(BLOCK).zip(q.chunks_exact_mut(BLOCK)).zip(xs.iter_mut()) {
         let mut amax = 0f32;
         let mut finite = true;

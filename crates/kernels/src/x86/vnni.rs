@@ -323,8 +323,7 @@ unsafe fn quantize_impl(x: &[f32], q: &mut [i16], xs: &mut [f32]) {
 
 /// See [`crate::mxfp4_r16::quantize_i16`].
 pub fn quantize_i16(x: &[f32], q: &mut [i16], xs: &mut [f32]) {
-    assert!(x.len().is_multiple_of(BLOCK), "quantize_i16: {} values are not whole blocks of {BLOCK}", x.len());
-    assert_eq!((q.len(), xs.len()), (x.len(), x.len() / BLOCK), "quantize_i16: outputs are not [T, K] and [T, K/32]");
+    crate::mxfp4_r16::check_quantize_shapes(x, q, xs);
     // SAFETY: handed out by `Kernels` only with AVX-512F/BW; every block is in bounds (checked).
     unsafe { quantize_impl(x, q, xs) }
 }
