@@ -10,6 +10,7 @@ use crate::error::EngineError;
 use crate::kv_cache::{KvCache, KvSnapshot, SeqId};
 use crate::model::{LogitsRequest, Model, SeqChunk};
 use crate::sampler::{Sampled, Sampler};
+use crate::workspace::Workspace;
 
 /// Prompt tokens per forward call.
 pub const PREFILL_CHUNK: usize = 512;
@@ -78,13 +79,24 @@ pub struct ModelSource<'m> {
     /// drops the reasoning), so this is where it can resume.
     prompt_end: Option<(KvSnapshot, Vec<f32>)>,
     sampler: Sampler,
+    /// The forward pass's buffers, kept so that a decode step allocates nothing.
+    ws: Workspace,
 }
 
 impl<'m> ModelSource<'m> {
     pub fn new(model: &'m Model, max_context: usize, sampler: Sampler) -> Self {
         let mut cache = KvCache::new(&model.config, max_context);
         let seq = cache.add_sequence();
-        ModelSource { model, cache, seq, cached: Vec::new(), last_logits: None, prompt_end: None, sampler }
+        ModelSource {
+            model,
+            cache,
+            seq,
+            cached: Vec::new(),
+            last_logits: None,
+            prompt_end: None,
+            sampler,
+            ws: Workspace::new(),
+        }
     }
 
     /// Forgets the cache.
@@ -98,11 +110,16 @@ impl<'m> ModelSource<'m> {
 
     fn feed(&mut self, tokens: &[u32]) -> Result<(), EngineError> {
         for chunk in tokens.chunks(PREFILL_CHUNK) {
-            let logits = self
-                .model
-                .forward(&mut self.cache, &[SeqChunk { seq: self.seq, tokens: chunk, logits: LogitsRequest::Last }])?;
+            let batch = [SeqChunk { seq: self.seq, tokens: chunk, logits: LogitsRequest::Last }];
+            let logits = self.model.forward_in(&mut self.ws, &mut self.cache, &batch)?;
             self.cached.extend_from_slice(chunk);
-            self.last_logits = logits.last_for(0).map(<[f32]>::to_vec);
+            match (&mut self.last_logits, logits.last_for(0)) {
+                (Some(last), Some(row)) => {
+                    last.clear();
+                    last.extend_from_slice(row);
+                }
+                (last, row) => *last = row.map(<[f32]>::to_vec),
+            }
         }
         Ok(())
     }

@@ -153,11 +153,17 @@ impl KvCache {
     /// The stored positions of `layer` that any future query can still see, as runs of
     /// consecutive positions: all of them for full layers, the last `window` for sliding ones.
     pub fn spans(&self, id: SeqId, layer: usize) -> Vec<KvSpan<'_>> {
+        let mut out = Vec::new();
+        self.spans_into(id, layer, &mut out);
+        out
+    }
+
+    /// [`KvCache::spans`] appended to `out`, so a forward pass can reuse one list.
+    pub fn spans_into<'a>(&'a self, id: SeqId, layer: usize, out: &mut Vec<KvSpan<'a>>) {
         let Some(seq) = self.seqs.get(&id) else {
-            return Vec::new();
+            return;
         };
         let (kvd, len) = (self.kv_dim, seq.len);
-        let mut out = Vec::new();
         match &seq.layers[layer] {
             LayerKv::Blocks(blocks) => {
                 for (b, KvBlock { k, v }) in blocks.iter().enumerate() {
@@ -182,7 +188,6 @@ impl KvCache {
                 }
             }
         }
-        out
     }
 
     /// Store `k, v: [n, kv_dim]` for positions `first_pos..first_pos + n` of `layer`.

@@ -17,6 +17,7 @@ pub mod sampler;
 pub mod synth;
 pub mod tokenizer;
 pub mod weights;
+pub mod workspace;
 
 pub use config::{Layout, ModelConfig};
 pub use error::{EngineError, LoadError};
@@ -24,3 +25,4 @@ pub use kv_cache::{KvCache, SeqId};
 pub use model::{Logits, LogitsRequest, Model, SeqChunk};
 pub use sampler::{Sampled, Sampler, SamplingParams};
 pub use tokenizer::Tokenizer;
+pub use workspace::Workspace;

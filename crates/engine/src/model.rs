@@ -4,7 +4,6 @@
 //! Activations are f32 (the reference path). One call runs a batch of chunks, each from its
 //! own sequence at its own positions; a single sequence is just a batch of one.
 
-use std::ops::Range;
 use std::path::Path;
 
 use gptoss_kernels::bf16::bf16_slice_to_f32;
@@ -19,6 +18,7 @@ use crate::kv_cache::{KvCache, SeqId};
 use crate::ops;
 use crate::profile::{self, Stage};
 use crate::weights::{AttentionWeights, DenseFormat, ModelWeights, MoeWeights, Mxfp4Layout};
+use crate::workspace::{recycle, sized, BatchPlan, MoeBuffers, PlanItem, Workspace};
 
 pub struct Model {
     pub config: ModelConfig,
@@ -49,6 +49,7 @@ pub enum LogitsRequest {
 }
 
 /// Logits `[rows, vocab]` for the positions that asked for them, in batch order.
+#[derive(Clone, Debug, Default)]
 pub struct Logits {
     pub vocab: usize,
     pub data: Vec<f32>,
@@ -131,126 +132,160 @@ impl Model {
         self.weights.set_expert_layout(expert_layout_for(kernels));
     }
 
+    /// One forward pass with a fresh [`Workspace`]; loops should hold one and call
+    /// [`Model::forward_in`], which allocates nothing once warm.
     pub fn forward(&self, cache: &mut KvCache, batch: &[SeqChunk]) -> Result<Logits, EngineError> {
         self.forward_traced(cache, batch, &mut |_, _, _| {})
     }
 
     pub fn forward_traced(&self, cache: &mut KvCache, batch: &[SeqChunk], trace: Trace) -> Result<Logits, EngineError> {
+        let mut ws = Workspace::new();
+        self.forward_in_traced(&mut ws, cache, batch, trace)?;
+        Ok(ws.take_logits())
+    }
+
+    /// Runs `batch` with `ws` holding every intermediate; the logits live in `ws` until the
+    /// next call.
+    ///
+    /// The pass runs on a thread of the pool, so its parallel loops are the pool's own joins:
+    /// called from outside, the caller hands it over once and waits, instead of once per
+    /// matmul (each a lock, a wake-up and, now and then, an allocation in rayon's queue).
+    pub fn forward_in<'w>(
+        &self,
+        ws: &'w mut Workspace,
+        cache: &mut KvCache,
+        batch: &[SeqChunk],
+    ) -> Result<&'w Logits, EngineError> {
+        rayon::scope(|_| self.forward_in_traced(&mut *ws, cache, batch, &mut |_, _, _| {}).map(|_| ()))?;
+        Ok(&ws.logits)
+    }
+
+    pub fn forward_in_traced<'w>(
+        &self,
+        ws: &'w mut Workspace,
+        cache: &mut KvCache,
+        batch: &[SeqChunk],
+        trace: Trace,
+    ) -> Result<&'w Logits, EngineError> {
         let cfg = &self.config;
-        let plan = BatchPlan::new(cache, batch, cfg.vocab_size)?;
-        if plan.tokens.is_empty() {
-            return Ok(Logits { vocab: cfg.vocab_size, data: Vec::new(), rows: Vec::new() });
+        ws.plan.build(cache, batch, cfg.vocab_size)?;
+        let (t, h) = (ws.plan.tokens.len(), cfg.hidden_size);
+        let scratch_for = (cfg.hidden_size.max(cfg.q_dim()).max(cfg.intermediate_size), cache.max_context());
+        if ws.thread_scratch_for != Some(scratch_for) {
+            ops::reserve_thread_scratch(scratch_for.0, scratch_for.1);
+            ws.thread_scratch_for = Some(scratch_for);
         }
-        let (t, h) = (plan.tokens.len(), cfg.hidden_size);
+        ws.logits.vocab = cfg.vocab_size;
+        if t == 0 {
+            ws.logits.data.clear();
+            ws.logits.rows.clear();
+            return Ok(&ws.logits);
+        }
 
         let timer = profile::time(Stage::Embedding);
-        let mut x = vec![0f32; t * h]; // [T, H] residual stream
-        for (row, &tok) in x.chunks_exact_mut(h).zip(&plan.tokens) {
+        let x = sized(&mut ws.x, t * h); // [T, H] residual stream
+        for (row, &tok) in x.chunks_exact_mut(h).zip(&ws.plan.tokens) {
             bf16_slice_to_f32(self.weights.embedding.row(tok as usize), row);
         }
         drop(timer);
-        trace("embedding", None, &x);
+        trace("embedding", None, x);
 
         for (l, layer) in self.weights.layers.iter().enumerate() {
-            let attn_out = self.attention_block(l, &layer.attn, &x, &plan, cache, trace);
-            add_assign(&mut x, &attn_out);
-            trace("attn_residual", Some(l), &x);
+            self.attention_block(l, &layer.attn, ws, cache, trace);
+            add_assign(&mut ws.x[..t * h], &ws.block_out[..t * h]);
+            trace("attn_residual", Some(l), &ws.x[..t * h]);
 
-            let moe_out = self.moe_block(l, &layer.moe, &x, trace);
-            add_assign(&mut x, &moe_out);
-            trace("moe_residual", Some(l), &x);
+            self.moe_block(l, &layer.moe, ws, trace);
+            add_assign(&mut ws.x[..t * h], &ws.block_out[..t * h]);
+            trace("moe_residual", Some(l), &ws.x[..t * h]);
         }
 
         // Only the positions that asked for logits go through the final norm and unembedding.
+        let Workspace { plan, x, final_norm, logits, ops, .. } = ws;
+        let n_rows = plan.logit_rows.len();
         let timer = profile::time(Stage::FinalNorm);
-        let rows: Vec<usize> = plan.logit_rows.iter().map(|&(_, r)| r).collect();
-        let mut final_norm = vec![0f32; rows.len() * h]; // [R, H]
-        for (out, &r) in final_norm.chunks_exact_mut(h).zip(&rows) {
+        let final_norm = sized(final_norm, n_rows * h); // [R, H]
+        for (out, &(_, r)) in final_norm.chunks_exact_mut(h).zip(&plan.logit_rows) {
             (self.kernels.rmsnorm_f32)(&x[r * h..(r + 1) * h], &self.weights.norm, cfg.rms_norm_eps, out);
         }
         drop(timer);
-        trace("final_norm", None, &final_norm);
+        trace("final_norm", None, final_norm);
         let timer = profile::time(Stage::Unembedding);
-        let mut logits = vec![0f32; rows.len() * cfg.vocab_size]; // [R, V]
-        if !rows.is_empty() {
-            ops::linear_dense(self.kernels, &final_norm, rows.len(), &self.weights.unembedding, None, &mut logits);
+        exactly(&mut logits.data, n_rows * cfg.vocab_size); // [R, V]
+        if n_rows > 0 {
+            ops::linear_dense(self.kernels, final_norm, n_rows, &self.weights.unembedding, None, &mut logits.data, ops);
         }
         drop(timer);
-        trace("logits", None, &logits);
+        trace("logits", None, &logits.data);
 
         for (item, chunk) in batch.iter().enumerate() {
             cache.advance(chunk.seq, chunk.tokens.len());
             debug_assert_eq!(cache.len(chunk.seq), Some(plan.items[item].start + chunk.tokens.len()));
         }
-        let rows = plan.logit_rows.iter().map(|&(item, r)| LogitsRow { item, position: plan.positions[r] }).collect();
-        Ok(Logits { vocab: cfg.vocab_size, data: logits, rows })
+        logits.rows.clear();
+        logits.rows.extend(plan.logit_rows.iter().map(|&(item, r)| LogitsRow { item, position: plan.positions[r] }));
+        Ok(logits)
     }
 
     /// RMSNorm, q/k/v projections, YaRN RoPE, sink attention over the cache, output projection.
-    /// Appends this layer's keys and values to the cache. Returns `[T, H]`.
-    fn attention_block(
-        &self,
-        l: usize,
-        w: &AttentionWeights,
-        x: &[f32],
-        plan: &BatchPlan,
-        cache: &mut KvCache,
-        trace: Trace,
-    ) -> Vec<f32> {
+    /// Appends this layer's keys and values to the cache. Reads `ws.x`, writes
+    /// `ws.block_out [T, H]`.
+    fn attention_block(&self, l: usize, w: &AttentionWeights, ws: &mut Workspace, cache: &mut KvCache, trace: Trace) {
         let cfg = &self.config;
+        let Workspace { plan, x, norm, q, k, v, cos, sin, spans, span_ranges, attn, block_out, ops, .. } = ws;
         let (t, h, hd) = (plan.tokens.len(), cfg.hidden_size, cfg.head_dim);
         let (qd, kvd) = (cfg.q_dim(), cfg.kv_dim());
+        let x = &x[..t * h];
 
         let timer = profile::time(Stage::AttnNorm);
-        let attn_norm = rmsnorm_rows(self.kernels, x, &w.norm, cfg.rms_norm_eps, h); // [T, H]
+        let attn_norm = sized(norm, t * h); // [T, H]
+        rmsnorm_rows(self.kernels, x, &w.norm, cfg.rms_norm_eps, h, attn_norm);
         drop(timer);
-        trace("attn_norm", Some(l), &attn_norm);
+        trace("attn_norm", Some(l), attn_norm);
 
         let timer = profile::time(Stage::Qkv);
-        let mut q = vec![0f32; t * qd]; // [T, NQ·HD]
-        let mut k = vec![0f32; t * kvd]; // [T, NKV·HD]
-        let mut v = vec![0f32; t * kvd]; // [T, NKV·HD]
-        ops::linear_dense(self.kernels, &attn_norm, t, &w.q, Some(&w.q_bias), &mut q);
-        ops::linear_dense(self.kernels, &attn_norm, t, &w.k, Some(&w.k_bias), &mut k);
-        ops::linear_dense(self.kernels, &attn_norm, t, &w.v, Some(&w.v_bias), &mut v);
+        let q = sized(q, t * qd); // [T, NQ·HD]
+        let k = sized(k, t * kvd); // [T, NKV·HD]
+        let v = sized(v, t * kvd); // [T, NKV·HD]
+        ops::linear_dense(self.kernels, attn_norm, t, &w.q, Some(&w.q_bias), q, ops);
+        ops::linear_dense(self.kernels, attn_norm, t, &w.k, Some(&w.k_bias), k, ops);
+        ops::linear_dense(self.kernels, attn_norm, t, &w.v, Some(&w.v_bias), v, ops);
         drop(timer);
 
         let timer = profile::time(Stage::Rope);
-
         let half = hd / 2;
-        let (mut cos, mut sin) = (vec![0f32; half], vec![0f32; half]);
+        let (cos, sin) = (sized(cos, half), sized(sin, half));
         for (i, &pos) in plan.positions.iter().enumerate() {
-            self.rope.cos_sin(pos, &mut cos, &mut sin);
-            (self.kernels.rope_apply_f32)(&mut q[i * qd..(i + 1) * qd], &cos, &sin);
-            (self.kernels.rope_apply_f32)(&mut k[i * kvd..(i + 1) * kvd], &cos, &sin);
+            self.rope.cos_sin(pos, cos, sin);
+            (self.kernels.rope_apply_f32)(&mut q[i * qd..(i + 1) * qd], cos, sin);
+            (self.kernels.rope_apply_f32)(&mut k[i * kvd..(i + 1) * kvd], cos, sin);
         }
         drop(timer);
-        trace("q", Some(l), &q);
-        trace("k", Some(l), &k);
-        trace("v", Some(l), &v);
+        trace("q", Some(l), q);
+        trace("k", Some(l), k);
+        trace("v", Some(l), v);
 
         let timer = profile::time(Stage::Attention);
         // Each chunk sees its sequence's cached positions, then its own new keys.
-        let spans: Vec<Vec<KvSpan>> = plan
-            .items
-            .iter()
-            .map(|item| {
-                let mut s = cache.spans(item.seq, l);
-                let r = &item.rows;
-                s.push(KvSpan {
-                    first_pos: item.start,
-                    k: &k[r.start * kvd..r.end * kvd],
-                    v: &v[r.start * kvd..r.end * kvd],
-                });
-                s
-            })
-            .collect();
+        let mut item_spans: Vec<KvSpan> = recycle(std::mem::take(spans));
+        span_ranges.clear();
+        for item in &plan.items {
+            let first = item_spans.len();
+            cache.spans_into(item.seq, l, &mut item_spans);
+            let r = &item.rows;
+            item_spans.push(KvSpan {
+                first_pos: item.start,
+                k: &k[r.start * kvd..r.end * kvd],
+                v: &v[r.start * kvd..r.end * kvd],
+            });
+            span_ranges.push(first..item_spans.len());
+        }
         let window = cfg.window(l);
         let group = cfg.num_heads / cfg.num_kv_heads; // query heads per kv head
         let scale = 1.0 / (hd as f32).sqrt();
-        let mut attn = vec![0f32; t * qd]; // [T, NQ·HD], heads in order
-                                           // One task per (row, kv head): the group's query heads are adjacent in q and attn.
-        ops::for_each_chunk(&mut attn, group * hd, |i, out, scores| {
+        let attn = sized(attn, t * qd); // [T, NQ·HD], heads in order
+                                        // One task per (row, kv head): the group's query heads are adjacent in q and attn.
+        ops::for_each_chunk(attn, group * hd, |i, out, scores| {
             let (row, kvh) = (i / cfg.num_kv_heads, i % cfg.num_kv_heads);
             let pos = plan.positions[row];
             let lo = first_visible_key(pos, window);
@@ -258,7 +293,7 @@ impl Model {
             let qg = &q[row * qd + heads.start * hd..row * qd + heads.end * hd];
             (self.kernels.attend_heads_f32)(
                 qg,
-                &spans[plan.item_of_row[row]],
+                &item_spans[span_ranges[plan.item_of_row[row]].clone()],
                 kvd,
                 kvh * hd,
                 lo,
@@ -269,149 +304,117 @@ impl Model {
                 out,
             );
         });
-        drop(spans);
+        *spans = recycle(item_spans);
         for item in &plan.items {
             let r = &item.rows;
             cache.write(item.seq, l, item.start, &k[r.start * kvd..r.end * kvd], &v[r.start * kvd..r.end * kvd]);
         }
         drop(timer);
-        trace("attn", Some(l), &attn);
+        trace("attn", Some(l), attn);
 
         let timer = profile::time(Stage::AttnOut);
-
-        let mut attn_out = vec![0f32; t * h]; // [T, H]
-        ops::linear_dense(self.kernels, &attn, t, &w.out, Some(&w.out_bias), &mut attn_out);
+        let attn_out = sized(block_out, t * h); // [T, H]
+        ops::linear_dense(self.kernels, attn, t, &w.out, Some(&w.out_bias), attn_out, ops);
         drop(timer);
-        trace("attn_out", Some(l), &attn_out);
-        attn_out
+        trace("attn_out", Some(l), attn_out);
     }
 
     /// RMSNorm, router top-k, the selected experts (gate_up, clamped SwiGLU, down) and their
     /// weighted sum. Tokens are grouped by expert so each expert's weights are read once.
-    fn moe_block(&self, l: usize, w: &MoeWeights, x: &[f32], trace: Trace) -> Vec<f32> {
+    /// Reads `ws.x`, writes `ws.block_out [T, H]`.
+    fn moe_block(&self, l: usize, w: &MoeWeights, ws: &mut Workspace, trace: Trace) {
         let cfg = &self.config;
         let (h, i_dim, n_exp, k) = (cfg.hidden_size, cfg.intermediate_size, cfg.num_experts, cfg.experts_per_token);
-        let t = x.len() / h;
+        let Workspace { plan, x, norm, moe, block_out, ops, .. } = ws;
+        let MoeBuffers { router_logits, experts, gates, starts, row_of_slot, groups, xs, gate_up, act, down } = moe;
+        let t = plan.tokens.len();
+        let n = t * k; // rows through the experts, one per (token, choice)
+        let x = &x[..t * h];
 
         let timer = profile::time(Stage::MlpNorm);
-        let mlp_norm = rmsnorm_rows(self.kernels, x, &w.norm, cfg.rms_norm_eps, h); // [T, H]
+        let mlp_norm = sized(norm, t * h); // [T, H]
+        rmsnorm_rows(self.kernels, x, &w.norm, cfg.rms_norm_eps, h, mlp_norm);
         drop(timer);
-        trace("mlp_norm", Some(l), &mlp_norm);
+        trace("mlp_norm", Some(l), mlp_norm);
 
         let timer = profile::time(Stage::Router);
-        let mut router_logits = vec![0f32; t * n_exp]; // [T, E]
-        ops::linear_bf16_f32a(self.kernels, &mlp_norm, t, &w.router, Some(&w.router_bias), &mut router_logits);
-        trace("router_logits", Some(l), &router_logits);
-        let mut experts = vec![0usize; t * k]; // [T, k], best first
-        let mut gates = vec![0f32; t * k]; // [T, k], softmax over the k
+        let router_logits = sized(router_logits, t * n_exp); // [T, E]
+        ops::linear_bf16_f32a(self.kernels, mlp_norm, t, &w.router, Some(&w.router_bias), router_logits, ops);
+        trace("router_logits", Some(l), router_logits);
+        let experts = sized(experts, n); // [T, k], best first
+        let gates = sized(gates, n); // [T, k], softmax over the k
         for ((logits, e), g) in
             router_logits.chunks_exact(n_exp).zip(experts.chunks_exact_mut(k)).zip(gates.chunks_exact_mut(k))
         {
             scalar::router_top_k(logits, e, g);
         }
+
+        // Slots s = token·k + j grouped by expert (a counting sort, stable in s): expert e's
+        // rows are ends[e-1]..ends[e] of the grouped buffers.
+        let ends = sized(starts, n_exp);
+        ends.fill(0);
+        for &e in experts.iter() {
+            ends[e] += 1;
+        }
+        let mut first = 0;
+        for c in ends.iter_mut() {
+            (*c, first) = (first, first + *c);
+        }
+        let row_of_slot = sized(row_of_slot, n);
+        for (slot_row, &e) in row_of_slot.iter_mut().zip(experts.iter()) {
+            *slot_row = ends[e];
+            ends[e] += 1;
+        }
+        groups.clear();
+        groups.extend((0..n_exp).filter_map(|e| {
+            let start = if e == 0 { 0 } else { ends[e - 1] };
+            (ends[e] > start).then(|| ops::ExpertGroup { expert: e, rows: start..ends[e] })
+        }));
+        let xs = sized(xs, n * h); // [T·k, H] grouped
+        for (s, &row) in row_of_slot.iter().enumerate() {
+            xs[row * h..(row + 1) * h].copy_from_slice(&mlp_norm[(s / k) * h..(s / k + 1) * h]);
+        }
         drop(timer);
 
-        // Tokens grouped by expert: slots s = token·k + j routed to each active expert.
-        let mut slots_of: Vec<Vec<usize>> = vec![Vec::new(); n_exp];
-        for (s, &e) in experts.iter().enumerate() {
-            slots_of[e].push(s);
-        }
-        let active: Vec<(usize, Vec<usize>)> =
-            slots_of.into_iter().enumerate().filter(|(_, s)| !s.is_empty()).collect();
-        let xes: Vec<Vec<f32>> = active // [n_e, H] per expert
-            .iter()
-            .map(|(_, slots)| slots.iter().flat_map(|&s| &mlp_norm[(s / k) * h..(s / k + 1) * h]).copied().collect())
-            .collect();
-
         let timer = profile::time(Stage::GateUp);
-        let mut gate_ups: Vec<Vec<f32>> = xes.iter().map(|x| vec![0f32; x.len() / h * 2 * i_dim]).collect(); // [n_e, 2I] interleaved (gate, up)
-        let mut jobs: Vec<ops::ExpertJob> = active
-            .iter()
-            .zip(&xes)
-            .zip(gate_ups.iter_mut())
-            .map(|(((e, _), x), y)| ops::ExpertJob {
-                expert: *e,
-                x,
-                bias: Some(&w.gate_up_bias[e * 2 * i_dim..(e + 1) * 2 * i_dim]),
-                y,
-            })
-            .collect();
-        ops::linear_mxfp4_experts(self.kernels, &w.gate_up, &mut jobs);
-        drop(jobs);
+        let gate_up = sized(gate_up, n * 2 * i_dim); // [T·k, 2I] interleaved (gate, up)
+        ops::linear_mxfp4_experts(self.kernels, &w.gate_up, groups, xs, &w.gate_up_bias, gate_up, ops);
         drop(timer);
 
         let timer = profile::time(Stage::Swiglu);
         let swiglu = self.kernels.swiglu_interleaved_f32;
-        let acts: Vec<Vec<f32>> = gate_ups // [n_e, I]
-            .par_iter()
-            .map(|gu| {
-                let mut act = vec![0f32; gu.len() / 2];
-                for (a, u) in act.chunks_exact_mut(i_dim).zip(gu.chunks_exact(2 * i_dim)) {
-                    swiglu(u, SWIGLU_ALPHA, cfg.swiglu_limit, a);
-                }
-                act
-            })
-            .collect();
+        let act = sized(act, n * i_dim); // [T·k, I]
+        act.par_chunks_mut(i_dim)
+            .zip(gate_up.par_chunks(2 * i_dim))
+            .for_each(|(a, gu)| swiglu(gu, SWIGLU_ALPHA, cfg.swiglu_limit, a));
         drop(timer);
 
         let timer = profile::time(Stage::Down);
-        let mut downs: Vec<Vec<f32>> = acts.iter().map(|a| vec![0f32; a.len() / i_dim * h]).collect(); // [n_e, H]
-        let mut jobs: Vec<ops::ExpertJob> = active
-            .iter()
-            .zip(&acts)
-            .zip(downs.iter_mut())
-            .map(|(((e, _), x), y)| ops::ExpertJob { expert: *e, x, bias: Some(&w.down_bias[e * h..(e + 1) * h]), y })
-            .collect();
-        ops::linear_mxfp4_experts(self.kernels, &w.down, &mut jobs);
-        drop(jobs);
-        let mut expert_out = vec![0f32; t * k * h]; // [T, k, H]
-        for ((_, slots), down) in active.iter().zip(&downs) {
-            for (src, &s) in down.chunks_exact(h).zip(slots) {
-                expert_out[s * h..(s + 1) * h].copy_from_slice(src);
-            }
-        }
+        let down = sized(down, n * h); // [T·k, H]
+        ops::linear_mxfp4_experts(self.kernels, &w.down, groups, act, &w.down_bias, down, ops);
         drop(timer);
 
         let timer = profile::time(Stage::MoeSum);
-
-        // moe_out[t] = Σ_j gates[t, j]·expert_out[t, j], summed best expert first.
-        let mut moe_out = vec![0f32; t * h]; // [T, H]
+        // moe_out[t] = Σ_j gates[t, j]·down[row of (t, j)], summed best expert first.
+        let moe_out = sized(block_out, t * h); // [T, H]
         for (tok, out) in moe_out.chunks_exact_mut(h).enumerate() {
+            out.fill(0.0);
             for j in 0..k {
-                let g = gates[tok * k + j];
-                for (o, &y) in out.iter_mut().zip(&expert_out[(tok * k + j) * h..(tok * k + j + 1) * h]) {
+                let (g, row) = (gates[tok * k + j], row_of_slot[tok * k + j]);
+                for (o, &y) in out.iter_mut().zip(&down[row * h..(row + 1) * h]) {
                     *o += g * y;
                 }
             }
         }
         drop(timer);
-        trace("moe_out", Some(l), &moe_out);
-        moe_out
+        trace("moe_out", Some(l), moe_out);
     }
-}
-
-/// The flattened batch: one row per token, in batch order.
-struct BatchPlan {
-    tokens: Vec<u32>,
-    positions: Vec<usize>,
-    item_of_row: Vec<usize>,
-    items: Vec<PlanItem>,
-    /// (batch item, row) for each row that wants logits.
-    logit_rows: Vec<(usize, usize)>,
-}
-
-struct PlanItem {
-    seq: SeqId,
-    /// Position of the chunk's first token.
-    start: usize,
-    rows: Range<usize>,
 }
 
 impl BatchPlan {
     /// Checks everything up front, so a forward pass never fails half way through the cache.
-    fn new(cache: &KvCache, batch: &[SeqChunk], vocab: usize) -> Result<Self, EngineError> {
-        let mut plan =
-            BatchPlan { tokens: vec![], positions: vec![], item_of_row: vec![], items: vec![], logit_rows: vec![] };
+    fn build(&mut self, cache: &KvCache, batch: &[SeqChunk], vocab: usize) -> Result<(), EngineError> {
+        self.clear();
         for (i, chunk) in batch.iter().enumerate() {
             let id = chunk.seq.0;
             let start = cache.len(chunk.seq).ok_or(EngineError::UnknownSequence(id))?;
@@ -426,19 +429,19 @@ impl BatchPlan {
             if needed > cache.max_context() {
                 return Err(EngineError::ContextOverflow { seq: id, needed, limit: cache.max_context() });
             }
-            let first_row = plan.tokens.len();
-            plan.tokens.extend_from_slice(chunk.tokens);
-            plan.positions.extend(start..needed);
-            plan.item_of_row.extend(std::iter::repeat_n(i, chunk.tokens.len()));
-            let rows = first_row..plan.tokens.len();
+            let first_row = self.tokens.len();
+            self.tokens.extend_from_slice(chunk.tokens);
+            self.positions.extend(start..needed);
+            self.item_of_row.extend(std::iter::repeat_n(i, chunk.tokens.len()));
+            let rows = first_row..self.tokens.len();
             match chunk.logits {
                 LogitsRequest::None => {}
-                LogitsRequest::Last => plan.logit_rows.push((i, rows.end - 1)),
-                LogitsRequest::All => plan.logit_rows.extend(rows.clone().map(|r| (i, r))),
+                LogitsRequest::Last => self.logit_rows.push((i, rows.end - 1)),
+                LogitsRequest::All => self.logit_rows.extend(rows.clone().map(|r| (i, r))),
             }
-            plan.items.push(PlanItem { seq: chunk.seq, start, rows });
+            self.items.push(PlanItem { seq: chunk.seq, start, rows });
         }
-        Ok(plan)
+        Ok(())
     }
 }
 
@@ -456,12 +459,19 @@ pub fn first_visible_key(pos: usize, window: Option<usize>) -> usize {
     window.map_or(0, |w| (pos + 1).saturating_sub(w))
 }
 
-fn rmsnorm_rows(kern: &Kernels, x: &[f32], gain: &[f32], eps: f32, width: usize) -> Vec<f32> {
-    let mut out = vec![0f32; x.len()];
+fn rmsnorm_rows(kern: &Kernels, x: &[f32], gain: &[f32], eps: f32, width: usize, out: &mut [f32]) {
     for (o, row) in out.chunks_exact_mut(width).zip(x.chunks_exact(width)) {
         (kern.rmsnorm_f32)(row, gain, eps, o);
     }
-    out
+}
+
+/// `buf` resized to exactly `len` (kept allocation when it shrinks).
+fn exactly(buf: &mut Vec<f32>, len: usize) {
+    if buf.len() > len {
+        buf.truncate(len);
+    } else {
+        buf.resize(len, 0.0);
+    }
 }
 
 fn add_assign(x: &mut [f32], y: &[f32]) {

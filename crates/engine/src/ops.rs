@@ -1,13 +1,19 @@
 //! The one place where work is split over threads. Kernels compute blocks of rows; this
 //! module decides the blocks. Splitting never changes a result: every output element is
 //! computed by exactly one task, in the kernel's fixed order.
+//!
+//! Nothing here allocates once its buffers have grown to the largest batch seen: outputs
+//! and converted activations live in the caller's [`OpsBuffers`], kernel scratch in one
+//! buffer per thread.
 
+use std::cell::RefCell;
 use std::ops::Range;
 
 use gptoss_kernels::Kernels;
 use rayon::prelude::*;
 
 use crate::weights::{Bf16Matrix, Dense, Mxfp4Experts, Mxfp4Layout, Q8Matrix};
+use crate::workspace::{recycle, sized};
 
 /// Rows per task: enough tasks to keep every thread busy to the end, each big enough that
 /// scheduling costs nothing next to it.
@@ -15,52 +21,115 @@ fn rows_per_task(rows: usize) -> usize {
     rows.div_ceil(rayon::current_num_threads() * 8).max(4)
 }
 
+/// What the matmuls need besides their inputs and outputs, kept between calls.
+#[derive(Default)]
+pub struct OpsBuffers {
+    /// `[R, T]` kernel outputs before the transpose to `[T, R]`.
+    out_t: Vec<f32>,
+    /// Activations as bf16 terms.
+    xb: Vec<u16>,
+    /// Activations as int16 codes `[T, K]` and their block scales `[T, K/32]`.
+    xq: Vec<i16>,
+    xq_scales: Vec<f32>,
+    /// The expert matmul's tasks: (group, first row, output block `[rows, T]`).
+    tasks: Vec<(usize, usize, &'static mut [f32])>,
+    /// Per group, its `[R, T]` kernel output and its `[T, R]` destination.
+    transposes: Vec<(&'static [f32], &'static mut [f32])>,
+}
+
+/// Kernel scratch of the thread running a task: grows to the largest size asked, then stays.
+#[derive(Default)]
+struct Scratch {
+    words: Vec<u32>,
+    halves: Vec<u16>,
+    floats: Vec<f32>,
+}
+
+thread_local! {
+    static SCRATCH: RefCell<Scratch> = RefCell::default();
+    static SCORES: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Runs `f` with this thread's kernel scratch. Kernels never re-enter the pool, so the
+/// borrow is never contended.
+fn with_scratch<R>(f: impl FnOnce(&mut Scratch) -> R) -> R {
+    SCRATCH.with(|s| f(&mut s.borrow_mut()))
+}
+
 /// `y[T, R] = x[T, K]·Wᵀ + b` for a dense `W [R, K]` in either format.
-pub fn linear_dense(kern: &Kernels, x: &[f32], n_tok: usize, w: &Dense, bias: Option<&[f32]>, y: &mut [f32]) {
+pub fn linear_dense(
+    kern: &Kernels,
+    x: &[f32],
+    n_tok: usize,
+    w: &Dense,
+    bias: Option<&[f32]>,
+    y: &mut [f32],
+    bufs: &mut OpsBuffers,
+) {
     match w {
-        Dense::Bf16(m) => linear_bf16(kern, x, n_tok, m, bias, y),
-        Dense::Q8(m) => linear_q8(kern, x, n_tok, m, bias, y),
+        Dense::Bf16(m) => linear_bf16(kern, x, n_tok, m, bias, y, bufs),
+        Dense::Q8(m) => linear_q8(kern, x, n_tok, m, bias, y, bufs),
     }
 }
 
 /// `y[T, R] = x[T, K]·Wᵀ + b` for q8 `W [R, K]`.
-pub fn linear_q8(kern: &Kernels, x: &[f32], n_tok: usize, w: &Q8Matrix, bias: Option<&[f32]>, y: &mut [f32]) {
+pub fn linear_q8(
+    kern: &Kernels,
+    x: &[f32],
+    n_tok: usize,
+    w: &Q8Matrix,
+    bias: Option<&[f32]>,
+    y: &mut [f32],
+    bufs: &mut OpsBuffers,
+) {
     let (rows, k) = (w.rows, w.cols);
     let spr = k / gptoss_kernels::q8::BLOCK;
     let (codes, scales) = (&w.codes, &w.scales);
+    let OpsBuffers { out_t, xb, .. } = bufs;
     if let Some(ba) = &kern.bf16_act {
-        let xb = round_bf16(ba, x);
+        let xb = round_bf16(ba, x, xb);
         let matmul = ba.matmul_rows_bf16a_q8w;
-        rows_parallel(rows, n_tok, y, Vec::new, |r, out, scratch| {
+        rows_parallel(rows, n_tok, y, out_t, |r, out, scratch| {
             let (c, s) = (&codes[r.start * k..r.end * k], &scales[r.start * spr..r.end * spr]);
-            matmul(&xb, n_tok, c, s, bias.map(|b| &b[r.clone()]), out, scratch)
+            matmul(xb, n_tok, c, s, bias.map(|b| &b[r.clone()]), out, &mut scratch.halves)
         });
         return;
     }
     let matmul = kern.matmul_rows_f32_q8w;
-    rows_parallel(
-        rows,
-        n_tok,
-        y,
-        || vec![0f32; k],
-        |r, out, buf| {
-            let (c, s) = (&codes[r.start * k..r.end * k], &scales[r.start * spr..r.end * spr]);
-            matmul(x, n_tok, c, s, bias.map(|b| &b[r.clone()]), out, buf)
-        },
-    );
+    rows_parallel(rows, n_tok, y, out_t, |r, out, scratch| {
+        let (c, s) = (&codes[r.start * k..r.end * k], &scales[r.start * spr..r.end * spr]);
+        matmul(x, n_tok, c, s, bias.map(|b| &b[r.clone()]), out, sized(&mut scratch.floats, k))
+    });
 }
 
 /// `y[T, R] = x[T, K]·Wᵀ + b` for bf16 `W [R, K]`.
-pub fn linear_bf16(kern: &Kernels, x: &[f32], n_tok: usize, w: &Bf16Matrix, bias: Option<&[f32]>, y: &mut [f32]) {
-    linear_bf16_with(kern, true, x, n_tok, w, bias, y)
+pub fn linear_bf16(
+    kern: &Kernels,
+    x: &[f32],
+    n_tok: usize,
+    w: &Bf16Matrix,
+    bias: Option<&[f32]>,
+    y: &mut [f32],
+    bufs: &mut OpsBuffers,
+) {
+    linear_bf16_with(kern, true, x, n_tok, w, bias, y, bufs)
 }
 
 /// The same with f32 activations whatever the kernels: for the router, whose top-k choice
 /// is discontinuous, so rounding its input would now and then pick another expert.
-pub fn linear_bf16_f32a(kern: &Kernels, x: &[f32], n_tok: usize, w: &Bf16Matrix, bias: Option<&[f32]>, y: &mut [f32]) {
-    linear_bf16_with(kern, false, x, n_tok, w, bias, y)
+pub fn linear_bf16_f32a(
+    kern: &Kernels,
+    x: &[f32],
+    n_tok: usize,
+    w: &Bf16Matrix,
+    bias: Option<&[f32]>,
+    y: &mut [f32],
+    bufs: &mut OpsBuffers,
+) {
+    linear_bf16_with(kern, false, x, n_tok, w, bias, y, bufs)
 }
 
+#[allow(clippy::too_many_arguments)]
 fn linear_bf16_with(
     kern: &Kernels,
     may_round: bool,
@@ -69,84 +138,111 @@ fn linear_bf16_with(
     w: &Bf16Matrix,
     bias: Option<&[f32]>,
     y: &mut [f32],
+    bufs: &mut OpsBuffers,
 ) {
     let (rows, k) = (w.rows, w.cols);
     let data = w.bf16();
+    let OpsBuffers { out_t, xb, .. } = bufs;
     if let (true, Some(ba)) = (may_round, &kern.bf16_act) {
-        let xb = round_bf16(ba, x);
+        let xb = round_bf16(ba, x, xb);
         let matmul = ba.matmul_rows_bf16a_bf16w;
-        rows_parallel(
-            rows,
-            n_tok,
-            y,
-            || (),
-            |r, out, _| matmul(&xb, n_tok, &data[r.start * k..r.end * k], bias.map(|b| &b[r.clone()]), out),
-        );
+        rows_parallel(rows, n_tok, y, out_t, |r, out, _| {
+            matmul(xb, n_tok, &data[r.start * k..r.end * k], bias.map(|b| &b[r.clone()]), out)
+        });
         return;
     }
     let matmul = kern.matmul_rows_f32_bf16w;
-    rows_parallel(
-        rows,
-        n_tok,
-        y,
-        || vec![0f32; k],
-        |r, out, buf| matmul(x, n_tok, &data[r.start * k..r.end * k], bias.map(|b| &b[r.clone()]), out, buf),
-    );
+    rows_parallel(rows, n_tok, y, out_t, |r, out, scratch| {
+        let buf = sized(&mut scratch.floats, k);
+        matmul(x, n_tok, &data[r.start * k..r.end * k], bias.map(|b| &b[r.clone()]), out, buf)
+    });
 }
 
 /// Activations split into bf16 terms once per call for the bf16-activation kernels.
-fn round_bf16(ba: &gptoss_kernels::dispatch::Bf16Act, x: &[f32]) -> Vec<u16> {
-    let mut xb = vec![0u16; ba.terms * x.len()];
-    (ba.split)(x, &mut xb);
+fn round_bf16<'b>(ba: &gptoss_kernels::dispatch::Bf16Act, x: &[f32], buf: &'b mut Vec<u16>) -> &'b [u16] {
+    let xb = sized(buf, ba.terms * x.len());
+    (ba.split)(x, xb);
     xb
 }
 
-/// One expert's share of a MoE projection: `y[T, R] = x[T, K]·W[expert]ᵀ + bias`.
-pub struct ExpertJob<'a> {
+/// The rows of a MoE projection's input that go through one expert.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ExpertGroup {
     pub expert: usize,
-    pub x: &'a [f32],
-    pub bias: Option<&'a [f32]>,
-    pub y: &'a mut [f32],
+    /// Rows of `x` and `y` (consecutive: tokens are grouped by expert).
+    pub rows: Range<usize>,
 }
 
-/// Every job of one MoE projection in a single parallel pass: row blocks of all the experts
-/// are one pool of tasks, so the threads meet once per projection instead of once per expert
-/// and none idles while another finishes an expert.
-pub fn linear_mxfp4_experts(kern: &Kernels, w: &Mxfp4Experts, jobs: &mut [ExpertJob]) {
+/// `y[N, R] = x[N, K]·W[e]ᵀ + bias[e]` where each group of rows uses its own expert `e`
+/// (`bias` is `[E, R]`). Row blocks of every group form one pool of tasks, so the threads
+/// meet once per projection instead of once per expert and none idles while another
+/// finishes an expert.
+pub fn linear_mxfp4_experts(
+    kern: &Kernels,
+    w: &Mxfp4Experts,
+    groups: &[ExpertGroup],
+    x: &[f32],
+    bias: &[f32],
+    y: &mut [f32],
+    bufs: &mut OpsBuffers,
+) {
     let (rows, k) = (w.rows, w.cols);
     let (cpr, spr) = (k / 2, k / gptoss_kernels::mxfp4::BLOCK);
-    let n_toks: Vec<usize> = jobs.iter().map(|j| j.x.len() / k).collect();
-    for (job, &n) in jobs.iter().zip(&n_toks) {
-        assert_eq!(job.y.len(), rows * n, "linear: output is not [T, R]");
-    }
+    let n_rows = x.len() / k;
+    assert_eq!(y.len(), n_rows * rows, "linear: output is not [N, R]");
+    assert_eq!(bias.len(), w.experts * rows, "linear: bias is not [E, R]");
+    assert!(groups.iter().all(|g| g.rows.end <= n_rows), "linear: group rows past the input");
+    let OpsBuffers { out_t, xb, xq, xq_scales, tasks: task_buf, transposes: transpose_buf } = bufs;
+
     // Activations as the kernels read them: int16 codes and block scales for repacked
     // weights, bf16 terms for the bf16-activation kernels, f32 otherwise.
-    let acts: Vec<Act> = jobs.par_iter().map(|j| Act::new(kern, w.layout, j.x)).collect();
+    let act = match (w.layout, &kern.bf16_act) {
+        (Mxfp4Layout::Rows16, _) => {
+            let (q, s) = (sized(xq, x.len()), sized(xq_scales, x.len() / gptoss_kernels::mxfp4::BLOCK));
+            let quantize = kern.i16_act.as_ref().map_or(gptoss_kernels::mxfp4_r16::quantize_i16 as _, |ia| ia.quantize);
+            // Rows are independent, so any split gives the same codes.
+            let per = rows_per_task(n_rows).div_ceil(4).max(1);
+            x.par_chunks(per * k)
+                .zip(q.par_chunks_mut(per * k))
+                .zip(s.par_chunks_mut(per * spr))
+                .for_each(|((x, q), s)| quantize(x, q, s));
+            Act::I16 { q, scales: s }
+        }
+        (Mxfp4Layout::Rows, Some(ba)) => {
+            // [terms, n, K] per group, groups one after another.
+            let xb = sized(xb, ba.terms * x.len());
+            for g in groups {
+                let r = &g.rows;
+                (ba.split)(&x[r.start * k..r.end * k], &mut xb[ba.terms * r.start * k..ba.terms * r.end * k]);
+            }
+            Act::Bf16 { xb, terms: ba.terms }
+        }
+        (Mxfp4Layout::Rows, None) => Act::F32(x),
+    };
+
     // Repacked weights come in groups of 16 rows; whole groups per task.
     let chunk = match w.layout {
         Mxfp4Layout::Rows => rows_per_task(rows),
         Mxfp4Layout::Rows16 => rows_per_task(rows).next_multiple_of(gptoss_kernels::mxfp4_r16::GROUP),
     };
-    // [R, T] outputs for jobs of several tokens ([R, 1] is [1, R], written in place).
-    let mut outs_t: Vec<Vec<f32>> =
-        n_toks.iter().map(|&n| if n == 1 { Vec::new() } else { vec![0f32; rows * n] }).collect();
-    type Input<'a> = (usize, Option<&'a [f32]>); // (expert, bias)
-    let inputs: Vec<Input> = jobs.iter().map(|j| (j.expert, j.bias)).collect();
-    let mut tasks: Vec<(usize, usize, &mut [f32])> = Vec::new(); // (job, first row, out [rows, T])
-    for (i, (job, out_t)) in jobs.iter_mut().zip(outs_t.iter_mut()).enumerate() {
-        let out: &mut [f32] = if n_toks[i] == 1 { job.y } else { out_t };
-        for (c, block) in out.chunks_mut(chunk * n_toks[i]).enumerate() {
-            tasks.push((i, c * chunk, block));
+    // Each group's output block `[R, n]` sits where its `[n, R]` rows go: in `y` itself when
+    // n is 1 (the same layout), else in `out_t`, transposed into `y` afterwards.
+    let out_t = sized(out_t, y.len());
+    let mut tasks: Vec<(usize, usize, &mut [f32])> = recycle(std::mem::take(task_buf));
+    for_each_group_block(groups, rows, y, out_t, |gi, n, y_g, t_g| {
+        let block = if n == 1 { y_g } else { t_g };
+        for (c, b) in block.chunks_mut(chunk * n).enumerate() {
+            tasks.push((gi, c * chunk, b));
         }
-    }
-    tasks.into_par_iter().for_each_init(Scratch::default, |scratch, (i, r0, out)| {
-        let n = n_toks[i];
-        let (e, bias) = inputs[i];
-        let (codes, scales) = w.expert(e);
-        let r1 = r0 + out.len() / n;
-        let (c, s) = (&codes[r0 * cpr..r1 * cpr], &scales[r0 * spr..r1 * spr]);
-        let b = bias.map(|b| &b[r0..r1]);
-        match &acts[i] {
+    });
+    tasks.par_iter_mut().for_each(|(gi, r0, out)| {
+        let g = &groups[*gi];
+        let (rr, n) = (&g.rows, g.rows.len());
+        let (codes, scales) = w.expert(g.expert);
+        let r1 = *r0 + out.len() / n;
+        let (c, s) = (&codes[*r0 * cpr..r1 * cpr], &scales[*r0 * spr..r1 * spr]);
+        let b = Some(&bias[g.expert * rows + *r0..g.expert * rows + r1]);
+        with_scratch(|scratch| match &act {
             Act::I16 { q, scales: xs } => {
                 // Set by the model only with kernels that have it; the twin keeps any other
                 // pairing correct.
@@ -154,85 +250,91 @@ pub fn linear_mxfp4_experts(kern: &Kernels, w: &Mxfp4Experts, jobs: &mut [Expert
                     kern.i16_act.as_ref().map_or(gptoss_kernels::scalar::matmul_rows_i16a_mxfp4r16w as _, |ia| {
                         ia.matmul_rows_i16a_mxfp4r16w
                     });
+                let (q, xs) = (&q[rr.start * k..rr.end * k], &xs[rr.start * spr..rr.end * spr]);
                 matmul(q, xs, n, c, s, b, out, &mut scratch.words)
             }
-            Act::Bf16(xb) => {
+            Act::Bf16 { xb, terms } => {
                 let ba = kern.bf16_act.as_ref().expect("bf16 activations come from bf16 kernels");
+                let xb = &xb[terms * rr.start * k..terms * rr.end * k];
                 (ba.matmul_rows_bf16a_mxfp4w)(xb, n, c, s, b, out, &mut scratch.halves)
             }
             Act::F32(x) => {
-                scratch.floats.resize(k, 0.0);
-                (kern.matmul_rows_f32_mxfp4w)(x, n, c, s, b, out, &mut scratch.floats)
+                let x = &x[rr.start * k..rr.end * k];
+                (kern.matmul_rows_f32_mxfp4w)(x, n, c, s, b, out, sized(&mut scratch.floats, k))
             }
-        }
+        })
     });
-    jobs.par_iter_mut().zip(outs_t.par_iter()).zip(n_toks.par_iter()).for_each(|((job, out_t), &n)| {
+    *task_buf = recycle(tasks);
+
+    let mut transposes: Vec<(&[f32], &mut [f32])> = recycle(std::mem::take(transpose_buf));
+    for_each_group_block(groups, rows, y, out_t, |_, n, y_g, t_g| {
         if n > 1 {
-            transpose_rt_to_tr(out_t, n, job.y);
+            transposes.push((t_g, y_g));
         }
     });
+    transposes.par_iter_mut().for_each(|(src, dst)| transpose_rt_to_tr(src, src.len() / rows, dst));
+    *transpose_buf = recycle(transposes);
 }
 
-/// One job's activations in the form its kernel reads.
-enum Act<'a> {
-    /// `q [T, K]` int16 codes and `scales [T, K/32]`.
-    I16 {
-        q: Vec<i16>,
-        scales: Vec<f32>,
-    },
-    /// `[terms, T, K]` bf16 bits.
-    Bf16(Vec<u16>),
-    F32(&'a [f32]),
-}
-
-impl<'a> Act<'a> {
-    fn new(kern: &Kernels, layout: Mxfp4Layout, x: &'a [f32]) -> Self {
-        match (layout, &kern.bf16_act) {
-            (Mxfp4Layout::Rows16, _) => {
-                let mut q = vec![0i16; x.len()];
-                let mut scales = vec![0f32; x.len() / gptoss_kernels::mxfp4::BLOCK];
-                let quantize =
-                    kern.i16_act.as_ref().map_or(gptoss_kernels::mxfp4_r16::quantize_i16 as _, |ia| ia.quantize);
-                quantize(x, &mut q, &mut scales);
-                Act::I16 { q, scales }
-            }
-            (Mxfp4Layout::Rows, Some(ba)) => Act::Bf16(round_bf16(ba, x)),
-            (Mxfp4Layout::Rows, None) => Act::F32(x),
-        }
+/// Calls `f(group, n, y_block, out_t_block)` with each group's `n·R` elements of both
+/// buffers (groups are in row order and do not overlap).
+fn for_each_group_block<'a>(
+    groups: &[ExpertGroup],
+    rows: usize,
+    y: &'a mut [f32],
+    out_t: &'a mut [f32],
+    mut f: impl FnMut(usize, usize, &'a mut [f32], &'a mut [f32]),
+) {
+    let (mut y_rest, mut t_rest, mut done) = (y, out_t, 0);
+    for (gi, g) in groups.iter().enumerate() {
+        assert!(g.rows.start >= done, "linear: expert groups overlap or are out of order");
+        let (skip, len) = ((g.rows.start - done) * rows, g.rows.len() * rows);
+        let (y_g, t_g);
+        (y_g, y_rest) = std::mem::take(&mut y_rest)[skip..].split_at_mut(len);
+        (t_g, t_rest) = std::mem::take(&mut t_rest)[skip..].split_at_mut(len);
+        done = g.rows.end;
+        f(gi, g.rows.len(), y_g, t_g);
     }
 }
 
-/// Per-thread kernel scratch, reused across tasks.
-#[derive(Default)]
-struct Scratch {
-    words: Vec<u32>,
-    halves: Vec<u16>,
-    floats: Vec<f32>,
+/// One projection's activations in the form its kernel reads.
+enum Act<'a> {
+    /// `q [N, K]` int16 codes and `scales [N, K/32]`.
+    I16 {
+        q: &'a [i16],
+        scales: &'a [f32],
+    },
+    /// Per group, `[terms, n, K]` bf16 bits.
+    Bf16 {
+        xb: &'a [u16],
+        terms: usize,
+    },
+    F32(&'a [f32]),
 }
 
 /// Runs `kernel(rows, out [rows, T], scratch)` over row blocks and leaves `y` as `[T, R]`.
-fn rows_parallel<S>(
+fn rows_parallel(
     rows: usize,
     n_tok: usize,
     y: &mut [f32],
-    scratch: impl Fn() -> S + Sync + Send,
-    kernel: impl Fn(Range<usize>, &mut [f32], &mut S) + Sync,
+    out_t: &mut Vec<f32>,
+    kernel: impl Fn(Range<usize>, &mut [f32], &mut Scratch) + Sync,
 ) {
     assert_eq!(y.len(), rows * n_tok, "linear: output is not [T, R]");
     let chunk = rows_per_task(rows);
     let run = |out_t: &mut [f32]| {
-        out_t.par_chunks_mut(chunk * n_tok).enumerate().for_each_init(&scratch, |buf, (i, out)| {
+        out_t.par_chunks_mut(chunk * n_tok).enumerate().for_each(|(i, out)| {
             let r0 = i * chunk;
-            kernel(r0..r0 + out.len() / n_tok, out, buf)
+            with_scratch(|scratch| kernel(r0..r0 + out.len() / n_tok, out, scratch))
         });
     };
     if n_tok == 1 {
         // [R, 1] and [1, R] are the same layout.
         run(y);
     } else {
-        let mut out_t = vec![0f32; rows * n_tok];
-        run(&mut out_t);
-        transpose_rt_to_tr(&out_t, n_tok, y);
+        let out_t = sized(out_t, rows * n_tok);
+        run(out_t);
+        transpose_rt_to_tr(out_t, n_tok, y);
     }
 }
 
@@ -246,7 +348,27 @@ fn transpose_rt_to_tr(out_t: &[f32], n_tok: usize, y: &mut [f32]) {
     }
 }
 
-/// Calls `f(i, chunk, scratch)` for every `chunk_len`-long piece of `out`, in parallel.
+/// Calls `f(i, chunk, scores)` for every `chunk_len`-long piece of `out`, in parallel, with
+/// the running thread's attention score buffer.
 pub fn for_each_chunk(out: &mut [f32], chunk_len: usize, f: impl Fn(usize, &mut [f32], &mut Vec<f32>) + Sync) {
-    out.par_chunks_mut(chunk_len).enumerate().for_each_init(Vec::new, |scratch, (i, chunk)| f(i, chunk, scratch));
+    out.par_chunks_mut(chunk_len).enumerate().for_each(|(i, chunk)| SCORES.with(|s| f(i, chunk, &mut s.borrow_mut())));
+}
+
+/// Grows every pool thread's scratch to what matmuls of at most `max_k` inputs and attention
+/// over at most `max_keys` keys can ask for. Which thread runs which task is up to work
+/// stealing, so warming up by running is not enough: a thread that never ran a kind of task
+/// would allocate the first time it does.
+pub fn reserve_thread_scratch(max_k: usize, max_keys: usize) {
+    let (words, halves) = gptoss_kernels::dispatch::max_scratch_len(max_k);
+    fn grow<T>(v: &mut Vec<T>, len: usize) {
+        v.reserve(len.saturating_sub(v.len()));
+    }
+    rayon::broadcast(|_| {
+        with_scratch(|s| {
+            grow(&mut s.words, words);
+            grow(&mut s.halves, halves);
+            grow(&mut s.floats, max_k);
+        });
+        SCORES.with(|s| grow(&mut s.borrow_mut(), max_keys));
+    });
 }

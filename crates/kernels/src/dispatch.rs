@@ -128,6 +128,17 @@ pub struct Kernels {
     pub i16_act: Option<I16Act>,
 }
 
+/// The most `Vec` scratch any matmul grows its scratch to for K inputs: `(u32 words,
+/// bf16 halves)`. Callers that keep one scratch per thread reserve this up front, so no
+/// kernel call ever allocates.
+#[cfg_attr(not(target_arch = "x86_64"), allow(unused_variables))]
+pub fn max_scratch_len(k: usize) -> (usize, usize) {
+    #[cfg(target_arch = "x86_64")]
+    return (crate::x86::vnni::scratch_words(k), crate::x86::avx512bf16::scratch_halves(k));
+    #[cfg(not(target_arch = "x86_64"))]
+    return (0, 0);
+}
+
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum KernelError {
     #[error("GPTOSS_KERNELS={0:?} is not one of scalar, avx2, avx512, avx512bf16, avx512bf16-round, neon")]

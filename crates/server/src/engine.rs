@@ -438,6 +438,7 @@ impl<E: Executor> EngineLoop<E> {
                 r.next = Some(token);
             }
         }
+        self.exec.reclaim(logits);
         finished.sort_unstable_by_key(|(i, _)| *i);
         for (i, reason) in finished.into_iter().rev() {
             let r = self.running.swap_remove(i);

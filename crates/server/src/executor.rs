@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use gptoss_engine::model::LogitsRow;
 use gptoss_engine::tokenizer::{Tokenizer, END_OF_TEXT};
-use gptoss_engine::{EngineError, KvCache, Logits, LogitsRequest, Model, SeqChunk, SeqId};
+use gptoss_engine::{EngineError, KvCache, Logits, LogitsRequest, Model, SeqChunk, SeqId, Workspace};
 use serde_json::Value;
 
 pub trait Executor: Send {
@@ -19,6 +19,9 @@ pub trait Executor: Send {
     fn remove_sequence(&mut self, seq: SeqId);
     /// Appends each chunk to its sequence; logits for the positions the chunks ask for.
     fn forward(&mut self, batch: &[SeqChunk]) -> Result<Logits, EngineError>;
+    /// Takes back logits returned by `forward` once read, so the next step can reuse them
+    /// (a step's logits are a large buffer: one allocation and page-faulting each step).
+    fn reclaim(&mut self, _logits: Logits) {}
     /// Bytes held for sequences' keys and values.
     fn cache_bytes(&self) -> usize;
 }
@@ -26,12 +29,13 @@ pub trait Executor: Send {
 pub struct ModelExecutor {
     model: Model,
     cache: KvCache,
+    ws: Workspace,
 }
 
 impl ModelExecutor {
     pub fn new(model: Model, max_context: usize) -> Self {
         let cache = KvCache::new(&model.config, max_context);
-        ModelExecutor { model, cache }
+        ModelExecutor { model, cache, ws: Workspace::new() }
     }
 }
 
@@ -53,7 +57,12 @@ impl Executor for ModelExecutor {
     }
 
     fn forward(&mut self, batch: &[SeqChunk]) -> Result<Logits, EngineError> {
-        self.model.forward(&mut self.cache, batch)
+        self.model.forward_in(&mut self.ws, &mut self.cache, batch)?;
+        Ok(self.ws.take_logits())
+    }
+
+    fn reclaim(&mut self, logits: Logits) {
+        self.ws.restore_logits(logits);
     }
 
     fn cache_bytes(&self) -> usize {

@@ -6,7 +6,7 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use gptoss_engine::model::check_tokens;
 use gptoss_engine::sampler::log_sum_exp;
-use gptoss_engine::{KvCache, LogitsRequest, SeqChunk, Tokenizer};
+use gptoss_engine::{KvCache, LogitsRequest, SeqChunk, Tokenizer, Workspace};
 
 use gptoss_engine::generator::PREFILL_CHUNK;
 
@@ -51,12 +51,17 @@ pub fn run(args: Args) -> Result<()> {
 
     let t0 = Instant::now();
     let mut nll = Vec::with_capacity(tokens.len());
+    let mut ws = Workspace::new();
     // A trailing window of one token has no next token to score.
     for win in tokens.chunks(window).filter(|w| w.len() >= 2) {
         let mut cache = KvCache::new(&model.config, win.len());
         let seq = cache.add_sequence();
         for chunk in win.chunks(PREFILL_CHUNK) {
-            let logits = model.forward(&mut cache, &[SeqChunk { seq, tokens: chunk, logits: LogitsRequest::All }])?;
+            let logits = model.forward_in(
+                &mut ws,
+                &mut cache,
+                &[SeqChunk { seq, tokens: chunk, logits: LogitsRequest::All }],
+            )?;
             for (i, row) in logits.rows.iter().enumerate() {
                 if let Some(&target) = win.get(row.position + 1) {
                     let z = logits.row(i);

@@ -14,6 +14,11 @@ use crate::mxfp4::{self, FP4_VALUES};
 
 /// Weight rows decoded and kept hot together when several tokens share them.
 const PANEL_ROWS: usize = 32;
+
+/// The most scratch the MXFP4 and q8 kernels take for K inputs: one panel of decoded rows.
+pub(crate) fn scratch_halves(k: usize) -> usize {
+    PANEL_ROWS.max(GEMV_ROWS) * k
+}
 /// Tokens whose activations stay in L2 while a panel passes over them ([64, 2880] bf16 = 368 KB).
 const TOKEN_TILE: usize = 64;
 

@@ -94,6 +94,12 @@ unsafe fn gemv_groups<const G: usize>(
 
 /// Groups decoded together for several tokens: 32 rows × K int16 pairs stay in L2.
 const PANEL_GROUPS: usize = 2;
+
+/// The scratch the GEMM takes for K inputs: [`PANEL_GROUPS`] groups of code and scale
+/// vectors per block (16 u32 each), plus room to align to 64 bytes.
+pub(crate) fn scratch_words(k: usize) -> usize {
+    PANEL_GROUPS * (k / BLOCK) * (16 + 1) * 16 + 16
+}
 /// Tokens per tile: RB·TB integer and RB·TB float accumulators fit the 32 registers.
 const TOKENS: usize = 6;
 
@@ -258,8 +264,7 @@ pub fn matmul_rows_i16a_mxfp4r16w(
         }
         // [PANEL_GROUPS][blocks][16] code vectors then [PANEL_GROUPS][blocks] scale vectors,
         // 16 u32 each, plus room to align to 64 bytes.
-        let vectors = PANEL_GROUPS * blocks * (16 + 1);
-        scratch.resize(vectors * 16 + 16, 0);
+        scratch.resize(scratch_words(k), 0);
         let base = scratch.as_mut_ptr();
         let base = base.add(base.align_offset(64));
         let w = base as *mut __m512i;
