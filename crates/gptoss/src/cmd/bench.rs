@@ -9,8 +9,7 @@ use anyhow::{bail, Result};
 use gptoss_engine::generator::PREFILL_CHUNK;
 use gptoss_engine::profile;
 use gptoss_engine::sampler::argmax;
-use gptoss_engine::{KvCache, LogitsRequest, Model, SeqChunk};
-use rayon::prelude::*;
+use gptoss_engine::{KvCache, LogitsRequest, Model, SeqChunk, Workspace};
 
 #[derive(clap::Args)]
 /// `--threads` and `--dense` are the global flags.
@@ -46,21 +45,51 @@ fn stats(rates: &[f64]) -> Stats {
     Stats { mean, sd: var.sqrt() }
 }
 
-/// Best of five parallel passes over 1 GiB, all threads reading their own slice.
-fn read_bandwidth() -> f64 {
-    let words = (1usize << 30) / 8;
-    let buf: Vec<u64> = (0..words as u64).collect();
-    let threads = rayon::current_num_threads();
-    let per = words.div_ceil(threads);
-    let mut best = 0f64;
-    for _ in 0..5 {
-        let t0 = Instant::now();
-        let sum: u64 =
-            buf.par_chunks(per).map(|c| c.iter().fold(0u64, |a, &b| a.wrapping_add(b))).reduce(|| 0, u64::wrapping_add);
-        black_box(sum);
-        best = best.max((words * 8) as f64 / t0.elapsed().as_secs_f64());
+/// Passes per bandwidth measurement; the best one counts.
+const BANDWIDTH_PASSES: usize = 10;
+
+/// Measures the machine's read bandwidth with every pool thread reading its own slice of
+/// one buffer at the same time. Memory speed on a shared machine drifts by tens of percent
+/// within minutes, so the bench measures right before and after each generation run and
+/// compares each run with what the memory gave at that moment.
+///
+/// The buffer stays allocated (and resident) for the whole bench, so the model's own peak
+/// RSS is the process's minus exactly [`BandwidthProbe::BYTES`].
+struct BandwidthProbe {
+    words: Vec<u64>,
+}
+
+impl BandwidthProbe {
+    /// 512 MiB: far past any cache, small next to the model.
+    const BYTES: usize = 512 << 20;
+
+    fn new() -> Self {
+        BandwidthProbe { words: (0..(Self::BYTES / 8) as u64).collect() }
     }
-    best
+
+    /// Bytes per second: the best of [`BANDWIDTH_PASSES`] passes.
+    fn measure(&self) -> f64 {
+        let per = self.words.len().div_ceil(rayon::current_num_threads());
+        let mut best = 0f64;
+        for _ in 0..BANDWIDTH_PASSES {
+            let t0 = Instant::now();
+            let sums = rayon::broadcast(|ctx| sum_words(self.words.chunks(per).nth(ctx.index()).unwrap_or(&[])));
+            black_box(sums);
+            best = best.max(Self::BYTES as f64 / t0.elapsed().as_secs_f64());
+        }
+        best
+    }
+}
+
+/// Eight independent sums, so the loop is bound by loads rather than by one add chain.
+fn sum_words(words: &[u64]) -> u64 {
+    let mut acc = [0u64; 8];
+    for c in words.chunks_exact(8) {
+        for (a, &w) in acc.iter_mut().zip(c) {
+            *a = a.wrapping_add(w);
+        }
+    }
+    acc.iter().fold(0, |a, &b| a.wrapping_add(b))
 }
 
 /// A prompt of `n` ids spread over the vocabulary (xorshift), as llama-bench uses random ones.
@@ -80,10 +109,11 @@ fn prompt_run(model: &Model, tokens: &[u32]) -> Result<Duration> {
     let mut cache = KvCache::new(&model.config, tokens.len());
     let seq = cache.add_sequence();
     let t0 = Instant::now();
+    let mut ws = Workspace::new();
     let chunks = tokens.chunks(PREFILL_CHUNK).count();
     for (i, chunk) in tokens.chunks(PREFILL_CHUNK).enumerate() {
         let logits = if i + 1 == chunks { LogitsRequest::Last } else { LogitsRequest::None };
-        black_box(model.forward(&mut cache, &[SeqChunk { seq, tokens: chunk, logits }])?);
+        black_box(model.forward_in(&mut ws, &mut cache, &[SeqChunk { seq, tokens: chunk, logits }])?);
     }
     Ok(t0.elapsed())
 }
@@ -93,9 +123,14 @@ fn gen_run(model: &Model, n: usize) -> Result<Duration> {
     let mut cache = KvCache::new(&model.config, n);
     let seq = cache.add_sequence();
     let mut token = 0u32;
+    let mut ws = Workspace::new();
     let t0 = Instant::now();
     for _ in 0..n {
-        let logits = model.forward(&mut cache, &[SeqChunk { seq, tokens: &[token], logits: LogitsRequest::Last }])?;
+        let logits = model.forward_in(
+            &mut ws,
+            &mut cache,
+            &[SeqChunk { seq, tokens: &[token], logits: LogitsRequest::Last }],
+        )?;
         token = logits.last_for(0).map_or(0, argmax);
     }
     Ok(t0.elapsed())
@@ -110,10 +145,7 @@ pub fn run(args: Args) -> Result<()> {
     }
     let path = super::resolve_model(&args.model)?;
     let threads = rayon::current_num_threads();
-    if !args.json {
-        eprintln!("measuring read bandwidth ({threads} threads)...");
-    }
-    let bandwidth = read_bandwidth();
+    let probe = BandwidthProbe::new();
     let model = super::load_model(&path)?;
     let cfg = &model.config;
     let limit = cfg.max_context;
@@ -129,16 +161,21 @@ pub fn run(args: Args) -> Result<()> {
     }
     gen_run(&model, 2)?;
 
-    let mut pp = Vec::new();
-    let mut tg = Vec::new();
+    let (mut pp, mut tg) = (Vec::new(), Vec::new());
+    // Per generation run: the read bandwidth around it and the fraction of it achieved.
+    let (mut bandwidths, mut fractions) = (Vec::new(), Vec::new());
     for rep in 0..args.repetitions {
         if args.prompt > 0 {
             let secs = prompt_run(&model, &prompt)?.as_secs_f64();
             pp.push(args.prompt as f64 / secs);
         }
         if args.gen > 0 {
+            let before = probe.measure();
             let secs = gen_run(&model, args.gen)?.as_secs_f64();
+            let bandwidth = before.max(probe.measure());
             tg.push(args.gen as f64 / secs);
+            bandwidths.push(bandwidth);
+            fractions.push(args.gen as f64 / secs * bytes_per_token as f64 / bandwidth);
         }
         if !args.json {
             let last = |test: String, v: &[f64]| v.last().map_or(String::new(), |x| format!(" {test} {x:.2} tokens/s"));
@@ -163,9 +200,14 @@ pub fn run(args: Args) -> Result<()> {
         false => None,
     };
 
-    let ceiling = bandwidth / bytes_per_token as f64;
+    if bandwidths.is_empty() {
+        bandwidths.push(probe.measure());
+    }
+    let bandwidth = stats(&bandwidths);
+    let ceiling = bandwidth.mean / bytes_per_token as f64;
+    let fraction = (!fractions.is_empty()).then(|| stats(&fractions));
+    let peak_rss = super::peak_rss().saturating_sub(BandwidthProbe::BYTES as u64);
     let (pp, tg) = ((!pp.is_empty()).then(|| stats(&pp)), (!tg.is_empty()).then(|| stats(&tg)));
-    let fraction = tg.as_ref().map(|s| s.mean / ceiling);
     let kernels = format!("{:?}", model.kernels());
     let name = path.file_name().map_or_else(|| args.model.clone(), |n| n.to_string_lossy().into_owned());
     if args.json {
@@ -181,11 +223,13 @@ pub fn run(args: Args) -> Result<()> {
             "prompt_tokens_per_s_sd": pp.as_ref().map(|s| s.sd),
             "gen_tokens_per_s": tg.as_ref().map(|s| s.mean),
             "gen_tokens_per_s_sd": tg.as_ref().map(|s| s.sd),
-            "read_bandwidth_gb_s": bandwidth / 1e9,
+            "read_bandwidth_gb_s": bandwidth.mean / 1e9,
+            "read_bandwidth_gb_s_sd": bandwidth.sd / 1e9,
             "bytes_per_token": bytes_per_token,
             "bandwidth_limit_tokens_per_s": ceiling,
-            "bandwidth_fraction": fraction,
-            "peak_rss_bytes": super::peak_rss(),
+            "bandwidth_fraction": fraction.as_ref().map(|f| f.mean),
+            "bandwidth_fraction_sd": fraction.as_ref().map(|f| f.sd),
+            "peak_rss_bytes": peak_rss,
         });
         let to_json = |(total, totals): &(Duration, Vec<(profile::Stage, Duration)>), n: usize| {
             totals
@@ -221,14 +265,23 @@ pub fn run(args: Args) -> Result<()> {
         }
     }
     println!();
-    println!("read bandwidth: {:.1} GB/s (best of 5 passes over 1 GiB, {threads} threads)", bandwidth / 1e9);
+    println!(
+        "read bandwidth: {:.1} ± {:.1} GB/s (best of {BANDWIDTH_PASSES} passes over 512 MiB, {threads} threads, right before and after each generation run)",
+        bandwidth.mean / 1e9,
+        bandwidth.sd / 1e9
+    );
     println!(
         "weights read per generated token: {} -> bandwidth limit {:.2} tokens/s",
         super::human_bytes(bytes_per_token),
         ceiling
     );
-    if let (Some(s), Some(f)) = (&tg, fraction) {
-        println!("generation: {:.2} tokens/s = {:.1}% of the bandwidth limit", s.mean, 100.0 * f);
+    if let (Some(s), Some(f)) = (&tg, &fraction) {
+        println!(
+            "generation: {:.2} tokens/s = {:.1} ± {:.1}% of the bandwidth limit (each run against the bandwidth around it)",
+            s.mean,
+            100.0 * f.mean,
+            100.0 * f.sd
+        );
     }
     if let Some(s) = &split {
         print_split(&format!("time per generated token by stage ({} tokens", args.gen), s, args.gen);
@@ -236,7 +289,7 @@ pub fn run(args: Args) -> Result<()> {
     if let Some(s) = &prompt_split {
         print_split(&format!("time per prompt token by stage (pp{}", args.prompt), s, args.prompt);
     }
-    println!("{}", super::memory_report());
+    println!("peak RSS {} (the bench's 512 MiB bandwidth buffer not counted)", super::human_bytes(peak_rss));
     Ok(())
 }
 
