@@ -106,6 +106,10 @@ impl Downloader<'_> {
                 });
             }
             retries_left -= 1;
+            let reason = match &failure {
+                Attempt::Cut(r) | Attempt::Busy(r) => r,
+            };
+            progress.note(&format!("{}: {reason}; resuming at byte {have}", file.path));
             std::thread::sleep(self.retry_delay);
         }
         if have != file.size {

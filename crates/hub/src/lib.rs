@@ -155,7 +155,7 @@ pub struct Snapshot {
     pub model_dir: PathBuf,
     /// The layout's files, as paths in the repository.
     pub files: Vec<String>,
-    /// Bytes downloaded to complete it (0: all from the cache).
+    /// Bytes received to complete it (0: all from the cache; a resumed prefix is not counted).
     pub downloaded: u64,
 }
 
@@ -308,8 +308,9 @@ impl Hub {
                 let client = self.client();
                 match client.listing(repo, revision) {
                     Ok(listing) => (listing.files, listing.commit),
-                    // No way to ask: what the cache holds for this revision is the best answer.
-                    Err(e) if e.is_network() => {
+                    // No way to ask (no network, or the Hub is down): what the cache holds for
+                    // this revision is the best answer.
+                    Err(e) if e.is_network() || matches!(e, Error::Http { status: 500..=599, .. }) => {
                         let Ok(snapshot) = self.cached_snapshot(&rc, repo, revision, layout) else { return Err(e) };
                         if self.progress != ProgressMode::Quiet {
                             eprintln!("{e}\nusing the cached snapshot {}", snapshot.dir.display());
@@ -362,7 +363,8 @@ impl Hub {
             downloader.fetch(file, &mut progress)?;
         }
         progress.finish();
-        Ok(self.snapshot(&rc, repo, revision, commit, layout, wanted.iter().map(|f| f.path.clone()).collect(), total))
+        let files = wanted.iter().map(|f| f.path.clone()).collect();
+        Ok(self.snapshot(&rc, repo, revision, commit, layout, files, progress.received()))
     }
 
     /// What the cache holds of `repo` at `revision` in `layout`; never touches the network.

@@ -110,6 +110,11 @@ impl Progress {
         self.draw(true);
     }
 
+    /// Bytes received in this run (not counting resumed prefixes).
+    pub fn received(&self) -> u64 {
+        self.received
+    }
+
     /// Leaves the terminal clean after the last file.
     pub fn finish(&mut self) {
         self.clear();

@@ -263,6 +263,11 @@ fn hub_error_codes_are_read() {
     server.faults().status = Some((500, ""));
     let err = hub_for(&server, cache.path()).fetch(&repo_id(), "main", None).unwrap_err();
     assert!(matches!(err, Error::Http { status: 500, .. }), "{err}");
+    // A Hub that is down is no reason not to use a complete snapshot.
+    server.faults().status = None;
+    hub_for(&server, cache.path()).fetch(&repo_id(), "main", None).unwrap();
+    server.faults().status = Some((503, ""));
+    hub_for(&server, cache.path()).fetch(&repo_id(), "main", None).unwrap();
 }
 
 #[test]
