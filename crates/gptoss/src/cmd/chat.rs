@@ -211,9 +211,10 @@ pub fn chat(args: ChatArgs) -> Result<()> {
     session.keep_analysis = args.keep_analysis;
     let interactive = std::io::stdin().is_terminal();
     let stdout_tty = std::io::stdout().is_terminal();
-    interrupt::install();
     let max_tokens = args.conv.max_tokens();
     args.conv.with_source(&args.model, &tok, |source| {
+        // Only now: while the model downloads or loads, one Ctrl-C should simply stop.
+        interrupt::install();
         if interactive {
             eprintln!("Chat with gpt-oss. /help for commands; Ctrl-C stops an answer; Ctrl-D or /quit leaves.");
         }
