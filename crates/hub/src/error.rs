@@ -7,6 +7,9 @@ pub enum Error {
     #[error("`{0}` is not a Hub repository id: expected ORG/NAME (letters, digits, `-`, `_`, `.`)")]
     BadRepoId(String),
 
+    #[error("`{0}` is not a revision: expected a branch, tag or commit hash")]
+    BadRevision(String),
+
     #[error("repository {repo} (revision {revision}) not found on {endpoint}{}", private_hint(.had_token))]
     RepoNotFound { repo: String, revision: String, endpoint: String, had_token: bool },
 

@@ -181,7 +181,7 @@ fn join(base: &str, location: &str) -> String {
     if location.starts_with('/') {
         return format!("{origin}{location}");
     }
-    let path = &base[origin.len()..];
+    let path = base.get(origin.len()..).unwrap_or("");
     let path = path.split(['?', '#']).next().unwrap_or("");
     let dir = path.rfind('/').map_or("/", |i| &path[..=i]);
     format!("{origin}{dir}{location}")

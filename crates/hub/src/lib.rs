@@ -290,6 +290,7 @@ impl Hub {
     /// when offline). `layout` None takes whichever layout the cache already holds complete,
     /// the Hugging Face one first, and downloads the Hugging Face one if neither is.
     pub fn fetch(&self, repo: &RepoId, revision: &str, layout: Option<Layout>) -> Result<Snapshot, Error> {
+        check_revision(revision)?;
         let rc = RepoCache::new(&self.cache_dir, repo);
         if self.offline {
             return self.cached_snapshot(&rc, repo, revision, layout);
@@ -370,7 +371,8 @@ impl Hub {
     /// What the cache holds of `repo` at `revision` in `layout`; never touches the network.
     pub fn status(&self, repo: &RepoId, revision: &str, layout: Layout) -> CacheStatus {
         let rc = RepoCache::new(&self.cache_dir, repo);
-        let commit = rc.commit_for(revision);
+        // A revision that would leave refs/ resolves to nothing.
+        let commit = check_revision(revision).ok().and_then(|()| rc.commit_for(revision));
         let mut status = CacheStatus {
             repo_dir: rc.dir.clone(),
             commit: commit.clone(),
@@ -469,6 +471,19 @@ impl Hub {
     }
 }
 
+/// A revision names a file under refs/ (`refs/pr/1` is one): nothing that leaves it.
+fn check_revision(revision: &str) -> Result<(), Error> {
+    let ok = !revision.is_empty()
+        && !revision.starts_with('/')
+        && !revision.contains('\\')
+        && revision.split('/').all(|c| !c.is_empty() && c != "." && c != "..");
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::BadRevision(revision.to_string()))
+    }
+}
+
 /// A layout is there when its config and at least one weights file are.
 fn has_layout(files: &[RepoFile], layout: Layout) -> bool {
     let config = format!("{}config.json", layout.prefix());
@@ -530,6 +545,16 @@ mod tests {
         assert_eq!(RepoId::parse("openai/gpt-oss-20b").unwrap().to_string(), "openai/gpt-oss-20b");
         for bad in ["gpt-oss-20b", "a/b/c", "a/../b", "../x", "a/b--c", "/x", "a/", "a b/c", "./x"] {
             assert!(RepoId::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn revisions_stay_under_refs() {
+        for good in ["main", "v1.0", "refs/pr/1", "0123456789abcdef0123456789abcdef01234567"] {
+            assert!(check_revision(good).is_ok(), "{good}");
+        }
+        for bad in ["", "../x", "a/../../b", "/etc", "a//b", "a\\b"] {
+            assert!(check_revision(bad).is_err(), "{bad}");
         }
     }
 
