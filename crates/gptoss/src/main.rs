@@ -22,6 +22,9 @@ struct Cli {
     /// requantized at load (fewer bytes per token; accuracy cost in the README).
     #[arg(long, global = true, value_enum, default_value_t = cmd::Dense::Bf16)]
     dense: cmd::Dense,
+    /// Use the Hugging Face cache only, never the network (as HF_HUB_OFFLINE=1).
+    #[arg(long, global = true)]
+    offline: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -34,7 +37,8 @@ enum Command {
     Perplexity(cmd::perplexity::Args),
     /// What a checkpoint holds: layout, config, parameter counts, memory needed.
     Inspect {
-        /// Checkpoint folder (Hugging Face or OpenAI original layout).
+        /// Checkpoint folder (Hugging Face or OpenAI original layout), or a Hub id: what the
+        /// cache holds of it, never downloading.
         model: PathBuf,
         /// Print one JSON object.
         #[arg(long)]
@@ -54,6 +58,8 @@ enum Command {
     Parse(cmd::harmony::ParseArgs),
     /// Prompt-processing and generation speed (llama-bench style), against the read bandwidth.
     Bench(cmd::bench::Args),
+    /// Download a model from the Hugging Face Hub into its cache; prints the checkpoint folder.
+    Pull(cmd::pull::Args),
     /// Serve the OpenAI APIs (chat completions, responses, completions) with continuous batching.
     Serve(cmd::serve::Args),
 }
@@ -71,10 +77,14 @@ fn main() -> ExitCode {
         }
     }
     cmd::set_dense(cli.dense);
+    cmd::pull::set_offline(cli.offline);
     let result = match cli.command {
         Command::Generate(args) => cmd::generate::run(args),
         Command::Perplexity(args) => cmd::perplexity::run(args),
-        Command::Inspect { model, json } => cmd::inspect::run(&model, json),
+        Command::Inspect { model, json } => match cmd::pull::hub_id(&model) {
+            Some(repo) => cmd::pull::inspect(&repo, json),
+            None => cmd::inspect::run(&model, json),
+        },
         Command::Synth(args) => cmd::synth::run(args),
         Command::Chat(args) => cmd::chat::chat(args),
         Command::Run(args) => cmd::chat::run(args),
@@ -83,6 +93,7 @@ fn main() -> ExitCode {
         Command::Parse(args) => cmd::harmony::parse(args),
         Command::Serve(args) => cmd::serve::run(args),
         Command::Bench(args) => cmd::bench::run(args),
+        Command::Pull(args) => cmd::pull::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

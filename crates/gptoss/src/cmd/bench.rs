@@ -14,7 +14,7 @@ use gptoss_engine::{KvCache, LogitsRequest, Model, SeqChunk, Workspace};
 #[derive(clap::Args)]
 /// `--threads` and `--dense` are the global flags.
 pub struct Args {
-    /// Checkpoint folder.
+    /// Checkpoint folder, or Hugging Face Hub id (org/name).
     model: String,
     /// Prompt tokens per prompt-processing run (0 skips the test).
     #[arg(short = 'p', long = "prompt", default_value_t = 512, value_name = "N")]

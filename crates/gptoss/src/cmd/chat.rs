@@ -48,7 +48,7 @@ pub struct ConversationArgs {
 
 #[derive(clap::Args)]
 pub struct ChatArgs {
-    /// Checkpoint folder.
+    /// Checkpoint folder, or Hugging Face Hub id (org/name).
     #[arg(default_value = DEFAULT_MODEL)]
     model: String,
     /// Do not show the model's reasoning.
@@ -63,7 +63,7 @@ pub struct ChatArgs {
 
 #[derive(clap::Args)]
 pub struct RunArgs {
-    /// [MODEL] PROMPT: the checkpoint folder is optional.
+    /// [MODEL] PROMPT: the checkpoint folder or Hub id is optional.
     #[arg(num_args = 1..=2, required = true, value_names = ["MODEL", "PROMPT"])]
     args: Vec<String>,
     /// Print the reasoning on stderr.
@@ -211,9 +211,10 @@ pub fn chat(args: ChatArgs) -> Result<()> {
     session.keep_analysis = args.keep_analysis;
     let interactive = std::io::stdin().is_terminal();
     let stdout_tty = std::io::stdout().is_terminal();
-    interrupt::install();
     let max_tokens = args.conv.max_tokens();
     args.conv.with_source(&args.model, &tok, |source| {
+        // Only now: while the model downloads or loads, one Ctrl-C should simply stop.
+        interrupt::install();
         if interactive {
             eprintln!("Chat with gpt-oss. /help for commands; Ctrl-C stops an answer; Ctrl-D or /quit leaves.");
         }

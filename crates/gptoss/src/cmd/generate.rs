@@ -12,7 +12,7 @@ use super::SamplingArgs;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// Checkpoint folder.
+    /// Checkpoint folder, or Hugging Face Hub id (org/name).
     model: PathBuf,
     /// Prompt text, encoded as ordinary text (special-token look-alikes stay plain text).
     #[arg(long, conflicts_with = "tokens_file", required_unless_present = "tokens_file")]
@@ -40,7 +40,7 @@ pub fn run(args: Args) -> Result<()> {
     let tokenizer = Tokenizer::o200k_harmony()?;
     let prompt = super::prompt_tokens(args.prompt.as_deref(), args.tokens_file.as_deref(), &tokenizer)?;
     let sampler = args.sampling.sampler()?;
-    let model = super::load_model(&args.model)?;
+    let model = super::load_model(&super::resolve_model_path(&args.model)?)?;
     if model.config.vocab_size > VOCAB_SIZE as usize {
         bail!(
             "the model's vocabulary ({} tokens) is larger than the o200k_harmony tokenizer's ({VOCAB_SIZE})",

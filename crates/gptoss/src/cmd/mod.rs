@@ -6,6 +6,7 @@ pub mod generate;
 pub mod harmony;
 pub mod inspect;
 pub mod perplexity;
+pub mod pull;
 pub mod serve;
 pub mod synth;
 
@@ -51,23 +52,20 @@ impl SamplingArgs {
     }
 }
 
-/// A MODEL argument: a checkpoint folder. Hub ids are not fetched yet, so one that is not a
-/// local folder gets a message saying where to put the files.
+/// A MODEL argument: a checkpoint folder, or a Hub id (`org/name`, not a local path), which
+/// is fetched into the Hugging Face cache unless it is there already (see `pull`).
 pub fn resolve_model(arg: &str) -> Result<PathBuf> {
-    let path = PathBuf::from(arg);
+    resolve_model_path(Path::new(arg))
+}
+
+pub fn resolve_model_path(path: &Path) -> Result<PathBuf> {
     if path.exists() {
-        return Ok(path);
+        return Ok(path.to_path_buf());
     }
-    let looks_like_hub_id = arg.split('/').count() == 2 && !arg.starts_with(['.', '/', '~']);
-    if looks_like_hub_id {
-        bail!(
-            "{arg} is not a local folder, and downloading from the Hugging Face Hub is not built yet.\n\
-             Download it first, e.g. `huggingface-cli download {arg} --local-dir ~/models/{name}`,\n\
-             then pass the folder: gptoss ... ~/models/{name}",
-            name = arg.rsplit('/').next().unwrap_or(arg)
-        );
+    if let Some(repo) = pull::hub_id(path) {
+        return pull::model_dir(&repo);
     }
-    bail!("{arg}: no such checkpoint folder")
+    bail!("{}: no such checkpoint folder (nor a Hub id, org/name)", path.display())
 }
 
 /// `--dense`: how attention and unembedding weights are held.

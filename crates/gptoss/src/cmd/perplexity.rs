@@ -12,7 +12,7 @@ use gptoss_engine::generator::PREFILL_CHUNK;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// Checkpoint folder.
+    /// Checkpoint folder, or Hugging Face Hub id (org/name).
     model: PathBuf,
     /// Text file, encoded as ordinary text.
     #[arg(long, conflicts_with = "tokens_file", required_unless_present = "tokens_file")]
@@ -41,7 +41,7 @@ pub fn run(args: Args) -> Result<()> {
     if tokens.len() < 2 {
         bail!("need at least 2 tokens to score a next token, got {}", tokens.len());
     }
-    let model = super::load_model(&args.model)?;
+    let model = super::load_model(&super::resolve_model_path(&args.model)?)?;
     let window = args.ctx.unwrap_or(model.config.max_context);
     if window < 2 || window > model.config.max_context {
         bail!("--ctx must be between 2 and the model's context of {}", model.config.max_context);

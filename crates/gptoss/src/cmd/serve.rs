@@ -11,7 +11,7 @@ use super::{human_bytes, load_model, resolve_model, DEFAULT_MODEL};
 
 #[derive(ClapArgs, Debug)]
 pub struct Args {
-    /// Checkpoint folder.
+    /// Checkpoint folder, or Hugging Face Hub id (org/name).
     #[arg(default_value = DEFAULT_MODEL)]
     model: String,
     /// Address to listen on. Loopback by default; 0.0.0.0 exposes the server to the network.

@@ -1,0 +1,144 @@
+//! `gptoss pull` and Hub ids as MODEL, against the hub crate's fake Hub serving the tiny
+//! fixture checkpoint in the layout of openai/gpt-oss-*.
+
+#[path = "../../hub/tests/support/mod.rs"]
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use support::{Content, FakeFile, FakeHub, FakeRepo};
+
+const REPO: &str = "openai/gpt-oss-tiny";
+
+/// fixtures/tiny/hf at the root, fixtures/tiny/original under original/, and files that are
+/// never fetched (Apple's metal/, the tokenizer).
+fn tiny_repo() -> FakeRepo {
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/tiny");
+    let mut files = Vec::new();
+    for (dir, prefix) in [("hf", ""), ("original", "original/")] {
+        let mut names: Vec<PathBuf> =
+            std::fs::read_dir(fixtures.join(dir)).unwrap().map(|e| e.unwrap().path()).collect();
+        names.sort();
+        for path in names {
+            let name = path.file_name().unwrap().to_str().unwrap();
+            let lfs = name.ends_with(".safetensors");
+            files.push(FakeFile::new(&format!("{prefix}{name}"), Content::Bytes(std::fs::read(&path).unwrap()), lfs));
+        }
+    }
+    files.push(FakeFile::new("metal/model.bin", Content::Bytes(vec![7; 1000]), true));
+    files.push(FakeFile::new("tokenizer.json", Content::Bytes(b"{}".to_vec()), false));
+    FakeRepo { id: REPO.into(), commit: "89abcdef0123456789abcdef0123456789abcdef".into(), files }
+}
+
+fn gptoss(server: &FakeHub, cache: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_gptoss"))
+        .args(args)
+        .env("HF_ENDPOINT", &server.url)
+        .env("HF_HUB_CACHE", cache)
+        .env("HF_HOME", cache.join("hf-home"))
+        .env_remove("HF_TOKEN")
+        .env_remove("HUGGING_FACE_HUB_TOKEN")
+        .env_remove("HF_HUB_OFFLINE")
+        .env_remove("GPTOSS_KERNELS")
+        .output()
+        .expect("runs")
+}
+
+fn ok(server: &FakeHub, cache: &Path, args: &[&str]) -> (String, String) {
+    let out = gptoss(server, cache, args);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "gptoss {args:?} failed:\n{stderr}");
+    (String::from_utf8_lossy(&out.stdout).into_owned(), stderr)
+}
+
+fn fails(server: &FakeHub, cache: &Path, args: &[&str]) -> (String, String) {
+    let out = gptoss(server, cache, args);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(1), "gptoss {args:?} should exit 1:\n{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    (String::from_utf8_lossy(&out.stdout).into_owned(), stderr)
+}
+
+#[test]
+fn pull_then_use_the_model_offline() {
+    let server = FakeHub::start(tiny_repo());
+    let cache = tempfile::tempdir().unwrap();
+    let snapshot = cache.path().join("models--openai--gpt-oss-tiny/snapshots").join(&server.repo.commit);
+
+    let (stdout, stderr) = ok(&server, cache.path(), &["pull", REPO]);
+    assert_eq!(stdout.trim(), snapshot.display().to_string());
+    assert!(stderr.contains("hf layout") && stderr.contains("downloaded"), "{stderr}");
+    for f in ["config.json", "model.safetensors.index.json", "model-00001-of-00002.safetensors"] {
+        assert!(snapshot.join(f).is_file(), "{f}");
+    }
+    assert!(!snapshot.join("original").exists() && !snapshot.join("metal").exists());
+    assert!(!snapshot.join("tokenizer.json").exists());
+
+    // From here on, not one request.
+    server.clear_requests();
+    let (stdout, stderr) = ok(&server, cache.path(), &["--offline", "pull", REPO]);
+    assert_eq!(stdout.trim(), snapshot.display().to_string());
+    assert!(stderr.contains("all from the cache"), "{stderr}");
+
+    let (stdout, _) = ok(&server, cache.path(), &["inspect", REPO]);
+    assert!(stdout.contains(&format!("commit       {}", server.repo.commit)), "{stdout}");
+    assert!(stdout.contains("layout       hf complete"), "{stdout}");
+    assert!(stdout.contains("original/config.json"), "the other layout's missing files: {stdout}");
+    assert!(stdout.contains("tensors      all present"), "{stdout}");
+
+    // The tiny model's vocabulary is 1024 tokens: token ids rather than text.
+    let tokens = cache.path().join("tokens.txt");
+    std::fs::write(&tokens, "1 2 3").unwrap();
+    let tokens = tokens.to_str().unwrap();
+    let (stdout, _) = ok(
+        &server,
+        cache.path(),
+        &["generate", REPO, "--tokens-file", tokens, "--max-tokens", "3", "--temperature", "0", "--json", "--offline"],
+    );
+    let v: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert_eq!(v["tokens"].as_array().unwrap().len(), 3);
+    assert!(server.requests().is_empty(), "{:?}", server.requests());
+
+    // Online, a Hub id as MODEL asks what main is and downloads nothing more.
+    let (_, stderr) = ok(&server, cache.path(), &["generate", REPO, "--tokens-file", tokens, "--max-tokens", "1"]);
+    assert!(stderr.contains("all from the cache"), "{stderr}");
+    assert!(server.requests().iter().all(|r| r.path.starts_with("/api/")), "{:?}", server.requests());
+}
+
+#[test]
+fn pull_the_original_layout() {
+    let server = FakeHub::start(tiny_repo());
+    let cache = tempfile::tempdir().unwrap();
+    let (stdout, _) = ok(&server, cache.path(), &["pull", REPO, "--layout", "original", "--revision", "main"]);
+    let dir = PathBuf::from(stdout.trim());
+    assert!(dir.ends_with("original"), "{}", dir.display());
+    assert!(dir.join("model.safetensors").is_file());
+    let asked: Vec<String> = server.requests().iter().map(|r| r.path.clone()).collect();
+    assert!(asked.iter().all(|p| !p.contains("/resolve/") || p.contains("/original/")), "{asked:?}");
+    // The checkpoint loads from there.
+    let (stdout, _) = ok(&server, cache.path(), &["--offline", "inspect", REPO, "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(v["layout"], "OpenAI original");
+    assert_eq!(v["complete"], true);
+}
+
+#[test]
+fn what_is_not_cached_is_said_without_a_request() {
+    let server = FakeHub::start(tiny_repo());
+    let cache = tempfile::tempdir().unwrap();
+    let (_, stderr) = fails(&server, cache.path(), &["--offline", "pull", REPO]);
+    assert!(stderr.contains("is not in the cache") && stderr.contains("refs/main"), "{stderr}");
+    let (stdout, stderr) = fails(&server, cache.path(), &["inspect", REPO]);
+    assert!(stdout.contains("never downloaded here") && stderr.contains("gptoss pull"), "{stdout}{stderr}");
+    assert!(server.requests().is_empty(), "{:?}", server.requests());
+
+    let (_, stderr) = fails(&server, cache.path(), &["pull", "someone/missing"]);
+    assert!(stderr.contains("repository someone/missing (revision main) not found"), "{stderr}");
+    // No MODEL: the default, openai/gpt-oss-20b, goes through the same cache.
+    let (_, stderr) = fails(&server, cache.path(), &["--offline", "run", "Hello?"]);
+    assert!(stderr.contains("openai/gpt-oss-20b (revision main) is not in the cache"), "{stderr}");
+    // A local path that does not exist stays a path.
+    let (_, stderr) = fails(&server, cache.path(), &["generate", "./no/such", "--prompt", "x"]);
+    assert!(stderr.contains("no such checkpoint folder"), "{stderr}");
+}

@@ -1,0 +1,253 @@
+//! Download progress on stderr: two redrawn lines (this file, all files) on a terminal, one
+//! line per finished file otherwise, or nothing.
+
+use std::io::{IsTerminal, Write};
+use std::time::{Duration, Instant};
+
+/// How progress is shown.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProgressMode {
+    /// Bars when stderr is a terminal, lines otherwise.
+    Auto,
+    /// Bars redrawn in place (at most 10 times a second).
+    Bars,
+    /// One line per downloaded file, and notes (resuming, waiting for a lock).
+    Lines,
+    /// Nothing at all.
+    Quiet,
+}
+
+const REDRAW: Duration = Duration::from_millis(100);
+
+pub(crate) struct Progress {
+    mode: ProgressMode,
+    /// Bytes to fetch over all files, and fetched so far (counting resumed prefixes).
+    total: u64,
+    done: u64,
+    /// Bytes received in this run, for the rates (a resumed prefix did not take any time).
+    received: u64,
+    started: Instant,
+    file: Option<FileBar>,
+    last_draw: Option<Instant>,
+    drawn: bool,
+    files_done: usize,
+    files_total: usize,
+}
+
+struct FileBar {
+    name: String,
+    size: u64,
+    done: u64,
+    received: u64,
+    started: Instant,
+}
+
+impl Progress {
+    pub fn new(mode: ProgressMode, files_total: usize, total: u64) -> Self {
+        let mode = match mode {
+            ProgressMode::Auto if std::io::stderr().is_terminal() => ProgressMode::Bars,
+            ProgressMode::Auto => ProgressMode::Lines,
+            m => m,
+        };
+        Progress {
+            mode,
+            total,
+            done: 0,
+            received: 0,
+            started: Instant::now(),
+            file: None,
+            last_draw: None,
+            drawn: false,
+            files_done: 0,
+            files_total,
+        }
+    }
+
+    /// A line of its own (above the bars, which are drawn again after it).
+    pub fn note(&mut self, text: &str) {
+        if self.mode == ProgressMode::Quiet {
+            return;
+        }
+        self.clear();
+        eprintln!("{text}");
+        self.draw(true);
+    }
+
+    pub fn start_file(&mut self, name: &str, size: u64, already: u64) {
+        self.done += already;
+        self.file = Some(FileBar { name: name.to_string(), size, done: already, received: 0, started: Instant::now() });
+        self.draw(true);
+    }
+
+    pub fn advance(&mut self, n: u64) {
+        self.done += n;
+        self.received += n;
+        if let Some(f) = &mut self.file {
+            f.done += n;
+            f.received += n;
+        }
+        self.draw(false);
+    }
+
+    /// The server ignored a resume and sends the file from its start: forget the prefix.
+    pub fn restart_file(&mut self) {
+        if let Some(f) = &mut self.file {
+            self.done -= f.done.min(self.done);
+            f.done = 0;
+        }
+        self.draw(true);
+    }
+
+    pub fn finish_file(&mut self) {
+        let Some(f) = self.file.take() else { return };
+        self.files_done += 1;
+        if self.mode == ProgressMode::Lines {
+            let secs = f.started.elapsed().as_secs_f64();
+            let resumed = f.size.saturating_sub(f.received);
+            let resumed = if resumed > 0 { format!(", resumed at {}", bytes(resumed)) } else { String::new() };
+            eprintln!("fetched {} ({}{resumed}) in {secs:.1} s, {}", f.name, bytes(f.size), rate(f.received, secs));
+        }
+        self.draw(true);
+    }
+
+    /// Bytes received in this run (not counting resumed prefixes).
+    pub fn received(&self) -> u64 {
+        self.received
+    }
+
+    /// Leaves the terminal clean after the last file.
+    pub fn finish(&mut self) {
+        self.clear();
+    }
+
+    fn clear(&mut self) {
+        if self.mode == ProgressMode::Bars && self.drawn {
+            // Erase the total line, go up, erase the file line: the cursor is back where the
+            // bars began.
+            eprint!("\r\x1b[2K\x1b[1A\x1b[2K");
+            self.drawn = false;
+        }
+    }
+
+    fn draw(&mut self, force: bool) {
+        if self.mode != ProgressMode::Bars || self.files_total == 0 {
+            return;
+        }
+        let now = Instant::now();
+        if !force && self.last_draw.is_some_and(|t| now - t < REDRAW) {
+            return;
+        }
+        self.last_draw = Some(now);
+        let file_line = match &self.file {
+            Some(f) => {
+                let secs = f.started.elapsed().as_secs_f64();
+                let speed = f.received as f64 / secs.max(1e-3);
+                format!(
+                    "{:<34} {} {:>9} / {:>9}  {:>11}  ETA {}",
+                    truncate(&f.name, 34),
+                    bar(f.done, f.size, 20),
+                    bytes(f.done),
+                    bytes(f.size),
+                    rate(f.received, secs),
+                    eta(f.size.saturating_sub(f.done), speed)
+                )
+            }
+            None => String::new(),
+        };
+        let secs = self.started.elapsed().as_secs_f64();
+        let speed = self.received as f64 / secs.max(1e-3);
+        let total_line = format!(
+            "{:<34} {} {:>9} / {:>9}  {:>11}  ETA {}",
+            format!("total ({}/{} files)", self.files_done, self.files_total),
+            bar(self.done, self.total, 20),
+            bytes(self.done),
+            bytes(self.total),
+            rate(self.received, secs),
+            eta(self.total.saturating_sub(self.done), speed)
+        );
+        let mut err = std::io::stderr().lock();
+        let up = if self.drawn { "\r\x1b[1A" } else { "" };
+        let _ = write!(err, "{up}\x1b[2K{file_line}\n\x1b[2K{total_line}");
+        let _ = err.flush();
+        self.drawn = true;
+    }
+}
+
+impl Drop for Progress {
+    fn drop(&mut self) {
+        // An error leaves the bars where they are; the message goes on a line of its own.
+        if self.mode == ProgressMode::Bars && self.drawn {
+            eprintln!();
+        }
+    }
+}
+
+fn bar(done: u64, total: u64, width: usize) -> String {
+    let filled = if total == 0 { width } else { ((done as f64 / total as f64) * width as f64) as usize };
+    let filled = filled.min(width);
+    format!("[{}{}]", "#".repeat(filled), ".".repeat(width - filled))
+}
+
+fn truncate(name: &str, width: usize) -> String {
+    let chars: Vec<char> = name.chars().collect();
+    if chars.len() <= width {
+        name.to_string()
+    } else {
+        let tail: String = chars[chars.len() - (width - 1)..].iter().collect();
+        format!("…{tail}")
+    }
+}
+
+/// Decimal units, as download sizes are counted.
+pub(crate) fn bytes(b: u64) -> String {
+    let units = ["B", "kB", "MB", "GB", "TB"];
+    let mut v = b as f64;
+    let mut u = 0;
+    while v >= 1000.0 && u + 1 < units.len() {
+        v /= 1000.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{b} B")
+    } else {
+        format!("{v:.2} {}", units[u])
+    }
+}
+
+fn rate(received: u64, secs: f64) -> String {
+    if secs <= 0.0 || received == 0 {
+        return "- MB/s".into();
+    }
+    format!("{:.1} MB/s", received as f64 / secs / 1e6)
+}
+
+fn eta(remaining: u64, speed: f64) -> String {
+    if remaining == 0 {
+        return "0:00".into();
+    }
+    if speed < 1.0 {
+        return "-:--".into();
+    }
+    let s = (remaining as f64 / speed).round() as u64;
+    if s >= 3600 {
+        format!("{}:{:02}:{:02}", s / 3600, s / 60 % 60, s % 60)
+    } else {
+        format!("{}:{:02}", s / 60, s % 60)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formats() {
+        assert_eq!(bytes(512), "512 B");
+        assert_eq!(bytes(13_761_264_768), "13.76 GB");
+        assert_eq!(eta(0, 10.0), "0:00");
+        assert_eq!(eta(125, 1.0), "2:05");
+        assert_eq!(eta(7_300, 1.0), "2:01:40");
+        assert_eq!(bar(1, 2, 10), "[#####.....]");
+        assert_eq!(truncate("model-00001-of-00002.safetensors", 10), "…fetensors");
+    }
+}
