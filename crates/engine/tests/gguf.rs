@@ -1,0 +1,552 @@
+//! llama.cpp GGUF files: the tiny fixture converted by llama.cpp's own converter loads to the
+//! same weights and logits as the Hugging Face folder it came from; variants built here (fused
+//! gate/up, other dense types) load too; broken and hostile files give errors that name the
+//! problem, never a panic. Run with --nocapture to see the parity figures.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use common::{reference, tiny};
+use gptoss_engine::checkpoint::Checkpoint;
+use gptoss_engine::gguf::convert::{ggml_mxfp4_block_to_hf, hf_mxfp4_block_to_ggml};
+use gptoss_engine::gguf::{GgmlType, GgufFile};
+use gptoss_engine::safetensors::Bytes;
+use gptoss_engine::weights::{Dense, ModelWeights};
+use gptoss_engine::{KvCache, Layout, LoadError, LogitsRequest, Model, SeqChunk};
+use gptoss_kernels::Kernels;
+
+fn fixture() -> PathBuf {
+    common::fixtures().join("tiny/gguf/tiny-mxfp4.gguf")
+}
+
+/// A GGUF file under construction, to build variants and hostile copies of the fixture.
+#[derive(Clone)]
+struct Gguf {
+    version: u32,
+    /// (key, GGUF value type id, value bytes).
+    kv: Vec<(String, u32, Vec<u8>)>,
+    tensors: Vec<Tensor>,
+}
+
+#[derive(Clone)]
+struct Tensor {
+    name: String,
+    /// ggml order (ne0 first).
+    dims: Vec<u64>,
+    ty: u32,
+    data: Vec<u8>,
+}
+
+fn string_bytes(s: &str) -> Vec<u8> {
+    let mut b = (s.len() as u64).to_le_bytes().to_vec();
+    b.extend_from_slice(s.as_bytes());
+    b
+}
+
+impl Gguf {
+    fn from_fixture() -> Self {
+        let f = GgufFile::open(&fixture()).unwrap();
+        let b = f.file_bytes();
+        Gguf {
+            version: f.version,
+            kv: f.metadata.iter().map(|e| (e.key.clone(), e.type_id, b[e.raw.clone()].to_vec())).collect(),
+            tensors: f
+                .tensors
+                .iter()
+                .map(|t| Tensor {
+                    name: t.name.clone(),
+                    dims: t.dims.clone(),
+                    ty: t.ty.0,
+                    data: b[t.range.clone()].to_vec(),
+                })
+                .collect(),
+        }
+    }
+
+    fn set(&mut self, key: &str, type_id: u32, value: Vec<u8>) {
+        match self.kv.iter_mut().find(|(k, _, _)| k == key) {
+            Some(entry) => *entry = (key.into(), type_id, value),
+            None => self.kv.push((key.into(), type_id, value)),
+        }
+    }
+
+    fn tensor_mut(&mut self, name: &str) -> &mut Tensor {
+        self.tensors.iter_mut().find(|t| t.name == name).unwrap_or_else(|| panic!("no tensor {name}"))
+    }
+
+    fn remove(&mut self, name: &str) -> Tensor {
+        let i = self.tensors.iter().position(|t| t.name == name).unwrap_or_else(|| panic!("no tensor {name}"));
+        self.tensors.remove(i)
+    }
+
+    /// The file: header, metadata, tensor infos, data at 32-byte aligned offsets.
+    fn bytes(&self) -> Vec<u8> {
+        let mut out = b"GGUF".to_vec();
+        out.extend_from_slice(&self.version.to_le_bytes());
+        out.extend_from_slice(&(self.tensors.len() as u64).to_le_bytes());
+        out.extend_from_slice(&(self.kv.len() as u64).to_le_bytes());
+        for (key, ty, value) in &self.kv {
+            out.extend(string_bytes(key));
+            out.extend_from_slice(&ty.to_le_bytes());
+            out.extend_from_slice(value);
+        }
+        let mut offset = 0u64;
+        for t in &self.tensors {
+            out.extend(string_bytes(&t.name));
+            out.extend_from_slice(&(t.dims.len() as u32).to_le_bytes());
+            for d in &t.dims {
+                out.extend_from_slice(&d.to_le_bytes());
+            }
+            out.extend_from_slice(&t.ty.to_le_bytes());
+            out.extend_from_slice(&offset.to_le_bytes());
+            offset = (offset + t.data.len() as u64).next_multiple_of(32);
+        }
+        for t in &self.tensors {
+            out.resize(out.len().next_multiple_of(32), 0);
+            out.extend_from_slice(&t.data);
+        }
+        out
+    }
+
+    fn write(&self, dir: &Path, name: &str) -> PathBuf {
+        let path = dir.join(name);
+        std::fs::write(&path, self.bytes()).unwrap();
+        path
+    }
+}
+
+fn load_err(path: &Path) -> (LoadError, String) {
+    match Model::load(path) {
+        Ok(_) => panic!("{} loaded although it is broken", path.display()),
+        Err(e) => {
+            let msg = e.to_string();
+            (e, msg)
+        }
+    }
+}
+
+/// Logits `[T, V]` for every position of `tokens`, in one forward call.
+fn all_logits(model: &Model, tokens: &[u32]) -> Vec<f32> {
+    let mut cache = KvCache::new(&model.config, 4096);
+    let seq = cache.add_sequence();
+    model.forward(&mut cache, &[SeqChunk { seq, tokens, logits: LogitsRequest::All }]).unwrap().data
+}
+
+fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+}
+
+/// max |Δlogit| between `path` and the Hugging Face folder over the reference tokens.
+fn logit_diff_to_hf(path: &Path, kernels: &'static Kernels) -> f32 {
+    let tokens = reference().tokens;
+    let mut hf = Model::load(&tiny("hf")).unwrap();
+    let mut gguf = Model::load(path).unwrap();
+    assert_eq!(gguf.layout, Layout::Gguf);
+    hf.set_kernels(kernels);
+    gguf.set_kernels(kernels);
+    max_abs_diff(&all_logits(&hf, &tokens), &all_logits(&gguf, &tokens))
+}
+
+#[test]
+fn config_from_metadata_equals_the_hf_config() {
+    let hf = Checkpoint::open(&tiny("hf")).unwrap();
+    let gguf = Checkpoint::open(&fixture()).unwrap();
+    assert_eq!(gguf.layout, Layout::Gguf);
+    assert_eq!(gguf.config, hf.config);
+    assert_eq!(gguf.config.sliding_layers, [true, false, true, false]);
+}
+
+#[test]
+fn weights_equal_the_hf_weights_bit_for_bit() {
+    let hf = ModelWeights::load(&Checkpoint::open(&tiny("hf")).unwrap()).unwrap();
+    let ck = Checkpoint::open(&fixture()).unwrap();
+    let gguf = ModelWeights::load(&ck).unwrap();
+    let bf16 = |d: &Dense| match d {
+        Dense::Bf16(m) => m.bf16().to_vec(),
+        Dense::Q8(_) => panic!("the fixture's dense weights are bf16"),
+    };
+    assert_eq!(gguf.embedding.bf16(), hf.embedding.bf16());
+    assert_eq!(bf16(&gguf.unembedding), bf16(&hf.unembedding));
+    assert_eq!(gguf.norm, hf.norm);
+    for (l, (g, h)) in gguf.layers.iter().zip(&hf.layers).enumerate() {
+        let (ga, ha) = (&g.attn, &h.attn);
+        for (a, b) in [(&ga.q, &ha.q), (&ga.k, &ha.k), (&ga.v, &ha.v), (&ga.out, &ha.out)] {
+            assert_eq!(bf16(a), bf16(b), "layer {l} attention");
+        }
+        for (a, b) in
+            [(&ga.norm, &ha.norm), (&ga.q_bias, &ha.q_bias), (&ga.sinks, &ha.sinks), (&ga.out_bias, &ha.out_bias)]
+        {
+            assert_eq!(a, b, "layer {l} attention vectors");
+        }
+        let (gm, hm) = (&g.moe, &h.moe);
+        // llama.cpp stores the router in F32; every value is a bf16 value.
+        assert_eq!(gm.router.bf16(), hm.router.bf16(), "layer {l} router");
+        assert_eq!((&gm.router_bias, &gm.norm), (&hm.router_bias, &hm.norm), "layer {l}");
+        assert_eq!(gm.gate_up_bias, hm.gate_up_bias, "layer {l} gate/up bias (re-interleaved)");
+        assert_eq!(gm.down_bias, hm.down_bias, "layer {l} down bias");
+        for e in 0..gm.gate_up.experts {
+            assert_eq!(gm.gate_up.expert(e), hm.gate_up.expert(e), "layer {l} expert {e} gate/up");
+            assert_eq!(gm.down.expert(e), hm.down.expert(e), "layer {l} expert {e} down");
+        }
+    }
+    let rounded = ck.gguf.as_ref().unwrap().rounded_tensors();
+    assert!(rounded.is_empty(), "nothing should be rounded: {rounded:?}");
+}
+
+#[test]
+fn logits_equal_the_hf_folder() {
+    let scalar = logit_diff_to_hf(&fixture(), Kernels::scalar());
+    let default_kernels = Kernels::from_env().unwrap();
+    let default = logit_diff_to_hf(&fixture(), default_kernels);
+    eprintln!(
+        "GGUF vs HF, 300 positions x 1024 logits: max |Δlogit| = {scalar:e} (scalar kernels), {default:e} ({default_kernels:?} kernels)"
+    );
+    // Same weights bit for bit, same kernels: the same arithmetic.
+    assert_eq!(scalar, 0.0);
+    assert_eq!(default, 0.0);
+}
+
+/// Newer converters can write one `ffn_gate_up_exps` per layer: all gate rows, then all up.
+#[test]
+fn fused_gate_up_gives_the_same_logits() {
+    let mut g = Gguf::from_fixture();
+    for l in 0..4 {
+        let (gate, up) =
+            (g.remove(&format!("blk.{l}.ffn_gate_exps.weight")), g.remove(&format!("blk.{l}.ffn_up_exps.weight")));
+        let (gb, ub) =
+            (g.remove(&format!("blk.{l}.ffn_gate_exps.bias")), g.remove(&format!("blk.{l}.ffn_up_exps.bias")));
+        let (h, i, e) = (gate.dims[0], gate.dims[1], gate.dims[2]);
+        // Per expert: its gate rows then its up rows (row-major [E, 2I, H]).
+        let concat = |a: &[u8], b: &[u8], n: usize| -> Vec<u8> {
+            a.chunks_exact(n).zip(b.chunks_exact(n)).flat_map(|(x, y)| x.iter().chain(y).copied()).collect()
+        };
+        let row_bytes = (h / 32 * 17 * i) as usize;
+        g.tensors.push(Tensor {
+            name: format!("blk.{l}.ffn_gate_up_exps.weight"),
+            dims: vec![h, 2 * i, e],
+            ty: gate.ty,
+            data: concat(&gate.data, &up.data, row_bytes),
+        });
+        g.tensors.push(Tensor {
+            name: format!("blk.{l}.ffn_gate_up_exps.bias"),
+            dims: vec![2 * i, e],
+            ty: gb.ty,
+            data: concat(&gb.data, &ub.data, i as usize * 4),
+        });
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = g.write(dir.path(), "fused.gguf");
+    let diff = logit_diff_to_hf(&path, Kernels::scalar());
+    eprintln!("fused ffn_gate_up_exps vs HF: max |Δlogit| = {diff:e}");
+    assert_eq!(diff, 0.0);
+}
+
+/// Dense weights in F32 (bf16 values: exact), F16 (values bf16 cannot hold: rounded and
+/// recorded) and Q8_0 (kept as q8 codes and scales).
+#[test]
+fn f32_f16_and_q8_0_dense_weights() {
+    let base = Gguf::from_fixture();
+    let dir = tempfile::tempdir().unwrap();
+    let bf16s = |t: &Tensor| -> Vec<f32> {
+        t.data.chunks_exact(2).map(|c| f32::from_bits((u16::from_le_bytes([c[0], c[1]]) as u32) << 16)).collect()
+    };
+
+    // F32 holding the bf16 values: the same logits, nothing rounded.
+    let mut g = base.clone();
+    for t in g.tensors.iter_mut().filter(|t| t.ty == GgmlType::BF16.0) {
+        t.data = bf16s(t).iter().flat_map(|v| v.to_le_bytes()).collect();
+        t.ty = GgmlType::F32.0;
+    }
+    let path = g.write(dir.path(), "f32.gguf");
+    assert_eq!(logit_diff_to_hf(&path, Kernels::scalar()), 0.0);
+    let ck = Checkpoint::open(&path).unwrap();
+    ModelWeights::load(&ck).unwrap();
+    assert!(ck.gguf.as_ref().unwrap().rounded_tensors().is_empty());
+
+    // F16 with an extra mantissa bit on every other value: rounded to bf16, recorded.
+    let mut g = base.clone();
+    let t = g.tensor_mut("blk.0.attn_q.weight");
+    let f16 = |v: f32| -> u16 {
+        // Exact for these values (|v| < 2, normal in f16, at most 8 significant bits).
+        let (bits, sign) = (v.abs().to_bits(), if v < 0.0 { 0x8000u16 } else { 0 });
+        if v == 0.0 {
+            return sign;
+        }
+        let exp = ((bits >> 23) as i32 - 127 + 15) as u16;
+        sign | (exp << 10) | ((bits >> 13) & 0x3ff) as u16
+    };
+    t.data = bf16s(t).iter().enumerate().flat_map(|(i, &v)| (f16(v) | (i as u16 & 1)).to_le_bytes()).collect();
+    t.ty = GgmlType::F16.0;
+    let path = g.write(dir.path(), "f16.gguf");
+    let ck = Checkpoint::open(&path).unwrap();
+    ModelWeights::load(&ck).unwrap();
+    let rounded = ck.gguf.as_ref().unwrap().rounded_tensors();
+    let r = rounded.get("blk.0.attn_q.weight").expect("attn_q is recorded as rounded");
+    assert_eq!((r.ty, r.total), (GgmlType::F16, 256 * 64));
+    assert!(r.changed > 0 && r.changed <= r.total / 2, "{r:?}");
+    assert_eq!(rounded.len(), 1);
+
+    // Q8_0: codes and f16 scales become the engine's q8 codes and f32 scales, and compute
+    // exactly as a BF16 file holding bf16(code · scale).
+    let mut g = base.clone();
+    let mut as_bf16 = base.clone();
+    let t = g.tensor_mut("blk.1.attn_output.weight");
+    let (mut codes, mut scales, mut data, mut dequant) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for block in bf16s(t).chunks_exact(32) {
+        let max = block.iter().fold(0f32, |m, v| m.max(v.abs()));
+        // f16 scale max/127, truncated to f16 (10 mantissa bits), then read back exactly.
+        let d = f16(max / 127.0);
+        let df = f32::from_bits(((((d as u32) & 0x7c00) >> 10) + 127 - 15) << 23 | (((d as u32) & 0x3ff) << 13));
+        data.extend_from_slice(&d.to_le_bytes());
+        scales.push(df);
+        for v in block {
+            let q = (v / df).round().clamp(-127.0, 127.0) as i8;
+            codes.push(q);
+            data.push(q as u8);
+            dequant.extend_from_slice(&gptoss_kernels::q8::weight_bf16(q, df).to_le_bytes());
+        }
+    }
+    t.data = data;
+    t.ty = GgmlType::Q8_0.0;
+    as_bf16.tensor_mut("blk.1.attn_output.weight").data = dequant;
+    let path = g.write(dir.path(), "q8.gguf");
+    let ck = Checkpoint::open(&path).unwrap();
+    let w = ModelWeights::load(&ck).unwrap();
+    match &w.layers[1].attn.out {
+        Dense::Q8(m) => assert_eq!((&m.codes, &m.scales, m.rows, m.cols), (&codes, &scales, 64, 256)),
+        Dense::Bf16(_) => panic!("Q8_0 should stay q8"),
+    }
+    let rounded = ck.gguf.as_ref().unwrap().rounded_tensors();
+    assert_eq!(rounded.keys().collect::<Vec<_>>(), ["blk.1.attn_output.weight"]);
+    let tokens = reference().tokens;
+    let q8 = all_logits(&Model::load(&path).unwrap(), &tokens);
+    let bf = all_logits(&Model::load(&as_bf16.write(dir.path(), "q8-as-bf16.gguf")).unwrap(), &tokens);
+    assert_eq!(max_abs_diff(&q8, &bf), 0.0, "Q8_0 must compute as bf16(code * scale)");
+    eprintln!(
+        "one Q8_0 matrix (blk.1.attn_output) vs the bf16 original: max |Δlogit| = {:e}",
+        logit_diff_to_hf(&path, Kernels::scalar())
+    );
+}
+
+#[test]
+fn random_mxfp4_round_trips_through_the_ggml_layout() {
+    let mut rng = gptoss_engine::rng::Rng::new(7);
+    let (rows, blocks) = (37, 5);
+    let codes: Vec<u8> = (0..rows * blocks * 16).map(|_| (rng.next_u64() as u32) as u8).collect();
+    let scales: Vec<u8> = (0..rows * blocks).map(|_| 100 + ((rng.next_u64() as u32) % 50) as u8).collect();
+    let mut ggml = vec![0u8; rows * blocks * 17];
+    for ((b, c), &s) in ggml.chunks_exact_mut(17).zip(codes.chunks_exact(16)).zip(&scales) {
+        hf_mxfp4_block_to_ggml(s, c, b);
+    }
+    let mut back = vec![0u8; codes.len()];
+    let back_scales: Vec<u8> =
+        ggml.chunks_exact(17).zip(back.chunks_exact_mut(16)).map(|(b, c)| ggml_mxfp4_block_to_hf(b, c)).collect();
+    assert_eq!((back, back_scales), (codes, scales));
+}
+
+#[test]
+fn a_folder_with_one_gguf_and_a_file_without_the_extension_load() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(fixture(), dir.path().join("model.gguf")).unwrap();
+    assert_eq!(Model::load(dir.path()).unwrap().layout, Layout::Gguf);
+    let renamed = dir.path().join("weights.bin");
+    std::fs::copy(fixture(), &renamed).unwrap();
+    assert_eq!(Model::load(&renamed).unwrap().layout, Layout::Gguf);
+    std::fs::copy(fixture(), dir.path().join("other.gguf")).unwrap();
+    let (_, msg) = load_err(dir.path());
+    assert!(msg.contains("2 .gguf files"), "{msg}");
+}
+
+#[test]
+fn truncated_files_name_where_they_end() {
+    let bytes = std::fs::read(fixture()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let header_end = GgufFile::open(&fixture()).unwrap().data_offset as usize;
+    let last = GgufFile::open(&fixture()).unwrap().tensors.iter().max_by_key(|t| t.range.end).unwrap().clone();
+    for (cut, expect) in [
+        (3, "too short"),
+        (20, "header (metadata count)"),
+        (100, "34 metadata entries"),
+        (2000, "tokenizer.ggml.tokens"),
+        (header_end - 100, "tensor info"),
+        (bytes.len() - 1, last.name.as_str()),
+    ] {
+        let path = dir.path().join(format!("cut{cut}.gguf"));
+        std::fs::write(&path, &bytes[..cut]).unwrap();
+        let (_, msg) = load_err(&path);
+        assert!(msg.contains("truncated") || msg.contains("too short"), "cut at {cut}: {msg}");
+        assert!(msg.contains(expect) && msg.contains(&format!("cut{cut}.gguf")), "cut at {cut}: {msg}");
+    }
+    let path = dir.path().join(format!("cut{}.gguf", bytes.len() - 1));
+    let (err, msg) = load_err(&path);
+    assert!(matches!(err, LoadError::TensorPastEnd { .. }), "{msg}");
+    assert!(
+        msg.contains(&format!("the file has {}", bytes.len() - 1)) && msg.contains(&last.range.end.to_string()),
+        "{msg}"
+    );
+}
+
+#[test]
+fn another_architecture_is_refused_by_name() {
+    let mut g = Gguf::from_fixture();
+    g.set("general.architecture", 8, string_bytes("llama"));
+    let dir = tempfile::tempdir().unwrap();
+    let (err, msg) = load_err(&g.write(dir.path(), "llama.gguf"));
+    assert!(matches!(err, LoadError::WrongArchitecture { .. }), "{msg}");
+    assert!(msg.contains("`llama`") && msg.contains("`gpt-oss`") && msg.contains("llama.gguf"), "{msg}");
+}
+
+#[test]
+fn unsupported_and_unknown_tensor_types_are_named() {
+    let dir = tempfile::tempdir().unwrap();
+    // Q4_0: a type ggml knows (18 bytes per 32 elements) that this engine does not load.
+    let mut g = Gguf::from_fixture();
+    let t = g.tensor_mut("blk.2.attn_k.weight");
+    t.ty = 2;
+    t.data = vec![0; 128 * 2 * 18];
+    let (err, msg) = load_err(&g.write(dir.path(), "q4.gguf"));
+    assert!(matches!(err, LoadError::UnsupportedTensorType { .. }), "{msg}");
+    assert!(msg.contains("`blk.2.attn_k.weight`") && msg.contains("Q4_0 (type 2)"), "{msg}");
+    // Experts in anything but MXFP4.
+    let mut g = Gguf::from_fixture();
+    let t = g.tensor_mut("blk.0.ffn_down_exps.weight");
+    t.ty = GgmlType::Q8_0.0;
+    t.data = vec![0; 8 * 64 * 3 * 34];
+    let (_, msg) = load_err(&g.write(dir.path(), "q8experts.gguf"));
+    assert!(
+        msg.contains("`blk.0.ffn_down_exps.weight`") && msg.contains("Q8_0 (type 8)") && msg.contains("MXFP4"),
+        "{msg}"
+    );
+    // An id ggml does not define: its size is unknown, so the file cannot be read.
+    let mut g = Gguf::from_fixture();
+    g.tensor_mut("output_norm.weight").ty = 77;
+    let (_, msg) = load_err(&g.write(dir.path(), "t77.gguf"));
+    assert!(msg.contains("`output_norm.weight`") && msg.contains("77"), "{msg}");
+}
+
+#[test]
+fn bad_magic_and_versions() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut bytes = std::fs::read(fixture()).unwrap();
+    bytes[3] = b'G';
+    let path = dir.path().join("magic.gguf");
+    std::fs::write(&path, &bytes).unwrap();
+    let (_, msg) = load_err(&path);
+    assert!(msg.contains("magic.gguf") && msg.contains("not the magic `GGUF`"), "{msg}");
+    for (version, expect) in [(1, "version 1"), (4, "version 4"), (0x0300_0000, "big-endian")] {
+        let mut g = Gguf::from_fixture();
+        g.version = version;
+        let (_, msg) = load_err(&g.write(dir.path(), "v.gguf"));
+        assert!(msg.contains(expect), "version {version}: {msg}");
+    }
+}
+
+#[test]
+fn missing_tensors_and_keys_and_wrong_shapes_are_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut g = Gguf::from_fixture();
+    g.remove("blk.3.attn_sinks.weight");
+    let (err, msg) = load_err(&g.write(dir.path(), "nosinks.gguf"));
+    assert!(matches!(err, LoadError::MissingTensor { .. }), "{msg}");
+    assert!(msg.contains("`blk.3.attn_sinks.weight`") && msg.contains("llama.cpp GGUF"), "{msg}");
+
+    let mut g = Gguf::from_fixture();
+    g.remove("blk.1.ffn_up_exps.weight");
+    let (_, msg) = load_err(&g.write(dir.path(), "noup.gguf"));
+    assert!(msg.contains("`blk.1.ffn_up_exps.weight`"), "{msg}");
+
+    let mut g = Gguf::from_fixture();
+    g.kv.retain(|(k, _, _)| k != "gpt-oss.expert_count");
+    let (_, msg) = load_err(&g.write(dir.path(), "nokey.gguf"));
+    assert!(msg.contains("`gpt-oss.expert_count`"), "{msg}");
+
+    let mut g = Gguf::from_fixture();
+    g.set("gpt-oss.attention.head_count_kv", 4, 3u32.to_le_bytes().to_vec());
+    let (_, msg) = load_err(&g.write(dir.path(), "kv3.gguf"));
+    assert!(msg.contains("gpt-oss.attention.head_count_kv") && msg.contains("does not divide"), "{msg}");
+
+    let mut g = Gguf::from_fixture();
+    let t = g.tensor_mut("output_norm.weight");
+    t.dims = vec![32];
+    t.data.truncate(128);
+    let (err, msg) = load_err(&g.write(dir.path(), "shape.gguf"));
+    assert!(matches!(err, LoadError::WrongShape { .. }), "{msg}");
+    assert!(msg.contains("`output_norm.weight`") && msg.contains("[32]") && msg.contains("[64]"), "{msg}");
+}
+
+/// Lengths and counts far beyond the file: errors, no panic, no huge allocation.
+#[test]
+fn hostile_lengths_and_counts() {
+    let g = Gguf::from_fixture();
+    let parse = |bytes: &[u8]| {
+        GgufFile::from_bytes(Path::new("hostile.gguf"), Bytes::from_vec(bytes)).err().map(|e| e.to_string())
+    };
+    let mut b = g.bytes();
+    b[8..16].copy_from_slice(&u64::MAX.to_le_bytes()); // tensor count
+    assert!(parse(&b).unwrap().contains("tensors"));
+    let mut b = g.bytes();
+    b[16..24].copy_from_slice(&(u64::MAX / 2).to_le_bytes()); // metadata count
+    assert!(parse(&b).unwrap().contains("metadata entries"));
+    let mut b = g.bytes();
+    b[24..32].copy_from_slice(&u64::MAX.to_le_bytes()); // first key's length
+    assert!(parse(&b).unwrap().contains("truncated"));
+
+    let mut h = g.clone();
+    // An array claiming 2^62 u64 elements, and one of 2^40 strings.
+    let mut arr = 10u32.to_le_bytes().to_vec();
+    arr.extend_from_slice(&(1u64 << 62).to_le_bytes());
+    h.set("x.huge", 9, arr);
+    assert!(parse(&h.bytes()).unwrap().contains("x.huge"));
+    let mut h = g.clone();
+    let mut arr = 8u32.to_le_bytes().to_vec();
+    arr.extend_from_slice(&(1u64 << 40).to_le_bytes());
+    h.set("x.strings", 9, arr);
+    assert!(parse(&h.bytes()).unwrap().contains("x.strings"));
+    // Arrays nested past the depth limit.
+    let mut h = g.clone();
+    let mut nested = Vec::new();
+    for _ in 0..100 {
+        nested.extend_from_slice(&9u32.to_le_bytes());
+        nested.extend_from_slice(&1u64.to_le_bytes());
+    }
+    h.set("x.nested", 9, nested);
+    assert!(parse(&h.bytes()).unwrap().contains("nests arrays"));
+    // Dimensions whose product overflows, and five dimensions.
+    let mut h = g.clone();
+    h.tensor_mut("output_norm.weight").dims = vec![1 << 40, 1 << 40];
+    assert!(parse(&h.bytes()).unwrap().contains("output_norm.weight"));
+    let mut h = g.clone();
+    h.tensor_mut("output_norm.weight").dims = vec![64, 1, 1, 1, 1];
+    assert!(parse(&h.bytes()).unwrap().contains("5 dimensions"));
+    let mut h = g.clone();
+    h.set("general.alignment", 4, 3u32.to_le_bytes().to_vec());
+    assert!(parse(&h.bytes()).unwrap().contains("general.alignment"));
+}
+
+/// Random byte changes in the header: every outcome is Ok or an error.
+#[test]
+fn corrupted_headers_never_panic() {
+    let g = Gguf::from_fixture();
+    let clean = g.bytes();
+    let header_len = GgufFile::open(&fixture()).unwrap().data_offset as usize;
+    let mut rng = gptoss_engine::rng::Rng::new(1);
+    let mut errors = 0;
+    for _ in 0..400 {
+        let mut b = clean[..header_len].to_vec();
+        for _ in 0..1 + (rng.next_u64() as u32) % 4 {
+            let at = (rng.next_u64() as u32) as usize % header_len;
+            b[at] = (rng.next_u64() as u32) as u8;
+        }
+        b.extend_from_slice(&clean[header_len..]);
+        match GgufFile::from_bytes(Path::new("fuzz.gguf"), Bytes::from_vec(&b)) {
+            Ok(f) => errors += usize::from(f.config().is_err()),
+            Err(e) => {
+                assert!(e.to_string().contains("fuzz.gguf"));
+                errors += 1;
+            }
+        }
+    }
+    assert!(errors > 0);
+}
