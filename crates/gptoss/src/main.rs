@@ -34,7 +34,7 @@ enum Command {
     Perplexity(cmd::perplexity::Args),
     /// What a checkpoint holds: layout, config, parameter counts, memory needed.
     Inspect {
-        /// Checkpoint folder (Hugging Face or OpenAI original layout).
+        /// Checkpoint folder (Hugging Face or OpenAI original layout) or llama.cpp .gguf file.
         model: PathBuf,
         /// Print one JSON object.
         #[arg(long)]

@@ -15,7 +15,7 @@ use rayon::prelude::*;
 #[derive(clap::Args)]
 /// `--threads` and `--dense` are the global flags.
 pub struct Args {
-    /// Checkpoint folder.
+    /// Checkpoint folder or llama.cpp .gguf file.
     model: String,
     /// Prompt tokens per prompt-processing run (0 skips the test).
     #[arg(short = 'p', long = "prompt", default_value_t = 512, value_name = "N")]

@@ -12,7 +12,7 @@ use super::SamplingArgs;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// Checkpoint folder.
+    /// Checkpoint folder or llama.cpp .gguf file.
     model: PathBuf,
     /// Prompt text, encoded as ordinary text (special-token look-alikes stay plain text).
     #[arg(long, conflicts_with = "tokens_file", required_unless_present = "tokens_file")]

@@ -51,7 +51,7 @@ impl SamplingArgs {
     }
 }
 
-/// A MODEL argument: a checkpoint folder. Hub ids are not fetched yet, so one that is not a
+/// A MODEL argument: a checkpoint folder or a GGUF file. Hub ids are not fetched yet, so one that is not a
 /// local folder gets a message saying where to put the files.
 pub fn resolve_model(arg: &str) -> Result<PathBuf> {
     let path = PathBuf::from(arg);
@@ -67,7 +67,7 @@ pub fn resolve_model(arg: &str) -> Result<PathBuf> {
             name = arg.rsplit('/').next().unwrap_or(arg)
         );
     }
-    bail!("{arg}: no such checkpoint folder")
+    bail!("{arg}: no such checkpoint folder or file")
 }
 
 /// `--dense`: how attention and unembedding weights are held.
@@ -111,7 +111,7 @@ pub fn load_model(path: &Path) -> Result<Model> {
         model.config.num_layers,
         model.config.num_experts,
         model.kernels(),
-        dense().name(),
+        model.dense.name(),
         t0.elapsed().as_secs_f64()
     );
     Ok(model)

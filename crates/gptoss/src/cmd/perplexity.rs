@@ -12,7 +12,7 @@ use gptoss_engine::generator::PREFILL_CHUNK;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// Checkpoint folder.
+    /// Checkpoint folder or llama.cpp .gguf file.
     model: PathBuf,
     /// Text file, encoded as ordinary text.
     #[arg(long, conflicts_with = "tokens_file", required_unless_present = "tokens_file")]
