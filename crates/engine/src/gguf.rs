@@ -31,6 +31,9 @@ const MAX_DIMS: u32 = 4;
 /// Arrays of arrays nest at most this deep: each level costs only 12 bytes of file, so
 /// without a limit a small file could recurse deep enough to overflow the stack.
 const MAX_ARRAY_DEPTH: usize = 8;
+/// Entries reserved ahead from a count the file claims (gpt-oss files have about 40 keys and
+/// 460 tensors).
+const PREALLOCATE: u64 = 1024;
 
 /// Whether the file at `path` starts with the GGUF magic (false if it cannot be read).
 pub fn has_magic(path: &Path) -> bool {
@@ -327,8 +330,10 @@ impl GgufFile {
             )));
         }
 
-        let mut metadata = Vec::with_capacity(n_kv as usize);
-        let mut meta_index = HashMap::with_capacity(n_kv as usize);
+        // Capacity from the claimed counts only up to a small bound: the lists then grow with
+        // what is actually parsed, which each entry pays for in bytes of the file.
+        let mut metadata = Vec::with_capacity(n_kv.min(PREALLOCATE) as usize);
+        let mut meta_index = HashMap::with_capacity(n_kv.min(PREALLOCATE) as usize);
         for i in 0..n_kv {
             let key = c.string(&|| format!("metadata entry {i} (its key)"))?;
             let type_id = c.u32(&|| format!("metadata `{key}` (its type)"))?;
@@ -353,7 +358,7 @@ impl GgufFile {
             },
         };
 
-        let mut infos = Vec::with_capacity(n_tensors as usize);
+        let mut infos = Vec::with_capacity(n_tensors.min(PREALLOCATE) as usize);
         for i in 0..n_tensors {
             let name = c.string(&|| format!("tensor info {i} (its name)"))?;
             let n_dims = c.u32(&|| format!("tensor info `{name}` (dimension count)"))?;
