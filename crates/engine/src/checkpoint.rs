@@ -1,7 +1,8 @@
 //! Finding a checkpoint's files and naming its tensors: a folder in the Hugging Face layout
 //! (`config.json` + `model*.safetensors`, with or without `model.safetensors.index.json`) or
-//! the OpenAI `original/` layout, detected from the config, or one llama.cpp GGUF file
-//! (detected by its magic; a folder holding just one `.gguf` and no config loads that file).
+//! the OpenAI `original/` layout, detected from the config, or a llama.cpp GGUF file
+//! (detected by its magic; split ones with all their parts; a folder holding no config and
+//! just one `.gguf`, or the parts of one split model, loads that).
 //! A Hub repository root holding both safetensors layouts loads the root.
 
 use std::collections::HashMap;
@@ -11,7 +12,7 @@ use serde_json::Value;
 
 use crate::config::{Layout, ModelConfig};
 use crate::error::LoadError;
-use crate::gguf::GgufFile;
+use crate::gguf::GgufModel;
 use crate::safetensors::{SafeTensors, TensorInfo};
 
 pub struct Checkpoint {
@@ -21,8 +22,8 @@ pub struct Checkpoint {
     pub config: ModelConfig,
     /// The safetensors files (none for a GGUF).
     pub files: Vec<SafeTensors>,
-    /// The GGUF file, config and tensors in one ([`Layout::Gguf`]).
-    pub gguf: Option<GgufFile>,
+    /// The GGUF file (or the parts of a split one): config and tensors ([`Layout::Gguf`]).
+    pub gguf: Option<GgufModel>,
     /// tensor name -> index into `files`.
     names: HashMap<String, usize>,
 }
@@ -49,6 +50,11 @@ impl Checkpoint {
             let ggufs = list_files(path, "gguf")?;
             if let [one] = ggufs.as_slice() {
                 return Self::open_gguf(one);
+            }
+            // Or the parts of one split model, named NAME-0000i-of-0000n.gguf: open the first.
+            let first_part = format!("-00001-of-{:05}.gguf", ggufs.len());
+            if let Some(first) = ggufs.iter().find(|p| p.to_string_lossy().ends_with(&first_part)) {
+                return Self::open_gguf(first);
             }
             let reason = if ggufs.is_empty() {
                 "no config.json here (nor original/config.json): not a gpt-oss checkpoint folder".to_string()
@@ -101,21 +107,13 @@ impl Checkpoint {
         Ok(Checkpoint { dir, layout, config, files, gguf: None, names })
     }
 
-    /// One GGUF file: its metadata is the config, its tensors the weights.
+    /// One GGUF file, or every part of a split one: the metadata is the config, the
+    /// tensors the weights.
     fn open_gguf(path: &Path) -> Result<Self, LoadError> {
-        let file = GgufFile::open(path)?;
-        if let Some(count) = file.get("split.count").and_then(|v| v.as_u64()).filter(|&n| n > 1) {
-            let part = file.get("split.no").and_then(|v| v.as_u64()).map_or(0, |n| n + 1);
-            return Err(LoadError::BadCheckpoint {
-                path: path.into(),
-                reason: format!(
-                    "part {part} of a GGUF split in {count} files; merge them first (llama-gguf-split --merge FIRST_PART OUT.gguf) and load the merged file"
-                ),
-            });
-        }
+        let file = GgufModel::open(path)?;
         let config = file.config()?;
         Ok(Checkpoint {
-            dir: path.to_path_buf(),
+            dir: file.path().to_path_buf(),
             layout: Layout::Gguf,
             config,
             files: Vec::new(),
@@ -144,7 +142,7 @@ impl Checkpoint {
 
     /// Size of the tensor files on disk.
     pub fn bytes_on_disk(&self) -> u64 {
-        let gguf = self.gguf.iter().map(|g| g.file_bytes().len() as u64);
+        let gguf = self.gguf.iter().map(|g| g.bytes_on_disk());
         self.files.iter().filter_map(|f| std::fs::metadata(&f.path).ok()).map(|m| m.len()).chain(gguf).sum()
     }
 

@@ -8,11 +8,15 @@
 //! says what is wrong, never a panic or an unbounded allocation. Big metadata arrays (the
 //! tokenizer's hundreds of thousands of strings) are walked to validate them but not decoded.
 //!
-//! The model config comes from the metadata ([`GgufFile::config`], spec §1.5); turning the
-//! tensors into the engine's in-memory forms is [`convert`].
+//! A model is one file or the parts of one split by `llama-gguf-split` ([`GgufModel`]). Its
+//! config comes from the metadata ([`GgufModel::config`], spec §1.5); turning the tensors
+//! into the engine's in-memory forms is [`convert`].
 
 mod config;
 pub mod convert;
+mod model;
+
+pub use model::GgufModel;
 
 use std::collections::{BTreeMap, HashMap};
 use std::ops::Range;
@@ -269,9 +273,6 @@ pub struct GgufFile {
     pub tensors: Vec<GgufTensor>,
     meta_index: HashMap<String, usize>,
     tensor_index: HashMap<String, usize>,
-    /// Tensors whose values had to be rounded to reach the engine's bf16 form, with how
-    /// many values changed (filled in as weights are converted; see [`convert`]).
-    pub(crate) rounded: std::sync::Mutex<BTreeMap<String, convert::Rounding>>,
 }
 
 impl GgufFile {
@@ -419,7 +420,6 @@ impl GgufFile {
             tensors,
             meta_index,
             tensor_index,
-            rounded: Default::default(),
         })
     }
 
@@ -460,11 +460,6 @@ impl GgufFile {
     /// Bytes of tensor data.
     pub fn tensor_data_bytes(&self) -> u64 {
         self.tensors.iter().map(|t| t.range.len() as u64).sum()
-    }
-
-    /// Tensors whose values were rounded to bf16 while loading, by name.
-    pub fn rounded_tensors(&self) -> BTreeMap<String, convert::Rounding> {
-        self.rounded.lock().map(|r| r.clone()).unwrap_or_default()
     }
 }
 

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use common::{reference, tiny};
 use gptoss_engine::checkpoint::Checkpoint;
 use gptoss_engine::gguf::convert::{ggml_mxfp4_block_to_hf, hf_mxfp4_block_to_ggml};
-use gptoss_engine::gguf::{GgmlType, GgufFile};
+use gptoss_engine::gguf::{GgmlType, GgufFile, GgufModel};
 use gptoss_engine::safetensors::Bytes;
 use gptoss_engine::weights::{Dense, ModelWeights};
 use gptoss_engine::{KvCache, Layout, LoadError, LogitsRequest, Model, SeqChunk};
@@ -359,6 +359,61 @@ fn a_folder_with_one_gguf_and_a_file_without_the_extension_load() {
     assert!(msg.contains("2 .gguf files"), "{msg}");
 }
 
+/// The parts `llama-gguf-split` writes: all metadata in the first, `split.no` (u16),
+/// `split.count` (u16) and `split.tensors.count` (i32) in each, the tensors shared out.
+fn split(g: &Gguf, n: usize) -> Vec<Gguf> {
+    let per = g.tensors.len().div_ceil(n);
+    g.tensors
+        .chunks(per)
+        .enumerate()
+        .map(|(i, tensors)| {
+            let mut part =
+                Gguf { version: g.version, kv: if i == 0 { g.kv.clone() } else { vec![] }, tensors: tensors.to_vec() };
+            part.set("split.no", 2, (i as u16).to_le_bytes().to_vec());
+            part.set("split.count", 2, (n as u16).to_le_bytes().to_vec());
+            part.set("split.tensors.count", 5, (g.tensors.len() as i32).to_le_bytes().to_vec());
+            part
+        })
+        .collect()
+}
+
+#[test]
+fn split_files_load_whole_from_any_part() {
+    let dir = tempfile::tempdir().unwrap();
+    let parts: Vec<PathBuf> = split(&Gguf::from_fixture(), 3)
+        .iter()
+        .enumerate()
+        .map(|(i, p)| p.write(dir.path(), &format!("tiny-{:05}-of-00003.gguf", i + 1)))
+        .collect();
+    assert_eq!(logit_diff_to_hf(&parts[0], Kernels::scalar()), 0.0);
+    let from_second = Checkpoint::open(&parts[1]).unwrap();
+    assert_eq!(from_second.gguf.as_ref().unwrap().files.len(), 3);
+    assert_eq!(from_second.dir, parts[0], "a split model is named by its first part");
+    // The folder holding just the parts loads them.
+    assert_eq!(Model::load(dir.path()).unwrap().layout, Layout::Gguf);
+    // A missing part is named.
+    std::fs::remove_file(&parts[2]).unwrap();
+    let (_, msg) = load_err(&parts[0]);
+    assert!(
+        msg.contains("part 3 of 3") && msg.contains("tiny-00003-of-00003.gguf") && msg.contains("missing"),
+        "{msg}"
+    );
+    // A part renamed away from llama-gguf-split's names cannot find its siblings.
+    let renamed = dir.path().join("renamed.gguf");
+    std::fs::rename(&parts[1], &renamed).unwrap();
+    let (_, msg) = load_err(&renamed);
+    assert!(msg.contains("part 2 of a GGUF split in 3") && msg.contains("-00002-of-00003.gguf"), "{msg}");
+    // The same tensor in two parts.
+    let mut parts = split(&Gguf::from_fixture(), 2);
+    let extra = parts[0].tensors[0].clone();
+    parts[1].tensors.push(extra);
+    let d = tempfile::tempdir().unwrap();
+    let first = parts[0].write(d.path(), "t-00001-of-00002.gguf");
+    parts[1].write(d.path(), "t-00002-of-00002.gguf");
+    let (err, msg) = load_err(&first);
+    assert!(matches!(err, LoadError::DuplicateTensor { .. }), "{msg}");
+}
+
 #[test]
 fn truncated_files_name_where_they_end() {
     let bytes = std::fs::read(fixture()).unwrap();
@@ -541,7 +596,7 @@ fn corrupted_headers_never_panic() {
         }
         b.extend_from_slice(&clean[header_len..]);
         match GgufFile::from_bytes(Path::new("fuzz.gguf"), Bytes::from_vec(&b)) {
-            Ok(f) => errors += usize::from(f.config().is_err()),
+            Ok(f) => errors += usize::from(GgufModel::from_parts(vec![f]).and_then(|m| m.config()).is_err()),
             Err(e) => {
                 assert!(e.to_string().contains("fuzz.gguf"));
                 errors += 1;

@@ -1,6 +1,6 @@
 //! The model config from a GGUF's metadata (spec §1.5).
 
-use super::{GgufFile, MetaValue, ARCHITECTURE};
+use super::{GgufFile, GgufModel, MetaValue, ARCHITECTURE};
 use crate::config::{Layout, ModelConfig};
 use crate::error::LoadError;
 
@@ -18,14 +18,16 @@ impl GgufFile {
             }),
         }
     }
+}
 
+impl GgufModel {
     /// The model config from the metadata (spec §1.5), with llama.cpp's defaults where a key
     /// is optional: sliding-window pattern period 2 (even layers slide), YaRN β 32 / 1.
     /// What GGUF has no key for is gpt-oss's fixed value: SwiGLU limit 7 (alpha 1.702 is a
     /// constant of the kernels), YaRN `truncate` false as in the Hugging Face config.
     pub fn config(&self) -> Result<ModelConfig, LoadError> {
-        self.check_architecture()?;
-        let m = Meta { file: self };
+        let m = Meta { file: self.meta() };
+        m.file.check_architecture()?;
         let num_layers = m.usize("gpt-oss.block_count")?;
         let num_heads = m.usize("gpt-oss.attention.head_count")?;
         let hidden_size = m.usize("gpt-oss.embedding_length")?;
@@ -38,7 +40,8 @@ impl GgufFile {
         let head_dim = match m.opt_usize("gpt-oss.attention.key_length")? {
             Some(d) => d,
             None => {
-                let q = self.tensor("blk.0.attn_q.weight").ok_or_else(|| m.missing("gpt-oss.attention.key_length"))?;
+                let (_, q) =
+                    self.tensor("blk.0.attn_q.weight").ok_or_else(|| m.missing("gpt-oss.attention.key_length"))?;
                 let rows = q.dims.get(1).copied().unwrap_or(0) as usize;
                 rows / num_heads.max(1)
             }
@@ -51,8 +54,8 @@ impl GgufFile {
                 ));
             }
         }
-        let embd = self.tensor("token_embd.weight").ok_or_else(|| LoadError::MissingTensor {
-            dir: self.path.clone(),
+        let (embd_file, embd) = self.tensor("token_embd.weight").ok_or_else(|| LoadError::MissingTensor {
+            dir: self.path().to_path_buf(),
             tensor: "token_embd.weight".into(),
             layout: Layout::Gguf.name(),
         })?;
@@ -60,7 +63,7 @@ impl GgufFile {
             [h, v] if *h == hidden_size as u64 => *v as usize,
             _ => {
                 return Err(LoadError::WrongShape {
-                    path: self.path.clone(),
+                    path: embd_file.path.clone(),
                     tensor: embd.name.clone(),
                     found: embd.shape(),
                     expected: vec![embd.dims.get(1).map_or(0, |&v| v as usize), hidden_size],
@@ -74,13 +77,13 @@ impl GgufFile {
                 );
             }
         }
-        let sliding_layers = match self.get("gpt-oss.attention.sliding_window_pattern") {
+        let sliding_layers = match m.file.get("gpt-oss.attention.sliding_window_pattern") {
             None => sliding_pattern(num_layers, 2),
             Some(v) => match (v.as_u64(), v) {
                 (Some(period), _) => sliding_pattern(num_layers, period),
                 // One bool per layer (true = sliding); decoded only at the expected length.
                 (None, MetaValue::Array { elem: 7, len, .. }) if *len == num_layers as u64 => {
-                    self.array(v).unwrap_or_default().iter().map(|b| b.as_bool() == Some(true)).collect()
+                    m.file.array(v).unwrap_or_default().iter().map(|b| b.as_bool() == Some(true)).collect()
                 }
                 _ => {
                     return Err(m.bad(
@@ -128,7 +131,7 @@ impl GgufFile {
             rms_norm_eps: m.opt_f64("gpt-oss.attention.layer_norm_rms_epsilon")?.unwrap_or(1e-5) as f32,
             max_context,
         };
-        config.validate(&self.path, Layout::Gguf)?;
+        config.validate(self.path(), Layout::Gguf)?;
         Ok(config)
     }
 }

@@ -19,12 +19,13 @@
 //!   (gate 0, up 0, gate 1, …) with their biases.
 //!
 //! Converted tensors live in owned memory; the mapped pages they came from are released.
+//! Tensors are looked up across the parts of a split model ([`GgufModel`]).
 
 use gptoss_kernels::bf16::{bf16_to_f32, f32_to_bf16};
 use gptoss_kernels::mxfp4;
 use rayon::prelude::*;
 
-use super::{GgmlType, GgufFile, GgufTensor};
+use super::{GgmlType, GgufFile, GgufModel, GgufTensor};
 use crate::config::Layout;
 use crate::error::LoadError;
 use crate::safetensors::Bytes;
@@ -134,32 +135,32 @@ fn interleave(gate: &[f32], up: &[f32], n: usize) -> Vec<f32> {
         .collect()
 }
 
-impl GgufFile {
+impl GgufModel {
     fn missing(&self, name: &str) -> LoadError {
-        LoadError::MissingTensor { dir: self.path.clone(), tensor: name.into(), layout: Layout::Gguf.name() }
+        LoadError::MissingTensor { dir: self.path().to_path_buf(), tensor: name.into(), layout: Layout::Gguf.name() }
     }
 
-    fn unsupported(&self, t: &GgufTensor, supported: &'static str) -> LoadError {
+    fn unsupported(f: &GgufFile, t: &GgufTensor, supported: &'static str) -> LoadError {
         LoadError::UnsupportedTensorType {
-            path: self.path.clone(),
+            path: f.path.clone(),
             tensor: t.name.clone(),
             ggml_type: t.ty.to_string(),
             supported,
         }
     }
 
-    /// The tensor `name` once it has the row-major `shape`.
-    fn checked(&self, name: &str, shape: &[usize]) -> Result<&GgufTensor, LoadError> {
-        let t = self.tensor(name).ok_or_else(|| self.missing(name))?;
+    /// The tensor `name`, and the part holding it, once it has the row-major `shape`.
+    fn checked(&self, name: &str, shape: &[usize]) -> Result<(&GgufFile, &GgufTensor), LoadError> {
+        let (f, t) = self.tensor(name).ok_or_else(|| self.missing(name))?;
         if t.dims.len() != shape.len() || t.dims.iter().rev().zip(shape).any(|(&d, &s)| d != s as u64) {
             return Err(LoadError::WrongShape {
-                path: self.path.clone(),
+                path: f.path.clone(),
                 tensor: name.into(),
                 found: t.shape(),
                 expected: shape.to_vec(),
             });
         }
-        Ok(t)
+        Ok((f, t))
     }
 
     fn note_rounding(&self, t: &GgufTensor, changed: usize, total: usize) {
@@ -172,14 +173,14 @@ impl GgufFile {
 
     /// A small tensor of `shape` widened to f32 (F32, F16 or BF16; exact).
     pub(crate) fn vector(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>, LoadError> {
-        let t = self.checked(name, shape)?;
-        let bytes = self.bytes(t);
+        let (f, t) = self.checked(name, shape)?;
+        let bytes = f.bytes(t);
         let b = bytes.as_slice();
         Ok(match t.ty {
             GgmlType::F32 => b.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
             GgmlType::F16 => b.chunks_exact(2).map(|c| f16_to_f32(u16::from_le_bytes([c[0], c[1]]))).collect(),
             GgmlType::BF16 => b.chunks_exact(2).map(|c| bf16_to_f32(u16::from_le_bytes([c[0], c[1]]))).collect(),
-            _ => return Err(self.unsupported(t, "vectors (norms, biases, sinks) must be F32, F16 or BF16")),
+            _ => return Err(Self::unsupported(f, t, "vectors (norms, biases, sinks) must be F32, F16 or BF16")),
         })
     }
 
@@ -187,8 +188,8 @@ impl GgufFile {
     /// (exactness in the module doc).
     pub(crate) fn bf16_matrix(&self, name: &str, rows: usize, cols: usize) -> Result<Bf16Matrix, LoadError> {
         const SUPPORTED: &str = "dense weights must be BF16, F16, F32 or Q8_0";
-        let t = self.checked(name, &[rows, cols])?;
-        let src = self.bytes(t);
+        let (f, t) = self.checked(name, &[rows, cols])?;
+        let src = f.bytes(t);
         if t.ty == GgmlType::BF16 {
             return Ok(Bf16Matrix::new(src, rows, cols));
         }
@@ -204,8 +205,8 @@ impl GgufFile {
                 let b = f32_to_bf16(x);
                 (b, bf16_to_f32(b).to_bits() == x.to_bits() || x.is_nan())
             }),
-            GgmlType::Q8_0 => return self.q8_0_as_bf16(t, src, rows, cols),
-            _ => return Err(self.unsupported(t, SUPPORTED)),
+            GgmlType::Q8_0 => return self.q8_0_as_bf16(f, t, src, rows, cols),
+            _ => return Err(Self::unsupported(f, t, SUPPORTED)),
         };
         let s = src.as_slice();
         let mut changed = 0;
@@ -230,8 +231,15 @@ impl GgufFile {
     }
 
     /// Q8_0 into bf16: each weight is `bf16(code · scale)`, the value the q8 kernels use.
-    fn q8_0_as_bf16(&self, t: &GgufTensor, src: Bytes, rows: usize, cols: usize) -> Result<Bf16Matrix, LoadError> {
-        let q8 = self.q8_0(t, &src, rows, cols)?;
+    fn q8_0_as_bf16(
+        &self,
+        f: &GgufFile,
+        t: &GgufTensor,
+        src: Bytes,
+        rows: usize,
+        cols: usize,
+    ) -> Result<Bf16Matrix, LoadError> {
+        let q8 = Self::q8_0(f, t, &src, rows, cols)?;
         let spr = cols / gptoss_kernels::q8::BLOCK;
         let mut changed = 0;
         let data = Bytes::build(rows * cols * 2, |dst| {
@@ -257,7 +265,7 @@ impl GgufFile {
     }
 
     /// Q8_0 blocks into q8 codes `[rows, cols]` and f32 scales `[rows, cols/32]`.
-    fn q8_0(&self, t: &GgufTensor, src: &Bytes, rows: usize, cols: usize) -> Result<Q8Matrix, LoadError> {
+    fn q8_0(f: &GgufFile, t: &GgufTensor, src: &Bytes, rows: usize, cols: usize) -> Result<Q8Matrix, LoadError> {
         const BLOCK: usize = gptoss_kernels::q8::BLOCK;
         let mut codes = vec![0i8; rows * cols];
         let mut scales = vec![0f32; rows * cols / BLOCK];
@@ -275,7 +283,7 @@ impl GgufFile {
             });
         if !finite {
             return Err(LoadError::BadGguf {
-                path: self.path.clone(),
+                path: f.path.clone(),
                 reason: format!("tensor `{}` (Q8_0) has a block scale that is infinite or NaN", t.name),
             });
         }
@@ -285,12 +293,12 @@ impl GgufFile {
     /// A dense matrix as the forward pass reads it: Q8_0 as q8 (codes and scales kept),
     /// anything else as [`Self::bf16_matrix`].
     pub(crate) fn dense(&self, name: &str, rows: usize, cols: usize) -> Result<Dense, LoadError> {
-        let t = self.checked(name, &[rows, cols])?;
+        let (f, t) = self.checked(name, &[rows, cols])?;
         if t.ty != GgmlType::Q8_0 {
             return Ok(Dense::Bf16(self.bf16_matrix(name, rows, cols)?));
         }
-        let src = self.bytes(t);
-        let q8 = self.q8_0(t, &src, rows, cols)?;
+        let src = f.bytes(t);
+        let q8 = Self::q8_0(f, t, &src, rows, cols)?;
         src.release();
         // Rounded in the kernels: count what bf16(code · scale) changes.
         let changed = q8
@@ -305,22 +313,23 @@ impl GgufFile {
         Ok(Dense::Q8(q8))
     }
 
-    /// An MXFP4 tensor `[E, rows, cols]` (row-major) of this file, checked.
-    fn mxfp4_rows(&self, name: &str, shape: &[usize]) -> Result<(&GgufTensor, Mxfp4Rows<'_>), LoadError> {
-        let t = self.checked(name, shape)?;
+    /// An MXFP4 tensor `[E, rows, cols]` (row-major), checked, and the bytes it occupies
+    /// (to release once converted).
+    fn mxfp4_rows(&self, name: &str, shape: &[usize]) -> Result<(Bytes, Mxfp4Rows<'_>), LoadError> {
+        let (f, t) = self.checked(name, shape)?;
         if t.ty != GgmlType::MXFP4 {
-            return Err(self.unsupported(t, "expert weights must be MXFP4"));
+            return Err(Self::unsupported(f, t, "expert weights must be MXFP4"));
         }
         let (rows, cols) = (shape[1], shape[2]);
-        let data = &self.file_bytes()[t.range.clone()];
-        Ok((t, Mxfp4Rows { data, rows, row_bytes: cols / mxfp4::BLOCK * GGML_MXFP4_BLOCK_BYTES }))
+        let data = &f.file_bytes()[t.range.clone()];
+        Ok((f.bytes(t), Mxfp4Rows { data, rows, row_bytes: cols / mxfp4::BLOCK * GGML_MXFP4_BLOCK_BYTES }))
     }
 
     /// Experts `[e, rows, cols]` of one MXFP4 tensor, re-laid (bit-exact).
     pub(crate) fn experts(&self, name: &str, e: usize, rows: usize, cols: usize) -> Result<Mxfp4Experts, LoadError> {
-        let (t, src) = self.mxfp4_rows(name, &[e, rows, cols])?;
+        let (mapped, src) = self.mxfp4_rows(name, &[e, rows, cols])?;
         let out = relay_experts(e, rows, cols, |x, r| src.row(x, r));
-        self.bytes(t).release();
+        mapped.release();
         Ok(out)
     }
 
@@ -337,18 +346,18 @@ impl GgufFile {
         let (gate, up) = (format!("blk.{l}.ffn_gate_exps"), format!("blk.{l}.ffn_up_exps"));
         if self.tensor(&format!("{fused}.weight")).is_some() && self.tensor(&format!("{gate}.weight")).is_none() {
             // Concatenated: rows 0..i are gate, i..2i up (and the bias alike).
-            let (t, src) = self.mxfp4_rows(&format!("{fused}.weight"), &[e, 2 * i, h])?;
+            let (mapped, src) = self.mxfp4_rows(&format!("{fused}.weight"), &[e, 2 * i, h])?;
             let w = relay_experts(e, 2 * i, h, |x, j| src.row(x, if j % 2 == 0 { j / 2 } else { i + j / 2 }));
-            self.bytes(t).release();
+            mapped.release();
             let b = self.vector(&format!("{fused}.bias"), &[e, 2 * i])?;
             let (g, u): (Vec<_>, Vec<_>) = b.chunks_exact(2 * i).map(|r| r.split_at(i)).unzip();
             return Ok((w, interleave(&g.concat(), &u.concat(), i)));
         }
-        let (tg, g) = self.mxfp4_rows(&format!("{gate}.weight"), &[e, i, h])?;
-        let (tu, u) = self.mxfp4_rows(&format!("{up}.weight"), &[e, i, h])?;
+        let (mapped_g, g) = self.mxfp4_rows(&format!("{gate}.weight"), &[e, i, h])?;
+        let (mapped_u, u) = self.mxfp4_rows(&format!("{up}.weight"), &[e, i, h])?;
         let w = relay_experts(e, 2 * i, h, |x, j| if j % 2 == 0 { g.row(x, j / 2) } else { u.row(x, j / 2) });
-        self.bytes(tg).release();
-        self.bytes(tu).release();
+        mapped_g.release();
+        mapped_u.release();
         let (gb, ub) = (self.vector(&format!("{gate}.bias"), &[e, i])?, self.vector(&format!("{up}.bias"), &[e, i])?);
         Ok((w, interleave(&gb, &ub, i)))
     }

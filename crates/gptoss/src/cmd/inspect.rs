@@ -19,7 +19,7 @@ pub fn run(path: &Path, json: bool) -> Result<()> {
         .files
         .iter()
         .map(|f| f.path.display().to_string())
-        .chain(ck.gguf.iter().map(|g| g.path.display().to_string()))
+        .chain(ck.gguf.iter().flat_map(|g| g.files.iter().map(|f| f.path.display().to_string())))
         .collect();
     // GGUF: its version, the tensor types it holds and what had to be rounded to bf16
     // (known once the weights are loaded above).
@@ -31,7 +31,7 @@ pub fn run(path: &Path, json: bool) -> Result<()> {
             .into_iter()
             .map(|(name, r)| (name, r.ty.name().unwrap_or("unknown").to_string(), r.changed, r.total))
             .collect();
-        (g.version, g.alignment, g.tensors.len(), types, rounded)
+        (g.meta().version, g.meta().alignment, g.tensor_count(), types, rounded)
     });
     let sliding: Vec<usize> = (0..c.num_layers).filter(|&l| c.sliding_layers[l]).collect();
     if json {
