@@ -53,10 +53,13 @@ pub struct Rounding {
 /// ggml's half scale times its doubled value table is the same number (spec §3.5).
 pub fn ggml_mxfp4_block_to_hf(block: &[u8], codes: &mut [u8]) -> u8 {
     let qs = &block[1..GGML_MXFP4_BLOCK_BYTES];
-    // ggml: element j < 16 is the low nibble of qs[j], element j + 16 its high nibble.
-    let code = |j: usize| if j < 16 { qs[j] & 0x0f } else { qs[j - 16] >> 4 };
-    for (b, out) in codes[..mxfp4::BLOCK_BYTES].iter_mut().enumerate() {
-        *out = code(2 * b) | (code(2 * b + 1) << 4);
+    // ggml: element j < 16 is the low nibble of qs[j], element j + 16 its high nibble. So
+    // output byte b < 8 (elements 2b, 2b+1) takes the low nibbles of qs[2b], qs[2b+1], and
+    // byte 8 + b (elements 16 + 2b, 17 + 2b) their high nibbles.
+    let (lo, hi) = codes[..mxfp4::BLOCK_BYTES].split_at_mut(8);
+    for ((l, h), pair) in lo.iter_mut().zip(hi).zip(qs.chunks_exact(2)) {
+        *l = (pair[0] & 0x0f) | (pair[1] << 4);
+        *h = (pair[0] >> 4) | (pair[1] & 0xf0);
     }
     block[0]
 }
