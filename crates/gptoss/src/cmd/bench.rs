@@ -172,7 +172,7 @@ pub fn run(args: Args) -> Result<()> {
         let mut v = serde_json::json!({
             "model": name,
             "kernels": kernels,
-            "dense": super::dense().name(),
+            "dense": model.dense.name(),
             "threads": threads,
             "prompt_tokens": args.prompt,
             "gen_tokens": args.gen,
@@ -214,7 +214,7 @@ pub fn run(args: Args) -> Result<()> {
         if let Some(s) = s {
             println!(
                 "| {name} | {kernels} | {} | {threads} | {test} | {:.2} ± {:.2} |",
-                super::dense().name(),
+                model.dense.name(),
                 s.mean,
                 s.sd
             );

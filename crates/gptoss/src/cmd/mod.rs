@@ -77,15 +77,6 @@ pub enum Dense {
     Q8,
 }
 
-impl Dense {
-    pub fn name(self) -> &'static str {
-        match self {
-            Dense::Bf16 => "bf16",
-            Dense::Q8 => "q8",
-        }
-    }
-}
-
 static DENSE: std::sync::OnceLock<Dense> = std::sync::OnceLock::new();
 
 pub fn set_dense(d: Dense) {
