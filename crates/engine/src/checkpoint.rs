@@ -1,7 +1,9 @@
 //! Finding a checkpoint's files and naming its tensors: a folder in the Hugging Face layout
 //! (`config.json` + `model*.safetensors`, with or without `model.safetensors.index.json`) or
-//! the OpenAI `original/` layout, detected from the config. A Hub repository root holding
-//! both loads the root.
+//! the OpenAI `original/` layout, detected from the config, or a llama.cpp GGUF file
+//! (detected by its magic; split ones with all their parts; a folder holding no config and
+//! just one `.gguf`, or the parts of one split model, loads that).
+//! A Hub repository root holding both safetensors layouts loads the root.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -10,14 +12,18 @@ use serde_json::Value;
 
 use crate::config::{Layout, ModelConfig};
 use crate::error::LoadError;
+use crate::gguf::GgufModel;
 use crate::safetensors::{SafeTensors, TensorInfo};
 
 pub struct Checkpoint {
-    /// The folder holding the config and tensor files that were loaded.
+    /// The folder holding the config and tensor files that were loaded; for a GGUF, the file.
     pub dir: PathBuf,
     pub layout: Layout,
     pub config: ModelConfig,
+    /// The safetensors files (none for a GGUF).
     pub files: Vec<SafeTensors>,
+    /// The GGUF file (or the parts of a split one): config and tensors ([`Layout::Gguf`]).
+    pub gguf: Option<GgufModel>,
     /// tensor name -> index into `files`.
     names: HashMap<String, usize>,
 }
@@ -26,9 +32,14 @@ impl Checkpoint {
     pub fn open(path: &Path) -> Result<Self, LoadError> {
         let meta = std::fs::metadata(path).map_err(|e| LoadError::io(path, e))?;
         if !meta.is_dir() {
+            // By magic first: a GGUF need not be named *.gguf; one that is named so but has
+            // another magic gets the GGUF reader's "bad magic" error.
+            if crate::gguf::has_magic(path) || path.extension().is_some_and(|e| e.eq_ignore_ascii_case("gguf")) {
+                return Self::open_gguf(path);
+            }
             return Err(LoadError::BadCheckpoint {
                 path: path.into(),
-                reason: "expected a checkpoint folder (config.json and *.safetensors)".into(),
+                reason: "expected a checkpoint folder (config.json and *.safetensors) or a llama.cpp .gguf file".into(),
             });
         }
         let dir = if path.join("config.json").is_file() {
@@ -36,10 +47,21 @@ impl Checkpoint {
         } else if path.join("original").join("config.json").is_file() {
             path.join("original")
         } else {
-            return Err(LoadError::BadCheckpoint {
-                path: path.into(),
-                reason: "no config.json here (nor original/config.json): not a gpt-oss checkpoint folder".into(),
-            });
+            let ggufs = list_files(path, "gguf")?;
+            if let [one] = ggufs.as_slice() {
+                return Self::open_gguf(one);
+            }
+            // Or the parts of one split model, named NAME-0000i-of-0000n.gguf: open the first.
+            let first_part = format!("-00001-of-{:05}.gguf", ggufs.len());
+            if let Some(first) = ggufs.iter().find(|p| p.to_string_lossy().ends_with(&first_part)) {
+                return Self::open_gguf(first);
+            }
+            let reason = if ggufs.is_empty() {
+                "no config.json here (nor original/config.json): not a gpt-oss checkpoint folder".to_string()
+            } else {
+                format!("no config.json here but {} .gguf files: pass the one to load", ggufs.len())
+            };
+            return Err(LoadError::BadCheckpoint { path: path.into(), reason });
         };
         let (config, layout) = ModelConfig::from_file(&dir.join("config.json"))?;
         let index = dir.join("model.safetensors.index.json");
@@ -48,7 +70,7 @@ impl Checkpoint {
         } else if layout == Layout::HuggingFace && dir.join("model.safetensors").is_file() {
             (vec![dir.join("model.safetensors")], Vec::new())
         } else {
-            (list_safetensors(&dir)?, Vec::new())
+            (list_files(&dir, "safetensors")?, Vec::new())
         };
         if paths.is_empty() && dir == path && path.join("original").join("config.json").is_file() {
             // A Hub repository downloaded with only its original/ weights.
@@ -82,7 +104,22 @@ impl Checkpoint {
                 });
             }
         }
-        Ok(Checkpoint { dir, layout, config, files, names })
+        Ok(Checkpoint { dir, layout, config, files, gguf: None, names })
+    }
+
+    /// One GGUF file, or every part of a split one: the metadata is the config, the
+    /// tensors the weights.
+    fn open_gguf(path: &Path) -> Result<Self, LoadError> {
+        let file = GgufModel::open(path)?;
+        let config = file.config()?;
+        Ok(Checkpoint {
+            dir: file.path().to_path_buf(),
+            layout: Layout::Gguf,
+            config,
+            files: Vec::new(),
+            gguf: Some(file),
+            names: HashMap::new(),
+        })
     }
 
     /// The file and header entry of a tensor, or an error naming it.
@@ -93,7 +130,10 @@ impl Checkpoint {
     }
 
     pub fn contains(&self, name: &str) -> bool {
-        self.names.contains_key(name)
+        match &self.gguf {
+            Some(g) => g.tensor(name).is_some(),
+            None => self.names.contains_key(name),
+        }
     }
 
     fn missing(&self, name: &str) -> LoadError {
@@ -102,12 +142,14 @@ impl Checkpoint {
 
     /// Size of the tensor files on disk.
     pub fn bytes_on_disk(&self) -> u64 {
-        self.files.iter().filter_map(|f| std::fs::metadata(&f.path).ok()).map(|m| m.len()).sum()
+        let gguf = self.gguf.iter().map(|g| g.bytes_on_disk());
+        self.files.iter().filter_map(|f| std::fs::metadata(&f.path).ok()).map(|m| m.len()).chain(gguf).sum()
     }
 
     /// Bytes of tensor data (what the weights occupy once mapped).
     pub fn tensor_data_bytes(&self) -> u64 {
-        self.files.iter().flat_map(|f| f.tensors.values()).map(|t| t.range.len() as u64).sum()
+        let gguf = self.gguf.iter().map(|g| g.tensor_data_bytes());
+        self.files.iter().flat_map(|f| f.tensors.values()).map(|t| t.range.len() as u64).chain(gguf).sum()
     }
 }
 
@@ -139,11 +181,12 @@ fn read_index(index: &Path) -> Result<IndexMap, LoadError> {
     Ok((files, expected))
 }
 
-fn list_safetensors(dir: &Path) -> Result<Vec<PathBuf>, LoadError> {
+/// The files of `dir` named `*.{extension}`, sorted.
+fn list_files(dir: &Path, extension: &str) -> Result<Vec<PathBuf>, LoadError> {
     let mut out = Vec::new();
     for entry in std::fs::read_dir(dir).map_err(|e| LoadError::io(dir, e))? {
         let path = entry.map_err(|e| LoadError::io(dir, e))?.path();
-        if path.extension().is_some_and(|e| e == "safetensors") && path.is_file() {
+        if path.extension().is_some_and(|e| e == extension) && path.is_file() {
             out.push(path);
         }
     }
@@ -161,6 +204,7 @@ impl TensorNames {
         match self.layout {
             Layout::HuggingFace => "model.embed_tokens.weight",
             Layout::Original => "embedding.weight",
+            Layout::Gguf => "token_embd.weight",
         }
     }
 
@@ -168,6 +212,7 @@ impl TensorNames {
         match self.layout {
             Layout::HuggingFace => "model.norm.weight",
             Layout::Original => "norm.scale",
+            Layout::Gguf => "output_norm.weight",
         }
     }
 
@@ -175,6 +220,7 @@ impl TensorNames {
         match self.layout {
             Layout::HuggingFace => "lm_head.weight",
             Layout::Original => "unembedding.weight",
+            Layout::Gguf => "output.weight",
         }
     }
 
@@ -229,6 +275,31 @@ impl TensorNames {
                     DownBias => "mlp.mlp2_bias",
                 };
                 format!("block.{l}.{s}")
+            }
+            Layout::Gguf => {
+                let s = match t {
+                    AttnNorm => "attn_norm.weight",
+                    QWeight => "attn_q.weight",
+                    QBias => "attn_q.bias",
+                    KWeight => "attn_k.weight",
+                    KBias => "attn_k.bias",
+                    VWeight => "attn_v.weight",
+                    VBias => "attn_v.bias",
+                    QkvWeight | QkvBias => unreachable!("the GGUF layout has no fused qkv"),
+                    OutWeight => "attn_output.weight",
+                    OutBias => "attn_output.bias",
+                    Sinks => "attn_sinks.weight",
+                    MlpNorm => "post_attention_norm.weight",
+                    RouterWeight => "ffn_gate_inp.weight",
+                    RouterBias => "ffn_gate_inp.bias",
+                    // One ggml tensor holds both codes and scales. Gate and up are split
+                    // (ffn_gate_exps, ffn_up_exps) or this concatenated tensor.
+                    GateUpBlocks | GateUpScales => "ffn_gate_up_exps.weight",
+                    GateUpBias => "ffn_gate_up_exps.bias",
+                    DownBlocks | DownScales => "ffn_down_exps.weight",
+                    DownBias => "ffn_down_exps.bias",
+                };
+                format!("blk.{l}.{s}")
             }
         }
     }

@@ -14,6 +14,9 @@ pub enum Layout {
     HuggingFace,
     /// `block.N.*`, fused `attn.qkv`, `mlp1_weight.blocks` experts.
     Original,
+    /// One llama.cpp `.gguf` file: `blk.N.*`, config in its metadata, experts in ggml's
+    /// MXFP4 blocks with gate and up split or concatenated (spec §1.5, §2.5, §3.5).
+    Gguf,
 }
 
 impl Layout {
@@ -21,6 +24,44 @@ impl Layout {
         match self {
             Layout::HuggingFace => "Hugging Face",
             Layout::Original => "OpenAI original",
+            Layout::Gguf => "llama.cpp GGUF",
+        }
+    }
+
+    /// The name a config field has in this dialect, given its Hugging Face name: errors
+    /// name what the user can find in the file.
+    pub fn field_name(self, hf: &'static str) -> &'static str {
+        match self {
+            Layout::HuggingFace => hf,
+            Layout::Original => match hf {
+                "num_local_experts" => "num_experts",
+                "num_experts_per_tok" => "experts_per_token",
+                "rope_scaling.factor" => "rope_scaling_factor",
+                "rope_scaling.beta_fast" => "rope_ntk_beta",
+                "rope_scaling.beta_slow" => "rope_ntk_alpha",
+                "rope_scaling.original_max_position_embeddings" => "initial_context_length",
+                other => other,
+            },
+            Layout::Gguf => match hf {
+                "num_hidden_layers" => "gpt-oss.block_count",
+                "hidden_size" => "gpt-oss.embedding_length",
+                "intermediate_size" => "gpt-oss.expert_feed_forward_length",
+                "head_dim" => "gpt-oss.attention.key_length",
+                "num_attention_heads" => "gpt-oss.attention.head_count",
+                "num_key_value_heads" => "gpt-oss.attention.head_count_kv",
+                "num_local_experts" => "gpt-oss.expert_count",
+                "num_experts_per_tok" => "gpt-oss.expert_used_count",
+                "vocab_size" => "token_embd.weight (rows)",
+                "sliding_window" => "gpt-oss.attention.sliding_window",
+                "rope_theta" => "gpt-oss.rope.freq_base",
+                "rope_scaling.factor" => "gpt-oss.rope.scaling.factor",
+                "rope_scaling.beta_fast" => "gpt-oss.rope.scaling.yarn_beta_fast",
+                "rope_scaling.beta_slow" => "gpt-oss.rope.scaling.yarn_beta_slow",
+                "rope_scaling.original_max_position_embeddings" => "gpt-oss.rope.scaling.original_context_length",
+                "max_position_embeddings" => "gpt-oss.context_length",
+                "rms_norm_eps" => "gpt-oss.attention.layer_norm_rms_epsilon",
+                other => other,
+            },
         }
     }
 }
@@ -248,14 +289,14 @@ impl ModelConfig {
 
     // `!(x > 0.0)` on purpose: it also rejects NaN.
     #[allow(clippy::neg_cmp_op_on_partial_ord)]
-    fn validate(&self, path: &Path, layout: Layout) -> Result<(), LoadError> {
-        let bad =
-            |field: &str, problem: String| LoadError::BadField { path: path.into(), field: field.into(), problem };
+    pub(crate) fn validate(&self, path: &Path, layout: Layout) -> Result<(), LoadError> {
         // Field names as the file spells them.
-        let hf = layout == Layout::HuggingFace;
-        let name = |hf_name: &'static str, original: &'static str| if hf { hf_name } else { original };
-        let experts = name("num_local_experts", "num_experts");
-        let per_token = name("num_experts_per_tok", "experts_per_token");
+        let bad = |field: &'static str, problem: String| LoadError::BadField {
+            path: path.into(),
+            field: layout.field_name(field).into(),
+            problem,
+        };
+        let (experts, per_token) = ("num_local_experts", "num_experts_per_tok");
         // Generous bounds that keep every derived size far from overflow.
         for (field, v, limit) in [
             ("num_hidden_layers", self.num_layers, 1 << 10),
@@ -276,7 +317,12 @@ impl ModelConfig {
         if !self.num_heads.is_multiple_of(self.num_kv_heads) {
             return Err(bad(
                 "num_key_value_heads",
-                format!("({}) does not divide num_attention_heads ({})", self.num_kv_heads, self.num_heads),
+                format!(
+                    "({}) does not divide {} ({})",
+                    self.num_kv_heads,
+                    layout.field_name("num_attention_heads"),
+                    self.num_heads
+                ),
             ));
         }
         if self.experts_per_token > self.num_experts {
@@ -296,16 +342,14 @@ impl ModelConfig {
         if !(self.rope_theta > 1.0) {
             return Err(bad("rope_theta", format!("is {}; it must be greater than 1", self.rope_theta)));
         }
-        let factor = name("rope_scaling.factor", "rope_scaling_factor");
+        let factor = "rope_scaling.factor";
         if !(self.rope_factor > 0.0) {
             return Err(bad(factor, format!("is {}; it must be positive", self.rope_factor)));
         }
         if self.rope_factor > 1.0 {
-            let (fast, slow) =
-                (name("rope_scaling.beta_fast", "rope_ntk_beta"), name("rope_scaling.beta_slow", "rope_ntk_alpha"));
+            let (fast, slow) = ("rope_scaling.beta_fast", "rope_scaling.beta_slow");
             if self.rope_original_context == 0 {
-                let field = name("rope_scaling.original_max_position_embeddings", "initial_context_length");
-                return Err(bad(field, "must be positive".into()));
+                return Err(bad("rope_scaling.original_max_position_embeddings", "must be positive".into()));
             }
             if !(self.rope_beta_slow > 0.0) {
                 return Err(bad(slow, format!("is {}; it must be positive", self.rope_beta_slow)));
@@ -313,7 +357,12 @@ impl ModelConfig {
             if !(self.rope_beta_fast > self.rope_beta_slow) {
                 return Err(bad(
                     fast,
-                    format!("({}) must be greater than {slow} ({})", self.rope_beta_fast, self.rope_beta_slow),
+                    format!(
+                        "({}) must be greater than {} ({})",
+                        self.rope_beta_fast,
+                        layout.field_name(slow),
+                        self.rope_beta_slow
+                    ),
                 ));
             }
         }

@@ -31,6 +31,16 @@ pub enum LoadError {
     BadField { path: PathBuf, field: String, problem: String },
     #[error("{path}: {reason}")]
     BadCheckpoint { path: PathBuf, reason: String },
+    #[error("{path}: not a valid GGUF file: {reason}")]
+    BadGguf { path: PathBuf, reason: String },
+    #[error("{path}: GGUF version {version} is not supported (versions 2 and 3 are){hint}")]
+    UnsupportedGgufVersion { path: PathBuf, version: u32, hint: &'static str },
+    #[error("{path}: file is truncated: tensor `{tensor}` occupies bytes {start}..{end} ({size} bytes at data offset {offset}) but the file has {file_len}")]
+    TensorPastEnd { path: PathBuf, tensor: String, offset: u64, size: u64, start: u64, end: u64, file_len: u64 },
+    #[error("{path}: general.architecture is `{found}`; this engine runs `gpt-oss` models only")]
+    WrongArchitecture { path: PathBuf, found: String },
+    #[error("{path}: tensor `{tensor}` has ggml type {ggml_type}; {supported}")]
+    UnsupportedTensorType { path: PathBuf, tensor: String, ggml_type: String, supported: &'static str },
     #[error(transparent)]
     Kernels(#[from] gptoss_kernels::KernelError),
 }

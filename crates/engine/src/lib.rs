@@ -6,6 +6,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod error;
 pub mod generator;
+pub mod gguf;
 pub mod harmony;
 pub mod kv_cache;
 pub mod model;

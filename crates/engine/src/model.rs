@@ -26,7 +26,8 @@ pub struct Model {
     /// [`Model::set_kernels`], which also lays the experts out for them.
     kernels: &'static Kernels,
     pub layout: Layout,
-    /// How the dense attention and unembedding weights are held.
+    /// How the dense attention and unembedding weights are held (q8 when a GGUF holds
+    /// them in Q8_0, whatever was asked).
     pub dense: DenseFormat,
     pub weights: ModelWeights,
     rope: YarnRope,
@@ -88,7 +89,8 @@ fn expert_layout_for(kernels: &Kernels) -> Mxfp4Layout {
 pub type Trace<'a> = &'a mut dyn FnMut(&str, Option<usize>, &[f32]);
 
 impl Model {
-    /// Opens a checkpoint folder of either layout; every tensor is checked against the config.
+    /// Opens a checkpoint folder of either safetensors layout, or a llama.cpp GGUF file;
+    /// every tensor is checked against the config.
     pub fn load(path: &Path) -> Result<Self, LoadError> {
         Self::load_with(path, DenseFormat::Bf16)
     }
@@ -107,6 +109,7 @@ impl Model {
         let kernels = Kernels::from_env()?;
         let mut weights = ModelWeights::load(ck)?;
         weights.set_dense_format(dense);
+        let dense = weights.dense_format();
         weights.set_expert_layout(expert_layout_for(kernels));
         weights.populate();
         let c = &ck.config;

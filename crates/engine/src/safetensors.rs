@@ -123,6 +123,20 @@ impl Storage {
 }
 
 impl Bytes {
+    /// A whole file, memory-mapped read-only (an empty file is an empty buffer: mmap refuses
+    /// zero lengths).
+    pub fn map_file(path: &Path) -> Result<Bytes, LoadError> {
+        let file = File::open(path).map_err(|e| LoadError::io(path, e))?;
+        let len = file.metadata().map_err(|e| LoadError::io(path, e))?.len();
+        if len == 0 {
+            return Ok(Bytes::from_vec(&[]));
+        }
+        // SAFETY: the mapping is read-only; like every mmap-based loader we assume the
+        // checkpoint is not modified while it is in use.
+        let m = unsafe { Mmap::map(&file) }.map_err(|e| LoadError::io(path, e))?;
+        Ok(Bytes { len: m.len(), owner: Arc::new(Storage::Mapped(m)), start: 0 })
+    }
+
     pub fn from_vec(data: &[u8]) -> Self {
         let mut words = vec![0u64; data.len().div_ceil(8)];
         // SAFETY: the u64 buffer has at least data.len() bytes.
@@ -220,17 +234,7 @@ pub struct SafeTensors {
 
 impl SafeTensors {
     pub fn open(path: &Path) -> Result<Self, LoadError> {
-        let file = File::open(path).map_err(|e| LoadError::io(path, e))?;
-        let len = file.metadata().map_err(|e| LoadError::io(path, e))?.len();
-        let map = if len == 0 {
-            Bytes::from_vec(&[])
-        } else {
-            // SAFETY: the mapping is read-only; like every mmap-based loader we assume the
-            // checkpoint is not modified while it is in use.
-            let m = unsafe { Mmap::map(&file) }.map_err(|e| LoadError::io(path, e))?;
-            Bytes { len: m.len(), owner: Arc::new(Storage::Mapped(m)), start: 0 }
-        };
-        Self::from_bytes(path, map)
+        Self::from_bytes(path, Bytes::map_file(path)?)
     }
 
     /// Parse and validate a whole file held in `map`.

@@ -71,6 +71,14 @@ pub struct Mxfp4Experts {
 }
 
 impl Mxfp4Experts {
+    /// Codes `[experts, rows, cols/2]` and scales `[experts, rows, cols/32]` as stored in the
+    /// checkpoints (pairwise nibbles, low first).
+    pub(crate) fn from_parts(codes: Bytes, scales: Bytes, experts: usize, rows: usize, cols: usize) -> Self {
+        assert_eq!(codes.len(), experts * rows * cols / 2, "Mxfp4Experts: code bytes do not match the shape");
+        assert_eq!(scales.len(), experts * rows * cols / mxfp4::BLOCK, "Mxfp4Experts: scales do not match the shape");
+        Mxfp4Experts { codes, scales, layout: Mxfp4Layout::Rows, experts, rows, cols }
+    }
+
     /// These weights in `layout`: the same numbers, repacked into owned memory when the
     /// layout changes (the map's pages are released, so RSS does not hold both). Stays in
     /// rows when a matrix cannot be repacked (rows not whole groups of 16, or a scale byte of
@@ -157,6 +165,15 @@ pub enum DenseFormat {
     Bf16,
     /// Requantized to 8 bits at load: about half the bytes per token, at an accuracy cost.
     Q8,
+}
+
+impl DenseFormat {
+    pub fn name(self) -> &'static str {
+        match self {
+            DenseFormat::Bf16 => "bf16",
+            DenseFormat::Q8 => "q8",
+        }
+    }
 }
 
 impl Dense {
@@ -277,7 +294,7 @@ impl ModelWeights {
             embedding: ld.matrix(names.embedding(), v, h)?,
             layers,
             norm: ld.vector(names.final_norm(), &[h])?,
-            unembedding: Dense::Bf16(ld.matrix(names.unembedding(), v, h)?),
+            unembedding: ld.dense(names.unembedding(), v, h)?,
         })
     }
 
@@ -292,6 +309,17 @@ impl ModelWeights {
                     Mxfp4Experts { codes: empty.clone(), scales: empty, layout: current, experts, rows, cols };
                 *w = std::mem::replace(w, placeholder).with_layout(layout);
             }
+        }
+    }
+
+    /// Q8 if any attention or unembedding matrix is held as q8, else bf16.
+    pub fn dense_format(&self) -> DenseFormat {
+        let q8 = |d: &Dense| matches!(d, Dense::Q8(_));
+        let attn = self.layers.iter().flat_map(|l| [&l.attn.q, &l.attn.k, &l.attn.v, &l.attn.out]);
+        if q8(&self.unembedding) || attn.into_iter().any(q8) {
+            DenseFormat::Q8
+        } else {
+            DenseFormat::Bf16
         }
     }
 
@@ -314,10 +342,10 @@ fn load_layer(ld: &Loader, names: &TensorNames, cfg: &ModelConfig, l: usize) -> 
     let (h, i, e) = (cfg.hidden_size, cfg.intermediate_size, cfg.num_experts);
     let (qd, kvd) = (cfg.q_dim(), cfg.kv_dim());
     let (q, k, v, q_bias, k_bias, v_bias) = match names.layout {
-        Layout::HuggingFace => (
-            ld.matrix(&n(QWeight), qd, h)?,
-            ld.matrix(&n(KWeight), kvd, h)?,
-            ld.matrix(&n(VWeight), kvd, h)?,
+        Layout::HuggingFace | Layout::Gguf => (
+            ld.dense(&n(QWeight), qd, h)?,
+            ld.dense(&n(KWeight), kvd, h)?,
+            ld.dense(&n(VWeight), kvd, h)?,
             ld.vector(&n(QBias), &[qd])?,
             ld.vector(&n(KBias), &[kvd])?,
             ld.vector(&n(VBias), &[kvd])?,
@@ -328,19 +356,32 @@ fn load_layer(ld: &Loader, names: &TensorNames, cfg: &ModelConfig, l: usize) -> 
             let mut bias = ld.vector(&n(QkvBias), &[qd + 2 * kvd])?;
             let v_bias = bias.split_off(qd + kvd);
             let k_bias = bias.split_off(qd);
-            (qkv.row_block(0, qd), qkv.row_block(qd, kvd), qkv.row_block(qd + kvd, kvd), bias, k_bias, v_bias)
+            let block = |start, rows| Dense::Bf16(qkv.row_block(start, rows));
+            (block(0, qd), block(qd, kvd), block(qd + kvd, kvd), bias, k_bias, v_bias)
         }
+    };
+    let (gate_up, gate_up_bias, down) = match ld.ck.gguf.as_ref() {
+        // ggml stores gate and up apart (or concatenated) in their own MXFP4 blocks.
+        Some(g) => {
+            let (gate_up, bias) = g.gate_up(l, e, i, h)?;
+            (gate_up, bias, g.experts(&n(DownBlocks), e, h, i)?)
+        }
+        None => (
+            ld.experts(&n(GateUpBlocks), &n(GateUpScales), e, 2 * i, h)?,
+            ld.vector(&n(GateUpBias), &[e, 2 * i])?,
+            ld.experts(&n(DownBlocks), &n(DownScales), e, h, i)?,
+        ),
     };
     Ok(LayerWeights {
         attn: AttentionWeights {
             norm: ld.vector(&n(AttnNorm), &[h])?,
-            q: Dense::Bf16(q),
-            k: Dense::Bf16(k),
-            v: Dense::Bf16(v),
+            q,
+            k,
+            v,
             q_bias,
             k_bias,
             v_bias,
-            out: Dense::Bf16(ld.matrix(&n(OutWeight), h, qd)?),
+            out: ld.dense(&n(OutWeight), h, qd)?,
             out_bias: ld.vector(&n(OutBias), &[h])?,
             sinks: ld.vector(&n(Sinks), &[cfg.num_heads])?,
         },
@@ -348,9 +389,9 @@ fn load_layer(ld: &Loader, names: &TensorNames, cfg: &ModelConfig, l: usize) -> 
             norm: ld.vector(&n(MlpNorm), &[h])?,
             router: ld.matrix(&n(RouterWeight), e, h)?,
             router_bias: ld.vector(&n(RouterBias), &[e])?,
-            gate_up: ld.experts(&n(GateUpBlocks), &n(GateUpScales), e, 2 * i, h)?,
-            gate_up_bias: ld.vector(&n(GateUpBias), &[e, 2 * i])?,
-            down: ld.experts(&n(DownBlocks), &n(DownScales), e, h, i)?,
+            gate_up,
+            gate_up_bias,
+            down,
             down_bias: ld.vector(&n(DownBias), &[e, h])?,
         },
     })
@@ -385,11 +426,25 @@ impl Loader<'_> {
     }
 
     fn matrix(&self, name: &str, rows: usize, cols: usize) -> Result<Bf16Matrix, LoadError> {
+        if let Some(g) = &self.ck.gguf {
+            return g.bf16_matrix(name, rows, cols);
+        }
         Ok(Bf16Matrix::new(self.check(name, &[DType::BF16], &[rows, cols])?.0, rows, cols))
+    }
+
+    /// A dense matrix as the forward pass reads it (a GGUF's Q8_0 stays q8).
+    fn dense(&self, name: &str, rows: usize, cols: usize) -> Result<Dense, LoadError> {
+        match &self.ck.gguf {
+            Some(g) => g.dense(name, rows, cols),
+            None => Ok(Dense::Bf16(self.matrix(name, rows, cols)?)),
+        }
     }
 
     /// A small tensor widened to f32; bf16, f16 and f32 are accepted.
     fn vector(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>, LoadError> {
+        if let Some(g) = &self.ck.gguf {
+            return g.vector(name, shape);
+        }
         let (bytes, dtype) = self.check(name, &[DType::BF16, DType::F16, DType::F32], shape)?;
         let b = bytes.as_slice();
         Ok(match dtype {
@@ -427,7 +482,7 @@ impl Loader<'_> {
     }
 }
 
-fn f16_to_f32(h: u16) -> f32 {
+pub(crate) fn f16_to_f32(h: u16) -> f32 {
     let sign = ((h >> 15) as u32) << 31;
     let exp = ((h >> 10) & 0x1f) as i32;
     let man = (h & 0x3ff) as u32;

@@ -37,8 +37,8 @@ enum Command {
     Perplexity(cmd::perplexity::Args),
     /// What a checkpoint holds: layout, config, parameter counts, memory needed.
     Inspect {
-        /// Checkpoint folder (Hugging Face or OpenAI original layout), or a Hub id: what the
-        /// cache holds of it, never downloading.
+        /// Checkpoint folder (Hugging Face or OpenAI original layout), llama.cpp .gguf file, or
+        /// a Hub id: what the cache holds of it, never downloading.
         model: PathBuf,
         /// Print one JSON object.
         #[arg(long)]

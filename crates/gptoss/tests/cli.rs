@@ -167,6 +167,53 @@ fn inspect_reports_layout_and_counts() {
     assert!(v["params_total"].as_u64().unwrap() > v["params_active"].as_u64().unwrap());
 }
 
+/// A llama.cpp GGUF file goes wherever a folder does, with the same results.
+#[test]
+fn gguf_file_works_like_the_hf_folder() {
+    let dir = tempfile::tempdir().unwrap();
+    let gguf = fixtures().join("tiny/gguf/tiny-mxfp4.gguf");
+    let (gguf, hf) = (gguf.to_str().unwrap(), fixtures().join("tiny/hf"));
+    let hf = hf.to_str().unwrap();
+    let tokens = reference_i64("tokens");
+    let file = tokens_file(dir.path(), &tokens[..200]);
+    let args = ["--tokens-file", &file, "--max-tokens", "40", "--temperature", "0", "--json"];
+    let (stdout, stderr) = ok(&[&["generate", gguf][..], &args].concat());
+    assert!(stderr.contains("llama.cpp GGUF layout"), "{stderr}");
+    let v: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    let got: Vec<i64> = v["tokens"].as_array().unwrap().iter().map(|t| t.as_i64().unwrap()).collect();
+    assert_eq!(got, reference_i64("greedy_tokens"));
+
+    let file = tokens_file(dir.path(), &tokens);
+    let nll = |model: &str| {
+        let (stdout, _) = ok(&["perplexity", model, "--tokens-file", &file, "--json"]);
+        serde_json::from_str::<serde_json::Value>(stdout.trim()).unwrap()["nll"].clone()
+    };
+    assert_eq!(nll(gguf), nll(hf));
+
+    let (stdout, _) = ok(&["inspect", gguf]);
+    for want in ["llama.cpp GGUF layout", "version 3", "MXFP4 x12", "BF16 x18", "all present", "exactly as stored"] {
+        assert!(stdout.contains(want), "{want}: {stdout}");
+    }
+    let (stdout, _) = ok(&["inspect", gguf, "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(
+        (&v["layout"], &v["gguf"]["version"], &v["complete"]),
+        (&"llama.cpp GGUF".into(), &3.into(), &true.into())
+    );
+    assert_eq!(v["gguf"]["tensor_types"]["MXFP4"], 12);
+    assert_eq!(v["config"]["vocab_size"], 1024);
+
+    // A truncated copy: every command names the file, the tensor and the file length.
+    let cut = dir.path().join("cut.gguf");
+    let bytes = std::fs::read(gguf).unwrap();
+    std::fs::write(&cut, &bytes[..bytes.len() - 100]).unwrap();
+    let cut = cut.to_str().unwrap();
+    for args in [vec!["inspect", cut], vec!["generate", cut, "--prompt", "hi"]] {
+        let stderr = fails(&args);
+        assert!(stderr.contains("cut.gguf") && stderr.contains("truncated") && stderr.contains("tensor `"), "{stderr}");
+    }
+}
+
 #[test]
 fn broken_checkpoint_exits_1_naming_file_and_tensor() {
     let dir = tempfile::tempdir().unwrap();

@@ -14,7 +14,7 @@ use gptoss_engine::{KvCache, LogitsRequest, Model, SeqChunk, Workspace};
 #[derive(clap::Args)]
 /// `--threads` and `--dense` are the global flags.
 pub struct Args {
-    /// Checkpoint folder, or Hugging Face Hub id (org/name).
+    /// Checkpoint folder, llama.cpp .gguf file, or Hugging Face Hub id (org/name).
     model: String,
     /// Prompt tokens per prompt-processing run (0 skips the test).
     #[arg(short = 'p', long = "prompt", default_value_t = 512, value_name = "N")]
@@ -214,7 +214,7 @@ pub fn run(args: Args) -> Result<()> {
         let mut v = serde_json::json!({
             "model": name,
             "kernels": kernels,
-            "dense": super::dense().name(),
+            "dense": model.dense.name(),
             "threads": threads,
             "prompt_tokens": args.prompt,
             "gen_tokens": args.gen,
@@ -258,7 +258,7 @@ pub fn run(args: Args) -> Result<()> {
         if let Some(s) = s {
             println!(
                 "| {name} | {kernels} | {} | {threads} | {test} | {:.2} ± {:.2} |",
-                super::dense().name(),
+                model.dense.name(),
                 s.mean,
                 s.sd
             );

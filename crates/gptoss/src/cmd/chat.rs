@@ -48,7 +48,7 @@ pub struct ConversationArgs {
 
 #[derive(clap::Args)]
 pub struct ChatArgs {
-    /// Checkpoint folder, or Hugging Face Hub id (org/name).
+    /// Checkpoint folder, llama.cpp .gguf file, or Hugging Face Hub id (org/name).
     #[arg(default_value = DEFAULT_MODEL)]
     model: String,
     /// Do not show the model's reasoning.
@@ -63,7 +63,7 @@ pub struct ChatArgs {
 
 #[derive(clap::Args)]
 pub struct RunArgs {
-    /// [MODEL] PROMPT: the checkpoint folder or Hub id is optional.
+    /// [MODEL] PROMPT: the checkpoint (folder, .gguf file or Hub id) is optional.
     #[arg(num_args = 1..=2, required = true, value_names = ["MODEL", "PROMPT"])]
     args: Vec<String>,
     /// Print the reasoning on stderr.

@@ -12,7 +12,7 @@ use super::SamplingArgs;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// Checkpoint folder, or Hugging Face Hub id (org/name).
+    /// Checkpoint folder, llama.cpp .gguf file, or Hugging Face Hub id (org/name).
     model: PathBuf,
     /// Prompt text, encoded as ordinary text (special-token look-alikes stay plain text).
     #[arg(long, conflicts_with = "tokens_file", required_unless_present = "tokens_file")]

@@ -1,4 +1,4 @@
-//! `gptoss inspect`: what a checkpoint is and what running it costs.
+//! `gptoss inspect`: what a checkpoint (folder or GGUF file) is and what running it costs.
 
 use std::path::Path;
 
@@ -15,13 +15,39 @@ pub fn run(path: &Path, json: bool) -> Result<()> {
     let c = &ck.config;
     let params = c.param_counts();
     let (kv_per_token, kv_sliding) = c.kv_bytes();
-    let files: Vec<String> = ck.files.iter().map(|f| f.path.display().to_string()).collect();
+    let files: Vec<String> = ck
+        .files
+        .iter()
+        .map(|f| f.path.display().to_string())
+        .chain(ck.gguf.iter().flat_map(|g| g.files.iter().map(|f| f.path.display().to_string())))
+        .collect();
+    // GGUF: its version, the tensor types it holds and what had to be rounded to bf16
+    // (known once the weights are loaded above).
+    let gguf = ck.gguf.as_ref().map(|g| {
+        let types: Vec<(String, usize)> =
+            g.type_counts().into_iter().map(|(t, n)| (t.name().unwrap_or("unknown").to_string(), n)).collect();
+        let rounded: Vec<(String, String, usize, usize)> = g
+            .rounded_tensors()
+            .into_iter()
+            .map(|(name, r)| (name, r.ty.name().unwrap_or("unknown").to_string(), r.changed, r.total))
+            .collect();
+        (g.meta().version, g.meta().alignment, g.tensor_count(), types, rounded)
+    });
     let sliding: Vec<usize> = (0..c.num_layers).filter(|&l| c.sliding_layers[l]).collect();
     if json {
         let v = serde_json::json!({
             "path": ck.dir.display().to_string(),
             "layout": ck.layout.name(),
             "files": files,
+            "gguf": gguf.as_ref().map(|(version, alignment, count, types, rounded)| serde_json::json!({
+                "version": version,
+                "alignment": alignment,
+                "tensors": count,
+                "tensor_types": types.iter().cloned().collect::<std::collections::BTreeMap<_, _>>(),
+                "rounded_to_bf16": rounded.iter().map(|(name, ty, changed, total)| serde_json::json!({
+                    "tensor": name, "type": ty, "values_changed": changed, "values": total,
+                })).collect::<Vec<_>>(),
+            })),
             "complete": complete.is_ok(),
             "problem": complete.as_ref().err().map(|e| e.to_string()),
             "config": {
@@ -48,13 +74,37 @@ pub fn run(path: &Path, json: bool) -> Result<()> {
             format!("layers {sliding:?}")
         };
         println!("checkpoint   {} ({} layout)", ck.dir.display(), ck.layout.name());
-        println!("files        {} safetensors file(s), {} on disk", files.len(), human_bytes(ck.bytes_on_disk()));
-        for f in &files {
-            println!("             {f}");
+        match &gguf {
+            None => {
+                println!(
+                    "files        {} safetensors file(s), {} on disk",
+                    files.len(),
+                    human_bytes(ck.bytes_on_disk())
+                );
+                for f in &files {
+                    println!("             {f}");
+                }
+            }
+            Some((version, alignment, count, types, _)) => {
+                let types: Vec<String> = types.iter().map(|(t, n)| format!("{t} x{n}")).collect();
+                println!("file         {}, {} on disk", files.join(", "), human_bytes(ck.bytes_on_disk()));
+                println!(
+                    "gguf         version {version}, alignment {alignment}, {count} tensors: {}",
+                    types.join(", ")
+                );
+            }
         }
         match &complete {
             Ok(()) => println!("tensors      all present, dtypes and shapes match the config"),
             Err(e) => println!("tensors      PROBLEM: {e}"),
+        }
+        if let Some((_, _, _, _, rounded)) = &gguf {
+            if rounded.is_empty() && complete.is_ok() {
+                println!("exactness    every weight is used exactly as stored");
+            }
+            for (name, ty, changed, total) in rounded {
+                println!("rounded      {name} ({ty}): {changed} of {total} values rounded to bf16");
+            }
         }
         println!(
             "config       {} layers, hidden {}, {} query / {} kv heads x {}, {} experts (top {}) x {}, vocab {}",
@@ -83,7 +133,14 @@ pub fn run(path: &Path, json: bool) -> Result<()> {
             human_count(params.total),
             human_count(params.active)
         );
-        println!("weights      {} memory-mapped (MXFP4 experts stay packed)", human_bytes(ck.tensor_data_bytes()));
+        if gguf.is_some() {
+            println!(
+                "weights      {} in the file (MXFP4 experts re-laid into memory at load, still packed)",
+                human_bytes(ck.tensor_data_bytes())
+            );
+        } else {
+            println!("weights      {} memory-mapped (MXFP4 experts stay packed)", human_bytes(ck.tensor_data_bytes()));
+        }
         println!("per token    {} of weights read per generated token", human_bytes(c.bytes_read_per_token()));
         println!(
             "KV cache     {} per 1k tokens (full-attention layers, f32) + {} per sequence (sliding layers)",

@@ -52,8 +52,8 @@ impl SamplingArgs {
     }
 }
 
-/// A MODEL argument: a checkpoint folder, or a Hub id (`org/name`, not a local path), which
-/// is fetched into the Hugging Face cache unless it is there already (see `pull`).
+/// A MODEL argument: a checkpoint folder or .gguf file, or a Hub id (`org/name`, not a local
+/// path), which is fetched into the Hugging Face cache unless it is there already (see `pull`).
 pub fn resolve_model(arg: &str) -> Result<PathBuf> {
     resolve_model_path(Path::new(arg))
 }
@@ -65,7 +65,7 @@ pub fn resolve_model_path(path: &Path) -> Result<PathBuf> {
     if let Some(repo) = pull::hub_id(path) {
         return pull::model_dir(&repo);
     }
-    bail!("{}: no such checkpoint folder (nor a Hub id, org/name)", path.display())
+    bail!("{}: no such checkpoint folder or file (nor a Hub id, org/name)", path.display())
 }
 
 /// `--dense`: how attention and unembedding weights are held.
@@ -73,15 +73,6 @@ pub fn resolve_model_path(path: &Path) -> Result<PathBuf> {
 pub enum Dense {
     Bf16,
     Q8,
-}
-
-impl Dense {
-    pub fn name(self) -> &'static str {
-        match self {
-            Dense::Bf16 => "bf16",
-            Dense::Q8 => "q8",
-        }
-    }
 }
 
 static DENSE: std::sync::OnceLock<Dense> = std::sync::OnceLock::new();
@@ -109,7 +100,7 @@ pub fn load_model(path: &Path) -> Result<Model> {
         model.config.num_layers,
         model.config.num_experts,
         model.kernels(),
-        dense().name(),
+        model.dense.name(),
         t0.elapsed().as_secs_f64()
     );
     Ok(model)

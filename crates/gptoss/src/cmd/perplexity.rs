@@ -12,7 +12,7 @@ use gptoss_engine::generator::PREFILL_CHUNK;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// Checkpoint folder, or Hugging Face Hub id (org/name).
+    /// Checkpoint folder, llama.cpp .gguf file, or Hugging Face Hub id (org/name).
     model: PathBuf,
     /// Text file, encoded as ordinary text.
     #[arg(long, conflicts_with = "tokens_file", required_unless_present = "tokens_file")]

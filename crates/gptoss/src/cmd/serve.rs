@@ -11,7 +11,7 @@ use super::{human_bytes, load_model, resolve_model, DEFAULT_MODEL};
 
 #[derive(ClapArgs, Debug)]
 pub struct Args {
-    /// Checkpoint folder, or Hugging Face Hub id (org/name).
+    /// Checkpoint folder, llama.cpp .gguf file, or Hugging Face Hub id (org/name).
     #[arg(default_value = DEFAULT_MODEL)]
     model: String,
     /// Address to listen on. Loopback by default; 0.0.0.0 exposes the server to the network.
@@ -35,7 +35,7 @@ pub struct Args {
     /// Tokens per forward step: every running sequence's next token plus prompt chunks.
     #[arg(long, default_value_t = 512, value_name = "N")]
     step_tokens: usize,
-    /// The model name clients use (default: the checkpoint folder's name).
+    /// The model name clients use (default: the checkpoint folder's or GGUF file's name).
     #[arg(long, value_name = "NAME")]
     served_model_name: Option<String>,
     /// Answer with scripted completions instead of the model (protocol tests).
@@ -49,10 +49,15 @@ pub fn run(args: Args) -> Result<()> {
     }
     let tok = Tokenizer::o200k_harmony().context("loading the tokenizer")?;
     let engine = EngineConfig { max_batch: args.max_batch, max_queue: args.max_queue, step_tokens: args.step_tokens };
+    // The folder's name, or a GGUF file's name without `.gguf`.
     let name_of = |p: &std::path::Path| {
         p.canonicalize()
             .ok()
-            .and_then(|c| c.file_name().map(|n| n.to_string_lossy().into_owned()))
+            .and_then(|c| {
+                let gguf = c.is_file() && c.extension().is_some_and(|e| e.eq_ignore_ascii_case("gguf"));
+                let name = if gguf { c.file_stem() } else { c.file_name() };
+                name.map(|n| n.to_string_lossy().into_owned())
+            })
             .unwrap_or_else(|| "gpt-oss".into())
     };
     if let Some(script) = &args.script {
