@@ -8,7 +8,7 @@ mod common;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use common::{reference, tiny};
+use common::{load_err, reference, tiny};
 use gptoss_engine::checkpoint::Checkpoint;
 use gptoss_engine::gguf::convert::{ggml_mxfp4_block_to_hf, hf_mxfp4_block_to_ggml};
 use gptoss_engine::gguf::{GgmlType, GgufFile, GgufModel};
@@ -126,16 +126,6 @@ impl Gguf {
         self.write_to(&mut out).unwrap();
         out.flush().unwrap();
         path
-    }
-}
-
-fn load_err(path: &Path) -> (LoadError, String) {
-    match Model::load(path) {
-        Ok(_) => panic!("{} loaded although it is broken", path.display()),
-        Err(e) => {
-            let msg = e.to_string();
-            (e, msg)
-        }
     }
 }
 

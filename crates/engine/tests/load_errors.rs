@@ -5,7 +5,7 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use common::{copy_dir, edit_header, tiny};
+use common::{copy_dir, edit_header, load_err, tiny};
 use gptoss_engine::{LoadError, Model};
 use serde_json::json;
 
@@ -17,16 +17,6 @@ fn broken_hf(edit: impl FnOnce(&Path)) -> (tempfile::TempDir, PathBuf) {
     copy_dir(&tiny("hf"), &path);
     edit(&path);
     (dir, path)
-}
-
-fn load_err(path: &Path) -> (LoadError, String) {
-    match Model::load(path) {
-        Ok(_) => panic!("{} loaded although it is broken", path.display()),
-        Err(e) => {
-            let msg = e.to_string();
-            (e, msg)
-        }
-    }
 }
 
 #[test]

@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use gptoss_engine::safetensors::{DType, SafeTensors};
+use gptoss_engine::{LoadError, Model};
 
 pub fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures")
@@ -86,4 +87,15 @@ pub fn edit_header(path: &Path, edit: impl FnOnce(&mut serde_json::Map<String, s
     out.extend_from_slice(&text);
     out.extend_from_slice(&bytes[8 + n..]);
     std::fs::write(path, out).unwrap();
+}
+
+/// The error loading `path` gives, and its message; panics if it loads.
+pub fn load_err(path: &Path) -> (LoadError, String) {
+    match Model::load(path) {
+        Ok(_) => panic!("{} loaded although it is broken", path.display()),
+        Err(e) => {
+            let msg = e.to_string();
+            (e, msg)
+        }
+    }
 }
