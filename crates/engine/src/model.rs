@@ -153,13 +153,14 @@ impl Model {
     /// The pass runs on a thread of the pool, so its parallel loops are the pool's own joins:
     /// called from outside, the caller hands it over once and waits, instead of once per
     /// matmul (each a lock, a wake-up and, now and then, an allocation in rayon's queue).
+    /// The other pool threads stay awake until it ends ([`ops::with_workers_awake`]).
     pub fn forward_in<'w>(
         &self,
         ws: &'w mut Workspace,
         cache: &mut KvCache,
         batch: &[SeqChunk],
     ) -> Result<&'w Logits, EngineError> {
-        rayon::scope(|_| self.forward_in_traced(&mut *ws, cache, batch, &mut |_, _, _| {}).map(|_| ()))?;
+        ops::with_workers_awake(|| self.forward_in_traced(&mut *ws, cache, batch, &mut |_, _, _| {}).map(|_| ()))?;
         Ok(&ws.logits)
     }
 
