@@ -17,7 +17,7 @@ use crate::error::{EngineError, LoadError};
 use crate::kv_cache::{KvCache, SeqId};
 use crate::ops;
 use crate::profile::{self, Stage};
-use crate::weights::{AttentionWeights, DenseFormat, ModelWeights, MoeWeights, Mxfp4Layout};
+use crate::weights::{AttentionWeights, Bf16Layout, DenseFormat, ModelWeights, MoeWeights, Mxfp4Layout};
 use crate::workspace::{recycle, sized, BatchPlan, MoeBuffers, PlanItem, Workspace};
 
 pub struct Model {
@@ -76,6 +76,16 @@ impl Logits {
     }
 }
 
+/// The bf16 layout of the attention and unembedding matrices `kernels` read: tiled for the
+/// bf16-activation kernels, else as stored.
+fn dense_layout_for(kernels: &Kernels) -> Bf16Layout {
+    if kernels.bf16_act.is_some() {
+        Bf16Layout::Tiles8
+    } else {
+        Bf16Layout::Rows
+    }
+}
+
 /// The MXFP4 layout `kernels` read: repacked for the integer kernels, else as stored.
 fn expert_layout_for(kernels: &Kernels) -> Mxfp4Layout {
     if kernels.i16_act.is_some() {
@@ -111,6 +121,7 @@ impl Model {
         weights.set_dense_format(dense);
         let dense = weights.dense_format();
         weights.set_expert_layout(expert_layout_for(kernels));
+        weights.set_dense_layout(dense_layout_for(kernels));
         weights.populate();
         let c = &ck.config;
         let rope = YarnRope::new(
@@ -129,10 +140,12 @@ impl Model {
         self.kernels
     }
 
-    /// Runs on `kernels` from now on, repacking the MXFP4 experts if they read another layout.
+    /// Runs on `kernels` from now on, repacking the MXFP4 experts and the dense bf16 matrices
+    /// if they read other layouts.
     pub fn set_kernels(&mut self, kernels: &'static Kernels) {
         self.kernels = kernels;
         self.weights.set_expert_layout(expert_layout_for(kernels));
+        self.weights.set_dense_layout(dense_layout_for(kernels));
     }
 
     /// One forward pass with a fresh [`Workspace`]; loops should hold one and call

@@ -12,7 +12,7 @@ use std::ops::Range;
 use gptoss_kernels::Kernels;
 use rayon::prelude::*;
 
-use crate::weights::{Bf16Matrix, Dense, Mxfp4Experts, Mxfp4Layout, Q8Matrix};
+use crate::weights::{Bf16Layout, Bf16Matrix, Dense, Mxfp4Experts, Mxfp4Layout, Q8Matrix};
 use crate::workspace::{recycle, sized};
 
 /// Rows per task: enough tasks to keep every thread busy to the end, each big enough that
@@ -143,6 +143,24 @@ fn linear_bf16_with(
     let (rows, k) = (w.rows, w.cols);
     let data = w.bf16();
     let OpsBuffers { out_t, xb, .. } = bufs;
+    if w.layout == Bf16Layout::Tiles8 {
+        // Set by the model only with kernels that read tiles (bf16 activations, which the
+        // router never takes); the twin keeps any other pairing correct.
+        let (xb, matmul): (&[u16], gptoss_kernels::dispatch::MatmulBf16aBf16w) = match &kern.bf16_act {
+            Some(ba) => (round_bf16(ba, x, xb), ba.matmul_rows_bf16a_bf16t8w),
+            None => {
+                let xb = sized(xb, 2 * x.len());
+                let (hi, lo) = xb.split_at_mut(x.len());
+                gptoss_kernels::bf16::split_slice_to_bf16(x, hi, Some(lo));
+                (xb, gptoss_kernels::scalar::matmul_rows_bf16a_bf16t8w::<2>)
+            }
+        };
+        // Whole groups of 8 rows per task, so each task's rows are a slice of the tiles.
+        rows_parallel_in(rows, n_tok, gptoss_kernels::bf16_t8::ROWS, y, out_t, |r, out, _| {
+            matmul(xb, n_tok, &data[r.start * k..r.end * k], bias.map(|b| &b[r.clone()]), out)
+        });
+        return;
+    }
     if let (true, Some(ba)) = (may_round, &kern.bf16_act) {
         let xb = round_bf16(ba, x, xb);
         let matmul = ba.matmul_rows_bf16a_bf16w;
@@ -320,8 +338,20 @@ fn rows_parallel(
     out_t: &mut Vec<f32>,
     kernel: impl Fn(Range<usize>, &mut [f32], &mut Scratch) + Sync,
 ) {
+    rows_parallel_in(rows, n_tok, 1, y, out_t, kernel)
+}
+
+/// [`rows_parallel`] with every block but the last a multiple of `multiple` rows.
+fn rows_parallel_in(
+    rows: usize,
+    n_tok: usize,
+    multiple: usize,
+    y: &mut [f32],
+    out_t: &mut Vec<f32>,
+    kernel: impl Fn(Range<usize>, &mut [f32], &mut Scratch) + Sync,
+) {
     assert_eq!(y.len(), rows * n_tok, "linear: output is not [T, R]");
-    let chunk = rows_per_task(rows);
+    let chunk = rows_per_task(rows).next_multiple_of(multiple);
     let run = |out_t: &mut [f32]| {
         out_t.par_chunks_mut(chunk * n_tok).enumerate().for_each(|(i, out)| {
             let r0 = i * chunk;

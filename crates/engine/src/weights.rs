@@ -1,6 +1,7 @@
-//! The model's tensors as typed, shape-checked views of the checkpoint. bf16 matrices and
-//! MXFP4 experts stay where they are in the memory map; small vectors (norm gains, biases,
-//! sinks) are widened to f32 once at load.
+//! The model's tensors as typed, shape-checked views of the checkpoint. Matrices stay where
+//! they are in the memory map unless the kernels read another layout (MXFP4 experts in
+//! 16-row groups, dense bf16 matrices in 8-row tiles), in which case they are repacked into
+//! owned memory once at load; small vectors (norm gains, biases, sinks) are widened to f32.
 
 use gptoss_kernels::bf16::bf16_to_f32;
 use gptoss_kernels::mxfp4;
@@ -10,10 +11,21 @@ use crate::config::{Layout, ModelConfig};
 use crate::error::LoadError;
 use crate::safetensors::{Bytes, DType};
 
-/// A bf16 matrix `[rows, cols]`, row-major.
+/// The element order of a bf16 matrix.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Bf16Layout {
+    /// As in the checkpoint: row after row (the memory map itself).
+    Rows,
+    /// Repacked at load so one token's pass over 8 rows reads one stream
+    /// ([`gptoss_kernels::bf16_t8`]); row ranges that are multiples of 8 slice alike.
+    Tiles8,
+}
+
+/// A bf16 matrix `[rows, cols]`.
 #[derive(Clone)]
 pub struct Bf16Matrix {
     data: Bytes,
+    pub layout: Bf16Layout,
     pub rows: usize,
     pub cols: usize,
 }
@@ -21,12 +33,39 @@ pub struct Bf16Matrix {
 impl Bf16Matrix {
     pub fn new(data: Bytes, rows: usize, cols: usize) -> Self {
         assert_eq!(data.len(), rows * cols * 2, "Bf16Matrix: byte length does not match the shape");
-        Bf16Matrix { data: data.aligned(2), rows, cols }
+        Bf16Matrix { data: data.aligned(2), layout: Bf16Layout::Rows, rows, cols }
     }
 
-    /// `[rows, cols]` bf16 bits.
+    /// The matrix's bf16 bits in its layout.
     pub fn bf16(&self) -> &[u16] {
         self.data.as_u16()
+    }
+
+    /// This matrix in `layout`: the same numbers, repacked into owned memory when the layout
+    /// changes (the map's pages are released, so RSS does not hold both). Stays in rows when
+    /// the shape is not whole groups of 8 rows and 32 columns.
+    pub fn with_layout(self, layout: Bf16Layout) -> Bf16Matrix {
+        use gptoss_kernels::bf16_t8;
+        use rayon::prelude::*;
+        if layout == self.layout || !bf16_t8::can_tile(self.rows, self.cols) {
+            return self;
+        }
+        let convert = match layout {
+            Bf16Layout::Tiles8 => bf16_t8::pack,
+            Bf16Layout::Rows => bf16_t8::unpack,
+        };
+        self.data.populate();
+        let (src, k) = (self.bf16(), self.cols);
+        let group = bf16_t8::ROWS * k;
+        let data = Bytes::build(self.data.len(), |dst| {
+            // SAFETY: the buffer is page-aligned anonymous memory (or a u64 vector) of
+            // 2·len bytes, and any bit pattern is a valid u16.
+            let dst = unsafe { std::slice::from_raw_parts_mut(dst.as_mut_ptr().cast::<u16>(), dst.len() / 2) };
+            // 64 groups per task: ~3 MB of a 2880-column matrix.
+            dst.par_chunks_mut(64 * group).zip(src.par_chunks(64 * group)).for_each(|(d, s)| convert(s, k, d));
+        });
+        self.data.release();
+        Bf16Matrix { data: data.aligned(2), layout, ..self }
     }
 
     pub fn populate(&self) {
@@ -38,14 +77,17 @@ impl Bf16Matrix {
         self.data.len() as u64
     }
 
+    /// Row `r` of a matrix held in rows (the embedding, and bf16 weights before q8).
     pub fn row(&self, r: usize) -> &[u16] {
+        assert_eq!(self.layout, Bf16Layout::Rows, "Bf16Matrix::row on a tiled matrix");
         &self.bf16()[r * self.cols..(r + 1) * self.cols]
     }
 
-    /// Rows `start..start + rows` as their own matrix, sharing the bytes.
+    /// Rows `start..start + rows` as their own matrix, sharing the bytes (at load, in rows).
     pub fn row_block(&self, start: usize, rows: usize) -> Bf16Matrix {
+        assert_eq!(self.layout, Bf16Layout::Rows, "Bf16Matrix::row_block on a tiled matrix");
         let row_bytes = self.cols * 2;
-        Bf16Matrix { data: self.data.slice(start * row_bytes..(start + rows) * row_bytes), rows, cols: self.cols }
+        Bf16Matrix { data: self.data.slice(start * row_bytes..(start + rows) * row_bytes), rows, ..self.clone() }
     }
 }
 
@@ -198,10 +240,21 @@ impl Dense {
         }
     }
 
+    /// bf16 matrices go to `layout`; q8 ones have a single layout.
+    fn set_layout(&mut self, layout: Bf16Layout) {
+        if let Dense::Bf16(m) = self {
+            let placeholder = Bf16Matrix { data: Bytes::from_vec(&[]), ..m.clone() };
+            *m = std::mem::replace(m, placeholder).with_layout(layout);
+        }
+    }
+
     /// Only q8 requantizes, and only once (K must be a multiple of 32, as in gpt-oss).
     fn convert_to(&mut self, format: DenseFormat) {
-        if let (DenseFormat::Q8, Dense::Bf16(m)) = (format, &*self) {
+        if let (DenseFormat::Q8, Dense::Bf16(m)) = (format, &mut *self) {
             if m.cols.is_multiple_of(gptoss_kernels::q8::BLOCK) {
+                // Requantizing reads rows.
+                let placeholder = Bf16Matrix { data: Bytes::from_vec(&[]), ..m.clone() };
+                *m = std::mem::replace(m, placeholder).with_layout(Bf16Layout::Rows);
                 let q8 = Q8Matrix::from_bf16(m);
                 m.data.release();
                 *self = Dense::Q8(q8);
@@ -308,6 +361,18 @@ impl ModelWeights {
                 let placeholder =
                     Mxfp4Experts { codes: empty.clone(), scales: empty, layout: current, experts, rows, cols };
                 *w = std::mem::replace(w, placeholder).with_layout(layout);
+            }
+        }
+    }
+
+    /// Puts the bf16 attention and unembedding matrices in `layout` (the router stays in rows:
+    /// it goes through the f32-activation kernels, and the embedding is read a row at a time).
+    pub fn set_dense_layout(&mut self, layout: Bf16Layout) {
+        self.unembedding.set_layout(layout);
+        for layer in &mut self.layers {
+            let a = &mut layer.attn;
+            for w in [&mut a.q, &mut a.k, &mut a.v, &mut a.out] {
+                w.set_layout(layout);
             }
         }
     }

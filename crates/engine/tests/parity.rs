@@ -143,6 +143,39 @@ fn both_layouts_give_bit_identical_logits() {
     }
 }
 
+/// The bf16-activation kernels read the attention and unembedding matrices in 8-row tiles;
+/// the tiles give the bits of the same matrices in rows, and other kernels get rows back.
+#[test]
+fn tiled_dense_weights_give_the_bits_of_rows() {
+    use gptoss_engine::weights::{Bf16Layout, Dense};
+    let Some(kern) = Kernels::for_isa(Isa::Avx512Bf16) else {
+        eprintln!("no bf16-activation kernels on this CPU; nothing to compare");
+        return;
+    };
+    let layout = |m: &Model| match &m.weights.unembedding {
+        Dense::Bf16(w) => w.layout,
+        Dense::Q8(_) => panic!("the tiny model loads bf16"),
+    };
+    let r = reference();
+    let mut tiled = Model::load(&tiny("hf")).unwrap();
+    tiled.set_kernels(kern);
+    assert_eq!(layout(&tiled), Bf16Layout::Tiles8);
+    let mut rows = Model::load(&tiny("hf")).unwrap();
+    rows.set_kernels(kern);
+    rows.weights.set_dense_layout(Bf16Layout::Rows);
+    assert_eq!(layout(&rows), Bf16Layout::Rows);
+    let (a, b) = (all_logits(&tiled, &r.tokens), all_logits(&rows, &r.tokens));
+    for (pos, (x, y)) in a.iter().zip(&b).enumerate() {
+        assert!(x.iter().zip(y).all(|(p, q)| p.to_bits() == q.to_bits()), "position {pos} differs");
+    }
+    // Untiled for kernels that read rows: the same logits as a model that never was tiled.
+    tiled.set_kernels(Kernels::scalar());
+    rows.set_kernels(Kernels::scalar());
+    assert_eq!(layout(&tiled), Bf16Layout::Rows);
+    let (a, b) = (all_logits(&tiled, &r.tokens), all_logits(&rows, &r.tokens));
+    assert!(a.iter().flatten().zip(b.iter().flatten()).all(|(p, q)| p.to_bits() == q.to_bits()), "scalar differs");
+}
+
 #[test]
 fn greedy_continuation_with_the_kv_cache() {
     let r = reference();

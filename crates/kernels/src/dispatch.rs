@@ -105,6 +105,8 @@ pub struct Bf16Act {
     /// f32 `[n]` → bf16 `[terms, n]`.
     pub split: fn(&[f32], &mut [u16]),
     pub matmul_rows_bf16a_bf16w: MatmulBf16aBf16w,
+    /// The same with the weights in the [`crate::bf16_t8`] layout (repacked at load).
+    pub matmul_rows_bf16a_bf16t8w: MatmulBf16aBf16w,
     pub matmul_rows_bf16a_mxfp4w: MatmulBf16aMxfp4w,
     pub matmul_rows_bf16a_q8w: MatmulBf16aQ8w,
 }
@@ -199,6 +201,7 @@ static AVX512_BF16: Kernels = Kernels {
         terms: 2,
         split: crate::x86::avx512bf16::split_to_bf16::<2>,
         matmul_rows_bf16a_bf16w: crate::x86::avx512bf16::matmul_rows_bf16a_bf16w::<2>,
+        matmul_rows_bf16a_bf16t8w: crate::x86::avx512bf16::matmul_rows_bf16a_bf16t8w::<2>,
         matmul_rows_bf16a_mxfp4w: crate::x86::avx512bf16::matmul_rows_bf16a_mxfp4w::<2>,
         matmul_rows_bf16a_q8w: crate::x86::avx512bf16::matmul_rows_bf16a_q8w::<2>,
     }),
@@ -221,6 +224,7 @@ static AVX512_BF16_ROUND: Kernels = Kernels {
         terms: 1,
         split: crate::x86::avx512bf16::split_to_bf16::<1>,
         matmul_rows_bf16a_bf16w: crate::x86::avx512bf16::matmul_rows_bf16a_bf16w::<1>,
+        matmul_rows_bf16a_bf16t8w: crate::x86::avx512bf16::matmul_rows_bf16a_bf16t8w::<1>,
         matmul_rows_bf16a_mxfp4w: crate::x86::avx512bf16::matmul_rows_bf16a_mxfp4w::<1>,
         matmul_rows_bf16a_q8w: crate::x86::avx512bf16::matmul_rows_bf16a_q8w::<1>,
     }),

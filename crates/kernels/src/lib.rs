@@ -10,6 +10,7 @@
 #[cfg(target_arch = "aarch64")]
 mod arm;
 pub mod bf16;
+pub mod bf16_t8;
 pub mod dispatch;
 pub mod mxfp4;
 pub mod mxfp4_r16;

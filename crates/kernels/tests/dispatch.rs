@@ -134,6 +134,58 @@ fn bf16_activation_matmuls_match_scalar_on_random_ragged_shapes() {
     }
 }
 
+/// Weights in the 8-row tiled layout give the bits of the same weights row after row, alone
+/// and in any batch, and the scalar twin of the layout agrees.
+#[test]
+fn tiled_bf16_matmuls_give_the_bits_of_rows() {
+    let fast = bf16_act_kernels();
+    if fast.is_empty() {
+        eprintln!("no bf16-activation kernels on this CPU; nothing to compare");
+        return;
+    }
+    let mut rng = Rng(0x3C6E_F372_FE94_F82B);
+    for case in 0..60 {
+        let rows = 8 * (1 + rng.below(if case % 5 == 0 { 40 } else { 6 }));
+        let k = 32 * (1 + rng.below(if case % 4 == 0 { 100 } else { 8 }));
+        let n_tok = [1, 1, 2, 5, 7, 70][case % 6];
+        let xf: Vec<f32> = (0..n_tok * k).map(|_| rng.f32()).collect();
+        let w: Vec<u16> = (0..rows * k).map(|_| f32_to_bf16(rng.f32())).collect();
+        let mut tiled = vec![0u16; w.len()];
+        gptoss_kernels::bf16_t8::pack(&w, k, &mut tiled);
+        let bias: Vec<f32> = (0..rows).map(|_| rng.f32()).collect();
+        let b = (case % 2 == 0).then_some(&bias[..]);
+        for kern in &fast {
+            let ba = kern.bf16_act.as_ref().expect("filtered");
+            let x = split(ba, &xf);
+            let mut want = vec![0f32; rows * n_tok];
+            (ba.matmul_rows_bf16a_bf16w)(&x, n_tok, &w, b, &mut want);
+            let mut got = vec![f32::NAN; rows * n_tok];
+            (ba.matmul_rows_bf16a_bf16t8w)(&x, n_tok, &tiled, b, &mut got);
+            let mut twin = vec![f32::NAN; rows * n_tok];
+            let scalar_t8 = if ba.terms == 2 {
+                scalar::matmul_rows_bf16a_bf16t8w::<2>
+            } else {
+                scalar::matmul_rows_bf16a_bf16t8w::<1>
+            };
+            scalar_t8(&x, n_tok, &tiled, b, &mut twin);
+            for (i, (g, e)) in got.iter().zip(&want).enumerate() {
+                assert_eq!(g.to_bits(), e.to_bits(), "{:?} k={k} T={n_tok} R={rows} [{i}]: {g} vs {e}", kern.isa);
+                let tol = 4.0 * f32::EPSILON * (k as f32).sqrt() * (1.0 + e.abs()) + 1e-6;
+                assert!((twin[i] - e).abs() <= tol, "{:?} twin k={k} T={n_tok} [{i}]: {} vs {e}", kern.isa, twin[i]);
+            }
+            // Each token alone: the single-token path reads the tiles as one stream.
+            for t in [0, n_tok - 1] {
+                let xt = split(ba, &xf[t * k..(t + 1) * k]);
+                let mut one = vec![f32::NAN; rows];
+                (ba.matmul_rows_bf16a_bf16t8w)(&xt, 1, &tiled, b, &mut one);
+                for r in 0..rows {
+                    assert_eq!(one[r].to_bits(), want[r * n_tok + t].to_bits(), "{:?} alone k={k} R={rows}", kern.isa);
+                }
+            }
+        }
+    }
+}
+
 #[test]
 fn bf16_activation_mxfp4_matmul_matches_scalar_on_random_ragged_shapes() {
     let fast = bf16_act_kernels();

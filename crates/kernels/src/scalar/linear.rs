@@ -76,6 +76,22 @@ pub fn matmul_rows_bf16a_bf16w<const TERMS: usize>(
     }
 }
 
+/// [`matmul_rows_bf16a_bf16w`] with `w` in the [`crate::bf16_t8`] layout (R a multiple of 8,
+/// K of 32): the same sums, so the same bits.
+pub fn matmul_rows_bf16a_bf16t8w<const TERMS: usize>(
+    x: &[u16],
+    n_tok: usize,
+    w: &[u16],
+    bias: Option<&[f32]>,
+    out: &mut [f32],
+) {
+    let k = x.len() / (TERMS * n_tok.max(1));
+    check_bf16a_shapes(x, TERMS, n_tok, k, w.len(), bias, out);
+    let mut rows = vec![0u16; w.len()];
+    crate::bf16_t8::unpack(w, k, &mut rows);
+    matmul_rows_bf16a_bf16w::<TERMS>(x, n_tok, &rows, bias, out)
+}
+
 /// The same with MXFP4 weights (codes `[R, K/2]`, scales `[R, K/32]`); `scratch` is unused
 /// here and holds decoded rows in the fast twin.
 pub fn matmul_rows_bf16a_mxfp4w<const TERMS: usize>(

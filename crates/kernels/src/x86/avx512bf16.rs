@@ -10,6 +10,7 @@
 use std::arch::x86_64::*;
 
 use crate::bf16::f32_to_bf16;
+use crate::bf16_t8;
 use crate::mxfp4::{self, FP4_VALUES};
 
 /// Weight rows decoded and kept hot together when several tokens share them.
@@ -38,8 +39,9 @@ const KC: usize = 1024;
 
 /// Accumulates `Σ_k w[i, k]·x[j, k]` over `k in o0..o1` for an RB×TB block into `acc`
 /// (slot `i * 4 + j`; read back unless `o0` is 0). On the pass that reaches K (`o1 == k`)
-/// the sums are reduced and written as `out[i, j] + bias[i]` instead. w rows and x rows are
-/// K apart, out rows `n_tok` apart. With two terms, x is hi + lo, the lo parts `lo_off`
+/// the sums are reduced and written as `out[i, j] + bias[i]` instead. Weight row i's chunk
+/// of columns o..o+32 is at `w + i·rs + (o/32)·cs` (rows: `rs` = K, `cs` = 32; the
+/// [`crate::bf16_t8`] layout: 32 and 256); x rows are K apart, out rows `n_tok` apart. With two terms, x is hi + lo, the lo parts `lo_off`
 /// elements after the hi ones; each chunk adds w·hi, then w·lo, to the same accumulator.
 /// Stopping between passes only parks the 16 lanes in memory: each lane still sums its k
 /// in order, so the result is the same bits as one pass (and as [`gemv_rows_mxfp4`]).
@@ -49,6 +51,7 @@ unsafe fn tile<const TERMS: usize, const RB: usize, const TB: usize>(
     x: *const u16,
     lo_off: usize,
     w: *const u16,
+    (rs, cs): (usize, usize),
     k: usize,
     (o0, o1): (usize, usize),
     acc_mem: *mut __m512,
@@ -63,7 +66,7 @@ unsafe fn tile<const TERMS: usize, const RB: usize, const TB: usize>(
     };
     let mut o = o0;
     while o + 32 <= o1 {
-        let wv: [__m512bh; RB] = std::array::from_fn(|i| load_bh(w.add(i * k + o)));
+        let wv: [__m512bh; RB] = std::array::from_fn(|i| load_bh(w.add(i * rs + (o / 32) * cs)));
         for term in 0..TERMS {
             let xv: [__m512bh; TB] = std::array::from_fn(|j| load_bh(x.add(term * lo_off + j * k + o)));
             for i in 0..RB {
@@ -77,7 +80,7 @@ unsafe fn tile<const TERMS: usize, const RB: usize, const TB: usize>(
     if o < o1 {
         // Zeros past K add nothing.
         let m: __mmask32 = (1u32 << (o1 - o)) - 1;
-        let wv: [__m512bh; RB] = std::array::from_fn(|i| load_bh_masked(w.add(i * k + o), m));
+        let wv: [__m512bh; RB] = std::array::from_fn(|i| load_bh_masked(w.add(i * rs + (o / 32) * cs), m));
         for term in 0..TERMS {
             let xv: [__m512bh; TB] = std::array::from_fn(|j| load_bh_masked(x.add(term * lo_off + j * k + o), m));
             for i in 0..RB {
@@ -132,18 +135,24 @@ const PARKED: usize = (PANEL_ROWS / 4) * (TOKEN_TILE / 4) * 16;
 
 /// `out[R, T] = w[R, K]·x[T, K]ᵀ + bias` for one panel of rows (at most [`PANEL_ROWS`]):
 /// tokens in tiles of [`TOKEN_TILE`], K in passes of [`KC`], and within a pass each group
-/// of 4 tokens meets every group of 4 rows while its x is in L1.
+/// of 4 tokens meets every group of 4 rows while its x is in L1. `w` is row after row, or in
+/// the [`crate::bf16_t8`] layout when `tiled`.
 #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+#[allow(clippy::too_many_arguments)]
 unsafe fn gemm_panel<const TERMS: usize>(
     x: *const u16,
     n_tok: usize,
     k: usize,
     w: *const u16,
+    tiled: bool,
     rows: usize,
     bias: Option<*const f32>,
     out: *mut f32,
 ) {
     debug_assert!(rows <= PANEL_ROWS);
+    let strides = if tiled { (bf16_t8::CHUNK, bf16_t8::ROWS * bf16_t8::CHUNK) } else { (k, 32) };
+    // Blocks of 4 rows start at multiples of 4, so never straddle a group of 8.
+    let row_at = |r: usize| if tiled { bf16_t8::offset(r, 0, k) } else { r * k };
     // 128 KB of accumulators, each written by a pass before the next one reads it.
     let mut parked = std::mem::MaybeUninit::<[__m512; PARKED]>::uninit();
     let parked = parked.as_mut_ptr() as *mut __m512;
@@ -160,7 +169,7 @@ unsafe fn gemm_panel<const TERMS: usize>(
                 while r < rows {
                     let rb = (rows - r).min(4);
                     let slot = parked.add(((r / 4) * (TOKEN_TILE / 4) + (t - t0) / 4) * 16);
-                    let (w_r, bias_r, out_r) = (w.add(r * k), bias.map(|b| b.add(r)), out.add(r * n_tok + t));
+                    let (w_r, bias_r, out_r) = (w.add(row_at(r)), bias.map(|b| b.add(r)), out.add(r * n_tok + t));
                     tile_dispatch!(
                         TERMS,
                         rb,
@@ -168,6 +177,7 @@ unsafe fn gemm_panel<const TERMS: usize>(
                         x.add(t * k),
                         n_tok * k,
                         w_r,
+                        strides,
                         k,
                         (o0, o1),
                         slot,
@@ -249,7 +259,93 @@ pub fn matmul_rows_bf16a_bf16w<const TERMS: usize>(
         while r < rows {
             let pr = (rows - r).min(PANEL_ROWS);
             let bias = bias.map(|b| b.as_ptr().add(r));
-            gemm_panel::<TERMS>(x.as_ptr(), n_tok, k, w.as_ptr().add(r * k), pr, bias, out.as_mut_ptr().add(r * n_tok));
+            gemm_panel::<TERMS>(
+                x.as_ptr(),
+                n_tok,
+                k,
+                w.as_ptr().add(r * k),
+                false,
+                pr,
+                bias,
+                out.as_mut_ptr().add(r * n_tok),
+            );
+            r += pr;
+        }
+    }
+}
+
+/// Bytes ahead of a tiled group's stream to prefetch: the hardware prefetcher stops at pages.
+const TILED_PREFETCH_AHEAD: usize = 4096;
+
+/// One token through one group of 8 rows in the [`crate::bf16_t8`] layout: the sums of
+/// [`gemv_rows_bf16`] (so of [`tile`]), read as one stream of 512-byte chunks.
+#[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+unsafe fn gemv_group_bf16t8<const TERMS: usize>(
+    x: *const u16,
+    k: usize,
+    w: *const u16,
+    bias: Option<*const f32>,
+    out: *mut f32,
+) {
+    const R: usize = bf16_t8::ROWS;
+    let mut acc = [_mm512_setzero_ps(); R];
+    let mut o = 0;
+    let mut chunk = w;
+    while o < k {
+        _mm_prefetch::<_MM_HINT_T0>((chunk as *const i8).wrapping_add(TILED_PREFETCH_AHEAD));
+        let xv: [__m512bh; TERMS] = std::array::from_fn(|t| load_bh(x.add(t * k + o)));
+        for (i, a) in acc.iter_mut().enumerate() {
+            let wv = load_bh(chunk.add(i * bf16_t8::CHUNK));
+            for xt in xv {
+                *a = _mm512_dpbf16_ps(*a, wv, xt);
+            }
+        }
+        o += bf16_t8::CHUNK;
+        chunk = chunk.add(R * bf16_t8::CHUNK);
+    }
+    for (i, a) in acc.iter().enumerate() {
+        *out.add(i) = _mm512_reduce_add_ps(*a) + bias.map_or(0.0, |b| *b.add(i));
+    }
+}
+
+/// See [`crate::scalar::matmul_rows_bf16a_bf16t8w`].
+pub fn matmul_rows_bf16a_bf16t8w<const TERMS: usize>(
+    x: &[u16],
+    n_tok: usize,
+    w: &[u16],
+    bias: Option<&[f32]>,
+    out: &mut [f32],
+) {
+    let k = x.len() / (TERMS * n_tok.max(1));
+    crate::scalar::check_bf16a_shapes(x, TERMS, n_tok, k, w.len(), bias, out);
+    let rows = w.len() / k;
+    assert!(bf16_t8::can_tile(rows, k), "bf16_t8: [{rows}, {k}] is not whole groups and chunks");
+    // SAFETY: handed out by `Kernels` only when the CPU has AVX-512F/BW/BF16; the shapes were
+    // checked above (whole groups of 8 rows, K a multiple of 32), so every read is in bounds.
+    unsafe {
+        if n_tok == 1 {
+            for g in 0..rows / bf16_t8::ROWS {
+                let r = g * bf16_t8::ROWS;
+                let bias = bias.map(|b| b.as_ptr().add(r));
+                gemv_group_bf16t8::<TERMS>(x.as_ptr(), k, w.as_ptr().add(r * k), bias, out.as_mut_ptr().add(r));
+            }
+            return;
+        }
+        let mut r = 0;
+        while r < rows {
+            // Panels of 32 rows start on group boundaries, where both layouts are at r·K.
+            let pr = (rows - r).min(PANEL_ROWS);
+            let bias = bias.map(|b| b.as_ptr().add(r));
+            gemm_panel::<TERMS>(
+                x.as_ptr(),
+                n_tok,
+                k,
+                w.as_ptr().add(r * k),
+                true,
+                pr,
+                bias,
+                out.as_mut_ptr().add(r * n_tok),
+            );
             r += pr;
         }
     }
@@ -418,7 +514,16 @@ pub fn matmul_rows_bf16a_mxfp4w<const TERMS: usize>(
             }
             decode_rows_bf16(&codes[r * cpr..(r + pr) * cpr], &scales[r * spr..(r + pr) * spr], k, pr, scratch);
             let bias = bias.map(|b| b.as_ptr().add(r));
-            gemm_panel::<TERMS>(x.as_ptr(), n_tok, k, scratch.as_ptr(), pr, bias, out.as_mut_ptr().add(r * n_tok));
+            gemm_panel::<TERMS>(
+                x.as_ptr(),
+                n_tok,
+                k,
+                scratch.as_ptr(),
+                false,
+                pr,
+                bias,
+                out.as_mut_ptr().add(r * n_tok),
+            );
             r += pr;
         }
     }
@@ -544,6 +649,7 @@ pub fn matmul_rows_bf16a_q8w<const TERMS: usize>(
                     n_tok,
                     k,
                     scratch.as_ptr(),
+                    false,
                     pr,
                     bias_r,
                     out.as_mut_ptr().add(r * n_tok),
