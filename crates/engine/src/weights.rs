@@ -41,14 +41,14 @@ impl Bf16Matrix {
         self.data.as_u16()
     }
 
-    /// This matrix in `layout`: the same numbers, repacked into owned memory when the layout
-    /// changes (the map's pages are released, so RSS does not hold both). Stays in rows when
-    /// the shape is not whole groups of 8 rows and 32 columns.
-    pub fn with_layout(self, layout: Bf16Layout) -> Bf16Matrix {
+    /// Puts this matrix in `layout`: the same numbers, repacked into owned memory when the
+    /// layout changes (the map's pages are released, so RSS does not hold both). Stays in
+    /// rows when the shape is not whole groups of 8 rows and 32 columns.
+    pub fn set_layout(&mut self, layout: Bf16Layout) {
         use gptoss_kernels::bf16_t8;
         use rayon::prelude::*;
         if layout == self.layout || !bf16_t8::can_tile(self.rows, self.cols) {
-            return self;
+            return;
         }
         let convert = match layout {
             Bf16Layout::Tiles8 => bf16_t8::pack,
@@ -65,7 +65,7 @@ impl Bf16Matrix {
             dst.par_chunks_mut(64 * group).zip(src.par_chunks(64 * group)).for_each(|(d, s)| convert(s, k, d));
         });
         self.data.release();
-        Bf16Matrix { data: data.aligned(2), layout, ..self }
+        (self.data, self.layout) = (data.aligned(2), layout);
     }
 
     pub fn populate(&self) {
@@ -87,7 +87,8 @@ impl Bf16Matrix {
     pub fn row_block(&self, start: usize, rows: usize) -> Bf16Matrix {
         assert_eq!(self.layout, Bf16Layout::Rows, "Bf16Matrix::row_block on a tiled matrix");
         let row_bytes = self.cols * 2;
-        Bf16Matrix { data: self.data.slice(start * row_bytes..(start + rows) * row_bytes), rows, ..self.clone() }
+        let data = self.data.slice(start * row_bytes..(start + rows) * row_bytes);
+        Bf16Matrix { data, layout: self.layout, rows, cols: self.cols }
     }
 }
 
@@ -243,8 +244,7 @@ impl Dense {
     /// bf16 matrices go to `layout`; q8 ones have a single layout.
     fn set_layout(&mut self, layout: Bf16Layout) {
         if let Dense::Bf16(m) = self {
-            let placeholder = Bf16Matrix { data: Bytes::from_vec(&[]), ..m.clone() };
-            *m = std::mem::replace(m, placeholder).with_layout(layout);
+            m.set_layout(layout);
         }
     }
 
@@ -253,8 +253,7 @@ impl Dense {
         if let (DenseFormat::Q8, Dense::Bf16(m)) = (format, &mut *self) {
             if m.cols.is_multiple_of(gptoss_kernels::q8::BLOCK) {
                 // Requantizing reads rows.
-                let placeholder = Bf16Matrix { data: Bytes::from_vec(&[]), ..m.clone() };
-                *m = std::mem::replace(m, placeholder).with_layout(Bf16Layout::Rows);
+                m.set_layout(Bf16Layout::Rows);
                 let q8 = Q8Matrix::from_bf16(m);
                 m.data.release();
                 *self = Dense::Q8(q8);
@@ -368,13 +367,16 @@ impl ModelWeights {
     /// Puts the bf16 attention and unembedding matrices in `layout` (the router stays in rows:
     /// it goes through the f32-activation kernels, and the embedding is read a row at a time).
     pub fn set_dense_layout(&mut self, layout: Bf16Layout) {
-        self.unembedding.set_layout(layout);
-        for layer in &mut self.layers {
-            let a = &mut layer.attn;
-            for w in [&mut a.q, &mut a.k, &mut a.v, &mut a.out] {
-                w.set_layout(layout);
-            }
-        }
+        self.dense_mut().for_each(|w| w.set_layout(layout));
+    }
+
+    /// The attention and unembedding matrices: the ones `--dense` and the tiled layout apply to.
+    fn dense_mut(&mut self) -> impl Iterator<Item = &mut Dense> {
+        let attn = self.layers.iter_mut().flat_map(|l| {
+            let a = &mut l.attn;
+            [&mut a.q, &mut a.k, &mut a.v, &mut a.out]
+        });
+        std::iter::once(&mut self.unembedding).chain(attn)
     }
 
     /// Q8 if any attention or unembedding matrix is held as q8, else bf16.
@@ -391,13 +393,7 @@ impl ModelWeights {
     /// Converts the attention and unembedding matrices to `format` (the router stays bf16:
     /// its top-k choice is discontinuous and it is tiny).
     pub fn set_dense_format(&mut self, format: DenseFormat) {
-        self.unembedding.convert_to(format);
-        for layer in &mut self.layers {
-            let a = &mut layer.attn;
-            for w in [&mut a.q, &mut a.k, &mut a.v, &mut a.out] {
-                w.convert_to(format);
-            }
-        }
+        self.dense_mut().for_each(|w| w.convert_to(format));
     }
 }
 

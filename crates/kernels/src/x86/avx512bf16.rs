@@ -41,8 +41,8 @@ const KC: usize = 1024;
 /// (slot `i * 4 + j`; read back unless `o0` is 0). On the pass that reaches K (`o1 == k`)
 /// the sums are reduced and written as `out[i, j] + bias[i]` instead. Weight row i's chunk
 /// of columns o..o+32 is at `w + i·rs + (o/32)·cs` (rows: `rs` = K, `cs` = 32; the
-/// [`crate::bf16_t8`] layout: 32 and 256); x rows are K apart, out rows `n_tok` apart. With two terms, x is hi + lo, the lo parts `lo_off`
-/// elements after the hi ones; each chunk adds w·hi, then w·lo, to the same accumulator.
+/// [`crate::bf16_t8`] layout: 32 and 256); x rows are K apart, out rows `n_tok` apart. With
+/// two terms, x is hi + lo, the lo parts `lo_off` elements after the hi ones; each chunk adds w·hi, then w·lo, to the same accumulator.
 /// Stopping between passes only parks the 16 lanes in memory: each lane still sums its k
 /// in order, so the result is the same bits as one pass (and as [`gemv_rows_mxfp4`]).
 #[inline(always)]
@@ -195,24 +195,36 @@ unsafe fn gemm_panel<const TERMS: usize>(
     }
 }
 
-/// One token through R bf16 rows: the products and per-lane order of [`tile`] (chunk by
-/// chunk, hi then lo, a masked chunk at a ragged end), so the same bits, with R independent
-/// chains instead of 4. A single token's rows are bound by the latency of those chains, not
-/// by memory: with 4 rows and two terms they held 82% of the read bandwidth, with 8 all of it.
+/// Bytes ahead of a tiled group's stream to prefetch: the hardware prefetcher stops at pages.
+const TILED_PREFETCH_AHEAD: usize = 4096;
+
+/// One token through [`GEMV_ROWS`] bf16 rows, row after row or (`TILED`) one group of the
+/// [`crate::bf16_t8`] layout: the products and per-lane order of [`tile`] (chunk by chunk, hi
+/// then lo, a masked chunk at a ragged end), so the same bits, with 8 independent chains
+/// instead of 4. With 4 rows and two terms a single token was bound by the latency of those
+/// chains (82% of the read bandwidth); with 8 rows by how many streams the prefetcher follows,
+/// which the tiles cut to one, prefetched a page ahead.
 #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
-unsafe fn gemv_rows_bf16<const TERMS: usize, const R: usize>(
+unsafe fn gemv_bf16<const TERMS: usize, const TILED: bool>(
     x: *const u16,
     k: usize,
     w: *const u16,
     bias: Option<*const f32>,
     out: *mut f32,
 ) {
-    let mut acc = [_mm512_setzero_ps(); R];
+    const { assert!(GEMV_ROWS == bf16_t8::ROWS) };
+    // Row i's chunk of columns o..o+32 is at w + i·rs + (o/32)·cs, as in `tile`.
+    let (rs, cs) = if TILED { (bf16_t8::CHUNK, bf16_t8::ROWS * bf16_t8::CHUNK) } else { (k, 32) };
+    let mut acc = [_mm512_setzero_ps(); GEMV_ROWS];
     let mut o = 0;
     while o + 32 <= k {
+        let chunk = w.add((o / 32) * cs);
+        if TILED {
+            _mm_prefetch::<_MM_HINT_T0>((chunk as *const i8).wrapping_add(TILED_PREFETCH_AHEAD));
+        }
         let xv: [__m512bh; TERMS] = std::array::from_fn(|t| load_bh(x.add(t * k + o)));
         for (i, a) in acc.iter_mut().enumerate() {
-            let wv = load_bh(w.add(i * k + o));
+            let wv = load_bh(chunk.add(i * rs));
             for xt in xv {
                 *a = _mm512_dpbf16_ps(*a, wv, xt);
             }
@@ -220,10 +232,12 @@ unsafe fn gemv_rows_bf16<const TERMS: usize, const R: usize>(
         o += 32;
     }
     if o < k {
+        // Only rows end in a partial chunk; zeros past K add nothing.
         let m: __mmask32 = (1u32 << (k - o)) - 1;
+        let chunk = w.add((o / 32) * cs);
         let xv: [__m512bh; TERMS] = std::array::from_fn(|t| load_bh_masked(x.add(t * k + o), m));
         for (i, a) in acc.iter_mut().enumerate() {
-            let wv = load_bh_masked(w.add(i * k + o), m);
+            let wv = load_bh_masked(chunk.add(i * rs), m);
             for xt in xv {
                 *a = _mm512_dpbf16_ps(*a, wv, xt);
             }
@@ -231,6 +245,49 @@ unsafe fn gemv_rows_bf16<const TERMS: usize, const R: usize>(
     }
     for (i, a) in acc.iter().enumerate() {
         *out.add(i) = _mm512_reduce_add_ps(*a) + bias.map_or(0.0, |b| *b.add(i));
+    }
+}
+
+/// `out[R, T] = w[R, K]·x[T, K]ᵀ + bias`, w row after row or in the [`crate::bf16_t8`] layout.
+fn matmul_bf16<const TERMS: usize, const TILED: bool>(
+    x: &[u16],
+    n_tok: usize,
+    w: &[u16],
+    bias: Option<&[f32]>,
+    out: &mut [f32],
+) {
+    let k = x.len() / (TERMS * n_tok.max(1));
+    crate::scalar::check_bf16a_shapes(x, TERMS, n_tok, k, w.len(), bias, out);
+    let rows = w.len() / k;
+    assert!(!TILED || bf16_t8::can_tile(rows, k), "bf16_t8: [{rows}, {k}] is not whole groups and chunks");
+    // SAFETY: handed out by `Kernels` only when the CPU has AVX-512F/BW/BF16/VBMI; the shapes were
+    // checked above (tiles: whole groups of 8 rows, K a multiple of 32), so every block read
+    // and write is in bounds.
+    unsafe {
+        let mut r = 0;
+        if n_tok == 1 {
+            while rows - r >= GEMV_ROWS {
+                let bias = bias.map(|b| b.as_ptr().add(r));
+                gemv_bf16::<TERMS, TILED>(x.as_ptr(), k, w.as_ptr().add(r * k), bias, out.as_mut_ptr().add(r));
+                r += GEMV_ROWS;
+            }
+        }
+        while r < rows {
+            // Panels of 32 rows start on group boundaries, where both layouts are at r·K.
+            let pr = (rows - r).min(PANEL_ROWS);
+            let bias = bias.map(|b| b.as_ptr().add(r));
+            gemm_panel::<TERMS>(
+                x.as_ptr(),
+                n_tok,
+                k,
+                w.as_ptr().add(r * k),
+                TILED,
+                pr,
+                bias,
+                out.as_mut_ptr().add(r * n_tok),
+            );
+            r += pr;
+        }
     }
 }
 
@@ -242,70 +299,7 @@ pub fn matmul_rows_bf16a_bf16w<const TERMS: usize>(
     bias: Option<&[f32]>,
     out: &mut [f32],
 ) {
-    let k = x.len() / (TERMS * n_tok.max(1));
-    crate::scalar::check_bf16a_shapes(x, TERMS, n_tok, k, w.len(), bias, out);
-    let rows = w.len() / k;
-    // SAFETY: handed out by `Kernels` only when the CPU has AVX-512F/BW/BF16/VBMI; the shapes were
-    // checked above, so every block read and write is in bounds.
-    unsafe {
-        let mut r = 0;
-        if n_tok == 1 {
-            while rows - r >= GEMV_ROWS {
-                let bias = bias.map(|b| b.as_ptr().add(r));
-                gemv_rows_bf16::<TERMS, GEMV_ROWS>(x.as_ptr(), k, w.as_ptr().add(r * k), bias, out.as_mut_ptr().add(r));
-                r += GEMV_ROWS;
-            }
-        }
-        while r < rows {
-            let pr = (rows - r).min(PANEL_ROWS);
-            let bias = bias.map(|b| b.as_ptr().add(r));
-            gemm_panel::<TERMS>(
-                x.as_ptr(),
-                n_tok,
-                k,
-                w.as_ptr().add(r * k),
-                false,
-                pr,
-                bias,
-                out.as_mut_ptr().add(r * n_tok),
-            );
-            r += pr;
-        }
-    }
-}
-
-/// Bytes ahead of a tiled group's stream to prefetch: the hardware prefetcher stops at pages.
-const TILED_PREFETCH_AHEAD: usize = 4096;
-
-/// One token through one group of 8 rows in the [`crate::bf16_t8`] layout: the sums of
-/// [`gemv_rows_bf16`] (so of [`tile`]), read as one stream of 512-byte chunks.
-#[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
-unsafe fn gemv_group_bf16t8<const TERMS: usize>(
-    x: *const u16,
-    k: usize,
-    w: *const u16,
-    bias: Option<*const f32>,
-    out: *mut f32,
-) {
-    const R: usize = bf16_t8::ROWS;
-    let mut acc = [_mm512_setzero_ps(); R];
-    let mut o = 0;
-    let mut chunk = w;
-    while o < k {
-        _mm_prefetch::<_MM_HINT_T0>((chunk as *const i8).wrapping_add(TILED_PREFETCH_AHEAD));
-        let xv: [__m512bh; TERMS] = std::array::from_fn(|t| load_bh(x.add(t * k + o)));
-        for (i, a) in acc.iter_mut().enumerate() {
-            let wv = load_bh(chunk.add(i * bf16_t8::CHUNK));
-            for xt in xv {
-                *a = _mm512_dpbf16_ps(*a, wv, xt);
-            }
-        }
-        o += bf16_t8::CHUNK;
-        chunk = chunk.add(R * bf16_t8::CHUNK);
-    }
-    for (i, a) in acc.iter().enumerate() {
-        *out.add(i) = _mm512_reduce_add_ps(*a) + bias.map_or(0.0, |b| *b.add(i));
-    }
+    matmul_bf16::<TERMS, false>(x, n_tok, w, bias, out)
 }
 
 /// See [`crate::scalar::matmul_rows_bf16a_bf16t8w`].
@@ -316,39 +310,7 @@ pub fn matmul_rows_bf16a_bf16t8w<const TERMS: usize>(
     bias: Option<&[f32]>,
     out: &mut [f32],
 ) {
-    let k = x.len() / (TERMS * n_tok.max(1));
-    crate::scalar::check_bf16a_shapes(x, TERMS, n_tok, k, w.len(), bias, out);
-    let rows = w.len() / k;
-    assert!(bf16_t8::can_tile(rows, k), "bf16_t8: [{rows}, {k}] is not whole groups and chunks");
-    // SAFETY: handed out by `Kernels` only when the CPU has AVX-512F/BW/BF16; the shapes were
-    // checked above (whole groups of 8 rows, K a multiple of 32), so every read is in bounds.
-    unsafe {
-        if n_tok == 1 {
-            for g in 0..rows / bf16_t8::ROWS {
-                let r = g * bf16_t8::ROWS;
-                let bias = bias.map(|b| b.as_ptr().add(r));
-                gemv_group_bf16t8::<TERMS>(x.as_ptr(), k, w.as_ptr().add(r * k), bias, out.as_mut_ptr().add(r));
-            }
-            return;
-        }
-        let mut r = 0;
-        while r < rows {
-            // Panels of 32 rows start on group boundaries, where both layouts are at r·K.
-            let pr = (rows - r).min(PANEL_ROWS);
-            let bias = bias.map(|b| b.as_ptr().add(r));
-            gemm_panel::<TERMS>(
-                x.as_ptr(),
-                n_tok,
-                k,
-                w.as_ptr().add(r * k),
-                true,
-                pr,
-                bias,
-                out.as_mut_ptr().add(r * n_tok),
-            );
-            r += pr;
-        }
-    }
+    matmul_bf16::<TERMS, true>(x, n_tok, w, bias, out)
 }
 
 /// Bytes ahead of the decoder to prefetch MXFP4 codes.
