@@ -64,4 +64,10 @@ pub enum EngineError {
     TokenOutOfVocab { id: u32, vocab: usize },
     #[error("context overflow: sequence {seq} would hold {needed} tokens, the limit is {limit}")]
     ContextOverflow { seq: u64, needed: usize, limit: usize },
+    #[error("all {limit} sequence slots are in use (the device's cache was sized for {limit} sequences)")]
+    NoSequenceSlot { limit: usize },
+    /// The device failed mid-run (a GPU fault, a lost context): the request fails, the process
+    /// does not.
+    #[error("device error: {0}")]
+    Device(String),
 }

@@ -1,0 +1,140 @@
+//! The seam between what runs the model and everything above it: a model with its KV cache on
+//! one device. `generate`, `chat`, `run`, `bench`, `perplexity` and the server hold a
+//! `Box<dyn Runner>` and never ask which device it is: [`CpuRunner`] runs [`Model`] (the float32
+//! reference and the CPU kernels), and `gptoss_cuda::CudaRunner` runs the same forward pass
+//! on an NVIDIA GPU with the same [`Trace`] names.
+
+use std::any::Any;
+
+use crate::config::ModelConfig;
+use crate::error::EngineError;
+use crate::kv_cache::{KvCache, KvSnapshot, SeqId};
+use crate::model::{Logits, Model, SeqChunk, Trace};
+use crate::workspace::Workspace;
+
+/// A sequence's cache state at some length, to rewind to later ([`Runner::restore`]): what
+/// the device needs beyond the length (the sliding-window rings), in the device's own form.
+pub struct Snapshot {
+    /// Tokens the sequence held when the snapshot was taken.
+    pub len: usize,
+    pub data: Box<dyn Any + Send + Sync>,
+}
+
+pub trait Runner: Send {
+    fn config(&self) -> &ModelConfig;
+    /// Where it runs, for logs: `cpu (avx512bf16 kernels)`, `cuda:0 (NVIDIA H200)`.
+    fn device(&self) -> String;
+    /// Tokens one sequence may hold.
+    fn max_context(&self) -> usize;
+    /// Sequences it can hold at once (a GPU's cache is sized for them when it is created).
+    fn max_sequences(&self) -> usize;
+    /// A new empty sequence; an error when [`Runner::max_sequences`] are held already.
+    fn add_sequence(&mut self) -> Result<SeqId, EngineError>;
+    /// Frees the sequence's cache. False if it did not exist.
+    fn remove_sequence(&mut self, seq: SeqId) -> bool;
+    /// Tokens the sequence holds (the position of its next token).
+    fn seq_len(&self, seq: SeqId) -> Option<usize>;
+    /// What it takes to rewind the sequence to its current length later.
+    fn snapshot(&self, seq: SeqId) -> Option<Snapshot>;
+    /// Rewinds the sequence to a snapshot taken from it when it was at most as long as now.
+    /// False, and nothing changed, otherwise.
+    fn restore(&mut self, seq: SeqId, snap: &Snapshot) -> bool;
+    /// Appends each chunk to its sequence; logits for the positions the chunks ask for. The
+    /// whole batch is checked first: on an error no sequence has changed.
+    fn forward(&mut self, batch: &[SeqChunk]) -> Result<&Logits, EngineError>;
+    /// [`Runner::forward`], handing every named intermediate to `trace` (slow: for comparing
+    /// devices layer by layer).
+    fn forward_traced(&mut self, batch: &[SeqChunk], trace: Trace) -> Result<&Logits, EngineError>;
+    /// The last forward pass's logits, moved out (to outlive the next call).
+    fn take_logits(&mut self) -> Logits;
+    /// Hands logits from [`Runner::take_logits`] back, for the next pass to reuse.
+    fn restore_logits(&mut self, logits: Logits);
+    /// Bytes held for sequences' keys and values.
+    fn cache_bytes(&self) -> usize;
+    /// Weight bytes one decoded token reads (the bandwidth bound of generation).
+    fn bytes_per_token(&self) -> u64;
+}
+
+/// [`Model`] on the CPU, with its cache and buffers.
+pub struct CpuRunner {
+    pub model: Model,
+    cache: KvCache,
+    ws: Workspace,
+}
+
+impl CpuRunner {
+    pub fn new(model: Model, max_context: usize) -> Self {
+        let cache = KvCache::new(&model.config, max_context);
+        CpuRunner { model, cache, ws: Workspace::new() }
+    }
+
+    pub fn cache(&self) -> &KvCache {
+        &self.cache
+    }
+}
+
+impl Runner for CpuRunner {
+    fn config(&self) -> &ModelConfig {
+        &self.model.config
+    }
+
+    fn device(&self) -> String {
+        format!("cpu ({:?} kernels)", self.model.kernels())
+    }
+
+    fn max_context(&self) -> usize {
+        self.cache.max_context()
+    }
+
+    fn max_sequences(&self) -> usize {
+        usize::MAX
+    }
+
+    fn add_sequence(&mut self) -> Result<SeqId, EngineError> {
+        Ok(self.cache.add_sequence())
+    }
+
+    fn remove_sequence(&mut self, seq: SeqId) -> bool {
+        self.cache.remove_sequence(seq)
+    }
+
+    fn seq_len(&self, seq: SeqId) -> Option<usize> {
+        self.cache.len(seq)
+    }
+
+    fn snapshot(&self, seq: SeqId) -> Option<Snapshot> {
+        let snap = self.cache.snapshot(seq)?;
+        Some(Snapshot { len: snap.len, data: Box::new(snap) })
+    }
+
+    fn restore(&mut self, seq: SeqId, snap: &Snapshot) -> bool {
+        match snap.data.downcast_ref::<KvSnapshot>() {
+            Some(s) => self.cache.restore(seq, s),
+            None => false,
+        }
+    }
+
+    fn forward(&mut self, batch: &[SeqChunk]) -> Result<&Logits, EngineError> {
+        self.model.forward_in(&mut self.ws, &mut self.cache, batch)
+    }
+
+    fn forward_traced(&mut self, batch: &[SeqChunk], trace: Trace) -> Result<&Logits, EngineError> {
+        self.model.forward_in_traced(&mut self.ws, &mut self.cache, batch, trace)
+    }
+
+    fn take_logits(&mut self) -> Logits {
+        self.ws.take_logits()
+    }
+
+    fn restore_logits(&mut self, logits: Logits) {
+        self.ws.restore_logits(logits)
+    }
+
+    fn cache_bytes(&self) -> usize {
+        self.cache.allocated_bytes()
+    }
+
+    fn bytes_per_token(&self) -> u64 {
+        self.model.weights.bytes_per_token(self.model.config.experts_per_token)
+    }
+}
