@@ -1,25 +1,53 @@
 //! gpt-oss on NVIDIA GPUs. Always built: the CUDA driver is loaded at run time, so a machine
-//! without one gets [`CudaError::NoDriver`], never a panic.
+//! without one gets [`CudaError::NoDriver`], never a panic, and the kernels are compiled
+//! ahead of time into an image embedded in the binary (tools/build-cuda-kernels.sh), so
+//! building needs no CUDA toolkit and running needs only the NVIDIA driver.
 //!
-//! (Being written: this is the public surface the command line is wired against.)
+//! [`CudaRunner`] is a [`Runner`]: the same batched forward pass as the CPU's `Model`, with
+//! the weights (MXFP4 experts packed), the KV cache (paged full-attention layers, ring
+//! sliding-window layers) and every activation on the device.
+
+pub mod driver;
+pub mod kv;
+pub mod layout;
+pub mod model;
+pub mod plan;
+pub mod probe;
+pub mod routing;
+pub mod weights;
 
 use std::path::Path;
 
+use gptoss_engine::checkpoint::Checkpoint;
 use gptoss_engine::runner::Runner;
+use gptoss_engine::weights::ModelWeights;
 use gptoss_engine::ModelConfig;
+
+pub use model::{CudaRunner, KernelSet};
 
 #[derive(Debug, thiserror::Error)]
 pub enum CudaError {
     #[error("no CUDA driver found (libcuda.so.1): install the NVIDIA driver to run on a GPU")]
     NoDriver,
+    #[error("the NVIDIA driver supports CUDA {version}; gptoss needs CUDA 13.0 or newer (driver 580 or newer)")]
+    OldDriver { version: String },
     #[error("no CUDA device {ordinal}: this machine has {count}")]
     NoSuchDevice { ordinal: usize, count: usize },
-    #[error("cuda:{ordinal} ({name}) has {free} bytes free; the model needs {needed} (weights {weights}, KV cache {kv}, buffers {buffers})")]
+    #[error("cuda:{ordinal} ({name}) has compute capability {}.{}; gptoss needs 8.0 or newer (Ampere and later)", cc.0, cc.1)]
+    UnsupportedDevice { ordinal: usize, name: String, cc: (i32, i32) },
+    #[error("cuda:{ordinal} ({name}) has {} free; the model needs {} (weights {}, KV cache {}, buffers {})",
+        gb(*free), gb(*needed), gb(*weights), gb(*kv), gb(*buffers))]
     OutOfMemory { ordinal: usize, name: String, needed: u64, free: u64, weights: u64, kv: u64, buffers: u64 },
+    #[error("{0}")]
+    Unsupported(String),
     #[error("CUDA: {0}")]
     Driver(String),
     #[error(transparent)]
     Load(#[from] gptoss_engine::LoadError),
+}
+
+fn gb(b: u64) -> String {
+    format!("{:.2} GB", b as f64 / 1e9)
 }
 
 /// One GPU as the driver reports it.
@@ -35,7 +63,29 @@ pub struct DeviceInfo {
 
 /// The GPUs of this machine; empty when there is no driver or no device.
 pub fn devices() -> Vec<DeviceInfo> {
-    Vec::new()
+    let Ok(n) = driver::device_count() else { return Vec::new() };
+    (0..n)
+        .filter_map(|ordinal| {
+            let (_, facts) = driver::device_facts(ordinal).ok()?;
+            let (free, total) = driver::mem_info(ordinal).ok()?;
+            Some(DeviceInfo {
+                ordinal,
+                name: facts.name,
+                compute_capability: facts.cc,
+                total_bytes: total,
+                free_bytes: free,
+            })
+        })
+        .collect()
+}
+
+/// Why [`devices`] is empty, for messages: no driver, an old one, or no GPU.
+pub fn why_no_devices() -> String {
+    match driver::device_count() {
+        Err(e) => e.to_string(),
+        Ok(0) => "the NVIDIA driver reports no GPU".into(),
+        Ok(n) => format!("{n} GPUs"),
+    }
 }
 
 /// Device bytes a model of `config` needs: its weights as held on the device, a KV cache for
@@ -54,8 +104,13 @@ impl MemoryNeeds {
 }
 
 pub fn memory_needs(config: &ModelConfig, max_context: usize, max_sequences: usize) -> MemoryNeeds {
-    let _ = (config, max_context, max_sequences);
-    MemoryNeeds { weights: 0, kv: 0, buffers: 0 }
+    let ctx = max_context.min(config.max_context).max(1);
+    let rope = 2 * 4 * (ctx * config.head_dim / 2) as u64;
+    MemoryNeeds {
+        weights: weights::weight_bytes(config),
+        kv: model::kv_bytes(config, ctx, max_sequences.max(1)),
+        buffers: model::buffer_bytes(config, max_sequences.max(1)) + rope + 4 * config.vocab_size as u64,
+    }
 }
 
 /// How to open a model on a GPU.
@@ -67,15 +122,51 @@ pub struct CudaOptions {
     pub max_sequences: usize,
 }
 
+/// Fails before any allocation when the device cannot hold the model.
+fn check_fits(gpu: &driver::Gpu, cfg: &ModelConfig, opts: &CudaOptions) -> Result<(), CudaError> {
+    let needs = memory_needs(cfg, opts.max_context, opts.max_sequences);
+    let (free, _) = driver::mem_info(opts.ordinal)?;
+    // A little headroom for the driver's own allocations (module, stream, context).
+    if needs.total() + (256 << 20) > free {
+        return Err(CudaError::OutOfMemory {
+            ordinal: opts.ordinal,
+            name: gpu.facts.name.clone(),
+            needed: needs.total(),
+            free,
+            weights: needs.weights,
+            kv: needs.kv,
+            buffers: needs.buffers,
+        });
+    }
+    Ok(())
+}
+
 /// Loads a checkpoint folder or GGUF file onto the GPU.
 pub fn open(path: &Path, opts: &CudaOptions) -> Result<Box<dyn Runner>, CudaError> {
-    let _ = (path, opts);
-    Err(CudaError::NoDriver)
+    Ok(Box::new(open_runner(path, opts)?))
+}
+
+/// [`open`], keeping the concrete type (for tests and the device check).
+pub fn open_runner(path: &Path, opts: &CudaOptions) -> Result<CudaRunner, CudaError> {
+    let mut gpu = driver::Gpu::open(opts.ordinal)?;
+    let ck = Checkpoint::open(path)?;
+    let cfg = ck.config.clone();
+    check_fits(&gpu, &cfg, opts)?;
+    let host = ModelWeights::load(&ck)?;
+    let w = weights::upload(&mut gpu, &host, &cfg)?;
+    drop(host);
+    CudaRunner::new(gpu, cfg, w, opts.max_context, opts.max_sequences)
 }
 
 /// Random weights of `config`'s shape made directly in device memory (no checkpoint: the
 /// 120b does not fit the disks of most GPU machines), for `gptoss bench --synth`.
 pub fn synth(config: &ModelConfig, seed: u64, opts: &CudaOptions) -> Result<Box<dyn Runner>, CudaError> {
-    let _ = (config, seed, opts);
-    Err(CudaError::NoDriver)
+    Ok(Box::new(synth_runner(config, seed, opts)?))
+}
+
+pub fn synth_runner(config: &ModelConfig, seed: u64, opts: &CudaOptions) -> Result<CudaRunner, CudaError> {
+    let mut gpu = driver::Gpu::open(opts.ordinal)?;
+    check_fits(&gpu, config, opts)?;
+    let w = weights::synth(&mut gpu, config, seed)?;
+    CudaRunner::new(gpu, config.clone(), w, opts.max_context, opts.max_sequences)
 }

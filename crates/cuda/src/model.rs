@@ -1,0 +1,888 @@
+//! The gpt-oss forward pass on one GPU, block by block in the order of the CPU's `model.rs`
+//! (spec §4), with the same [`Trace`] names. Activations stay f32; the matmuls split them
+//! into two bf16 terms on the tensor cores (see kernels/linear.cuh).
+
+use std::ffi::c_void;
+
+use gptoss_engine::model::Trace;
+use gptoss_engine::runner::{Runner, Snapshot};
+use gptoss_engine::{EngineError, Logits, ModelConfig, SeqChunk, SeqId};
+use gptoss_kernels::scalar::YarnRope;
+
+use crate::args;
+use crate::driver::{DevBuf, Gpu};
+use crate::kv::{KvBook, PAGE_TOKENS};
+use crate::plan::{self, PassLimits, PassMeta};
+use crate::routing::{max_items, max_rows};
+use crate::weights::{Dense16, DeviceWeights, Experts4};
+use crate::CudaError;
+
+/// Which kernels run the matmuls and attention.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KernelSet {
+    /// Tensor-core matmuls, split-key attention.
+    Fast,
+    /// One thread per output, f32 products in order: the device's scalar twin.
+    Simple,
+}
+
+impl KernelSet {
+    /// `GPTOSS_CUDA_KERNELS=simple` picks the scalar twins.
+    pub fn from_env() -> Self {
+        match std::env::var("GPTOSS_CUDA_KERNELS").as_deref() {
+            Ok("simple") => KernelSet::Simple,
+            _ => KernelSet::Fast,
+        }
+    }
+}
+
+/// Tokens of one pass at most (longer batches run as several passes).
+pub const MAX_PASS_TOKENS: usize = 2048;
+/// Rows of logits one pass may produce (804 KB each for the real vocabulary).
+pub const MAX_PASS_LOGIT_ROWS: usize = 128;
+/// Bytes of attention partial sums (rows × key ranges × heads × 66 floats).
+pub const PARTIAL_BYTES: usize = 256 << 20;
+
+/// `#[repr(C)]` twin of LinearArgs in kernels/linear.cuh.
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+struct LinearArgs {
+    w: u64,
+    scales: u64,
+    w_stride: i64,
+    s_stride: i64,
+    bias: u64,
+    x: u64,
+    x_rows: u64,
+    y: u64,
+    resid: u64,
+    items: u64,
+    n_items: u64,
+    ntiles: i32,
+    rows: i32,
+    r: i32,
+    mt: i32,
+    k: i32,
+    kb: i32,
+    s: i32,
+    x_stride: i32,
+    y_stride: i32,
+    mode: i32,
+    swiglu_limit: f32,
+}
+
+/// `#[repr(C)]` twin of AttnArgs in kernels/attention.cuh.
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+struct AttnArgs {
+    qkv: u64,
+    qkv_stride: i32,
+    kc: u64,
+    vc: u64,
+    page_table: u64,
+    max_pages: i32,
+    page: i32,
+    window: i32,
+    pos: u64,
+    row_item: u64,
+    item_slot: u64,
+    item_start: u64,
+    item_row0: u64,
+    item_len: u64,
+    qblocks: u64,
+    sinks: u64,
+    scale: f32,
+    nq: i32,
+    nkv: i32,
+    t: i32,
+    split_keys: i32,
+    splits: i32,
+    part: u64,
+    out: u64,
+}
+
+/// `#[repr(C)]` twin of RouteArgs in kernels/misc.cuh.
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+struct RouteArgs {
+    logits: u64,
+    t: i32,
+    e: i32,
+    k: i32,
+    experts: u64,
+    gates: u64,
+    prow: u64,
+    row_src: u64,
+    items: u64,
+    counts: u64,
+    max_rows: i32,
+    max_items: i32,
+    item_ntiles: i32,
+}
+
+/// Where each pass's per-row metadata lives on the device (i32 offsets into `meta`).
+#[derive(Default, Clone, Copy)]
+struct MetaPtrs {
+    tokens: u64,
+    positions: u64,
+    row_item: u64,
+    item_slot: u64,
+    item_start: u64,
+    item_row0: u64,
+    item_len: u64,
+    qblocks: u64,
+    logit_rows: u64,
+}
+
+/// Activations and scratch for passes of up to `tokens` rows.
+struct Buffers {
+    x: DevBuf,
+    norm: DevBuf,
+    qkv: DevBuf,
+    attn: DevBuf,
+    block_out: DevBuf,
+    router_logits: DevBuf,
+    experts: DevBuf,
+    gates: DevBuf,
+    prow: DevBuf,
+    row_src: DevBuf,
+    items: DevBuf,
+    counts: DevBuf,
+    act: DevBuf,
+    down: DevBuf,
+    part: DevBuf,
+    final_norm: DevBuf,
+    logits: DevBuf,
+    meta: DevBuf,
+}
+
+/// Device bytes of the buffers of a runner of `cfg` (what [`Buffers::new`] allocates).
+pub fn buffer_bytes(cfg: &ModelConfig, max_sequences: usize) -> u64 {
+    let t = MAX_PASS_TOKENS;
+    let (h, e, k) = (cfg.hidden_size, cfg.num_experts, cfg.experts_per_token);
+    let qkv = cfg.q_dim() + 2 * cfg.kv_dim();
+    let rows = max_rows(t * k, e);
+    let floats = 3 * t * h + t * qkv + t * cfg.q_dim() + t * e + 2 * t * k + rows * cfg.intermediate_size + rows * h;
+    let logit_rows = MAX_PASS_LOGIT_ROWS.max(max_sequences);
+    let ints = t * k + rows + 3 * max_items(t * k, e) + 2 + 16 * t;
+    (4 * (floats + ints + logit_rows * h + logit_rows * cfg.vocab_size) + PARTIAL_BYTES + crate::weights::STAGING_BYTES)
+        as u64
+}
+
+impl Buffers {
+    fn new(gpu: &Gpu, cfg: &ModelConfig, logit_rows: usize) -> Result<Self, CudaError> {
+        let t = MAX_PASS_TOKENS;
+        let (h, e, k) = (cfg.hidden_size, cfg.num_experts, cfg.experts_per_token);
+        let qkv = cfg.q_dim() + 2 * cfg.kv_dim();
+        let moe_rows = max_rows(t * k, e);
+        let moe_items = max_items(t * k, e);
+        let f = |n: usize| gpu.alloc(4 * n);
+        Ok(Buffers {
+            x: f(t * h)?,
+            norm: f(t * h)?,
+            qkv: f(t * qkv)?,
+            attn: f(t * cfg.q_dim())?,
+            block_out: f(t * h)?,
+            router_logits: f(t * e)?,
+            experts: f(t * k)?,
+            gates: f(t * k)?,
+            prow: f(t * k)?,
+            row_src: f(moe_rows)?,
+            items: f(3 * moe_items)?,
+            counts: f(2)?,
+            act: f(moe_rows * cfg.intermediate_size)?,
+            down: f(moe_rows * h)?,
+            part: gpu.alloc(PARTIAL_BYTES)?,
+            final_norm: f(logit_rows * h)?,
+            logits: f(logit_rows * cfg.vocab_size)?,
+            meta: f(16 * t)?,
+        })
+    }
+}
+
+/// A layer's keys and values: a page pool (full attention) or per-slot rings (sliding).
+struct LayerKv {
+    k: DevBuf,
+    v: DevBuf,
+    window: Option<usize>,
+}
+
+/// Device bytes of the KV cache of `max_sequences` sequences of `max_context` tokens.
+pub fn kv_bytes(cfg: &ModelConfig, max_context: usize, max_sequences: usize) -> u64 {
+    let kvd = cfg.kv_dim() as u64;
+    let pages = (max_sequences * KvBook::pages_for(max_context)) as u64;
+    let mut total = 4 * pages; // the page table
+    for l in 0..cfg.num_layers {
+        total += 2
+            * 4
+            * kvd
+            * match cfg.window(l) {
+                Some(w) => (max_sequences * w) as u64,
+                None => pages * PAGE_TOKENS as u64,
+            };
+    }
+    total
+}
+
+/// The rings of one sequence (f32 keys then values, per sliding layer).
+struct RingSnapshot {
+    rings: Vec<Vec<f32>>,
+}
+
+pub struct CudaRunner {
+    gpu: Gpu,
+    cfg: ModelConfig,
+    w: DeviceWeights,
+    book: KvBook,
+    kv: Vec<LayerKv>,
+    page_table: DevBuf,
+    rope_cos: DevBuf,
+    rope_sin: DevBuf,
+    b: Buffers,
+    kernels: KernelSet,
+    limits: PassLimits,
+    meta_host: Vec<i32>,
+    pass: PassMeta,
+    logits: Logits,
+    bytes_per_token: u64,
+    /// V zeros: the unembedding's bias (it has none).
+    zero_bias: DevBuf,
+}
+
+impl CudaRunner {
+    pub fn new(
+        mut gpu: Gpu,
+        cfg: ModelConfig,
+        w: DeviceWeights,
+        max_context: usize,
+        max_sequences: usize,
+    ) -> Result<Self, CudaError> {
+        let max_context = max_context.min(cfg.max_context).max(1);
+        let book = KvBook::new(max_sequences, max_context);
+        let kvd = cfg.kv_dim();
+        let mut kv = Vec::with_capacity(cfg.num_layers);
+        for l in 0..cfg.num_layers {
+            let window = cfg.window(l);
+            let cells = match window {
+                Some(w) => max_sequences * w,
+                None => book.total_pages() * PAGE_TOKENS,
+            };
+            kv.push(LayerKv { k: gpu.alloc_zeroed(4 * cells * kvd)?, v: gpu.alloc_zeroed(4 * cells * kvd)?, window });
+        }
+        let page_table = gpu.alloc_zeroed(4 * book.total_pages().max(1))?;
+        // The CPU's own YaRN code, so positions rotate by the same bits.
+        let rope = YarnRope::new(
+            cfg.head_dim,
+            cfg.rope_theta,
+            cfg.rope_factor,
+            cfg.rope_original_context as f64,
+            cfg.rope_beta_fast,
+            cfg.rope_beta_slow,
+            cfg.rope_truncate,
+        );
+        let half = cfg.head_dim / 2;
+        let (mut cos, mut sin) = (vec![0f32; max_context * half], vec![0f32; max_context * half]);
+        for p in 0..max_context {
+            rope.cos_sin(p, &mut cos[p * half..(p + 1) * half], &mut sin[p * half..(p + 1) * half]);
+        }
+        let rope_cos = gpu.alloc(cos.len() * 4)?;
+        let rope_sin = gpu.alloc(sin.len() * 4)?;
+        gpu.upload(rope_cos.ptr, &cos)?;
+        gpu.upload(rope_sin.ptr, &sin)?;
+        let logit_rows = MAX_PASS_LOGIT_ROWS.max(max_sequences);
+        let b = Buffers::new(&gpu, &cfg, logit_rows)?;
+        let row_splits = PARTIAL_BYTES / (4 * (cfg.head_dim + 2) * cfg.num_heads);
+        let limits = PassLimits { tokens: MAX_PASS_TOKENS, logit_rows, row_splits };
+        let bytes_per_token = cfg.bytes_read_per_token();
+        // Kernels are looked up once, so no pass fails on a missing one.
+        for name in KERNELS {
+            gpu.func(name, smem_of(name))?;
+        }
+        let logits = Logits { vocab: cfg.vocab_size, data: Vec::new(), rows: Vec::new() };
+        let zero_bias = gpu.alloc_zeroed(4 * cfg.vocab_size)?;
+        Ok(CudaRunner {
+            zero_bias,
+            gpu,
+            cfg,
+            w,
+            book,
+            kv,
+            page_table,
+            rope_cos,
+            rope_sin,
+            b,
+            kernels: KernelSet::from_env(),
+            limits,
+            meta_host: Vec::new(),
+            pass: PassMeta::default(),
+            logits,
+            bytes_per_token,
+        })
+    }
+
+    pub fn set_kernels(&mut self, k: KernelSet) {
+        self.kernels = k;
+    }
+
+    pub fn gpu(&self) -> &Gpu {
+        &self.gpu
+    }
+
+    pub fn gpu_mut(&mut self) -> &mut Gpu {
+        &mut self.gpu
+    }
+
+    fn launch(
+        &mut self,
+        name: &'static str,
+        grid: (u32, u32, u32),
+        block: u32,
+        smem: usize,
+        args: &mut [*mut c_void],
+    ) -> Result<(), CudaError> {
+        let f = self.gpu.func(name, smem.max(smem_of(name)))?;
+        self.gpu.launch(f, grid, block, smem, args)
+    }
+
+    fn forward_all(&mut self, batch: &[SeqChunk], mut trace: Option<Trace>) -> Result<(), EngineError> {
+        self.gpu.bind().map_err(dev)?;
+        plan::validate(&self.book, batch, self.cfg.vocab_size)?;
+        self.logits.data.clear();
+        self.logits.rows.clear();
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let lens: Vec<usize> = batch.iter().map(|c| self.book.len(c.seq).unwrap_or(0)).collect();
+        for pieces in plan::passes(batch, &lens, self.limits) {
+            for p in &pieces {
+                let len = self.book.len(p.seq).unwrap_or(0);
+                if let Some(u) = self.book.reserve(p.seq, len + p.len)? {
+                    let at = self.page_table.ptr + 4 * (u.slot as usize * self.book.max_pages() + u.first) as u64;
+                    self.gpu.upload(at, &u.pages).map_err(dev)?;
+                }
+            }
+            let mut pass = std::mem::take(&mut self.pass);
+            pass.build(&pieces, batch, &self.book);
+            let r = self.run_pass(&pass, &mut trace);
+            self.pass = pass;
+            r.map_err(dev)?;
+            for p in &pieces {
+                self.book.advance(p.seq, p.len);
+            }
+        }
+        Ok(())
+    }
+
+    fn upload_meta(&mut self, pass: &PassMeta) -> Result<MetaPtrs, CudaError> {
+        let h = &mut self.meta_host;
+        h.clear();
+        let base = self.b.meta.ptr;
+        let mut put = |v: &[i32]| {
+            let at = base + 4 * h.len() as u64;
+            h.extend_from_slice(v);
+            at
+        };
+        let m = MetaPtrs {
+            tokens: put(&pass.tokens),
+            positions: put(&pass.positions),
+            row_item: put(&pass.row_item),
+            item_slot: put(&pass.item_slot),
+            item_start: put(&pass.item_start),
+            item_row0: put(&pass.item_row0),
+            item_len: put(&pass.item_len),
+            qblocks: put(&pass.qblocks),
+            logit_rows: put(&pass.logit_rows),
+        };
+        assert!(h.len() * 4 <= self.b.meta.bytes, "pass metadata outgrew its buffer");
+        self.gpu.upload(base, h)?;
+        Ok(m)
+    }
+
+    /// Downloads `[rows, width]` f32 at `ptr` for a trace.
+    fn traced(
+        &self,
+        trace: &mut Option<Trace<'_>>,
+        name: &str,
+        layer: Option<usize>,
+        ptr: u64,
+        rows: usize,
+        width: usize,
+    ) -> Result<(), CudaError> {
+        if let Some(t) = trace.as_mut() {
+            let mut host = vec![0f32; rows * width];
+            self.gpu.download(&mut host, ptr)?;
+            t(name, layer, &host);
+        }
+        Ok(())
+    }
+
+    fn run_pass(&mut self, pass: &PassMeta, trace: &mut Option<Trace<'_>>) -> Result<(), CudaError> {
+        let cfg = self.cfg.clone();
+        let t = pass.rows();
+        let (h, qd, kvd) = (cfg.hidden_size, cfg.q_dim(), cfg.kv_dim());
+        let qkv_w = qd + 2 * kvd;
+        let m = self.upload_meta(pass)?;
+        let (ti, hi) = (t as u32, h as i32);
+
+        let (emb, tok, x) = (self.w.embedding.ptr, m.tokens, self.b.x.ptr);
+        self.launch("embed_rows", (ti, 1, 1), 256, 0, &mut args![emb, tok, hi, x])?;
+        self.traced(trace, "embedding", None, x, t, h)?;
+
+        for l in 0..cfg.num_layers {
+            // --- attention block
+            self.rmsnorm(self.b.x.ptr, 0, self.w.layers[l].attn_norm.ptr, t, self.b.norm.ptr)?;
+            self.traced(trace, "attn_norm", Some(l), self.b.norm.ptr, t, h)?;
+            let (norm, qkv) = (self.b.norm.ptr, self.b.qkv.ptr);
+            self.linear(Lin::Dense(l, DenseSel::Qkv), t, norm, h, 0, qkv, qkv_w, 0, 0, None)?;
+            let (stride, pos, cs, sn) = (qkv_w as i32, m.positions, self.rope_cos.ptr, self.rope_sin.ptr);
+            let (heads, half) = ((cfg.num_heads + cfg.num_kv_heads) as i32, (cfg.head_dim / 2) as i32);
+            self.launch("rope_qk", (ti, 1, 1), 256, 0, &mut args![qkv, stride, pos, cs, sn, heads, half])?;
+            if trace.is_some() {
+                let mut all = vec![0f32; t * qkv_w];
+                self.gpu.download(&mut all, qkv)?;
+                let tr = trace.as_mut().expect("checked");
+                let part = |from: usize, w: usize| -> Vec<f32> {
+                    all.chunks_exact(qkv_w).flat_map(|r| r[from..from + w].iter().copied()).collect()
+                };
+                tr("q", Some(l), &part(0, qd));
+                tr("k", Some(l), &part(qd, kvd));
+                tr("v", Some(l), &part(qd + kvd, kvd));
+            }
+            self.attention(l, pass, &m)?;
+            self.traced(trace, "attn", Some(l), self.b.attn.ptr, t, qd)?;
+            let (attn, out, x) = (self.b.attn.ptr, self.b.block_out.ptr, self.b.x.ptr);
+            self.linear(Lin::Dense(l, DenseSel::Out), t, attn, qd, 0, out, h, x, 1, None)?;
+            self.traced(trace, "attn_out", Some(l), out, t, h)?;
+            self.traced(trace, "attn_residual", Some(l), x, t, h)?;
+
+            // --- MoE block
+            self.rmsnorm(self.b.x.ptr, 0, self.w.layers[l].mlp_norm.ptr, t, self.b.norm.ptr)?;
+            self.traced(trace, "mlp_norm", Some(l), self.b.norm.ptr, t, h)?;
+            self.moe(l, t, trace)?;
+        }
+
+        let n_rows = pass.logit_rows.len();
+        if n_rows > 0 {
+            self.rmsnorm(self.b.x.ptr, m.logit_rows, self.w.norm.ptr, n_rows, self.b.final_norm.ptr)?;
+            self.traced(trace, "final_norm", None, self.b.final_norm.ptr, n_rows, h)?;
+            let (fnorm, lg) = (self.b.final_norm.ptr, self.b.logits.ptr);
+            self.linear(Lin::Unembed, n_rows, fnorm, h, 0, lg, cfg.vocab_size, 0, 0, None)?;
+            let start = self.logits.data.len();
+            self.logits.data.resize(start + n_rows * cfg.vocab_size, 0.0);
+            self.gpu.download(&mut self.logits.data[start..], lg)?;
+            if let Some(tr) = trace.as_mut() {
+                tr("logits", None, &self.logits.data[start..]);
+            }
+            self.logits.rows.extend_from_slice(&pass.logit_meta);
+        } else {
+            self.gpu.sync()?;
+        }
+        Ok(())
+    }
+
+    fn rmsnorm(&mut self, x: u64, src_rows: u64, gain: u64, rows: usize, out: u64) -> Result<(), CudaError> {
+        let (eps, h) = (self.cfg.rms_norm_eps, self.cfg.hidden_size as i32);
+        self.launch("rmsnorm_rows", (rows as u32, 1, 1), 256, 0, &mut args![x, src_rows, gain, eps, h, out])
+    }
+
+    fn attention(&mut self, l: usize, pass: &PassMeta, m: &MetaPtrs) -> Result<(), CudaError> {
+        let cfg = &self.cfg;
+        let t = pass.rows();
+        let kv = &self.kv[l];
+        let a = AttnArgs {
+            qkv: self.b.qkv.ptr,
+            qkv_stride: (cfg.q_dim() + 2 * cfg.kv_dim()) as i32,
+            kc: kv.k.ptr,
+            vc: kv.v.ptr,
+            page_table: if kv.window.is_some() { 0 } else { self.page_table.ptr },
+            max_pages: self.book.max_pages() as i32,
+            page: PAGE_TOKENS as i32,
+            window: kv.window.unwrap_or(0) as i32,
+            pos: m.positions,
+            row_item: m.row_item,
+            item_slot: m.item_slot,
+            item_start: m.item_start,
+            item_row0: m.item_row0,
+            item_len: m.item_len,
+            qblocks: m.qblocks,
+            sinks: self.w.layers[l].sinks.ptr,
+            scale: 1.0 / (cfg.head_dim as f32).sqrt(),
+            nq: cfg.num_heads as i32,
+            nkv: cfg.num_kv_heads as i32,
+            t: t as i32,
+            split_keys: plan::SPLIT_KEYS as i32,
+            splits: pass.splits as i32,
+            part: self.b.part.ptr,
+            out: self.b.attn.ptr,
+        };
+        match self.kernels {
+            KernelSet::Fast => {
+                let blocks = (pass.qblocks.len() / 2) as u32;
+                self.launch(
+                    "attention_partial",
+                    (blocks, cfg.num_kv_heads as u32, pass.splits as u32),
+                    256,
+                    0,
+                    &mut args![a],
+                )?;
+                self.launch("attention_combine", (t as u32, 1, 1), 256, 0, &mut args![a])
+            }
+            KernelSet::Simple => {
+                let n = (t * cfg.num_heads).div_ceil(64) as u32;
+                self.launch("attention_ref", (n, 1, 1), 64, 0, &mut args![a])?;
+                self.launch("kv_store", (t as u32, 1, 1), 256, 0, &mut args![a])
+            }
+        }
+    }
+
+    fn moe(&mut self, l: usize, t: usize, trace: &mut Option<Trace<'_>>) -> Result<(), CudaError> {
+        let cfg = self.cfg.clone();
+        let (h, e, k) = (cfg.hidden_size, cfg.num_experts, cfg.experts_per_token);
+        let (x, norm, lw) = (self.b.norm.ptr, self.b.norm.ptr, &self.w.layers[l]);
+        let (w, bias, out) = (lw.router.ptr, lw.router_bias.ptr, self.b.router_logits.ptr);
+        let (ti, hi, ei) = (t as i32, h as i32, e as i32);
+        self.launch(
+            "router_f32",
+            (e as u32, t.div_ceil(8) as u32, 1),
+            128,
+            0,
+            &mut args![x, ti, hi, w, bias, ei, out],
+        )?;
+        self.traced(trace, "router_logits", Some(l), out, t, e)?;
+
+        let item_ntiles = self.item_ntiles(t);
+        let r = RouteArgs {
+            logits: out,
+            t: ti,
+            e: ei,
+            k: k as i32,
+            experts: self.b.experts.ptr,
+            gates: self.b.gates.ptr,
+            prow: self.b.prow.ptr,
+            row_src: self.b.row_src.ptr,
+            items: self.b.items.ptr,
+            counts: self.b.counts.ptr,
+            max_rows: max_rows(t * k, e) as i32,
+            max_items: max_items(t * k, e) as i32,
+            item_ntiles: item_ntiles as i32,
+        };
+        self.launch("route_tokens", (1, 1, 1), 1024, 0, &mut args![r])?;
+
+        let (act, down) = (self.b.act.ptr, self.b.down.ptr);
+        let (items, counts, row_src) = (self.b.items.ptr, self.b.counts.ptr, self.b.row_src.ptr);
+        let moe = Some(MoeItems { items, n_items: counts, max_items: max_items(t * k, e), rows: max_rows(t * k, e) });
+        let i_dim = cfg.intermediate_size;
+        self.linear(Lin::Experts(l, ExpertSel::GateUp), t, norm, h, row_src, act, i_dim, 0, 2, moe)?;
+        self.linear(Lin::Experts(l, ExpertSel::Down), t, act, i_dim, 0, down, h, 0, 0, moe)?;
+
+        let (prow, gates, moe_out, xr) = (self.b.prow.ptr, self.b.gates.ptr, self.b.block_out.ptr, self.b.x.ptr);
+        let ki = k as i32;
+        self.launch("moe_combine", (t as u32, 1, 1), 256, 0, &mut args![down, prow, gates, ki, hi, moe_out, xr])?;
+        self.traced(trace, "moe_out", Some(l), moe_out, t, h)?;
+        self.traced(trace, "moe_residual", Some(l), xr, t, h)?;
+        Ok(())
+    }
+
+    /// n-tiles per work item of a pass of `t` tokens: the decode kernel's NT, or the GEMM's 8.
+    fn item_ntiles(&self, t: usize) -> usize {
+        match (self.kernels, t <= 64) {
+            (KernelSet::Fast, true) => t.div_ceil(8).next_power_of_two(),
+            _ => 8,
+        }
+    }
+
+    /// y = x Wᵀ + b for `t` tokens (the pass), dense or through the experts' work items.
+    #[allow(clippy::too_many_arguments)]
+    fn linear(
+        &mut self,
+        which: Lin,
+        t: usize,
+        x: u64,
+        x_stride: usize,
+        x_rows: u64,
+        y: u64,
+        y_stride: usize,
+        resid: u64,
+        mode: i32,
+        moe: Option<MoeItems>,
+    ) -> Result<(), CudaError> {
+        let swiglu_limit = self.cfg.swiglu_limit;
+        let (mx, w, scales, w_stride, s_stride, bias, shape, slices, rows_out) = match which {
+            Lin::Dense(l, sel) => {
+                let lw = &self.w.layers[l];
+                let (d, b): (&Dense16, u64) = match sel {
+                    DenseSel::Qkv => (&lw.qkv, lw.qkv_bias.ptr),
+                    DenseSel::Out => (&lw.out, lw.out_bias.ptr),
+                };
+                (false, d.buf.ptr, 0, 0, 0, b, d.shape, d.slices, d.shape.rows)
+            }
+            Lin::Unembed => {
+                let d = &self.w.unembedding;
+                (false, d.buf.ptr, 0, 0, 0, self.zero_bias.ptr, d.shape, d.slices, d.shape.rows)
+            }
+            Lin::Experts(l, sel) => {
+                let lw = &self.w.layers[l];
+                let (ex, b): (&Experts4, u64) = match sel {
+                    ExpertSel::GateUp => (&lw.gate_up, lw.gate_up_bias.ptr),
+                    ExpertSel::Down => (&lw.down, lw.down_bias.ptr),
+                };
+                (
+                    true,
+                    ex.codes.ptr,
+                    ex.scales.ptr,
+                    ex.code_stride() as i64,
+                    ex.scale_stride_words() as i64,
+                    b,
+                    ex.shape,
+                    ex.slices,
+                    ex.shape.rows,
+                )
+            }
+        };
+        let ntiles = t.div_ceil(8);
+        let (items, n_items, grid_items, rows) = match moe {
+            Some(mi) => (mi.items, mi.n_items, mi.max_items, mi.rows),
+            None => (0, 0, ntiles.div_ceil(8), t),
+        };
+        let a = LinearArgs {
+            w,
+            scales,
+            w_stride,
+            s_stride,
+            bias,
+            x,
+            x_rows,
+            y,
+            resid,
+            items,
+            n_items,
+            ntiles: ntiles as i32,
+            rows: rows as i32,
+            r: rows_out as i32,
+            mt: shape.mt as i32,
+            k: shape.cols as i32,
+            kb: shape.kb as i32,
+            s: slices as i32,
+            x_stride: x_stride as i32,
+            y_stride: y_stride as i32,
+            mode,
+            swiglu_limit,
+        };
+        assert!(x_stride % 2 == 0, "activation rows must be 8-byte aligned");
+        let gi = grid_items as u32;
+        match self.kernels {
+            KernelSet::Simple => {
+                let blocks = (rows_out * 64).div_ceil(256).min(4096) as u32;
+                let name = if mx { "linear_ref_mxfp4" } else { "linear_ref_bf16" };
+                self.launch(name, (blocks, gi, 1), 256, 0, &mut args![a])
+            }
+            KernelSet::Fast if t <= 64 => {
+                let nt = ntiles.next_power_of_two();
+                let mtw = if nt <= 2 { 2 } else { 1 };
+                let name = gemv_name(mx, nt);
+                let smem = slices * mtw * 16 * nt * 8 * 4;
+                let grid = (shape.mt.div_ceil(mtw) as u32, if moe.is_some() { gi } else { 1 }, 1);
+                self.launch(name, grid, 32 * slices as u32, smem, &mut args![a])
+            }
+            KernelSet::Fast => {
+                let name = if mx { "gemm_mxfp4" } else { "gemm_bf16" };
+                self.launch(name, (shape.mt.div_ceil(4) as u32, gi, 1), 128, smem_of(name), &mut args![a])
+            }
+        }
+    }
+}
+
+#[derive(Clone, Copy)]
+enum DenseSel {
+    Qkv,
+    Out,
+}
+
+#[derive(Clone, Copy)]
+enum ExpertSel {
+    GateUp,
+    Down,
+}
+
+#[derive(Clone, Copy)]
+enum Lin {
+    Dense(usize, DenseSel),
+    Experts(usize, ExpertSel),
+    Unembed,
+}
+
+#[derive(Clone, Copy)]
+struct MoeItems {
+    items: u64,
+    n_items: u64,
+    max_items: usize,
+    rows: usize,
+}
+
+fn gemv_name(mx: bool, nt: usize) -> &'static str {
+    match (mx, nt) {
+        (false, 1) => "gemv_bf16_m2_n1",
+        (false, 2) => "gemv_bf16_m2_n2",
+        (false, 4) => "gemv_bf16_m1_n4",
+        (false, _) => "gemv_bf16_m1_n8",
+        (true, 1) => "gemv_mxfp4_m2_n1",
+        (true, 2) => "gemv_mxfp4_m2_n2",
+        (true, 4) => "gemv_mxfp4_m1_n4",
+        (true, _) => "gemv_mxfp4_m1_n8",
+    }
+}
+
+/// Every kernel the runner launches.
+pub const KERNELS: [&str; 26] = [
+    "embed_rows",
+    "rmsnorm_rows",
+    "rope_qk",
+    "router_f32",
+    "route_tokens",
+    "moe_combine",
+    "argmax_rows",
+    "attention_partial",
+    "attention_combine",
+    "attention_ref",
+    "kv_store",
+    "gemv_bf16_m2_n1",
+    "gemv_bf16_m2_n2",
+    "gemv_bf16_m1_n4",
+    "gemv_bf16_m1_n8",
+    "gemv_mxfp4_m2_n1",
+    "gemv_mxfp4_m2_n2",
+    "gemv_mxfp4_m1_n4",
+    "gemv_mxfp4_m1_n8",
+    "gemm_bf16",
+    "gemm_mxfp4",
+    "linear_ref_bf16",
+    "linear_ref_mxfp4",
+    "relayout_frag16",
+    "relayout_frag4_codes",
+    "probe_read",
+];
+
+/// Dynamic shared memory a kernel is launched with at most.
+pub fn smem_of(name: &str) -> usize {
+    // The GEMM's two stages: (weights + scales + 64 x 72 floats) each.
+    const X: usize = 64 * 72 * 4;
+    match name {
+        "gemm_bf16" => 2 * (4 * 4 * 32 * 16 + 16 + X),
+        "gemm_mxfp4" => 2 * (4 * 32 * 16 + 128 + X),
+        // The decode kernels: S (<= 8) slices of 16·MTW x 8·NT floats.
+        n if n.starts_with("gemv_") => 8 * 32 * 16 * 4,
+        _ => 0,
+    }
+}
+
+fn dev(e: CudaError) -> EngineError {
+    EngineError::Device(e.to_string())
+}
+
+impl Runner for CudaRunner {
+    fn config(&self) -> &ModelConfig {
+        &self.cfg
+    }
+
+    fn device(&self) -> String {
+        let k = match self.kernels {
+            KernelSet::Fast => "",
+            KernelSet::Simple => ", simple kernels",
+        };
+        format!("cuda:{} ({}{k})", self.gpu.ordinal, self.gpu.facts.name)
+    }
+
+    fn max_context(&self) -> usize {
+        self.book.max_context()
+    }
+
+    fn max_sequences(&self) -> usize {
+        self.book.max_sequences()
+    }
+
+    fn add_sequence(&mut self) -> Result<SeqId, EngineError> {
+        self.book.add()
+    }
+
+    fn remove_sequence(&mut self, seq: SeqId) -> bool {
+        self.book.remove(seq)
+    }
+
+    fn seq_len(&self, seq: SeqId) -> Option<usize> {
+        self.book.len(seq)
+    }
+
+    fn snapshot(&self, seq: SeqId) -> Option<Snapshot> {
+        let s = self.book.get(seq)?;
+        let kvd = self.cfg.kv_dim();
+        let mut rings = Vec::new();
+        for kv in &self.kv {
+            if let Some(w) = kv.window {
+                let at = 4 * (s.slot as usize * w * kvd) as u64;
+                let (mut k, mut v) = (vec![0f32; w * kvd], vec![0f32; w * kvd]);
+                self.gpu.bind().ok()?;
+                self.gpu.download(&mut k, kv.k.ptr + at).ok()?;
+                self.gpu.download(&mut v, kv.v.ptr + at).ok()?;
+                rings.push(k);
+                rings.push(v);
+            }
+        }
+        Some(Snapshot { len: s.len, data: Box::new(RingSnapshot { rings }) })
+    }
+
+    fn restore(&mut self, seq: SeqId, snap: &Snapshot) -> bool {
+        let Some(r) = snap.data.downcast_ref::<RingSnapshot>() else { return false };
+        let Some(s) = self.book.get(seq) else { return false };
+        let sliding = self.kv.iter().filter(|k| k.window.is_some()).count();
+        if snap.len > s.len || r.rings.len() != 2 * sliding {
+            return false;
+        }
+        let (slot, kvd) = (s.slot as usize, self.cfg.kv_dim());
+        if self.gpu.bind().is_err() {
+            return false;
+        }
+        let mut i = 0;
+        for kv in &self.kv {
+            if let Some(w) = kv.window {
+                let at = 4 * (slot * w * kvd) as u64;
+                if self.gpu.upload(kv.k.ptr + at, &r.rings[i]).is_err()
+                    || self.gpu.upload(kv.v.ptr + at, &r.rings[i + 1]).is_err()
+                {
+                    return false;
+                }
+                i += 2;
+            }
+        }
+        self.book.truncate(seq, snap.len)
+    }
+
+    fn forward(&mut self, batch: &[SeqChunk]) -> Result<&Logits, EngineError> {
+        self.forward_all(batch, None)?;
+        Ok(&self.logits)
+    }
+
+    fn forward_traced(&mut self, batch: &[SeqChunk], trace: Trace) -> Result<&Logits, EngineError> {
+        self.forward_all(batch, Some(trace))?;
+        Ok(&self.logits)
+    }
+
+    fn take_logits(&mut self) -> Logits {
+        let vocab = self.logits.vocab;
+        std::mem::replace(&mut self.logits, Logits { vocab, data: Vec::new(), rows: Vec::new() })
+    }
+
+    fn restore_logits(&mut self, logits: Logits) {
+        self.logits = logits;
+    }
+
+    fn cache_bytes(&self) -> usize {
+        let kvd = self.cfg.kv_dim();
+        let full = self.kv.iter().filter(|k| k.window.is_none()).count();
+        let ring_cells: usize = self.kv.iter().filter_map(|k| k.window).sum();
+        8 * kvd * (full * self.book.pages_in_use() * PAGE_TOKENS + ring_cells * self.book.sequences())
+    }
+
+    fn bytes_per_token(&self) -> u64 {
+        self.bytes_per_token
+    }
+}
