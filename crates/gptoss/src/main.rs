@@ -22,6 +22,10 @@ struct Cli {
     /// requantized at load (fewer bytes per token; accuracy cost in the README).
     #[arg(long, global = true, value_enum, default_value_t = cmd::Dense::Bf16)]
     dense: cmd::Dense,
+    /// Where models run: auto (the first GPU with room for the model, else the CPU), cpu,
+    /// cuda (the first GPU) or cuda:N.
+    #[arg(long, global = true, env = "GPTOSS_DEVICE", default_value = "auto", value_name = "DEVICE")]
+    device: cmd::Device,
     /// Use the Hugging Face cache only, never the network (as HF_HUB_OFFLINE=1).
     #[arg(long, global = true)]
     offline: bool,
@@ -77,6 +81,7 @@ fn main() -> ExitCode {
         }
     }
     cmd::set_dense(cli.dense);
+    cmd::set_device(cli.device);
     cmd::pull::set_offline(cli.offline);
     let result = match cli.command {
         Command::Generate(args) => cmd::generate::run(args),
