@@ -47,6 +47,9 @@ enum Command {
         /// Print one JSON object.
         #[arg(long)]
         json: bool,
+        /// Context for the GPU section: whether the model fits with one sequence this long.
+        #[arg(long, default_value_t = 8192, value_name = "N")]
+        ctx: usize,
     },
     /// Write a random-weight checkpoint with the real names, shapes, dtypes and config.
     Synth(cmd::synth::Args),
@@ -86,9 +89,9 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Generate(args) => cmd::generate::run(args),
         Command::Perplexity(args) => cmd::perplexity::run(args),
-        Command::Inspect { model, json } => match cmd::pull::hub_id(&model) {
-            Some(repo) => cmd::pull::inspect(&repo, json),
-            None => cmd::inspect::run(&model, json),
+        Command::Inspect { model, json, ctx } => match cmd::pull::hub_id(&model) {
+            Some(repo) => cmd::pull::inspect(&repo, json, ctx),
+            None => cmd::inspect::run(&model, json, ctx),
         },
         Command::Synth(args) => cmd::synth::run(args),
         Command::Chat(args) => cmd::chat::chat(args),

@@ -354,3 +354,20 @@ fn device_cuda_without_a_gpu_fails_naming_what_is_missing() {
         assert!(stderr.contains(ordinal) && stderr.contains("no CUDA driver"), "{stderr}");
     }
 }
+
+#[test]
+fn inspect_lists_gpus_or_says_there_are_none() {
+    let model = fixtures().join("tiny/hf");
+    let (stdout, _) = ok(&["inspect", model.to_str().unwrap(), "--ctx", "4096"]);
+    let (json, _) = ok(&["inspect", model.to_str().unwrap(), "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let gpus = v["gpus"].as_array().unwrap();
+    if has_gpu() {
+        assert!(stdout.contains("GPUs         the model needs") && stdout.contains("cuda:0 "), "{stdout}");
+        assert!(gpus[0]["fits"].is_boolean() && gpus[0]["needs_bytes"]["total"].is_u64(), "{json}");
+    } else {
+        let line = stdout.lines().find(|l| l.starts_with("GPUs")).unwrap_or_else(|| panic!("{stdout}"));
+        assert!(line.contains("no CUDA device"), "{line}");
+        assert!(gpus.is_empty());
+    }
+}
