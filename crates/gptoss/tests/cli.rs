@@ -356,6 +356,21 @@ fn device_cuda_without_a_gpu_fails_naming_what_is_missing() {
 }
 
 #[test]
+fn bench_synth_without_a_gpu_says_it_needs_one() {
+    if has_gpu() {
+        return;
+    }
+    for device in ["auto", "cpu", "cuda"] {
+        let stderr = fails(&["--device", device, "bench", "--synth", "20b"]);
+        assert!(stderr.contains("--synth builds random weights in GPU memory; it needs a CUDA device"), "{stderr}");
+    }
+    // Exactly one of MODEL and --synth.
+    let out = gptoss(&["bench", fixtures().join("tiny/hf").to_str().unwrap(), "--synth", "20b"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(gptoss(&["bench"]).status.code(), Some(2));
+}
+
+#[test]
 fn inspect_lists_gpus_or_says_there_are_none() {
     let model = fixtures().join("tiny/hf");
     let (stdout, _) = ok(&["inspect", model.to_str().unwrap(), "--ctx", "4096"]);
@@ -370,4 +385,19 @@ fn inspect_lists_gpus_or_says_there_are_none() {
         assert!(line.contains("no CUDA device"), "{line}");
         assert!(gpus.is_empty());
     }
+}
+
+#[test]
+fn bench_decodes_several_sequences_together() {
+    let model = fixtures().join("tiny/hf");
+    let (stdout, _) = ok(&["bench", model.to_str().unwrap(), "-p", "16", "-n", "4", "-r", "1", "-b", "2", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert_eq!((v["batch"].as_u64(), v["gen_tokens"].as_u64()), (Some(2), Some(4)));
+    assert!(v["device"].as_str().unwrap().starts_with("cpu ("), "{v}");
+    assert!(v["gen_tokens_per_s"].as_f64().unwrap() > 0.0 && v["prompt_tokens_per_s"].as_f64().unwrap() > 0.0);
+    assert!(v["read_bandwidth_gb_s"].as_f64().unwrap() > 0.0 && v["bandwidth_fraction"].as_f64().unwrap() > 0.0);
+    let (table, _) = ok(&["bench", model.to_str().unwrap(), "-p", "0", "-n", "4", "-r", "1", "-b", "2"]);
+    assert!(table.contains("| tg4 x2 |") && table.contains("over 2 sequences"), "{table}");
+    let stderr = fails(&["bench", model.to_str().unwrap(), "-b", "0"]);
+    assert!(stderr.contains("--batch must be at least 1"), "{stderr}");
 }
