@@ -103,7 +103,19 @@ impl<'r> ModelSource<'r> {
     fn feed(&mut self, tokens: &[u32]) -> Result<(), EngineError> {
         for chunk in tokens.chunks(PREFILL_CHUNK) {
             let batch = [SeqChunk { seq: self.seq, tokens: chunk, logits: LogitsRequest::Last }];
-            let logits = self.runner.forward(&batch)?;
+            let logits = match self.runner.forward(&batch) {
+                Ok(logits) => logits,
+                Err(e) => {
+                    // A device fault may have left any part of the sequence's cache written or
+                    // not: nothing of it is trusted again (generate starts over).
+                    if matches!(e, EngineError::Device(_)) {
+                        self.cached.clear();
+                        self.last_logits = None;
+                        self.prompt_end = None;
+                    }
+                    return Err(e);
+                }
+            };
             self.cached.extend_from_slice(chunk);
             match (&mut self.last_logits, logits.last_for(0)) {
                 (Some(last), Some(row)) => {
@@ -138,8 +150,8 @@ impl TokenSource for ModelSource<'_> {
         if prompt.len() > limit {
             return Err(EngineError::ContextOverflow { seq: self.seq.0, needed: prompt.len(), limit });
         }
-        // A failed forward pass (a device fault) may have left the sequence holding other
-        // than what `cached` says; then nothing cached can be trusted.
+        // After a device fault (see `feed`), or should the runner have lost the sequence, it
+        // no longer holds what `cached` says.
         if self.runner.seq_len(self.seq) != Some(self.cached.len()) {
             self.reset()?;
         }

@@ -183,12 +183,16 @@ fn model_source_reuses_the_cached_prefix() {
     assert_eq!((g4.reused_tokens, b[0]), (again.len(), a[4]));
 }
 
-/// A runner with one sequence slot whose next forward pass can be made to fail after it has
-/// changed the cache, as a device fault mid-pass would.
+/// A runner with one sequence slot whose next forward pass can be made to fail as a device
+/// fault would: after the cache took the tokens ([`AFTER`]), or with the length unchanged but
+/// the contents unknown ([`BEFORE`]).
+const AFTER: u8 = 1;
+const BEFORE: u8 = 2;
+
 struct Flaky {
     inner: gptoss_engine::CpuRunner,
     /// Shared, so a test can arm it while a source borrows the runner.
-    fail_next: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    fail_next: std::sync::Arc<std::sync::atomic::AtomicU8>,
     live: usize,
 }
 
@@ -227,8 +231,11 @@ impl gptoss_engine::Runner for Flaky {
         self.inner.restore(seq, snap)
     }
     fn forward(&mut self, batch: &[SeqChunk]) -> Result<&gptoss_engine::Logits, EngineError> {
-        if self.fail_next.swap(false, std::sync::atomic::Ordering::SeqCst) {
-            self.inner.forward(batch)?;
+        let fail = self.fail_next.swap(0, std::sync::atomic::Ordering::SeqCst);
+        if fail != 0 {
+            if fail == AFTER {
+                self.inner.forward(batch)?;
+            }
             return Err(EngineError::Device("injected fault".into()));
         }
         self.inner.forward(batch)
@@ -272,18 +279,20 @@ fn model_source_starts_over_after_a_device_fault_and_frees_its_slot() {
     let (_, expected) =
         run(&mut ModelSource::new(&mut CpuRunner::new(model(), 256), greedy()).unwrap(), &prompt).unwrap();
 
-    let fail = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let fail = std::sync::Arc::new(std::sync::atomic::AtomicU8::new(0));
     let mut runner = Flaky { inner: CpuRunner::new(model(), 256), fail_next: fail.clone(), live: 0 };
     {
         let mut src = ModelSource::new(&mut runner, greedy()).unwrap();
-        run(&mut src, &prompt[..30]).unwrap();
-        // The fault hits the prompt's new tokens after the runner took them in.
-        fail.store(true, std::sync::atomic::Ordering::SeqCst);
-        assert!(matches!(run(&mut src, &prompt), Err(EngineError::Device(_))));
-        // What the source believed cached no longer matches the runner: it starts over (in
-        // the runner's only slot) and answers as a fresh source does.
-        let (g, out) = run(&mut src, &prompt).unwrap();
-        assert_eq!((g.reused_tokens, out), (0, expected));
+        for when in [AFTER, BEFORE] {
+            run(&mut src, &prompt[..30]).unwrap();
+            // The fault hits the prompt's new tokens.
+            fail.store(when, std::sync::atomic::Ordering::SeqCst);
+            assert!(matches!(run(&mut src, &prompt), Err(EngineError::Device(_))));
+            // Nothing cached is trusted after it: the source starts over (in the runner's only
+            // slot) and answers as a fresh source does.
+            let (g, out) = run(&mut src, &prompt).unwrap();
+            assert_eq!((g.reused_tokens, out), (0, expected.clone()));
+        }
     }
     // Dropping the source gave its slot back.
     assert_eq!(runner.live, 0);
