@@ -1,16 +1,16 @@
 //! Token sources: what chat, run and the server generate from. [`ModelSource`] runs the
-//! model with a KV cache that is reused across calls when a new prompt extends what is
-//! already cached; [`ScriptedSource`] replays fixed completions, so protocol handling can be
-//! tested with exactly the model output a case needs.
+//! model on a [`Runner`], whose KV cache is reused across calls when a new prompt extends what
+//! is already cached; [`ScriptedSource`] replays fixed completions, so protocol handling can
+//! be tested with exactly the model output a case needs.
 
 use std::collections::VecDeque;
 use std::time::Instant;
 
 use crate::error::EngineError;
-use crate::kv_cache::{KvCache, KvSnapshot, SeqId};
-use crate::model::{LogitsRequest, Model, SeqChunk};
+use crate::kv_cache::SeqId;
+use crate::model::{LogitsRequest, SeqChunk};
+use crate::runner::{Runner, Snapshot};
 use crate::sampler::{Sampled, Sampler};
-use crate::workspace::Workspace;
 
 /// Prompt tokens per forward call.
 pub const PREFILL_CHUNK: usize = 512;
@@ -65,10 +65,11 @@ fn emit(s: &Sampled, opts: &GenerateOptions, on_token: &mut dyn FnMut(&Sampled) 
     opts.stop_tokens.contains(&s.token).then_some(StopReason::Stop(s.token))
 }
 
-/// The model, one sequence, and a sampler.
-pub struct ModelSource<'m> {
-    model: &'m Model,
-    cache: KvCache,
+/// One sequence of a [`Runner`], and a sampler. The runner is borrowed, not owned, so a
+/// command can keep it (and its device memory) across sources; the sequence is returned to
+/// the runner when the source is dropped.
+pub struct ModelSource<'r> {
+    runner: &'r mut dyn Runner,
     seq: SeqId,
     /// Tokens whose keys and values are in the cache, in order.
     cached: Vec<u32>,
@@ -77,41 +78,44 @@ pub struct ModelSource<'m> {
     /// The cache as it was at the end of the last prompt, with that position's logits: a
     /// chat's next prompt repeats the last one but not what was generated after it (harmony
     /// drops the reasoning), so this is where it can resume.
-    prompt_end: Option<(KvSnapshot, Vec<f32>)>,
+    prompt_end: Option<(Snapshot, Vec<f32>)>,
     sampler: Sampler,
-    /// The forward pass's buffers, kept so that a decode step allocates nothing.
-    ws: Workspace,
 }
 
-impl<'m> ModelSource<'m> {
-    pub fn new(model: &'m Model, max_context: usize, sampler: Sampler) -> Self {
-        let mut cache = KvCache::new(&model.config, max_context);
-        let seq = cache.add_sequence();
-        ModelSource {
-            model,
-            cache,
-            seq,
-            cached: Vec::new(),
-            last_logits: None,
-            prompt_end: None,
-            sampler,
-            ws: Workspace::new(),
-        }
+impl<'r> ModelSource<'r> {
+    /// Takes one of the runner's sequence slots; an error when it has none free.
+    pub fn new(runner: &'r mut dyn Runner, sampler: Sampler) -> Result<Self, EngineError> {
+        let seq = runner.add_sequence()?;
+        Ok(ModelSource { runner, seq, cached: Vec::new(), last_logits: None, prompt_end: None, sampler })
     }
 
     /// Forgets the cache.
-    pub fn reset(&mut self) {
-        self.cache.remove_sequence(self.seq);
-        self.seq = self.cache.add_sequence();
+    pub fn reset(&mut self) -> Result<(), EngineError> {
         self.cached.clear();
         self.last_logits = None;
         self.prompt_end = None;
+        // Removed first: a runner with one slot has room for the new sequence only then.
+        self.runner.remove_sequence(self.seq);
+        self.seq = self.runner.add_sequence()?;
+        Ok(())
     }
 
     fn feed(&mut self, tokens: &[u32]) -> Result<(), EngineError> {
         for chunk in tokens.chunks(PREFILL_CHUNK) {
             let batch = [SeqChunk { seq: self.seq, tokens: chunk, logits: LogitsRequest::Last }];
-            let logits = self.model.forward_in(&mut self.ws, &mut self.cache, &batch)?;
+            let logits = match self.runner.forward(&batch) {
+                Ok(logits) => logits,
+                Err(e) => {
+                    // A device fault may have left any part of the sequence's cache written or
+                    // not: nothing of it is trusted again (generate starts over).
+                    if matches!(e, EngineError::Device(_)) {
+                        self.cached.clear();
+                        self.last_logits = None;
+                        self.prompt_end = None;
+                    }
+                    return Err(e);
+                }
+            };
             self.cached.extend_from_slice(chunk);
             match (&mut self.last_logits, logits.last_for(0)) {
                 (Some(last), Some(row)) => {
@@ -125,6 +129,12 @@ impl<'m> ModelSource<'m> {
     }
 }
 
+impl Drop for ModelSource<'_> {
+    fn drop(&mut self) {
+        self.runner.remove_sequence(self.seq);
+    }
+}
+
 impl TokenSource for ModelSource<'_> {
     fn generate(
         &mut self,
@@ -135,32 +145,34 @@ impl TokenSource for ModelSource<'_> {
         if prompt.is_empty() {
             return Err(EngineError::EmptyChunk(self.seq.0));
         }
-        crate::model::check_tokens(prompt, self.model.config.vocab_size)?;
-        if prompt.len() > self.cache.max_context() {
-            return Err(EngineError::ContextOverflow {
-                seq: self.seq.0,
-                needed: prompt.len(),
-                limit: self.cache.max_context(),
-            });
+        crate::model::check_tokens(prompt, self.runner.config().vocab_size)?;
+        let limit = self.runner.max_context();
+        if prompt.len() > limit {
+            return Err(EngineError::ContextOverflow { seq: self.seq.0, needed: prompt.len(), limit });
+        }
+        // After a device fault (see `feed`), or should the runner have lost the sequence, it
+        // no longer holds what `cached` says.
+        if self.runner.seq_len(self.seq) != Some(self.cached.len()) {
+            self.reset()?;
         }
         // Reuse the cache when it holds a prefix of the prompt, or can be rewound to the end of
         // the last prompt; sliding-window rings cannot be rewound anywhere else.
         let common = self.cached.iter().zip(prompt).take_while(|(a, b)| a == b).count();
         if common < self.cached.len() {
             match self.prompt_end.take() {
-                Some((snap, logits)) if snap.len <= common && self.cache.restore(self.seq, &snap) => {
+                Some((snap, logits)) if snap.len <= common && self.runner.restore(self.seq, &snap) => {
                     self.cached.truncate(snap.len);
                     self.last_logits = Some(logits.clone());
                     self.prompt_end = Some((snap, logits));
                 }
-                _ => self.reset(),
+                _ => self.reset()?,
             }
         }
         let reused = self.cached.len();
         let t0 = Instant::now();
         self.feed(&prompt[reused..])?;
         if reused < prompt.len() || self.prompt_end.as_ref().is_none_or(|(s, _)| s.len != prompt.len()) {
-            if let (Some(snap), Some(logits)) = (self.cache.snapshot(self.seq), &self.last_logits) {
+            if let (Some(snap), Some(logits)) = (self.runner.snapshot(self.seq), &self.last_logits) {
                 self.prompt_end = Some((snap, logits.clone()));
             }
         }
@@ -176,7 +188,7 @@ impl TokenSource for ModelSource<'_> {
                 stop = reason;
                 break;
             }
-            if generated == opts.max_tokens || self.cached.len() >= self.cache.max_context() {
+            if generated == opts.max_tokens || self.cached.len() >= limit {
                 break;
             }
             self.feed(&[sampled.token])?;

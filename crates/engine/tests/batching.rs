@@ -126,8 +126,10 @@ fn bad_batches_are_refused_without_touching_the_cache() {
 #[test]
 fn model_source_reuses_the_cached_prefix() {
     use gptoss_engine::generator::{GenerateOptions, ModelSource, StopReason, TokenSource};
-    use gptoss_engine::{Sampler, SamplingParams};
-    let m = model();
+    use gptoss_engine::{CpuRunner, Sampler, SamplingParams};
+    // Two runners: `fresh` answers the same prompts from an empty cache each time.
+    let mut runner = CpuRunner::new(model(), 1024);
+    let mut fresh_runner = CpuRunner::new(model(), 1024);
     let greedy = || Sampler::new(SamplingParams { temperature: 0.0, ..Default::default() }).unwrap();
     let opts = GenerateOptions { max_tokens: 5, stop_tokens: vec![], top_logprobs: 0 };
     let run = |src: &mut ModelSource, prompt: &[u32]| {
@@ -138,8 +140,9 @@ fn model_source_reuses_the_cached_prefix() {
         });
         (g.unwrap(), out)
     };
+    let mut fresh = |prompt: &[u32]| run(&mut ModelSource::new(&mut fresh_runner, greedy()).unwrap(), prompt);
     let prompt: Vec<u32> = reference().tokens[..50].to_vec();
-    let mut src = ModelSource::new(&m, 1024, greedy());
+    let mut src = ModelSource::new(&mut runner, greedy()).unwrap();
     let (g1, out1) = run(&mut src, &prompt);
     assert_eq!((g1.reused_tokens, g1.generated, g1.stop), (0, 5, StopReason::Length));
 
@@ -150,8 +153,8 @@ fn model_source_reuses_the_cached_prefix() {
     let (g2, out2) = run(&mut src, &next);
     assert_eq!(g2.reused_tokens, prompt.len() + 4);
     // Same tokens as a fresh source on the same prompt.
-    let (_, fresh) = run(&mut ModelSource::new(&m, 1024, greedy()), &next);
-    assert_eq!(out2, fresh);
+    let (_, fresh2) = fresh(&next);
+    assert_eq!(out2, fresh2);
 
     // A prompt that leaves out what was generated after the last prompt (a chat dropping a
     // finished turn's reasoning) resumes from the end of that prompt.
@@ -162,7 +165,7 @@ fn model_source_reuses_the_cached_prefix() {
     diverging.extend_from_slice(&[21, 22]);
     let (g5, out5) = run(&mut src, &diverging);
     assert_eq!(g5.reused_tokens, chat_like.len());
-    let (_, fresh5) = run(&mut ModelSource::new(&m, 1024, greedy()), &diverging);
+    let (_, fresh5) = fresh(&diverging);
     assert_eq!(out5, fresh5);
     // Regenerating an answer to the same prompt rewinds to its end as well.
     let (g6, out6) = run(&mut src, &diverging);
@@ -171,10 +174,127 @@ fn model_source_reuses_the_cached_prefix() {
     let (g3, _) = run(&mut src, &prompt[..20]);
     assert_eq!(g3.reused_tokens, 0);
     // Asking again for exactly the cached tokens needs no forward pass at all.
-    let mut src = ModelSource::new(&m, 1024, greedy());
+    drop(src);
+    let mut src = ModelSource::new(&mut runner, greedy()).unwrap();
     let (_, a) = run(&mut src, &prompt);
     let mut again = prompt.clone();
     again.extend_from_slice(&a[..4]);
     let (g4, b) = run(&mut src, &again);
     assert_eq!((g4.reused_tokens, b[0]), (again.len(), a[4]));
+}
+
+/// A runner with one sequence slot whose next forward pass can be made to fail as a device
+/// fault would: after the cache took the tokens ([`AFTER`]), or with the length unchanged but
+/// the contents unknown ([`BEFORE`]).
+const AFTER: u8 = 1;
+const BEFORE: u8 = 2;
+
+struct Flaky {
+    inner: gptoss_engine::CpuRunner,
+    /// Shared, so a test can arm it while a source borrows the runner.
+    fail_next: std::sync::Arc<std::sync::atomic::AtomicU8>,
+    live: usize,
+}
+
+impl gptoss_engine::Runner for Flaky {
+    fn config(&self) -> &gptoss_engine::ModelConfig {
+        self.inner.config()
+    }
+    fn device(&self) -> String {
+        "flaky".into()
+    }
+    fn max_context(&self) -> usize {
+        self.inner.max_context()
+    }
+    fn max_sequences(&self) -> usize {
+        1
+    }
+    fn add_sequence(&mut self) -> Result<gptoss_engine::SeqId, EngineError> {
+        if self.live == 1 {
+            return Err(EngineError::NoSequenceSlot { limit: 1 });
+        }
+        self.live += 1;
+        self.inner.add_sequence()
+    }
+    fn remove_sequence(&mut self, seq: gptoss_engine::SeqId) -> bool {
+        let removed = self.inner.remove_sequence(seq);
+        self.live -= usize::from(removed);
+        removed
+    }
+    fn seq_len(&self, seq: gptoss_engine::SeqId) -> Option<usize> {
+        self.inner.seq_len(seq)
+    }
+    fn snapshot(&self, seq: gptoss_engine::SeqId) -> Option<gptoss_engine::Snapshot> {
+        self.inner.snapshot(seq)
+    }
+    fn restore(&mut self, seq: gptoss_engine::SeqId, snap: &gptoss_engine::Snapshot) -> bool {
+        self.inner.restore(seq, snap)
+    }
+    fn forward(&mut self, batch: &[SeqChunk]) -> Result<&gptoss_engine::Logits, EngineError> {
+        let fail = self.fail_next.swap(0, std::sync::atomic::Ordering::SeqCst);
+        if fail != 0 {
+            if fail == AFTER {
+                self.inner.forward(batch)?;
+            }
+            return Err(EngineError::Device("injected fault".into()));
+        }
+        self.inner.forward(batch)
+    }
+    fn forward_traced(
+        &mut self,
+        batch: &[SeqChunk],
+        trace: gptoss_engine::Trace,
+    ) -> Result<&gptoss_engine::Logits, EngineError> {
+        self.inner.forward_traced(batch, trace)
+    }
+    fn take_logits(&mut self) -> gptoss_engine::Logits {
+        self.inner.take_logits()
+    }
+    fn restore_logits(&mut self, logits: gptoss_engine::Logits) {
+        self.inner.restore_logits(logits)
+    }
+    fn cache_bytes(&self) -> usize {
+        self.inner.cache_bytes()
+    }
+    fn bytes_per_token(&self) -> u64 {
+        self.inner.bytes_per_token()
+    }
+}
+
+#[test]
+fn model_source_starts_over_after_a_device_fault_and_frees_its_slot() {
+    use gptoss_engine::generator::{GenerateOptions, ModelSource, TokenSource};
+    use gptoss_engine::{CpuRunner, Runner, Sampler, SamplingParams};
+    let greedy = || Sampler::new(SamplingParams { temperature: 0.0, ..Default::default() }).unwrap();
+    let opts = GenerateOptions { max_tokens: 4, stop_tokens: vec![], top_logprobs: 0 };
+    let run = |src: &mut ModelSource, prompt: &[u32]| {
+        let mut out = Vec::new();
+        let g = src.generate(prompt, &opts, &mut |s| {
+            out.push(s.token);
+            true
+        });
+        g.map(|g| (g, out))
+    };
+    let prompt: Vec<u32> = reference().tokens[..40].to_vec();
+    let (_, expected) =
+        run(&mut ModelSource::new(&mut CpuRunner::new(model(), 256), greedy()).unwrap(), &prompt).unwrap();
+
+    let fail = std::sync::Arc::new(std::sync::atomic::AtomicU8::new(0));
+    let mut runner = Flaky { inner: CpuRunner::new(model(), 256), fail_next: fail.clone(), live: 0 };
+    {
+        let mut src = ModelSource::new(&mut runner, greedy()).unwrap();
+        for when in [AFTER, BEFORE] {
+            run(&mut src, &prompt[..30]).unwrap();
+            // The fault hits the prompt's new tokens.
+            fail.store(when, std::sync::atomic::Ordering::SeqCst);
+            assert!(matches!(run(&mut src, &prompt), Err(EngineError::Device(_))));
+            // Nothing cached is trusted after it: the source starts over (in the runner's only
+            // slot) and answers as a fresh source does.
+            let (g, out) = run(&mut src, &prompt).unwrap();
+            assert_eq!((g.reused_tokens, out), (0, expected.clone()));
+        }
+    }
+    // Dropping the source gave its slot back.
+    assert_eq!(runner.live, 0);
+    assert!(runner.add_sequence().is_ok());
 }

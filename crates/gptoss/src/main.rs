@@ -22,6 +22,10 @@ struct Cli {
     /// requantized at load (fewer bytes per token; accuracy cost in the README).
     #[arg(long, global = true, value_enum, default_value_t = cmd::Dense::Bf16)]
     dense: cmd::Dense,
+    /// Where models run: auto (the first GPU with room for the model, else the CPU), cpu,
+    /// cuda (the first GPU) or cuda:N.
+    #[arg(long, global = true, env = "GPTOSS_DEVICE", default_value = "auto", value_name = "DEVICE")]
+    device: cmd::Device,
     /// Use the Hugging Face cache only, never the network (as HF_HUB_OFFLINE=1).
     #[arg(long, global = true)]
     offline: bool,
@@ -43,6 +47,9 @@ enum Command {
         /// Print one JSON object.
         #[arg(long)]
         json: bool,
+        /// Context for the GPU section: whether the model fits with one sequence this long.
+        #[arg(long, default_value_t = 8192, value_name = "N")]
+        ctx: usize,
     },
     /// Write a random-weight checkpoint with the real names, shapes, dtypes and config.
     Synth(cmd::synth::Args),
@@ -77,13 +84,14 @@ fn main() -> ExitCode {
         }
     }
     cmd::set_dense(cli.dense);
+    cmd::set_device(cli.device);
     cmd::pull::set_offline(cli.offline);
     let result = match cli.command {
         Command::Generate(args) => cmd::generate::run(args),
         Command::Perplexity(args) => cmd::perplexity::run(args),
-        Command::Inspect { model, json } => match cmd::pull::hub_id(&model) {
-            Some(repo) => cmd::pull::inspect(&repo, json),
-            None => cmd::inspect::run(&model, json),
+        Command::Inspect { model, json, ctx } => match cmd::pull::hub_id(&model) {
+            Some(repo) => cmd::pull::inspect(&repo, json, ctx),
+            None => cmd::inspect::run(&model, json, ctx),
         },
         Command::Synth(args) => cmd::synth::run(args),
         Command::Chat(args) => cmd::chat::chat(args),

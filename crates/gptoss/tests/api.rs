@@ -18,6 +18,8 @@ fn openai_client_suite() {
         .args(["-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/api"])
         .current_dir(&root)
         .env("GPTOSS_BIN", env!("CARGO_BIN_EXE_gptoss"))
+        // The servers inherit it: the suite checks the CPU path's behaviour.
+        .env("GPTOSS_DEVICE", "cpu")
         .status()
         .expect("running pytest");
     assert!(status.success(), "the API suite failed (output above)");

@@ -9,8 +9,10 @@ fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures")
 }
 
+/// The CPU unless a test says otherwise (`--device` beats the variable): the expected
+/// outputs are the CPU reference path's.
 fn gptoss(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_gptoss")).args(args).output().expect("runs")
+    Command::new(env!("CARGO_BIN_EXE_gptoss")).args(args).env("GPTOSS_DEVICE", "cpu").output().expect("runs")
 }
 
 fn ok(args: &[&str]) -> (String, String) {
@@ -20,7 +22,7 @@ fn ok(args: &[&str]) -> (String, String) {
 /// `GPTOSS_KERNELS` set to `kernels` (the CPU's default when None).
 fn ok_with_kernels(kernels: Option<&str>, args: &[&str]) -> (String, String) {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_gptoss"));
-    cmd.args(args).env_remove("GPTOSS_KERNELS");
+    cmd.args(args).env_remove("GPTOSS_KERNELS").env("GPTOSS_DEVICE", "cpu");
     if let Some(k) = kernels {
         cmd.env("GPTOSS_KERNELS", k);
     }
@@ -293,4 +295,109 @@ fn synth_tiny_runs_end_to_end_with_the_real_tokenizer() {
         assert_eq!(v["tokens"].as_array().unwrap().len(), 8);
         assert!(fails(&["synth", "--shape", "tiny", "--out", out_s]).contains("--force"));
     }
+}
+
+/// Whether this machine has a GPU the CUDA backend sees (the device tests below are for one
+/// without).
+fn has_gpu() -> bool {
+    !gptoss_cuda::devices().is_empty()
+}
+
+#[test]
+fn device_cpu_runs_the_reference_path_and_auto_says_what_it_picked() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = tokens_file(dir.path(), &reference_i64("tokens")[..200]);
+    let model = fixtures().join("tiny/hf");
+    let args = ["generate", model.to_str().unwrap(), "--tokens-file", &file, "--max-tokens", "8", "--temperature", "0"];
+    let (cpu, cpu_err) = ok(&[&["--device", "cpu"], &args[..], &["--json"]].concat());
+    let v: serde_json::Value = serde_json::from_str(cpu.trim()).unwrap();
+    let got: Vec<i64> = v["tokens"].as_array().unwrap().iter().map(|t| t.as_i64().unwrap()).collect();
+    assert_eq!(got, reference_i64("greedy_tokens")[..8]);
+    // An explicit cpu says nothing about devices: the output is as before there was a choice.
+    assert!(!cpu_err.contains("device:"), "{cpu_err}");
+
+    let (auto, auto_err) = ok(&[&["--device", "auto"], &args[..], &["--json"]].concat());
+    let line = auto_err.lines().find(|l| l.starts_with("device: ")).unwrap_or_else(|| panic!("{auto_err}"));
+    if !has_gpu() {
+        assert!(line.starts_with("device: cpu (") && line.contains("no CUDA device"), "{line}");
+        assert_eq!(auto, cpu);
+    }
+    // The variable works as the flag does.
+    let out = Command::new(env!("CARGO_BIN_EXE_gptoss")).args(args).env("GPTOSS_DEVICE", "auto").output().unwrap();
+    assert!(out.status.success() && String::from_utf8_lossy(&out.stderr).contains("device: "));
+    // A usage error, as clap reports them.
+    let out = gptoss(&["--device", "gpu", "inspect", model.to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.code() == Some(2) && stderr.contains("auto, cpu, cuda or cuda:N"), "{stderr}");
+}
+
+#[test]
+fn device_cuda_without_a_gpu_fails_naming_what_is_missing() {
+    if has_gpu() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let file = tokens_file(dir.path(), &[1, 2, 3]);
+    let model = fixtures().join("tiny/hf");
+    for device in ["cuda", "cuda:1"] {
+        let stderr = fails(&[
+            "--device",
+            device,
+            "generate",
+            model.to_str().unwrap(),
+            "--tokens-file",
+            &file,
+            "--max-tokens",
+            "2",
+        ]);
+        let ordinal = if device == "cuda" { "cuda:0" } else { device };
+        assert!(stderr.contains(ordinal) && stderr.contains("no CUDA driver"), "{stderr}");
+    }
+}
+
+#[test]
+fn bench_synth_without_a_gpu_says_it_needs_one() {
+    if has_gpu() {
+        return;
+    }
+    for device in ["auto", "cpu", "cuda"] {
+        let stderr = fails(&["--device", device, "bench", "--synth", "20b"]);
+        assert!(stderr.contains("--synth builds random weights in GPU memory; it needs a CUDA device"), "{stderr}");
+    }
+    // Exactly one of MODEL and --synth.
+    let out = gptoss(&["bench", fixtures().join("tiny/hf").to_str().unwrap(), "--synth", "20b"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(gptoss(&["bench"]).status.code(), Some(2));
+}
+
+#[test]
+fn inspect_lists_gpus_or_says_there_are_none() {
+    let model = fixtures().join("tiny/hf");
+    let (stdout, _) = ok(&["inspect", model.to_str().unwrap(), "--ctx", "4096"]);
+    let (json, _) = ok(&["inspect", model.to_str().unwrap(), "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let gpus = v["gpus"].as_array().unwrap();
+    if has_gpu() {
+        assert!(stdout.contains("GPUs         the model needs") && stdout.contains("cuda:0 "), "{stdout}");
+        assert!(gpus[0]["fits"].is_boolean() && gpus[0]["needs_bytes"]["total"].is_u64(), "{json}");
+    } else {
+        let line = stdout.lines().find(|l| l.starts_with("GPUs")).unwrap_or_else(|| panic!("{stdout}"));
+        assert!(line.contains("no CUDA device"), "{line}");
+        assert!(gpus.is_empty());
+    }
+}
+
+#[test]
+fn bench_decodes_several_sequences_together() {
+    let model = fixtures().join("tiny/hf");
+    let (stdout, _) = ok(&["bench", model.to_str().unwrap(), "-p", "16", "-n", "4", "-r", "1", "-b", "2", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert_eq!((v["batch"].as_u64(), v["gen_tokens"].as_u64()), (Some(2), Some(4)));
+    assert!(v["device"].as_str().unwrap().starts_with("cpu ("), "{v}");
+    assert!(v["gen_tokens_per_s"].as_f64().unwrap() > 0.0 && v["prompt_tokens_per_s"].as_f64().unwrap() > 0.0);
+    assert!(v["read_bandwidth_gb_s"].as_f64().unwrap() > 0.0 && v["bandwidth_fraction"].as_f64().unwrap() > 0.0);
+    let (table, _) = ok(&["bench", model.to_str().unwrap(), "-p", "0", "-n", "4", "-r", "1", "-b", "2"]);
+    assert!(table.contains("| tg4 x2 |") && table.contains("over 2 sequences"), "{table}");
+    let stderr = fails(&["bench", model.to_str().unwrap(), "-b", "0"]);
+    assert!(stderr.contains("--batch must be at least 1"), "{stderr}");
 }

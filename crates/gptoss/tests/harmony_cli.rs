@@ -9,8 +9,10 @@ fn fixtures() -> PathBuf {
 }
 
 fn gptoss(args: &[&str], stdin: &str) -> Output {
+    // The CPU: these runs compare with the reference path's outputs.
     let mut child = Command::new(env!("CARGO_BIN_EXE_gptoss"))
         .args(args)
+        .env("GPTOSS_DEVICE", "cpu")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -232,6 +234,7 @@ fn ctrl_c_stops_the_answer_but_not_the_chat() {
     ok(&["synth", "--shape", "tiny", "--out", model.to_str().unwrap()], "");
     let mut child = Command::new(env!("CARGO_BIN_EXE_gptoss"))
         .args(["chat", model.to_str().unwrap(), "--max-tokens", "100000", "--ctx", "100000"])
+        .env("GPTOSS_DEVICE", "cpu")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

@@ -41,6 +41,7 @@ fn gptoss(server: &FakeHub, cache: &Path, args: &[&str]) -> Output {
         .env_remove("HUGGING_FACE_HUB_TOKEN")
         .env_remove("HF_HUB_OFFLINE")
         .env_remove("GPTOSS_KERNELS")
+        .env("GPTOSS_DEVICE", "cpu")
         .output()
         .expect("runs")
 }

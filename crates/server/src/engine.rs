@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use gptoss_engine::model::{LogitsRequest, SeqChunk};
 use gptoss_engine::sampler::{log_sum_exp, logprob, top_logprobs};
-use gptoss_engine::{Sampled, Sampler, SamplingParams, SeqId};
+use gptoss_engine::{EngineError, Sampled, Sampler, SamplingParams, SeqId};
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 
 use crate::executor::Executor;
@@ -155,10 +155,12 @@ pub fn start<E: Executor + 'static>(
         max_context: exec.max_context(),
         vocab: exec.vocab(),
     };
-    let step_tokens = cfg.step_tokens.max(cfg.max_batch + 1);
+    // More running sequences than the executor has slots would fail in add_sequence.
+    let max_batch = cfg.max_batch.min(exec.max_sequences()).max(1);
+    let step_tokens = cfg.step_tokens.max(max_batch + 1);
     let mut engine = EngineLoop {
         exec,
-        cfg: EngineConfig { step_tokens, ..cfg },
+        cfg: EngineConfig { step_tokens, max_batch, ..cfg },
         rx,
         waiting_count: waiting,
         waiting: VecDeque::new(),
@@ -287,7 +289,21 @@ impl<E: Executor> EngineLoop<E> {
                     continue;
                 }
             };
-            let seq = self.exec.add_sequence();
+            let seq = match self.exec.add_sequence() {
+                Ok(seq) => seq,
+                // Out of slots though the batch has room (the executor holds fewer than it
+                // said): the job waits for a running one to finish. With none running, no
+                // slot will ever free up, so it fails instead of waiting forever.
+                Err(EngineError::NoSequenceSlot { .. }) if !self.running.is_empty() => {
+                    self.waiting.push_front(job);
+                    self.waiting_count.fetch_add(1, Ordering::SeqCst);
+                    break;
+                }
+                Err(e) => {
+                    finish_job(&job, FinishReason::Error(format!("cannot start the sequence: {e}")), 0, None, None);
+                    continue;
+                }
+            };
             self.running.push(Running {
                 job,
                 seq,
@@ -553,5 +569,170 @@ mod tests {
         }
         assert_eq!(fed_total, 700 + 3 + 129 + 1);
         assert!(seqs.iter().all(|s| s.fed == s.prompt_len));
+    }
+
+    use std::collections::HashSet;
+    use std::sync::Mutex;
+
+    use gptoss_engine::model::LogitsRow;
+    use gptoss_engine::{EngineError, Logits};
+
+    /// What a [`Fake`] executor did, shared with the test that drives the engine thread.
+    #[derive(Default)]
+    struct FakeState {
+        live: HashSet<SeqId>,
+        most_live: usize,
+        /// add_sequence calls refused for want of a slot.
+        refused: usize,
+        /// Forward passes still to fail with a device error.
+        failures: usize,
+    }
+
+    /// Every sequence's next token is 3. It has `slots` sequence slots, and says it has
+    /// `claimed` (more, to test an executor that is wrong about it).
+    struct Fake {
+        state: Arc<Mutex<FakeState>>,
+        slots: usize,
+        claimed: usize,
+        next_id: u64,
+        lens: HashMap<SeqId, usize>,
+    }
+
+    const VOCAB: usize = 8;
+
+    fn fake(slots: usize, claimed: usize, failures: usize) -> (Fake, Arc<Mutex<FakeState>>) {
+        let state = Arc::new(Mutex::new(FakeState { failures, ..FakeState::default() }));
+        (Fake { state: state.clone(), slots, claimed, next_id: 0, lens: HashMap::new() }, state)
+    }
+
+    impl Executor for Fake {
+        fn vocab(&self) -> usize {
+            VOCAB
+        }
+        fn max_context(&self) -> usize {
+            1024
+        }
+        fn max_sequences(&self) -> usize {
+            self.claimed
+        }
+        fn add_sequence(&mut self) -> Result<SeqId, EngineError> {
+            let mut st = self.state.lock().unwrap();
+            if st.live.len() >= self.slots {
+                st.refused += 1;
+                return Err(EngineError::NoSequenceSlot { limit: self.slots });
+            }
+            let id = SeqId(self.next_id);
+            self.next_id += 1;
+            st.live.insert(id);
+            st.most_live = st.most_live.max(st.live.len());
+            self.lens.insert(id, 0);
+            Ok(id)
+        }
+        fn remove_sequence(&mut self, seq: SeqId) {
+            self.state.lock().unwrap().live.remove(&seq);
+            self.lens.remove(&seq);
+        }
+        fn forward(&mut self, batch: &[SeqChunk]) -> Result<Logits, EngineError> {
+            {
+                let mut st = self.state.lock().unwrap();
+                if st.failures > 0 {
+                    st.failures -= 1;
+                    return Err(EngineError::Device("the GPU fell off the bus".into()));
+                }
+            }
+            let mut out = Logits { vocab: VOCAB, data: Vec::new(), rows: Vec::new() };
+            for (item, chunk) in batch.iter().enumerate() {
+                let len = self.lens.get_mut(&chunk.seq).ok_or(EngineError::UnknownSequence(chunk.seq.0))?;
+                *len += chunk.tokens.len();
+                if chunk.logits != LogitsRequest::None {
+                    let mut row = [f32::NEG_INFINITY; VOCAB];
+                    row[3] = 0.0;
+                    out.data.extend_from_slice(&row);
+                    out.rows.push(LogitsRow { item, position: *len - 1 });
+                }
+            }
+            Ok(out)
+        }
+        fn cache_bytes(&self) -> usize {
+            0
+        }
+    }
+
+    fn engine(exec: Fake, max_batch: usize) -> (EngineHandle, std::thread::JoinHandle<()>) {
+        let cfg = EngineConfig { max_batch, max_queue: 64, step_tokens: 64 };
+        start(exec, cfg, Arc::new(Metrics::default())).unwrap()
+    }
+
+    /// The tokens a job got, and how it finished.
+    fn wait(mut rx: UnboundedReceiver<Event>) -> (Vec<u32>, Option<FinishReason>) {
+        let mut tokens = Vec::new();
+        while let Some(e) = rx.blocking_recv() {
+            match e {
+                Event::Token(s) => tokens.push(s.token),
+                Event::Finished(f) => return (tokens, Some(f.reason)),
+                Event::PromptLogprobs(_) => {}
+            }
+        }
+        (tokens, None)
+    }
+
+    #[test]
+    fn a_device_error_fails_its_batch_and_the_server_goes_on() {
+        let (exec, state) = fake(16, 16, 1);
+        let (handle, thread) = engine(exec, 16);
+        let (tokens, reason) = wait(handle.submit(JobSpec::new(vec![1, 2, 3], 4)).unwrap());
+        assert!(tokens.is_empty());
+        match reason {
+            Some(FinishReason::Error(m)) => assert!(m.contains("the GPU fell off the bus"), "{m}"),
+            other => panic!("expected an error, got {other:?}"),
+        }
+        // Its sequence was freed, and the next request runs as if nothing happened.
+        let (tokens, reason) = wait(handle.submit(JobSpec::new(vec![1, 2, 3], 4)).unwrap());
+        assert_eq!((tokens, reason), (vec![3; 4], Some(FinishReason::Length)));
+        drop(handle);
+        thread.join().unwrap();
+        assert!(state.lock().unwrap().live.is_empty());
+    }
+
+    #[test]
+    fn never_runs_more_sequences_than_the_executor_has_slots() {
+        let (exec, state) = fake(2, 2, 0);
+        let (handle, thread) = engine(exec, 8);
+        let jobs: Vec<_> = (0..5).map(|_| handle.submit(JobSpec::new(vec![1, 2], 3)).unwrap()).collect();
+        for rx in jobs {
+            assert_eq!(wait(rx), (vec![3; 3], Some(FinishReason::Length)));
+        }
+        drop(handle);
+        thread.join().unwrap();
+        // Held to the executor's slots by the batch limit, not by refusals.
+        let st = state.lock().unwrap();
+        assert_eq!((st.most_live, st.refused), (2, 0));
+    }
+
+    #[test]
+    fn a_job_without_a_slot_waits_for_one_or_fails_when_none_can_free() {
+        // The executor claims more slots than it has: jobs past its one slot wait their turn.
+        let (exec, state) = fake(1, usize::MAX, 0);
+        let (handle, thread) = engine(exec, 8);
+        let jobs: Vec<_> = (0..3).map(|_| handle.submit(JobSpec::new(vec![1, 2], 3)).unwrap()).collect();
+        for rx in jobs {
+            assert_eq!(wait(rx), (vec![3; 3], Some(FinishReason::Length)));
+        }
+        drop(handle);
+        thread.join().unwrap();
+        assert_eq!(state.lock().unwrap().most_live, 1);
+
+        // No slot at all: nothing running will ever free one, so the job fails at once.
+        let (exec, _) = fake(0, usize::MAX, 0);
+        let (handle, thread) = engine(exec, 8);
+        match wait(handle.submit(JobSpec::new(vec![1, 2], 3)).unwrap()) {
+            (tokens, Some(FinishReason::Error(m))) => {
+                assert!(tokens.is_empty());
+                assert!(m.contains("sequence slots"), "{m}");
+            }
+            other => panic!("expected an error, got {other:?}"),
+        }
+        drop(handle);
+        thread.join().unwrap();
     }
 }

@@ -1,6 +1,6 @@
-//! What the step loop runs: the model with its KV cache, or a script. Both answer a batch
-//! of chunks with next-token logits, so everything above them (scheduling, sampling,
-//! parsing, the HTTP APIs) is the same code.
+//! What the step loop runs: the model with its KV cache on some device (a [`Runner`]), or a
+//! script. Both answer a batch of chunks with next-token logits, so everything above them
+//! (scheduling, sampling, parsing, the HTTP APIs) is the same code.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -8,14 +8,20 @@ use std::time::Duration;
 
 use gptoss_engine::model::LogitsRow;
 use gptoss_engine::tokenizer::{Tokenizer, END_OF_TEXT};
-use gptoss_engine::{EngineError, KvCache, Logits, LogitsRequest, Model, SeqChunk, SeqId, Workspace};
+use gptoss_engine::{EngineError, Logits, LogitsRequest, Runner, SeqChunk, SeqId};
 use serde_json::Value;
 
 pub trait Executor: Send {
     fn vocab(&self) -> usize;
     /// Tokens one sequence may hold.
     fn max_context(&self) -> usize;
-    fn add_sequence(&mut self) -> SeqId;
+    /// Sequences it can hold at once; the engine never runs more (a GPU's cache has a fixed
+    /// number of slots).
+    fn max_sequences(&self) -> usize {
+        usize::MAX
+    }
+    /// A new empty sequence; [`EngineError::NoSequenceSlot`] when every slot is taken.
+    fn add_sequence(&mut self) -> Result<SeqId, EngineError>;
     fn remove_sequence(&mut self, seq: SeqId);
     /// Appends each chunk to its sequence; logits for the positions the chunks ask for.
     fn forward(&mut self, batch: &[SeqChunk]) -> Result<Logits, EngineError>;
@@ -26,47 +32,54 @@ pub trait Executor: Send {
     fn cache_bytes(&self) -> usize;
 }
 
+/// The model on whichever device its runner uses.
 pub struct ModelExecutor {
-    model: Model,
-    cache: KvCache,
-    ws: Workspace,
+    runner: Box<dyn Runner>,
 }
 
 impl ModelExecutor {
-    pub fn new(model: Model, max_context: usize) -> Self {
-        let cache = KvCache::new(&model.config, max_context);
-        ModelExecutor { model, cache, ws: Workspace::new() }
+    pub fn new(runner: Box<dyn Runner>) -> Self {
+        ModelExecutor { runner }
+    }
+
+    /// Where the model runs, for logs.
+    pub fn device(&self) -> String {
+        self.runner.device()
     }
 }
 
 impl Executor for ModelExecutor {
     fn vocab(&self) -> usize {
-        self.model.config.vocab_size
+        self.runner.config().vocab_size
     }
 
     fn max_context(&self) -> usize {
-        self.cache.max_context()
+        self.runner.max_context()
     }
 
-    fn add_sequence(&mut self) -> SeqId {
-        self.cache.add_sequence()
+    fn max_sequences(&self) -> usize {
+        self.runner.max_sequences()
+    }
+
+    fn add_sequence(&mut self) -> Result<SeqId, EngineError> {
+        self.runner.add_sequence()
     }
 
     fn remove_sequence(&mut self, seq: SeqId) {
-        self.cache.remove_sequence(seq);
+        self.runner.remove_sequence(seq);
     }
 
     fn forward(&mut self, batch: &[SeqChunk]) -> Result<Logits, EngineError> {
-        self.model.forward_in(&mut self.ws, &mut self.cache, batch)?;
-        Ok(self.ws.take_logits())
+        self.runner.forward(batch)?;
+        Ok(self.runner.take_logits())
     }
 
     fn reclaim(&mut self, logits: Logits) {
-        self.ws.restore_logits(logits);
+        self.runner.restore_logits(logits);
     }
 
     fn cache_bytes(&self) -> usize {
-        self.cache.allocated_bytes()
+        self.runner.cache_bytes()
     }
 }
 
@@ -157,11 +170,11 @@ impl Executor for ScriptedExecutor {
         self.max_context
     }
 
-    fn add_sequence(&mut self) -> SeqId {
+    fn add_sequence(&mut self) -> Result<SeqId, EngineError> {
         let id = SeqId(self.next_id);
         self.next_id += 1;
         self.seqs.insert(id, ScriptedSeq::default());
-        id
+        Ok(id)
     }
 
     fn remove_sequence(&mut self, seq: SeqId) {

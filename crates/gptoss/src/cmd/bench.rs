@@ -1,21 +1,33 @@
-//! `gptoss bench`: prompt processing and generation speed in the style of llama-bench, set
-//! against the machine's measured read bandwidth (decoding reads every active weight once
-//! per token, so bandwidth ÷ bytes per token is the ceiling).
+//! `gptoss bench`: prompt processing and generation speed in the style of llama-bench, on
+//! whichever device `--device` gives. On the CPU it is set against the machine's measured
+//! read bandwidth (decoding reads every active weight once per token, so bandwidth ÷ bytes
+//! per token is the ceiling); a GPU's memory is not probed, so there the bandwidth figures
+//! are absent.
 
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use gptoss_engine::generator::PREFILL_CHUNK;
 use gptoss_engine::profile;
 use gptoss_engine::sampler::argmax;
-use gptoss_engine::{KvCache, LogitsRequest, Model, SeqChunk, Workspace};
+use gptoss_engine::{EngineError, LogitsRequest, ModelConfig, Runner, SeqChunk, SeqId};
+
+use super::{Device, Opened};
 
 #[derive(clap::Args)]
-/// `--threads` and `--dense` are the global flags.
+/// `--threads`, `--dense` and `--device` are the global flags.
 pub struct Args {
     /// Checkpoint folder, llama.cpp .gguf file, or Hugging Face Hub id (org/name).
-    model: String,
+    #[arg(required_unless_present = "synth", conflicts_with = "synth")]
+    model: Option<String>,
+    /// Random weights of this shape made in GPU memory instead of a checkpoint (needs a
+    /// CUDA device).
+    #[arg(long, value_enum, value_name = "SHAPE")]
+    synth: Option<Shape>,
+    /// Sequences decoding together in the generation test; tokens/s counts all of them.
+    #[arg(short = 'b', long = "batch", default_value_t = 1, value_name = "N")]
+    batch: usize,
     /// Prompt tokens per prompt-processing run (0 skips the test).
     #[arg(short = 'p', long = "prompt", default_value_t = 512, value_name = "N")]
     prompt: usize,
@@ -32,6 +44,17 @@ pub struct Args {
     #[arg(long)]
     json: bool,
 }
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum Shape {
+    #[value(name = "20b")]
+    Gpt20b,
+    #[value(name = "120b")]
+    Gpt120b,
+}
+
+/// The seed of `--synth`'s weights (as `gptoss synth`'s default).
+const SYNTH_SEED: u64 = 0;
 
 struct Stats {
     mean: f64,
@@ -105,117 +128,190 @@ fn prompt_ids(n: usize, vocab: usize) -> Vec<u32> {
         .collect()
 }
 
-fn prompt_run(model: &Model, tokens: &[u32]) -> Result<Duration> {
-    let mut cache = KvCache::new(&model.config, tokens.len());
-    let seq = cache.add_sequence();
-    let t0 = Instant::now();
-    let mut ws = Workspace::new();
-    let chunks = tokens.chunks(PREFILL_CHUNK).count();
-    for (i, chunk) in tokens.chunks(PREFILL_CHUNK).enumerate() {
-        let logits = if i + 1 == chunks { LogitsRequest::Last } else { LogitsRequest::None };
-        black_box(model.forward_in(&mut ws, &mut cache, &[SeqChunk { seq, tokens: chunk, logits }])?);
-    }
-    Ok(t0.elapsed())
+fn prompt_run(runner: &mut dyn Runner, tokens: &[u32]) -> Result<Duration> {
+    with_sequences(runner, 1, |runner, seqs| {
+        let t0 = Instant::now();
+        let chunks = tokens.chunks(PREFILL_CHUNK).count();
+        for (i, chunk) in tokens.chunks(PREFILL_CHUNK).enumerate() {
+            let logits = if i + 1 == chunks { LogitsRequest::Last } else { LogitsRequest::None };
+            black_box(runner.forward(&[SeqChunk { seq: seqs[0], tokens: chunk, logits }])?);
+        }
+        Ok(t0.elapsed())
+    })
 }
 
-/// `n` greedy tokens, one forward pass each, from an empty context.
-fn gen_run(model: &Model, n: usize) -> Result<Duration> {
-    let mut cache = KvCache::new(&model.config, n);
-    let seq = cache.add_sequence();
-    let mut token = 0u32;
-    let mut ws = Workspace::new();
-    let t0 = Instant::now();
-    for _ in 0..n {
-        let logits = model.forward_in(
-            &mut ws,
-            &mut cache,
-            &[SeqChunk { seq, tokens: &[token], logits: LogitsRequest::Last }],
-        )?;
-        token = logits.last_for(0).map_or(0, argmax);
+/// `n` greedy tokens for each of `batch` sequences decoding together (one forward pass of
+/// `batch` one-token chunks per step), from an empty context.
+fn gen_run(runner: &mut dyn Runner, n: usize, batch: usize) -> Result<Duration> {
+    with_sequences(runner, batch, |runner, seqs| {
+        // Different first tokens, so the sequences do not all route to the same experts.
+        let mut tokens: Vec<[u32; 1]> = (0..seqs.len() as u32).map(|i| [i]).collect();
+        let t0 = Instant::now();
+        for _ in 0..n {
+            let chunks: Vec<SeqChunk> = seqs
+                .iter()
+                .zip(&tokens)
+                .map(|(&seq, t)| SeqChunk { seq, tokens: t, logits: LogitsRequest::Last })
+                .collect();
+            let logits = runner.forward(&chunks)?;
+            let next: Vec<u32> = (0..seqs.len()).map(|i| logits.last_for(i).map_or(0, argmax)).collect();
+            for (t, n) in tokens.iter_mut().zip(next) {
+                *t = [n];
+            }
+        }
+        Ok(t0.elapsed())
+    })
+}
+
+/// Runs `body` on `count` new sequences, removed afterwards whatever happens (a GPU runner
+/// has a fixed number of slots, and the next run needs them).
+fn with_sequences<T>(
+    runner: &mut dyn Runner,
+    count: usize,
+    body: impl FnOnce(&mut dyn Runner, &[SeqId]) -> Result<T, EngineError>,
+) -> Result<T> {
+    let mut seqs = Vec::with_capacity(count);
+    let mut result = Ok(());
+    for _ in 0..count {
+        match runner.add_sequence() {
+            Ok(s) => seqs.push(s),
+            Err(e) => {
+                result = Err(e);
+                break;
+            }
+        }
     }
-    Ok(t0.elapsed())
+    let out = result.and_then(|()| body(runner, &seqs));
+    for s in seqs {
+        runner.remove_sequence(s);
+    }
+    Ok(out?)
 }
 
 pub fn run(args: Args) -> Result<()> {
     if args.repetitions == 0 {
         bail!("--repetitions must be at least 1");
     }
+    if args.batch == 0 {
+        bail!("--batch must be at least 1");
+    }
     if args.prompt == 0 && args.gen == 0 {
         bail!("nothing to measure: both -p and -n are 0");
     }
-    let path = super::resolve_model(&args.model)?;
     let threads = rayon::current_num_threads();
-    let probe = BandwidthProbe::new();
-    let model = super::load_model(&path)?;
-    let cfg = &model.config;
+    // Allocated before the model so that exactly its size comes off the peak RSS; only a CPU
+    // run is compared with host memory's bandwidth.
+    let gpu_certain = args.synth.is_some() || matches!(super::device(), Device::Cuda(_));
+    let mut probe = (!gpu_certain).then(BandwidthProbe::new);
+    let max_context = args.prompt.max(args.gen).max(2);
+    let (opened, name) = match (&args.model, args.synth) {
+        (Some(model), None) => {
+            let path = super::resolve_model(model)?;
+            let name = path.file_name().map_or_else(|| model.clone(), |n| n.to_string_lossy().into_owned());
+            (super::open(&path, max_context, args.batch)?, name)
+        }
+        (None, Some(shape)) => {
+            let (config, name) = match shape {
+                Shape::Gpt20b => (ModelConfig::gpt_oss_20b(), "gpt-oss-20b (synth)"),
+                Shape::Gpt120b => (ModelConfig::gpt_oss_120b(), "gpt-oss-120b (synth)"),
+            };
+            (Opened::Gpu(synth_runner(&config, max_context, args.batch)?), name.to_string())
+        }
+        _ => bail!("give exactly one of MODEL and --synth"),
+    };
+    // The CPU's kernels and dense format; a GPU's own are in its device string.
+    let cpu = match &opened {
+        Opened::Cpu(r) => Some((format!("{:?}", r.model.kernels()), r.model.dense.name())),
+        Opened::Gpu(_) => None,
+    };
+    if cpu.is_none() {
+        probe = None;
+    }
+    let mut runner = opened.into_runner();
+    let runner = runner.as_mut();
+    let device = runner.device();
+    let cfg = runner.config();
     let limit = cfg.max_context;
     if args.prompt > limit || args.gen > limit {
         bail!("-p {} / -n {} exceeds the model's context of {limit} tokens", args.prompt, args.gen);
     }
-    let bytes_per_token = model.weights.bytes_per_token(cfg.experts_per_token);
+    let bytes_per_token = runner.bytes_per_token();
     let prompt = prompt_ids(args.prompt, cfg.vocab_size);
 
     // Warm-up: pages the weights in and starts the threads.
     if args.prompt > 0 {
-        prompt_run(&model, &prompt[..args.prompt.min(64)])?;
+        prompt_run(runner, &prompt[..args.prompt.min(64)])?;
     }
-    gen_run(&model, 2)?;
+    gen_run(runner, 2, args.batch)?;
 
     let (mut pp, mut tg) = (Vec::new(), Vec::new());
     // Per generation run: the read bandwidth around it and the fraction of it achieved.
     let (mut bandwidths, mut fractions) = (Vec::new(), Vec::new());
+    let tg_name = match args.batch {
+        1 => format!("tg{}", args.gen),
+        b => format!("tg{} x{b}", args.gen),
+    };
     for rep in 0..args.repetitions {
         if args.prompt > 0 {
-            let secs = prompt_run(&model, &prompt)?.as_secs_f64();
+            let secs = prompt_run(runner, &prompt)?.as_secs_f64();
             pp.push(args.prompt as f64 / secs);
         }
         if args.gen > 0 {
-            let before = probe.measure();
-            let secs = gen_run(&model, args.gen)?.as_secs_f64();
-            let bandwidth = before.max(probe.measure());
-            tg.push(args.gen as f64 / secs);
-            bandwidths.push(bandwidth);
-            fractions.push(args.gen as f64 / secs * bytes_per_token as f64 / bandwidth);
+            let before = probe.as_ref().map(BandwidthProbe::measure);
+            let secs = gen_run(runner, args.gen, args.batch)?.as_secs_f64();
+            tg.push((args.gen * args.batch) as f64 / secs);
+            if let (Some(probe), Some(before)) = (&probe, before) {
+                let bandwidth = before.max(probe.measure());
+                bandwidths.push(bandwidth);
+                // A step reads at least one token's weights, whatever the batch.
+                fractions.push(args.gen as f64 / secs * bytes_per_token as f64 / bandwidth);
+            }
         }
         if !args.json {
-            let last = |test: String, v: &[f64]| v.last().map_or(String::new(), |x| format!(" {test} {x:.2} tokens/s"));
-            let (p, g) = (last(format!("pp{}", args.prompt), &pp), last(format!("tg{}", args.gen), &tg));
+            let last = |test: &str, v: &[f64]| v.last().map_or(String::new(), |x| format!(" {test} {x:.2} tokens/s"));
+            let (p, g) = (last(&format!("pp{}", args.prompt), &pp), last(&tg_name, &tg));
             eprintln!("run {}/{}:{p}{g}", rep + 1, args.repetitions);
         }
     }
     // Stage splits: one profiled run of each test, after the timed ones.
-    let profiled = |run: &dyn Fn() -> Result<Duration>| -> Result<(Duration, Vec<(profile::Stage, Duration)>)> {
-        profile::enable(true);
-        let total = run();
-        let totals = profile::totals();
-        profile::enable(false);
-        Ok((total?, totals))
-    };
+    let mut profiled =
+        |run: &mut dyn FnMut(&mut dyn Runner) -> Result<Duration>| -> Result<(Duration, Vec<(profile::Stage, Duration)>)> {
+            profile::enable(true);
+            let total = run(runner);
+            let totals = profile::totals();
+            profile::enable(false);
+            Ok((total?, totals))
+        };
     let split = match args.profile && args.gen > 0 {
-        true => Some(profiled(&|| gen_run(&model, args.gen))?),
+        true => Some(profiled(&mut |r| gen_run(r, args.gen, args.batch))?),
         false => None,
     };
     let prompt_split = match args.profile && args.prompt > 0 {
-        true => Some(profiled(&|| prompt_run(&model, &prompt))?),
+        true => Some(profiled(&mut |r| prompt_run(r, &prompt))?),
         false => None,
     };
 
-    if bandwidths.is_empty() {
+    if let (Some(probe), true) = (&probe, bandwidths.is_empty()) {
         bandwidths.push(probe.measure());
     }
-    let bandwidth = stats(&bandwidths);
-    let ceiling = bandwidth.mean / bytes_per_token as f64;
+    let bandwidth = (!bandwidths.is_empty()).then(|| stats(&bandwidths));
+    let ceiling = bandwidth.as_ref().map(|b| b.mean / bytes_per_token as f64);
     let fraction = (!fractions.is_empty()).then(|| stats(&fractions));
-    let peak_rss = super::peak_rss().saturating_sub(BandwidthProbe::BYTES as u64);
+    let probe_bytes = if probe.is_some() { BandwidthProbe::BYTES as u64 } else { 0 };
+    let peak_rss = super::peak_rss().saturating_sub(probe_bytes);
     let (pp, tg) = ((!pp.is_empty()).then(|| stats(&pp)), (!tg.is_empty()).then(|| stats(&tg)));
-    let kernels = format!("{:?}", model.kernels());
-    let name = path.file_name().map_or_else(|| args.model.clone(), |n| n.to_string_lossy().into_owned());
+    let (kernels, dense) = match &cpu {
+        Some((kernels, dense)) => (kernels.clone(), Some(*dense)),
+        None => (device.clone(), None),
+    };
     if args.json {
         let mut v = serde_json::json!({
             "model": name,
+            "device": device,
             "kernels": kernels,
-            "dense": model.dense.name(),
+            "dense": dense,
             "threads": threads,
+            "batch": args.batch,
             "prompt_tokens": args.prompt,
             "gen_tokens": args.gen,
             "repetitions": args.repetitions,
@@ -223,8 +319,8 @@ pub fn run(args: Args) -> Result<()> {
             "prompt_tokens_per_s_sd": pp.as_ref().map(|s| s.sd),
             "gen_tokens_per_s": tg.as_ref().map(|s| s.mean),
             "gen_tokens_per_s_sd": tg.as_ref().map(|s| s.sd),
-            "read_bandwidth_gb_s": bandwidth.mean / 1e9,
-            "read_bandwidth_gb_s_sd": bandwidth.sd / 1e9,
+            "read_bandwidth_gb_s": bandwidth.as_ref().map(|b| b.mean / 1e9),
+            "read_bandwidth_gb_s_sd": bandwidth.as_ref().map(|b| b.sd / 1e9),
             "bytes_per_token": bytes_per_token,
             "bandwidth_limit_tokens_per_s": ceiling,
             "bandwidth_fraction": fraction.as_ref().map(|f| f.mean),
@@ -244,7 +340,7 @@ pub fn run(args: Args) -> Result<()> {
                 .collect::<serde_json::Value>()
         };
         if let Some(s) = &split {
-            v["profile"] = to_json(s, args.gen);
+            v["profile"] = to_json(s, args.gen * args.batch);
         }
         if let Some(s) = &prompt_split {
             v["prompt_profile"] = to_json(s, args.prompt);
@@ -252,45 +348,90 @@ pub fn run(args: Args) -> Result<()> {
         println!("{v}");
         return Ok(());
     }
-    println!("| model | kernels | dense | threads | test | tokens/s |");
+    let dense = dense.unwrap_or("-");
+    println!("| model | device | dense | threads | test | tokens/s |");
     println!("|---|---|---|---|---|---|");
-    for (test, s) in [(format!("pp{}", args.prompt), &pp), (format!("tg{}", args.gen), &tg)] {
+    for (test, s) in [(format!("pp{}", args.prompt), &pp), (tg_name, &tg)] {
         if let Some(s) = s {
-            println!(
-                "| {name} | {kernels} | {} | {threads} | {test} | {:.2} ± {:.2} |",
-                model.dense.name(),
-                s.mean,
-                s.sd
-            );
+            println!("| {name} | {device} | {dense} | {threads} | {test} | {:.2} ± {:.2} |", s.mean, s.sd);
         }
     }
     println!();
-    println!(
-        "read bandwidth: {:.1} ± {:.1} GB/s (best of {BANDWIDTH_PASSES} passes over 512 MiB, {threads} threads, right before and after each generation run)",
-        bandwidth.mean / 1e9,
-        bandwidth.sd / 1e9
-    );
-    println!(
-        "weights read per generated token: {} -> bandwidth limit {:.2} tokens/s",
-        super::human_bytes(bytes_per_token),
-        ceiling
-    );
-    if let (Some(s), Some(f)) = (&tg, &fraction) {
+    if let Some(bandwidth) = &bandwidth {
         println!(
-            "generation: {:.2} tokens/s = {:.1} ± {:.1}% of the bandwidth limit (each run against the bandwidth around it)",
-            s.mean,
-            100.0 * f.mean,
-            100.0 * f.sd
+            "read bandwidth: {:.1} ± {:.1} GB/s (best of {BANDWIDTH_PASSES} passes over 512 MiB, {threads} threads, right before and after each generation run)",
+            bandwidth.mean / 1e9,
+            bandwidth.sd / 1e9
         );
     }
+    match ceiling {
+        Some(ceiling) => println!(
+            "weights read per generated token: {} -> bandwidth limit {:.2} tokens/s",
+            super::human_bytes(bytes_per_token),
+            ceiling
+        ),
+        None => println!("weights read per generated token: {}", super::human_bytes(bytes_per_token)),
+    }
+    if let (Some(s), Some(f)) = (&tg, &fraction) {
+        if args.batch == 1 {
+            println!(
+                "generation: {:.2} tokens/s = {:.1} ± {:.1}% of the bandwidth limit (each run against the bandwidth around it)",
+                s.mean,
+                100.0 * f.mean,
+                100.0 * f.sd
+            );
+        } else {
+            println!(
+                "generation: {:.2} tokens/s over {} sequences, {:.2} steps/s = {:.1} ± {:.1}% of the bandwidth limit of one token's weights per step",
+                s.mean,
+                args.batch,
+                s.mean / args.batch as f64,
+                100.0 * f.mean,
+                100.0 * f.sd
+            );
+        }
+    }
     if let Some(s) = &split {
-        print_split(&format!("time per generated token by stage ({} tokens", args.gen), s, args.gen);
+        let n = args.gen * args.batch;
+        print_split(&format!("time per generated token by stage ({n} tokens"), s, n);
     }
     if let Some(s) = &prompt_split {
         print_split(&format!("time per prompt token by stage (pp{}", args.prompt), s, args.prompt);
     }
-    println!("peak RSS {} (the bench's 512 MiB bandwidth buffer not counted)", super::human_bytes(peak_rss));
+    if probe.is_some() {
+        println!("peak RSS {} (the bench's 512 MiB bandwidth buffer not counted)", super::human_bytes(peak_rss));
+    } else {
+        println!("peak RSS {} (host memory)", super::human_bytes(peak_rss));
+    }
     Ok(())
+}
+
+/// Random weights of `config`'s shape on the `--device` GPU (the first with room under
+/// `auto`).
+fn synth_runner(config: &ModelConfig, max_context: usize, max_sequences: usize) -> Result<Box<dyn Runner>> {
+    const NEEDS_GPU: &str = "--synth builds random weights in GPU memory; it needs a CUDA device";
+    let ordinal = match super::device() {
+        Device::Cpu => bail!("{NEEDS_GPU} (--device is cpu)"),
+        Device::Cuda(n) => n,
+        Device::Auto => {
+            let gpus = gptoss_cuda::devices();
+            if gpus.is_empty() {
+                bail!("{NEEDS_GPU} ({})", super::NO_GPU);
+            }
+            let ctx = max_context.min(config.max_context);
+            match super::pick_gpu(&gpus, config, ctx, max_sequences) {
+                Ok(gpu) => gpu.ordinal,
+                Err(why) => bail!("{NEEDS_GPU} with room for it: {why}"),
+            }
+        }
+    };
+    super::dense_ignored(ordinal);
+    let opts = gptoss_cuda::CudaOptions { ordinal, max_context: max_context.min(config.max_context), max_sequences };
+    let t0 = Instant::now();
+    let runner =
+        gptoss_cuda::synth(config, SYNTH_SEED, &opts).with_context(|| format!("{NEEDS_GPU}; cuda:{ordinal}"))?;
+    eprintln!("made random weights on {} in {:.2} s", runner.device(), t0.elapsed().as_secs_f64());
+    Ok(runner)
 }
 
 /// A stage table: `title` is completed with the time per token.

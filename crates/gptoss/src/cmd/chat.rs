@@ -8,7 +8,7 @@ use gptoss_engine::chat::{today_utc, ChatError, ChatSession, Turn};
 use gptoss_engine::generator::{ModelSource, ScriptedSource, StopReason, TokenSource};
 use gptoss_engine::harmony::{Conversation, ParseEvent, ReasoningEffort, SystemContent};
 use gptoss_engine::tokenizer::CALL;
-use gptoss_engine::{EngineError, Model, Tokenizer};
+use gptoss_engine::{EngineError, Tokenizer};
 
 use super::{SamplingArgs, DEFAULT_MODEL};
 use crate::interrupt;
@@ -102,8 +102,11 @@ impl ConversationArgs {
         if let Some(script) = &self.script {
             return body(&mut read_script(script, tok)?);
         }
-        let model: Model = super::load_model(&super::resolve_model(model_arg)?)?;
-        let mut source = ModelSource::new(&model, self.ctx, self.sampling.sampler()?);
+        let sampler = self.sampling.sampler()?;
+        // Kept here for the whole session: the source borrows it, and each turn reuses the
+        // cache of the one before.
+        let mut runner = super::open_runner(&super::resolve_model(model_arg)?, self.ctx, 1)?;
+        let mut source = ModelSource::new(runner.as_mut(), sampler)?;
         body(&mut source)
     }
 

@@ -40,14 +40,16 @@ pub fn run(args: Args) -> Result<()> {
     let tokenizer = Tokenizer::o200k_harmony()?;
     let prompt = super::prompt_tokens(args.prompt.as_deref(), args.tokens_file.as_deref(), &tokenizer)?;
     let sampler = args.sampling.sampler()?;
-    let model = super::load_model(&super::resolve_model_path(&args.model)?)?;
-    if model.config.vocab_size > VOCAB_SIZE as usize {
+    let path = super::resolve_model_path(&args.model)?;
+    let mut runner = super::open_runner(&path, prompt.len().saturating_add(args.max_tokens), 1)?;
+    let config = runner.config();
+    if config.vocab_size > VOCAB_SIZE as usize {
         bail!(
             "the model's vocabulary ({} tokens) is larger than the o200k_harmony tokenizer's ({VOCAB_SIZE})",
-            model.config.vocab_size
+            config.vocab_size
         );
     }
-    let limit = model.config.max_context;
+    let limit = config.max_context;
     if args.max_tokens > limit.saturating_sub(prompt.len()) {
         bail!(
             "prompt ({} tokens) plus --max-tokens {} exceeds the model's context of {limit} tokens",
@@ -55,7 +57,7 @@ pub fn run(args: Args) -> Result<()> {
             args.max_tokens
         );
     }
-    let mut source = ModelSource::new(&model, prompt.len() + args.max_tokens, sampler);
+    let mut source = ModelSource::new(runner.as_mut(), sampler)?;
     let stop_tokens = if args.ignore_eos { vec![] } else { vec![RETURN, CALL, END_OF_TEXT] };
     let opts = GenerateOptions {
         max_tokens: args.max_tokens,

@@ -8,7 +8,8 @@ use super::{human_bytes, human_count};
 use gptoss_engine::checkpoint::Checkpoint;
 use gptoss_engine::weights::ModelWeights;
 
-pub fn run(path: &Path, json: bool) -> Result<()> {
+/// `ctx`: the context the GPU section checks the model against, with one sequence.
+pub fn run(path: &Path, json: bool, ctx: usize) -> Result<()> {
     let ck = Checkpoint::open(path)?;
     // Loading the weights checks every tensor's presence, dtype and shape.
     let complete = ModelWeights::load(&ck).map(|_| ());
@@ -34,6 +35,9 @@ pub fn run(path: &Path, json: bool) -> Result<()> {
         (g.meta().version, g.meta().alignment, g.tensor_count(), types, rounded)
     });
     let sliding: Vec<usize> = (0..c.num_layers).filter(|&l| c.sliding_layers[l]).collect();
+    let gpus = gptoss_cuda::devices();
+    let gpu_ctx = ctx.min(c.max_context);
+    let needs = gptoss_cuda::memory_needs(c, gpu_ctx, 1);
     if json {
         let v = serde_json::json!({
             "path": ck.dir.display().to_string(),
@@ -65,6 +69,19 @@ pub fn run(path: &Path, json: bool) -> Result<()> {
             "bytes_read_per_token": c.bytes_read_per_token(),
             "kv_bytes_per_1k_tokens": kv_per_token * 1000,
             "kv_bytes_fixed_per_sequence": kv_sliding,
+            "gpus": gpus.iter().map(|g| serde_json::json!({
+                "ordinal": g.ordinal,
+                "name": g.name,
+                "compute_capability": format!("{}.{}", g.compute_capability.0, g.compute_capability.1),
+                "free_bytes": g.free_bytes,
+                "total_bytes": g.total_bytes,
+                "context": gpu_ctx,
+                "sequences": 1,
+                "needs_bytes": {
+                    "weights": needs.weights, "kv": needs.kv, "buffers": needs.buffers, "total": needs.total(),
+                },
+                "fits": g.free_bytes >= needs.total(),
+            })).collect::<Vec<_>>(),
         });
         println!("{}", serde_json::to_string_pretty(&v)?);
     } else {
@@ -147,6 +164,23 @@ pub fn run(path: &Path, json: bool) -> Result<()> {
             human_bytes(kv_per_token * 1000),
             human_bytes(kv_sliding)
         );
+        if gpus.is_empty() {
+            println!("GPUs         {}", super::NO_GPU);
+        } else {
+            println!("GPUs         the model needs {}", super::needs_text(&needs, gpu_ctx, 1));
+        }
+        for g in &gpus {
+            let fits = if g.free_bytes >= needs.total() { "fits" } else { "does not fit" };
+            println!(
+                "             cuda:{} {}, compute {}.{}, {} free of {}: {fits}",
+                g.ordinal,
+                g.name,
+                g.compute_capability.0,
+                g.compute_capability.1,
+                human_bytes(g.free_bytes),
+                human_bytes(g.total_bytes)
+            );
+        }
     }
     complete.map_err(Into::into)
 }

@@ -14,8 +14,10 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
+use gptoss_cuda::{CudaOptions, DeviceInfo, MemoryNeeds};
+use gptoss_engine::checkpoint::Checkpoint;
 use gptoss_engine::weights::DenseFormat;
-use gptoss_engine::{Model, Sampler, SamplingParams};
+use gptoss_engine::{CpuRunner, Model, ModelConfig, Runner, Sampler, SamplingParams};
 
 /// The model used when a command is given none.
 pub const DEFAULT_MODEL: &str = "openai/gpt-oss-20b";
@@ -83,6 +85,157 @@ pub fn set_dense(d: Dense) {
 
 pub fn dense() -> Dense {
     DENSE.get().copied().unwrap_or(Dense::Bf16)
+}
+
+/// `--device`: where a model runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Device {
+    /// The first GPU with room for the model, else the CPU.
+    Auto,
+    Cpu,
+    /// A GPU by ordinal (`cuda` is `cuda:0`).
+    Cuda(usize),
+}
+
+impl std::str::FromStr for Device {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "auto" => Ok(Device::Auto),
+            "cpu" => Ok(Device::Cpu),
+            "cuda" => Ok(Device::Cuda(0)),
+            _ => s
+                .strip_prefix("cuda:")
+                .and_then(|n| n.parse().ok())
+                .map(Device::Cuda)
+                .ok_or_else(|| format!("`{s}` is not a device: auto, cpu, cuda or cuda:N")),
+        }
+    }
+}
+
+static DEVICE: std::sync::OnceLock<Device> = std::sync::OnceLock::new();
+
+pub fn set_device(d: Device) {
+    let _ = DEVICE.set(d);
+}
+
+pub fn device() -> Device {
+    DEVICE.get().copied().unwrap_or(Device::Auto)
+}
+
+/// A model opened for a command: on the CPU (whose kernels and formats bench reports), or
+/// on a GPU.
+pub enum Opened {
+    Cpu(Box<CpuRunner>),
+    Gpu(Box<dyn Runner>),
+}
+
+impl Opened {
+    pub fn into_runner(self) -> Box<dyn Runner> {
+        match self {
+            Opened::Cpu(r) => r,
+            Opened::Gpu(r) => r,
+        }
+    }
+}
+
+/// The model at `path` on the `--device`, with a KV cache for `max_sequences` sequences of
+/// `max_context` tokens (capped at the model's context).
+pub fn open_runner(path: &Path, max_context: usize, max_sequences: usize) -> Result<Box<dyn Runner>> {
+    Ok(open(path, max_context, max_sequences)?.into_runner())
+}
+
+/// [`open_runner`], saying which device it is. Under `auto` one line on stderr says what
+/// was picked and why.
+pub fn open(path: &Path, max_context: usize, max_sequences: usize) -> Result<Opened> {
+    let cpu = || Ok(Opened::Cpu(Box::new(CpuRunner::new(load_model(path)?, max_context))));
+    match device() {
+        Device::Cpu => cpu(),
+        Device::Cuda(ordinal) => {
+            // Read for the context cap only: a GPU's cache is allocated at its full size.
+            let config = Checkpoint::open(path)?.config;
+            open_cuda(path, ordinal, max_context.min(config.max_context), max_sequences)
+                .with_context(|| format!("--device cuda:{ordinal}"))
+                .map(Opened::Gpu)
+        }
+        Device::Auto => {
+            let gpus = gptoss_cuda::devices();
+            if gpus.is_empty() {
+                eprintln!("device: cpu ({NO_GPU})");
+                return cpu();
+            }
+            let config = Checkpoint::open(path)?.config;
+            let ctx = max_context.min(config.max_context);
+            match pick_gpu(&gpus, &config, ctx, max_sequences) {
+                Ok(gpu) => match open_cuda(path, gpu.ordinal, ctx, max_sequences) {
+                    Ok(runner) => Ok(Opened::Gpu(runner)),
+                    Err(e) => {
+                        eprintln!("device: cpu (cuda:{} could not take the model: {e:#})", gpu.ordinal);
+                        cpu()
+                    }
+                },
+                Err(why) => {
+                    eprintln!("device: cpu ({why})");
+                    cpu()
+                }
+            }
+        }
+    }
+}
+
+/// Why `auto` found no GPU: [`gptoss_cuda::devices`] is empty both without a driver and
+/// with a driver but no device, and cannot say which.
+pub const NO_GPU: &str = "no CUDA device found: no driver, or no GPU";
+
+/// The first GPU with room for `config` (under `auto`), said on stderr; or why there is none.
+pub fn pick_gpu(
+    gpus: &[DeviceInfo],
+    config: &ModelConfig,
+    max_context: usize,
+    max_sequences: usize,
+) -> Result<DeviceInfo, String> {
+    let needs = gptoss_cuda::memory_needs(config, max_context, max_sequences);
+    if let Some(gpu) = gpus.iter().find(|g| g.free_bytes >= needs.total()) {
+        eprintln!(
+            "device: cuda:{} ({}, {} free, needs {})",
+            gpu.ordinal,
+            gpu.name,
+            human_bytes(gpu.free_bytes),
+            human_bytes(needs.total())
+        );
+        return Ok(gpu.clone());
+    }
+    let free: Vec<String> =
+        gpus.iter().map(|g| format!("cuda:{} has {} free", g.ordinal, human_bytes(g.free_bytes))).collect();
+    Err(format!("{}, the model needs {}", free.join(", "), needs_text(&needs, max_context, max_sequences)))
+}
+
+/// 16.20 GB (weights 13.8 GB, KV cache 2.1 GB, buffers 0.3 GB for 8192 tokens x 1 sequence).
+pub fn needs_text(needs: &MemoryNeeds, max_context: usize, max_sequences: usize) -> String {
+    let seqs = if max_sequences == 1 { "1 sequence".to_string() } else { format!("{max_sequences} sequences") };
+    format!(
+        "{} (weights {}, KV cache {}, buffers {} for {max_context} tokens x {seqs})",
+        human_bytes(needs.total()),
+        human_bytes(needs.weights),
+        human_bytes(needs.kv),
+        human_bytes(needs.buffers)
+    )
+}
+
+fn open_cuda(path: &Path, ordinal: usize, max_context: usize, max_sequences: usize) -> Result<Box<dyn Runner>> {
+    dense_ignored(ordinal);
+    let t0 = Instant::now();
+    let runner = gptoss_cuda::open(path, &CudaOptions { ordinal, max_context, max_sequences })?;
+    eprintln!("loaded {} on {} in {:.2} s", path.display(), runner.device(), t0.elapsed().as_secs_f64());
+    Ok(runner)
+}
+
+/// `--dense q8` is a CPU format; a GPU holds the weights its own way.
+pub fn dense_ignored(ordinal: usize) {
+    if dense() == Dense::Q8 {
+        eprintln!("--dense q8 applies to the CPU only; ignored on cuda:{ordinal}");
+    }
 }
 
 /// Loads a checkpoint (with the `--dense` format) and says so on stderr.
@@ -206,5 +359,42 @@ pub fn rate(tokens: usize, secs: f64) -> String {
         "- tok/s".into()
     } else {
         format!("{:.2} tok/s", tokens as f64 / secs)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn devices_parse() {
+        assert_eq!("auto".parse(), Ok(Device::Auto));
+        assert_eq!("cpu".parse(), Ok(Device::Cpu));
+        assert_eq!("cuda".parse(), Ok(Device::Cuda(0)));
+        assert_eq!("cuda:3".parse(), Ok(Device::Cuda(3)));
+        for bad in ["gpu", "cuda:", "cuda:x", "cuda:-1", "CPU"] {
+            assert!(bad.parse::<Device>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn auto_picks_the_first_gpu_with_room() {
+        let gpu = |ordinal, free_bytes| DeviceInfo {
+            ordinal,
+            name: format!("gpu{ordinal}"),
+            compute_capability: (9, 0),
+            total_bytes: u64::MAX,
+            free_bytes,
+        };
+        let config = ModelConfig::tiny();
+        let needs = gptoss_cuda::memory_needs(&config, 128, 1).total();
+        let gpus = [gpu(0, needs.saturating_sub(1)), gpu(1, needs), gpu(2, u64::MAX)];
+        let first = if needs == 0 { 0 } else { 1 };
+        assert_eq!(pick_gpu(&gpus, &config, 128, 1).map(|g| g.ordinal), Ok(first));
+        if needs > 0 {
+            let why = pick_gpu(&gpus[..1], &config, 128, 1).unwrap_err();
+            assert!(why.starts_with("cuda:0 has ") && why.contains("the model needs"), "{why}");
+        }
+        assert!(pick_gpu(&[], &config, 128, 1).is_err());
     }
 }

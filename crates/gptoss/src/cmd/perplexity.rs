@@ -6,7 +6,7 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use gptoss_engine::model::check_tokens;
 use gptoss_engine::sampler::log_sum_exp;
-use gptoss_engine::{KvCache, LogitsRequest, SeqChunk, Tokenizer, Workspace};
+use gptoss_engine::{EngineError, LogitsRequest, Runner, SeqChunk, SeqId, Tokenizer};
 
 use gptoss_engine::generator::PREFILL_CHUNK;
 
@@ -41,34 +41,28 @@ pub fn run(args: Args) -> Result<()> {
     if tokens.len() < 2 {
         bail!("need at least 2 tokens to score a next token, got {}", tokens.len());
     }
-    let model = super::load_model(&super::resolve_model_path(&args.model)?)?;
-    let window = args.ctx.unwrap_or(model.config.max_context);
-    if window < 2 || window > model.config.max_context {
-        bail!("--ctx must be between 2 and the model's context of {}", model.config.max_context);
+    if args.ctx.is_some_and(|w| w < 2) {
+        bail!("--ctx must be at least 2");
+    }
+    // No window is longer than the input, so neither need the cache be.
+    let cache_len = args.ctx.unwrap_or(usize::MAX).min(tokens.len());
+    let mut runner = super::open_runner(&super::resolve_model_path(&args.model)?, cache_len, 1)?;
+    let limit = runner.config().max_context;
+    let window = args.ctx.unwrap_or(limit);
+    if window > limit {
+        bail!("--ctx must be between 2 and the model's context of {limit}");
     }
 
-    check_tokens(&tokens, model.config.vocab_size)?;
+    check_tokens(&tokens, runner.config().vocab_size)?;
 
     let t0 = Instant::now();
     let mut nll = Vec::with_capacity(tokens.len());
-    let mut ws = Workspace::new();
     // A trailing window of one token has no next token to score.
     for win in tokens.chunks(window).filter(|w| w.len() >= 2) {
-        let mut cache = KvCache::new(&model.config, win.len());
-        let seq = cache.add_sequence();
-        for chunk in win.chunks(PREFILL_CHUNK) {
-            let logits = model.forward_in(
-                &mut ws,
-                &mut cache,
-                &[SeqChunk { seq, tokens: chunk, logits: LogitsRequest::All }],
-            )?;
-            for (i, row) in logits.rows.iter().enumerate() {
-                if let Some(&target) = win.get(row.position + 1) {
-                    let z = logits.row(i);
-                    nll.push((log_sum_exp(z) - z[target as usize]) as f64);
-                }
-            }
-        }
+        let seq = runner.add_sequence()?;
+        let scored = score(runner.as_mut(), seq, win, &mut nll);
+        runner.remove_sequence(seq);
+        scored?;
     }
     let secs = t0.elapsed().as_secs_f64();
     let mean = nll.iter().sum::<f64>() / nll.len().max(1) as f64;
@@ -86,5 +80,19 @@ pub fn run(args: Args) -> Result<()> {
         super::rate(tokens.len(), secs),
         super::memory_report()
     );
+    Ok(())
+}
+
+/// Appends the NLL of every next token of `win` (all but its first) to `nll`.
+fn score(runner: &mut dyn Runner, seq: SeqId, win: &[u32], nll: &mut Vec<f64>) -> Result<(), EngineError> {
+    for chunk in win.chunks(PREFILL_CHUNK) {
+        let logits = runner.forward(&[SeqChunk { seq, tokens: chunk, logits: LogitsRequest::All }])?;
+        for (i, row) in logits.rows.iter().enumerate() {
+            if let Some(&target) = win.get(row.position + 1) {
+                let z = logits.row(i);
+                nll.push((log_sum_exp(z) - z[target as usize]) as f64);
+            }
+        }
+    }
     Ok(())
 }

@@ -92,7 +92,7 @@ fn describe(snap: &Snapshot) -> String {
 
 /// `gptoss inspect org/name`: where it is cached and which files are there, without the
 /// network, then the checkpoint itself if a layout is complete.
-pub fn inspect(repo: &RepoId, json: bool) -> Result<()> {
+pub fn inspect(repo: &RepoId, json: bool, ctx: usize) -> Result<()> {
     let hub = hub();
     let statuses: Vec<CacheStatus> =
         [Layout::Hf, Layout::Original].iter().map(|&l| hub.status(repo, DEFAULT_REVISION, l)).collect();
@@ -100,7 +100,7 @@ pub fn inspect(repo: &RepoId, json: bool) -> Result<()> {
     if json {
         if let Some(s) = complete {
             // One JSON object on stdout: the checkpoint's, whose path is the snapshot's.
-            return super::inspect::run(&model_dir_of(s), true);
+            return super::inspect::run(&model_dir_of(s), true, ctx);
         }
         let layouts: serde_json::Map<String, serde_json::Value> = statuses
             .iter()
@@ -145,7 +145,7 @@ pub fn inspect(repo: &RepoId, json: bool) -> Result<()> {
     match complete {
         Some(s) => {
             println!();
-            super::inspect::run(&model_dir_of(s), false)
+            super::inspect::run(&model_dir_of(s), false, ctx)
         }
         None => bail!("{repo} is not complete in the cache; `gptoss pull {repo}` downloads it"),
     }

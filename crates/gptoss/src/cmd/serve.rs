@@ -7,7 +7,7 @@ use clap::Args as ClapArgs;
 use gptoss_engine::Tokenizer;
 use gptoss_server::{EngineConfig, ModelExecutor, ScriptedExecutor, ServeOptions};
 
-use super::{human_bytes, load_model, resolve_model, DEFAULT_MODEL};
+use super::{human_bytes, open_runner, resolve_model, DEFAULT_MODEL};
 
 #[derive(ClapArgs, Debug)]
 pub struct Args {
@@ -73,13 +73,14 @@ pub fn run(args: Args) -> Result<()> {
         return Ok(gptoss_server::serve(exec, tok, opts)?);
     }
     let path = resolve_model(&args.model)?;
-    let model = load_model(&path)?;
-    let ctx = args.ctx.min(model.config.max_context);
+    // One sequence slot per batch place: a GPU allocates its cache for exactly that many.
+    let runner = open_runner(&path, args.ctx, args.max_batch)?;
+    let ctx = runner.max_context();
     // Full-attention layers grow with the context; sliding ones hold a fixed window.
-    let (per_token, per_seq) = model.config.kv_bytes();
+    let (per_token, per_seq) = runner.config().kv_bytes();
     let worst = (per_token * ctx as u64 + per_seq) * args.max_batch as u64;
     eprintln!("context {ctx} tokens, up to {} sequences: KV cache at most {}", args.max_batch, human_bytes(worst));
-    let exec = ModelExecutor::new(model, ctx);
+    let exec = ModelExecutor::new(runner);
     let opts = ServeOptions {
         host: args.host,
         port: args.port,
