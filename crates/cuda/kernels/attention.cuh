@@ -88,12 +88,16 @@ extern "C" __global__ void __launch_bounds__(256) attention_partial(AttnArgs a) 
     int k_begin = max(lo, sp * a.split_keys), k_end = min(pos_last + 1, (sp + 1) * a.split_keys);
     __syncthreads();
 
-    for (int t0 = k_begin; t0 < k_end; t0 += ATT_TILE) {
+    // Tiles start at multiples of 32 whatever the block's first key, so each row's keys are
+    // visited in the same tiles (same online-softmax steps, same bits) however the rows are
+    // batched or chunked; keys outside a row's window are masked, and a tile with none of
+    // them leaves its state as it was.
+    for (int t0 = k_begin & ~(ATT_TILE - 1); t0 < k_end; t0 += ATT_TILE) {
         // 32 keys x 64 dims of K and of V: 8 floats of each per thread.
         {
             int key = threadIdx.x >> 3, d0 = (threadIdx.x & 7) * 8;
             int p = t0 + key;
-            if (p < k_end) {
+            if (p < k_end && p >= k_begin) {
                 const float* ks = key_src(a, slot, start, row0, p, kvh, false) + d0;
                 const float* vs = key_src(a, slot, start, row0, p, kvh, true) + d0;
                 float4 k0 = *reinterpret_cast<const float4*>(ks), k1 = *reinterpret_cast<const float4*>(ks + 4);
@@ -112,7 +116,7 @@ extern "C" __global__ void __launch_bounds__(256) attention_partial(AttnArgs a) 
         for (int i = 0; i < ATT_PAIRS; i++) {
             int p = warp + 8 * i;
             if (p >= pairs) continue;  // uniform across the warp
-            bool valid = kp < k_end && kp >= plo[i] && kp <= phi[i];
+            bool valid = kp < k_end && kp >= k_begin && kp >= plo[i] && kp <= phi[i];
             float s = -INFINITY;
             if (valid) {
                 float d = 0.f;

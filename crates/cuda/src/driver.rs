@@ -316,7 +316,9 @@ impl Gpu {
         check(unsafe { sys::cuStreamSynchronize(self.stream) }, "running kernels (cuStreamSynchronize)")
     }
 
-    /// Enqueues `f` on the stream. `args` point at each kernel argument's value.
+    /// Enqueues `f` (from [`Gpu::func`]) on the stream. `args` point at each kernel argument's
+    /// value; call sites pass exactly what the kernel declares.
+    #[allow(clippy::not_unsafe_ptr_arg_deref)]
     pub fn launch(
         &self,
         f: sys::CUfunction,
@@ -371,6 +373,62 @@ impl Drop for Gpu {
             sys::cuStreamSynchronize(self.stream);
             sys::cuModuleUnload(self.module);
             sys::cuStreamDestroy_v2(self.stream);
+        }
+    }
+}
+
+impl Gpu {
+    /// From now on, what is enqueued on the stream is recorded, not run, until
+    /// [`Gpu::end_capture`].
+    pub fn begin_capture(&self) -> Result<(), CudaError> {
+        // SAFETY: our stream.
+        check(
+            unsafe {
+                sys::cuStreamBeginCapture_v2(self.stream, sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
+            },
+            "cuStreamBeginCapture",
+        )
+    }
+
+    /// Ends a capture (always, so the stream runs again) and instantiates what was recorded.
+    pub fn end_capture(&self) -> Result<Graph, CudaError> {
+        let mut graph = std::ptr::null_mut();
+        // SAFETY: ends the capture begun by begin_capture.
+        let end = check(unsafe { sys::cuStreamEndCapture(self.stream, &mut graph) }, "cuStreamEndCapture");
+        let mut g = Graph { graph, exec: std::ptr::null_mut(), ctx: self.ctx.clone() };
+        end?;
+        // SAFETY: instantiates the captured graph; both handles owned by `g`.
+        check(unsafe { sys::cuGraphInstantiateWithFlags(&mut g.exec, g.graph, 0) }, "cuGraphInstantiate")?;
+        Ok(g)
+    }
+
+    pub fn replay(&self, g: &Graph) -> Result<(), CudaError> {
+        // SAFETY: an instantiated graph of this context, on our stream.
+        check(unsafe { sys::cuGraphLaunch(g.exec, self.stream) }, "cuGraphLaunch")
+    }
+}
+
+/// A captured sequence of kernels, replayed with one launch.
+pub struct Graph {
+    graph: sys::CUgraph,
+    exec: sys::CUgraphExec,
+    ctx: Arc<Context>,
+}
+
+// SAFETY: used only by the runner that owns it, from one thread at a time.
+unsafe impl Send for Graph {}
+
+impl Drop for Graph {
+    fn drop(&mut self) {
+        // SAFETY: handles created by capture(); destroyed once.
+        unsafe {
+            sys::cuCtxSetCurrent(self.ctx.ctx);
+            if !self.exec.is_null() {
+                sys::cuGraphExecDestroy(self.exec);
+            }
+            if !self.graph.is_null() {
+                sys::cuGraphDestroy(self.graph);
+            }
         }
     }
 }

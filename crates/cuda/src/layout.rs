@@ -210,7 +210,7 @@ mod tests {
     fn frag4_bit_placement_decodes_every_code_and_scale_exactly() {
         // One row of 32 columns per scale byte: all 16 codes twice, every scale 0..=255.
         let s = TileShape::new(1, 32);
-        let codes: Vec<u8> = (0..16).map(|i| (2 * i as u8 & 15) | ((2 * i as u8 + 1) & 15) << 4).collect();
+        let codes: Vec<u8> = (0..16).map(|i| ((2 * i as u8) & 15) | (((2 * i as u8 + 1) & 15) << 4)).collect();
         for e in 0..=255u8 {
             let (dc, ds) = pack_frag4(&codes, &[e], &s);
             let mut want = [0f32; 32];
@@ -225,7 +225,7 @@ mod tests {
     #[test]
     fn frag4_padding_decodes_to_zero() {
         let s = TileShape::new(20, 96);
-        let (dc, ds) = pack_frag4(&vec![0x77; 20 * 48], &vec![200; 20 * 3], &s);
+        let (dc, ds) = pack_frag4(&[0x77; 20 * 48], &[200; 20 * 3], &s);
         for r in 20..32 {
             for k in 0..128 {
                 assert_eq!(frag4_value_by_bits(&dc, &ds, &s, r, k), 0.0);

@@ -7,6 +7,7 @@
 //! the weights (MXFP4 experts packed), the KV cache (paged full-attention layers, ring
 //! sliding-window layers) and every activation on the device.
 
+pub mod devcheck;
 pub mod driver;
 pub mod kv;
 pub mod layout;

@@ -36,6 +36,8 @@ impl KernelSet {
     }
 }
 
+/// Graphs kept at most (one per decode shape seen; dropped all at once past this).
+const MAX_GRAPHS: usize = 256;
 /// Tokens of one pass at most (longer batches run as several passes).
 pub const MAX_PASS_TOKENS: usize = 2048;
 /// Rows of logits one pass may produce (804 KB each for the real vocabulary).
@@ -46,29 +48,29 @@ pub const PARTIAL_BYTES: usize = 256 << 20;
 /// `#[repr(C)]` twin of LinearArgs in kernels/linear.cuh.
 #[repr(C)]
 #[derive(Clone, Copy, Default)]
-struct LinearArgs {
-    w: u64,
-    scales: u64,
-    w_stride: i64,
-    s_stride: i64,
-    bias: u64,
-    x: u64,
-    x_rows: u64,
-    y: u64,
-    resid: u64,
-    items: u64,
-    n_items: u64,
-    ntiles: i32,
-    rows: i32,
-    r: i32,
-    mt: i32,
-    k: i32,
-    kb: i32,
-    s: i32,
-    x_stride: i32,
-    y_stride: i32,
-    mode: i32,
-    swiglu_limit: f32,
+pub(crate) struct LinearArgs {
+    pub w: u64,
+    pub scales: u64,
+    pub w_stride: i64,
+    pub s_stride: i64,
+    pub bias: u64,
+    pub x: u64,
+    pub x_rows: u64,
+    pub y: u64,
+    pub resid: u64,
+    pub items: u64,
+    pub n_items: u64,
+    pub ntiles: i32,
+    pub rows: i32,
+    pub r: i32,
+    pub mt: i32,
+    pub k: i32,
+    pub kb: i32,
+    pub s: i32,
+    pub x_stride: i32,
+    pub y_stride: i32,
+    pub mode: i32,
+    pub swiglu_limit: f32,
 }
 
 /// `#[repr(C)]` twin of AttnArgs in kernels/attention.cuh.
@@ -104,20 +106,20 @@ struct AttnArgs {
 /// `#[repr(C)]` twin of RouteArgs in kernels/misc.cuh.
 #[repr(C)]
 #[derive(Clone, Copy, Default)]
-struct RouteArgs {
-    logits: u64,
-    t: i32,
-    e: i32,
-    k: i32,
-    experts: u64,
-    gates: u64,
-    prow: u64,
-    row_src: u64,
-    items: u64,
-    counts: u64,
-    max_rows: i32,
-    max_items: i32,
-    item_ntiles: i32,
+pub(crate) struct RouteArgs {
+    pub logits: u64,
+    pub t: i32,
+    pub e: i32,
+    pub k: i32,
+    pub experts: u64,
+    pub gates: u64,
+    pub prow: u64,
+    pub row_src: u64,
+    pub items: u64,
+    pub counts: u64,
+    pub max_rows: i32,
+    pub max_items: i32,
+    pub item_ntiles: i32,
 }
 
 /// Where each pass's per-row metadata lives on the device (i32 offsets into `meta`).
@@ -154,6 +156,8 @@ struct Buffers {
     final_norm: DevBuf,
     logits: DevBuf,
     meta: DevBuf,
+    /// `[logit rows]` greedy picks.
+    picked: DevBuf,
 }
 
 /// Device bytes of the buffers of a runner of `cfg` (what [`Buffers::new`] allocates).
@@ -196,6 +200,7 @@ impl Buffers {
             final_norm: f(logit_rows * h)?,
             logits: f(logit_rows * cfg.vocab_size)?,
             meta: f(16 * t)?,
+            picked: f(logit_rows)?,
         })
     }
 }
@@ -247,6 +252,17 @@ pub struct CudaRunner {
     bytes_per_token: u64,
     /// V zeros: the unembedding's bias (it has none).
     zero_bias: DevBuf,
+    /// forward_greedy: pick on the device into `picked` instead of returning logits.
+    greedy: bool,
+    picked: Vec<u32>,
+    /// Kernel timings by label (ms, calls, bytes), when profiling.
+    prof: Option<std::collections::HashMap<String, (f64, usize, u64)>>,
+    prof_label: &'static str,
+    prof_bytes: u64,
+    /// Decode steps recorded as graphs, by (rows, key ranges, logit rows, greedy).
+    graphs: std::collections::HashMap<(usize, usize, usize, bool), crate::driver::Graph>,
+    /// GPTOSS_CUDA_GRAPHS=0 turns them off.
+    use_graphs: bool,
 }
 
 impl CudaRunner {
@@ -258,6 +274,21 @@ impl CudaRunner {
         max_sequences: usize,
     ) -> Result<Self, CudaError> {
         let max_context = max_context.min(cfg.max_context).max(1);
+        if cfg.head_dim != 64
+            || !cfg.num_heads.is_multiple_of(cfg.num_kv_heads)
+            || (cfg.num_heads / cfg.num_kv_heads) * plan::QUERY_BLOCK > 64
+        {
+            return Err(CudaError::Unsupported(format!(
+                "the CUDA kernels need head_dim 64 and at most 8 query heads per key/value head (this model: head_dim {}, {} heads, {} kv heads)",
+                cfg.head_dim, cfg.num_heads, cfg.num_kv_heads
+            )));
+        }
+        if cfg.experts_per_token > 8 || cfg.num_experts > 256 {
+            return Err(CudaError::Unsupported(format!(
+                "the CUDA router handles up to 256 experts and 8 per token (this model: {} and {})",
+                cfg.num_experts, cfg.experts_per_token
+            )));
+        }
         let book = KvBook::new(max_sequences, max_context);
         let kvd = cfg.kv_dim();
         let mut kv = Vec::with_capacity(cfg.num_layers);
@@ -302,6 +333,13 @@ impl CudaRunner {
         let zero_bias = gpu.alloc_zeroed(4 * cfg.vocab_size)?;
         Ok(CudaRunner {
             zero_bias,
+            greedy: false,
+            picked: Vec::new(),
+            prof: None,
+            prof_label: "",
+            prof_bytes: 0,
+            graphs: Default::default(),
+            use_graphs: std::env::var("GPTOSS_CUDA_GRAPHS").as_deref() != Ok("0"),
             gpu,
             cfg,
             w,
@@ -417,11 +455,66 @@ impl CudaRunner {
     }
 
     fn run_pass(&mut self, pass: &PassMeta, trace: &mut Option<Trace<'_>>) -> Result<(), CudaError> {
+        let m = self.upload_meta(pass)?;
+        let n_rows = pass.logit_rows.len();
+        let greedy = self.greedy && trace.is_none() && n_rows > 0;
+        // A decode step (one token per sequence) is the same kernels with the same arguments
+        // every time for a given shape: record it once as a graph and replay it, instead of
+        // ~300 launches from the host per token.
+        let graphable = self.use_graphs
+            && self.kernels == KernelSet::Fast
+            && trace.is_none()
+            && self.prof.is_none()
+            && pass.item_len.iter().all(|&l| l == 1);
+        if graphable {
+            let key = (pass.rows(), pass.splits, n_rows, greedy);
+            if !self.graphs.contains_key(&key) {
+                if self.graphs.len() >= MAX_GRAPHS {
+                    self.graphs.clear();
+                }
+                self.gpu.begin_capture()?;
+                let r = self.enqueue(pass, &m, trace, greedy);
+                let g = self.gpu.end_capture();
+                r?;
+                self.graphs.insert(key, g?);
+            }
+            if let Some(g) = self.graphs.get(&key) {
+                self.gpu.replay(g)?;
+            }
+        } else {
+            self.enqueue(pass, &m, trace, greedy)?;
+        }
+        let v = self.cfg.vocab_size;
+        if greedy {
+            let mut ids = vec![0i32; n_rows];
+            self.gpu.download(&mut ids, self.b.picked.ptr)?;
+            self.picked.extend(ids.iter().map(|&i| i as u32));
+        } else if n_rows > 0 {
+            let start = self.logits.data.len();
+            self.logits.data.resize(start + n_rows * v, 0.0);
+            self.gpu.download(&mut self.logits.data[start..], self.b.logits.ptr)?;
+            if let Some(tr) = trace.as_mut() {
+                tr("logits", None, &self.logits.data[start..]);
+            }
+        } else {
+            self.gpu.sync()?;
+        }
+        self.logits.rows.extend_from_slice(&pass.logit_meta);
+        Ok(())
+    }
+
+    /// Every kernel of one pass, on the stream (recorded when capturing).
+    fn enqueue(
+        &mut self,
+        pass: &PassMeta,
+        m: &MetaPtrs,
+        trace: &mut Option<Trace<'_>>,
+        greedy: bool,
+    ) -> Result<(), CudaError> {
         let cfg = self.cfg.clone();
         let t = pass.rows();
         let (h, qd, kvd) = (cfg.hidden_size, cfg.q_dim(), cfg.kv_dim());
         let qkv_w = qd + 2 * kvd;
-        let m = self.upload_meta(pass)?;
         let (ti, hi) = (t as u32, h as i32);
 
         let (emb, tok, x) = (self.w.embedding.ptr, m.tokens, self.b.x.ptr);
@@ -448,7 +541,7 @@ impl CudaRunner {
                 tr("k", Some(l), &part(qd, kvd));
                 tr("v", Some(l), &part(qd + kvd, kvd));
             }
-            self.attention(l, pass, &m)?;
+            self.attention(l, pass, m)?;
             self.traced(trace, "attn", Some(l), self.b.attn.ptr, t, qd)?;
             let (attn, out, x) = (self.b.attn.ptr, self.b.block_out.ptr, self.b.x.ptr);
             self.linear(Lin::Dense(l, DenseSel::Out), t, attn, qd, 0, out, h, x, 1, None)?;
@@ -467,15 +560,11 @@ impl CudaRunner {
             self.traced(trace, "final_norm", None, self.b.final_norm.ptr, n_rows, h)?;
             let (fnorm, lg) = (self.b.final_norm.ptr, self.b.logits.ptr);
             self.linear(Lin::Unembed, n_rows, fnorm, h, 0, lg, cfg.vocab_size, 0, 0, None)?;
-            let start = self.logits.data.len();
-            self.logits.data.resize(start + n_rows * cfg.vocab_size, 0.0);
-            self.gpu.download(&mut self.logits.data[start..], lg)?;
-            if let Some(tr) = trace.as_mut() {
-                tr("logits", None, &self.logits.data[start..]);
+            if greedy {
+                // The most likely tokens only: n_rows ints instead of n_rows × 804 KB.
+                let (v, out) = (cfg.vocab_size as i32, self.b.picked.ptr);
+                self.launch("argmax_rows", (n_rows as u32, 1, 1), 1024, 0, &mut args![lg, v, out])?;
             }
-            self.logits.rows.extend_from_slice(&pass.logit_meta);
-        } else {
-            self.gpu.sync()?;
         }
         Ok(())
     }
@@ -668,26 +757,124 @@ impl CudaRunner {
             mode,
             swiglu_limit,
         };
-        assert!(x_stride % 2 == 0, "activation rows must be 8-byte aligned");
-        let gi = grid_items as u32;
-        match self.kernels {
-            KernelSet::Simple => {
-                let blocks = (rows_out * 64).div_ceil(256).min(4096) as u32;
-                let name = if mx { "linear_ref_mxfp4" } else { "linear_ref_bf16" };
-                self.launch(name, (blocks, gi, 1), 256, 0, &mut args![a])
-            }
-            KernelSet::Fast if t <= 64 => {
-                let nt = ntiles.next_power_of_two();
-                let mtw = if nt <= 2 { 2 } else { 1 };
-                let name = gemv_name(mx, nt);
-                let smem = slices * mtw * 16 * nt * 8 * 4;
-                let grid = (shape.mt.div_ceil(mtw) as u32, if moe.is_some() { gi } else { 1 }, 1);
-                self.launch(name, grid, 32 * slices as u32, smem, &mut args![a])
-            }
-            KernelSet::Fast => {
-                let name = if mx { "gemm_mxfp4" } else { "gemm_bf16" };
-                self.launch(name, (shape.mt.div_ceil(4) as u32, gi, 1), 128, smem_of(name), &mut args![a])
-            }
+        assert!(x_stride.is_multiple_of(2), "activation rows must be 8-byte aligned");
+        if self.prof.is_some() {
+            let per_matrix = match which {
+                Lin::Experts(..) => (shape.frag4_code_words() + shape.frag4_scale_words()) as u64 * 4,
+                _ => shape.frag16_words() as u64 * 4,
+            };
+            let mats =
+                if moe.is_some() { self.cfg.experts_per_token.min(t * self.cfg.experts_per_token) } else { 1 } as u64;
+            self.prof_bytes = per_matrix * mats;
+            self.prof_label = match which {
+                Lin::Dense(_, DenseSel::Qkv) => "qkv",
+                Lin::Dense(_, DenseSel::Out) => "attn out",
+                Lin::Experts(_, ExpertSel::GateUp) => "experts gate_up + swiglu",
+                Lin::Experts(_, ExpertSel::Down) => "experts down",
+                Lin::Unembed => "unembedding",
+            };
+        }
+        let kernels = self.kernels;
+        self.launch_timed(|gpu| launch_linear(gpu, &a, mx, t, kernels, grid_items))
+    }
+
+    /// Runs `f` (which enqueues one kernel), timing it when profiling.
+    fn launch_timed(&mut self, f: impl FnOnce(&mut Gpu) -> Result<(), CudaError>) -> Result<(), CudaError> {
+        if self.prof.is_none() {
+            return f(&mut self.gpu);
+        }
+        let (e0, e1) = (self.gpu.event()?, self.gpu.event()?);
+        self.gpu.record(&e0)?;
+        f(&mut self.gpu)?;
+        self.gpu.record(&e1)?;
+        let ms = e0.elapsed_ms(&e1)? as f64;
+        let (label, bytes) = (std::mem::take(&mut self.prof_label), std::mem::take(&mut self.prof_bytes));
+        if let Some(p) = self.prof.as_mut() {
+            let e = p.entry(label.to_string()).or_insert((0.0, 0, 0));
+            e.0 += ms;
+            e.1 += 1;
+            e.2 += bytes;
+        }
+        Ok(())
+    }
+
+    /// Time and GB/s of each kernel of a decoded token (layer totals over all layers), at a
+    /// context of 1024, against `bw` bytes/s: lines for a table.
+    pub fn time_kernels(&mut self, bw: f64) -> Result<Vec<String>, CudaError> {
+        let toks: Vec<u32> = (0..1024u32).map(|i| (i * 7919) % 1000).collect();
+        let ee = |e: EngineError| CudaError::Driver(e.to_string());
+        let s = self.book.add().map_err(ee)?;
+        self.forward_all(&[SeqChunk { seq: s, tokens: &toks, logits: gptoss_engine::LogitsRequest::None }], None)
+            .map_err(ee)?;
+        self.prof = Some(Default::default());
+        let steps = 8;
+        let mut r = Ok(());
+        for &tok in &toks[..steps] {
+            let t = [tok];
+            r = r.and(
+                self.forward_all(&[SeqChunk { seq: s, tokens: &t, logits: gptoss_engine::LogitsRequest::Last }], None)
+                    .map_err(ee),
+            );
+        }
+        let prof = self.prof.take().unwrap_or_default();
+        self.book.remove(s);
+        r?;
+        let mut rows: Vec<_> = prof.into_iter().collect();
+        rows.sort_by(|a, b| b.1 .0.total_cmp(&a.1 .0));
+        let total: f64 = rows.iter().map(|r| r.1 .0).sum::<f64>() / steps as f64;
+        let mut out =
+            vec![format!("sum of kernel times per token: {:.1} us (kernels run one at a time here)", total * 1e3)];
+        for (label, (ms, calls, bytes)) in rows {
+            let per_step = ms / steps as f64;
+            let rate = if bytes > 0 { bytes as f64 / (ms / 1e3) } else { 0.0 };
+            out.push(format!(
+                "{label}: {:.1} us per token ({} calls), {}",
+                per_step * 1e3,
+                calls / steps,
+                if bytes > 0 {
+                    format!("{:.0} GB/s = {:.0}% of the read bandwidth", rate / 1e9, 100.0 * rate / bw)
+                } else {
+                    "-".into()
+                }
+            ));
+        }
+        Ok(out)
+    }
+}
+
+/// Picks and launches the matmul kernel for `t` tokens: the decode kernel up to 64 tokens,
+/// the GEMM above, or the scalar twin.
+pub(crate) fn launch_linear(
+    gpu: &mut Gpu,
+    a: &LinearArgs,
+    mx: bool,
+    t: usize,
+    kernels: KernelSet,
+    grid_items: usize,
+) -> Result<(), CudaError> {
+    let a = *a;
+    let (mt, slices) = (a.mt as usize, a.s as usize);
+    let gi = grid_items.max(1) as u32;
+    match kernels {
+        KernelSet::Simple => {
+            let blocks = (a.r as usize * 64).div_ceil(256).min(4096) as u32;
+            let name = if mx { "linear_ref_mxfp4" } else { "linear_ref_bf16" };
+            let f = gpu.func(name, 0)?;
+            gpu.launch(f, (blocks, gi, 1), 256, 0, &mut args![a])
+        }
+        KernelSet::Fast if t <= 64 => {
+            let nt = t.div_ceil(8).next_power_of_two();
+            let mtw = if nt <= 2 { 2 } else { 1 };
+            let name = gemv_name(mx, nt);
+            let smem = slices * mtw * 16 * nt * 8 * 4;
+            let f = gpu.func(name, smem_of(name))?;
+            let grid_y = if a.items != 0 { gi } else { 1 };
+            gpu.launch(f, (mt.div_ceil(mtw) as u32, grid_y, 1), 32 * slices as u32, smem, &mut args![a])
+        }
+        KernelSet::Fast => {
+            let name = if mx { "gemm_mxfp4" } else { "gemm_bf16" };
+            let f = gpu.func(name, smem_of(name))?;
+            gpu.launch(f, (mt.div_ceil(4) as u32, gi, 1), 128, smem_of(name), &mut args![a])
         }
     }
 }
@@ -884,5 +1071,18 @@ impl Runner for CudaRunner {
 
     fn bytes_per_token(&self) -> u64 {
         self.bytes_per_token
+    }
+
+    fn forward_greedy(&mut self, batch: &[SeqChunk]) -> Result<Vec<u32>, EngineError> {
+        self.greedy = true;
+        self.picked.clear();
+        let r = self.forward_all(batch, None);
+        self.greedy = false;
+        r?;
+        Ok(std::mem::take(&mut self.picked))
+    }
+
+    fn read_bandwidth(&mut self) -> Option<f64> {
+        crate::probe::read_bandwidth(&mut self.gpu, 10).ok()
     }
 }

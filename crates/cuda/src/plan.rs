@@ -55,65 +55,70 @@ pub struct PassLimits {
 
 /// Cuts a validated batch into passes within `lim`, keeping items in order (so the logits
 /// rows come out in the order one pass would give). `lens[i]` is item i's cached length.
+/// Attention keeps partial sums for every row of a pass over the longest row's key ranges,
+/// so a pass's rows × its most key ranges must fit `lim.row_splits`.
 pub fn passes(batch: &[SeqChunk], lens: &[usize], lim: PassLimits) -> Vec<Vec<Piece>> {
+    #[derive(Clone, Copy, Default)]
+    struct Load {
+        toks: usize,
+        lrows: usize,
+        max_splits: usize,
+    }
     let mut out: Vec<Vec<Piece>> = vec![Vec::new()];
-    let (mut toks, mut lrows, mut rsplits) = (0usize, 0usize, 0usize);
+    let mut load = Load::default();
     for (i, c) in batch.iter().enumerate() {
         let mut first = 0;
         while first < c.tokens.len() {
-            // Rows of this item that still fit the current pass.
-            let mut n = 0;
-            let fits = |n: usize, toks: usize, lrows: usize, rsplits: usize| {
+            // The pass's load with rows first..first+n of this item added, if it fits.
+            let with = |n: usize, load: Load| -> Option<Load> {
                 let end = first + n;
-                let splits = (lens[i] + end).div_ceil(SPLIT_KEYS);
                 let lr = match c.logits {
                     LogitsRequest::All => n,
                     LogitsRequest::Last => usize::from(end == c.tokens.len()),
                     LogitsRequest::None => 0,
                 };
-                toks + n <= lim.tokens && lrows + lr <= lim.logit_rows && rsplits + n * splits <= lim.row_splits
+                let next = Load {
+                    toks: load.toks + n,
+                    lrows: load.lrows + lr,
+                    max_splits: load.max_splits.max((lens[i] + end).div_ceil(SPLIT_KEYS)),
+                };
+                (next.toks <= lim.tokens && next.lrows <= lim.logit_rows && next.toks * next.max_splits <= lim.row_splits)
+                    .then_some(next)
             };
-            // Largest n that fits (monotone), by doubling then bisection.
+            // The most rows that fit (the load grows with n): doubling, then bisection.
             let rest = c.tokens.len() - first;
             let (mut lo, mut hi) = (0usize, 1usize);
-            while hi <= rest && fits(hi, toks, lrows, rsplits) {
+            while hi <= rest && with(hi, load).is_some() {
                 lo = hi;
                 hi *= 2;
             }
             let mut hi = hi.min(rest + 1);
             while hi - lo > 1 {
                 let mid = (lo + hi) / 2;
-                if fits(mid, toks, lrows, rsplits) {
+                if with(mid, load).is_some() {
                     lo = mid;
                 } else {
                     hi = mid;
                 }
             }
-            n += lo;
+            let mut n = lo;
             if n == 0 {
                 if out.last().is_some_and(|p| !p.is_empty()) {
                     out.push(Vec::new());
-                    (toks, lrows, rsplits) = (0, 0, 0);
+                    load = Load::default();
                     continue;
                 }
-                // A single row that exceeds an empty pass: take it anyway (limits are sized
-                // so this cannot happen; better slow than stuck).
+                // A single row that exceeds an empty pass: take it anyway (the limits are
+                // sized so this cannot happen; better slow than stuck).
                 n = 1;
             }
             let end = first + n;
+            load = with(n, load).unwrap_or(Load { toks: load.toks + n, lrows: load.lrows + 1, max_splits: load.max_splits });
             let logits = match c.logits {
                 LogitsRequest::All => LogitsRequest::All,
                 LogitsRequest::Last if end == c.tokens.len() => LogitsRequest::Last,
                 _ => LogitsRequest::None,
             };
-            let lr = match logits {
-                LogitsRequest::All => n,
-                LogitsRequest::Last => 1,
-                LogitsRequest::None => 0,
-            };
-            toks += n;
-            lrows += lr;
-            rsplits += n * (lens[i] + end).div_ceil(SPLIT_KEYS);
             out.last_mut().expect("a pass").push(Piece { item: i, seq: c.seq, first, len: n, logits });
             first = end;
         }
@@ -223,12 +228,15 @@ mod tests {
             [chunk(0, &a, LogitsRequest::All), chunk(1, &b, LogitsRequest::Last), chunk(2, &c, LogitsRequest::None)];
         for (tokens, logit_rows, row_splits) in [(1, 1, 1), (7, 3, 50), (64, 64, 64), (200, 5, 1000), (13, 100, 20)] {
             let lim = PassLimits { tokens, logit_rows, row_splits };
-            let p = passes(&batch, &[0, 5, 3000], lim);
+            let lens = [0, 5, 3000];
+            let p = passes(&batch, &lens, lim);
             let mut next = [0usize; 3];
             let mut logit_rows_seen = 0;
             for pass in &p {
                 let t: usize = pass.iter().map(|x| x.len).sum();
                 assert!(t <= tokens.max(1), "{lim:?}: a pass of {t} tokens");
+                let splits = pass.iter().map(|x| (lens[x.item] + x.first + x.len).div_ceil(SPLIT_KEYS)).max().unwrap_or(1);
+                assert!(t * splits <= row_splits.max(splits), "{lim:?}: {t} rows x {splits} key ranges");
                 for piece in pass {
                     assert_eq!(piece.first, next[piece.item], "{lim:?}: pieces in order");
                     next[piece.item] += piece.len;

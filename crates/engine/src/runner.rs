@@ -53,6 +53,18 @@ pub trait Runner: Send {
     fn cache_bytes(&self) -> usize;
     /// Weight bytes one decoded token reads (the bandwidth bound of generation).
     fn bytes_per_token(&self) -> u64;
+    /// [`Runner::forward`] for greedy decoding: the most likely next token of each row that
+    /// asked for logits (in the order of [`Logits::rows`]), without handing the logits over.
+    /// A GPU picks them on the device instead of copying 804 KB per row back.
+    fn forward_greedy(&mut self, batch: &[SeqChunk]) -> Result<Vec<u32>, EngineError> {
+        let logits = self.forward(batch)?;
+        Ok((0..logits.rows.len()).map(|i| crate::sampler::argmax(logits.row(i))).collect())
+    }
+    /// The device memory's read bandwidth in bytes/s, measured now, when the runner measures
+    /// its own (a GPU); None where the caller measures it (host memory).
+    fn read_bandwidth(&mut self) -> Option<f64> {
+        None
+    }
 }
 
 /// [`Model`] on the CPU, with its cache and buffers.

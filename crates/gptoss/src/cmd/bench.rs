@@ -10,7 +10,6 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use gptoss_engine::generator::PREFILL_CHUNK;
 use gptoss_engine::profile;
-use gptoss_engine::sampler::argmax;
 use gptoss_engine::{EngineError, LogitsRequest, ModelConfig, Runner, SeqChunk, SeqId};
 
 use super::{Device, Opened};
@@ -153,8 +152,8 @@ fn gen_run(runner: &mut dyn Runner, n: usize, batch: usize) -> Result<Duration> 
                 .zip(&tokens)
                 .map(|(&seq, t)| SeqChunk { seq, tokens: t, logits: LogitsRequest::Last })
                 .collect();
-            let logits = runner.forward(&chunks)?;
-            let next: Vec<u32> = (0..seqs.len()).map(|i| logits.last_for(i).map_or(0, argmax)).collect();
+            // Greedy on the device where there is one: no logits cross the bus.
+            let next = runner.forward_greedy(&chunks)?;
             for (t, n) in tokens.iter_mut().zip(next) {
                 *t = [n];
             }
@@ -257,11 +256,13 @@ pub fn run(args: Args) -> Result<()> {
             pp.push(args.prompt as f64 / secs);
         }
         if args.gen > 0 {
-            let before = probe.as_ref().map(BandwidthProbe::measure);
+            let measure =
+                |r: &mut dyn Runner| probe.as_ref().map(BandwidthProbe::measure).or_else(|| r.read_bandwidth());
+            let before = measure(runner);
             let secs = gen_run(runner, args.gen, args.batch)?.as_secs_f64();
             tg.push((args.gen * args.batch) as f64 / secs);
-            if let (Some(probe), Some(before)) = (&probe, before) {
-                let bandwidth = before.max(probe.measure());
+            if let (Some(before), Some(after)) = (before, measure(runner)) {
+                let bandwidth = before.max(after);
                 bandwidths.push(bandwidth);
                 // A step reads at least one token's weights, whatever the batch.
                 fractions.push(args.gen as f64 / secs * bytes_per_token as f64 / bandwidth);
@@ -291,8 +292,10 @@ pub fn run(args: Args) -> Result<()> {
         false => None,
     };
 
-    if let (Some(probe), true) = (&probe, bandwidths.is_empty()) {
-        bandwidths.push(probe.measure());
+    if bandwidths.is_empty() {
+        if let Some(b) = probe.as_ref().map(BandwidthProbe::measure).or_else(|| runner.read_bandwidth()) {
+            bandwidths.push(b);
+        }
     }
     let bandwidth = (!bandwidths.is_empty()).then(|| stats(&bandwidths));
     let ceiling = bandwidth.as_ref().map(|b| b.mean / bytes_per_token as f64);
@@ -358,8 +361,12 @@ pub fn run(args: Args) -> Result<()> {
     }
     println!();
     if let Some(bandwidth) = &bandwidth {
+        let how = match &probe {
+            Some(_) => format!("best of {BANDWIDTH_PASSES} passes over 512 MiB, {threads} threads"),
+            None => "best of 10 passes over 4 GiB of device memory".to_string(),
+        };
         println!(
-            "read bandwidth: {:.1} ± {:.1} GB/s (best of {BANDWIDTH_PASSES} passes over 512 MiB, {threads} threads, right before and after each generation run)",
+            "read bandwidth: {:.1} ± {:.1} GB/s ({how}, right before and after each generation run)",
             bandwidth.mean / 1e9,
             bandwidth.sd / 1e9
         );

@@ -1,0 +1,835 @@
+//! The device check: everything about the CUDA backend that needs a GPU, in one run that
+//! prints a table and ends with `N passed, N failed` (run by crates/cuda/tests/device.rs, see
+//! the README). Without a GPU it says so and passes.
+//!
+//! Sections (each can run alone, in its own process, so a fault in one cannot take the
+//! others' context with it): `kernels` (every kernel against its host twin on random shapes
+//! with ragged tails, batch invariance of the matmuls), `tiny` (the fixture layer by layer
+//! against the CPU, parity with OpenAI's reference, greedy tokens, chunking and batch
+//! invariance, both kernel sets), `speed` (per-kernel time and GB/s at the 20b and 120b
+//! shapes against the measured read bandwidth).
+
+use std::fmt::Write as _;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::path::Path;
+use std::time::Instant;
+
+use gptoss_engine::rng::Rng;
+use gptoss_engine::runner::{CpuRunner, Runner};
+use gptoss_engine::{LogitsRequest, Model, ModelConfig, SeqChunk};
+use gptoss_kernels::bf16::{bf16_to_f32, f32_to_bf16};
+use gptoss_kernels::{mxfp4, Kernels};
+
+use crate::driver::{DevBuf, Gpu};
+use crate::layout::{pack_frag16, pack_frag4, TileShape};
+use crate::model::{CudaRunner, KernelSet, LinearArgs};
+use crate::routing::{max_items, max_rows, route};
+use crate::{args, CudaError, CudaOptions};
+
+/// Results of a run.
+#[derive(Default)]
+pub struct Report {
+    pub passed: usize,
+    pub failed: usize,
+    pub lines: Vec<String>,
+}
+
+impl Report {
+    fn record(&mut self, name: &str, r: Result<String, String>) {
+        let line = match &r {
+            Ok(detail) => {
+                self.passed += 1;
+                format!("| {name} | pass | {detail} |")
+            }
+            Err(why) => {
+                self.failed += 1;
+                format!("| {name} | **FAIL** | {why} |")
+            }
+        };
+        println!("{line}");
+        self.lines.push(line);
+    }
+
+    /// Runs `f`, turning panics and errors into failures.
+    fn check(&mut self, name: &str, f: impl FnOnce() -> Result<String, String>) {
+        let t0 = Instant::now();
+        let r = match catch_unwind(AssertUnwindSafe(f)) {
+            Ok(r) => r,
+            Err(p) => Err(format!(
+                "panicked: {}",
+                p.downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+                    .unwrap_or_default()
+            )),
+        };
+        let r = r.map(|d| format!("{d} ({:.1} s)", t0.elapsed().as_secs_f64()));
+        self.record(name, r);
+    }
+}
+
+fn e2s(e: CudaError) -> String {
+    e.to_string()
+}
+
+/// Runs the sections named in `only` (all when empty). `fixtures` is the repository's
+/// fixtures folder.
+pub fn run(only: &[String], fixtures: &Path) -> Report {
+    let mut rep = Report::default();
+    let want = |s: &str| only.is_empty() || only.iter().any(|o| o == s);
+    println!("| check | result | detail |");
+    println!("|---|---|---|");
+    let gpus = crate::devices();
+    if gpus.is_empty() {
+        println!("| device | skipped | no CUDA device: {} |", crate::why_no_devices());
+        return rep;
+    }
+    for g in &gpus {
+        println!(
+            "| device | info | cuda:{} {} (cc {}.{}), {:.1} of {:.1} GB free |",
+            g.ordinal,
+            g.name,
+            g.compute_capability.0,
+            g.compute_capability.1,
+            g.free_bytes as f64 / 1e9,
+            g.total_bytes as f64 / 1e9
+        );
+    }
+    if want("kernels") {
+        kernels(&mut rep);
+    }
+    if want("tiny") {
+        tiny(&mut rep, fixtures);
+    }
+    for (shape, cfg) in [("20b", ModelConfig::gpt_oss_20b()), ("120b", ModelConfig::gpt_oss_120b())] {
+        if want("speed") || want(&format!("speed-{shape}")) {
+            speed(&mut rep, shape, &cfg);
+        }
+    }
+    rep
+}
+
+// ---------------------------------------------------------------------------------------
+// Kernels against host twins.
+
+fn upload<T: Copy>(gpu: &Gpu, v: &[T]) -> Result<DevBuf, String> {
+    let b = gpu.alloc(std::mem::size_of_val(v)).map_err(e2s)?;
+    gpu.upload(b.ptr, v).map_err(e2s)?;
+    Ok(b)
+}
+
+fn download<T: Copy + Default>(gpu: &Gpu, b: &DevBuf, n: usize) -> Result<Vec<T>, String> {
+    let mut v = vec![T::default(); n];
+    gpu.download(&mut v, b.ptr).map_err(e2s)?;
+    Ok(v)
+}
+
+fn kernels(rep: &mut Report) {
+    let mut gpu = match Gpu::open(0) {
+        Ok(g) => g,
+        Err(e) => return rep.record("open cuda:0", Err(e.to_string())),
+    };
+    rep.record("open cuda:0, load the kernel image", Ok(format!("{} kernels found", crate::model::KERNELS.len())));
+    for name in crate::model::KERNELS {
+        if let Err(e) = gpu.func(name, crate::model::smem_of(name)) {
+            rep.record(&format!("kernel {name}"), Err(e.to_string()));
+        }
+    }
+    let mut rng = Rng::new(11);
+    rep.check("relayout frag16 = host twin (bitwise)", || {
+        let mut n = 0;
+        for (r, c) in [(16, 64), (40, 96), (5, 32), (515, 2880), (72, 4096)] {
+            let src: Vec<u16> = (0..r * c).map(|_| rng.next_u64() as u16).collect();
+            let s = TileShape::new(r, c);
+            let want = pack_frag16(&src, &s);
+            let sb = upload(&gpu, &src)?;
+            let db = gpu.alloc(want.len() * 4).map_err(e2s)?;
+            gpu.memset(db.ptr, 0xAB, want.len() * 4).map_err(e2s)?;
+            let f = gpu.func("relayout_frag16", 0).map_err(e2s)?;
+            let (sp, dp, rr, cc, mt, ks, z) =
+                (sb.ptr, db.ptr, r as i32, c as i32, s.mt as i32, (s.kb * 4) as i32, 0i64);
+            gpu.launch(f, (want.len().div_ceil(256) as u32, 1, 1), 256, 0, &mut args![sp, z, rr, cc, dp, z, mt, ks])
+                .map_err(e2s)?;
+            let got: Vec<u32> = download(&gpu, &db, want.len())?;
+            if got != want {
+                return Err(format!("{r}x{c}: differs"));
+            }
+            n += 1;
+        }
+        Ok(format!("{n} shapes"))
+    });
+    rep.check("relayout frag4 = host twin (bitwise)", || {
+        let mut n = 0;
+        for (e, r, c) in [(1, 16, 64), (3, 40, 96), (2, 5, 32), (2, 520, 2880)] {
+            let codes: Vec<u8> = (0..e * r * c / 2).map(|_| rng.next_u64() as u8).collect();
+            let scales: Vec<u8> = (0..e * r * c / 32).map(|_| 100 + (rng.next_u64() % 40) as u8).collect();
+            let s = TileShape::new(r, c);
+            let (cb, sb) = (upload(&gpu, &codes)?, upload(&gpu, &scales)?);
+            let (cw, sw) = (s.frag4_code_words(), s.frag4_scale_words());
+            let (dc, ds) = (gpu.alloc(e * cw * 4).map_err(e2s)?, gpu.alloc(e * sw * 4).map_err(e2s)?);
+            let (rr, cc, mt, kb) = (r as i32, c as i32, s.mt as i32, s.kb as i32);
+            let (csr, ssr, dcw, dsw) = ((r * c / 2) as i64, (r * c / 32) as i64, cw as i64, sw as i64);
+            let (cp, spp, dcp, dsp) = (cb.ptr, sb.ptr, dc.ptr, ds.ptr);
+            let f = gpu.func("relayout_frag4_codes", 0).map_err(e2s)?;
+            gpu.launch(
+                f,
+                (cw.div_ceil(256) as u32, e as u32, 1),
+                256,
+                0,
+                &mut args![cp, csr, rr, cc, dcp, dcw, mt, kb],
+            )
+            .map_err(e2s)?;
+            let f = gpu.func("relayout_frag4_scales", 0).map_err(e2s)?;
+            gpu.launch(
+                f,
+                (sw.div_ceil(256) as u32, e as u32, 1),
+                256,
+                0,
+                &mut args![spp, ssr, rr, cc, dsp, dsw, mt, kb],
+            )
+            .map_err(e2s)?;
+            let (gc, gs): (Vec<u32>, Vec<u32>) = (download(&gpu, &dc, e * cw)?, download(&gpu, &ds, e * sw)?);
+            for x in 0..e {
+                let (wc, ws) = pack_frag4(
+                    &codes[x * r * c / 2..(x + 1) * r * c / 2],
+                    &scales[x * r * c / 32..(x + 1) * r * c / 32],
+                    &s,
+                );
+                if gc[x * cw..(x + 1) * cw] != wc[..] || gs[x * sw..(x + 1) * sw] != ws[..] {
+                    return Err(format!("{e}x{r}x{c}: expert {x} differs"));
+                }
+            }
+            n += 1;
+        }
+        Ok(format!("{n} shapes"))
+    });
+    for mx in [false, true] {
+        let w = if mx { "mxfp4" } else { "bf16" };
+        rep.check(&format!("linear {w}: fast and simple kernels vs f64 host, all batch sizes"), || {
+            linear_check(&mut gpu, mx, &mut rng)
+        });
+    }
+    rep.check("linear mxfp4 experts: grouped items + swiglu vs host", || experts_check(&mut gpu, &mut rng));
+    rep.check("route_tokens = host twin", || route_check(&mut gpu, &mut rng));
+}
+
+/// Host reference of one product row: Σ x·w in f64, and Σ |x·w| (the scale of rounding).
+fn host_dot(x: &[f32], w: &[f32]) -> (f64, f64) {
+    x.iter().zip(w).fold((0.0, 0.0), |(s, a), (&p, &q)| (s + p as f64 * q as f64, a + (p as f64 * q as f64).abs()))
+}
+
+struct Mat {
+    /// Decoded f32 rows `[rows, cols]`.
+    dense: Vec<f32>,
+    buf: DevBuf,
+    scales: Option<DevBuf>,
+    shape: TileShape,
+}
+
+fn random_mat(gpu: &Gpu, rng: &mut Rng, mx: bool, rows: usize, cols: usize) -> Result<Mat, String> {
+    let s = TileShape::new(rows, cols);
+    if mx {
+        let codes: Vec<u8> = (0..rows * cols / 2).map(|_| rng.next_u64() as u8).collect();
+        let scales: Vec<u8> = (0..rows * cols / 32).map(|_| 118 + (rng.next_u64() % 6) as u8).collect();
+        let mut dense = vec![0f32; rows * cols];
+        for r in 0..rows {
+            mxfp4::decode_row(
+                &codes[r * cols / 2..(r + 1) * cols / 2],
+                &scales[r * cols / 32..(r + 1) * cols / 32],
+                &mut dense[r * cols..(r + 1) * cols],
+            );
+        }
+        let (c, sc) = pack_frag4(&codes, &scales, &s);
+        Ok(Mat { dense, buf: upload(gpu, &c)?, scales: Some(upload(gpu, &sc)?), shape: s })
+    } else {
+        let half = (3.0 / cols as f32).sqrt();
+        let bits: Vec<u16> = (0..rows * cols)
+            .map(|_| f32_to_bf16(half * (2.0 * (rng.next_u64() >> 40) as f32 / 16777216.0 - 1.0)))
+            .collect();
+        let dense = bits.iter().map(|&b| bf16_to_f32(b)).collect();
+        Ok(Mat { dense, buf: upload(gpu, &pack_frag16(&bits, &s))?, scales: None, shape: s })
+    }
+}
+
+fn randn(rng: &mut Rng, n: usize, amp: f32) -> Vec<f32> {
+    (0..n).map(|_| amp * (2.0 * (rng.next_u64() >> 40) as f32 / 16777216.0 - 1.0)).collect()
+}
+
+fn lin_args(m: &Mat, bias: u64, x: u64, y: u64, t: usize, mode: i32, slices: usize) -> LinearArgs {
+    LinearArgs {
+        w: m.buf.ptr,
+        scales: m.scales.as_ref().map_or(0, |s| s.ptr),
+        bias,
+        x,
+        y,
+        ntiles: t.div_ceil(8) as i32,
+        rows: t as i32,
+        r: m.shape.rows as i32,
+        mt: m.shape.mt as i32,
+        k: m.shape.cols as i32,
+        kb: m.shape.kb as i32,
+        s: slices as i32,
+        x_stride: m.shape.cols as i32,
+        y_stride: m.shape.rows as i32,
+        mode,
+        swiglu_limit: 7.0,
+        ..Default::default()
+    }
+}
+
+/// Runs the linear kernel the runner would pick for `t` tokens (or the simple twin).
+fn launch_linear(
+    gpu: &mut Gpu,
+    a: &LinearArgs,
+    mx: bool,
+    t: usize,
+    kernels: KernelSet,
+    items: usize,
+) -> Result<(), String> {
+    crate::model::launch_linear(gpu, a, mx, t, kernels, items).map_err(e2s)
+}
+
+fn linear_check(gpu: &mut Gpu, mx: bool, rng: &mut Rng) -> Result<String, String> {
+    let mut worst = 0f64;
+    let mut cases = 0;
+    for &(rows, cols) in &[(48usize, 64usize), (40, 96), (72, 2880), (2880, 2880), (200, 4096)] {
+        if mx && cols % 32 != 0 {
+            continue;
+        }
+        let m = random_mat(gpu, rng, mx, rows, cols)?;
+        let bias_h = randn(rng, rows, 0.1);
+        let bias = upload(gpu, &bias_h)?;
+        let tmax = 130;
+        let x_h = randn(rng, tmax * cols, 2.0);
+        let x = upload(gpu, &x_h)?;
+        let y = gpu.alloc(tmax * rows * 4).map_err(e2s)?;
+        let slices = crate::plan::k_slices(m.shape.mt, m.shape.kb, 1);
+        let mut by_t: Vec<Vec<f32>> = Vec::new();
+        for &t in &[1usize, 2, 5, 8, 9, 16, 33, 64, 65, 130] {
+            for kernels in [KernelSet::Fast, KernelSet::Simple] {
+                if kernels == KernelSet::Simple && rows * cols > 1 << 20 && t > 9 {
+                    continue; // the twin is slow; a few sizes are enough
+                }
+                gpu.memset(y.ptr, 0xff, tmax * rows * 4).map_err(e2s)?; // NaN poison
+                let a = lin_args(&m, bias.ptr, x.ptr, y.ptr, t, 0, slices);
+                launch_linear(gpu, &a, mx, t, kernels, t.div_ceil(8).div_ceil(8))?;
+                let got: Vec<f32> = download(gpu, &y, t * rows)?;
+                // Big shapes: every 7th row and token on the host (the f64 sums are slow).
+                let step = if rows * cols > 1 << 20 { 7 } else { 1 };
+                for tok in (0..t).step_by(step.min(t.max(1))) {
+                    for r in (0..rows).step_by(step) {
+                        let (want, mag) =
+                            host_dot(&x_h[tok * cols..(tok + 1) * cols], &m.dense[r * cols..(r + 1) * cols]);
+                        let want = want + bias_h[r] as f64;
+                        let g = got[tok * rows + r] as f64;
+                        let err = (g - want).abs() / (mag + 1e-30);
+                        if err.is_nan() || err > 2e-5 {
+                            return Err(format!(
+                                "{rows}x{cols} T={t} {kernels:?}: token {tok} row {r}: {g} vs {want} (rel {err:.2e})"
+                            ));
+                        }
+                        worst = worst.max(err);
+                    }
+                }
+                if kernels == KernelSet::Fast {
+                    by_t.push(got[..rows].to_vec());
+                }
+                cases += 1;
+            }
+        }
+        // Token 0's row has the same x at every T: the same bits from every kernel shape.
+        if let Some(first) = by_t.first() {
+            for (i, other) in by_t.iter().enumerate() {
+                if other.iter().zip(first).any(|(a, b)| a.to_bits() != b.to_bits()) {
+                    return Err(format!("{rows}x{cols}: token 0 differs between batch sizes (case {i})"));
+                }
+            }
+        }
+    }
+    Ok(format!("{cases} cases, worst error {worst:.2e} of Σ|x·w|; token 0 bitwise equal over T = 1..130"))
+}
+
+fn experts_check(gpu: &mut Gpu, rng: &mut Rng) -> Result<String, String> {
+    let (e, k, h, i) = (8usize, 4usize, 2880usize, 512usize);
+    let mut mats = Vec::new();
+    for _ in 0..e {
+        mats.push(random_mat(gpu, rng, true, 2 * i, h)?);
+    }
+    // One buffer for all experts, as the model holds them.
+    let s = mats[0].shape;
+    let (cw, sw) = (s.frag4_code_words(), s.frag4_scale_words());
+    let all_c = gpu.alloc(e * cw * 4).map_err(e2s)?;
+    let all_s = gpu.alloc(e * sw * 4).map_err(e2s)?;
+    for (x, m) in mats.iter().enumerate() {
+        gpu.copy_d2d(all_c.ptr + (x * cw * 4) as u64, m.buf.ptr, cw * 4).map_err(e2s)?;
+        gpu.copy_d2d(all_s.ptr + (x * sw * 4) as u64, m.scales.as_ref().map_or(0, |b| b.ptr), sw * 4).map_err(e2s)?;
+    }
+    let bias_h = randn(rng, e * 2 * i, 0.1);
+    let bias = upload(gpu, &bias_h)?;
+    let mut worst = 0f64;
+    let mut bitwise: Option<Vec<f32>> = None;
+    for &t in &[1usize, 3, 20, 64, 100] {
+        // (64 takes the decode kernel with 8 n-tiles, 100 the GEMM.)
+        let logits = randn(rng, t * e, 3.0);
+        for kernels in [KernelSet::Fast, KernelSet::Simple] {
+            let fast_t = if kernels == KernelSet::Fast && t <= 64 { t.div_ceil(8).next_power_of_two() } else { 8 };
+            let r = route(&logits, e, k, fast_t);
+            let x_h = randn(rng, t * h, 2.0);
+            let x = upload(gpu, &x_h)?;
+            let rows = max_rows(t * k, e);
+            let items_flat: Vec<i32> = r.items.iter().flatten().copied().collect();
+            let items = upload(gpu, &items_flat)?;
+            let n_items = upload(gpu, &[r.items.len() as i32])?;
+            let mut row_src = r.row_src.clone();
+            row_src.resize(rows, -1);
+            let rs = upload(gpu, &row_src)?;
+            let y = gpu.alloc(rows * i * 4).map_err(e2s)?;
+            gpu.memset(y.ptr, 0xff, rows * i * 4).map_err(e2s)?;
+            let a = LinearArgs {
+                w: all_c.ptr,
+                scales: all_s.ptr,
+                w_stride: (cw * 4) as i64,
+                s_stride: sw as i64,
+                bias: bias.ptr,
+                x: x.ptr,
+                x_rows: rs.ptr,
+                y: y.ptr,
+                items: items.ptr,
+                n_items: n_items.ptr,
+                ntiles: 0,
+                rows: rows as i32,
+                r: (2 * i) as i32,
+                mt: s.mt as i32,
+                k: h as i32,
+                kb: s.kb as i32,
+                s: crate::plan::k_slices(s.mt, s.kb, k) as i32,
+                x_stride: h as i32,
+                y_stride: i as i32,
+                mode: 2,
+                swiglu_limit: 7.0,
+                ..Default::default()
+            };
+            launch_linear(gpu, &a, true, t, kernels, max_items(t * k, e))?;
+            let got: Vec<f32> = download(gpu, &y, rows * i)?;
+            for (slot, &row) in r.prow.iter().enumerate() {
+                let (tok, ex) = (slot / k, r.experts[slot] as usize);
+                for n in (slot % 5..i).step_by(5) {
+                    let xr = &x_h[tok * h..(tok + 1) * h];
+                    let (g, gm) = host_dot(xr, &mats[ex].dense[(2 * n) * h..(2 * n + 1) * h]);
+                    let (u, um) = host_dot(xr, &mats[ex].dense[(2 * n + 1) * h..(2 * n + 2) * h]);
+                    let (g, u) = (
+                        (g + bias_h[ex * 2 * i + 2 * n] as f64) as f32,
+                        (u + bias_h[ex * 2 * i + 2 * n + 1] as f64) as f32,
+                    );
+                    let mut want = [0f32];
+                    gptoss_kernels::scalar::swiglu_interleaved_f32(&[g, u], 1.702, 7.0, &mut want);
+                    let got_v = got[row as usize * i + n];
+                    // Through swiglu the error grows by at most its slope (< 9 here).
+                    let err = (got_v - want[0]).abs() as f64 / (10.0 * (gm + um) + 1e-30);
+                    if err.is_nan() || err > 2e-5 {
+                        return Err(format!("T={t} {kernels:?} slot {slot} unit {n}: {got_v} vs {}", want[0]));
+                    }
+                    worst = worst.max(err);
+                }
+            }
+            if t == 1 && kernels == KernelSet::Fast {
+                bitwise = Some(got[r.prow[0] as usize * i..r.prow[0] as usize * i + i].to_vec());
+            }
+        }
+    }
+    let _ = bitwise;
+    Ok(format!("T = 1..100, worst error {worst:.2e}"))
+}
+
+fn route_check(gpu: &mut Gpu, rng: &mut Rng) -> Result<String, String> {
+    let mut n = 0;
+    for &(t, e, k) in &[(1usize, 32usize, 4usize), (7, 8, 4), (64, 128, 4), (300, 32, 4), (2048, 128, 4)] {
+        let mut logits = randn(rng, t * e, 2.0);
+        // Ties and a NaN: the lower index wins, NaN never does.
+        if t > 1 {
+            logits[e + 3] = logits[e + 5];
+            logits[2 * e] = f32::NAN;
+        }
+        for ntiles in [1usize, 8] {
+            let want = route(&logits, e, k, ntiles);
+            let lb = upload(gpu, &logits)?;
+            let (rows, items) = (max_rows(t * k, e), max_items(t * k, e));
+            let bufs: Vec<DevBuf> = [t * k, t * k, t * k, rows, 3 * items, 2]
+                .iter()
+                .map(|&n| gpu.alloc(4 * n).map_err(e2s))
+                .collect::<Result<_, _>>()?;
+            let ra = crate::model::RouteArgs {
+                logits: lb.ptr,
+                t: t as i32,
+                e: e as i32,
+                k: k as i32,
+                experts: bufs[0].ptr,
+                gates: bufs[1].ptr,
+                prow: bufs[2].ptr,
+                row_src: bufs[3].ptr,
+                items: bufs[4].ptr,
+                counts: bufs[5].ptr,
+                max_rows: rows as i32,
+                max_items: items as i32,
+                item_ntiles: ntiles as i32,
+            };
+            let f = gpu.func("route_tokens", 0).map_err(e2s)?;
+            gpu.launch(f, (1, 1, 1), 1024, 0, &mut args![ra]).map_err(e2s)?;
+            let experts: Vec<i32> = download(gpu, &bufs[0], t * k)?;
+            let gates: Vec<f32> = download(gpu, &bufs[1], t * k)?;
+            let prow: Vec<i32> = download(gpu, &bufs[2], t * k)?;
+            let counts: Vec<i32> = download(gpu, &bufs[5], 2)?;
+            let row_src: Vec<i32> = download(gpu, &bufs[3], counts[1].max(0) as usize)?;
+            let items_got: Vec<i32> = download(gpu, &bufs[4], 3 * counts[0].max(0) as usize)?;
+            if experts != want.experts {
+                return Err(format!("T={t} E={e}: experts differ"));
+            }
+            if let Some((j, (a, b))) =
+                gates.iter().zip(&want.gates).enumerate().find(|(_, (a, b))| (*a - *b).abs() > 1e-6)
+            {
+                return Err(format!("T={t}: gate {j} {a} vs {b}"));
+            }
+            if prow != want.prow || row_src != want.row_src {
+                return Err(format!("T={t} E={e}: grouped rows differ"));
+            }
+            let want_items: Vec<i32> = want.items.iter().flatten().copied().collect();
+            if items_got != want_items {
+                return Err(format!("T={t} E={e} ntiles={ntiles}: items differ"));
+            }
+            n += 1;
+        }
+    }
+    Ok(format!("{n} cases (ties, NaN)"))
+}
+
+// ---------------------------------------------------------------------------------------
+// The tiny fixture end to end.
+
+struct RefOut {
+    tokens: Vec<u32>,
+    next_token_nll: Vec<f64>,
+    top1: Vec<u32>,
+    greedy_prompt_len: usize,
+    greedy_tokens: Vec<u32>,
+}
+
+fn reference(fixtures: &Path) -> Result<RefOut, String> {
+    use gptoss_engine::safetensors::{DType, SafeTensors};
+    let st = SafeTensors::open(&fixtures.join("tiny/reference.safetensors")).map_err(|e| e.to_string())?;
+    let raw = |name: &str, dtype: DType| -> Result<Vec<u8>, String> {
+        let info = st.get(name).ok_or(format!("reference has no {name}"))?;
+        if info.dtype != dtype {
+            return Err(format!("{name}: dtype"));
+        }
+        Ok(st.bytes(info).as_slice().to_vec())
+    };
+    let i64s = |name: &str| -> Result<Vec<i64>, String> {
+        Ok(raw(name, DType::I64)?.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap_or([0; 8]))).collect())
+    };
+    let f64s = |name: &str| -> Result<Vec<f64>, String> {
+        Ok(raw(name, DType::F64)?.chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().unwrap_or([0; 8]))).collect())
+    };
+    let ids = |v: Vec<i64>| v.into_iter().map(|x| x as u32).collect::<Vec<u32>>();
+    Ok(RefOut {
+        tokens: ids(i64s("tokens")?),
+        next_token_nll: f64s("next_token_nll")?,
+        top1: ids(i64s("top8_ids")?).chunks(8).map(|c| c[0]).collect(),
+        greedy_prompt_len: i64s("greedy_prompt_len")?[0] as usize,
+        greedy_tokens: ids(i64s("greedy_tokens")?),
+    })
+}
+
+fn log_softmax_at(logits: &[f32], i: usize) -> f64 {
+    let max = logits.iter().fold(f64::NEG_INFINITY, |m, &z| m.max(z as f64));
+    let lse = max + logits.iter().map(|&z| (z as f64 - max).exp()).sum::<f64>().ln();
+    logits[i] as f64 - lse
+}
+
+fn all_logits(r: &mut dyn Runner, chunks: &[&[u32]]) -> Result<Vec<Vec<f32>>, String> {
+    let seq = r.add_sequence().map_err(|e| e.to_string())?;
+    let mut out = Vec::new();
+    for c in chunks {
+        let l = r.forward(&[SeqChunk { seq, tokens: c, logits: LogitsRequest::All }]).map_err(|e| e.to_string())?;
+        out.extend((0..l.rows.len()).map(|i| l.row(i).to_vec()));
+    }
+    r.remove_sequence(seq);
+    Ok(out)
+}
+
+fn greedy(r: &mut dyn Runner, prompt: &[u32], n: usize) -> Result<Vec<u32>, String> {
+    let seq = r.add_sequence().map_err(|e| e.to_string())?;
+    let mut next = r
+        .forward_greedy(&[SeqChunk { seq, tokens: prompt, logits: LogitsRequest::Last }])
+        .map_err(|e| e.to_string())?[0];
+    let mut out = vec![next];
+    while out.len() < n {
+        next = r
+            .forward_greedy(&[SeqChunk { seq, tokens: &[next], logits: LogitsRequest::Last }])
+            .map_err(|e| e.to_string())?[0];
+        out.push(next);
+    }
+    r.remove_sequence(seq);
+    Ok(out)
+}
+
+fn bits_equal(a: &[Vec<f32>], b: &[Vec<f32>]) -> bool {
+    a.len() == b.len() && a.iter().flatten().zip(b.iter().flatten()).all(|(x, y)| x.to_bits() == y.to_bits())
+}
+
+fn tiny(rep: &mut Report, fixtures: &Path) {
+    let path = fixtures.join("tiny/hf");
+    let r = match reference(fixtures) {
+        Ok(r) => r,
+        Err(e) => return rep.record("tiny: reference", Err(e)),
+    };
+    let opts = CudaOptions { ordinal: 0, max_context: 4096, max_sequences: 4 };
+    let mut gpu_run = match crate::open_runner(&path, &opts) {
+        Ok(g) => g,
+        Err(e) => return rep.record("tiny: load on cuda:0", Err(e.to_string())),
+    };
+    let mut cpu = match Model::load(&path) {
+        Ok(mut m) => {
+            m.set_kernels(Kernels::scalar());
+            CpuRunner::new(m, 4096)
+        }
+        Err(e) => return rep.record("tiny: load on the cpu", Err(e.to_string())),
+    };
+    for kernels in [KernelSet::Fast, KernelSet::Simple] {
+        gpu_run.set_kernels(kernels);
+        let k = format!("{kernels:?}").to_lowercase();
+        rep.check(&format!("tiny {k}: layer by layer vs the CPU reference (300 tokens)"), || {
+            trace_check(&mut gpu_run, &mut cpu, &r.tokens)
+        });
+        rep.check(&format!("tiny {k}: parity with OpenAI's reference"), || {
+            let logits = all_logits(&mut gpu_run, &[&r.tokens])?;
+            let (mut max_nll, mut sum, mut agree) = (0f64, 0f64, 0usize);
+            for (i, &want) in r.next_token_nll.iter().enumerate() {
+                let d = (-log_softmax_at(&logits[i], r.tokens[i + 1] as usize) - want).abs();
+                max_nll = max_nll.max(d);
+                sum += d;
+            }
+            for (pos, &id) in r.top1.iter().enumerate() {
+                agree += usize::from(gptoss_engine::sampler::argmax(&logits[pos]) == id);
+            }
+            let frac = agree as f64 / r.top1.len() as f64;
+            let line = format!(
+                "max |Δnll| {max_nll:.3e}, mean {:.3e} over {} tokens, top-1 {agree}/{} ({:.2}%)",
+                sum / r.next_token_nll.len() as f64,
+                r.next_token_nll.len(),
+                r.top1.len(),
+                100.0 * frac
+            );
+            if max_nll <= 0.01 && frac >= 0.99 {
+                Ok(line)
+            } else {
+                Err(line)
+            }
+        });
+        rep.check(&format!("tiny {k}: 40 greedy tokens with the cache"), || {
+            let got = greedy(&mut gpu_run, &r.tokens[..r.greedy_prompt_len], r.greedy_tokens.len())?;
+            if got == r.greedy_tokens {
+                Ok("identical to OpenAI's".into())
+            } else {
+                let first = got.iter().zip(&r.greedy_tokens).position(|(a, b)| a != b).unwrap_or(0);
+                Err(format!("first difference at token {first}: {got:?}"))
+            }
+        });
+        rep.check(&format!("tiny {k}: chunked = one pass (bitwise)"), || {
+            let one = all_logits(&mut gpu_run, &[&r.tokens])?;
+            let t = &r.tokens;
+            let chunked = all_logits(&mut gpu_run, &[&t[..7], &t[7..135], &t[135..136], &t[136..236], &t[236..]])?;
+            if bits_equal(&one, &chunked) {
+                Ok("300 tokens as 7+128+1+100+64".into())
+            } else {
+                let d =
+                    one.iter().flatten().zip(chunked.iter().flatten()).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+                Err(format!("max |Δlogit| {d:.3e}"))
+            }
+        });
+        rep.check(&format!("tiny {k}: batch invariance (alone = batched with decodes and a prompt)"), || {
+            batch_check(&mut gpu_run, &r.tokens)
+        });
+    }
+}
+
+fn trace_check(gpu: &mut CudaRunner, cpu: &mut CpuRunner, tokens: &[u32]) -> Result<String, String> {
+    let mut want: Vec<(String, Option<usize>, Vec<f32>)> = Vec::new();
+    let s = cpu.add_sequence().map_err(|e| e.to_string())?;
+    cpu.forward_traced(&[SeqChunk { seq: s, tokens, logits: LogitsRequest::All }], &mut |n, l, d| {
+        want.push((n.into(), l, d.to_vec()))
+    })
+    .map_err(|e| e.to_string())?;
+    cpu.remove_sequence(s);
+    let mut got: Vec<(String, Option<usize>, Vec<f32>)> = Vec::new();
+    let s = gpu.add_sequence().map_err(|e| e.to_string())?;
+    gpu.forward_traced(&[SeqChunk { seq: s, tokens, logits: LogitsRequest::All }], &mut |n, l, d| {
+        got.push((n.into(), l, d.to_vec()))
+    })
+    .map_err(|e| e.to_string())?;
+    gpu.remove_sequence(s);
+    if want.len() != got.len() {
+        return Err(format!("{} traced tensors on the CPU, {} on the GPU", want.len(), got.len()));
+    }
+    let mut worst = (0f64, String::new());
+    let mut summary = String::new();
+    for ((wn, wl, wd), (gn, gl, gd)) in want.iter().zip(&got) {
+        if wn != gn || wl != gl || wd.len() != gd.len() {
+            return Err(format!(
+                "order or shape differs: CPU {wn}@{wl:?} [{}], GPU {gn}@{gl:?} [{}]",
+                wd.len(),
+                gd.len()
+            ));
+        }
+        // Relative L2 difference of the whole tensor.
+        let (num, den) = wd
+            .iter()
+            .zip(gd)
+            .fold((0f64, 0f64), |(n, d), (&a, &b)| (n + ((a - b) as f64).powi(2), d + (a as f64).powi(2)));
+        let rel = (num / den.max(1e-30)).sqrt();
+        if rel > worst.0 || rel.is_nan() {
+            worst = (rel, format!("{wn}@{wl:?}"));
+        }
+        if wl.is_none() || *wl == Some(3) {
+            let _ = write!(summary, "{wn}{} {rel:.1e}; ", wl.map_or(String::new(), |l| format!("@{l}")));
+        }
+    }
+    let line = format!("{} tensors, worst rel-L2 {:.2e} ({}); {summary}", want.len(), worst.0, worst.1);
+    if worst.0 <= 1e-3 {
+        Ok(line)
+    } else {
+        Err(line)
+    }
+}
+
+fn batch_check(r: &mut CudaRunner, tokens: &[u32]) -> Result<String, String> {
+    let e = |x: gptoss_engine::EngineError| x.to_string();
+    // Three sequences with different prompts, decoded 6 steps each: alone.
+    let prompts: [&[u32]; 3] = [&tokens[..50], &tokens[50..180], &tokens[180..190]];
+    let mut alone: Vec<Vec<Vec<f32>>> = Vec::new();
+    for p in prompts {
+        let s = r.add_sequence().map_err(e)?;
+        r.forward(&[SeqChunk { seq: s, tokens: p, logits: LogitsRequest::None }]).map_err(e)?;
+        let mut rows = Vec::new();
+        for step in 0..6 {
+            let tok = [tokens[200 + step]];
+            let l = r.forward(&[SeqChunk { seq: s, tokens: &tok, logits: LogitsRequest::Last }]).map_err(e)?;
+            rows.push(l.row(0).to_vec());
+        }
+        r.remove_sequence(s);
+        alone.push(rows);
+    }
+    // Together, and with a fourth sequence's prompt chunk in the same passes.
+    let seqs: Vec<_> = (0..3).map(|_| r.add_sequence()).collect::<Result<_, _>>().map_err(e)?;
+    let batch: Vec<SeqChunk> =
+        seqs.iter().zip(prompts).map(|(&seq, p)| SeqChunk { seq, tokens: p, logits: LogitsRequest::None }).collect();
+    r.forward(&batch).map_err(e)?;
+    let extra = r.add_sequence().map_err(e)?;
+    for step in 0..6 {
+        let tok = [tokens[200 + step]];
+        let mut b: Vec<SeqChunk> =
+            seqs.iter().map(|&seq| SeqChunk { seq, tokens: &tok, logits: LogitsRequest::Last }).collect();
+        if step % 2 == 0 {
+            b.insert(
+                1,
+                SeqChunk { seq: extra, tokens: &tokens[step * 20..step * 20 + 20], logits: LogitsRequest::Last },
+            );
+        }
+        let l = r.forward(&b).map_err(e)?;
+        for (i, &seq) in seqs.iter().enumerate() {
+            let item = b.iter().position(|c| c.seq == seq).unwrap_or(0);
+            let got = l.last_for(item).ok_or("missing logits")?;
+            if got.iter().zip(&alone[i][step]).any(|(a, b)| a.to_bits() != b.to_bits()) {
+                return Err(format!("sequence {i} step {step} differs batched"));
+            }
+        }
+    }
+    for s in seqs {
+        r.remove_sequence(s);
+    }
+    r.remove_sequence(extra);
+    Ok("3 sequences x 6 steps bitwise equal alone and batched (with a 20-token prompt in every other pass)".into())
+}
+
+// ---------------------------------------------------------------------------------------
+// Speed at the real shapes.
+
+fn speed(rep: &mut Report, shape: &str, cfg: &ModelConfig) {
+    let t0 = Instant::now();
+    let opts = CudaOptions { ordinal: 0, max_context: 4096, max_sequences: 64 };
+    let mut r = match crate::synth_runner(cfg, 7, &opts) {
+        Ok(r) => r,
+        Err(e) => return rep.record(&format!("speed {shape}: random weights on the device"), Err(e.to_string())),
+    };
+    rep.record(
+        &format!("speed {shape}: random weights on the device"),
+        Ok(format!("{:.1} s", t0.elapsed().as_secs_f64())),
+    );
+    let bw = match crate::probe::read_bandwidth(r.gpu_mut(), 10) {
+        Ok(b) => b,
+        Err(e) => return rep.record("read bandwidth", Err(e.to_string())),
+    };
+    rep.record(&format!("speed {shape}: read bandwidth (4 GiB, best of 10)"), Ok(format!("{:.0} GB/s", bw / 1e9)));
+    rep.check(&format!("speed {shape}: kernels of one decoded token (layer 0)"), || {
+        let lines = r.time_kernels(bw).map_err(e2s)?;
+        for l in &lines {
+            println!("|   {l} | | |");
+        }
+        Ok(format!("{} kernels timed", lines.len()))
+    });
+    rep.check(&format!("speed {shape}: decode and prompt"), || {
+        let mut out = String::new();
+        let bpt = r.bytes_per_token() as f64;
+        for b in [1usize, 16, 64] {
+            let (tps, steps) = decode_rate(&mut r, b, 64).map_err(|e| e.to_string())?;
+            let frac = steps * bpt / bw;
+            let _ = write!(out, "B={b}: {tps:.0} tok/s ({:.1}% of the limit per step); ", 100.0 * frac);
+        }
+        let pp = prompt_rate(&mut r, 2048).map_err(|e| e.to_string())?;
+        let _ = write!(out, "pp2048: {pp:.0} tok/s");
+        Ok(out)
+    });
+}
+
+/// (generated tokens/s over `b` sequences, steps/s), after a warm-up.
+pub fn decode_rate(r: &mut dyn Runner, b: usize, n: usize) -> Result<(f64, f64), gptoss_engine::EngineError> {
+    let seqs: Vec<_> = (0..b).map(|_| r.add_sequence()).collect::<Result<_, _>>()?;
+    let mut toks: Vec<[u32; 1]> = (0..b as u32).map(|i| [i * 7 + 1]).collect();
+    let step = |r: &mut dyn Runner, toks: &mut Vec<[u32; 1]>| -> Result<(), gptoss_engine::EngineError> {
+        let chunks: Vec<SeqChunk> = seqs
+            .iter()
+            .zip(toks.iter())
+            .map(|(&seq, t)| SeqChunk { seq, tokens: t, logits: LogitsRequest::Last })
+            .collect();
+        let next = r.forward_greedy(&chunks)?;
+        for (t, n) in toks.iter_mut().zip(next) {
+            *t = [n];
+        }
+        Ok(())
+    };
+    for _ in 0..4 {
+        step(r, &mut toks)?;
+    }
+    let t0 = Instant::now();
+    for _ in 0..n {
+        step(r, &mut toks)?;
+    }
+    let secs = t0.elapsed().as_secs_f64();
+    for s in seqs {
+        r.remove_sequence(s);
+    }
+    Ok(((n * b) as f64 / secs, n as f64 / secs))
+}
+
+pub fn prompt_rate(r: &mut dyn Runner, n: usize) -> Result<f64, gptoss_engine::EngineError> {
+    let toks: Vec<u32> = (0..n as u32).map(|i| (i * 7919) % 1000).collect();
+    let run = |r: &mut dyn Runner| -> Result<f64, gptoss_engine::EngineError> {
+        let s = r.add_sequence()?;
+        let t0 = Instant::now();
+        r.forward_greedy(&[SeqChunk { seq: s, tokens: &toks, logits: LogitsRequest::Last }])?;
+        let secs = t0.elapsed().as_secs_f64();
+        r.remove_sequence(s);
+        Ok(n as f64 / secs)
+    };
+    run(r)?;
+    run(r)
+}
