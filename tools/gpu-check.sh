@@ -72,5 +72,19 @@ if [ -z "${NO_BENCH:-}" ]; then
     run_bench 45 --synth 120b -p 0 -n 64 -r 1 -b 64
 fi
 
+if [ -z "${NO_SERVE:-}" ]; then
+    for shape in 20b 120b; do
+        say ""
+        say "## tools/serve-load.sh $shape 64 128"
+        if timeout 90 tools/serve-load.sh "$shape" 64 128 >"$out/serve.tmp" 2>&1; then
+            passed=$((passed + 1))
+        else
+            failed=$((failed + 1))
+            say "serve load failed"
+        fi
+        tee -a "$log" <"$out/serve.tmp"
+    done
+fi
+
 say ""
 say "$passed passed, $failed failed"

@@ -50,9 +50,9 @@ DEV const float* key_src(const AttnArgs& a, int slot, int start, int row0, int p
 
 // grid (blocks, nkv, splits), block 256.
 extern "C" __global__ void __launch_bounds__(256) attention_partial(AttnArgs a) {
-    __shared__ float q_s[8 * ATT_PAIRS][HD];
-    __shared__ float k_s[ATT_TILE][HD + 1];
-    __shared__ float v_s[ATT_TILE][HD];
+    __shared__ __align__(16) float q_s[8 * ATT_PAIRS][HD];
+    __shared__ __align__(16) float k_s[ATT_TILE][HD + 1];
+    __shared__ __align__(16) float v_s[ATT_TILE][HD];
     int b = blockIdx.x, kvh = blockIdx.y, sp = blockIdx.z;
     int r0 = a.qblocks[2 * b], nr = a.qblocks[2 * b + 1];
     int item = a.row_item[r0];

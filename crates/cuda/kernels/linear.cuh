@@ -280,13 +280,13 @@ DEV void gemm_load_stage(const LinearArgs& a, GemmStage<MX>& st, const uint8_t* 
         int src = xsrc[tok];
         int k = kb * 64 + c * 4;
         bool valid = src >= 0 && k + 3 < a.K;
-        const float* p = valid ? a.x + (long long)src * a.x_stride + k : a.x;
+        const float* row = src >= 0 ? a.x + (long long)src * a.x_stride + k : a.x;
         if (src >= 0 && !valid && k < a.K) {
             // A ragged last chunk (K not a multiple of 4): plain loads.
-            for (int e = 0; e < 4; e++) st.x[tok * GEMM_XS + c * 4 + e] = k + e < a.K ? p[e] : 0.f;
+            for (int e = 0; e < 4; e++) st.x[tok * GEMM_XS + c * 4 + e] = k + e < a.K ? row[e] : 0.f;
             continue;
         }
-        cp_async16(&st.x[tok * GEMM_XS + c * 4], p, valid);
+        cp_async16(&st.x[tok * GEMM_XS + c * 4], valid ? row : a.x, valid);
     }
 }
 

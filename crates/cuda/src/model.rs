@@ -757,7 +757,7 @@ impl CudaRunner {
             mode,
             swiglu_limit,
         };
-        assert!(x_stride.is_multiple_of(2), "activation rows must be 8-byte aligned");
+        assert!(x_stride.is_multiple_of(4), "activation rows must be 16-byte aligned (cp.async)");
         if self.prof.is_some() {
             let per_matrix = match which {
                 Lin::Experts(..) => (shape.frag4_code_words() + shape.frag4_scale_words()) as u64 * 4,
@@ -957,13 +957,20 @@ pub fn smem_of(name: &str) -> usize {
         "gemm_bf16" => 2 * (4 * 4 * 32 * 16 + 16 + X),
         "gemm_mxfp4" => 2 * (4 * 32 * 16 + 128 + X),
         // The decode kernels: S (<= 8) slices of 16·MTW x 8·NT floats.
-        n if n.starts_with("gemv_") => 8 * 32 * 16 * 4,
+        n if n.starts_with("gemv_") => 8 * 16 * 64 * 4,
         _ => 0,
     }
 }
 
 fn dev(e: CudaError) -> EngineError {
     EngineError::Device(e.to_string())
+}
+
+impl Drop for CudaRunner {
+    fn drop(&mut self) {
+        // Graphs use the module's kernels: destroyed before the Gpu unloads it.
+        self.graphs.clear();
+    }
 }
 
 impl Runner for CudaRunner {

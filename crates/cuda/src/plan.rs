@@ -82,7 +82,9 @@ pub fn passes(batch: &[SeqChunk], lens: &[usize], lim: PassLimits) -> Vec<Vec<Pi
                     lrows: load.lrows + lr,
                     max_splits: load.max_splits.max((lens[i] + end).div_ceil(SPLIT_KEYS)),
                 };
-                (next.toks <= lim.tokens && next.lrows <= lim.logit_rows && next.toks * next.max_splits <= lim.row_splits)
+                (next.toks <= lim.tokens
+                    && next.lrows <= lim.logit_rows
+                    && next.toks * next.max_splits <= lim.row_splits)
                     .then_some(next)
             };
             // The most rows that fit (the load grows with n): doubling, then bisection.
@@ -113,7 +115,11 @@ pub fn passes(batch: &[SeqChunk], lens: &[usize], lim: PassLimits) -> Vec<Vec<Pi
                 n = 1;
             }
             let end = first + n;
-            load = with(n, load).unwrap_or(Load { toks: load.toks + n, lrows: load.lrows + 1, max_splits: load.max_splits });
+            load = with(n, load).unwrap_or(Load {
+                toks: load.toks + n,
+                lrows: load.lrows + 1,
+                max_splits: load.max_splits,
+            });
             let logits = match c.logits {
                 LogitsRequest::All => LogitsRequest::All,
                 LogitsRequest::Last if end == c.tokens.len() => LogitsRequest::Last,
@@ -235,7 +241,8 @@ mod tests {
             for pass in &p {
                 let t: usize = pass.iter().map(|x| x.len).sum();
                 assert!(t <= tokens.max(1), "{lim:?}: a pass of {t} tokens");
-                let splits = pass.iter().map(|x| (lens[x.item] + x.first + x.len).div_ceil(SPLIT_KEYS)).max().unwrap_or(1);
+                let splits =
+                    pass.iter().map(|x| (lens[x.item] + x.first + x.len).div_ceil(SPLIT_KEYS)).max().unwrap_or(1);
                 assert!(t * splits <= row_splits.max(splits), "{lim:?}: {t} rows x {splits} key ranges");
                 for piece in pass {
                     assert_eq!(piece.first, next[piece.item], "{lim:?}: pieces in order");

@@ -44,12 +44,28 @@ pub struct Args {
     json: bool,
 }
 
-#[derive(Clone, Copy, clap::ValueEnum)]
-enum Shape {
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub enum Shape {
     #[value(name = "20b")]
     Gpt20b,
     #[value(name = "120b")]
     Gpt120b,
+}
+
+impl Shape {
+    pub fn config(self) -> ModelConfig {
+        match self {
+            Shape::Gpt20b => ModelConfig::gpt_oss_20b(),
+            Shape::Gpt120b => ModelConfig::gpt_oss_120b(),
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Shape::Gpt20b => "gpt-oss-20b-synth",
+            Shape::Gpt120b => "gpt-oss-120b-synth",
+        }
+    }
 }
 
 /// The seed of `--synth`'s weights (as `gptoss synth`'s default).
@@ -415,7 +431,7 @@ pub fn run(args: Args) -> Result<()> {
 
 /// Random weights of `config`'s shape on the `--device` GPU (the first with room under
 /// `auto`).
-fn synth_runner(config: &ModelConfig, max_context: usize, max_sequences: usize) -> Result<Box<dyn Runner>> {
+pub fn synth_runner(config: &ModelConfig, max_context: usize, max_sequences: usize) -> Result<Box<dyn Runner>> {
     const NEEDS_GPU: &str = "--synth builds random weights in GPU memory; it needs a CUDA device";
     let ordinal = match super::device() {
         Device::Cpu => bail!("{NEEDS_GPU} (--device is cpu)"),

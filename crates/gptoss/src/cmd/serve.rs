@@ -38,6 +38,10 @@ pub struct Args {
     /// The model name clients use (default: the checkpoint folder's or GGUF file's name).
     #[arg(long, value_name = "NAME")]
     served_model_name: Option<String>,
+    /// Instead of MODEL: random weights of that shape made in GPU memory, to measure serving
+    /// without a checkpoint (needs a CUDA device; the text is meaningless).
+    #[arg(long, value_enum, value_name = "SHAPE", conflicts_with = "script")]
+    synth: Option<super::bench::Shape>,
     /// Answer with scripted completions instead of the model (protocol tests).
     #[arg(long, value_name = "FILE", hide = true)]
     script: Option<PathBuf>,
@@ -72,9 +76,17 @@ pub fn run(args: Args) -> Result<()> {
         eprintln!("serving scripted completions from {}", script.display());
         return Ok(gptoss_server::serve(exec, tok, opts)?);
     }
-    let path = resolve_model(&args.model)?;
     // One sequence slot per batch place: a GPU allocates its cache for exactly that many.
-    let runner = open_runner(&path, args.ctx, args.max_batch)?;
+    let (runner, name) = match args.synth {
+        Some(shape) => {
+            let cfg = shape.config();
+            (super::bench::synth_runner(&cfg, args.ctx.min(cfg.max_context), args.max_batch)?, shape.name().to_string())
+        }
+        None => {
+            let path = resolve_model(&args.model)?;
+            (open_runner(&path, args.ctx, args.max_batch)?, name_of(&path))
+        }
+    };
     let ctx = runner.max_context();
     // Full-attention layers grow with the context; sliding ones hold a fixed window.
     let (per_token, per_seq) = runner.config().kv_bytes();
@@ -85,7 +97,7 @@ pub fn run(args: Args) -> Result<()> {
         host: args.host,
         port: args.port,
         api_key: args.api_key,
-        model_name: args.served_model_name.unwrap_or_else(|| name_of(&path)),
+        model_name: args.served_model_name.unwrap_or(name),
         engine,
     };
     Ok(gptoss_server::serve(exec, tok, opts)?)
