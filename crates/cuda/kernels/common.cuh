@@ -16,8 +16,14 @@
 // ((mt * KB + kb) * 8 + g) as u32 with bytes {row g block 0, row g block 1, row g+8 block 0,
 // row g+8 block 1} (block 0 = k 64kb..64kb+31).
 #pragma once
+#ifdef GPTOSS_EMU
+#include "../emu/cuda_emu.h"  // the CPU emulator (tests without a GPU)
+#define DYN_SMEM(T, name) EMU_DYN_SMEM(T, name)
+#else
 #include <cuda_bf16.h>
 #include <stdint.h>
+#define DYN_SMEM(T, name) extern __shared__ __align__(16) T name[]
+#endif
 
 #define DEV __device__ __forceinline__
 
@@ -39,11 +45,15 @@ DEV void split2(float a, float b, uint32_t& hi, uint32_t& lo) {
 
 DEV void mma_bf16_16816(float (&d)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3, uint32_t b0,
                         uint32_t b1) {
+#ifdef GPTOSS_EMU
+    emu_mma(d, a0, a1, a2, a3, b0, b1);
+#else
     asm volatile(
         "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
         "{%0,%1,%2,%3};\n"
         : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
         : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+#endif
 }
 
 DEV uint32_t bf16x2_mul(uint32_t a, uint32_t b) {

@@ -114,7 +114,7 @@ DEV void store_out(const LinearArgs& a, int m, int f, int r, float v, float v2) 
 // and NT n-tiles; the CTA adds the slices in order through shared memory.
 template <bool MX, int MTW, int NT>
 DEV void linear_gemv(const LinearArgs& a) {
-    extern __shared__ float red[];  // [S][MTW*16][NT*8]
+    DYN_SMEM(float, red);  // [S][MTW*16][NT*8]
     int item = blockIdx.y;
     if (a.n_items && item >= *a.n_items) return;
     int m, nt0, nnt;
@@ -229,6 +229,18 @@ DEV void linear_gemv(const LinearArgs& a) {
 // four warps of 32 x 32, the weights and activations of each 64-wide step staged in shared
 // memory by cp.async, double buffered.
 
+#ifdef GPTOSS_EMU
+// Copies now; waiting is then a no-op.
+DEV void cp_async16(void* smem, const void* gmem, bool valid) {
+    if (valid)
+        std::memcpy(smem, gmem, 16);
+    else
+        std::memset(smem, 0, 16);
+}
+DEV void cp_async_commit() {}
+template <int N>
+DEV void cp_async_wait() {}
+#else
 DEV void cp_async16(void* smem, const void* gmem, bool valid) {
     uint32_t s = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
     int n = valid ? 16 : 0;  // 0: fill with zeros
@@ -239,6 +251,7 @@ template <int N>
 DEV void cp_async_wait() {
     asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
 }
+#endif
 
 #define GEMM_XS 72  // floats per staged token row: 64 + 8 keeps 16-byte rows and conflict-free float2 reads
 
@@ -292,7 +305,7 @@ DEV void gemm_load_stage(const LinearArgs& a, GemmStage<MX>& st, const uint8_t* 
 
 template <bool MX>
 DEV void linear_gemm(const LinearArgs& a) {
-    extern __shared__ __align__(16) unsigned char smem_raw[];
+    DYN_SMEM(unsigned char, smem_raw);
     GemmStage<MX>* st = reinterpret_cast<GemmStage<MX>*>(smem_raw);
     __shared__ int xsrc[64];
     int item = blockIdx.y;

@@ -69,6 +69,8 @@ pub fn device_count() -> Result<usize, CudaError> {
 pub struct Context {
     pub(crate) ctx: sys::CUcontext,
     dev: sys::CUdevice,
+    /// The CPU emulator: no driver; device memory is host memory.
+    emu: bool,
 }
 
 // SAFETY: a CUcontext may be used from any thread once made current there (bind()).
@@ -77,6 +79,9 @@ unsafe impl Sync for Context {}
 
 impl Context {
     pub fn bind(&self) -> Result<(), CudaError> {
+        if self.emu {
+            return Ok(());
+        }
         // SAFETY: the context is alive while self is.
         check(unsafe { sys::cuCtxSetCurrent(self.ctx) }, "cuCtxSetCurrent")
     }
@@ -84,11 +89,19 @@ impl Context {
 
 impl Drop for Context {
     fn drop(&mut self) {
+        if self.emu {
+            return;
+        }
         // SAFETY: balances the retain in Gpu::open.
         unsafe {
             sys::cuDevicePrimaryCtxRelease_v2(self.dev);
         }
     }
+}
+
+/// Emulated device memory: host allocations, 256-byte aligned like cuMemAlloc's.
+fn emu_layout(bytes: usize) -> std::alloc::Layout {
+    std::alloc::Layout::from_size_align(bytes.max(1), 256).expect("allocation size")
 }
 
 /// Device memory, freed on drop.
@@ -108,6 +121,11 @@ impl DevBuf {
 
 impl Drop for DevBuf {
     fn drop(&mut self) {
+        if self.ptr != 0 && self.ctx.emu {
+            // SAFETY: allocated by Gpu::alloc with this layout.
+            unsafe { std::alloc::dealloc(self.ptr as *mut u8, emu_layout(self.bytes)) };
+            return;
+        }
         if self.ptr != 0 {
             // SAFETY: allocated by cuMemAlloc in this context; freed once.
             unsafe {
@@ -180,7 +198,14 @@ pub struct Gpu {
     ctx: Arc<Context>,
     pub stream: sys::CUstream,
     module: sys::CUmodule,
-    funcs: HashMap<&'static str, sys::CUfunction>,
+    funcs: HashMap<&'static str, Func>,
+}
+
+/// A kernel of the image.
+#[derive(Clone, Copy)]
+pub struct Func {
+    cu: sys::CUfunction,
+    name: &'static str,
 }
 
 // SAFETY: the runner that owns a Gpu uses it from one thread at a time and binds the context
@@ -201,7 +226,7 @@ impl Gpu {
         unsafe {
             let mut ctx = std::ptr::null_mut();
             check(sys::cuDevicePrimaryCtxRetain(&mut ctx, dev), "cuDevicePrimaryCtxRetain")?;
-            let ctx = Arc::new(Context { ctx, dev });
+            let ctx = Arc::new(Context { ctx, dev, emu: false });
             ctx.bind()?;
             let mut stream = std::ptr::null_mut();
             check(
@@ -219,6 +244,26 @@ impl Gpu {
         }
     }
 
+    /// The CPU emulator as a device (feature `emu`): the same kernels, run on the host.
+    #[cfg(feature = "emu")]
+    pub fn emulator() -> Gpu {
+        let facts =
+            DeviceFacts { name: "CPU emulator".into(), cc: (9, 0), total: 1 << 40, sms: 1, max_smem_optin: 227 << 10 };
+        let ctx = Arc::new(Context { ctx: std::ptr::null_mut(), dev: 0, emu: true });
+        Gpu {
+            ordinal: 0,
+            facts,
+            ctx,
+            stream: std::ptr::null_mut(),
+            module: std::ptr::null_mut(),
+            funcs: HashMap::new(),
+        }
+    }
+
+    pub fn is_emulator(&self) -> bool {
+        self.ctx.emu
+    }
+
     /// Makes this GPU's context current on the calling thread.
     pub fn bind(&self) -> Result<(), CudaError> {
         self.ctx.bind()
@@ -229,8 +274,16 @@ impl Gpu {
     }
 
     /// Looks up a kernel, allowing it `smem` bytes of dynamic shared memory.
-    pub fn func(&mut self, name: &'static str, smem: usize) -> Result<sys::CUfunction, CudaError> {
+    pub fn func(&mut self, name: &'static str, smem: usize) -> Result<Func, CudaError> {
         if let Some(&f) = self.funcs.get(name) {
+            return Ok(f);
+        }
+        if self.ctx.emu {
+            if !crate::emu::has(name) {
+                return Err(CudaError::Driver(format!("{name}: no such kernel in the emulator")));
+            }
+            let f = Func { cu: std::ptr::null_mut(), name };
+            self.funcs.insert(name, f);
             return Ok(f);
         }
         let cname = CString::new(name).map_err(|_| CudaError::Driver(format!("bad kernel name {name}")))?;
@@ -249,11 +302,20 @@ impl Gpu {
                 )?;
             }
         }
+        let f = Func { cu: f, name };
         self.funcs.insert(name, f);
         Ok(f)
     }
 
     pub fn alloc(&self, bytes: usize) -> Result<DevBuf, CudaError> {
+        if self.ctx.emu {
+            // SAFETY: a non-zero-sized layout; freed in DevBuf::drop.
+            let p = unsafe { std::alloc::alloc(emu_layout(bytes)) };
+            if p.is_null() {
+                return Err(CudaError::Driver(format!("emulator: cannot allocate {bytes} bytes")));
+            }
+            return Ok(DevBuf { ptr: p as u64, bytes, ctx: self.ctx.clone() });
+        }
         let mut ptr = 0;
         // SAFETY: plain allocation; owned by the returned DevBuf.
         check(
@@ -270,6 +332,11 @@ impl Gpu {
     }
 
     pub fn memset(&self, ptr: u64, byte: u8, bytes: usize) -> Result<(), CudaError> {
+        if self.ctx.emu {
+            // SAFETY: ptr..ptr+bytes lies in one of our (host) allocations.
+            unsafe { std::ptr::write_bytes(ptr as *mut u8, byte, bytes) };
+            return Ok(());
+        }
         // SAFETY: ptr..ptr+bytes lies in one of our allocations (callers' contract).
         check(unsafe { sys::cuMemsetD8Async(ptr, byte, bytes, self.stream) }, "cuMemsetD8")
     }
@@ -278,6 +345,11 @@ impl Gpu {
     pub fn upload<T: Copy>(&self, dst: u64, src: &[T]) -> Result<(), CudaError> {
         let bytes = std::mem::size_of_val(src);
         if bytes == 0 {
+            return Ok(());
+        }
+        if self.ctx.emu {
+            // SAFETY: dst..dst+bytes lies in one of our (host) allocations.
+            unsafe { std::ptr::copy_nonoverlapping(src.as_ptr() as *const u8, dst as *mut u8, bytes) };
             return Ok(());
         }
         // SAFETY: src is a live slice of `bytes` bytes; the copy completes before return.
@@ -291,6 +363,11 @@ impl Gpu {
     pub fn download<T: Copy>(&self, dst: &mut [T], src: u64) -> Result<(), CudaError> {
         let bytes = std::mem::size_of_val(dst);
         if bytes == 0 {
+            return Ok(());
+        }
+        if self.ctx.emu {
+            // SAFETY: src..src+bytes lies in one of our (host) allocations.
+            unsafe { std::ptr::copy_nonoverlapping(src as *const u8, dst.as_mut_ptr() as *mut u8, bytes) };
             return Ok(());
         }
         // SAFETY: dst is a live mutable slice of `bytes` bytes; the copy completes before return.
@@ -307,11 +384,19 @@ impl Gpu {
         if bytes == 0 {
             return Ok(());
         }
+        if self.ctx.emu {
+            // SAFETY: both ranges lie in our (host) allocations.
+            unsafe { std::ptr::copy(src as *const u8, dst as *mut u8, bytes) };
+            return Ok(());
+        }
         // SAFETY: both ranges lie in our allocations (callers' contract).
         check(unsafe { sys::cuMemcpyDtoDAsync_v2(dst, src, bytes, self.stream) }, "device copy")
     }
 
     pub fn sync(&self) -> Result<(), CudaError> {
+        if self.ctx.emu {
+            return Ok(());
+        }
         // SAFETY: our stream.
         check(unsafe { sys::cuStreamSynchronize(self.stream) }, "running kernels (cuStreamSynchronize)")
     }
@@ -321,7 +406,7 @@ impl Gpu {
     #[allow(clippy::not_unsafe_ptr_arg_deref)]
     pub fn launch(
         &self,
-        f: sys::CUfunction,
+        f: Func,
         grid: (u32, u32, u32),
         block: u32,
         smem: usize,
@@ -330,6 +415,10 @@ impl Gpu {
         if grid.0 == 0 || grid.1 == 0 || grid.2 == 0 {
             return Ok(());
         }
+        if self.ctx.emu {
+            return crate::emu::launch(f.name, grid, block, smem, args);
+        }
+        let f = f.cu;
         // SAFETY: args match the kernel's parameters (each call site passes the values the
         // kernel declares, structs #[repr(C)] twins of the CUDA ones).
         check(
@@ -353,13 +442,20 @@ impl Gpu {
     }
 
     pub fn event(&self) -> Result<Event, CudaError> {
+        if self.ctx.emu {
+            return Ok(Event { e: std::ptr::null_mut(), ctx: self.ctx.clone(), at: std::cell::Cell::new(None) });
+        }
         let mut e = std::ptr::null_mut();
         // SAFETY: owned by the returned Event.
         check(unsafe { sys::cuEventCreate(&mut e, 0) }, "cuEventCreate")?;
-        Ok(Event { e, ctx: self.ctx.clone() })
+        Ok(Event { e, ctx: self.ctx.clone(), at: std::cell::Cell::new(None) })
     }
 
     pub fn record(&self, e: &Event) -> Result<(), CudaError> {
+        if self.ctx.emu {
+            e.at.set(Some(std::time::Instant::now()));
+            return Ok(());
+        }
         // SAFETY: both handles alive.
         check(unsafe { sys::cuEventRecord(e.e, self.stream) }, "cuEventRecord")
     }
@@ -367,6 +463,9 @@ impl Gpu {
 
 impl Drop for Gpu {
     fn drop(&mut self) {
+        if self.ctx.emu {
+            return;
+        }
         // SAFETY: handles created in open(); freed once, context current.
         unsafe {
             sys::cuCtxSetCurrent(self.ctx.ctx);
@@ -380,6 +479,11 @@ impl Drop for Gpu {
 impl Gpu {
     /// From now on, what is enqueued on the stream is recorded, not run, until
     /// [`Gpu::end_capture`].
+    /// Whether launches can be recorded as graphs (not in the emulator, which runs them now).
+    pub fn graphs(&self) -> bool {
+        !self.ctx.emu
+    }
+
     pub fn begin_capture(&self) -> Result<(), CudaError> {
         // SAFETY: our stream.
         check(
@@ -436,11 +540,19 @@ impl Drop for Graph {
 pub struct Event {
     e: sys::CUevent,
     ctx: Arc<Context>,
+    /// When recorded, in the emulator.
+    at: std::cell::Cell<Option<std::time::Instant>>,
 }
 
 impl Event {
     /// Milliseconds from `self` to `end` (both recorded and complete).
     pub fn elapsed_ms(&self, end: &Event) -> Result<f32, CudaError> {
+        if self.ctx.emu {
+            return match (self.at.get(), end.at.get()) {
+                (Some(a), Some(b)) => Ok(b.duration_since(a).as_secs_f32() * 1e3),
+                _ => Err(CudaError::Driver("event not recorded".into())),
+            };
+        }
         let mut ms = 0f32;
         // SAFETY: both events alive.
         unsafe {
@@ -453,6 +565,9 @@ impl Event {
 
 impl Drop for Event {
     fn drop(&mut self) {
+        if self.ctx.emu {
+            return;
+        }
         // SAFETY: created by cuEventCreate.
         unsafe {
             sys::cuCtxSetCurrent(self.ctx.ctx);

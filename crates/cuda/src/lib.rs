@@ -9,6 +9,7 @@
 
 pub mod devcheck;
 pub mod driver;
+mod emu;
 pub mod kv;
 pub mod layout;
 pub mod model;
@@ -157,6 +158,19 @@ pub fn open_runner(path: &Path, opts: &CudaOptions) -> Result<CudaRunner, CudaEr
     let w = weights::upload(&mut gpu, &host, &cfg)?;
     drop(host);
     CudaRunner::new(gpu, cfg, w, opts.max_context, opts.max_sequences)
+}
+
+/// [`open_runner`] on the CPU emulator (feature `emu`): the same kernels, run on the host,
+/// for tests without a GPU.
+#[cfg(feature = "emu")]
+pub fn emulator_runner(path: &Path, max_context: usize, max_sequences: usize) -> Result<CudaRunner, CudaError> {
+    let mut gpu = driver::Gpu::emulator();
+    let ck = Checkpoint::open(path)?;
+    let cfg = ck.config.clone();
+    let host = ModelWeights::load(&ck)?;
+    let w = weights::upload(&mut gpu, &host, &cfg)?;
+    drop(host);
+    CudaRunner::new(gpu, cfg, w, max_context, max_sequences)
 }
 
 /// Random weights of `config`'s shape made directly in device memory (no checkpoint: the

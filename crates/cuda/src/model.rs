@@ -462,6 +462,7 @@ impl CudaRunner {
         // every time for a given shape: record it once as a graph and replay it, instead of
         // ~300 launches from the host per token.
         let graphable = self.use_graphs
+            && self.gpu.graphs()
             && self.kernels == KernelSet::Fast
             && trace.is_none()
             && self.prof.is_none()
