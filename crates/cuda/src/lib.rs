@@ -185,3 +185,30 @@ pub fn synth_runner(config: &ModelConfig, seed: u64, opts: &CudaOptions) -> Resu
     let w = weights::synth(&mut gpu, config, seed)?;
     CudaRunner::new(gpu, config.clone(), w, opts.max_context, opts.max_sequences)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The 120b with a 32k context must run on one H100 80 GB (the bar): what the
+    /// runner allocates, by the same accounting `open` checks before allocating.
+    #[test]
+    fn gpt_oss_120b_with_32k_context_fits_80_gb() {
+        for (name, cfg) in [("20b", ModelConfig::gpt_oss_20b()), ("120b", ModelConfig::gpt_oss_120b())] {
+            let n = memory_needs(&cfg, 32768, 1);
+            println!(
+                "{name}, 32k context, 1 sequence: weights {:.2} GB, KV {:.2} GB, buffers {:.2} GB, total {:.2} GB",
+                n.weights as f64 / 1e9,
+                n.kv as f64 / 1e9,
+                n.buffers as f64 / 1e9,
+                n.total() as f64 / 1e9
+            );
+        }
+        let n = memory_needs(&ModelConfig::gpt_oss_120b(), 32768, 1);
+        // An H100 80 GB has 85.0e9 bytes of which the driver and context keep ~0.6 GB.
+        assert!(n.total() + (256 << 20) < 84_000_000_000, "{n:?}");
+        // The experts stay packed: the weights are within 5% of the checkpoint's bytes.
+        let w = n.weights as f64;
+        assert!(w < 1.05 * 65.2e9 && w > 0.95 * 60.0e9, "120b weights {w}");
+    }
+}
