@@ -15,6 +15,7 @@
 #include "../kernels/attention.cuh"
 #include "../kernels/linear.cuh"
 #include "../kernels/misc.cuh"
+#include "../kernels/sample.cuh"
 
 #define GEMV(MXN, MX, MTW, NT) \
     extern "C" void gemv_##MXN##_m##MTW##_n##NT(LinearArgs a) { linear_gemv<MX, MTW, NT>(a); }
@@ -319,6 +320,7 @@ const std::vector<Entry>& table() {
         entry("synth_bytes", synth_bytes),
         entry("synth_f32", synth_f32),
         entry("probe_read", probe_read),
+        entry("pick_tokens", pick_tokens),
     };
     return t;
 }

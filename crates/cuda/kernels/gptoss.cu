@@ -3,6 +3,7 @@
 #include "attention.cuh"
 #include "linear.cuh"
 #include "misc.cuh"
+#include "sample.cuh"
 
 // The linear kernels, one entry point per (weights, m-tiles per warp, n-tiles) the host picks.
 #define GEMV(MXN, MX, MTW, NT)                                                                     \

@@ -268,6 +268,80 @@ fn kernels(rep: &mut Report, target: Target) {
     }
     rep.check("linear mxfp4 experts: grouped items + swiglu vs host", || experts_check(&mut gpu, &mut rng, emu));
     rep.check("route_tokens = host twin", || route_check(&mut gpu, &mut rng, emu));
+    rep.check("pick_tokens = host twin (sampling on the device)", || pick_check(&mut gpu, &mut rng, emu));
+}
+
+fn pick_check(gpu: &mut Gpu, rng: &mut Rng, emu: bool) -> Result<String, String> {
+    use gptoss_engine::sampler::{pick_on_host, PickSpec};
+    let v = if emu { 3000 } else { 201_088 };
+    let specs = [
+        (0.0, 0, 1.0, 0.0),
+        (1.0, 0, 1.0, 0.0),
+        (1.0, 1, 1.0, 0.0),
+        (0.7, 40, 1.0, 0.0),
+        (1.0, 0, 0.5, 0.0),
+        (1.2, 100, 0.9, 0.0),
+        (1.0, 0, 1.0, 0.1),
+        (0.8, 10, 0.95, 0.02),
+    ];
+    let rows = 2 * specs.len();
+    let mut logits = randn(rng, rows * v, 4.0);
+    // Ties, a NaN and -inf in some rows.
+    logits[5] = logits[7];
+    logits[v + 3] = f32::NAN;
+    logits[2 * v + 9] = f32::NEG_INFINITY;
+    let mut picks = Vec::new();
+    for r in 0..rows {
+        let (t, k, p, m) = specs[r % specs.len()];
+        picks.push(PickSpec {
+            temperature: t,
+            top_k: k,
+            top_p: p,
+            min_p: m,
+            u: (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64,
+            top_n: r % 4 * 3,
+        });
+    }
+    let dev: Vec<crate::model::DevPick> = picks.iter().map(crate::model::DevPick::from).collect();
+    let lb = upload(gpu, &logits)?;
+    let sb = upload(gpu, &dev)?;
+    let mt = crate::model::MAX_TOP;
+    let (tok, lp, tid, tlp) = (
+        gpu.alloc(4 * rows).map_err(e2s)?,
+        gpu.alloc(4 * rows).map_err(e2s)?,
+        gpu.alloc(4 * rows * mt).map_err(e2s)?,
+        gpu.alloc(4 * rows * mt).map_err(e2s)?,
+    );
+    let f = gpu.func("pick_tokens", 0).map_err(e2s)?;
+    let (lp_, vi, sp, tp, lpp, tip, tlpp, mti) =
+        (lb.ptr, v as i32, sb.ptr, tok.ptr, lp.ptr, tid.ptr, tlp.ptr, mt as i32);
+    gpu.launch(f, (rows as u32, 1, 1), 1024, 0, &mut args![lp_, vi, sp, tp, lpp, tip, tlpp, mti]).map_err(e2s)?;
+    let got_tok: Vec<i32> = download(gpu, &tok, rows)?;
+    let got_lp: Vec<f32> = download(gpu, &lp, rows)?;
+    let got_tid: Vec<i32> = download(gpu, &tid, rows * mt)?;
+    let mut same = 0;
+    for r in 0..rows {
+        let want = pick_on_host(&logits[r * v..(r + 1) * v], &picks[r]);
+        if want.token == got_tok[r] as u32 {
+            same += 1;
+            if (want.logprob - got_lp[r]).abs() > 1e-4 && want.logprob.is_finite() {
+                return Err(format!("row {r}: logprob {} vs {}", got_lp[r], want.logprob));
+            }
+        } else if emu {
+            return Err(format!("row {r} ({:?}): token {} vs {}", picks[r], got_tok[r], want.token));
+        }
+        for (j, &(id, _)) in want.top_logprobs.iter().enumerate() {
+            if got_tid[r * mt + j] as u32 != id {
+                return Err(format!("row {r}: alternative {j} is {} vs {id}", got_tid[r * mt + j]));
+            }
+        }
+    }
+    // On a GPU, expf may round a weight differently from the host's by an ulp, which can move
+    // a boundary; nearly every row must still agree.
+    if same < rows - rows / 8 {
+        return Err(format!("only {same}/{rows} tokens agree"));
+    }
+    Ok(format!("{same}/{rows} rows pick the host's token over {v} logits (greedy, temperature, top-k, top-p, min-p, ties, NaN, -inf)"))
 }
 
 /// Host reference of one product row: Σ x·w in f64, and Σ |x·w| (the scale of rounding).
@@ -718,6 +792,9 @@ fn tiny(rep: &mut Report, fixtures: &Path, target: Target) {
         rep.check(&format!("tiny {k}: batch invariance (alone = batched with decodes and a prompt)"), || {
             batch_check(&mut gpu_run, &r.tokens)
         });
+        rep.check(&format!("tiny {k}: generate with picks on the device (greedy = OpenAI's; a seed repeats)"), || {
+            source_check(&mut gpu_run, &r.tokens[..r.greedy_prompt_len], &r.greedy_tokens)
+        });
     }
 }
 
@@ -774,6 +851,37 @@ fn trace_check(gpu: &mut CudaRunner, cpu: &mut CpuRunner, tokens: &[u32]) -> Res
     } else {
         Err(line)
     }
+}
+
+fn source_check(r: &mut CudaRunner, prompt: &[u32], want: &[u32]) -> Result<String, String> {
+    use gptoss_engine::generator::{GenerateOptions, ModelSource, TokenSource};
+    use gptoss_engine::{Sampler, SamplingParams};
+    let mut run = |temperature: f32, seed: u64| -> Result<Vec<u32>, String> {
+        let sampler = Sampler::new(SamplingParams { temperature, top_p: 0.95, seed: Some(seed), ..Default::default() })
+            .map_err(|e| e.to_string())?;
+        let mut src = ModelSource::new(r, sampler).map_err(|e| e.to_string())?;
+        let opts = GenerateOptions { max_tokens: want.len(), stop_tokens: vec![], top_logprobs: 3 };
+        let mut out = Vec::new();
+        src.generate(prompt, &opts, &mut |s| {
+            out.push(s.token);
+            s.top_logprobs.len() == 3 && s.logprob <= 0.0
+        })
+        .map_err(|e| e.to_string())?;
+        Ok(out)
+    };
+    let greedy = run(0.0, 1)?;
+    if greedy != want {
+        return Err(format!("greedy differs: {greedy:?}"));
+    }
+    let (a, b) = (run(1.0, 7)?, run(1.0, 7)?);
+    if a != b || a.len() != want.len() {
+        return Err(format!("seed 7 gave {a:?} then {b:?}"));
+    }
+    Ok(format!(
+        "{} greedy tokens identical; temperature 1, top-p 0.95, seed 7 twice: the same {} tokens",
+        want.len(),
+        a.len()
+    ))
 }
 
 fn batch_check(r: &mut CudaRunner, tokens: &[u32]) -> Result<String, String> {

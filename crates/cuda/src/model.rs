@@ -6,6 +6,7 @@ use std::ffi::c_void;
 
 use gptoss_engine::model::Trace;
 use gptoss_engine::runner::{Runner, Snapshot};
+use gptoss_engine::sampler::{PickSpec, Sampled};
 use gptoss_engine::{EngineError, Logits, ModelConfig, SeqChunk, SeqId};
 use gptoss_kernels::scalar::YarnRope;
 
@@ -16,6 +17,44 @@ use crate::plan::{self, PassLimits, PassMeta};
 use crate::routing::{max_items, max_rows};
 use crate::weights::{Dense16, DeviceWeights, Experts4};
 use crate::CudaError;
+
+/// Alternatives reported per pick at most (OpenAI's top_logprobs limit).
+pub const MAX_TOP: usize = 20;
+
+/// What a pass hands back.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum OutMode {
+    Logits,
+    Greedy,
+    Pick,
+}
+
+/// `#[repr(C)]` twin of PickSpec in kernels/sample.cuh.
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+pub(crate) struct DevPick {
+    temperature: f32,
+    top_k: i32,
+    top_p: f32,
+    min_p: f32,
+    u: f64,
+    top_n: i32,
+    pad: i32,
+}
+
+impl From<&PickSpec> for DevPick {
+    fn from(p: &PickSpec) -> Self {
+        DevPick {
+            temperature: p.temperature,
+            top_k: p.top_k.min(i32::MAX as usize) as i32,
+            top_p: p.top_p,
+            min_p: p.min_p,
+            u: p.u,
+            top_n: p.top_n.min(MAX_TOP) as i32,
+            pad: 0,
+        }
+    }
+}
 
 /// Which kernels run the matmuls and attention.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -156,8 +195,13 @@ struct Buffers {
     final_norm: DevBuf,
     logits: DevBuf,
     meta: DevBuf,
-    /// `[logit rows]` greedy picks.
+    /// `[logit rows]` greedy picks, or picks by spec.
     picked: DevBuf,
+    /// `[logit rows]` the picks' specs, log-probabilities, alternatives `[rows][MAX_TOP]`.
+    pick_specs: DevBuf,
+    pick_lp: DevBuf,
+    pick_top_ids: DevBuf,
+    pick_top_lps: DevBuf,
 }
 
 /// Device bytes of the buffers of a runner of `cfg` (what [`Buffers::new`] allocates).
@@ -201,6 +245,10 @@ impl Buffers {
             logits: f(logit_rows * cfg.vocab_size)?,
             meta: f(16 * t)?,
             picked: f(logit_rows)?,
+            pick_specs: gpu.alloc(logit_rows * std::mem::size_of::<DevPick>())?,
+            pick_lp: f(logit_rows)?,
+            pick_top_ids: f(logit_rows * MAX_TOP)?,
+            pick_top_lps: f(logit_rows * MAX_TOP)?,
         })
     }
 }
@@ -252,15 +300,20 @@ pub struct CudaRunner {
     bytes_per_token: u64,
     /// V zeros: the unembedding's bias (it has none).
     zero_bias: DevBuf,
-    /// forward_greedy: pick on the device into `picked` instead of returning logits.
-    greedy: bool,
+    /// What a pass hands back: logits, greedy picks, or picks by `picks`.
+    out: OutMode,
     picked: Vec<u32>,
+    /// forward_pick: the picks of the batch's logits rows, the next one's index, and what
+    /// was picked.
+    picks: Vec<PickSpec>,
+    pick_cursor: usize,
+    sampled: Vec<Sampled>,
     /// Kernel timings by label (ms, calls, bytes), when profiling.
     prof: Option<std::collections::HashMap<String, (f64, usize, u64)>>,
     prof_label: &'static str,
     prof_bytes: u64,
     /// Decode steps recorded as graphs, by (rows, key ranges, logit rows, greedy).
-    graphs: std::collections::HashMap<(usize, usize, usize, bool), crate::driver::Graph>,
+    graphs: std::collections::HashMap<(usize, usize, usize, OutMode), crate::driver::Graph>,
     /// GPTOSS_CUDA_GRAPHS=0 turns them off.
     use_graphs: bool,
 }
@@ -333,8 +386,11 @@ impl CudaRunner {
         let zero_bias = gpu.alloc_zeroed(4 * cfg.vocab_size)?;
         Ok(CudaRunner {
             zero_bias,
-            greedy: false,
+            out: OutMode::Logits,
             picked: Vec::new(),
+            picks: Vec::new(),
+            pick_cursor: 0,
+            sampled: Vec::new(),
             prof: None,
             prof_label: "",
             prof_bytes: 0,
@@ -457,7 +513,12 @@ impl CudaRunner {
     fn run_pass(&mut self, pass: &PassMeta, trace: &mut Option<Trace<'_>>) -> Result<(), CudaError> {
         let m = self.upload_meta(pass)?;
         let n_rows = pass.logit_rows.len();
-        let greedy = self.greedy && trace.is_none() && n_rows > 0;
+        let mode = if trace.is_some() || n_rows == 0 { OutMode::Logits } else { self.out };
+        if mode == OutMode::Pick {
+            let specs: Vec<DevPick> =
+                self.picks[self.pick_cursor..self.pick_cursor + n_rows].iter().map(DevPick::from).collect();
+            self.gpu.upload(self.b.pick_specs.ptr, &specs)?;
+        }
         // A decode step (one token per sequence) is the same kernels with the same arguments
         // every time for a given shape: record it once as a graph and replay it, instead of
         // ~300 launches from the host per token.
@@ -468,13 +529,13 @@ impl CudaRunner {
             && self.prof.is_none()
             && pass.item_len.iter().all(|&l| l == 1);
         if graphable {
-            let key = (pass.rows(), pass.splits, n_rows, greedy);
+            let key = (pass.rows(), pass.splits, n_rows, mode);
             if !self.graphs.contains_key(&key) {
                 if self.graphs.len() >= MAX_GRAPHS {
                     self.graphs.clear();
                 }
                 self.gpu.begin_capture()?;
-                let r = self.enqueue(pass, &m, trace, greedy);
+                let r = self.enqueue(pass, &m, trace, mode);
                 let g = self.gpu.end_capture();
                 r?;
                 self.graphs.insert(key, g?);
@@ -483,13 +544,28 @@ impl CudaRunner {
                 self.gpu.replay(g)?;
             }
         } else {
-            self.enqueue(pass, &m, trace, greedy)?;
+            self.enqueue(pass, &m, trace, mode)?;
         }
         let v = self.cfg.vocab_size;
-        if greedy {
+        if mode == OutMode::Greedy {
             let mut ids = vec![0i32; n_rows];
             self.gpu.download(&mut ids, self.b.picked.ptr)?;
             self.picked.extend(ids.iter().map(|&i| i as u32));
+        } else if mode == OutMode::Pick {
+            let (mut ids, mut lps) = (vec![0i32; n_rows], vec![0f32; n_rows]);
+            let (mut tids, mut tlps) = (vec![0i32; n_rows * MAX_TOP], vec![0f32; n_rows * MAX_TOP]);
+            self.gpu.download(&mut ids, self.b.picked.ptr)?;
+            self.gpu.download(&mut lps, self.b.pick_lp.ptr)?;
+            if self.picks[self.pick_cursor..self.pick_cursor + n_rows].iter().any(|p| p.top_n > 0) {
+                self.gpu.download(&mut tids, self.b.pick_top_ids.ptr)?;
+                self.gpu.download(&mut tlps, self.b.pick_top_lps.ptr)?;
+            }
+            for r in 0..n_rows {
+                let n = self.picks[self.pick_cursor + r].top_n.min(MAX_TOP);
+                let top = (0..n).map(|j| (tids[r * MAX_TOP + j] as u32, tlps[r * MAX_TOP + j])).collect();
+                self.sampled.push(Sampled { token: ids[r] as u32, logprob: lps[r], top_logprobs: top });
+            }
+            self.pick_cursor += n_rows;
         } else if n_rows > 0 {
             let start = self.logits.data.len();
             self.logits.data.resize(start + n_rows * v, 0.0);
@@ -510,7 +586,7 @@ impl CudaRunner {
         pass: &PassMeta,
         m: &MetaPtrs,
         trace: &mut Option<Trace<'_>>,
-        greedy: bool,
+        mode: OutMode,
     ) -> Result<(), CudaError> {
         let cfg = self.cfg.clone();
         let t = pass.rows();
@@ -561,10 +637,25 @@ impl CudaRunner {
             self.traced(trace, "final_norm", None, self.b.final_norm.ptr, n_rows, h)?;
             let (fnorm, lg) = (self.b.final_norm.ptr, self.b.logits.ptr);
             self.linear(Lin::Unembed, n_rows, fnorm, h, 0, lg, cfg.vocab_size, 0, 0, None)?;
-            if greedy {
-                // The most likely tokens only: n_rows ints instead of n_rows × 804 KB.
-                let (v, out) = (cfg.vocab_size as i32, self.b.picked.ptr);
-                self.launch("argmax_rows", (n_rows as u32, 1, 1), 1024, 0, &mut args![lg, v, out])?;
+            let v = cfg.vocab_size as i32;
+            match mode {
+                // The picked tokens only: a few bytes a row instead of 804 KB of logits.
+                OutMode::Greedy => {
+                    let out = self.b.picked.ptr;
+                    self.launch("argmax_rows", (n_rows as u32, 1, 1), 1024, 0, &mut args![lg, v, out])?;
+                }
+                OutMode::Pick => {
+                    let (specs, out, lp) = (self.b.pick_specs.ptr, self.b.picked.ptr, self.b.pick_lp.ptr);
+                    let (tids, tlps, mt) = (self.b.pick_top_ids.ptr, self.b.pick_top_lps.ptr, MAX_TOP as i32);
+                    self.launch(
+                        "pick_tokens",
+                        (n_rows as u32, 1, 1),
+                        1024,
+                        0,
+                        &mut args![lg, v, specs, out, lp, tids, tlps, mt],
+                    )?;
+                }
+                OutMode::Logits => {}
             }
         }
         Ok(())
@@ -921,7 +1012,8 @@ fn gemv_name(mx: bool, nt: usize) -> &'static str {
 }
 
 /// Every kernel the runner launches.
-pub const KERNELS: [&str; 26] = [
+pub const KERNELS: [&str; 27] = [
+    "pick_tokens",
     "embed_rows",
     "rmsnorm_rows",
     "rope_qk",
@@ -1082,12 +1174,39 @@ impl Runner for CudaRunner {
     }
 
     fn forward_greedy(&mut self, batch: &[SeqChunk]) -> Result<Vec<u32>, EngineError> {
-        self.greedy = true;
+        self.out = OutMode::Greedy;
         self.picked.clear();
         let r = self.forward_all(batch, None);
-        self.greedy = false;
+        self.out = OutMode::Logits;
         r?;
         Ok(std::mem::take(&mut self.picked))
+    }
+
+    fn forward_pick(&mut self, batch: &[SeqChunk], picks: &[PickSpec]) -> Result<Vec<Sampled>, EngineError> {
+        let rows: usize = batch
+            .iter()
+            .map(|c| match c.logits {
+                gptoss_engine::LogitsRequest::All => c.tokens.len(),
+                gptoss_engine::LogitsRequest::Last => 1,
+                gptoss_engine::LogitsRequest::None => 0,
+            })
+            .sum();
+        if rows != picks.len() {
+            return Err(EngineError::PickCount { rows, picks: picks.len() });
+        }
+        self.out = OutMode::Pick;
+        self.picks.clear();
+        self.picks.extend_from_slice(picks);
+        self.pick_cursor = 0;
+        self.sampled.clear();
+        let r = self.forward_all(batch, None);
+        self.out = OutMode::Logits;
+        r?;
+        Ok(std::mem::take(&mut self.sampled))
+    }
+
+    fn picks_on_device(&self) -> bool {
+        true
     }
 
     fn read_bandwidth(&mut self) -> Option<f64> {

@@ -70,4 +70,6 @@ pub enum EngineError {
     /// does not.
     #[error("device error: {0}")]
     Device(String),
+    #[error("{picks} token picks given for {rows} rows of logits")]
+    PickCount { rows: usize, picks: usize },
 }

@@ -127,6 +127,27 @@ impl<'r> ModelSource<'r> {
         }
         Ok(())
     }
+
+    /// Feeds one token and has the runner pick the next beside its logits (a GPU), which
+    /// then never cross to the host: the logits after the token stay unknown here.
+    fn feed_pick(&mut self, token: u32, top_n: usize) -> Result<Sampled, EngineError> {
+        let batch = [SeqChunk { seq: self.seq, tokens: &[token], logits: LogitsRequest::Last }];
+        let spec = self.sampler.pick_spec(top_n);
+        self.last_logits = None;
+        match self.runner.forward_pick(&batch, &[spec]) {
+            Ok(mut picked) => {
+                self.cached.push(token);
+                picked.pop().ok_or(EngineError::PickCount { rows: 0, picks: 1 })
+            }
+            Err(e) => {
+                if matches!(e, EngineError::Device(_)) {
+                    self.cached.clear();
+                    self.prompt_end = None;
+                }
+                Err(e)
+            }
+        }
+    }
 }
 
 impl Drop for ModelSource<'_> {
@@ -168,6 +189,11 @@ impl TokenSource for ModelSource<'_> {
                 _ => self.reset()?,
             }
         }
+        // The whole prompt is cached but not the logits after it (the runner picked the last
+        // token on its device): start over rather than guess.
+        if self.cached.len() == prompt.len() && self.last_logits.is_none() {
+            self.reset()?;
+        }
         let reused = self.cached.len();
         let t0 = Instant::now();
         self.feed(&prompt[reused..])?;
@@ -180,9 +206,17 @@ impl TokenSource for ModelSource<'_> {
 
         let t1 = Instant::now();
         let (mut generated, mut stop) = (0, StopReason::Length);
+        // After the prompt, a runner that picks on its device hands back tokens, not logits.
+        let on_device = self.runner.picks_on_device();
+        let mut pending: Option<Sampled> = None;
         while generated < opts.max_tokens {
-            let Some(logits) = self.last_logits.as_deref() else { break };
-            let sampled = self.sampler.sample(logits, opts.top_logprobs);
+            let sampled = match pending.take() {
+                Some(s) => s,
+                None => {
+                    let Some(logits) = self.last_logits.as_deref() else { break };
+                    self.sampler.sample(logits, opts.top_logprobs)
+                }
+            };
             generated += 1;
             if let Some(reason) = emit(&sampled, opts, on_token) {
                 stop = reason;
@@ -191,7 +225,11 @@ impl TokenSource for ModelSource<'_> {
             if generated == opts.max_tokens || self.cached.len() >= limit {
                 break;
             }
-            self.feed(&[sampled.token])?;
+            if on_device {
+                pending = Some(self.feed_pick(sampled.token, opts.top_logprobs)?);
+            } else {
+                self.feed(&[sampled.token])?;
+            }
         }
         Ok(Generation {
             prompt_tokens: prompt.len(),

@@ -10,6 +10,7 @@ use crate::config::ModelConfig;
 use crate::error::EngineError;
 use crate::kv_cache::{KvCache, KvSnapshot, SeqId};
 use crate::model::{Logits, Model, SeqChunk, Trace};
+use crate::sampler::{pick_on_host, PickSpec, Sampled};
 use crate::workspace::Workspace;
 
 /// A sequence's cache state at some length, to rewind to later ([`Runner::restore`]): what
@@ -19,6 +20,9 @@ pub struct Snapshot {
     pub len: usize,
     pub data: Box<dyn Any + Send + Sync>,
 }
+
+/// Alternatives [`Runner::forward_pick`] reports per row at most (OpenAI's top_logprobs limit).
+pub const MAX_PICK_ALTERNATIVES: usize = 20;
 
 pub trait Runner: Send {
     fn config(&self) -> &ModelConfig;
@@ -59,6 +63,21 @@ pub trait Runner: Send {
     fn forward_greedy(&mut self, batch: &[SeqChunk]) -> Result<Vec<u32>, EngineError> {
         let logits = self.forward(batch)?;
         Ok((0..logits.rows.len()).map(|i| crate::sampler::argmax(logits.row(i))).collect())
+    }
+    /// [`Runner::forward`], then each logits row's next token picked as `picks[row]` says
+    /// (rows in the order of [`Logits::rows`]). A GPU picks them beside the logits
+    /// ([`Runner::picks_on_device`]); here they are picked from the logits on the host by the
+    /// same rule ([`pick_on_host`]).
+    fn forward_pick(&mut self, batch: &[SeqChunk], picks: &[PickSpec]) -> Result<Vec<Sampled>, EngineError> {
+        let logits = self.forward(batch)?;
+        if picks.len() != logits.rows.len() {
+            return Err(EngineError::PickCount { rows: logits.rows.len(), picks: picks.len() });
+        }
+        Ok(picks.iter().enumerate().map(|(i, p)| pick_on_host(logits.row(i), p)).collect())
+    }
+    /// Whether [`Runner::forward_pick`] saves copying logits back (a GPU does).
+    fn picks_on_device(&self) -> bool {
+        false
     }
     /// The device memory's read bandwidth in bytes/s, measured now, when the runner measures
     /// its own (a GPU); None where the caller measures it (host memory).

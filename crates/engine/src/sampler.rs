@@ -71,6 +71,16 @@ impl Sampler {
         &self.params
     }
 
+    /// The same pick as [`Sampler::sample`] made elsewhere (on a GPU, beside the logits):
+    /// the settings, and the uniform number the draw uses, taken from this sampler's stream
+    /// exactly when `sample` would take one.
+    pub fn pick_spec(&mut self, top_n: usize) -> PickSpec {
+        let p = &self.params;
+        let greedy = p.temperature == 0.0 || p.top_k == 1;
+        let u = if greedy { 0.0 } else { self.rng.next_f64() };
+        PickSpec { temperature: p.temperature, top_k: p.top_k, top_p: p.top_p, min_p: p.min_p, u, top_n }
+    }
+
     /// Picks the next token; `top_n` alternatives are reported with their log-probabilities.
     pub fn sample(&mut self, logits: &[f32], top_n: usize) -> Sampled {
         let token =
@@ -123,6 +133,80 @@ impl Sampler {
         }
         self.cand[0].0
     }
+}
+
+/// A token pick to be made from one logits row where the logits are (see
+/// [`crate::runner::Runner::forward_pick`]): [`Sampler`]'s settings and the uniform number of
+/// its draw, and how many alternatives to report.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct PickSpec {
+    pub temperature: f32,
+    pub top_k: usize,
+    pub top_p: f32,
+    pub min_p: f32,
+    /// Uniform in [0, 1).
+    pub u: f64,
+    pub top_n: usize,
+}
+
+/// Masses of the pick rule, in 2^-40 units: exact, so sums do not depend on their order.
+fn fixed_mass(w: f32) -> u64 {
+    (w as f64 * (1u64 << 40) as f64) as u64
+}
+
+/// The pick the GPU makes (kernels/sample.cuh), on the host: greedy as [`argmax`]; else the
+/// same kept set as [`Sampler::sample`] (top-k, then the smallest top-p prefix by weight,
+/// then min-p), drawn by walking the kept tokens in index order with masses in 2^-40 fixed
+/// point. The draw is a different order of the same distribution than `Sampler`'s, so a
+/// seed gives different tokens here than on the CPU path.
+pub fn pick_on_host(logits: &[f32], spec: &PickSpec) -> Sampled {
+    let lse = log_sum_exp(logits);
+    let sampled = |token: u32| Sampled {
+        token,
+        logprob: logprob(logits[token as usize], lse),
+        top_logprobs: top_logprobs(logits, spec.top_n, lse),
+    };
+    let best = argmax(logits);
+    let max = clean(logits[best as usize]);
+    let inv_t = 1.0 / spec.temperature;
+    if spec.temperature == 0.0 || spec.top_k == 1 || !max.is_finite() || !inv_t.is_finite() {
+        return sampled(best);
+    }
+    let w: Vec<f32> = logits.iter().map(|&z| ((clean(z) - max) * inv_t).exp()).collect();
+    // Tokens by weight, heaviest first, lowest index first among equals.
+    let mut order: Vec<u32> = (0..w.len() as u32).collect();
+    order.sort_unstable_by(|&a, &b| w[b as usize].total_cmp(&w[a as usize]).then(a.cmp(&b)));
+    if spec.top_k > 0 && spec.top_k < order.len() {
+        order.truncate(spec.top_k);
+    }
+    if spec.top_p < 1.0 {
+        let total: u64 = order.iter().map(|&i| fixed_mass(w[i as usize])).sum();
+        let goal = ((spec.top_p as f64 * total as f64) as u64).max(1);
+        let mut cum = 0u64;
+        let mut keep = order.len();
+        for (j, &i) in order.iter().enumerate() {
+            cum += fixed_mass(w[i as usize]);
+            if cum >= goal {
+                keep = j + 1;
+                break;
+            }
+        }
+        order.truncate(keep);
+    }
+    if spec.min_p > 0.0 {
+        order.retain(|&i| w[i as usize] >= spec.min_p);
+    }
+    order.sort_unstable();
+    let all: u64 = order.iter().map(|&i| fixed_mass(w[i as usize])).sum();
+    let target = (spec.u * all as f64) as u64;
+    let mut cum = 0u64;
+    for &i in &order {
+        cum += fixed_mass(w[i as usize]);
+        if cum > target {
+            return sampled(i);
+        }
+    }
+    sampled(best)
 }
 
 /// NaN logits count as impossible.
@@ -192,6 +276,59 @@ mod tests {
 
     fn sampler(temperature: f32, top_k: usize, top_p: f32, min_p: f32, seed: u64) -> Sampler {
         Sampler::new(SamplingParams { temperature, top_k, top_p, min_p, seed: Some(seed) }).unwrap()
+    }
+
+    #[test]
+    fn picks_keep_the_samplers_sets_and_follow_the_weights() {
+        let z = logits();
+        for (t, k, p, m) in
+            [(1.0, 0, 1.0, 0.0), (0.7, 50, 1.0, 0.0), (1.0, 0, 0.3, 0.0), (1.3, 20, 0.9, 0.05), (1.0, 0, 1.0, 0.5)]
+        {
+            // The tokens Sampler::draw can return, by its own definition.
+            let max = z.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
+            let w: Vec<f32> = z.iter().map(|&x| ((x - max) / t).exp()).collect();
+            let mut by_w: Vec<usize> = (0..z.len()).collect();
+            by_w.sort_by(|&a, &b| w[b].total_cmp(&w[a]).then(a.cmp(&b)));
+            if k > 0 {
+                by_w.truncate(k);
+            }
+            let total: f64 = by_w.iter().map(|&i| w[i] as f64).sum();
+            let mut cum = 0.0;
+            let keep = by_w.iter().position(|&i| {
+                cum += w[i] as f64 / total;
+                p < 1.0 && cum >= p as f64
+            });
+            by_w.truncate(keep.map_or(by_w.len(), |j| j + 1));
+            by_w.retain(|&i| w[i] >= m);
+            let can: std::collections::BTreeSet<u32> = by_w.iter().map(|&i| i as u32).collect();
+            let mut s = sampler(t, k, p, m, 9);
+            let mut seen: std::collections::BTreeMap<u32, usize> = Default::default();
+            for _ in 0..6000 {
+                let spec = s.pick_spec(2);
+                let got = pick_on_host(&z, &spec);
+                assert!(can.contains(&got.token), "t {t} k {k} p {p} m {m}: {} outside the sampler's set", got.token);
+                assert_eq!(got.top_logprobs.len(), 2);
+                *seen.entry(got.token).or_default() += 1;
+            }
+            // The heavier half of the kept tokens is drawn as often as its share of the mass.
+            let heavy = &by_w[..by_w.len().div_ceil(2)];
+            let kept_mass: f64 = by_w.iter().map(|&i| w[i] as f64).sum();
+            let expected = heavy.iter().map(|&i| w[i] as f64).sum::<f64>() / kept_mass;
+            let observed = heavy.iter().map(|&i| *seen.get(&(i as u32)).unwrap_or(&0)).sum::<usize>() as f64 / 6000.0;
+            assert!((observed - expected).abs() < 0.03, "t {t} k {k} p {p} m {m}: {observed} vs {expected}");
+        }
+        // Greedy settings take the argmax and consume no randomness.
+        let mut g = sampler(0.0, 0, 1.0, 0.0, 1);
+        let spec = g.pick_spec(0);
+        assert_eq!((spec.u, pick_on_host(&z, &spec).token), (0.0, argmax(&z)));
+        // u near 0 and near 1 pick the first and last kept tokens in index order.
+        let spec = PickSpec { temperature: 1.0, top_k: 3, top_p: 1.0, min_p: 0.0, u: 0.0, top_n: 0 };
+        let mut best3: Vec<u32> = (0..z.len() as u32).collect();
+        best3.sort_by(|&a, &b| z[b as usize].total_cmp(&z[a as usize]).then(a.cmp(&b)));
+        best3.truncate(3);
+        best3.sort();
+        assert_eq!(pick_on_host(&z, &spec).token, best3[0]);
+        assert_eq!(pick_on_host(&z, &PickSpec { u: 0.999_999, ..spec }).token, best3[2]);
     }
 
     #[test]

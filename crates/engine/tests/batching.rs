@@ -298,3 +298,100 @@ fn model_source_starts_over_after_a_device_fault_and_frees_its_slot() {
     assert_eq!(runner.live, 0);
     assert!(runner.add_sequence().is_ok());
 }
+
+/// A CPU runner that says it picks tokens on its device: ModelSource then decodes through
+/// `forward_pick` (the default, the host twin of the GPU's pick) and never sees the logits
+/// after a generated token.
+struct Picking(gptoss_engine::CpuRunner);
+
+impl gptoss_engine::Runner for Picking {
+    fn config(&self) -> &gptoss_engine::ModelConfig {
+        self.0.config()
+    }
+    fn device(&self) -> String {
+        "picking cpu".into()
+    }
+    fn max_context(&self) -> usize {
+        self.0.max_context()
+    }
+    fn max_sequences(&self) -> usize {
+        self.0.max_sequences()
+    }
+    fn add_sequence(&mut self) -> Result<gptoss_engine::SeqId, EngineError> {
+        self.0.add_sequence()
+    }
+    fn remove_sequence(&mut self, seq: gptoss_engine::SeqId) -> bool {
+        self.0.remove_sequence(seq)
+    }
+    fn seq_len(&self, seq: gptoss_engine::SeqId) -> Option<usize> {
+        self.0.seq_len(seq)
+    }
+    fn snapshot(&self, seq: gptoss_engine::SeqId) -> Option<gptoss_engine::Snapshot> {
+        self.0.snapshot(seq)
+    }
+    fn restore(&mut self, seq: gptoss_engine::SeqId, snap: &gptoss_engine::Snapshot) -> bool {
+        self.0.restore(seq, snap)
+    }
+    fn forward(&mut self, batch: &[SeqChunk]) -> Result<&gptoss_engine::Logits, EngineError> {
+        self.0.forward(batch)
+    }
+    fn forward_traced(
+        &mut self,
+        batch: &[SeqChunk],
+        trace: gptoss_engine::Trace,
+    ) -> Result<&gptoss_engine::Logits, EngineError> {
+        self.0.forward_traced(batch, trace)
+    }
+    fn take_logits(&mut self) -> gptoss_engine::Logits {
+        self.0.take_logits()
+    }
+    fn restore_logits(&mut self, logits: gptoss_engine::Logits) {
+        self.0.restore_logits(logits)
+    }
+    fn cache_bytes(&self) -> usize {
+        self.0.cache_bytes()
+    }
+    fn bytes_per_token(&self) -> u64 {
+        self.0.bytes_per_token()
+    }
+    fn picks_on_device(&self) -> bool {
+        true
+    }
+}
+
+#[test]
+fn model_source_on_a_picking_runner_generates_what_the_host_would() {
+    use gptoss_engine::generator::{GenerateOptions, ModelSource, TokenSource};
+    use gptoss_engine::{CpuRunner, Sampler, SamplingParams};
+    let greedy = || Sampler::new(SamplingParams { temperature: 0.0, ..Default::default() }).unwrap();
+    let opts = GenerateOptions { max_tokens: 6, stop_tokens: vec![], top_logprobs: 2 };
+    let mut host = CpuRunner::new(model(), 1024);
+    let mut picking = Picking(CpuRunner::new(model(), 1024));
+    let mut a = ModelSource::new(&mut host, greedy()).unwrap();
+    let mut b = ModelSource::new(&mut picking, greedy()).unwrap();
+    let run = |src: &mut ModelSource, prompt: &[u32]| {
+        let mut out = Vec::new();
+        let g = src
+            .generate(prompt, &opts, &mut |s| {
+                out.push((s.token, s.top_logprobs.len()));
+                true
+            })
+            .unwrap();
+        (g, out)
+    };
+    // A conversation: each prompt extends the last with what was generated and more, then
+    // one leaves the generation out (a rewind), then one repeats exactly the cached tokens.
+    let mut prompt: Vec<u32> = reference().tokens[..40].to_vec();
+    for turn in 0..4 {
+        let (ga, oa) = run(&mut a, &prompt);
+        let (gb, ob) = run(&mut b, &prompt);
+        assert_eq!(oa, ob, "turn {turn}");
+        assert!(ob.iter().all(|&(_, n)| n == 2), "alternatives reported");
+        assert_eq!(ga.generated, gb.generated);
+        match turn {
+            0 => prompt.extend(oa.iter().map(|&(t, _)| t).chain([7, 8])),
+            1 => prompt.extend([3, 4, 5]),
+            _ => prompt.extend(oa[..5].iter().map(|&(t, _)| t)),
+        }
+    }
+}

@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
-use gptoss_engine::model::{LogitsRequest, SeqChunk};
+use gptoss_engine::model::{Logits, LogitsRequest, SeqChunk};
 use gptoss_engine::sampler::{log_sum_exp, logprob, top_logprobs};
 use gptoss_engine::{EngineError, Sampled, Sampler, SamplingParams, SeqId};
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
@@ -213,6 +213,13 @@ pub fn schedule(seqs: &[Progress], step_tokens: usize) -> Vec<Work> {
     work
 }
 
+/// What a step's forward pass handed back.
+enum StepOut {
+    Logits(Logits),
+    /// One pick per chunk that asked for its last logits, in batch order.
+    Picked(Vec<Sampled>),
+}
+
 struct Running {
     job: Job,
     seq: SeqId,
@@ -336,6 +343,36 @@ impl<E: Executor> EngineLoop<E> {
             })
             .collect();
         let work = schedule(&progress, self.cfg.step_tokens);
+        // On a device that picks tokens beside the logits, a step whose sampled rows all use
+        // plain sampling settings (no penalties, biases or prompt log-probabilities) gets its
+        // tokens without the logits crossing the bus.
+        let plain = |r: &Running| {
+            let s = &r.job.spec;
+            s.presence_penalty == 0.0
+                && s.frequency_penalty == 0.0
+                && s.logit_bias.is_empty()
+                && !s.prompt_logprobs
+                && s.top_logprobs <= gptoss_engine::runner::MAX_PICK_ALTERNATIVES
+        };
+        let on_device = self.exec.picks_on_device()
+            && work.iter().all(|w| match *w {
+                Work::Decode(i) | Work::Prefill { index: i, .. } => plain(&self.running[i]),
+            });
+        // One pick per chunk that asks for its last logits (decodes, prompts' last chunks), in
+        // batch order, drawn from each sequence's own sampler as sampling it here would.
+        let mut picks = Vec::new();
+        if on_device {
+            for w in &work {
+                let i = match *w {
+                    Work::Decode(i) => i,
+                    Work::Prefill { index, end, .. } if end == self.running[index].job.spec.prompt.len() => index,
+                    Work::Prefill { .. } => continue,
+                };
+                let r = &mut self.running[i];
+                let n = r.job.spec.top_logprobs;
+                picks.push(r.sampler.pick_spec(n));
+            }
+        }
         let decode_tokens: Vec<[u32; 1]> = work
             .iter()
             .map(|w| match w {
@@ -368,7 +405,12 @@ impl<E: Executor> EngineLoop<E> {
             work.iter().map(|w| if let Work::Prefill { start, end, .. } = w { end - start } else { 0 }).sum();
         self.metrics.prompt_tokens.fetch_add(prompt_fed as u64, Ordering::Relaxed);
 
-        let logits = match self.exec.forward(&chunks) {
+        let result = if on_device {
+            self.exec.forward_pick(&chunks, &picks).map(StepOut::Picked)
+        } else {
+            self.exec.forward(&chunks).map(StepOut::Logits)
+        };
+        let out = match result {
             Ok(l) => l,
             Err(e) => {
                 // Nothing in this batch can go on; the others are unaffected.
@@ -386,6 +428,21 @@ impl<E: Executor> EngineLoop<E> {
                     r.finish(FinishReason::Error(message.clone()));
                 }
                 return;
+            }
+        };
+        // Picked tokens by batch item.
+        let mut picked: Vec<Option<Sampled>> = vec![None; chunks.len()];
+        let empty = Logits::default();
+        let logits = match &out {
+            StepOut::Logits(l) => l,
+            StepOut::Picked(p) => {
+                let mut next = p.iter();
+                for (item, c) in chunks.iter().enumerate() {
+                    if c.logits == LogitsRequest::Last {
+                        picked[item] = next.next().cloned();
+                    }
+                }
+                &empty
             }
         };
         drop(chunks);
@@ -426,13 +483,22 @@ impl<E: Executor> EngineLoop<E> {
                     index
                 }
             };
-            let Some(z) = logits.last_for(item) else {
-                // The executor broke its contract; without logits this sequence cannot go on.
-                finished.push((i, FinishReason::Error("no logits for the sequence's next token".into())));
-                continue;
+            let sampled = match (&out, picked[item].take()) {
+                (StepOut::Picked(_), Some(s)) => s,
+                (StepOut::Logits(_), _) => match logits.last_for(item) {
+                    Some(z) => self.running[i].sample(z),
+                    None => {
+                        // The executor broke its contract; this sequence cannot go on.
+                        finished.push((i, FinishReason::Error("no logits for the sequence's next token".into())));
+                        continue;
+                    }
+                },
+                (StepOut::Picked(_), None) => {
+                    finished.push((i, FinishReason::Error("no token picked for the sequence".into())));
+                    continue;
+                }
             };
             let r = &mut self.running[i];
-            let sampled = r.sample(z);
             let now = Instant::now();
             match r.last_token {
                 None => self.metrics.time_to_first_token.observe((now - r.job.arrived).as_secs_f64()),
@@ -454,7 +520,9 @@ impl<E: Executor> EngineLoop<E> {
                 r.next = Some(token);
             }
         }
-        self.exec.reclaim(logits);
+        if let StepOut::Logits(l) = out {
+            self.exec.reclaim(l);
+        }
         finished.sort_unstable_by_key(|(i, _)| *i);
         for (i, reason) in finished.into_iter().rev() {
             let r = self.running.swap_remove(i);
@@ -586,6 +654,8 @@ mod tests {
         refused: usize,
         /// Forward passes still to fail with a device error.
         failures: usize,
+        /// Steps that had their tokens picked by the executor (`forward_pick`).
+        picked_steps: usize,
     }
 
     /// Every sequence's next token is 3. It has `slots` sequence slots, and says it has
@@ -596,13 +666,15 @@ mod tests {
         claimed: usize,
         next_id: u64,
         lens: HashMap<SeqId, usize>,
+        /// Says it picks tokens on its device.
+        picks: bool,
     }
 
     const VOCAB: usize = 8;
 
     fn fake(slots: usize, claimed: usize, failures: usize) -> (Fake, Arc<Mutex<FakeState>>) {
         let state = Arc::new(Mutex::new(FakeState { failures, ..FakeState::default() }));
-        (Fake { state: state.clone(), slots, claimed, next_id: 0, lens: HashMap::new() }, state)
+        (Fake { state: state.clone(), slots, claimed, next_id: 0, lens: HashMap::new(), picks: false }, state)
     }
 
     impl Executor for Fake {
@@ -656,6 +728,38 @@ mod tests {
         fn cache_bytes(&self) -> usize {
             0
         }
+        fn picks_on_device(&self) -> bool {
+            self.picks
+        }
+        fn forward_pick(
+            &mut self,
+            batch: &[SeqChunk],
+            picks: &[gptoss_engine::sampler::PickSpec],
+        ) -> Result<Vec<Sampled>, EngineError> {
+            self.state.lock().unwrap().picked_steps += 1;
+            let logits = self.forward(batch)?;
+            assert_eq!(logits.rows.len(), picks.len(), "one pick per row of logits");
+            Ok(picks.iter().enumerate().map(|(i, p)| gptoss_engine::sampler::pick_on_host(logits.row(i), p)).collect())
+        }
+    }
+
+    #[test]
+    fn a_device_that_picks_gets_plain_steps_and_the_host_keeps_the_rest() {
+        let (mut exec, state) = fake(16, 16, 0);
+        exec.picks = true;
+        let (handle, thread) = engine(exec, 16);
+        let (tokens, reason) = wait(handle.submit(JobSpec::new(vec![1, 2, 3], 4)).unwrap());
+        assert_eq!((tokens, reason), (vec![3; 4], Some(FinishReason::Length)));
+        let picked = state.lock().unwrap().picked_steps;
+        assert_eq!(picked, 4, "the prompt's last chunk and three decodes");
+        // A penalty needs the logits on the host: no picks on the device for that request.
+        let mut spec = JobSpec::new(vec![1, 2, 3], 4);
+        spec.presence_penalty = 0.5;
+        let (tokens, _) = wait(handle.submit(spec).unwrap());
+        assert_eq!(tokens, vec![3; 4]);
+        assert_eq!(state.lock().unwrap().picked_steps, picked);
+        drop(handle);
+        thread.join().unwrap();
     }
 
     fn engine(exec: Fake, max_batch: usize) -> (EngineHandle, std::thread::JoinHandle<()>) {

@@ -7,6 +7,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use gptoss_engine::model::LogitsRow;
+use gptoss_engine::sampler::{pick_on_host, PickSpec, Sampled};
 use gptoss_engine::tokenizer::{Tokenizer, END_OF_TEXT};
 use gptoss_engine::{EngineError, Logits, LogitsRequest, Runner, SeqChunk, SeqId};
 use serde_json::Value;
@@ -30,6 +31,21 @@ pub trait Executor: Send {
     fn reclaim(&mut self, _logits: Logits) {}
     /// Bytes held for sequences' keys and values.
     fn cache_bytes(&self) -> usize;
+    /// Whether [`Executor::forward_pick`] picks next to the logits (a GPU), so a step need
+    /// not copy them back.
+    fn picks_on_device(&self) -> bool {
+        false
+    }
+    /// [`Executor::forward`] with each logits row's next token picked as `picks[row]` says.
+    fn forward_pick(&mut self, batch: &[SeqChunk], picks: &[PickSpec]) -> Result<Vec<Sampled>, EngineError> {
+        let logits = self.forward(batch)?;
+        if logits.rows.len() != picks.len() {
+            return Err(EngineError::PickCount { rows: logits.rows.len(), picks: picks.len() });
+        }
+        let out = picks.iter().enumerate().map(|(i, p)| pick_on_host(logits.row(i), p)).collect();
+        self.reclaim(logits);
+        Ok(out)
+    }
 }
 
 /// The model on whichever device its runner uses.
@@ -80,6 +96,14 @@ impl Executor for ModelExecutor {
 
     fn cache_bytes(&self) -> usize {
         self.runner.cache_bytes()
+    }
+
+    fn picks_on_device(&self) -> bool {
+        self.runner.picks_on_device()
+    }
+
+    fn forward_pick(&mut self, batch: &[SeqChunk], picks: &[PickSpec]) -> Result<Vec<Sampled>, EngineError> {
+        self.runner.forward_pick(batch, picks)
     }
 }
 
