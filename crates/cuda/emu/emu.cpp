@@ -17,20 +17,7 @@
 #include "../kernels/misc.cuh"
 #include "../kernels/sample.cuh"
 
-#define GEMV(MXN, MX, MTW, NT) \
-    extern "C" void gemv_##MXN##_m##MTW##_n##NT(LinearArgs a) { linear_gemv<MX, MTW, NT>(a); }
-GEMV(bf16, false, 2, 1)
-GEMV(bf16, false, 2, 2)
-GEMV(bf16, false, 1, 4)
-GEMV(bf16, false, 1, 8)
-GEMV(mxfp4, true, 2, 1)
-GEMV(mxfp4, true, 2, 2)
-GEMV(mxfp4, true, 1, 4)
-GEMV(mxfp4, true, 1, 8)
-extern "C" void gemm_bf16(LinearArgs a) { linear_gemm<false>(a); }
-extern "C" void gemm_mxfp4(LinearArgs a) { linear_gemm<true>(a); }
-extern "C" void linear_ref_bf16(LinearArgs a) { linear_ref<false>(a); }
-extern "C" void linear_ref_mxfp4(LinearArgs a) { linear_ref<true>(a); }
+#include "../kernels/entries.cuh"
 
 // ---- fibers --------------------------------------------------------------------------
 

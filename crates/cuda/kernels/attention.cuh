@@ -154,6 +154,29 @@ extern "C" __global__ void __launch_bounds__(256) attention_partial(AttnArgs a) 
     }
 }
 
+// Stores row `row`'s keys and values in the cache (the block's threads share the copy).
+// Sliding layers keep only the chunk's last `window` positions; the others would overwrite
+// slots that no later query can see anyway.
+DEV void store_row_kv(const AttnArgs& a, int row) {
+    int item = a.row_item[row];
+    int slot = a.item_slot[item], start = a.item_start[item], len = a.item_len[item];
+    int p = a.pos[row];
+    if (a.window && p < start + len - a.window) return;
+    int kvd = a.nkv * HD;
+    long long cell;
+    if (a.window) {
+        cell = (long long)slot * a.window + p % a.window;
+    } else {
+        int pg = a.page_table[(long long)slot * a.max_pages + p / a.page];
+        cell = (long long)pg * a.page + p % a.page;
+    }
+    const float* src = a.qkv + (long long)row * a.qkv_stride + a.nq * HD;
+    for (int i = threadIdx.x; i < kvd; i += blockDim.x) {
+        a.kc[cell * kvd + i] = src[i];
+        a.vc[cell * kvd + i] = src[kvd + i];
+    }
+}
+
 // grid T, block 256: merge the key ranges of every head of a row, then store the row's keys
 // and values in the cache (after every query of the chunk has read it).
 extern "C" __global__ void __launch_bounds__(256) attention_combine(AttnArgs a) {
@@ -173,25 +196,7 @@ extern "C" __global__ void __launch_bounds__(256) attention_combine(AttnArgs a) 
         }
         a.out[(long long)row * a.nq * HD + i] = o / L;
     }
-    int item = a.row_item[row];
-    int slot = a.item_slot[item], start = a.item_start[item], len = a.item_len[item];
-    int p = a.pos[row];
-    // Sliding layers keep only the chunk's last `window` positions; the others would
-    // overwrite slots that no later query can see anyway.
-    if (a.window && p < start + len - a.window) return;
-    int kvd = a.nkv * HD;
-    long long cell;
-    if (a.window) {
-        cell = (long long)slot * a.window + p % a.window;
-    } else {
-        int pg = a.page_table[(long long)slot * a.max_pages + p / a.page];
-        cell = (long long)pg * a.page + p % a.page;
-    }
-    const float* src = a.qkv + (long long)row * a.qkv_stride + a.nq * HD;
-    for (int i = threadIdx.x; i < kvd; i += blockDim.x) {
-        a.kc[cell * kvd + i] = src[i];
-        a.vc[cell * kvd + i] = src[kvd + i];
-    }
+    store_row_kv(a, row);
 }
 
 // The scalar twin: one thread per (row, head), two passes over the keys, as the CPU does.
@@ -228,23 +233,4 @@ extern "C" __global__ void attention_ref(AttnArgs a) {
 }
 
 // The cache write of attention_combine alone (after attention_ref).
-extern "C" __global__ void kv_store(AttnArgs a) {
-    int row = blockIdx.x;
-    int item = a.row_item[row];
-    int slot = a.item_slot[item], start = a.item_start[item], len = a.item_len[item];
-    int p = a.pos[row];
-    if (a.window && p < start + len - a.window) return;
-    int kvd = a.nkv * HD;
-    long long cell;
-    if (a.window) {
-        cell = (long long)slot * a.window + p % a.window;
-    } else {
-        int pg = a.page_table[(long long)slot * a.max_pages + p / a.page];
-        cell = (long long)pg * a.page + p % a.page;
-    }
-    const float* src = a.qkv + (long long)row * a.qkv_stride + a.nq * HD;
-    for (int i = threadIdx.x; i < kvd; i += blockDim.x) {
-        a.kc[cell * kvd + i] = src[i];
-        a.vc[cell * kvd + i] = src[kvd + i];
-    }
-}
+extern "C" __global__ void kv_store(AttnArgs a) { store_row_kv(a, blockIdx.x); }

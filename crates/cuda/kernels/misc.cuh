@@ -187,27 +187,10 @@ extern "C" __global__ void moe_combine(const float* down, const int* prow, const
 extern "C" __global__ void __launch_bounds__(1024) argmax_rows(const float* logits, int V, int* out) {
     __shared__ float sv[32];
     __shared__ int si[32];
-    const float* r = logits + (long long)blockIdx.x * V;
-    float bv = -INFINITY;
-    int bi = 0x7fffffff;
-    for (int i = threadIdx.x; i < V; i += blockDim.x) {
-        float v = r[i];
-        if (v > bv || (v == bv && i < bi)) bv = v, bi = i;
-    }
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) {
-        float ov = __shfl_xor_sync(0xffffffffu, bv, o);
-        int oi = __shfl_xor_sync(0xffffffffu, bi, o);
-        if (ov > bv || (ov == bv && oi < bi)) bv = ov, bi = oi;
-    }
-    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    if (lane == 0) sv[warp] = bv, si[warp] = bi;
-    __syncthreads();
-    if (threadIdx.x == 0) {
-        for (int w = 1; w < (int)(blockDim.x >> 5); w++)
-            if (sv[w] > bv || (sv[w] == bv && si[w] < bi)) bv = sv[w], bi = si[w];
-        out[blockIdx.x] = bi == 0x7fffffff ? 0 : bi;
-    }
+    float bv;
+    int bi;
+    block_argmax(logits + (long long)blockIdx.x * V, V, nullptr, 0, bv, bi, sv, si);
+    if (threadIdx.x == 0) out[blockIdx.x] = bi == 0x7fffffff ? 0 : bi;
 }
 
 // --- Layouts (device twins of src/layout.rs) --------------------------------------------

@@ -24,35 +24,7 @@ struct PickSpec {
 #define PICK_THREADS 1024
 #define FIX_ONE 1099511627776.0  // 2^40
 
-DEV float clean_logit(float z) { return isnan(z) ? -INFINITY : z; }
-
 DEV unsigned long long fixed_mass(float w) { return (unsigned long long)((double)w * FIX_ONE); }
-
-// Block-wide argmax over logits not in `skip` (first index wins ties). Returns (value, index).
-DEV void block_argmax(const float* z, int V, const int* skip, int nskip, float& bv, int& bi, float* sv, int* si) {
-    bv = -INFINITY;
-    bi = 0x7fffffff;
-    for (int i = threadIdx.x; i < V; i += blockDim.x) {
-        bool taken = false;
-        for (int s = 0; s < nskip; s++) taken |= skip[s] == i;
-        if (taken) continue;
-        float v = clean_logit(z[i]);
-        if (v > bv || (v == bv && i < bi)) bv = v, bi = i;
-    }
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) {
-        float ov = __shfl_xor_sync(0xffffffffu, bv, o);
-        int oi = __shfl_xor_sync(0xffffffffu, bi, o);
-        if (ov > bv || (ov == bv && oi < bi)) bv = ov, bi = oi;
-    }
-    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, nw = blockDim.x >> 5;
-    __syncthreads();
-    if (lane == 0) sv[warp] = bv, si[warp] = bi;
-    __syncthreads();
-    bv = sv[0], bi = si[0];
-    for (int w = 1; w < nw; w++)
-        if (sv[w] > bv || (sv[w] == bv && si[w] < bi)) bv = sv[w], bi = si[w];
-}
 
 // The exclusive prefix (in thread order) and the total of one u64 per thread.
 DEV unsigned long long block_scan_u64(unsigned long long v, unsigned long long* red, unsigned long long& total) {

@@ -12,24 +12,9 @@ pub const QUERY_BLOCK: usize = 8;
 /// Keys per attention range: fixed, so a row's result never depends on the batch.
 pub const SPLIT_KEYS: usize = 1024;
 
-/// Checks a batch as the CPU's `BatchPlan::build` does, in the same order.
+/// Checks a batch as the CPU does, with the same errors, before anything changes.
 pub fn validate(book: &KvBook, batch: &[SeqChunk], vocab: usize) -> Result<(), EngineError> {
-    for (i, chunk) in batch.iter().enumerate() {
-        let id = chunk.seq.0;
-        let start = book.len(chunk.seq).ok_or(EngineError::UnknownSequence(id))?;
-        if batch[..i].iter().any(|c| c.seq == chunk.seq) {
-            return Err(EngineError::DuplicateSequence(id));
-        }
-        if chunk.tokens.is_empty() {
-            return Err(EngineError::EmptyChunk(id));
-        }
-        gptoss_engine::model::check_tokens(chunk.tokens, vocab)?;
-        let needed = start + chunk.tokens.len();
-        if needed > book.max_context() {
-            return Err(EngineError::ContextOverflow { seq: id, needed, limit: book.max_context() });
-        }
-    }
-    Ok(())
+    gptoss_engine::model::check_batch(batch, vocab, book.max_context(), |s| book.len(s))
 }
 
 /// A piece of one batch item run in one pass.

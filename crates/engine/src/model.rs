@@ -432,20 +432,10 @@ impl BatchPlan {
     /// Checks everything up front, so a forward pass never fails half way through the cache.
     fn build(&mut self, cache: &KvCache, batch: &[SeqChunk], vocab: usize) -> Result<(), EngineError> {
         self.clear();
+        check_batch(batch, vocab, cache.max_context(), |s| cache.len(s))?;
         for (i, chunk) in batch.iter().enumerate() {
-            let id = chunk.seq.0;
-            let start = cache.len(chunk.seq).ok_or(EngineError::UnknownSequence(id))?;
-            if batch[..i].iter().any(|c| c.seq == chunk.seq) {
-                return Err(EngineError::DuplicateSequence(id));
-            }
-            if chunk.tokens.is_empty() {
-                return Err(EngineError::EmptyChunk(id));
-            }
-            check_tokens(chunk.tokens, vocab)?;
+            let start = cache.len(chunk.seq).ok_or(EngineError::UnknownSequence(chunk.seq.0))?;
             let needed = start + chunk.tokens.len();
-            if needed > cache.max_context() {
-                return Err(EngineError::ContextOverflow { seq: id, needed, limit: cache.max_context() });
-            }
             let first_row = self.tokens.len();
             self.tokens.extend_from_slice(chunk.tokens);
             self.positions.extend(start..needed);
@@ -460,6 +450,33 @@ impl BatchPlan {
         }
         Ok(())
     }
+}
+
+/// What every device checks before a forward pass changes anything: each chunk's sequence
+/// exists (its length from `len_of`) and appears once, has tokens, all in the vocabulary,
+/// and fits `max_context`.
+pub fn check_batch(
+    batch: &[SeqChunk],
+    vocab: usize,
+    max_context: usize,
+    len_of: impl Fn(crate::kv_cache::SeqId) -> Option<usize>,
+) -> Result<(), EngineError> {
+    for (i, chunk) in batch.iter().enumerate() {
+        let id = chunk.seq.0;
+        let start = len_of(chunk.seq).ok_or(EngineError::UnknownSequence(id))?;
+        if batch[..i].iter().any(|c| c.seq == chunk.seq) {
+            return Err(EngineError::DuplicateSequence(id));
+        }
+        if chunk.tokens.is_empty() {
+            return Err(EngineError::EmptyChunk(id));
+        }
+        check_tokens(chunk.tokens, vocab)?;
+        let needed = start + chunk.tokens.len();
+        if needed > max_context {
+            return Err(EngineError::ContextOverflow { seq: id, needed, limit: max_context });
+        }
+    }
+    Ok(())
 }
 
 /// Every id must be a row of the embedding.
