@@ -136,7 +136,10 @@ pub struct Kernels {
 #[cfg_attr(not(target_arch = "x86_64"), allow(unused_variables))]
 pub fn max_scratch_len(k: usize) -> (usize, usize) {
     #[cfg(target_arch = "x86_64")]
-    return (crate::x86::vnni::scratch_words(k), crate::x86::avx512bf16::scratch_halves(k));
+    return (
+        crate::x86::vnni::scratch_words(k).max(crate::x86::avx2_i16::scratch_words(k)),
+        crate::x86::avx512bf16::scratch_halves(k),
+    );
     #[cfg(not(target_arch = "x86_64"))]
     return (0, 0);
 }
@@ -172,7 +175,12 @@ static AVX2: Kernels = Kernels {
     rmsnorm_f32: crate::scalar::rmsnorm_f32,
     rope_apply_f32: crate::scalar::YarnRope::apply,
     bf16_act: None,
-    i16_act: None,
+    // MXFP4 experts through vpmaddwd on int16 activations: the f32 path widens every code
+    // and is bound by arithmetic, not by memory.
+    i16_act: Some(I16Act {
+        quantize: crate::x86::avx2_i16::quantize_i16,
+        matmul_rows_i16a_mxfp4r16w: crate::x86::avx2_i16::matmul_rows_i16a_mxfp4r16w,
+    }),
 };
 #[cfg(target_arch = "x86_64")]
 static AVX512: Kernels = Kernels {

@@ -3,6 +3,7 @@
 
 pub mod attention;
 pub mod avx2;
+pub mod avx2_i16;
 pub mod avx512;
 pub mod avx512bf16;
 pub mod vnni;

@@ -1,0 +1,332 @@
+//! AVX2: MXFP4 experts in the [`crate::mxfp4_r16`] layout times int16 activations, the
+//! 8-lane twin of [`super::vnni`]. A tile's 16 rows are two halves of 8 i32 lanes (a quad's
+//! first and last 32 bytes). Codes become int16 pairs by two `vpshufb`: one gathers each
+//! row's code byte into both words of its lane, one looks the nibbles up in the 2×E2M1 table;
+//! `vpmaddwd` then sums each pair of products into the row's exact int32 lane. A block's sums
+//! turn into f32 once, in the order [`crate::scalar::matmul_rows_i16a_mxfp4r16w`] defines, so
+//! this gives the bits of every other path.
+
+use std::arch::x86_64::*;
+
+use crate::mxfp4::BLOCK;
+use crate::mxfp4_r16::{FP4_X2, GROUP, TILE_BYTES};
+
+/// Bytes ahead of the decoder to prefetch codes (the hardware prefetcher stops at pages).
+const PREFETCH_AHEAD: usize = 4096;
+
+/// 2×E2M1 as int8 in both 128-bit lanes, for `vpshufb`.
+#[inline(always)]
+unsafe fn fp4_table() -> __m256i {
+    let t: [i8; 16] = std::array::from_fn(|i| FP4_X2[i] as i8);
+    let lane = _mm_loadu_si128(t.as_ptr() as *const __m128i);
+    _mm256_broadcastsi128_si256(lane)
+}
+
+/// `vpshufb` control for column pair `P` of a quad half: the code byte of row L (qword L/2,
+/// byte 2P + L%2, within its 128-bit lane) into the high byte of both words of lane L.
+#[inline(always)]
+unsafe fn pair_control<const P: i8>() -> __m256i {
+    const Z: i8 = -128; // zero
+    let s = |l: i8| 8 * (l / 2) + 2 * P + (l % 2);
+    let (a, b, c, d) = (s(0), s(1), s(2), s(3));
+    _mm256_setr_epi8(
+        Z, a, Z, a, Z, b, Z, b, Z, c, Z, c, Z, d, Z, d, //
+        Z, a, Z, a, Z, b, Z, b, Z, c, Z, c, Z, d, Z, d,
+    )
+}
+
+/// 8 rows of (w[2p], w[2p+1]) int16 pairs from one quad half: word 0 indexes the table with
+/// the low nibble, word 1 with the high one; each index sits in its word's high byte (the low
+/// byte indexes entry 0, which is 0), so an arithmetic shift sign-extends the value.
+#[inline(always)]
+unsafe fn decode_pair(half: __m256i, control: __m256i, table: __m256i) -> __m256i {
+    let v = _mm256_shuffle_epi8(half, control); // each word: byte << 8
+    let mixed = _mm256_blend_epi16::<0xAA>(v, _mm256_srli_epi16::<4>(v));
+    let index = _mm256_and_si256(mixed, _mm256_set1_epi16(0x0f00));
+    _mm256_srai_epi16::<8>(_mm256_shuffle_epi8(table, index))
+}
+
+/// 8 rows' weight scales of one block: `from_bits(s << 23) · 0.5`.
+#[inline(always)]
+unsafe fn weight_scales(s: *const u8) -> __m256 {
+    let bits = _mm256_slli_epi32::<23>(_mm256_cvtepu8_epi32(_mm_loadl_epi64(s as *const __m128i)));
+    _mm256_mul_ps(_mm256_castsi256_ps(bits), _mm256_set1_ps(0.5))
+}
+
+/// The 4 pairs of one quad half, decoded.
+#[inline(always)]
+unsafe fn decode_quad_half(half: __m256i, table: __m256i) -> [__m256i; 4] {
+    [
+        decode_pair(half, pair_control::<0>(), table),
+        decode_pair(half, pair_control::<1>(), table),
+        decode_pair(half, pair_control::<2>(), table),
+        decode_pair(half, pair_control::<3>(), table),
+    ]
+}
+
+/// One token through one group of 16 rows, decoding in registers: `xq` the token's codes
+/// `[K]`, `xs` its scales `[K/32]`, out `[16]`. The group's codes are one contiguous stream.
+#[target_feature(enable = "avx2,fma")]
+unsafe fn gemv_group(
+    xq: *const i16,
+    xs: *const f32,
+    k: usize,
+    codes: *const u8,
+    scales: *const u8,
+    bias: Option<*const f32>,
+    out: *mut f32,
+) {
+    let blocks = k / BLOCK;
+    let table = fp4_table();
+    let xp = xq as *const i32;
+    let mut facc = [_mm256_setzero_ps(); 2];
+    for b in 0..blocks {
+        // Four integer chains (two per half): exact, so the split cannot matter.
+        let mut iacc = [_mm256_setzero_si256(); 4];
+        for q in 0..4 {
+            let src = codes.add(b * TILE_BYTES + q * 64);
+            _mm_prefetch::<_MM_HINT_T0>(src.wrapping_add(PREFETCH_AHEAD) as *const i8);
+            for h in 0..2 {
+                let w = decode_quad_half(_mm256_loadu_si256(src.add(32 * h) as *const __m256i), table);
+                for (p, wp) in w.iter().enumerate() {
+                    let x = _mm256_set1_epi32(*xp.add(b * 16 + q * 4 + p));
+                    let a = &mut iacc[2 * h + (p % 2)];
+                    *a = _mm256_add_epi32(*a, _mm256_madd_epi16(*wp, x));
+                }
+            }
+        }
+        let xsb = _mm256_set1_ps(*xs.add(b));
+        for (h, f) in facc.iter_mut().enumerate() {
+            let isum = _mm256_add_epi32(iacc[2 * h], iacc[2 * h + 1]);
+            let comb = _mm256_mul_ps(weight_scales(scales.add(b * GROUP + 8 * h)), xsb);
+            *f = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), comb, *f);
+        }
+    }
+    for (h, f) in facc.iter().enumerate() {
+        let bv = bias.map_or(_mm256_setzero_ps(), |p| _mm256_loadu_ps(p.add(8 * h)));
+        _mm256_storeu_ps(out.add(8 * h), _mm256_add_ps(*f, bv));
+    }
+}
+
+/// Groups decoded together for several tokens (as [`super::vnni`]).
+const PANEL_GROUPS: usize = 2;
+/// Tokens per tile: 2·TB integer accumulators, two weight vectors and a broadcast fit the 16
+/// registers.
+const TOKENS: usize = 4;
+
+/// u32 words of scratch the GEMM takes for K inputs: [`PANEL_GROUPS`] groups of decoded code
+/// vectors (16 pairs × 2 halves × 8 lanes per block) and scale vectors, plus alignment room.
+pub(crate) fn scratch_words(k: usize) -> usize {
+    PANEL_GROUPS * (k / BLOCK) * (16 * 2 + 2) * 8 + 8
+}
+
+/// Decodes `groups` groups into `w [g][b][p][half]` int16-pair vectors and `ws [g][b][half]`.
+#[target_feature(enable = "avx2")]
+unsafe fn decode_panel(
+    codes: *const u8,
+    scales: *const u8,
+    blocks: usize,
+    groups: usize,
+    w: *mut __m256i,
+    ws: *mut __m256,
+) {
+    let table = fp4_table();
+    for t in 0..groups * blocks {
+        let dst = w.add(t * 32);
+        for q in 0..4 {
+            let src = codes.add(t * TILE_BYTES + q * 64);
+            _mm_prefetch::<_MM_HINT_T0>(src.wrapping_add(PREFETCH_AHEAD) as *const i8);
+            for h in 0..2 {
+                let v = decode_quad_half(_mm256_loadu_si256(src.add(32 * h) as *const __m256i), table);
+                for (p, vp) in v.iter().enumerate() {
+                    _mm256_storeu_si256(dst.add((q * 4 + p) * 2 + h), *vp);
+                }
+            }
+        }
+        *ws.add(t * 2) = weight_scales(scales.add(t * GROUP));
+        *ws.add(t * 2 + 1) = weight_scales(scales.add(t * GROUP + 8));
+    }
+}
+
+/// One group × TB tokens over all of K: `w`/`ws` the group's decoded panel, `xq`/`xs` the
+/// first token's codes and scales, `out` (row 0, token 0) of `[R, n_tok]`.
+#[inline(always)]
+#[allow(clippy::too_many_arguments, clippy::needless_range_loop)]
+unsafe fn tile<const TB: usize>(
+    w: *const __m256i,
+    ws: *const __m256,
+    blocks: usize,
+    xq: *const i16,
+    xs: *const f32,
+    bias: Option<*const f32>,
+    out: *mut f32,
+    n_tok: usize,
+) {
+    let k = blocks * BLOCK;
+    let xp = xq as *const i32;
+    let mut facc = [[_mm256_setzero_ps(); TB]; 2];
+    for b in 0..blocks {
+        let mut iacc = [[_mm256_setzero_si256(); TB]; 2];
+        for p in 0..16 {
+            let w0 = _mm256_loadu_si256(w.add((b * 16 + p) * 2));
+            let w1 = _mm256_loadu_si256(w.add((b * 16 + p) * 2 + 1));
+            for j in 0..TB {
+                let x = _mm256_set1_epi32(*xp.add((j * k) / 2 + b * 16 + p));
+                iacc[0][j] = _mm256_add_epi32(iacc[0][j], _mm256_madd_epi16(w0, x));
+                iacc[1][j] = _mm256_add_epi32(iacc[1][j], _mm256_madd_epi16(w1, x));
+            }
+        }
+        for j in 0..TB {
+            let xsb = _mm256_set1_ps(*xs.add(j * blocks + b));
+            for h in 0..2 {
+                let comb = _mm256_mul_ps(*ws.add(b * 2 + h), xsb);
+                facc[h][j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(iacc[h][j]), comb, facc[h][j]);
+            }
+        }
+    }
+    let mut lanes = [0f32; 8];
+    for h in 0..2 {
+        let bv = bias.map_or(_mm256_setzero_ps(), |p| _mm256_loadu_ps(p.add(8 * h)));
+        for j in 0..TB {
+            _mm256_storeu_ps(lanes.as_mut_ptr(), _mm256_add_ps(facc[h][j], bv));
+            for (l, v) in lanes.iter().enumerate() {
+                *out.add((8 * h + l) * n_tok + j) = *v;
+            }
+        }
+    }
+}
+
+#[target_feature(enable = "avx2,fma")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn gemm_group(
+    w: *const __m256i,
+    ws: *const __m256,
+    blocks: usize,
+    xq: *const i16,
+    xs: *const f32,
+    n_tok: usize,
+    bias: Option<*const f32>,
+    out: *mut f32,
+) {
+    let k = blocks * BLOCK;
+    let mut t = 0;
+    while t < n_tok {
+        let tb = (n_tok - t).min(TOKENS);
+        let (x, s, o) = (xq.add(t * k), xs.add(t * blocks), out.add(t));
+        match tb {
+            4 => tile::<4>(w, ws, blocks, x, s, bias, o, n_tok),
+            3 => tile::<3>(w, ws, blocks, x, s, bias, o, n_tok),
+            2 => tile::<2>(w, ws, blocks, x, s, bias, o, n_tok),
+            _ => tile::<1>(w, ws, blocks, x, s, bias, o, n_tok),
+        }
+        t += tb;
+    }
+}
+
+/// See [`crate::scalar::matmul_rows_i16a_mxfp4r16w`]; `scratch` holds a decoded panel.
+#[allow(clippy::too_many_arguments)]
+pub fn matmul_rows_i16a_mxfp4r16w(
+    xq: &[i16],
+    xs: &[f32],
+    n_tok: usize,
+    codes: &[u8],
+    scales: &[u8],
+    bias: Option<&[f32]>,
+    out: &mut [f32],
+    scratch: &mut Vec<u32>,
+) {
+    let k = xq.len() / n_tok.max(1);
+    crate::scalar::check_i16a_shapes(xq, xs, n_tok, k, codes.len(), scales.len(), bias, out);
+    let blocks = k / BLOCK;
+    let groups = scales.len() / (blocks * GROUP);
+    // SAFETY: handed out by `Kernels` only when the CPU has AVX2 and FMA; the shapes were
+    // checked above, so every tile, token and output offset is in bounds, and the scratch is
+    // sized (and aligned by hand) for one panel of vectors.
+    unsafe {
+        if n_tok == 1 {
+            for g in 0..groups {
+                gemv_group(
+                    xq.as_ptr(),
+                    xs.as_ptr(),
+                    k,
+                    codes.as_ptr().add(g * blocks * TILE_BYTES),
+                    scales.as_ptr().add(g * blocks * GROUP),
+                    bias.map(|b| b.as_ptr().add(g * GROUP)),
+                    out.as_mut_ptr().add(g * GROUP),
+                );
+            }
+            return;
+        }
+        scratch.resize(scratch_words(k), 0);
+        let base = scratch.as_mut_ptr();
+        let base = base.add(base.align_offset(32));
+        let w = base as *mut __m256i;
+        let ws = w.add(PANEL_GROUPS * blocks * 32) as *mut __m256;
+        let mut g = 0;
+        while g < groups {
+            let pg = (groups - g).min(PANEL_GROUPS);
+            decode_panel(
+                codes.as_ptr().add(g * blocks * TILE_BYTES),
+                scales.as_ptr().add(g * blocks * GROUP),
+                blocks,
+                pg,
+                w,
+                ws,
+            );
+            for i in 0..pg {
+                gemm_group(
+                    w.add(i * blocks * 32),
+                    ws.add(i * blocks * 2),
+                    blocks,
+                    xq.as_ptr(),
+                    xs.as_ptr(),
+                    n_tok,
+                    bias.map(|b| b.as_ptr().add((g + i) * GROUP)),
+                    out.as_mut_ptr().add((g + i) * GROUP * n_tok),
+                );
+            }
+            g += pg;
+        }
+    }
+}
+
+/// [`crate::mxfp4_r16::quantize_i16`] on 8 lanes at a time, bit for bit: the absolute
+/// maximum on the float bits as integers, the same scalar divisions, and `vcvtps2dq`
+/// rounding to nearest even as `round_ties_even` does (|q| ≤ 32767, so packing never
+/// saturates).
+#[target_feature(enable = "avx2")]
+unsafe fn quantize_impl(x: &[f32], q: &mut [i16], xs: &mut [f32]) {
+    let abs_mask = _mm256_set1_epi32(0x7fff_ffff);
+    for (b, s) in xs.iter_mut().enumerate() {
+        let (src, dst) = (x.as_ptr().add(b * BLOCK), q.as_mut_ptr().add(b * BLOCK));
+        let v: [__m256; 4] = std::array::from_fn(|i| _mm256_loadu_ps(src.add(8 * i)));
+        let a: [__m256i; 4] = std::array::from_fn(|i| _mm256_and_si256(_mm256_castps_si256(v[i]), abs_mask));
+        let m = _mm256_max_epu32(_mm256_max_epu32(a[0], a[1]), _mm256_max_epu32(a[2], a[3]));
+        let m = _mm_max_epu32(_mm256_castsi256_si128(m), _mm256_extracti128_si256::<1>(m));
+        let m = _mm_max_epu32(m, _mm_shuffle_epi32::<0b01_00_11_10>(m));
+        let m = _mm_max_epu32(m, _mm_shuffle_epi32::<0b10_11_00_01>(m));
+        let bits = _mm_cvtsi128_si32(m) as u32;
+        // Non-finite values have the largest bit patterns.
+        if bits >= 0x7f80_0000 || f32::from_bits(bits) < f32::MIN_POSITIVE {
+            std::ptr::write_bytes(dst, 0, BLOCK);
+            *s = if bits >= 0x7f80_0000 { f32::NAN } else { 0.0 };
+            continue;
+        }
+        let amax = f32::from_bits(bits);
+        let inv = _mm256_set1_ps(crate::mxfp4_r16::Q_MAX / amax);
+        let c: [__m256i; 4] = std::array::from_fn(|i| _mm256_cvtps_epi32(_mm256_mul_ps(v[i], inv)));
+        // packs interleaves the 128-bit lanes; the permute puts them back in order.
+        let lo = _mm256_permute4x64_epi64::<0b11_01_10_00>(_mm256_packs_epi32(c[0], c[1]));
+        let hi = _mm256_permute4x64_epi64::<0b11_01_10_00>(_mm256_packs_epi32(c[2], c[3]));
+        _mm256_storeu_si256(dst as *mut __m256i, lo);
+        _mm256_storeu_si256(dst.add(16) as *mut __m256i, hi);
+        *s = amax / crate::mxfp4_r16::Q_MAX;
+    }
+}
+
+/// See [`crate::mxfp4_r16::quantize_i16`].
+pub fn quantize_i16(x: &[f32], q: &mut [i16], xs: &mut [f32]) {
+    crate::mxfp4_r16::check_quantize_shapes(x, q, xs);
+    // SAFETY: handed out by `Kernels` only with AVX2; every block is in bounds (checked).
+    unsafe { quantize_impl(x, q, xs) }
+}
