@@ -32,19 +32,21 @@ struct AttnArgs {
     float* out;              // [T][nq * HD]
 };
 
+// The cache cell of position p of the sequence in `slot`: its ring slot on sliding layers,
+// its page's row on full ones.
+DEV long long cache_cell(const AttnArgs& a, int slot, int p) {
+    if (a.window) return (long long)slot * a.window + p % a.window;
+    int pg = a.page_table[(long long)slot * a.max_pages + p / a.page];
+    return (long long)pg * a.page + p % a.page;
+}
+
 DEV const float* key_src(const AttnArgs& a, int slot, int start, int row0, int p, int kvh, bool value) {
     int kvd = a.nkv * HD;
     if (p >= start) {
         return a.qkv + (long long)(row0 + p - start) * a.qkv_stride + (a.nq + (value ? a.nkv : 0)) * HD + kvh * HD;
     }
     const float* base = value ? a.vc : a.kc;
-    long long cell;
-    if (a.window) {
-        cell = (long long)slot * a.window + p % a.window;
-    } else {
-        int pg = a.page_table[(long long)slot * a.max_pages + p / a.page];
-        cell = (long long)pg * a.page + p % a.page;
-    }
+    long long cell = cache_cell(a, slot, p);
     return base + cell * kvd + kvh * HD;
 }
 
@@ -163,13 +165,7 @@ DEV void store_row_kv(const AttnArgs& a, int row) {
     int p = a.pos[row];
     if (a.window && p < start + len - a.window) return;
     int kvd = a.nkv * HD;
-    long long cell;
-    if (a.window) {
-        cell = (long long)slot * a.window + p % a.window;
-    } else {
-        int pg = a.page_table[(long long)slot * a.max_pages + p / a.page];
-        cell = (long long)pg * a.page + p % a.page;
-    }
+    long long cell = cache_cell(a, slot, p);
     const float* src = a.qkv + (long long)row * a.qkv_stride + a.nq * HD;
     for (int i = threadIdx.x; i < kvd; i += blockDim.x) {
         a.kc[cell * kvd + i] = src[i];
