@@ -7,3 +7,91 @@ pub mod avx2_i16;
 pub mod avx512;
 pub mod avx512bf16;
 pub mod vnni;
+
+use crate::mxfp4::BLOCK;
+use crate::mxfp4_r16::{GROUP, TILE_BYTES};
+
+/// The pieces of an integer MXFP4 kernel set ([`avx2_i16`], [`vnni`]) that the shared driver
+/// [`matmul_rows_i16a`] runs.
+pub(crate) struct I16aParts {
+    /// One token through one group of 16 rows: (xq, xs, K, codes, scales, bias, out).
+    pub gemv_group: unsafe fn(*const i16, *const f32, usize, *const u8, *const u8, Option<*const f32>, *mut f32),
+    /// Decodes `groups` groups into the panel at `panel` and runs every token through them:
+    /// (codes, scales, blocks, groups, panel, xq, xs, n_tok, bias, out).
+    #[allow(clippy::type_complexity)]
+    pub panel: unsafe fn(
+        *const u8,
+        *const u8,
+        usize,
+        usize,
+        *mut u32,
+        *const i16,
+        *const f32,
+        usize,
+        Option<*const f32>,
+        *mut f32,
+    ),
+    /// Groups per panel, the panel's u32 scratch for K inputs, and its alignment in bytes.
+    pub panel_groups: usize,
+    pub scratch_words: fn(usize) -> usize,
+    pub align: usize,
+}
+
+/// See [`crate::scalar::matmul_rows_i16a_mxfp4r16w`]: one token group by group in
+/// registers; several through decoded panels kept in `scratch`.
+///
+/// # Safety
+/// The CPU must have the features `parts`' functions were compiled for.
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn matmul_rows_i16a(
+    parts: &I16aParts,
+    xq: &[i16],
+    xs: &[f32],
+    n_tok: usize,
+    codes: &[u8],
+    scales: &[u8],
+    bias: Option<&[f32]>,
+    out: &mut [f32],
+    scratch: &mut Vec<u32>,
+) {
+    let k = xq.len() / n_tok.max(1);
+    crate::scalar::check_i16a_shapes(xq, xs, n_tok, k, codes.len(), scales.len(), bias, out);
+    let blocks = k / BLOCK;
+    let groups = scales.len() / (blocks * GROUP);
+    // The shapes were checked above, so every tile, token and output offset is in bounds,
+    // and the scratch is sized (and aligned by hand) for one panel.
+    if n_tok == 1 {
+        for g in 0..groups {
+            (parts.gemv_group)(
+                xq.as_ptr(),
+                xs.as_ptr(),
+                k,
+                codes.as_ptr().add(g * blocks * TILE_BYTES),
+                scales.as_ptr().add(g * blocks * GROUP),
+                bias.map(|b| b.as_ptr().add(g * GROUP)),
+                out.as_mut_ptr().add(g * GROUP),
+            );
+        }
+        return;
+    }
+    scratch.resize((parts.scratch_words)(k), 0);
+    let base = scratch.as_mut_ptr();
+    let panel = base.add(base.align_offset(parts.align));
+    let mut g = 0;
+    while g < groups {
+        let pg = (groups - g).min(parts.panel_groups);
+        (parts.panel)(
+            codes.as_ptr().add(g * blocks * TILE_BYTES),
+            scales.as_ptr().add(g * blocks * GROUP),
+            blocks,
+            pg,
+            panel,
+            xq.as_ptr(),
+            xs.as_ptr(),
+            n_tok,
+            bias.map(|b| b.as_ptr().add(g * GROUP)),
+            out.as_mut_ptr().add(g * GROUP * n_tok),
+        );
+        g += pg;
+    }
+}

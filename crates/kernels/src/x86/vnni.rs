@@ -216,6 +216,31 @@ unsafe fn gemm_panel(
     }
 }
 
+/// A panel of up to [`PANEL_GROUPS`] groups: decoded into `[g][blocks][16]` code vectors then
+/// `[g][blocks]` scale vectors at `panel`, then every token through them.
+#[target_feature(enable = "avx512f,avx512bw,avx512vbmi,avx512vnni")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn panel(
+    codes: *const u8,
+    scales: *const u8,
+    blocks: usize,
+    groups: usize,
+    panel: *mut u32,
+    xq: *const i16,
+    xs: *const f32,
+    n_tok: usize,
+    bias: Option<*const f32>,
+    out: *mut f32,
+) {
+    let w = panel as *mut __m512i;
+    let ws = w.add(PANEL_GROUPS * blocks * 16) as *mut __m512;
+    decode_panel(codes, scales, blocks, groups, w, ws);
+    gemm_panel(w, ws, blocks, groups, xq, xs, n_tok, bias, out);
+}
+
+static PARTS: super::I16aParts =
+    super::I16aParts { gemv_group, panel, panel_groups: PANEL_GROUPS, scratch_words, align: 64 };
+
 /// See [`crate::scalar::matmul_rows_i16a_mxfp4r16w`]; `scratch` holds a decoded panel.
 #[allow(clippy::too_many_arguments)]
 pub fn matmul_rows_i16a_mxfp4r16w(
@@ -228,61 +253,8 @@ pub fn matmul_rows_i16a_mxfp4r16w(
     out: &mut [f32],
     scratch: &mut Vec<u32>,
 ) {
-    let k = xq.len() / n_tok.max(1);
-    crate::scalar::check_i16a_shapes(xq, xs, n_tok, k, codes.len(), scales.len(), bias, out);
-    let blocks = k / BLOCK;
-    let groups = scales.len() / (blocks * GROUP);
-    // SAFETY: handed out by `Kernels` only when the CPU has AVX-512F/BW/VBMI/VNNI; the shapes
-    // were checked above, so every tile, token and output offset is in bounds, and the scratch
-    // is sized (and aligned by hand) for one panel of vectors.
-    unsafe {
-        if n_tok == 1 {
-            for g in 0..groups {
-                gemv_group(
-                    xq.as_ptr(),
-                    xs.as_ptr(),
-                    k,
-                    codes.as_ptr().add(g * blocks * TILE_BYTES),
-                    scales.as_ptr().add(g * blocks * GROUP),
-                    bias.map(|b| b.as_ptr().add(g * GROUP)),
-                    out.as_mut_ptr().add(g * GROUP),
-                );
-            }
-            return;
-        }
-        // [PANEL_GROUPS][blocks][16] code vectors then [PANEL_GROUPS][blocks] scale vectors,
-        // 16 u32 each, plus room to align to 64 bytes.
-        scratch.resize(scratch_words(k), 0);
-        let base = scratch.as_mut_ptr();
-        let base = base.add(base.align_offset(64));
-        let w = base as *mut __m512i;
-        let ws = w.add(PANEL_GROUPS * blocks * 16) as *mut __m512;
-        let mut g = 0;
-        while g < groups {
-            let pg = (groups - g).min(PANEL_GROUPS);
-            decode_panel(
-                codes.as_ptr().add(g * blocks * TILE_BYTES),
-                scales.as_ptr().add(g * blocks * GROUP),
-                blocks,
-                pg,
-                w,
-                ws,
-            );
-            let bias_g = bias.map(|b| b.as_ptr().add(g * GROUP));
-            gemm_panel(
-                w,
-                ws,
-                blocks,
-                pg,
-                xq.as_ptr(),
-                xs.as_ptr(),
-                n_tok,
-                bias_g,
-                out.as_mut_ptr().add(g * GROUP * n_tok),
-            );
-            g += pg;
-        }
-    }
+    // SAFETY: handed out by `Kernels` only when the CPU has AVX-512F/BW/VBMI/VNNI.
+    unsafe { super::matmul_rows_i16a(&PARTS, xq, xs, n_tok, codes, scales, bias, out, scratch) }
 }
 
 /// [`crate::mxfp4_r16::quantize_i16`] on 32 lanes at a time, bit for bit: the block's
