@@ -117,6 +117,16 @@ DEV float block_sum(float v, float* red) {
 DEV float clean_logit(float z) { return isnan(z) ? -INFINITY : z; }
 
 // Block-wide argmax over logits not in `skip` (first index wins ties). Returns (value, index).
+// (value, index) of the warp's best: the larger value, the lower index on ties.
+DEV void warp_argmax(float& bv, int& bi) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) {
+        float ov = __shfl_xor_sync(0xffffffffu, bv, o);
+        int oi = __shfl_xor_sync(0xffffffffu, bi, o);
+        if (ov > bv || (ov == bv && oi < bi)) bv = ov, bi = oi;
+    }
+}
+
 DEV void block_argmax(const float* z, int V, const int* skip, int nskip, float& bv, int& bi, float* sv, int* si) {
     bv = -INFINITY;
     bi = 0x7fffffff;
@@ -127,12 +137,7 @@ DEV void block_argmax(const float* z, int V, const int* skip, int nskip, float& 
         float v = clean_logit(z[i]);
         if (v > bv || (v == bv && i < bi)) bv = v, bi = i;
     }
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) {
-        float ov = __shfl_xor_sync(0xffffffffu, bv, o);
-        int oi = __shfl_xor_sync(0xffffffffu, bi, o);
-        if (ov > bv || (ov == bv && oi < bi)) bv = ov, bi = oi;
-    }
+    warp_argmax(bv, bi);
     int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, nw = blockDim.x >> 5;
     __syncthreads();
     if (lane == 0) sv[warp] = bv, si[warp] = bi;

@@ -105,12 +105,7 @@ extern "C" __global__ void __launch_bounds__(1024) route_tokens(RouteArgs a) {
                 if (isnan(v)) v = -INFINITY;
                 if (v > bv || (v == bv && e < be)) bv = v, be = e;
             }
-#pragma unroll
-            for (int o = 16; o > 0; o >>= 1) {
-                float ov = __shfl_xor_sync(0xffffffffu, bv, o);
-                int oe = __shfl_xor_sync(0xffffffffu, be, o);
-                if (ov > bv || (ov == bv && oe < be)) bv = ov, be = oe;
-            }
+            warp_argmax(bv, be);
             if ((be & 31) == lane) chosen |= 1u << (be >> 5);
             if (j < 8) best_e[j] = be;
             if (lane == 0) a.experts[t * a.k + j] = be;

@@ -588,9 +588,10 @@ impl CudaRunner {
         trace: &mut Option<Trace<'_>>,
         mode: OutMode,
     ) -> Result<(), CudaError> {
-        let cfg = self.cfg.clone();
+        let cfg = &self.cfg;
+        let (h, qd, kvd, layers, vocab) = (cfg.hidden_size, cfg.q_dim(), cfg.kv_dim(), cfg.num_layers, cfg.vocab_size);
+        let (heads, half) = ((cfg.num_heads + cfg.num_kv_heads) as i32, (cfg.head_dim / 2) as i32);
         let t = pass.rows();
-        let (h, qd, kvd) = (cfg.hidden_size, cfg.q_dim(), cfg.kv_dim());
         let qkv_w = qd + 2 * kvd;
         let (ti, hi) = (t as u32, h as i32);
 
@@ -598,14 +599,13 @@ impl CudaRunner {
         self.launch("embed_rows", (ti, 1, 1), 256, 0, &mut args![emb, tok, hi, x])?;
         self.traced(trace, "embedding", None, x, t, h)?;
 
-        for l in 0..cfg.num_layers {
+        for l in 0..layers {
             // --- attention block
             self.rmsnorm(self.b.x.ptr, 0, self.w.layers[l].attn_norm.ptr, t, self.b.norm.ptr)?;
             self.traced(trace, "attn_norm", Some(l), self.b.norm.ptr, t, h)?;
             let (norm, qkv) = (self.b.norm.ptr, self.b.qkv.ptr);
             self.linear(Lin::Dense(l, DenseSel::Qkv), t, norm, h, 0, qkv, qkv_w, 0, 0, None)?;
             let (stride, pos, cs, sn) = (qkv_w as i32, m.positions, self.rope_cos.ptr, self.rope_sin.ptr);
-            let (heads, half) = ((cfg.num_heads + cfg.num_kv_heads) as i32, (cfg.head_dim / 2) as i32);
             self.launch("rope_qk", (ti, 1, 1), 256, 0, &mut args![qkv, stride, pos, cs, sn, heads, half])?;
             if trace.is_some() {
                 let mut all = vec![0f32; t * qkv_w];
@@ -636,8 +636,8 @@ impl CudaRunner {
             self.rmsnorm(self.b.x.ptr, m.logit_rows, self.w.norm.ptr, n_rows, self.b.final_norm.ptr)?;
             self.traced(trace, "final_norm", None, self.b.final_norm.ptr, n_rows, h)?;
             let (fnorm, lg) = (self.b.final_norm.ptr, self.b.logits.ptr);
-            self.linear(Lin::Unembed, n_rows, fnorm, h, 0, lg, cfg.vocab_size, 0, 0, None)?;
-            let v = cfg.vocab_size as i32;
+            self.linear(Lin::Unembed, n_rows, fnorm, h, 0, lg, vocab, 0, 0, None)?;
+            let v = vocab as i32;
             match mode {
                 // The picked tokens only: a few bytes a row instead of 804 KB of logits.
                 OutMode::Greedy => {
@@ -717,8 +717,8 @@ impl CudaRunner {
     }
 
     fn moe(&mut self, l: usize, t: usize, trace: &mut Option<Trace<'_>>) -> Result<(), CudaError> {
-        let cfg = self.cfg.clone();
-        let (h, e, k) = (cfg.hidden_size, cfg.num_experts, cfg.experts_per_token);
+        let cfg = &self.cfg;
+        let (h, e, k, i_dim) = (cfg.hidden_size, cfg.num_experts, cfg.experts_per_token, cfg.intermediate_size);
         let (x, norm, lw) = (self.b.norm.ptr, self.b.norm.ptr, &self.w.layers[l]);
         let (w, bias, out) = (lw.router.ptr, lw.router_bias.ptr, self.b.router_logits.ptr);
         let (ti, hi, ei) = (t as i32, h as i32, e as i32);
@@ -752,7 +752,6 @@ impl CudaRunner {
         let (act, down) = (self.b.act.ptr, self.b.down.ptr);
         let (items, counts, row_src) = (self.b.items.ptr, self.b.counts.ptr, self.b.row_src.ptr);
         let moe = Some(MoeItems { items, n_items: counts, max_items: max_items(t * k, e), rows: max_rows(t * k, e) });
-        let i_dim = cfg.intermediate_size;
         self.linear(Lin::Experts(l, ExpertSel::GateUp), t, norm, h, row_src, act, i_dim, 0, 2, moe)?;
         self.linear(Lin::Experts(l, ExpertSel::Down), t, act, i_dim, 0, down, h, 0, 0, moe)?;
 
