@@ -97,6 +97,32 @@ fn vector_kernels_match_the_twin_bit_for_bit_on_random_shapes() {
     }
 }
 
+/// The largest integer sums a block can make: every code ±6.0 (2×E2M1 = ±12) against
+/// activations at ±32767 with the signs aligned, so each row's block sum is ±32·12·32767.
+/// Kernels that scale or split their integer accumulators must still be exact here.
+#[test]
+fn vector_kernels_are_exact_at_the_largest_block_sums() {
+    let (rows, k) = (32, 96);
+    for n_tok in [1, 2, 5] {
+        // Row r: all codes 0x77 (+12) or 0xff (-12); token t: all +1 or -1 per block.
+        let codes: Vec<u8> = (0..rows * k / 2).map(|i| if (i / (k / 2)) % 3 == 0 { 0xff } else { 0x77 }).collect();
+        let scales = vec![127u8; rows * k / 32];
+        let x: Vec<f32> = (0..n_tok * k).map(|i| if (i / 32 + i / k) % 2 == 0 { 1.0 } else { -1.0 }).collect();
+        let (mut packed_codes, mut packed_scales) = (vec![0u8; codes.len()], vec![0u8; scales.len()]);
+        mxfp4_r16::pack(&codes, &scales, k, &mut packed_codes, &mut packed_scales);
+        let c = Case { rows, k, n_tok, x, codes, scales, packed_codes, packed_scales, bias: None };
+        let (q, s) = quantize(&c);
+        assert!(q.iter().all(|v| v.unsigned_abs() == 32767));
+        let want = run(scalar::matmul_rows_i16a_mxfp4r16w, &c, &q, &s);
+        // Weight scale 2^-1 · 2 × E2M1 12 = 6; three blocks of 32 · 6 · (±1).
+        assert!(want.iter().all(|v| v.abs() == 576.0 || v.abs() == 192.0), "{want:?}");
+        for kern in int_kernels() {
+            let got = run(kern.i16_act.as_ref().unwrap().matmul_rows_i16a_mxfp4r16w, &c, &q, &s);
+            assert_eq!(same_bits(&got, &want), None, "{} T={n_tok}: {got:?}", kern.isa.name());
+        }
+    }
+}
+
 #[test]
 fn vector_quantize_matches_the_twin_bit_for_bit() {
     let mut rng = Rng(5);
