@@ -90,3 +90,31 @@ impl Drop for Timer {
         }
     }
 }
+
+/// Floating-point operations (a multiply-add is two) that one token of a `prompt`-token
+/// prompt asks of `stage`, from the model's shapes: the matmuls, and attention's scores and
+/// weighted sums over the keys each position sees (all before it, or the window). Logits
+/// are computed for the prompt's last token only, so the unembedding is shared by all.
+/// Elementwise stages count as 0: they are bound by memory, not arithmetic.
+pub fn stage_flops(cfg: &crate::config::ModelConfig, stage: Stage, prompt: usize) -> f64 {
+    let (h, i, e, k, v) =
+        (cfg.hidden_size, cfg.intermediate_size, cfg.num_experts, cfg.experts_per_token, cfg.vocab_size);
+    let (qd, kvd, layers) = (cfg.q_dim(), cfg.kv_dim(), cfg.num_layers as f64);
+    let prompt = prompt.max(1);
+    let matmul = |rows: usize, cols: usize| 2.0 * rows as f64 * cols as f64;
+    match stage {
+        Stage::Qkv => layers * matmul(qd + 2 * kvd, h),
+        Stage::AttnOut => layers * matmul(h, qd),
+        Stage::Router => layers * matmul(e, h),
+        Stage::GateUp => layers * k as f64 * matmul(2 * i, h),
+        Stage::Down => layers * k as f64 * matmul(h, i),
+        Stage::Unembedding => matmul(v, h) / prompt as f64,
+        Stage::Attention => {
+            // Keys seen by position p (0-based): p + 1, capped by a sliding layer's window.
+            let keys = |cap: usize| (0..prompt).map(|p| (p + 1).min(cap) as f64).sum::<f64>() / prompt as f64;
+            let per_key = 4.0 * (cfg.num_heads * cfg.head_dim) as f64;
+            (0..cfg.num_layers).map(|l| per_key * keys(cfg.window(l).unwrap_or(usize::MAX))).sum()
+        }
+        _ => 0.0,
+    }
+}

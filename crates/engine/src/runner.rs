@@ -57,6 +57,11 @@ pub trait Runner: Send {
     fn cache_bytes(&self) -> usize;
     /// Weight bytes one decoded token reads (the bandwidth bound of generation).
     fn bytes_per_token(&self) -> u64;
+    /// [`Runner::bytes_per_token`] by forward-pass stage, for the ones this runner times
+    /// (`bench --profile`); empty where it does not.
+    fn stage_bytes(&self) -> Vec<(crate::profile::Stage, u64)> {
+        Vec::new()
+    }
     /// [`Runner::forward`] for greedy decoding: the most likely next token of each row that
     /// asked for logits (in the order of [`Logits::rows`]), without handing the logits over.
     /// A GPU picks them on the device instead of copying 804 KB per row back.
@@ -167,5 +172,9 @@ impl Runner for CpuRunner {
 
     fn bytes_per_token(&self) -> u64 {
         self.model.weights.bytes_per_token(self.model.config.experts_per_token)
+    }
+
+    fn stage_bytes(&self) -> Vec<(crate::profile::Stage, u64)> {
+        self.model.weights.stage_bytes(self.model.config.experts_per_token)
     }
 }

@@ -9,6 +9,7 @@ use gptoss_kernels::mxfp4;
 use crate::checkpoint::{Checkpoint, LayerTensor, TensorNames};
 use crate::config::{Layout, ModelConfig};
 use crate::error::LoadError;
+use crate::profile::{Stage, STAGES};
 use crate::safetensors::{Bytes, DType};
 
 /// The element order of a bf16 matrix.
@@ -318,21 +319,39 @@ impl ModelWeights {
     /// Weight bytes one decoded token reads: every dense matrix and vector, the embedding
     /// row, and `experts_per_token` experts per layer (the KV cache is not counted).
     pub fn bytes_per_token(&self, experts_per_token: usize) -> u64 {
-        let f32s = |v: &[f32]| 4 * v.len() as u64;
-        let mut total = self.embedding.cols as u64 * 2 + f32s(&self.norm) + self.unembedding.bytes();
-        for layer in &self.layers {
-            let (a, m) = (&layer.attn, &layer.moe);
-            total += [&a.q, &a.k, &a.v, &a.out].iter().map(|w| w.bytes()).sum::<u64>() + m.router.bytes();
-            total += [&a.norm, &a.q_bias, &a.k_bias, &a.v_bias, &a.out_bias, &a.sinks, &m.norm, &m.router_bias]
-                .iter()
-                .map(|v| f32s(v))
-                .sum::<u64>();
-            let per_expert = m.gate_up.bytes_per_expert()
-                + m.down.bytes_per_expert()
-                + 4 * (m.gate_up_bias.len() + m.down_bias.len()) as u64 / m.gate_up.experts as u64;
-            total += experts_per_token as u64 * per_expert;
-        }
-        total
+        self.stage_bytes(experts_per_token).iter().map(|s| s.1).sum()
+    }
+
+    /// [`ModelWeights::bytes_per_token`] by the stage that reads them, every stage listed.
+    pub fn stage_bytes(&self, experts_per_token: usize) -> Vec<(Stage, u64)> {
+        let f32s = |vs: &[&Vec<f32>]| vs.iter().map(|v| 4 * v.len() as u64).sum::<u64>();
+        let by = |stage: Stage| -> u64 {
+            let per_layer = |layer: &LayerWeights| {
+                let (a, m) = (&layer.attn, &layer.moe);
+                let experts = |w: &Mxfp4Experts, bias: &Vec<f32>| {
+                    experts_per_token as u64 * (w.bytes_per_expert() + 4 * bias.len() as u64 / w.experts as u64)
+                };
+                match stage {
+                    Stage::AttnNorm => f32s(&[&a.norm]),
+                    Stage::Qkv => a.q.bytes() + a.k.bytes() + a.v.bytes() + f32s(&[&a.q_bias, &a.k_bias, &a.v_bias]),
+                    Stage::Attention => f32s(&[&a.sinks]),
+                    Stage::AttnOut => a.out.bytes() + f32s(&[&a.out_bias]),
+                    Stage::MlpNorm => f32s(&[&m.norm]),
+                    Stage::Router => m.router.bytes() + f32s(&[&m.router_bias]),
+                    Stage::GateUp => experts(&m.gate_up, &m.gate_up_bias),
+                    Stage::Down => experts(&m.down, &m.down_bias),
+                    _ => 0,
+                }
+            };
+            let model = match stage {
+                Stage::Embedding => self.embedding.cols as u64 * 2,
+                Stage::FinalNorm => f32s(&[&self.norm]),
+                Stage::Unembedding => self.unembedding.bytes(),
+                _ => 0,
+            };
+            model + self.layers.iter().map(per_layer).sum::<u64>()
+        };
+        STAGES.iter().map(|&s| (s, by(s))).collect()
     }
 
     /// Every tensor is checked for presence, dtype and shape against the config.

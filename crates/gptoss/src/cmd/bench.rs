@@ -251,6 +251,7 @@ pub fn run(args: Args) -> Result<()> {
         bail!("-p {} / -n {} exceeds the model's context of {limit} tokens", args.prompt, args.gen);
     }
     let bytes_per_token = runner.bytes_per_token();
+    let (stage_bytes, config) = (runner.stage_bytes(), runner.config().clone());
     let prompt = prompt_ids(args.prompt, cfg.vocab_size);
 
     // Warm-up: pages the weights in and starts the threads.
@@ -416,10 +417,20 @@ pub fn run(args: Args) -> Result<()> {
     }
     if let Some(s) = &split {
         let n = args.gen * args.batch;
-        print_split(&format!("time per generated token by stage ({n} tokens"), s, n);
+        // A step reads one token's weights however many sequences share it.
+        let steps = args.gen as f64 / n as f64;
+        let gb_s = |stage, secs: f64| {
+            let bytes = stage_bytes.iter().find(|b| b.0 == stage).map_or(0, |b| b.1);
+            (bytes >= 1 << 20).then(|| format!("{:>7.1} GB/s", bytes as f64 * steps / secs / 1e9))
+        };
+        print_split(&format!("time per generated token by stage ({n} tokens"), s, n, &gb_s);
     }
     if let Some(s) = &prompt_split {
-        print_split(&format!("time per prompt token by stage (pp{}", args.prompt), s, args.prompt);
+        let gflop_s = |stage, secs: f64| {
+            let flops = profile::stage_flops(&config, stage, args.prompt);
+            (flops > 0.0).then(|| format!("{:>7.1} GFLOP/s", flops / secs / 1e9))
+        };
+        print_split(&format!("time per prompt token by stage (pp{}", args.prompt), s, args.prompt, &gflop_s);
     }
     if probe.is_some() {
         println!("peak RSS {} (the bench's 512 MiB bandwidth buffer not counted)", super::human_bytes(peak_rss));
@@ -457,21 +468,29 @@ pub fn synth_runner(config: &ModelConfig, max_context: usize, max_sequences: usi
     Ok(runner)
 }
 
-/// A stage table: `title` is completed with the time per token.
-fn print_split(title: &str, (total, totals): &(Duration, Vec<(profile::Stage, Duration)>), n: usize) {
-    let per_tok = |d: Duration| d.as_secs_f64() * 1e3 / n as f64;
+/// A stage table: `title` is completed with the time per token. `rate(stage, seconds per
+/// token)` gives the last column (GB/s of weights for decode, GFLOP/s for prompts), if any.
+fn print_split(
+    title: &str,
+    (total, totals): &(Duration, Vec<(profile::Stage, Duration)>),
+    n: usize,
+    rate: &dyn Fn(profile::Stage, f64) -> Option<String>,
+) {
+    let per_tok = |d: Duration| d.as_secs_f64() / n as f64;
     println!();
-    println!("{title}, {:.2} ms/token):", per_tok(*total));
+    println!("{title}, {:.2} ms/token):", 1e3 * per_tok(*total));
     let mut rows = totals.clone();
     rows.sort_by_key(|r| std::cmp::Reverse(r.1));
     for (stage, d) in rows {
+        let rate = if d.is_zero() { None } else { rate(stage, per_tok(d)) };
         println!(
-            "  {:<28} {:>8.2} ms  {:>5.1}%",
+            "  {:<28} {:>8.2} ms  {:>5.1}%{}",
             stage.name(),
-            per_tok(d),
-            100.0 * d.as_secs_f64() / total.as_secs_f64()
+            1e3 * per_tok(d),
+            100.0 * d.as_secs_f64() / total.as_secs_f64(),
+            rate.map_or(String::new(), |r| format!("  {r}"))
         );
     }
     let counted: Duration = totals.iter().map(|t| t.1).sum();
-    println!("  {:<28} {:>8.2} ms", "other (sampling, glue)", per_tok(total.saturating_sub(counted)));
+    println!("  {:<28} {:>8.2} ms", "other (sampling, glue)", 1e3 * per_tok(total.saturating_sub(counted)));
 }
