@@ -1,5 +1,5 @@
 //! Which kernels run: picked once from the CPU's features, or forced with
-//! `GPTOSS_KERNELS=scalar|avx2|avx512|avx512bf16|avx512bf16-round|neon` to test and compare. Call sites go through
+//! `GPTOSS_KERNELS=scalar|avx2|avx512|avx512bf16|avx512bf16-round|neon|neon-dotprod` to test and compare. Call sites go through
 //! [`Kernels`] and never name an instruction set.
 
 use std::sync::OnceLock;
@@ -17,6 +17,9 @@ pub enum Isa {
     Avx512Bf16Round,
     /// AArch64 Advanced SIMD (baseline on every AArch64 CPU), f32 activations.
     Neon,
+    /// NEON with the dotprod extension: MXFP4 experts through `sdot` on int16 activations
+    /// split into bytes (Apple M1+, Graviton 2+, Ampere Altra, Cortex-A76+).
+    NeonDotprod,
 }
 
 impl Isa {
@@ -28,6 +31,7 @@ impl Isa {
             Isa::Avx512Bf16 => "avx512bf16",
             Isa::Avx512Bf16Round => "avx512bf16-round",
             Isa::Neon => "neon",
+            Isa::NeonDotprod => "neon-dotprod",
         }
     }
 
@@ -49,6 +53,10 @@ impl Isa {
             }
             #[cfg(target_arch = "aarch64")]
             Isa::Neon => std::arch::is_aarch64_feature_detected!("neon"),
+            #[cfg(target_arch = "aarch64")]
+            Isa::NeonDotprod => {
+                std::arch::is_aarch64_feature_detected!("neon") && std::arch::is_aarch64_feature_detected!("dotprod")
+            }
             // The instruction sets of the other architectures.
             _ => false,
         }
@@ -133,20 +141,24 @@ pub struct Kernels {
 /// The most `Vec` scratch any matmul grows its scratch to for K inputs: `(u32 words,
 /// bf16 halves)`. Callers that keep one scratch per thread reserve this up front, so no
 /// kernel call ever allocates.
-#[cfg_attr(not(target_arch = "x86_64"), allow(unused_variables))]
+#[cfg_attr(not(any(target_arch = "x86_64", target_arch = "aarch64")), allow(unused_variables))]
 pub fn max_scratch_len(k: usize) -> (usize, usize) {
     #[cfg(target_arch = "x86_64")]
     return (
         crate::x86::vnni::scratch_words(k).max(crate::x86::avx2_i16::scratch_words(k)),
         crate::x86::avx512bf16::scratch_halves(k),
     );
-    #[cfg(not(target_arch = "x86_64"))]
+    #[cfg(target_arch = "aarch64")]
+    return (crate::arm::neon_i16::scratch_words(k), 0);
+    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
     return (0, 0);
 }
 
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum KernelError {
-    #[error("GPTOSS_KERNELS={0:?} is not one of scalar, avx2, avx512, avx512bf16, avx512bf16-round, neon")]
+    #[error(
+        "GPTOSS_KERNELS={0:?} is not one of scalar, avx2, avx512, avx512bf16, avx512bf16-round, neon, neon-dotprod"
+    )]
     Unknown(String),
     #[error("GPTOSS_KERNELS={0}: this CPU does not support it")]
     Unsupported(&'static str),
@@ -239,8 +251,9 @@ static AVX512_BF16_ROUND: Kernels = Kernels {
     i16_act: None,
 };
 
+/// The NEON set, also the base of [`NEON_DOTPROD`].
 #[cfg(target_arch = "aarch64")]
-static NEON: Kernels = Kernels {
+const NEON_SET: Kernels = Kernels {
     isa: Isa::Neon,
     matmul_rows_f32_bf16w: crate::arm::neon::matmul_rows_f32_bf16w,
     matmul_rows_f32_mxfp4w: crate::arm::neon::matmul_rows_f32_mxfp4w,
@@ -253,6 +266,19 @@ static NEON: Kernels = Kernels {
     bf16_act: None,
     i16_act: None,
 };
+#[cfg(target_arch = "aarch64")]
+static NEON_DOTPROD: Kernels = Kernels {
+    isa: Isa::NeonDotprod,
+    // MXFP4 experts through sdot on int16 activations; quantizing is a small part of a
+    // matmul, so it stays on the twin.
+    i16_act: Some(I16Act {
+        quantize: crate::mxfp4_r16::quantize_i16,
+        matmul_rows_i16a_mxfp4r16w: crate::arm::neon_i16::matmul_rows_i16a_mxfp4r16w,
+    }),
+    ..NEON_SET
+};
+#[cfg(target_arch = "aarch64")]
+static NEON: Kernels = NEON_SET;
 
 impl Kernels {
     /// The float32 reference kernels.
@@ -277,6 +303,8 @@ impl Kernels {
             Isa::Avx512Bf16Round => Some(&AVX512_BF16_ROUND),
             #[cfg(target_arch = "aarch64")]
             Isa::Neon => Some(&NEON),
+            #[cfg(target_arch = "aarch64")]
+            Isa::NeonDotprod => Some(&NEON_DOTPROD),
             // Unreachable: `supported` is false for the other architectures' sets.
             _ => None,
         }
@@ -284,10 +312,13 @@ impl Kernels {
 
     /// The fastest this CPU supports.
     pub fn detect() -> &'static Kernels {
-        [Isa::Avx512Bf16, Isa::Avx512, Isa::Avx2, Isa::Neon].into_iter().find_map(Kernels::for_isa).unwrap_or(&SCALAR)
+        [Isa::Avx512Bf16, Isa::Avx512, Isa::Avx2, Isa::NeonDotprod, Isa::Neon]
+            .into_iter()
+            .find_map(Kernels::for_isa)
+            .unwrap_or(&SCALAR)
     }
 
-    /// `scalar`, `avx2`, `avx512`, `avx512bf16`, `avx512bf16-round` or `neon`; a set this CPU
+    /// `scalar`, `avx2`, `avx512`, `avx512bf16`, `avx512bf16-round`, `neon` or `neon-dotprod`; a set this CPU
     /// cannot run (`neon` on x86-64, the x86 sets on AArch64) is [`KernelError::Unsupported`].
     pub fn by_name(name: &str) -> Result<&'static Kernels, KernelError> {
         let isa = match name.trim().to_ascii_lowercase().as_str() {
@@ -297,6 +328,7 @@ impl Kernels {
             "avx512bf16" => Isa::Avx512Bf16,
             "avx512bf16-round" => Isa::Avx512Bf16Round,
             "neon" => Isa::Neon,
+            "neon-dotprod" => Isa::NeonDotprod,
             other => return Err(KernelError::Unknown(other.to_string())),
         };
         Kernels::for_isa(isa).ok_or(KernelError::Unsupported(isa.name()))

@@ -12,8 +12,9 @@ mod norm;
 mod rope;
 
 pub use attention::{attend_head_f32, attend_heads_f32, KvSpan};
-// The bf16- and int16-activation checks serve the x86 kernels only.
-#[cfg(target_arch = "x86_64")]
+// The int16-activation check serves the x86 and AArch64 integer kernels; the
+// bf16-activation ones the x86 kernels only.
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
 pub(crate) use i16a::check_i16a_shapes;
 pub use i16a::matmul_rows_i16a_mxfp4r16w;
 #[cfg(target_arch = "x86_64")]
