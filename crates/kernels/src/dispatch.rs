@@ -67,6 +67,9 @@ impl Isa {
 /// [`crate::scalar::matmul_rows_f32_bf16w`]; `row_buf` is `[K]` scratch).
 pub type MatmulBf16 = fn(&[f32], usize, &[u16], Option<&[f32]>, &mut [f32], &mut [f32]);
 
+/// The same with affine weights (the signature of [`crate::scalar::matmul_rows_f32_affinew`]).
+pub type MatmulAffine = fn(&[f32], usize, crate::affine::AffineRows, Option<&[f32]>, &mut [f32], &mut [f32]);
+
 /// The same with MXFP4 weights: codes `[R, K/2]`, scales `[R, K/32]` (the signature of
 /// [`crate::scalar::matmul_rows_f32_mxfp4w`]).
 pub type MatmulMxfp4 = fn(&[f32], usize, &[u8], &[u8], Option<&[f32]>, &mut [f32], &mut [f32]);
@@ -123,6 +126,8 @@ pub struct Kernels {
     pub isa: Isa,
     pub matmul_rows_f32_bf16w: MatmulBf16,
     pub matmul_rows_f32_mxfp4w: MatmulMxfp4,
+    /// Affine weights (MLX checkpoints).
+    pub matmul_rows_f32_affinew: MatmulAffine,
     /// `--dense q8`; the scalar twin in the x86 tables (q8 is fast there through [`Bf16Act`]).
     pub matmul_rows_f32_q8w: MatmulQ8,
     pub attend_heads_f32: AttendHeads,
@@ -168,6 +173,7 @@ static SCALAR: Kernels = Kernels {
     isa: Isa::Scalar,
     matmul_rows_f32_bf16w: crate::scalar::matmul_rows_f32_bf16w,
     matmul_rows_f32_mxfp4w: crate::scalar::matmul_rows_f32_mxfp4w,
+    matmul_rows_f32_affinew: crate::scalar::matmul_rows_f32_affinew,
     matmul_rows_f32_q8w: crate::scalar::matmul_rows_f32_q8w,
     attend_heads_f32: crate::scalar::attend_heads_f32,
     swiglu_interleaved_f32: crate::scalar::swiglu_interleaved_f32,
@@ -181,6 +187,7 @@ static AVX2: Kernels = Kernels {
     isa: Isa::Avx2,
     matmul_rows_f32_bf16w: crate::x86::avx2::matmul_rows_f32_bf16w,
     matmul_rows_f32_mxfp4w: crate::x86::avx2::matmul_rows_f32_mxfp4w,
+    matmul_rows_f32_affinew: crate::x86::avx2::matmul_rows_f32_affinew,
     matmul_rows_f32_q8w: crate::scalar::matmul_rows_f32_q8w,
     attend_heads_f32: crate::scalar::attend_heads_f32,
     swiglu_interleaved_f32: crate::scalar::swiglu_interleaved_f32,
@@ -199,6 +206,7 @@ static AVX512: Kernels = Kernels {
     isa: Isa::Avx512,
     matmul_rows_f32_bf16w: crate::x86::avx512::matmul_rows_f32_bf16w,
     matmul_rows_f32_mxfp4w: crate::x86::avx512::matmul_rows_f32_mxfp4w,
+    matmul_rows_f32_affinew: crate::x86::avx512::matmul_rows_f32_affinew,
     matmul_rows_f32_q8w: crate::scalar::matmul_rows_f32_q8w,
     attend_heads_f32: crate::x86::attention::attend_heads_f32,
     swiglu_interleaved_f32: crate::x86::avx512::swiglu_interleaved_f32,
@@ -212,6 +220,7 @@ static AVX512_BF16: Kernels = Kernels {
     isa: Isa::Avx512Bf16,
     matmul_rows_f32_bf16w: crate::x86::avx512::matmul_rows_f32_bf16w,
     matmul_rows_f32_mxfp4w: crate::x86::avx512::matmul_rows_f32_mxfp4w,
+    matmul_rows_f32_affinew: crate::x86::avx512::matmul_rows_f32_affinew,
     matmul_rows_f32_q8w: crate::scalar::matmul_rows_f32_q8w,
     attend_heads_f32: crate::x86::attention::attend_heads_f32,
     swiglu_interleaved_f32: crate::x86::avx512::swiglu_interleaved_f32,
@@ -235,6 +244,7 @@ static AVX512_BF16_ROUND: Kernels = Kernels {
     isa: Isa::Avx512Bf16Round,
     matmul_rows_f32_bf16w: crate::x86::avx512::matmul_rows_f32_bf16w,
     matmul_rows_f32_mxfp4w: crate::x86::avx512::matmul_rows_f32_mxfp4w,
+    matmul_rows_f32_affinew: crate::x86::avx512::matmul_rows_f32_affinew,
     matmul_rows_f32_q8w: crate::scalar::matmul_rows_f32_q8w,
     attend_heads_f32: crate::x86::attention::attend_heads_f32,
     swiglu_interleaved_f32: crate::x86::avx512::swiglu_interleaved_f32,
@@ -257,6 +267,7 @@ const NEON_SET: Kernels = Kernels {
     isa: Isa::Neon,
     matmul_rows_f32_bf16w: crate::arm::neon::matmul_rows_f32_bf16w,
     matmul_rows_f32_mxfp4w: crate::arm::neon::matmul_rows_f32_mxfp4w,
+    matmul_rows_f32_affinew: crate::arm::neon::matmul_rows_f32_affinew,
     matmul_rows_f32_q8w: crate::arm::neon::matmul_rows_f32_q8w,
     attend_heads_f32: crate::arm::neon::attend_heads_f32,
     // Elementwise and per-token work stays on the scalar twins for now.
