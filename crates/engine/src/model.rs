@@ -6,7 +6,6 @@
 
 use std::path::Path;
 
-use gptoss_kernels::bf16::bf16_slice_to_f32;
 use gptoss_kernels::scalar::{self, KvSpan, YarnRope, SWIGLU_ALPHA};
 use gptoss_kernels::Kernels;
 use rayon::prelude::*;
@@ -202,7 +201,7 @@ impl Model {
         let timer = profile::time(Stage::Embedding);
         let x = sized(&mut ws.x, t * h); // [T, H] residual stream
         for (row, &tok) in x.chunks_exact_mut(h).zip(&ws.plan.tokens) {
-            bf16_slice_to_f32(self.weights.embedding.row(tok as usize), row);
+            self.weights.embedding.row_f32(tok as usize, row);
         }
         drop(timer);
         trace("embedding", None, x);
@@ -356,7 +355,7 @@ impl Model {
 
         let timer = profile::time(Stage::Router);
         let router_logits = sized(router_logits, t * n_exp); // [T, E]
-        ops::linear_bf16_f32a(self.kernels, mlp_norm, t, &w.router, Some(&w.router_bias), router_logits, ops);
+        ops::linear_router(self.kernels, mlp_norm, t, &w.router, Some(&w.router_bias), router_logits, ops);
         trace("router_logits", Some(l), router_logits);
         let experts = sized(experts, n); // [T, k], best first
         let gates = sized(gates, n); // [T, k], softmax over the k

@@ -69,6 +69,40 @@ pub fn linear_dense(
     match w {
         Dense::Bf16(m) => linear_bf16(kern, x, n_tok, m, bias, y, bufs),
         Dense::Q8(m) => linear_q8(kern, x, n_tok, m, bias, y, bufs),
+        Dense::Affine(m) => {
+            let (k, w) = (m.cols, m.view());
+            let matmul = kern.matmul_rows_f32_affinew;
+            rows_parallel(m.rows, n_tok, y, &mut bufs.out_t, |r, out, scratch| {
+                let rows = w.row_block(k, r.start, r.end);
+                matmul(x, n_tok, rows, bias.map(|b| &b[r.clone()]), out, sized(&mut scratch.floats, k))
+            });
+        }
+        Dense::Mxfp4(m) => {
+            let (k, codes, scales) = (m.cols, m.codes(), m.scales());
+            let (cpr, spr) = (k / 2, k / gptoss_kernels::mxfp4::BLOCK);
+            let matmul = kern.matmul_rows_f32_mxfp4w;
+            rows_parallel(m.rows, n_tok, y, &mut bufs.out_t, |r, out, scratch| {
+                let (c, s) = (&codes[r.start * cpr..r.end * cpr], &scales[r.start * spr..r.end * spr]);
+                matmul(x, n_tok, c, s, bias.map(|b| &b[r.clone()]), out, sized(&mut scratch.floats, k))
+            });
+        }
+    }
+}
+
+/// The router's linear layer: f32 activations whatever the kernels (see
+/// [`linear_bf16_f32a`]); the quantized formats take f32 activations anyway.
+pub fn linear_router(
+    kern: &Kernels,
+    x: &[f32],
+    n_tok: usize,
+    w: &Dense,
+    bias: Option<&[f32]>,
+    y: &mut [f32],
+    bufs: &mut OpsBuffers,
+) {
+    match w {
+        Dense::Bf16(m) => linear_bf16_f32a(kern, x, n_tok, m, bias, y, bufs),
+        other => linear_dense(kern, x, n_tok, other, bias, y, bufs),
     }
 }
 
