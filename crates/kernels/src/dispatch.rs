@@ -108,7 +108,13 @@ pub struct I16Act {
     /// [`crate::mxfp4_r16::quantize_i16`].
     pub quantize: fn(&[f32], &mut [i16], &mut [f32]),
     pub matmul_rows_i16a_mxfp4r16w: MatmulI16aMxfp4r16w,
+    /// 4-bit affine weights repacked the same way ([`crate::affine_r16`]), when the set has a
+    /// kernel for them (else they stay in rows, read by [`Kernels::matmul_rows_f32_affinew`]).
+    pub matmul_rows_i16a_affine4r16w: Option<MatmulI16aAffine4r16w>,
 }
+
+/// The signature of [`crate::scalar::matmul_rows_i16a_affine4r16w`].
+pub type MatmulI16aAffine4r16w = fn(&[i16], &[f32], usize, &[u8], &[f32], Option<&[f32]>, &mut [f32], &mut Vec<u32>);
 
 pub struct Bf16Act {
     /// 1 (x rounded to bf16) or 2 (x ≈ hi + lo).
@@ -199,6 +205,7 @@ static AVX2: Kernels = Kernels {
     i16_act: Some(I16Act {
         quantize: crate::x86::avx2_i16::quantize_i16,
         matmul_rows_i16a_mxfp4r16w: crate::x86::avx2_i16::matmul_rows_i16a_mxfp4r16w,
+        matmul_rows_i16a_affine4r16w: Some(crate::x86::avx2_i16::matmul_rows_i16a_affine4r16w),
     }),
 };
 #[cfg(target_arch = "x86_64")]
@@ -237,6 +244,8 @@ static AVX512_BF16: Kernels = Kernels {
     i16_act: Some(I16Act {
         quantize: crate::x86::vnni::quantize_i16,
         matmul_rows_i16a_mxfp4r16w: crate::x86::vnni::matmul_rows_i16a_mxfp4r16w,
+        // The AVX2 kernel (every AVX-512 CPU has AVX2).
+        matmul_rows_i16a_affine4r16w: Some(crate::x86::avx2_i16::matmul_rows_i16a_affine4r16w),
     }),
 };
 #[cfg(target_arch = "x86_64")]
@@ -285,6 +294,7 @@ static NEON_DOTPROD: Kernels = Kernels {
     i16_act: Some(I16Act {
         quantize: crate::mxfp4_r16::quantize_i16,
         matmul_rows_i16a_mxfp4r16w: crate::arm::neon_i16::matmul_rows_i16a_mxfp4r16w,
+        matmul_rows_i16a_affine4r16w: None,
     }),
     ..NEON_SET
 };

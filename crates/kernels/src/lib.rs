@@ -8,6 +8,7 @@
 #![cfg_attr(test, allow(clippy::excessive_precision))]
 
 pub mod affine;
+pub mod affine_r16;
 #[cfg(target_arch = "aarch64")]
 mod arm;
 pub mod bf16;

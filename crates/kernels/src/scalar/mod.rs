@@ -16,7 +16,7 @@ pub use attention::{attend_head_f32, attend_heads_f32, KvSpan};
 // bf16-activation ones the x86 kernels only.
 #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
 pub(crate) use i16a::check_i16a_shapes;
-pub use i16a::matmul_rows_i16a_mxfp4r16w;
+pub use i16a::{matmul_rows_i16a_affine4r16w, matmul_rows_i16a_mxfp4r16w};
 pub(crate) use linear::{check_affine_shapes, check_matmul_shapes, check_mxfp4_shapes, check_q8_shapes};
 #[cfg(target_arch = "x86_64")]
 pub(crate) use linear::{check_bf16a_shapes, check_mxfp4_bf16a_shapes};

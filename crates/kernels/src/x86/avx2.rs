@@ -186,12 +186,16 @@ pub(crate) unsafe fn decode_affine_row(
         for c in 0..group / 8 {
             let j = g * group + 8 * c;
             let src = cp.add(j * chunk_bytes / 8);
+            let word = match bits {
+                8 => 0,
+                4 => std::ptr::read_unaligned(src as *const u32),
+                2 => std::ptr::read_unaligned(src as *const u16) as u32,
+                _ => *src as u32,
+            };
             let q = if bits == 8 {
                 _mm256_cvtepu8_epi32(_mm_loadl_epi64(src as *const __m128i))
             } else {
-                let mut word = [0u8; 4];
-                std::ptr::copy_nonoverlapping(src, word.as_mut_ptr(), chunk_bytes);
-                _mm256_and_si256(_mm256_srlv_epi32(_mm256_set1_epi32(u32::from_le_bytes(word) as i32), shifts), mask)
+                _mm256_and_si256(_mm256_srlv_epi32(_mm256_set1_epi32(word as i32), shifts), mask)
             };
             let w = _mm256_add_ps(_mm256_mul_ps(sv, _mm256_cvtepi32_ps(q)), bv);
             _mm256_storeu_ps(op.add(j), w);
