@@ -94,6 +94,15 @@ fn expert_layout_for(kernels: &Kernels) -> Mxfp4Layout {
     }
 }
 
+/// The layout of 4-bit affine matrices (MLX): repacked where the kernels have an integer
+/// kernel for them, else as stored.
+fn affine_layout_for(kernels: &Kernels) -> Mxfp4Layout {
+    match kernels.i16_act.as_ref().and_then(|ia| ia.matmul_rows_i16a_affine4r16w) {
+        Some(_) => Mxfp4Layout::Rows16,
+        None => Mxfp4Layout::Rows,
+    }
+}
+
 /// Receives named intermediates `[T, width]` (layer None for whole-model tensors).
 pub type Trace<'a> = &'a mut dyn FnMut(&str, Option<usize>, &[f32]);
 
@@ -121,6 +130,7 @@ impl Model {
         let dense = weights.dense_format();
         weights.set_expert_layout(expert_layout_for(kernels));
         weights.set_dense_layout(dense_layout_for(kernels));
+        weights.set_affine_layout(affine_layout_for(kernels));
         weights.populate();
         let c = &ck.config;
         let rope = YarnRope::new(
@@ -145,6 +155,7 @@ impl Model {
         self.kernels = kernels;
         self.weights.set_expert_layout(expert_layout_for(kernels));
         self.weights.set_dense_layout(dense_layout_for(kernels));
+        self.weights.set_affine_layout(affine_layout_for(kernels));
     }
 
     /// One forward pass with a fresh [`Workspace`]; loops should hold one and call

@@ -199,13 +199,16 @@ impl Q8Matrix {
 /// [`gptoss_kernels::affine`]): the packed codes stay in the memory map, scales and biases
 /// are widened to f32.
 pub struct AffineMatrix {
-    codes: Bytes,         // [rows, cols·bits/8]
-    pub scales: Vec<f32>, // [rows, cols/group]
+    codes: Bytes,         // [rows, cols·bits/8] (Rows16: the same bytes in 16-row tiles)
+    pub scales: Vec<f32>, // [rows, cols/group] (Rows16: [rows/16, cols/32, 16])
     pub biases: Vec<f32>, // [rows, cols/group]
     pub bits: u32,
     pub group: usize,
     pub rows: usize,
     pub cols: usize,
+    /// `Rows16`: 4-bit codes repacked at load for the integer kernels
+    /// ([`gptoss_kernels::affine_r16`]).
+    pub layout: Mxfp4Layout,
 }
 
 impl AffineMatrix {
@@ -218,9 +221,47 @@ impl AffineMatrix {
         rows: usize,
         cols: usize,
     ) -> Self {
-        let m = AffineMatrix { codes, scales, biases, bits, group, rows, cols };
+        let m = AffineMatrix { codes, scales, biases, bits, group, rows, cols, layout: Mxfp4Layout::Rows };
         assert_eq!(m.view().rows(cols), rows, "AffineMatrix: parts do not match the shape");
         m
+    }
+
+    /// The packed codes as they are held.
+    pub fn codes(&self) -> &[u8] {
+        self.codes.as_slice()
+    }
+
+    /// Puts the matrix in `layout` (the same numbers; owned memory when repacked). Stays in
+    /// rows unless it is 4-bit and whole tiles.
+    pub fn set_layout(&mut self, layout: Mxfp4Layout) {
+        use gptoss_kernels::affine_r16;
+        let (k, g) = (self.cols, self.group);
+        if layout == self.layout || !affine_r16::can_pack(self.rows, k, self.bits, g) {
+            return;
+        }
+        self.codes.populate();
+        let (codes, scales) = match layout {
+            Mxfp4Layout::Rows16 => {
+                let mut scales = vec![0f32; self.rows * k / 32];
+                let codes = Bytes::build(self.codes.len(), |d| {
+                    affine_r16::pack(self.codes(), &self.scales, k, g, d, &mut scales)
+                });
+                (codes, scales)
+            }
+            Mxfp4Layout::Rows => {
+                let per_row = k / g;
+                let scale = |i: usize| affine_r16::scale_at(&self.scales, k, i / per_row, (i % per_row) * g / 32);
+                let scales = (0..self.rows * per_row).map(scale).collect();
+                let codes = Bytes::build(self.codes.len(), |d| {
+                    for (r, row) in d.chunks_exact_mut(k / 2).enumerate() {
+                        affine_r16::unpack_row_codes(self.codes(), k, r, row);
+                    }
+                });
+                (codes, scales)
+            }
+        };
+        self.codes.release();
+        (self.codes, self.scales, self.layout) = (codes, scales, layout);
     }
 
     pub fn view(&self) -> gptoss_kernels::affine::AffineRows<'_> {
@@ -340,6 +381,18 @@ impl Dense {
             Dense::Q8(m) => {
                 let spr = k / gptoss_kernels::q8::BLOCK;
                 gptoss_kernels::q8::dequantize_row(&m.codes[r * k..(r + 1) * k], &m.scales[r * spr..(r + 1) * spr], out)
+            }
+            Dense::Affine(m) if m.layout == Mxfp4Layout::Rows16 => {
+                // Code by code out of the tiles: no buffer, so nothing allocated per token.
+                let tiles = m.codes();
+                for (j, w) in out.iter_mut().enumerate() {
+                    let (b, p) = (j / 32, (j % 32) / 2);
+                    let byte =
+                        tiles[((r / 16) * (k / 32) + b) * 256 + gptoss_kernels::mxfp4_r16::tile_offset(r % 16, p)];
+                    let q = (byte >> (4 * (j % 2))) & 0xf;
+                    let s = gptoss_kernels::affine_r16::scale_at(&m.scales, k, r, b);
+                    *w = s * q as f32 + m.biases[r * (k / m.group) + j / m.group];
+                }
             }
             Dense::Affine(m) => {
                 let (c, s, b) = m.view().row(k, r);
@@ -521,6 +574,16 @@ impl ModelWeights {
                 *w = std::mem::replace(w, placeholder).with_layout(layout);
             }
         }
+    }
+
+    /// Puts the 4-bit affine attention and unembedding matrices in `layout` (the embedding is
+    /// read a row at a time and no recipe makes the router 4-bit: both stay in rows).
+    pub fn set_affine_layout(&mut self, layout: Mxfp4Layout) {
+        self.dense_mut().for_each(|w| {
+            if let Dense::Affine(m) = w {
+                m.set_layout(layout)
+            }
+        });
     }
 
     /// Puts the bf16 attention and unembedding matrices in `layout` (the router stays in rows:

@@ -8,7 +8,7 @@ mod common;
 use std::path::PathBuf;
 
 use common::{copy_dir, edit_header, fixtures, load_err, log_softmax};
-use gptoss_engine::weights::Dense;
+use gptoss_engine::weights::{Dense, Mxfp4Layout};
 use gptoss_engine::{KvCache, Layout, LogitsRequest, Model, SeqChunk};
 use gptoss_kernels::{Isa, Kernels};
 use serde_json::Value;
@@ -125,8 +125,44 @@ fn mlx_modules_stay_packed() {
     assert_eq!(formats(&w.layers[3].moe.router), "affine 8-bit g64");
     let plain = Model::load(&mlx("mxfp4")).unwrap();
     assert_eq!(formats(&plain.weights.unembedding), "bf16");
-    // 4 bits + a bf16 scale and bias per 64 (held as f32) instead of 16 bits.
-    assert!(w.unembedding.bytes() * 3 < plain.weights.unembedding.bytes());
+    // 4 bits + a scale and a zero point per 64 (held as f32; 5 bits a weight), or with the
+    // integer kernels an f32 scale per 32 (5.5 bits), instead of 16 bits.
+    assert!(w.unembedding.bytes() * 5 / 2 < plain.weights.unembedding.bytes());
+    // Repacked for the integer kernels where the set has them; the embedding stays in rows.
+    let repacked = model.kernels().i16_act.as_ref().is_some_and(|ia| ia.matmul_rows_i16a_affine4r16w.is_some());
+    let layout = |d: &Dense| match d {
+        Dense::Affine(m) => m.layout,
+        _ => panic!("affine"),
+    };
+    let want = if repacked { Mxfp4Layout::Rows16 } else { Mxfp4Layout::Rows };
+    assert_eq!((layout(&w.unembedding), layout(&w.layers[1].attn.out)), (want, want));
+    assert_eq!(layout(&w.embedding), Mxfp4Layout::Rows);
+}
+
+/// The embedding of a repacked matrix reads the same rows as the checkpoint's.
+#[test]
+fn repacked_affine_rows_decode_as_stored() {
+    let mut model = Model::load(&mlx("mxfp4-q4")).unwrap();
+    model.set_kernels(Kernels::scalar());
+    let k = model.config.hidden_size;
+    let rows: Vec<Vec<f32>> = (0..40)
+        .map(|r| {
+            let mut v = vec![0f32; k];
+            model.weights.unembedding.row_f32(r * 7, &mut v);
+            v
+        })
+        .collect();
+    model.weights.set_affine_layout(Mxfp4Layout::Rows16);
+    for (i, want) in rows.iter().enumerate() {
+        let mut v = vec![0f32; k];
+        model.weights.unembedding.row_f32(i * 7, &mut v);
+        assert_eq!(&v, want, "row {}", i * 7);
+    }
+    // And back.
+    model.weights.set_affine_layout(Mxfp4Layout::Rows);
+    let mut v = vec![0f32; k];
+    model.weights.unembedding.row_f32(7, &mut v);
+    assert_eq!(v, rows[1]);
 }
 
 #[test]
