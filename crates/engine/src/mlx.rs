@@ -206,8 +206,11 @@ impl MlxLoader<'_> {
             Stored::Plain(b) => Dense::Bf16(Bf16Matrix::new(b, rows, cols)),
             Stored::Quantized { words, scales, scales_dtype, biases, spec } => match spec.mode {
                 Mode::Affine => {
-                    let (b, bd) = biases.expect("affine modules carry biases");
-                    let (s, b) = (floats(&scales, scales_dtype), floats(&b, bd));
+                    let (zero, zd) = biases.expect("affine modules carry biases");
+                    let (s, b) = (floats(&scales, scales_dtype), floats(&zero, zd));
+                    // Widened copies: the file's pages stop counting in the resident set.
+                    scales.release();
+                    zero.release();
                     Dense::Affine(AffineMatrix::new(words, s, b, spec.bits, spec.group, rows, cols))
                 }
                 Mode::Mxfp4 => Dense::Mxfp4(Mxfp4Matrix { codes: words, scales, rows, cols }),
@@ -258,6 +261,10 @@ impl MlxLoader<'_> {
         };
         let codes = interleave(&gate_c, &up_c, h / 2);
         let scales = interleave(&gate_s, &up_s, h / mxfp4::BLOCK);
+        // Copied: the file's pages stop counting in the resident set.
+        for b in [&gate_c, &up_c, &gate_s, &up_s] {
+            b.release();
+        }
         let gate_up = Mxfp4Experts::from_parts(codes, scales, e, 2 * i, h);
         let down = Mxfp4Experts::from_parts(down_c, down_s, e, h, i);
         let gate_bias = self.vector(&format!("{}.bias", module("gate_proj")), &[e, i])?;
