@@ -184,20 +184,31 @@ fn mlx_plan(cfg: &ModelConfig, dense_bits: u32) -> (Vec<(TensorSpec, Fill)>, ser
     quant.insert("mode".into(), "mxfp4".into());
     let mut t = Vec::new();
     // Affine `bits`-bit, group 64: w = s·q + b spans ±sqrt(3/fan_in) like the bf16 weights.
-    let mut affine = |t: &mut Vec<(TensorSpec, Fill)>, module: String, rows: &[usize], cols: usize, bits: u32, mode: bool| {
-        let half = (3.0 / cols as f32).sqrt();
-        let step = 2.0 * half / ((1u32 << bits) - 1) as f32;
-        let lead = &rows[..rows.len() - 1];
-        let shape = |last: usize| [lead, &[rows[rows.len() - 1], last]].concat();
-        t.push(spec(format!("{module}.weight"), DType::U32, &shape(cols * bits as usize / 32), Fill::Codes));
-        t.push(spec(format!("{module}.scales"), DType::BF16, &shape(cols / 64), Fill::Uniform { center: step, half_width: 0.0 }));
-        t.push(spec(format!("{module}.biases"), DType::BF16, &shape(cols / 64), Fill::Uniform { center: -half, half_width: 0.0 }));
-        let mut entry = serde_json::json!({"group_size": 64, "bits": bits});
-        if mode {
-            entry["mode"] = "affine".into();
-        }
-        quant.insert(module, entry);
-    };
+    let mut affine =
+        |t: &mut Vec<(TensorSpec, Fill)>, module: String, rows: &[usize], cols: usize, bits: u32, mode: bool| {
+            let half = (3.0 / cols as f32).sqrt();
+            let step = 2.0 * half / ((1u32 << bits) - 1) as f32;
+            let lead = &rows[..rows.len() - 1];
+            let shape = |last: usize| [lead, &[rows[rows.len() - 1], last]].concat();
+            t.push(spec(format!("{module}.weight"), DType::U32, &shape(cols * bits as usize / 32), Fill::Codes));
+            t.push(spec(
+                format!("{module}.scales"),
+                DType::BF16,
+                &shape(cols / 64),
+                Fill::Uniform { center: step, half_width: 0.0 },
+            ));
+            t.push(spec(
+                format!("{module}.biases"),
+                DType::BF16,
+                &shape(cols / 64),
+                Fill::Uniform { center: -half, half_width: 0.0 },
+            ));
+            let mut entry = serde_json::json!({"group_size": 64, "bits": bits});
+            if mode {
+                entry["mode"] = "affine".into();
+            }
+            quant.insert(module, entry);
+        };
     affine(&mut t, "model.embed_tokens".into(), &[v], h, dense_bits, true);
     for l in 0..cfg.num_layers {
         let m = |s: &str| format!("model.layers.{l}.{s}");
@@ -206,7 +217,12 @@ fn mlx_plan(cfg: &ModelConfig, dense_bits: u32) -> (Vec<(TensorSpec, Fill)>, ser
             affine(&mut t, m(&format!("self_attn.{p}")), &[rows], cols, dense_bits, true);
             t.push(spec(m(&format!("self_attn.{p}.bias")), DType::BF16, &[rows], bias));
         }
-        t.push(spec(m("self_attn.sinks"), DType::BF16, &[cfg.num_heads], Fill::Uniform { center: 0.0, half_width: 1.0 }));
+        t.push(spec(
+            m("self_attn.sinks"),
+            DType::BF16,
+            &[cfg.num_heads],
+            Fill::Uniform { center: 0.0, half_width: 1.0 },
+        ));
         t.push(spec(m("post_attention_layernorm.weight"), DType::BF16, &[h], gain));
         affine(&mut t, m("mlp.router"), &[e], h, 8, false);
         t.push(spec(m("mlp.router.bias"), DType::BF16, &[e], Fill::Uniform { center: 0.0, half_width: 0.1 }));

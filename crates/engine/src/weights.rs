@@ -171,6 +171,83 @@ impl Mxfp4Experts {
     }
 }
 
+/// One MoE projection's expert weights `[E, rows, cols]`: MXFP4 (every OpenAI, Hugging Face,
+/// GGUF and MLX MXFP4 checkpoint) or affine (MLX's `4bit`/`8bit` recipes), held as one
+/// matrix `[E·rows, cols]` whose rows `e·rows..(e+1)·rows` are expert e.
+pub enum Experts {
+    Mxfp4(Mxfp4Experts),
+    Affine { w: AffineMatrix, experts: usize },
+}
+
+impl Experts {
+    pub fn experts(&self) -> usize {
+        match self {
+            Experts::Mxfp4(m) => m.experts,
+            Experts::Affine { experts, .. } => *experts,
+        }
+    }
+
+    /// Output rows of one expert.
+    pub fn rows(&self) -> usize {
+        match self {
+            Experts::Mxfp4(m) => m.rows,
+            Experts::Affine { w, experts } => w.rows / experts,
+        }
+    }
+
+    pub fn cols(&self) -> usize {
+        match self {
+            Experts::Mxfp4(m) => m.cols,
+            Experts::Affine { w, .. } => w.cols,
+        }
+    }
+
+    /// Bytes one expert's weights take as read.
+    pub fn bytes_per_expert(&self) -> u64 {
+        match self {
+            Experts::Mxfp4(m) => m.bytes_per_expert(),
+            Experts::Affine { w, experts } => Dense::affine_bytes(w) / *experts as u64,
+        }
+    }
+
+    pub fn format(&self) -> String {
+        match self {
+            Experts::Mxfp4(_) => "mxfp4".into(),
+            Experts::Affine { w, .. } => format!("affine {}-bit g{}", w.bits, w.group),
+        }
+    }
+
+    pub fn populate(&self) {
+        match self {
+            Experts::Mxfp4(m) => m.populate(),
+            Experts::Affine { w, .. } => w.codes.populate(),
+        }
+    }
+
+    /// The MXFP4 experts, if held so.
+    pub fn as_mxfp4(&self) -> Option<&Mxfp4Experts> {
+        match self {
+            Experts::Mxfp4(m) => Some(m),
+            Experts::Affine { .. } => None,
+        }
+    }
+
+    /// Repacks for the integer kernels (`Rows16`) or back (see [`Mxfp4Experts::with_layout`]
+    /// and [`AffineMatrix::set_layout`]).
+    fn set_layout(&mut self, layout: Mxfp4Layout, affine_layout: Mxfp4Layout) {
+        match self {
+            Experts::Mxfp4(w) => {
+                let empty = Bytes::from_vec(&[]);
+                let (experts, rows, cols, current) = (w.experts, w.rows, w.cols, w.layout);
+                let placeholder =
+                    Mxfp4Experts { codes: empty.clone(), scales: empty, layout: current, experts, rows, cols };
+                *w = std::mem::replace(w, placeholder).with_layout(layout);
+            }
+            Experts::Affine { w, .. } => w.set_layout(affine_layout),
+        }
+    }
+}
+
 /// A q8 matrix `[rows, cols]`: int8 codes and one f32 scale per 32 (see
 /// [`gptoss_kernels::q8`]), requantized from bf16 at load.
 pub struct Q8Matrix {
@@ -231,6 +308,28 @@ impl AffineMatrix {
         self.codes.as_slice()
     }
 
+    /// Rows `r0..r1` as the matmuls read them (multiples of 16 when repacked).
+    pub fn block(&self, r0: usize, r1: usize) -> AffineView<'_> {
+        let (k, g) = (self.cols, self.group);
+        let (code_bytes, scales_per_row) = match self.layout {
+            Mxfp4Layout::Rows => (k * self.bits as usize / 8, k / g),
+            Mxfp4Layout::Rows16 => {
+                assert!(r0.is_multiple_of(16) && r1.is_multiple_of(16), "AffineMatrix::block: rows {r0}..{r1} cut a tile");
+                (k / 2, k / 32)
+            }
+        };
+        AffineView {
+            codes: &self.codes()[r0 * code_bytes..r1 * code_bytes],
+            scales: &self.scales[r0 * scales_per_row..r1 * scales_per_row],
+            biases: &self.biases[r0 * (k / g)..r1 * (k / g)],
+            bits: self.bits,
+            group: g,
+            rows: r1 - r0,
+            cols: k,
+            layout: self.layout,
+        }
+    }
+
     /// Puts the matrix in `layout` (the same numbers; owned memory when repacked). Stays in
     /// rows unless it is 4-bit and whole tiles.
     pub fn set_layout(&mut self, layout: Mxfp4Layout) {
@@ -269,6 +368,32 @@ impl AffineMatrix {
             codes: self.codes.as_slice(),
             scales: &self.scales,
             biases: &self.biases,
+            bits: self.bits,
+            group: self.group,
+        }
+    }
+}
+
+/// Rows of an [`AffineMatrix`], borrowed (a whole matrix, or one expert's rows).
+#[derive(Clone, Copy)]
+pub struct AffineView<'a> {
+    pub codes: &'a [u8],
+    pub scales: &'a [f32],
+    pub biases: &'a [f32],
+    pub bits: u32,
+    pub group: usize,
+    pub rows: usize,
+    pub cols: usize,
+    pub layout: Mxfp4Layout,
+}
+
+impl<'a> AffineView<'a> {
+    /// The kernels' view of rows held in rows.
+    pub fn rows_view(&self) -> gptoss_kernels::affine::AffineRows<'a> {
+        gptoss_kernels::affine::AffineRows {
+            codes: self.codes,
+            scales: self.scales,
+            biases: self.biases,
             bits: self.bits,
             group: self.group,
         }
@@ -345,7 +470,7 @@ impl Dense {
         match self {
             Dense::Bf16(m) => m.bytes(),
             Dense::Q8(m) => (m.codes.len() + 4 * m.scales.len()) as u64,
-            Dense::Affine(m) => (m.codes.len() + 4 * (m.scales.len() + m.biases.len())) as u64,
+            Dense::Affine(m) => Dense::affine_bytes(m),
             Dense::Mxfp4(m) => (m.codes.len() + m.scales.len()) as u64,
         }
     }
@@ -356,6 +481,10 @@ impl Dense {
             Dense::Bf16(m) => Some(m),
             _ => None,
         }
+    }
+
+    fn affine_bytes(m: &AffineMatrix) -> u64 {
+        (m.codes.len() + 4 * (m.scales.len() + m.biases.len())) as u64
     }
 
     /// Bytes one row takes to look up (the embedding).
@@ -456,9 +585,9 @@ pub struct MoeWeights {
     pub router: Dense,         // [E, H]
     pub router_bias: Vec<f32>, // [E]
     /// Rows interleave (gate, up): row 2n is gate unit n, row 2n+1 is up unit n.
-    pub gate_up: Mxfp4Experts, // [E, 2I, H]
+    pub gate_up: Experts, // [E, 2I, H]
     pub gate_up_bias: Vec<f32>, // [E, 2I]
-    pub down: Mxfp4Experts,    // [E, H, I]
+    pub down: Experts,         // [E, H, I]
     pub down_bias: Vec<f32>,   // [E, H]
 }
 
@@ -503,8 +632,8 @@ impl ModelWeights {
         let by = |stage: Stage| -> u64 {
             let per_layer = |layer: &LayerWeights| {
                 let (a, m) = (&layer.attn, &layer.moe);
-                let experts = |w: &Mxfp4Experts, bias: &Vec<f32>| {
-                    experts_per_token as u64 * (w.bytes_per_expert() + 4 * bias.len() as u64 / w.experts as u64)
+                let experts = |w: &Experts, bias: &Vec<f32>| {
+                    experts_per_token as u64 * (w.bytes_per_expert() + 4 * bias.len() as u64 / w.experts() as u64)
                 };
                 match stage {
                     Stage::AttnNorm => f32s(&[&a.norm]),
@@ -541,7 +670,7 @@ impl ModelWeights {
             out.push(dense("attention output", &a.out));
             out.push(dense("router", &m.router));
             let e = &m.gate_up;
-            out.push(("experts", "mxfp4".into(), 8.0 * e.bytes_per_expert() as f64 / (e.rows * e.cols) as f64));
+            out.push(("experts", e.format(), 8.0 * e.bytes_per_expert() as f64 / (e.rows() * e.cols()) as f64));
         }
         out.push(dense("unembedding", &self.unembedding));
         out
@@ -563,15 +692,12 @@ impl ModelWeights {
     }
 
     /// Puts every MXFP4 expert matrix in `layout` (see [`Mxfp4Experts::with_layout`]).
-    pub fn set_expert_layout(&mut self, layout: Mxfp4Layout) {
+    /// Puts every expert matrix in `layout` (MXFP4) or `affine_layout` (affine experts).
+    pub fn set_expert_layout(&mut self, layout: Mxfp4Layout, affine_layout: Mxfp4Layout) {
         for layer in &mut self.layers {
             let m = &mut layer.moe;
             for w in [&mut m.gate_up, &mut m.down] {
-                let empty = Bytes::from_vec(&[]);
-                let (experts, rows, cols, current) = (w.experts, w.rows, w.cols, w.layout);
-                let placeholder =
-                    Mxfp4Experts { codes: empty.clone(), scales: empty, layout: current, experts, rows, cols };
-                *w = std::mem::replace(w, placeholder).with_layout(layout);
+                w.set_layout(layout, affine_layout);
             }
         }
     }
@@ -647,14 +773,14 @@ fn load_layer(ld: &Loader, names: &TensorNames, cfg: &ModelConfig, l: usize) -> 
         // ggml stores gate and up apart (or concatenated) in their own MXFP4 blocks.
         (Some(g), _) => {
             let (gate_up, bias) = g.gate_up(l, e, i, h)?;
-            (gate_up, bias, g.experts(&n(DownBlocks), e, h, i)?)
+            (Experts::Mxfp4(gate_up), bias, Experts::Mxfp4(g.experts(&n(DownBlocks), e, h, i)?))
         }
         // So does mlx-lm, in the checkpoints' MXFP4 bytes.
         (None, Some(m)) => m.experts(l, e, i, h)?,
         (None, None) => (
-            ld.experts(&n(GateUpBlocks), &n(GateUpScales), e, 2 * i, h)?,
+            Experts::Mxfp4(ld.experts(&n(GateUpBlocks), &n(GateUpScales), e, 2 * i, h)?),
             ld.vector(&n(GateUpBias), &[e, 2 * i])?,
-            ld.experts(&n(DownBlocks), &n(DownScales), e, h, i)?,
+            Experts::Mxfp4(ld.experts(&n(DownBlocks), &n(DownScales), e, h, i)?),
         ),
     };
     Ok(LayerWeights {
