@@ -20,7 +20,7 @@ use gptoss_kernels::mxfp4;
 use crate::checkpoint::Checkpoint;
 use crate::error::LoadError;
 use crate::safetensors::{Bytes, DType};
-use crate::weights::{f16_to_f32, AffineMatrix, Bf16Matrix, Dense, Experts, Mxfp4Experts, Mxfp4Matrix};
+use crate::weights::{floats, AffineMatrix, Bf16Matrix, Dense, Experts, Mxfp4Experts, Mxfp4Matrix};
 
 /// How one module is quantized.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -320,16 +320,4 @@ fn check_shape(path: &Path, tensor: &str, found: &[usize], expected: &[usize]) -
         });
     }
     Ok(())
-}
-
-/// bf16, f16 or f32 values widened to f32 (the caller checked the dtype).
-fn floats(b: &Bytes, dtype: DType) -> Vec<f32> {
-    let b = b.as_slice();
-    match dtype {
-        DType::BF16 => {
-            b.chunks_exact(2).map(|c| gptoss_kernels::bf16::bf16_to_f32(u16::from_le_bytes([c[0], c[1]]))).collect()
-        }
-        DType::F16 => b.chunks_exact(2).map(|c| f16_to_f32(u16::from_le_bytes([c[0], c[1]]))).collect(),
-        _ => b.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
-    }
 }

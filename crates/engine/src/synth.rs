@@ -47,14 +47,14 @@ pub fn write_checkpoint(
     seed: u64,
     progress: impl FnMut(u64, u64),
 ) -> io::Result<SynthSummary> {
-    if matches!(layout, Layout::Gguf | Layout::Mlx) {
+    if matches!(layout, Layout::Gguf | Layout::Mlx | Layout::CompressedTensors) {
         return Err(io::Error::new(
             io::ErrorKind::Unsupported,
             format!("synth writes the Hugging Face and original layouts only, not {}", layout.name()),
         ));
     }
     let config = match layout {
-        Layout::HuggingFace | Layout::Mlx | Layout::Gguf => cfg.to_hf_json(),
+        Layout::HuggingFace | Layout::Mlx | Layout::CompressedTensors | Layout::Gguf => cfg.to_hf_json(),
         Layout::Original => cfg.to_original_json(),
     };
     write_plan(layout, tensor_plan(cfg, layout), config, out, seed, progress)
@@ -112,11 +112,15 @@ fn write_plan(
         (Layout::Original, 1) => "model.safetensors".to_string(),
         // The published original/ shards have a double dash.
         (Layout::Original, _) => format!("model--{:05}-of-{:05}.safetensors", s + 1, n),
-        (Layout::HuggingFace | Layout::Mlx | Layout::Gguf, 1) => "model.safetensors".to_string(),
+        (Layout::HuggingFace | Layout::Mlx | Layout::CompressedTensors | Layout::Gguf, 1) => {
+            "model.safetensors".to_string()
+        }
         // mlx-lm counts its shards from 1.
         (Layout::Mlx, _) => format!("model-{:05}-of-{:05}.safetensors", s + 1, n),
         // The published HF shards count from 0 and name the last index, not the count.
-        (Layout::HuggingFace | Layout::Gguf, _) => format!("model-{:05}-of-{:05}.safetensors", s, n - 1),
+        (Layout::HuggingFace | Layout::CompressedTensors | Layout::Gguf, _) => {
+            format!("model-{:05}-of-{:05}.safetensors", s, n - 1)
+        }
     };
 
     std::fs::write(out.join("config.json"), serde_json::to_string_pretty(&config)? + "\n")?;
@@ -261,7 +265,7 @@ fn tensor_plan(cfg: &ModelConfig, layout: Layout) -> Vec<(TensorSpec, Fill)> {
         let n = |x| names.layer(l, x);
         t.push(bf16(n(AttnNorm), &[h], gain));
         match layout {
-            Layout::HuggingFace | Layout::Mlx | Layout::Gguf => {
+            Layout::HuggingFace | Layout::Mlx | Layout::CompressedTensors | Layout::Gguf => {
                 t.push(bf16(n(QWeight), &[qd, h], dense(h)));
                 t.push(bf16(n(QBias), &[qd], bias));
                 t.push(bf16(n(KWeight), &[kvd, h], dense(h)));

@@ -507,7 +507,7 @@ fn load_layer(ld: &Loader, names: &TensorNames, cfg: &ModelConfig, l: usize) -> 
     let (h, i, e) = (cfg.hidden_size, cfg.intermediate_size, cfg.num_experts);
     let (qd, kvd) = (cfg.q_dim(), cfg.kv_dim());
     let (q, k, v, q_bias, k_bias, v_bias) = match names.layout {
-        Layout::HuggingFace | Layout::Mlx | Layout::Gguf => (
+        Layout::HuggingFace | Layout::Mlx | Layout::CompressedTensors | Layout::Gguf => (
             ld.dense(&n(QWeight), qd, h)?,
             ld.dense(&n(KWeight), kvd, h)?,
             ld.dense(&n(VWeight), kvd, h)?,
@@ -525,19 +525,30 @@ fn load_layer(ld: &Loader, names: &TensorNames, cfg: &ModelConfig, l: usize) -> 
             (block(0, qd), block(qd, kvd), block(qd + kvd, kvd), bias, k_bias, v_bias)
         }
     };
-    let (gate_up, gate_up_bias, down) = match (ld.ck.gguf.as_ref(), ld.mlx()) {
+    let mut per_expert_down_bias = None;
+    let (gate_up, gate_up_bias, down) = match (ld.ck.gguf.as_ref(), ld.mlx(), ld.w4a16()) {
         // ggml stores gate and up apart (or concatenated) in their own MXFP4 blocks.
-        (Some(g), _) => {
+        (Some(g), _, _) => {
             let (gate_up, bias) = g.gate_up(l, e, i, h)?;
             (Experts::Mxfp4(gate_up), bias, Experts::Mxfp4(g.experts(&n(DownBlocks), e, h, i)?))
         }
         // So does mlx-lm, in the checkpoints' MXFP4 bytes.
-        (None, Some(m)) => m.experts(l, e, i, h)?,
-        (None, None) => (
+        (None, Some(m), _) => m.experts(l, e, i, h)?,
+        // llm-compressor writes every expert as its own linear layers, biases included.
+        (None, None, Some(w)) => {
+            let (gate_up, bias, down, down_bias) = w.experts(l, e, i, h)?;
+            per_expert_down_bias = Some(down_bias);
+            (gate_up, bias, down)
+        }
+        (None, None, None) => (
             Experts::Mxfp4(ld.experts(&n(GateUpBlocks), &n(GateUpScales), e, 2 * i, h)?),
             ld.vector(&n(GateUpBias), &[e, 2 * i])?,
             Experts::Mxfp4(ld.experts(&n(DownBlocks), &n(DownScales), e, h, i)?),
         ),
+    };
+    let down_bias = match per_expert_down_bias {
+        Some(b) => b,
+        None => ld.vector(&n(DownBias), &[e, h])?,
     };
     Ok(LayerWeights {
         attn: AttentionWeights {
@@ -559,7 +570,7 @@ fn load_layer(ld: &Loader, names: &TensorNames, cfg: &ModelConfig, l: usize) -> 
             gate_up,
             gate_up_bias,
             down,
-            down_bias: ld.vector(&n(DownBias), &[e, h])?,
+            down_bias,
         },
     })
 }
@@ -605,6 +616,9 @@ impl Loader<'_> {
         if let Some(m) = self.mlx() {
             return m.dense(name, rows, cols);
         }
+        if let Some(w) = self.w4a16() {
+            return w.dense(name, rows, cols);
+        }
         match &self.ck.gguf {
             Some(g) => g.dense(name, rows, cols),
             None => Ok(Dense::Bf16(self.matrix(name, rows, cols)?)),
@@ -617,6 +631,10 @@ impl Loader<'_> {
             Some(m) => m.dense(name, rows, cols),
             None => Ok(Dense::Bf16(self.matrix(name, rows, cols)?)),
         }
+    }
+
+    fn w4a16(&self) -> Option<crate::w4a16::W4a16Loader<'_>> {
+        self.ck.w4a16.as_ref().map(|cfg| crate::w4a16::W4a16Loader { ck: self.ck, cfg })
     }
 
     fn mlx(&self) -> Option<crate::mlx::MlxLoader<'_>> {
@@ -662,6 +680,16 @@ impl Loader<'_> {
             }
         }
         err
+    }
+}
+
+/// bf16, f16 or f32 values widened to f32 (the caller checked the dtype).
+pub(crate) fn floats(b: &Bytes, dtype: DType) -> Vec<f32> {
+    let b = b.as_slice();
+    match dtype {
+        DType::BF16 => b.chunks_exact(2).map(|c| bf16_to_f32(u16::from_le_bytes([c[0], c[1]]))).collect(),
+        DType::F16 => b.chunks_exact(2).map(|c| f16_to_f32(u16::from_le_bytes([c[0], c[1]]))).collect(),
+        _ => b.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
     }
 }
 
