@@ -74,6 +74,20 @@ pub fn linear_dense(
         Dense::Bf16(m) => linear_bf16(kern, x, n_tok, m, bias, y, bufs),
         Dense::Q8(m) => linear_q8(kern, x, n_tok, m, bias, y, bufs),
         Dense::Affine(m) => linear_affine(kern, x, n_tok, m.block(0, m.rows), bias, y, bufs),
+        Dense::F32(m) => {
+            let (k, data) = (m.cols, &m.data);
+            let matmul = kern.matmul_rows_f32_f32w;
+            rows_parallel(m.rows, n_tok, y, &mut bufs.out_t, |r, out, scratch| {
+                matmul(
+                    x,
+                    n_tok,
+                    &data[r.start * k..r.end * k],
+                    bias.map(|b| &b[r.clone()]),
+                    out,
+                    sized(&mut scratch.floats, k),
+                )
+            });
+        }
         Dense::Mxfp4(m) => {
             let (k, codes, scales) = (m.cols, m.codes(), m.scales());
             let (cpr, spr) = (k / 2, k / gptoss_kernels::mxfp4::BLOCK);
@@ -143,8 +157,14 @@ fn linear_affine4_r16(
     rows_parallel_in(rows, n_tok, group16, y, out_t, |r, out, scratch| {
         let (c, s) = (&codes[r.start * k / 2..r.end * k / 2], &scales[r.start * k / BLOCK..r.end * k / BLOCK]);
         matmul(xd, xs, n_tok, c, s, bias.map(|b| &b[r.clone()]), out, &mut scratch.words);
+        // The kernel multiplies centred codes u − 8; the zero point makes up the 8·scale.
+        let mut centred = [0f32; 512];
         for (i, row) in r.clone().enumerate() {
-            let z = &zero[row * groups..(row + 1) * groups];
+            let z = &mut centred[..groups];
+            for (g, c) in z.iter_mut().enumerate() {
+                let s = gptoss_kernels::affine_r16::scale_at(scales, k, row, g * group / BLOCK);
+                *c = zero[row * groups + g] + 8.0 * s;
+            }
             for t in 0..n_tok {
                 let zp: f32 = z.iter().zip(&sums[t * groups..(t + 1) * groups]).map(|(a, b)| a * b).sum();
                 out[i * n_tok + t] += zp;

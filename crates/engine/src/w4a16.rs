@@ -16,7 +16,7 @@ use serde_json::Value;
 use crate::checkpoint::Checkpoint;
 use crate::error::LoadError;
 use crate::safetensors::{Bytes, DType};
-use crate::weights::{floats, AffineMatrix, Bf16Matrix, Dense, Experts};
+use crate::weights::{floats, AffineMatrix, Bf16Matrix, Dense, Experts, F32Matrix};
 
 /// The quantization a checkpoint's `config_groups` declare for its linear layers.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -189,8 +189,15 @@ impl W4a16Loader<'_> {
     pub fn dense(&self, name: &str, rows: usize, cols: usize) -> Result<Dense, LoadError> {
         let module = name.strip_suffix(".weight").unwrap_or(name);
         if !self.ck.contains(&format!("{module}.weight_packed")) {
-            let (b, _) = self.tensor(&format!("{module}.weight"), &[DType::BF16], &[rows, cols])?;
-            return Ok(Dense::Bf16(Bf16Matrix::new(b, rows, cols)));
+            let float = [DType::BF16, DType::F16, DType::F32];
+            let (b, dtype) = self.tensor(&format!("{module}.weight"), &float, &[rows, cols])?;
+            if dtype == DType::BF16 {
+                return Ok(Dense::Bf16(Bf16Matrix::new(b, rows, cols)));
+            }
+            // f16 (an fp16 model's) widened exactly; the file's pages are let go.
+            let data = floats(&b, dtype);
+            b.release();
+            return Ok(Dense::F32(F32Matrix { data, rows, cols }));
         }
         let (codes, scales, biases, group) = self.quantized(module, rows, cols)?;
         Ok(Dense::Affine(AffineMatrix::new(codes, scales, biases, 4, group, rows, cols)))

@@ -72,7 +72,7 @@ fn greedy(model: &Model, prompt: &[u32], n: usize) -> Vec<u32> {
 
 #[test]
 fn w4a16_checkpoints_match_the_exact_dequantized_reference() {
-    for variant in ["w4a16-g32-sym", "w4a16-g32-sym-llmc013-halfsplit"] {
+    for variant in ["w4a16-g32-sym", "w4a16-g32-asym-fp16", "w4a16-g32-sym-llmc013-halfsplit"] {
         let r = exact_reference(variant);
         let mut model = Model::load(&w4a16(variant)).unwrap();
         assert_eq!(model.layout, Layout::CompressedTensors, "{variant}");
@@ -116,13 +116,17 @@ fn layers_stay_packed_and_ignored_ones_stay_bf16() {
     assert_eq!((w.unembedding.format(), w.layers[0].moe.router.format()), ("bf16".into(), "bf16".into()));
 }
 
+/// An fp16 model's conversion: asymmetric zero points, f16 scales, and the layers the recipe
+/// ignored kept in f16, widened exactly to f32.
 #[test]
-fn fp16_unquantized_layers_are_refused_with_the_tensor_named() {
-    let (_, msg) = load_err(&w4a16("w4a16-g32-asym-fp16"));
-    eprintln!("{msg}");
-    // fp16 checkpoints keep their unquantized layers (router, embedding, lm_head) in fp16,
-    // which the bf16 matrices cannot hold exactly.
-    assert!(msg.contains("tensor `model.") && msg.contains("dtype F16"), "{msg}");
+fn fp16_unquantized_layers_are_widened_to_f32() {
+    let model = Model::load(&w4a16("w4a16-g32-asym-fp16")).unwrap();
+    let w = &model.weights;
+    assert_eq!(w.layers[0].attn.q.format(), "affine 4-bit g32");
+    assert_eq!(
+        (w.unembedding.format(), w.embedding.format()),
+        ("f32 (widened from f16)".into(), "f32 (widened from f16)".into())
+    );
 }
 
 fn broken(variant: &str) -> (tempfile::TempDir, PathBuf) {

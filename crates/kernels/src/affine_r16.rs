@@ -1,16 +1,19 @@
-//! 4-bit affine weights (MLX `affine`, bits 4) repacked at load for the integer kernels of
-//! [`crate::mxfp4_r16`]: the same 16-row tiles of code bytes (a 4-bit affine row packs two
-//! codes per byte, low nibble first, as MXFP4 does), codes 0..15 used as they are instead of
-//! looked up as E2M1, and one f32 weight scale per row and block of 32 instead of an E8M0
-//! byte. Activations are int16 codes per block of 32 ([`crate::mxfp4_r16::quantize_i16`]),
+//! 4-bit affine weights (MLX `affine`, bits 4; W4A16 int4) repacked at load for the integer
+//! kernels of [`crate::mxfp4_r16`]: the same 16-row tiles of code bytes (a 4-bit affine row
+//! packs two codes per byte, low nibble first, as MXFP4 does), codes centred as `u − 8`
+//! instead of looked up as E2M1, and one f32 weight scale per row and block of 32 instead of
+//! an E8M0 byte. Centring keeps the integer sum near the size of the weights: the zero point
+//! of an affine group is about `−8·scale`, and uncentred codes would make the activations'
+//! int16 rounding error scale with `15·scale` instead. Activations are int16 codes per block of 32 ([`crate::mxfp4_r16::quantize_i16`]),
 //! with each 8 columns reordered by [`deinterleave8`].
 //!
 //! Per row r, token t and block b (every kernel does exactly this):
-//! - `isum = Σ_k q[r, k]·xq[t, k]` exactly (q in 0..15, |xq| ≤ 32767);
+//! - `isum = Σ_k (u[r, k] − 8)·xq[t, k]` exactly (u in 0..15, |xq| ≤ 32767);
 //! - `acc = fma(isum as f32, scale[r, b]·xs[t, b], acc)`, blocks in order, `out = acc + bias`.
 //!
-//! The affine zero points (`bias_g · Σ_{k in g} x[t, k]` per group) are not part of the
-//! kernel: the caller adds them (one small dot product per row and token).
+//! The affine zero points, with the centring's `8·scale` (`(bias_g + 8·scale_g) · Σ_{k in g}
+//! x[t, k]` per group), are not part of the kernel: the caller adds them (one small dot
+//! product per row and token).
 
 use crate::mxfp4::{BLOCK, BLOCK_BYTES};
 use crate::mxfp4_r16::{tile_offset, GROUP, TILE_BYTES};

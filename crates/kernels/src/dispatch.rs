@@ -67,6 +67,9 @@ impl Isa {
 /// [`crate::scalar::matmul_rows_f32_bf16w`]; `row_buf` is `[K]` scratch).
 pub type MatmulBf16 = fn(&[f32], usize, &[u16], Option<&[f32]>, &mut [f32], &mut [f32]);
 
+/// The same with f32 weights (the signature of [`crate::scalar::matmul_rows_f32_f32w`]).
+pub type MatmulF32 = fn(&[f32], usize, &[f32], Option<&[f32]>, &mut [f32], &mut [f32]);
+
 /// The same with affine weights (the signature of [`crate::scalar::matmul_rows_f32_affinew`]).
 pub type MatmulAffine = fn(&[f32], usize, crate::affine::AffineRows, Option<&[f32]>, &mut [f32], &mut [f32]);
 
@@ -134,6 +137,8 @@ pub struct Kernels {
     pub matmul_rows_f32_mxfp4w: MatmulMxfp4,
     /// Affine weights (MLX checkpoints).
     pub matmul_rows_f32_affinew: MatmulAffine,
+    /// f32 weights (f16 layers of W4A16 checkpoints, widened at load).
+    pub matmul_rows_f32_f32w: MatmulF32,
     /// `--dense q8`; the scalar twin in the x86 tables (q8 is fast there through [`Bf16Act`]).
     pub matmul_rows_f32_q8w: MatmulQ8,
     pub attend_heads_f32: AttendHeads,
@@ -180,6 +185,7 @@ static SCALAR: Kernels = Kernels {
     matmul_rows_f32_bf16w: crate::scalar::matmul_rows_f32_bf16w,
     matmul_rows_f32_mxfp4w: crate::scalar::matmul_rows_f32_mxfp4w,
     matmul_rows_f32_affinew: crate::scalar::matmul_rows_f32_affinew,
+    matmul_rows_f32_f32w: crate::scalar::matmul_rows_f32_f32w,
     matmul_rows_f32_q8w: crate::scalar::matmul_rows_f32_q8w,
     attend_heads_f32: crate::scalar::attend_heads_f32,
     swiglu_interleaved_f32: crate::scalar::swiglu_interleaved_f32,
@@ -194,6 +200,7 @@ static AVX2: Kernels = Kernels {
     matmul_rows_f32_bf16w: crate::x86::avx2::matmul_rows_f32_bf16w,
     matmul_rows_f32_mxfp4w: crate::x86::avx2::matmul_rows_f32_mxfp4w,
     matmul_rows_f32_affinew: crate::x86::avx2::matmul_rows_f32_affinew,
+    matmul_rows_f32_f32w: crate::x86::avx2::matmul_rows_f32_f32w,
     matmul_rows_f32_q8w: crate::scalar::matmul_rows_f32_q8w,
     attend_heads_f32: crate::scalar::attend_heads_f32,
     swiglu_interleaved_f32: crate::scalar::swiglu_interleaved_f32,
@@ -214,6 +221,7 @@ static AVX512: Kernels = Kernels {
     matmul_rows_f32_bf16w: crate::x86::avx512::matmul_rows_f32_bf16w,
     matmul_rows_f32_mxfp4w: crate::x86::avx512::matmul_rows_f32_mxfp4w,
     matmul_rows_f32_affinew: crate::x86::avx512::matmul_rows_f32_affinew,
+    matmul_rows_f32_f32w: crate::x86::avx512::matmul_rows_f32_f32w,
     matmul_rows_f32_q8w: crate::scalar::matmul_rows_f32_q8w,
     attend_heads_f32: crate::x86::attention::attend_heads_f32,
     swiglu_interleaved_f32: crate::x86::avx512::swiglu_interleaved_f32,
@@ -228,6 +236,7 @@ static AVX512_BF16: Kernels = Kernels {
     matmul_rows_f32_bf16w: crate::x86::avx512::matmul_rows_f32_bf16w,
     matmul_rows_f32_mxfp4w: crate::x86::avx512::matmul_rows_f32_mxfp4w,
     matmul_rows_f32_affinew: crate::x86::avx512::matmul_rows_f32_affinew,
+    matmul_rows_f32_f32w: crate::x86::avx512::matmul_rows_f32_f32w,
     matmul_rows_f32_q8w: crate::scalar::matmul_rows_f32_q8w,
     attend_heads_f32: crate::x86::attention::attend_heads_f32,
     swiglu_interleaved_f32: crate::x86::avx512::swiglu_interleaved_f32,
@@ -254,6 +263,7 @@ static AVX512_BF16_ROUND: Kernels = Kernels {
     matmul_rows_f32_bf16w: crate::x86::avx512::matmul_rows_f32_bf16w,
     matmul_rows_f32_mxfp4w: crate::x86::avx512::matmul_rows_f32_mxfp4w,
     matmul_rows_f32_affinew: crate::x86::avx512::matmul_rows_f32_affinew,
+    matmul_rows_f32_f32w: crate::x86::avx512::matmul_rows_f32_f32w,
     matmul_rows_f32_q8w: crate::scalar::matmul_rows_f32_q8w,
     attend_heads_f32: crate::x86::attention::attend_heads_f32,
     swiglu_interleaved_f32: crate::x86::avx512::swiglu_interleaved_f32,
@@ -277,6 +287,7 @@ const NEON_SET: Kernels = Kernels {
     matmul_rows_f32_bf16w: crate::arm::neon::matmul_rows_f32_bf16w,
     matmul_rows_f32_mxfp4w: crate::arm::neon::matmul_rows_f32_mxfp4w,
     matmul_rows_f32_affinew: crate::arm::neon::matmul_rows_f32_affinew,
+    matmul_rows_f32_f32w: crate::scalar::matmul_rows_f32_f32w,
     matmul_rows_f32_q8w: crate::arm::neon::matmul_rows_f32_q8w,
     attend_heads_f32: crate::arm::neon::attend_heads_f32,
     // Elementwise and per-token work stays on the scalar twins for now.

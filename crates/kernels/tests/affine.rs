@@ -230,22 +230,22 @@ fn repacked_4bit_kernels_match_their_twin_bit_for_bit() {
     }
 }
 
-/// Codes 15 against activations ±32767 with the signs aligned: the largest integer block sums
-/// (2.01e9 after the AVX2 kernel's ×256 lift, still below 2^31).
+/// Codes 0 (centred: −8) against activations ±32767 with the signs aligned: the largest
+/// integer block sums (1.07e9 after the AVX2 kernel's ×256 lift, below 2^31).
 #[test]
 fn repacked_4bit_kernels_are_exact_at_the_largest_block_sums() {
     let mut rng = Rng(9);
     let (rows, k) = (32, 96);
     let mut c = case4(&mut rng, rows, k, 2, 32);
-    c.codes.fill(0xff);
+    c.codes.fill(0x00);
     c.scales.fill(1.0);
     c.x = (0..2 * k).map(|i| if (i / 32) % 2 == 0 { 1.0 } else { -1.0 }).collect();
     c.bias = None;
     let p = packed(&c);
     assert!(p.xq.iter().all(|v| v.unsigned_abs() == 32767));
     let want = run_packed(scalar::matmul_rows_i16a_affine4r16w, &c, &p);
-    // 32 codes of 15 per block, blocks ±(+1, -1, +1).
-    assert!(want.iter().all(|v| v.abs() == 480.0), "{want:?}");
+    // 32 codes of −8 per block, blocks ±(+1, −1, +1).
+    assert!(want.iter().all(|v| v.abs() == 256.0), "{want:?}");
     for (name, f) in affine4_kernels() {
         assert_eq!(run_packed(f, &c, &p), want, "{name}");
     }
@@ -264,11 +264,15 @@ fn repacked_4bit_twin_is_close_to_the_f32_path() {
         for r in 0..rows {
             for t in 0..n_tok {
                 let x = &c.x[t * k..(t + 1) * k];
+                // With the codes centred, each zero point takes the 8·scale the codes gave up.
                 let zero_points: f32 = (0..k / group)
-                    .map(|g| c.biases[r * k / group + g] * x[g * group..(g + 1) * group].iter().sum::<f32>())
+                    .map(|g| {
+                        let i = r * k / group + g;
+                        (c.biases[i] + 8.0 * c.scales[i]) * x[g * group..(g + 1) * group].iter().sum::<f32>()
+                    })
                     .sum();
                 let bound: f32 = (0..k / 32)
-                    .map(|b| 15.0 * c.scales[r * k / group + b * 32 / group].abs() * 32.0 * p.xs[t * k / 32 + b] * 0.5)
+                    .map(|b| 8.0 * c.scales[r * k / group + b * 32 / group].abs() * 32.0 * p.xs[t * k / 32 + b] * 0.5)
                     .sum::<f32>()
                     * 1.01
                     + 1e-4 * (1.0 + want[r * n_tok + t].abs());

@@ -13,7 +13,7 @@ use crate::profile::{Stage, STAGES};
 use crate::safetensors::{Bytes, DType};
 
 mod packed;
-pub use packed::{AffineMatrix, AffineView, Experts, Mxfp4Matrix, Q8Matrix};
+pub use packed::{AffineMatrix, AffineView, Experts, F32Matrix, Mxfp4Matrix, Q8Matrix};
 
 /// The element order of a bf16 matrix.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -181,6 +181,7 @@ pub enum Dense {
     Q8(Q8Matrix),
     Affine(AffineMatrix),
     Mxfp4(Mxfp4Matrix),
+    F32(F32Matrix),
 }
 
 /// How dense attention and unembedding weights are held (`--dense`).
@@ -209,6 +210,7 @@ impl Dense {
             Dense::Q8(m) => m.rows,
             Dense::Affine(m) => m.rows,
             Dense::Mxfp4(m) => m.rows,
+            Dense::F32(m) => m.rows,
         }
     }
 
@@ -218,6 +220,7 @@ impl Dense {
             Dense::Q8(m) => m.cols,
             Dense::Affine(m) => m.cols,
             Dense::Mxfp4(m) => m.cols,
+            Dense::F32(m) => m.cols,
         }
     }
 
@@ -228,6 +231,7 @@ impl Dense {
             Dense::Q8(m) => (m.codes.len() + 4 * m.scales.len()) as u64,
             Dense::Affine(m) => Dense::affine_bytes(m),
             Dense::Mxfp4(m) => (m.codes.len() + m.scales.len()) as u64,
+            Dense::F32(m) => 4 * m.data.len() as u64,
         }
     }
 
@@ -255,6 +259,7 @@ impl Dense {
             Dense::Q8(_) => "q8".into(),
             Dense::Affine(m) => format!("affine {}-bit g{}", m.bits, m.group),
             Dense::Mxfp4(_) => "mxfp4".into(),
+            Dense::F32(_) => "f32 (widened from f16)".into(),
         }
     }
 
@@ -262,6 +267,7 @@ impl Dense {
     pub fn row_f32(&self, r: usize, out: &mut [f32]) {
         let k = self.cols();
         match self {
+            Dense::F32(m) => out.copy_from_slice(&m.data[r * k..(r + 1) * k]),
             Dense::Bf16(m) => gptoss_kernels::bf16::bf16_slice_to_f32(m.row(r), out),
             Dense::Q8(m) => {
                 let spr = k / gptoss_kernels::q8::BLOCK;
@@ -298,7 +304,7 @@ impl Dense {
                 m.codes.populate();
                 m.scales.populate();
             }
-            Dense::Q8(_) => {}
+            Dense::Q8(_) | Dense::F32(_) => {}
         }
     }
 
@@ -625,11 +631,13 @@ impl Loader<'_> {
         }
     }
 
-    /// The router: bf16, except in MLX conversions, which quantize it (8-bit affine).
+    /// The router: bf16, except in MLX conversions, which quantize it (8-bit affine), and in
+    /// W4A16 ones made from an fp16 model.
     fn router(&self, name: &str, rows: usize, cols: usize) -> Result<Dense, LoadError> {
-        match self.mlx() {
-            Some(m) => m.dense(name, rows, cols),
-            None => Ok(Dense::Bf16(self.matrix(name, rows, cols)?)),
+        match (self.mlx(), self.w4a16()) {
+            (Some(m), _) => m.dense(name, rows, cols),
+            (None, Some(w)) => w.dense(name, rows, cols),
+            (None, None) => Ok(Dense::Bf16(self.matrix(name, rows, cols)?)),
         }
     }
 

@@ -210,6 +210,14 @@ impl AffineMatrix {
     }
 }
 
+/// An f32 matrix `[rows, cols]`: unquantized f16 layers (W4A16 checkpoints made from an fp16
+/// model), widened exactly at load, as the bf16 matrices cannot hold f16 values.
+pub struct F32Matrix {
+    pub data: Vec<f32>,
+    pub rows: usize,
+    pub cols: usize,
+}
+
 /// Rows of an [`AffineMatrix`], borrowed (a whole matrix, or one expert's rows).
 #[derive(Clone, Copy)]
 pub struct AffineView<'a> {

@@ -97,8 +97,8 @@ pub fn matmul_rows_i16a_affine4r16w(
                 for p in 0..BLOCK_BYTES {
                     let byte = tile[tile_offset(lane, p)];
                     let c = b * BLOCK + 2 * p;
-                    isum += (byte & 0xf) as i32 * x[deinterleaved_index(c)] as i32;
-                    isum += (byte >> 4) as i32 * x[deinterleaved_index(c + 1)] as i32;
+                    isum += ((byte & 0xf) as i32 - 8) * x[deinterleaved_index(c)] as i32;
+                    isum += ((byte >> 4) as i32 - 8) * x[deinterleaved_index(c + 1)] as i32;
                 }
                 let comb = scale_at(scales, k, r, b) * xs[t * blocks + b];
                 acc = (isum as f32).mul_add(comb, acc);

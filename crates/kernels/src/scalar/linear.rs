@@ -54,6 +54,27 @@ pub fn matmul_rows_f32_mxfp4w(
     }
 }
 
+/// Same as [`matmul_rows_f32_bf16w`] with f32 weights `[R, K]` (checkpoints whose unquantized
+/// layers are f16, widened exactly at load).
+pub fn matmul_rows_f32_f32w(
+    x: &[f32],
+    n_tok: usize,
+    w: &[f32],
+    bias: Option<&[f32]>,
+    out: &mut [f32],
+    row_buf: &mut [f32],
+) {
+    let k = row_buf.len();
+    check_shapes(x, n_tok, k, w.len() / k.max(1), bias, out);
+    assert_eq!(w.len() % k.max(1), 0, "f32 weight rows do not match K");
+    for (r, (w_row, out_row)) in w.chunks_exact(k).zip(out.chunks_exact_mut(n_tok)).enumerate() {
+        let b = bias.map_or(0.0, |b| b[r]);
+        for (t, y) in out_row.iter_mut().enumerate() {
+            *y = dot_f32(&x[t * k..(t + 1) * k], w_row) + b;
+        }
+    }
+}
+
 /// Same as [`matmul_rows_f32_bf16w`] with affine weights ([`crate::affine`]): each row is
 /// decoded to f32 and then used by every token.
 pub fn matmul_rows_f32_affinew(

@@ -22,7 +22,7 @@ pub(crate) use linear::{check_affine_shapes, check_matmul_shapes, check_mxfp4_sh
 pub(crate) use linear::{check_bf16a_shapes, check_mxfp4_bf16a_shapes};
 pub use linear::{
     matmul_rows_bf16a_bf16t8w, matmul_rows_bf16a_bf16w, matmul_rows_bf16a_mxfp4w, matmul_rows_bf16a_q8w,
-    matmul_rows_f32_affinew, matmul_rows_f32_bf16w, matmul_rows_f32_mxfp4w, matmul_rows_f32_q8w,
+    matmul_rows_f32_affinew, matmul_rows_f32_bf16w, matmul_rows_f32_f32w, matmul_rows_f32_mxfp4w, matmul_rows_f32_q8w,
 };
 pub use moe::{router_top_k, swiglu_interleaved_f32, SWIGLU_ALPHA};
 pub use norm::rmsnorm_f32;

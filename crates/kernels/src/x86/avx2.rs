@@ -228,3 +228,24 @@ pub fn matmul_rows_f32_affinew(
         }
     }
 }
+
+/// See [`crate::scalar::matmul_rows_f32_f32w`]; this set's dot product and summation order.
+pub fn matmul_rows_f32_f32w(
+    x: &[f32],
+    n_tok: usize,
+    w: &[f32],
+    bias: Option<&[f32]>,
+    out: &mut [f32],
+    row_buf: &mut [f32],
+) {
+    let k = row_buf.len();
+    crate::scalar::check_matmul_shapes(x, n_tok, k, w.len(), bias, out);
+    for (r, (w_row, out_row)) in w.chunks_exact(k).zip(out.chunks_exact_mut(n_tok)).enumerate() {
+        let b = bias.map_or(0.0, |b| b[r]);
+        for (t, y) in out_row.iter_mut().enumerate() {
+            // SAFETY: handed out by `Kernels` only when the CPU has the set's features (avx2,fma);
+            // both slices are K long.
+            *y = unsafe { dot_f32(&x[t * k..(t + 1) * k], w_row) } + b;
+        }
+    }
+}
