@@ -299,7 +299,7 @@ fn mxfp4_experts<'a>(
 ) -> Result<&'a gptoss_engine::weights::Mxfp4Experts, CudaError> {
     e.as_mxfp4().ok_or_else(|| {
         CudaError::Unsupported(format!(
-            "{what} are held as {} (an MLX affine recipe); the CUDA backend runs MXFP4 experts",
+            "{what} are held as {} (an MLX or W4A16 conversion); the CUDA backend runs MXFP4 experts",
             e.format()
         ))
     })

@@ -224,16 +224,7 @@ impl MlxLoader<'_> {
     /// `4bit`/`8bit` recipes) stay packed as one affine matrix `[E·rows, cols]`.
     pub fn experts(&self, l: usize, e: usize, i: usize, h: usize) -> Result<(Experts, Vec<f32>, Experts), LoadError> {
         let module = |p: &str| format!("model.layers.{l}.mlp.experts.{p}");
-        let part = |p: &str, rows: usize, cols: usize| -> Result<Stored, LoadError> {
-            let m = module(p);
-            match self.stored(&m, &[e], rows, cols)? {
-                Stored::Plain(_) => Err(self.bad(
-                    &m,
-                    "experts are bf16 (the bf16 recipe): not supported yet; MXFP4 and affine conversions are".into(),
-                )),
-                q => Ok(q),
-            }
-        };
+        let part = |p: &str, rows: usize, cols: usize| self.stored(&module(p), &[e], rows, cols);
         let (gate, up, down) = (part("gate_proj", i, h)?, part("up_proj", i, h)?, part("down_proj", h, i)?);
         let gate_bias = self.vector(&format!("{}.bias", module("gate_proj")), &[e, i])?;
         let up_bias = self.vector(&format!("{}.bias", module("up_proj")), &[e, i])?;
@@ -249,7 +240,7 @@ impl MlxLoader<'_> {
         };
         let (gs, us) = (spec_of(&gate), spec_of(&up));
         if gs != us {
-            return Err(self.bad(&module("up_proj"), format!("is quantized unlike gate_proj ({gs:?} vs {us:?})")));
+            return Err(self.bad(&module("up_proj"), format!("is stored unlike gate_proj ({gs:?} vs {us:?})")));
         }
         let gate_up = match (gate, up) {
             (
@@ -278,7 +269,13 @@ impl MlxLoader<'_> {
                 let w = AffineMatrix::new(codes, scales, zeros, spec.bits, spec.group, e * 2 * i, h);
                 Experts::Affine { w, experts: e }
             }
-            _ => unreachable!("both quantized alike (checked above); affine modules carry biases"),
+            (Stored::Plain(g), Stored::Plain(u)) => {
+                let w = bytes_of(interleave(g.as_slice(), u.as_slice(), 2 * h));
+                g.release();
+                u.release();
+                Experts::Bf16 { w: Bf16Matrix::new(w, e * 2 * i, h), experts: e }
+            }
+            _ => unreachable!("both stored alike (checked above); affine modules carry biases"),
         };
         let down = match down {
             Stored::Quantized { words, scales, spec: QuantSpec { mode: Mode::Mxfp4, .. }, .. } => {
@@ -290,7 +287,8 @@ impl MlxLoader<'_> {
                 z.release();
                 Experts::Affine { w: AffineMatrix::new(words, s, zeros, spec.bits, spec.group, e * h, i), experts: e }
             }
-            _ => unreachable!("plain experts were refused above; affine modules carry biases"),
+            Stored::Plain(w) => Experts::Bf16 { w: Bf16Matrix::new(w, e * h, i), experts: e },
+            _ => unreachable!("affine modules carry biases"),
         };
         Ok((gate_up, bias, down))
     }

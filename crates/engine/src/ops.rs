@@ -332,6 +332,15 @@ pub fn linear_experts(
                 linear_affine(kern, xg, rr.len(), view, Some(&bias[e * rows..(e + 1) * rows]), yg, bufs);
             }
         }
+        Experts::Bf16 { w: m, .. } => {
+            let (rows, k) = (w.rows(), w.cols());
+            for g in groups {
+                let (e, rr) = (g.expert, &g.rows);
+                let block = m.row_block(e * rows, rows);
+                let (xg, yg) = (&x[rr.start * k..rr.end * k], &mut y[rr.start * rows..rr.end * rows]);
+                linear_bf16(kern, xg, rr.len(), &block, Some(&bias[e * rows..(e + 1) * rows]), yg, bufs);
+            }
+        }
     }
 }
 

@@ -86,7 +86,7 @@ fn compare(model: &Model, r: &MlxReference) -> (f64, f32, Vec<Vec<f32>>) {
 
 #[test]
 fn mlx_conversions_match_mlx_lm_with_exact_yarn() {
-    for variant in ["mxfp4", "mxfp4-q4", "mxfp4-q8", "4bit"] {
+    for variant in ["bf16", "mxfp4", "mxfp4-q4", "mxfp4-q8", "4bit"] {
         let r = reference(variant);
         let mut model = Model::load(&mlx(variant)).unwrap();
         assert_eq!(model.layout, Layout::Mlx, "{variant}");

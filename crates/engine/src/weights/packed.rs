@@ -9,14 +9,22 @@ use crate::safetensors::Bytes;
 /// matrix `[E·rows, cols]` whose rows `e·rows..(e+1)·rows` are expert e.
 pub enum Experts {
     Mxfp4(Mxfp4Experts),
-    Affine { w: AffineMatrix, experts: usize },
+    Affine {
+        w: AffineMatrix,
+        experts: usize,
+    },
+    /// MLX's `bf16` recipe (experts dequantized to bf16), `[E·rows, cols]` in rows.
+    Bf16 {
+        w: Bf16Matrix,
+        experts: usize,
+    },
 }
 
 impl Experts {
     pub fn experts(&self) -> usize {
         match self {
             Experts::Mxfp4(m) => m.experts,
-            Experts::Affine { experts, .. } => *experts,
+            Experts::Affine { experts, .. } | Experts::Bf16 { experts, .. } => *experts,
         }
     }
 
@@ -25,6 +33,7 @@ impl Experts {
         match self {
             Experts::Mxfp4(m) => m.rows,
             Experts::Affine { w, experts } => w.rows / experts,
+            Experts::Bf16 { w, experts } => w.rows / experts,
         }
     }
 
@@ -32,6 +41,7 @@ impl Experts {
         match self {
             Experts::Mxfp4(m) => m.cols,
             Experts::Affine { w, .. } => w.cols,
+            Experts::Bf16 { w, .. } => w.cols,
         }
     }
 
@@ -40,6 +50,7 @@ impl Experts {
         match self {
             Experts::Mxfp4(m) => m.bytes_per_expert(),
             Experts::Affine { w, experts } => Dense::affine_bytes(w) / *experts as u64,
+            Experts::Bf16 { w, experts } => w.bytes() / *experts as u64,
         }
     }
 
@@ -47,6 +58,7 @@ impl Experts {
         match self {
             Experts::Mxfp4(_) => "mxfp4".into(),
             Experts::Affine { w, .. } => format!("affine {}-bit g{}", w.bits, w.group),
+            Experts::Bf16 { .. } => "bf16".into(),
         }
     }
 
@@ -54,6 +66,7 @@ impl Experts {
         match self {
             Experts::Mxfp4(m) => m.populate(),
             Experts::Affine { w, .. } => w.codes.populate(),
+            Experts::Bf16 { w, .. } => w.populate(),
         }
     }
 
@@ -61,7 +74,7 @@ impl Experts {
     pub fn as_mxfp4(&self) -> Option<&Mxfp4Experts> {
         match self {
             Experts::Mxfp4(m) => Some(m),
-            Experts::Affine { .. } => None,
+            Experts::Affine { .. } | Experts::Bf16 { .. } => None,
         }
     }
 
@@ -77,6 +90,8 @@ impl Experts {
                 *w = std::mem::replace(w, placeholder).with_layout(layout);
             }
             Experts::Affine { w, .. } => w.set_layout(affine_layout),
+            // Read a row block per expert by the f32-activation kernels: stays in rows.
+            Experts::Bf16 { .. } => {}
         }
     }
 }
