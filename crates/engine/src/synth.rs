@@ -30,6 +30,8 @@ enum Fill {
     Codes,
     /// E8M0 scales in base..base+3.
     Scales { base: u8 },
+    /// Two little-endian i64 (a W4A16 layer's `weight_shape`).
+    Shape(u64, u64),
 }
 
 pub struct SynthSummary {
@@ -81,6 +83,93 @@ pub fn write_mlx_checkpoint(
         obj.insert("quantization_config".into(), quantization);
     }
     write_plan(Layout::Mlx, tensors, config, out, seed, progress)
+}
+
+/// A W4A16 checkpoint of `cfg` as llm-compressor writes it (compressed-tensors
+/// `pack-quantized`, int4 symmetric, scales per `group` inputs): attention and every expert's
+/// gate/up/down as int4 linear layers, the experts one layer each; embedding, routers and
+/// lm_head bf16 (the recipe ignores the last two; the embedding is not a Linear).
+pub fn write_w4a16_checkpoint(
+    cfg: &ModelConfig,
+    group: usize,
+    out: &Path,
+    seed: u64,
+    progress: impl FnMut(u64, u64),
+) -> io::Result<SynthSummary> {
+    let (h, i, e, v) = (cfg.hidden_size, cfg.intermediate_size, cfg.num_experts, cfg.vocab_size);
+    if group == 0 || !group.is_multiple_of(32) || !h.is_multiple_of(group) || !i.is_multiple_of(group) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("W4A16 group {group} must be a multiple of 32 dividing {h} and {i}"),
+        ));
+    }
+    let (qd, kvd) = (cfg.q_dim(), cfg.kv_dim());
+    let gain = Fill::Uniform { center: 1.0, half_width: 0.05 };
+    let dense = |fan_in: usize| Fill::Uniform { center: 0.0, half_width: (3.0 / fan_in as f32).sqrt() };
+    let spec = |name: String, dtype, shape: &[usize], f: Fill| (TensorSpec::new(name, dtype, shape), f);
+    let mut t = vec![spec(
+        "model.embed_tokens.weight".into(),
+        DType::BF16,
+        &[v, h],
+        Fill::Uniform { center: 0.0, half_width: 1.0 },
+    )];
+    // (q − 0)·s over q in −8..7 spans ±sqrt(3/fan_in) like the bf16 weights.
+    let int4 = |t: &mut Vec<(TensorSpec, Fill)>, module: String, rows: usize, cols: usize| {
+        let step = (3.0 / cols as f32).sqrt() / 8.0;
+        t.push(spec(format!("{module}.weight_packed"), DType::I32, &[rows, cols / 8], Fill::Codes));
+        t.push(spec(
+            format!("{module}.weight_scale"),
+            DType::BF16,
+            &[rows, cols / group],
+            Fill::Uniform { center: step, half_width: 0.0 },
+        ));
+        t.push(spec(format!("{module}.weight_shape"), DType::I64, &[2], Fill::Shape(rows as u64, cols as u64)));
+        t.push(spec(format!("{module}.bias"), DType::BF16, &[rows], Fill::Uniform { center: 0.0, half_width: 0.02 }));
+    };
+    for l in 0..cfg.num_layers {
+        let m = |s: &str| format!("model.layers.{l}.{s}");
+        t.push(spec(m("input_layernorm.weight"), DType::BF16, &[h], gain));
+        for (p, rows, cols) in [("q_proj", qd, h), ("k_proj", kvd, h), ("v_proj", kvd, h), ("o_proj", h, qd)] {
+            int4(&mut t, m(&format!("self_attn.{p}")), rows, cols);
+        }
+        t.push(spec(
+            m("self_attn.sinks"),
+            DType::BF16,
+            &[cfg.num_heads],
+            Fill::Uniform { center: 0.0, half_width: 1.0 },
+        ));
+        t.push(spec(m("post_attention_layernorm.weight"), DType::BF16, &[h], gain));
+        t.push(spec(m("mlp.router.weight"), DType::BF16, &[e, h], dense(h)));
+        t.push(spec(m("mlp.router.bias"), DType::BF16, &[e], Fill::Uniform { center: 0.0, half_width: 0.1 }));
+        for x in 0..e {
+            for (p, rows, cols) in [("gate_proj", i, h), ("up_proj", i, h), ("down_proj", h, i)] {
+                int4(&mut t, m(&format!("mlp.experts.{x}.{p}")), rows, cols);
+            }
+        }
+    }
+    t.push(spec("model.norm.weight".into(), DType::BF16, &[h], gain));
+    t.push(spec("lm_head.weight".into(), DType::BF16, &[v, h], dense(h)));
+    let mut config = cfg.to_hf_json();
+    let ignore: Vec<String> =
+        (0..cfg.num_layers).map(|l| format!("model.layers.{l}.mlp.router")).chain(["lm_head".to_string()]).collect();
+    let quant = serde_json::json!({
+        "quant_method": "compressed-tensors",
+        "format": "pack-quantized",
+        "quantization_status": "compressed",
+        "version": "0.19.0",
+        "config_groups": {"group_0": {
+            "targets": ["Linear"],
+            "format": "pack-quantized",
+            "weights": {"num_bits": 4, "type": "int", "symmetric": true, "strategy": "group", "group_size": group, "actorder": null},
+            "input_activations": null,
+            "output_activations": null,
+        }},
+        "ignore": ignore,
+    });
+    if let Some(obj) = config.as_object_mut() {
+        obj.insert("quantization_config".into(), quant);
+    }
+    write_plan(Layout::CompressedTensors, t, config, out, seed, progress)
 }
 
 /// Writes `config` and `tensors` in shards of about [`SHARD_BYTES`], named as `layout`'s
@@ -148,7 +237,7 @@ fn write_plan(
         }
         files.push(path);
     }
-    if (layout == Layout::HuggingFace && n > 1) || layout == Layout::Mlx {
+    if (matches!(layout, Layout::HuggingFace | Layout::CompressedTensors) && n > 1) || layout == Layout::Mlx {
         let index = serde_json::json!({"metadata": {"total_size": total}, "weight_map": weight_map});
         std::fs::write(out.join("model.safetensors.index.json"), serde_json::to_string_pretty(&index)? + "\n")?;
     }
@@ -161,7 +250,7 @@ fn write_plan(
                     match f {
                         Fill::Codes => "FP4",
                         Fill::Scales { .. } => "UE8",
-                        Fill::Uniform { .. } => "BF16",
+                        Fill::Uniform { .. } | Fill::Shape(..) => "BF16",
                     },
                 )
             })
@@ -305,6 +394,10 @@ fn fill_tensor(spec: &TensorSpec, fill: Fill, rng: &mut Rng, buf: &mut Vec<u8>, 
         buf.resize(n, 0);
         match fill {
             Fill::Codes => rng.fill_bytes(buf),
+            Fill::Shape(a, b) => {
+                buf[..8].copy_from_slice(&a.to_le_bytes());
+                buf[8..16].copy_from_slice(&b.to_le_bytes());
+            }
             Fill::Scales { base } => buf.iter_mut().for_each(|b| *b = base + (rng.next_u64() % 3) as u8),
             Fill::Uniform { center, half_width } => {
                 for pair in buf.chunks_exact_mut(2) {

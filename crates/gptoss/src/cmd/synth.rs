@@ -28,6 +28,10 @@ enum LayoutArg {
     /// MXFP4-Q8: the same with 8-bit attention, embedding and unembedding.
     #[value(name = "mlx-mxfp4-q8")]
     MlxMxfp4Q8,
+    /// llm-compressor's W4A16 (compressed-tensors int4, symmetric, group 32): attention and
+    /// every expert int4, embedding, routers and lm_head bf16.
+    #[value(name = "w4a16-g32")]
+    W4a16G32,
 }
 
 #[derive(clap::Args)]
@@ -57,6 +61,7 @@ pub fn run(args: Args) -> Result<()> {
         LayoutArg::Original => (Layout::Original, None),
         LayoutArg::MlxMxfp4Q4 => (Layout::Mlx, Some(4)),
         LayoutArg::MlxMxfp4Q8 => (Layout::Mlx, Some(8)),
+        LayoutArg::W4a16G32 => (Layout::CompressedTensors, None),
     };
     if args.out.join("config.json").exists() && !args.force {
         bail!("{} already holds a checkpoint (config.json); pass --force to overwrite it", args.out.display());
@@ -71,9 +76,12 @@ pub fn run(args: Args) -> Result<()> {
             last_pct = pct;
         }
     };
-    let summary = match mlx_bits {
-        Some(bits) => synth::write_mlx_checkpoint(&config, bits, &args.out, args.seed, progress)?,
-        None => synth::write_checkpoint(&config, layout, &args.out, args.seed, progress)?,
+    let summary = match (mlx_bits, layout) {
+        (Some(bits), _) => synth::write_mlx_checkpoint(&config, bits, &args.out, args.seed, progress)?,
+        (None, Layout::CompressedTensors) => {
+            synth::write_w4a16_checkpoint(&config, 32, &args.out, args.seed, progress)?
+        }
+        (None, _) => synth::write_checkpoint(&config, layout, &args.out, args.seed, progress)?,
     };
     if show {
         eprintln!();
