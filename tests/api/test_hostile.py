@@ -187,6 +187,11 @@ def test_sigterm_deadline_ends_streams_with_an_error_event_and_done(tmp_path):
     req.add_header("Content-Type", "application/json")
     responses = urllib.request.urlopen(req, timeout=60)
     responses.readline()
+    plain = []
+    waiter = threading.Thread(target=lambda: plain.append(s.raw("POST", CHAT, {"messages": [
+        {"role": "user", "content": "long answer"}]})))
+    waiter.start()
+    assert wait_for(lambda: s.metrics()["gptoss_running_sequences"] == 3)
     t0 = time.time()
     s.proc.send_signal(signal.SIGTERM)
     events = read_events(chat)
@@ -196,6 +201,9 @@ def test_sigterm_deadline_ends_streams_with_an_error_event_and_done(tmp_path):
     assert "shutting down" in err["error"]["message"], err
     kinds = [json.loads(e).get("type") for e in read_events(responses) if e != "[DONE]"]
     assert kinds[-1] in ("response.failed", "error"), kinds[-3:]
+    waiter.join(20)
+    status, e = error_of(plain[0])
+    assert status == 503 and "shutting down" in e["message"], e
     assert s.proc.wait(20) == 1
     assert "shutdown deadline passed" in s.logs()
 

@@ -15,7 +15,7 @@
 
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -115,6 +115,8 @@ pub async fn serve_until_signal(
     let mut signals = Signals::new()?;
     let max = limits.max_connections.clamp(1, u32::MAX as usize);
     let slots = Arc::new(Semaphore::new(max));
+    // Connections being served (a permit each); read at shutdown.
+    let open = Arc::new(AtomicUsize::new(0));
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder.http1().timer(TokioTimer::new()).header_read_timeout(limits.header_timeout).keep_alive(true);
@@ -139,8 +141,11 @@ pub async fn serve_until_signal(
         match slots.clone().try_acquire_owned() {
             Ok(permit) => {
                 let conn = Conn { builder: builder.clone(), app: app.clone(), stop: stop_rx.clone(), limits };
+                let open = open.clone();
+                open.fetch_add(1, Ordering::SeqCst);
                 tokio::spawn(async move {
                     conn.serve(stream).await;
+                    open.fetch_sub(1, Ordering::SeqCst);
                     drop(permit);
                 });
             }
@@ -150,26 +155,34 @@ pub async fn serve_until_signal(
         }
     };
     drop(listener);
-    let open = |slots: &Semaphore| max - slots.available_permits();
+    let count = || open.load(Ordering::SeqCst);
     eprintln!(
         "{signal}: shutting down; no new connections, {} open and {} requests generating, given up to {} s to \
          finish (a second signal stops at once)",
-        open(&slots),
+        count(),
         engine.running(),
         limits.shutdown_timeout.as_secs_f64()
     );
     let _ = stop_tx.send(true);
-    let all_closed = slots.acquire_many(max as u32);
+    let all_closed = async {
+        while count() > 0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
     tokio::pin!(all_closed);
     tokio::select! {
         _ = &mut all_closed => return Ok(Ended::Drained),
         _ = tokio::time::sleep(limits.shutdown_timeout) => {}
         name = signals.next() => {
-            eprintln!("{name}: stopping now");
-            return Ok(Ended::Interrupted(open(&slots)));
+            let left = count();
+            eprintln!("{name}: stopping now, {left} connections open");
+            // Streams still get their error event and [DONE] if they can be written at once.
+            engine.abort("the server is stopping now");
+            let _ = tokio::time::timeout(Duration::from_millis(250), &mut all_closed).await;
+            return Ok(Ended::Interrupted(left));
         }
     }
-    let left = open(&slots);
+    let left = count();
     eprintln!("shutdown deadline passed with {left} connections open: ending their requests with an error");
     engine.abort("the server is shutting down");
     // The streams now send their error event and [DONE]; give them a moment to be written.

@@ -63,6 +63,8 @@ pub enum FinishReason {
     Length,
     /// The engine failed on this request; the message says why.
     Error(String),
+    /// Ended by the server (shutting down) before it was done; the message says why.
+    Aborted(String),
 }
 
 #[derive(Clone, Debug)]
@@ -380,18 +382,18 @@ impl<E: Executor> EngineLoop<E> {
             Msg::Job(job) => match &self.aborted {
                 Some(reason) => {
                     self.shared.pending.fetch_sub(1, Ordering::SeqCst);
-                    finish_job(&job, FinishReason::Error(reason.clone()), 0, None, None);
+                    finish_job(&job, FinishReason::Aborted(reason.clone()), 0, None, None);
                 }
                 None => self.waiting.push_back(job),
             },
             Msg::Abort(reason) => {
                 for job in self.waiting.drain(..) {
                     self.shared.pending.fetch_sub(1, Ordering::SeqCst);
-                    finish_job(&job, FinishReason::Error(reason.clone()), 0, None, None);
+                    finish_job(&job, FinishReason::Aborted(reason.clone()), 0, None, None);
                 }
                 for r in self.running.drain(..) {
                     self.exec.remove_sequence(r.seq);
-                    r.finish(FinishReason::Error(reason.clone()));
+                    r.finish(FinishReason::Aborted(reason.clone()));
                 }
                 self.aborted = Some(reason);
             }

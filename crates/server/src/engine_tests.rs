@@ -299,7 +299,7 @@ fn abort_ends_every_job_with_its_reason_and_refuses_new_ones() {
     drop(gate);
     for rx in [running, waiting] {
         match wait(rx) {
-            (_, Some(FinishReason::Error(m))) => assert_eq!(m, "the server is shutting down"),
+            (_, Some(FinishReason::Aborted(m))) => assert_eq!(m, "the server is shutting down"),
             other => panic!("expected the abort, got {other:?}"),
         }
     }

@@ -397,12 +397,13 @@ async fn run(
     });
     let output: Vec<Value> = out.items.iter().map(|i| item_json(i, true)).collect();
     let failure = match finish.as_ref().map(|f| &f.reason) {
-        Some(FinishReason::Error(m)) => Some(m.clone()),
+        Some(FinishReason::Error(m) | FinishReason::Aborted(m)) => Some(m.clone()),
         None => Some("the engine stopped before the response was complete".to_string()),
         _ => None,
     };
     if let Some(m) = failure {
-        let e = ApiError::engine(m.clone());
+        let aborted = matches!(finish.as_ref().map(|f| &f.reason), Some(FinishReason::Aborted(_)));
+        let e = if aborted { ApiError::unavailable(m.clone()) } else { ApiError::engine(m.clone()) };
         log.fail(&e);
         let failed = object("failed", output, usage, &[("error", json!({"code": "server_error", "message": m}))]);
         ev.send("response.failed", json!({"response": failed})).await;
