@@ -58,6 +58,43 @@ impl Default for Limits {
     }
 }
 
+/// File descriptors kept back from connections: the model's files, the engine, the runtime.
+const RESERVED_FDS: usize = 64;
+
+/// The connection cap that fits the process's file-descriptor limit, raising the soft limit
+/// to the hard one first (as servers do). With a cap above the limit, half-open connections
+/// would use up the descriptors before the cap refused any, and `accept` would fail instead.
+pub fn fit_fd_limit(max_connections: usize) -> usize {
+    #[cfg(unix)]
+    {
+        let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+        // SAFETY: getrlimit and setrlimit only read and write the struct passed to them.
+        if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+            return max_connections;
+        }
+        if lim.rlim_cur < lim.rlim_max {
+            let raised = libc::rlimit { rlim_cur: lim.rlim_max, rlim_max: lim.rlim_max };
+            // SAFETY: as above.
+            if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+                lim = raised;
+            }
+        }
+        if lim.rlim_cur == libc::RLIM_INFINITY {
+            return max_connections;
+        }
+        let room = usize::try_from(lim.rlim_cur).unwrap_or(usize::MAX).saturating_sub(RESERVED_FDS).max(1);
+        if max_connections > room {
+            eprintln!(
+                "note: --max-connections {max_connections} lowered to {room}: the file-descriptor limit is {} \
+                 (ulimit -n) and {RESERVED_FDS} are kept for the server",
+                lim.rlim_cur
+            );
+            return room;
+        }
+    }
+    max_connections
+}
+
 /// How serving ended.
 #[derive(Debug, PartialEq)]
 pub enum Ended {
@@ -113,7 +150,7 @@ pub async fn serve_until_signal(
     limits: Limits,
 ) -> io::Result<Ended> {
     let mut signals = Signals::new()?;
-    let max = limits.max_connections.clamp(1, u32::MAX as usize);
+    let max = fit_fd_limit(limits.max_connections).clamp(1, u32::MAX as usize);
     let slots = Arc::new(Semaphore::new(max));
     // Connections being served (a permit each); read at shutdown.
     let open = Arc::new(AtomicUsize::new(0));
