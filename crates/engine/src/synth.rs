@@ -47,8 +47,11 @@ pub fn write_checkpoint(
     seed: u64,
     mut progress: impl FnMut(u64, u64),
 ) -> io::Result<SynthSummary> {
-    if layout == Layout::Gguf {
-        return Err(io::Error::new(io::ErrorKind::Unsupported, "synth writes safetensors checkpoints only, not GGUF"));
+    if matches!(layout, Layout::Gguf | Layout::Mlx) {
+        return Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            format!("synth writes the Hugging Face and original layouts only, not {}", layout.name()),
+        ));
     }
     std::fs::create_dir_all(out)?;
     let tensors = tensor_plan(cfg, layout);
@@ -70,13 +73,13 @@ pub fn write_checkpoint(
         (Layout::Original, 1) => "model.safetensors".to_string(),
         // The published original/ shards have a double dash.
         (Layout::Original, _) => format!("model--{:05}-of-{:05}.safetensors", s + 1, n),
-        (Layout::HuggingFace | Layout::Gguf, 1) => "model.safetensors".to_string(),
+        (Layout::HuggingFace | Layout::Mlx | Layout::Gguf, 1) => "model.safetensors".to_string(),
         // The published HF shards count from 0 and name the last index, not the count.
-        (Layout::HuggingFace | Layout::Gguf, _) => format!("model-{:05}-of-{:05}.safetensors", s, n - 1),
+        (Layout::HuggingFace | Layout::Mlx | Layout::Gguf, _) => format!("model-{:05}-of-{:05}.safetensors", s, n - 1),
     };
 
     let config = match layout {
-        Layout::HuggingFace | Layout::Gguf => cfg.to_hf_json(),
+        Layout::HuggingFace | Layout::Mlx | Layout::Gguf => cfg.to_hf_json(),
         Layout::Original => cfg.to_original_json(),
     };
     std::fs::write(out.join("config.json"), serde_json::to_string_pretty(&config)? + "\n")?;
@@ -150,7 +153,7 @@ fn tensor_plan(cfg: &ModelConfig, layout: Layout) -> Vec<(TensorSpec, Fill)> {
         let n = |x| names.layer(l, x);
         t.push(bf16(n(AttnNorm), &[h], gain));
         match layout {
-            Layout::HuggingFace | Layout::Gguf => {
+            Layout::HuggingFace | Layout::Mlx | Layout::Gguf => {
                 t.push(bf16(n(QWeight), &[qd, h], dense(h)));
                 t.push(bf16(n(QBias), &[qd], bias));
                 t.push(bf16(n(KWeight), &[kvd, h], dense(h)));
