@@ -293,6 +293,18 @@ fn bf16_blocks<'a>(d: &'a Dense, what: &str) -> Result<&'a [u16], CudaError> {
     }
 }
 
+fn mxfp4_experts<'a>(
+    e: &'a gptoss_engine::weights::Experts,
+    what: &str,
+) -> Result<&'a gptoss_engine::weights::Mxfp4Experts, CudaError> {
+    e.as_mxfp4().ok_or_else(|| {
+        CudaError::Unsupported(format!(
+            "{what} are held as {} (an MLX affine recipe); the CUDA backend runs MXFP4 experts",
+            e.format()
+        ))
+    })
+}
+
 /// Uploads checkpoint weights.
 pub fn upload(gpu: &mut Gpu, w: &ModelWeights, cfg: &ModelConfig) -> Result<DeviceWeights, CudaError> {
     let (h, i, e, v) = (cfg.hidden_size, cfg.intermediate_size, cfg.num_experts, cfg.vocab_size);
@@ -319,9 +331,9 @@ pub fn upload(gpu: &mut Gpu, w: &ModelWeights, cfg: &ModelConfig) -> Result<Devi
             mlp_norm: up.vector(Some(&m.norm), h, 0, 0.0, 0.0)?,
             router: up.bf16_rows(Src::Bf16(vec![bf16_blocks(&m.router, &name("router"))?]), e, h)?,
             router_bias: up.vector(Some(&m.router_bias), e, 0, 0.0, 0.0)?,
-            gate_up: up.experts(Src::Mxfp4(&m.gate_up), e, 2 * i, h, k)?,
+            gate_up: up.experts(Src::Mxfp4(mxfp4_experts(&m.gate_up, &name("gate_up experts"))?), e, 2 * i, h, k)?,
             gate_up_bias: up.vector(Some(&m.gate_up_bias), e * 2 * i, 0, 0.0, 0.0)?,
-            down: up.experts(Src::Mxfp4(&m.down), e, h, i, k)?,
+            down: up.experts(Src::Mxfp4(mxfp4_experts(&m.down, &name("down experts"))?), e, h, i, k)?,
             down_bias: up.vector(Some(&m.down_bias), e * h, 0, 0.0, 0.0)?,
         });
     }

@@ -28,6 +28,8 @@ pub struct Checkpoint {
     names: HashMap<String, usize>,
     /// An MLX conversion's per-module quantization ([`Layout::Mlx`] only).
     pub mlx: Option<crate::mlx::MlxQuant>,
+    /// A W4A16 checkpoint's quantization ([`Layout::CompressedTensors`] only).
+    pub w4a16: Option<crate::w4a16::W4a16Config>,
 }
 
 impl Checkpoint {
@@ -118,7 +120,22 @@ impl Checkpoint {
         } else {
             (layout, None)
         };
-        Ok(Checkpoint { dir, layout, config, files, gguf: None, names, mlx })
+        // llm-compressor keeps them too, with int4 layers and per-expert experts.
+        let (layout, w4a16) = if layout == Layout::HuggingFace {
+            let path = dir.join("config.json");
+            let text = std::fs::read_to_string(&path).map_err(|e| LoadError::io(&path, e))?;
+            let value: Value = serde_json::from_str(&text).map_err(|e| LoadError::BadCheckpoint {
+                path: path.clone(),
+                reason: format!("config is not valid JSON: {e}"),
+            })?;
+            match crate::w4a16::W4a16Config::from_config(&path, &value)? {
+                Some(c) => (Layout::CompressedTensors, Some(c)),
+                None => (layout, None),
+            }
+        } else {
+            (layout, None)
+        };
+        Ok(Checkpoint { dir, layout, config, files, gguf: None, names, mlx, w4a16 })
     }
 
     /// One GGUF file, or every part of a split one: the metadata is the config, the
@@ -133,6 +150,7 @@ impl Checkpoint {
             files: Vec::new(),
             gguf: Some(file),
             mlx: None,
+            w4a16: None,
             names: HashMap::new(),
         })
     }
@@ -217,7 +235,7 @@ pub struct TensorNames {
 impl TensorNames {
     pub fn embedding(&self) -> &'static str {
         match self.layout {
-            Layout::HuggingFace | Layout::Mlx => "model.embed_tokens.weight",
+            Layout::HuggingFace | Layout::Mlx | Layout::CompressedTensors => "model.embed_tokens.weight",
             Layout::Original => "embedding.weight",
             Layout::Gguf => "token_embd.weight",
         }
@@ -225,7 +243,7 @@ impl TensorNames {
 
     pub fn final_norm(&self) -> &'static str {
         match self.layout {
-            Layout::HuggingFace | Layout::Mlx => "model.norm.weight",
+            Layout::HuggingFace | Layout::Mlx | Layout::CompressedTensors => "model.norm.weight",
             Layout::Original => "norm.scale",
             Layout::Gguf => "output_norm.weight",
         }
@@ -233,7 +251,7 @@ impl TensorNames {
 
     pub fn unembedding(&self) -> &'static str {
         match self.layout {
-            Layout::HuggingFace | Layout::Mlx => "lm_head.weight",
+            Layout::HuggingFace | Layout::Mlx | Layout::CompressedTensors => "lm_head.weight",
             Layout::Original => "unembedding.weight",
             Layout::Gguf => "output.weight",
         }
@@ -244,7 +262,7 @@ impl TensorNames {
         use LayerTensor::*;
         match self.layout {
             // MLX experts are read by module ([`crate::mlx`]); the rest are these names.
-            Layout::HuggingFace | Layout::Mlx => {
+            Layout::HuggingFace | Layout::Mlx | Layout::CompressedTensors => {
                 let s = match t {
                     AttnNorm => "input_layernorm.weight",
                     QWeight => "self_attn.q_proj.weight",

@@ -17,6 +17,10 @@ pub enum Layout {
     /// An mlx-lm conversion: the Hugging Face names and config, experts as
     /// `mlp.experts.{gate,up,down}_proj`, any module possibly quantized ([`crate::mlx`]).
     Mlx,
+    /// An llm-compressor W4A16 checkpoint (compressed-tensors `pack-quantized`): the Hugging
+    /// Face names, int4 linear layers as `weight_packed`/`weight_scale`, the experts as
+    /// per-expert linear layers ([`crate::w4a16`]).
+    CompressedTensors,
     /// One llama.cpp `.gguf` file: `blk.N.*`, config in its metadata, experts in ggml's
     /// MXFP4 blocks with gate and up split or concatenated (spec §1.5, §2.5, §3.5).
     Gguf,
@@ -27,6 +31,7 @@ impl Layout {
         match self {
             Layout::HuggingFace => "Hugging Face",
             Layout::Mlx => "MLX",
+            Layout::CompressedTensors => "compressed-tensors W4A16",
             Layout::Original => "OpenAI original",
             Layout::Gguf => "llama.cpp GGUF",
         }
@@ -36,7 +41,7 @@ impl Layout {
     /// name what the user can find in the file.
     pub fn field_name(self, hf: &'static str) -> &'static str {
         match self {
-            Layout::HuggingFace | Layout::Mlx => hf,
+            Layout::HuggingFace | Layout::Mlx | Layout::CompressedTensors => hf,
             Layout::Original => match hf {
                 "num_local_experts" => "num_experts",
                 "num_experts_per_tok" => "experts_per_token",
@@ -207,13 +212,28 @@ impl ModelConfig {
             }
             Some(_) => return Err(f.bad("layer_types", "must be an array".into())),
         };
+        // transformers 5 writes `rope_parameters` (with `rope_theta` inside) where 4.x wrote
+        // `rope_scaling` and a top-level `rope_theta`.
+        let (rope_key, rope_prefix) = match f.obj.get("rope_scaling") {
+            None | Some(Value::Null) if f.obj.contains_key("rope_parameters") => {
+                ("rope_parameters", "rope_parameters.")
+            }
+            _ => ("rope_scaling", "rope_scaling."),
+        };
+        let rope_theta = match (f.opt_f64("rope_theta")?, f.obj.get("rope_parameters")) {
+            (Some(t), _) => t,
+            (None, Some(Value::Object(rp))) => {
+                Fields { path: f.path, obj: rp, prefix: "rope_parameters." }.f64("rope_theta")?
+            }
+            (None, _) => f.f64("rope_theta")?,
+        };
         let (rope_factor, rope_original_context, rope_beta_fast, rope_beta_slow, rope_truncate) = match f
             .obj
-            .get("rope_scaling")
+            .get(rope_key)
         {
             None | Some(Value::Null) => (1.0, f.opt_usize("initial_context_length")?.unwrap_or(4096), 32.0, 1.0, false),
             Some(Value::Object(rs)) => {
-                let sub = Fields { path: f.path, obj: rs, prefix: "rope_scaling." };
+                let sub = Fields { path: f.path, obj: rs, prefix: rope_prefix };
                 let kind = rs.get("rope_type").or_else(|| rs.get("type")).and_then(Value::as_str).unwrap_or("yarn");
                 if kind != "yarn" {
                     return Err(sub.bad("rope_type", format!("is `{kind}`; gpt-oss uses `yarn`")));
@@ -231,7 +251,7 @@ impl ModelConfig {
                     truncate,
                 )
             }
-            Some(_) => return Err(f.bad("rope_scaling", "must be an object".into())),
+            Some(_) => return Err(f.bad(rope_key, "must be an object".into())),
         };
         let max_context = match f.opt_usize("max_position_embeddings")? {
             Some(n) => n,
@@ -249,7 +269,7 @@ impl ModelConfig {
             vocab_size: f.usize("vocab_size")?,
             sliding_window: f.usize("sliding_window")?,
             sliding_layers,
-            rope_theta: f.f64("rope_theta")?,
+            rope_theta,
             rope_factor,
             rope_original_context,
             rope_beta_fast,

@@ -19,6 +19,7 @@ pub mod safetensors;
 pub mod sampler;
 pub mod synth;
 pub mod tokenizer;
+pub mod w4a16;
 pub mod weights;
 pub mod workspace;
 

@@ -20,7 +20,7 @@ use gptoss_kernels::mxfp4;
 use crate::checkpoint::Checkpoint;
 use crate::error::LoadError;
 use crate::safetensors::{Bytes, DType};
-use crate::weights::{f16_to_f32, AffineMatrix, Bf16Matrix, Dense, Mxfp4Experts, Mxfp4Matrix};
+use crate::weights::{floats, AffineMatrix, Bf16Matrix, Dense, Experts, Mxfp4Experts, Mxfp4Matrix};
 
 /// How one module is quantized.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -206,8 +206,11 @@ impl MlxLoader<'_> {
             Stored::Plain(b) => Dense::Bf16(Bf16Matrix::new(b, rows, cols)),
             Stored::Quantized { words, scales, scales_dtype, biases, spec } => match spec.mode {
                 Mode::Affine => {
-                    let (b, bd) = biases.expect("affine modules carry biases");
-                    let (s, b) = (floats(&scales, scales_dtype), floats(&b, bd));
+                    let (zero, zd) = biases.expect("affine modules carry biases");
+                    let (s, b) = (floats(&scales, scales_dtype), floats(&zero, zd));
+                    // Widened copies: the file's pages stop counting in the resident set.
+                    scales.release();
+                    zero.release();
                     Dense::Affine(AffineMatrix::new(words, s, b, spec.bits, spec.group, rows, cols))
                 }
                 Mode::Mxfp4 => Dense::Mxfp4(Mxfp4Matrix { codes: words, scales, rows, cols }),
@@ -215,54 +218,80 @@ impl MlxLoader<'_> {
         })
     }
 
-    /// The MXFP4 experts of layer `l`: gate_up `[E, 2I, H]` (gate and up rows interleaved
-    /// into owned memory, as the fused checkpoints hold them) with its bias `[E, 2I]`, down
-    /// `[E, H, I]` in place.
-    pub fn experts(
-        &self,
-        l: usize,
-        e: usize,
-        i: usize,
-        h: usize,
-    ) -> Result<(Mxfp4Experts, Vec<f32>, Mxfp4Experts), LoadError> {
+    /// The experts of layer `l`: gate_up `[E, 2I, H]` (gate and up rows interleaved into
+    /// owned memory, as the fused checkpoints hold them) with its bias `[E, 2I]`, and down
+    /// `[E, H, I]` in place. MXFP4 experts are the Hugging Face bytes; affine experts (the
+    /// `4bit`/`8bit` recipes) stay packed as one affine matrix `[E·rows, cols]`.
+    pub fn experts(&self, l: usize, e: usize, i: usize, h: usize) -> Result<(Experts, Vec<f32>, Experts), LoadError> {
         let module = |p: &str| format!("model.layers.{l}.mlp.experts.{p}");
-        let mxfp4_parts = |p: &str, rows: usize, cols: usize| -> Result<(Bytes, Bytes), LoadError> {
+        let part = |p: &str, rows: usize, cols: usize| -> Result<Stored, LoadError> {
             let m = module(p);
             match self.stored(&m, &[e], rows, cols)? {
-                Stored::Quantized { words, scales, spec: QuantSpec { mode: Mode::Mxfp4, .. }, .. } => Ok((words, scales)),
-                Stored::Quantized { spec, .. } => Err(self.bad(
-                    &m,
-                    format!(
-                        "experts are affine {}-bit (the 4bit/8bit recipes): not supported yet; MXFP4 conversions (MXFP4-Q4, MXFP4-Q8) are",
-                        spec.bits
-                    ),
-                )),
                 Stored::Plain(_) => Err(self.bad(
                     &m,
-                    "experts are bf16 (the bf16 recipe): not supported yet; MXFP4 conversions (MXFP4-Q4, MXFP4-Q8) are".into(),
+                    "experts are bf16 (the bf16 recipe): not supported yet; MXFP4 and affine conversions are".into(),
                 )),
+                q => Ok(q),
             }
         };
-        let (gate_c, gate_s) = mxfp4_parts("gate_proj", i, h)?;
-        let (up_c, up_s) = mxfp4_parts("up_proj", i, h)?;
-        let (down_c, down_s) = mxfp4_parts("down_proj", h, i)?;
-        // Row 2n is gate unit n, row 2n+1 up unit n: the rows of the fused tensor.
-        let interleave = |gate: &Bytes, up: &Bytes, row_bytes: usize| {
-            Bytes::build(2 * gate.len(), |dst| {
-                let rows = gate.as_slice().chunks_exact(row_bytes).zip(up.as_slice().chunks_exact(row_bytes));
-                for (pair, (g, u)) in dst.chunks_exact_mut(2 * row_bytes).zip(rows) {
-                    pair[..row_bytes].copy_from_slice(g);
-                    pair[row_bytes..].copy_from_slice(u);
-                }
-            })
-        };
-        let codes = interleave(&gate_c, &up_c, h / 2);
-        let scales = interleave(&gate_s, &up_s, h / mxfp4::BLOCK);
-        let gate_up = Mxfp4Experts::from_parts(codes, scales, e, 2 * i, h);
-        let down = Mxfp4Experts::from_parts(down_c, down_s, e, h, i);
+        let (gate, up, down) = (part("gate_proj", i, h)?, part("up_proj", i, h)?, part("down_proj", h, i)?);
         let gate_bias = self.vector(&format!("{}.bias", module("gate_proj")), &[e, i])?;
         let up_bias = self.vector(&format!("{}.bias", module("up_proj")), &[e, i])?;
         let bias = gate_bias.iter().zip(&up_bias).flat_map(|(&g, &u)| [g, u]).collect();
+        // Row 2n is gate unit n, row 2n+1 up unit n: the rows of the fused tensor.
+        fn interleave<T: Copy>(gate: &[T], up: &[T], row: usize) -> Vec<T> {
+            gate.chunks_exact(row).zip(up.chunks_exact(row)).flat_map(|(g, u)| g.iter().chain(u).copied()).collect()
+        }
+        let bytes_of = |v: Vec<u8>| Bytes::build(v.len(), |d| d.copy_from_slice(&v));
+        let spec_of = |s: &Stored| match s {
+            Stored::Quantized { spec, .. } => Some(*spec),
+            Stored::Plain(_) => None,
+        };
+        let (gs, us) = (spec_of(&gate), spec_of(&up));
+        if gs != us {
+            return Err(self.bad(&module("up_proj"), format!("is quantized unlike gate_proj ({gs:?} vs {us:?})")));
+        }
+        let gate_up = match (gate, up) {
+            (
+                Stored::Quantized { words: gc, scales: gsc, spec: QuantSpec { mode: Mode::Mxfp4, .. }, .. },
+                Stored::Quantized { words: uc, scales: usc, .. },
+            ) => {
+                let codes = bytes_of(interleave(gc.as_slice(), uc.as_slice(), h / 2));
+                let scales = bytes_of(interleave(gsc.as_slice(), usc.as_slice(), h / mxfp4::BLOCK));
+                // Copied: the file's pages stop counting in the resident set.
+                for b in [&gc, &uc, &gsc, &usc] {
+                    b.release();
+                }
+                Experts::Mxfp4(Mxfp4Experts::from_parts(codes, scales, e, 2 * i, h))
+            }
+            (
+                Stored::Quantized { words: gc, scales: gsc, scales_dtype, biases: Some((gz, zd)), spec },
+                Stored::Quantized { words: uc, scales: usc, biases: Some((uz, _)), .. },
+            ) => {
+                let (rb, gpr) = (h * spec.bits as usize / 8, h / spec.group);
+                let codes = bytes_of(interleave(gc.as_slice(), uc.as_slice(), rb));
+                let scales = interleave(&floats(&gsc, scales_dtype), &floats(&usc, scales_dtype), gpr);
+                let zeros = interleave(&floats(&gz, zd), &floats(&uz, zd), gpr);
+                for b in [&gc, &uc, &gsc, &usc, &gz, &uz] {
+                    b.release();
+                }
+                let w = AffineMatrix::new(codes, scales, zeros, spec.bits, spec.group, e * 2 * i, h);
+                Experts::Affine { w, experts: e }
+            }
+            _ => unreachable!("both quantized alike (checked above); affine modules carry biases"),
+        };
+        let down = match down {
+            Stored::Quantized { words, scales, spec: QuantSpec { mode: Mode::Mxfp4, .. }, .. } => {
+                Experts::Mxfp4(Mxfp4Experts::from_parts(words, scales, e, h, i))
+            }
+            Stored::Quantized { words, scales, scales_dtype, biases: Some((z, zd)), spec } => {
+                let (s, zeros) = (floats(&scales, scales_dtype), floats(&z, zd));
+                scales.release();
+                z.release();
+                Experts::Affine { w: AffineMatrix::new(words, s, zeros, spec.bits, spec.group, e * h, i), experts: e }
+            }
+            _ => unreachable!("plain experts were refused above; affine modules carry biases"),
+        };
         Ok((gate_up, bias, down))
     }
 
@@ -291,16 +320,4 @@ fn check_shape(path: &Path, tensor: &str, found: &[usize], expected: &[usize]) -
         });
     }
     Ok(())
-}
-
-/// bf16, f16 or f32 values widened to f32 (the caller checked the dtype).
-fn floats(b: &Bytes, dtype: DType) -> Vec<f32> {
-    let b = b.as_slice();
-    match dtype {
-        DType::BF16 => {
-            b.chunks_exact(2).map(|c| gptoss_kernels::bf16::bf16_to_f32(u16::from_le_bytes([c[0], c[1]]))).collect()
-        }
-        DType::F16 => b.chunks_exact(2).map(|c| f16_to_f32(u16::from_le_bytes([c[0], c[1]]))).collect(),
-        _ => b.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
-    }
 }

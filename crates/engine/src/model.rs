@@ -128,7 +128,7 @@ impl Model {
         let mut weights = ModelWeights::load(ck)?;
         weights.set_dense_format(dense);
         let dense = weights.dense_format();
-        weights.set_expert_layout(expert_layout_for(kernels));
+        weights.set_expert_layout(expert_layout_for(kernels), affine_layout_for(kernels));
         weights.set_dense_layout(dense_layout_for(kernels));
         weights.set_affine_layout(affine_layout_for(kernels));
         weights.populate();
@@ -153,7 +153,7 @@ impl Model {
     /// if they read other layouts.
     pub fn set_kernels(&mut self, kernels: &'static Kernels) {
         self.kernels = kernels;
-        self.weights.set_expert_layout(expert_layout_for(kernels));
+        self.weights.set_expert_layout(expert_layout_for(kernels), affine_layout_for(kernels));
         self.weights.set_dense_layout(dense_layout_for(kernels));
         self.weights.set_affine_layout(affine_layout_for(kernels));
     }
@@ -405,7 +405,7 @@ impl Model {
 
         let timer = profile::time(Stage::GateUp);
         let gate_up = sized(gate_up, n * 2 * i_dim); // [T·k, 2I] interleaved (gate, up)
-        ops::linear_mxfp4_experts(self.kernels, &w.gate_up, groups, xs, &w.gate_up_bias, gate_up, ops);
+        ops::linear_experts(self.kernels, &w.gate_up, groups, xs, &w.gate_up_bias, gate_up, ops);
         drop(timer);
 
         let timer = profile::time(Stage::Swiglu);
@@ -418,7 +418,7 @@ impl Model {
 
         let timer = profile::time(Stage::Down);
         let down = sized(down, n * h); // [T·k, H]
-        ops::linear_mxfp4_experts(self.kernels, &w.down, groups, act, &w.down_bias, down, ops);
+        ops::linear_experts(self.kernels, &w.down, groups, act, &w.down_bias, down, ops);
         drop(timer);
 
         let timer = profile::time(Stage::MoeSum);

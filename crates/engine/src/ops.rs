@@ -12,7 +12,7 @@ use std::ops::Range;
 use gptoss_kernels::Kernels;
 use rayon::prelude::*;
 
-use crate::weights::{Bf16Layout, Bf16Matrix, Dense, Mxfp4Experts, Mxfp4Layout, Q8Matrix};
+use crate::weights::{AffineView, Bf16Layout, Bf16Matrix, Dense, Experts, Mxfp4Experts, Mxfp4Layout, Q8Matrix};
 use crate::workspace::{recycle, sized};
 
 /// Rows per task: enough tasks to keep every thread busy to the end, each big enough that
@@ -73,15 +73,7 @@ pub fn linear_dense(
     match w {
         Dense::Bf16(m) => linear_bf16(kern, x, n_tok, m, bias, y, bufs),
         Dense::Q8(m) => linear_q8(kern, x, n_tok, m, bias, y, bufs),
-        Dense::Affine(m) if m.layout == Mxfp4Layout::Rows16 => linear_affine4_r16(kern, x, n_tok, m, bias, y, bufs),
-        Dense::Affine(m) => {
-            let (k, w) = (m.cols, m.view());
-            let matmul = kern.matmul_rows_f32_affinew;
-            rows_parallel(m.rows, n_tok, y, &mut bufs.out_t, |r, out, scratch| {
-                let rows = w.row_block(k, r.start, r.end);
-                matmul(x, n_tok, rows, bias.map(|b| &b[r.clone()]), out, sized(&mut scratch.floats, k))
-            });
-        }
+        Dense::Affine(m) => linear_affine(kern, x, n_tok, m.block(0, m.rows), bias, y, bufs),
         Dense::Mxfp4(m) => {
             let (k, codes, scales) = (m.cols, m.codes(), m.scales());
             let (cpr, spr) = (k / 2, k / gptoss_kernels::mxfp4::BLOCK);
@@ -94,6 +86,27 @@ pub fn linear_dense(
     }
 }
 
+/// `y[T, R] = x[T, K]·Wᵀ + b` for affine `W [R, K]` (MLX), in either layout.
+pub fn linear_affine(
+    kern: &Kernels,
+    x: &[f32],
+    n_tok: usize,
+    w: AffineView,
+    bias: Option<&[f32]>,
+    y: &mut [f32],
+    bufs: &mut OpsBuffers,
+) {
+    if w.layout == Mxfp4Layout::Rows16 {
+        return linear_affine4_r16(kern, x, n_tok, w, bias, y, bufs);
+    }
+    let (k, rows) = (w.cols, w.rows_view());
+    let matmul = kern.matmul_rows_f32_affinew;
+    rows_parallel(w.rows, n_tok, y, &mut bufs.out_t, |r, out, scratch| {
+        let block = rows.row_block(k, r.start, r.end);
+        matmul(x, n_tok, block, bias.map(|b| &b[r.clone()]), out, sized(&mut scratch.floats, k))
+    });
+}
+
 /// `y[T, R] = x[T, K]·Wᵀ + b` for 4-bit affine `W` repacked for the integer kernels: the
 /// kernel gives `Σ scale·q·x` from int16 activations, and the zero points add
 /// `Σ_g bias_g·Σ_{k∈g} x[t, k]` per row and token.
@@ -101,7 +114,7 @@ fn linear_affine4_r16(
     kern: &Kernels,
     x: &[f32],
     n_tok: usize,
-    w: &crate::weights::AffineMatrix,
+    w: AffineView,
     bias: Option<&[f32]>,
     y: &mut [f32],
     bufs: &mut OpsBuffers,
@@ -125,7 +138,7 @@ fn linear_affine4_r16(
     let matmul = ia
         .and_then(|ia| ia.matmul_rows_i16a_affine4r16w)
         .unwrap_or(gptoss_kernels::scalar::matmul_rows_i16a_affine4r16w);
-    let (codes, scales, zero) = (w.codes(), &w.scales, &w.biases);
+    let (codes, scales, zero) = (w.codes, w.scales, w.biases);
     let group16 = gptoss_kernels::mxfp4_r16::GROUP;
     rows_parallel_in(rows, n_tok, group16, y, out_t, |r, out, scratch| {
         let (c, s) = (&codes[r.start * k / 2..r.end * k / 2], &scales[r.start * k / BLOCK..r.end * k / BLOCK]);
@@ -274,6 +287,32 @@ pub struct ExpertGroup {
     pub expert: usize,
     /// Rows of `x` and `y` (consecutive: tokens are grouped by expert).
     pub rows: Range<usize>,
+}
+
+/// `y[N, R] = x[N, K]·W[e]ᵀ + bias[e]` where each group of rows uses its own expert `e`, in
+/// either format: MXFP4 through one pool of tasks ([`linear_mxfp4_experts`]), affine group
+/// after group (each a parallel matmul over its expert's rows).
+pub fn linear_experts(
+    kern: &Kernels,
+    w: &Experts,
+    groups: &[ExpertGroup],
+    x: &[f32],
+    bias: &[f32],
+    y: &mut [f32],
+    bufs: &mut OpsBuffers,
+) {
+    match w {
+        Experts::Mxfp4(m) => linear_mxfp4_experts(kern, m, groups, x, bias, y, bufs),
+        Experts::Affine { w: m, .. } => {
+            let (rows, k) = (w.rows(), w.cols());
+            for g in groups {
+                let (e, rr) = (g.expert, &g.rows);
+                let view = m.block(e * rows, (e + 1) * rows);
+                let (xg, yg) = (&x[rr.start * k..rr.end * k], &mut y[rr.start * rows..rr.end * rows]);
+                linear_affine(kern, xg, rr.len(), view, Some(&bias[e * rows..(e + 1) * rows]), yg, bufs);
+            }
+        }
+    }
 }
 
 /// `y[N, R] = x[N, K]·W[e]ᵀ + bias[e]` where each group of rows uses its own expert `e`

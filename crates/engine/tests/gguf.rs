@@ -189,9 +189,9 @@ fn weights_equal_the_hf_weights_bit_for_bit() {
         assert_eq!((&gm.router_bias, &gm.norm), (&hm.router_bias, &hm.norm), "layer {l}");
         assert_eq!(gm.gate_up_bias, hm.gate_up_bias, "layer {l} gate/up bias (re-interleaved)");
         assert_eq!(gm.down_bias, hm.down_bias, "layer {l} down bias");
-        for e in 0..gm.gate_up.experts {
-            assert_eq!(gm.gate_up.expert(e), hm.gate_up.expert(e), "layer {l} expert {e} gate/up");
-            assert_eq!(gm.down.expert(e), hm.down.expert(e), "layer {l} expert {e} down");
+        for e in 0..gm.gate_up.experts() {
+            assert_eq!(mx(&gm.gate_up).expert(e), mx(&hm.gate_up).expert(e), "layer {l} expert {e} gate/up");
+            assert_eq!(mx(&gm.down).expert(e), mx(&hm.down).expert(e), "layer {l} expert {e} down");
         }
     }
     let rounded = ck.gguf.as_ref().unwrap().rounded_tensors();
@@ -753,4 +753,8 @@ fn twenty_b_shapes_load_the_same_from_gguf() {
         tokens.len()
     );
     assert_eq!(diff, 0.0);
+}
+
+fn mx(x: &gptoss_engine::weights::Experts) -> &gptoss_engine::weights::Mxfp4Experts {
+    x.as_mxfp4().expect("MXFP4 experts")
 }

@@ -86,7 +86,7 @@ fn compare(model: &Model, r: &MlxReference) -> (f64, f32, Vec<Vec<f32>>) {
 
 #[test]
 fn mlx_conversions_match_mlx_lm_with_exact_yarn() {
-    for variant in ["mxfp4", "mxfp4-q4", "mxfp4-q8"] {
+    for variant in ["mxfp4", "mxfp4-q4", "mxfp4-q8", "4bit"] {
         let r = reference(variant);
         let mut model = Model::load(&mlx(variant)).unwrap();
         assert_eq!(model.layout, Layout::Mlx, "{variant}");
@@ -165,11 +165,13 @@ fn repacked_affine_rows_decode_as_stored() {
     assert_eq!(v, rows[1]);
 }
 
+/// The `4bit` recipe: affine experts (4-bit, group 32) stay packed.
 #[test]
-fn affine_experts_are_refused_with_the_module_named() {
-    let (_, msg) = load_err(&mlx("4bit"));
-    eprintln!("{msg}");
-    assert!(msg.contains("model.layers.0.mlp.experts.gate_proj") && msg.contains("affine 4-bit"), "{msg}");
+fn affine_experts_stay_packed() {
+    let model = Model::load(&mlx("4bit")).unwrap();
+    let m = &model.weights.layers[2].moe;
+    assert_eq!((m.gate_up.format(), m.down.format()), ("affine 4-bit g32".to_string(), "affine 4-bit g32".to_string()));
+    assert_eq!((m.gate_up.experts(), m.gate_up.rows(), m.down.rows()), (8, 192, 64));
 }
 
 fn broken(variant: &str) -> (tempfile::TempDir, PathBuf) {
@@ -220,4 +222,22 @@ fn a_config_that_disagrees_with_the_tensors_is_named() {
     let (_, msg) = load_err(&path);
     eprintln!("{msg}");
     assert!(msg.contains("model.layers.0.self_attn.o_proj") && msg.contains("config.json says"), "{msg}");
+}
+
+/// `synth`'s MLX conversions load as MLX, with the recipes' formats, and run.
+#[test]
+fn synth_writes_loadable_mlx_conversions() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = gptoss_engine::ModelConfig::tiny();
+    for bits in [4, 8] {
+        let out = dir.path().join(format!("q{bits}"));
+        gptoss_engine::synth::write_mlx_checkpoint(&cfg, bits, &out, 1, |_, _| {}).unwrap();
+        let model = Model::load(&out).unwrap();
+        assert_eq!(model.layout, Layout::Mlx);
+        let w = &model.weights;
+        assert_eq!(w.unembedding.format(), format!("affine {bits}-bit g64"));
+        assert_eq!(w.layers[0].moe.router.format(), "affine 8-bit g64");
+        let logits = all_logits(&model, &[1, 2, 3, 4]);
+        assert!(logits.iter().flatten().all(|v| v.is_finite()));
+    }
 }

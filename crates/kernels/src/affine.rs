@@ -8,7 +8,7 @@
 
 /// Widths mlx packs.
 pub const BITS: [u32; 7] = [1, 2, 3, 4, 5, 6, 8];
-/// Group sizes mlx packs.
+/// Group sizes mlx packs (the kernels take any multiple of 32).
 pub const GROUPS: [usize; 3] = [32, 64, 128];
 
 /// Affine rows `[R, K]`: codes `[R, K·bits/8]` bytes, scales and biases `[R, K/group]`.
@@ -29,8 +29,9 @@ impl<'a> AffineRows<'a> {
 
     /// Rows, after checking that the parts agree with K (a caller bug otherwise).
     pub fn rows(&self, k: usize) -> usize {
+        // mlx writes groups of 32, 64 and 128; W4A16 per-channel scales make a row one group.
         assert!(
-            BITS.contains(&self.bits) && GROUPS.contains(&self.group),
+            BITS.contains(&self.bits) && self.group > 0 && self.group.is_multiple_of(32),
             "affine: {} bits, group {}",
             self.bits,
             self.group

@@ -12,6 +12,9 @@ use crate::error::LoadError;
 use crate::profile::{Stage, STAGES};
 use crate::safetensors::{Bytes, DType};
 
+mod packed;
+pub use packed::{AffineMatrix, AffineView, Experts, Mxfp4Matrix, Q8Matrix};
+
 /// The element order of a bf16 matrix.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Bf16Layout {
@@ -106,8 +109,8 @@ pub enum Mxfp4Layout {
 /// MXFP4 expert weights: codes `[E, rows, cols/2]` bytes and scales `[E, rows, cols/32]`.
 #[derive(Clone)]
 pub struct Mxfp4Experts {
-    codes: Bytes,
-    scales: Bytes,
+    pub(crate) codes: Bytes,
+    pub(crate) scales: Bytes,
     pub layout: Mxfp4Layout,
     pub experts: usize,
     pub rows: usize,
@@ -171,128 +174,6 @@ impl Mxfp4Experts {
     }
 }
 
-/// A q8 matrix `[rows, cols]`: int8 codes and one f32 scale per 32 (see
-/// [`gptoss_kernels::q8`]), requantized from bf16 at load.
-pub struct Q8Matrix {
-    pub codes: Vec<i8>,   // [rows, cols]
-    pub scales: Vec<f32>, // [rows, cols/32]
-    pub rows: usize,
-    pub cols: usize,
-}
-
-impl Q8Matrix {
-    /// Requantizes `w` row by row, in parallel.
-    pub fn from_bf16(w: &Bf16Matrix) -> Self {
-        use rayon::prelude::*;
-        let (rows, cols) = (w.rows, w.cols);
-        let spr = cols / gptoss_kernels::q8::BLOCK;
-        let mut codes = vec![0i8; rows * cols];
-        let mut scales = vec![0f32; rows * spr];
-        codes.par_chunks_mut(cols).zip(scales.par_chunks_mut(spr)).enumerate().for_each(|(r, (c, s))| {
-            gptoss_kernels::q8::quantize_row_bf16(w.row(r), c, s);
-        });
-        Q8Matrix { codes, scales, rows, cols }
-    }
-}
-
-/// An affine-quantized matrix `[rows, cols]` as MLX checkpoints hold it (see
-/// [`gptoss_kernels::affine`]): the packed codes stay in the memory map, scales and biases
-/// are widened to f32.
-pub struct AffineMatrix {
-    codes: Bytes,         // [rows, cols·bits/8] (Rows16: the same bytes in 16-row tiles)
-    pub scales: Vec<f32>, // [rows, cols/group] (Rows16: [rows/16, cols/32, 16])
-    pub biases: Vec<f32>, // [rows, cols/group]
-    pub bits: u32,
-    pub group: usize,
-    pub rows: usize,
-    pub cols: usize,
-    /// `Rows16`: 4-bit codes repacked at load for the integer kernels
-    /// ([`gptoss_kernels::affine_r16`]).
-    pub layout: Mxfp4Layout,
-}
-
-impl AffineMatrix {
-    pub(crate) fn new(
-        codes: Bytes,
-        scales: Vec<f32>,
-        biases: Vec<f32>,
-        bits: u32,
-        group: usize,
-        rows: usize,
-        cols: usize,
-    ) -> Self {
-        let m = AffineMatrix { codes, scales, biases, bits, group, rows, cols, layout: Mxfp4Layout::Rows };
-        assert_eq!(m.view().rows(cols), rows, "AffineMatrix: parts do not match the shape");
-        m
-    }
-
-    /// The packed codes as they are held.
-    pub fn codes(&self) -> &[u8] {
-        self.codes.as_slice()
-    }
-
-    /// Puts the matrix in `layout` (the same numbers; owned memory when repacked). Stays in
-    /// rows unless it is 4-bit and whole tiles.
-    pub fn set_layout(&mut self, layout: Mxfp4Layout) {
-        use gptoss_kernels::affine_r16;
-        let (k, g) = (self.cols, self.group);
-        if layout == self.layout || !affine_r16::can_pack(self.rows, k, self.bits, g) {
-            return;
-        }
-        self.codes.populate();
-        let (codes, scales) = match layout {
-            Mxfp4Layout::Rows16 => {
-                let mut scales = vec![0f32; self.rows * k / 32];
-                let codes = Bytes::build(self.codes.len(), |d| {
-                    affine_r16::pack(self.codes(), &self.scales, k, g, d, &mut scales)
-                });
-                (codes, scales)
-            }
-            Mxfp4Layout::Rows => {
-                let per_row = k / g;
-                let scale = |i: usize| affine_r16::scale_at(&self.scales, k, i / per_row, (i % per_row) * g / 32);
-                let scales = (0..self.rows * per_row).map(scale).collect();
-                let codes = Bytes::build(self.codes.len(), |d| {
-                    for (r, row) in d.chunks_exact_mut(k / 2).enumerate() {
-                        affine_r16::unpack_row_codes(self.codes(), k, r, row);
-                    }
-                });
-                (codes, scales)
-            }
-        };
-        self.codes.release();
-        (self.codes, self.scales, self.layout) = (codes, scales, layout);
-    }
-
-    pub fn view(&self) -> gptoss_kernels::affine::AffineRows<'_> {
-        gptoss_kernels::affine::AffineRows {
-            codes: self.codes.as_slice(),
-            scales: &self.scales,
-            biases: &self.biases,
-            bits: self.bits,
-            group: self.group,
-        }
-    }
-}
-
-/// An MXFP4 dense matrix `[rows, cols]` (MLX conversions may quantize any linear layer so):
-/// codes `[rows, cols/2]`, E8M0 scales `[rows, cols/32]`, in the memory map.
-pub struct Mxfp4Matrix {
-    pub(crate) codes: Bytes,
-    pub(crate) scales: Bytes,
-    pub rows: usize,
-    pub cols: usize,
-}
-
-impl Mxfp4Matrix {
-    pub fn codes(&self) -> &[u8] {
-        self.codes.as_slice()
-    }
-    pub fn scales(&self) -> &[u8] {
-        self.scales.as_slice()
-    }
-}
-
 /// A dense matrix as the forward pass reads it: the checkpoint's bf16 (exact) or q8, or the
 /// packed formats MLX checkpoints hold.
 pub enum Dense {
@@ -345,7 +226,7 @@ impl Dense {
         match self {
             Dense::Bf16(m) => m.bytes(),
             Dense::Q8(m) => (m.codes.len() + 4 * m.scales.len()) as u64,
-            Dense::Affine(m) => (m.codes.len() + 4 * (m.scales.len() + m.biases.len())) as u64,
+            Dense::Affine(m) => Dense::affine_bytes(m),
             Dense::Mxfp4(m) => (m.codes.len() + m.scales.len()) as u64,
         }
     }
@@ -356,6 +237,10 @@ impl Dense {
             Dense::Bf16(m) => Some(m),
             _ => None,
         }
+    }
+
+    fn affine_bytes(m: &AffineMatrix) -> u64 {
+        (m.codes.len() + 4 * (m.scales.len() + m.biases.len())) as u64
     }
 
     /// Bytes one row takes to look up (the embedding).
@@ -456,9 +341,9 @@ pub struct MoeWeights {
     pub router: Dense,         // [E, H]
     pub router_bias: Vec<f32>, // [E]
     /// Rows interleave (gate, up): row 2n is gate unit n, row 2n+1 is up unit n.
-    pub gate_up: Mxfp4Experts, // [E, 2I, H]
+    pub gate_up: Experts, // [E, 2I, H]
     pub gate_up_bias: Vec<f32>, // [E, 2I]
-    pub down: Mxfp4Experts,    // [E, H, I]
+    pub down: Experts,         // [E, H, I]
     pub down_bias: Vec<f32>,   // [E, H]
 }
 
@@ -503,8 +388,8 @@ impl ModelWeights {
         let by = |stage: Stage| -> u64 {
             let per_layer = |layer: &LayerWeights| {
                 let (a, m) = (&layer.attn, &layer.moe);
-                let experts = |w: &Mxfp4Experts, bias: &Vec<f32>| {
-                    experts_per_token as u64 * (w.bytes_per_expert() + 4 * bias.len() as u64 / w.experts as u64)
+                let experts = |w: &Experts, bias: &Vec<f32>| {
+                    experts_per_token as u64 * (w.bytes_per_expert() + 4 * bias.len() as u64 / w.experts() as u64)
                 };
                 match stage {
                     Stage::AttnNorm => f32s(&[&a.norm]),
@@ -541,7 +426,7 @@ impl ModelWeights {
             out.push(dense("attention output", &a.out));
             out.push(dense("router", &m.router));
             let e = &m.gate_up;
-            out.push(("experts", "mxfp4".into(), 8.0 * e.bytes_per_expert() as f64 / (e.rows * e.cols) as f64));
+            out.push(("experts", e.format(), 8.0 * e.bytes_per_expert() as f64 / (e.rows() * e.cols()) as f64));
         }
         out.push(dense("unembedding", &self.unembedding));
         out
@@ -563,15 +448,12 @@ impl ModelWeights {
     }
 
     /// Puts every MXFP4 expert matrix in `layout` (see [`Mxfp4Experts::with_layout`]).
-    pub fn set_expert_layout(&mut self, layout: Mxfp4Layout) {
+    /// Puts every expert matrix in `layout` (MXFP4) or `affine_layout` (affine experts).
+    pub fn set_expert_layout(&mut self, layout: Mxfp4Layout, affine_layout: Mxfp4Layout) {
         for layer in &mut self.layers {
             let m = &mut layer.moe;
             for w in [&mut m.gate_up, &mut m.down] {
-                let empty = Bytes::from_vec(&[]);
-                let (experts, rows, cols, current) = (w.experts, w.rows, w.cols, w.layout);
-                let placeholder =
-                    Mxfp4Experts { codes: empty.clone(), scales: empty, layout: current, experts, rows, cols };
-                *w = std::mem::replace(w, placeholder).with_layout(layout);
+                w.set_layout(layout, affine_layout);
             }
         }
     }
@@ -625,7 +507,7 @@ fn load_layer(ld: &Loader, names: &TensorNames, cfg: &ModelConfig, l: usize) -> 
     let (h, i, e) = (cfg.hidden_size, cfg.intermediate_size, cfg.num_experts);
     let (qd, kvd) = (cfg.q_dim(), cfg.kv_dim());
     let (q, k, v, q_bias, k_bias, v_bias) = match names.layout {
-        Layout::HuggingFace | Layout::Mlx | Layout::Gguf => (
+        Layout::HuggingFace | Layout::Mlx | Layout::CompressedTensors | Layout::Gguf => (
             ld.dense(&n(QWeight), qd, h)?,
             ld.dense(&n(KWeight), kvd, h)?,
             ld.dense(&n(VWeight), kvd, h)?,
@@ -643,19 +525,30 @@ fn load_layer(ld: &Loader, names: &TensorNames, cfg: &ModelConfig, l: usize) -> 
             (block(0, qd), block(qd, kvd), block(qd + kvd, kvd), bias, k_bias, v_bias)
         }
     };
-    let (gate_up, gate_up_bias, down) = match (ld.ck.gguf.as_ref(), ld.mlx()) {
+    let mut per_expert_down_bias = None;
+    let (gate_up, gate_up_bias, down) = match (ld.ck.gguf.as_ref(), ld.mlx(), ld.w4a16()) {
         // ggml stores gate and up apart (or concatenated) in their own MXFP4 blocks.
-        (Some(g), _) => {
+        (Some(g), _, _) => {
             let (gate_up, bias) = g.gate_up(l, e, i, h)?;
-            (gate_up, bias, g.experts(&n(DownBlocks), e, h, i)?)
+            (Experts::Mxfp4(gate_up), bias, Experts::Mxfp4(g.experts(&n(DownBlocks), e, h, i)?))
         }
         // So does mlx-lm, in the checkpoints' MXFP4 bytes.
-        (None, Some(m)) => m.experts(l, e, i, h)?,
-        (None, None) => (
-            ld.experts(&n(GateUpBlocks), &n(GateUpScales), e, 2 * i, h)?,
+        (None, Some(m), _) => m.experts(l, e, i, h)?,
+        // llm-compressor writes every expert as its own linear layers, biases included.
+        (None, None, Some(w)) => {
+            let (gate_up, bias, down, down_bias) = w.experts(l, e, i, h)?;
+            per_expert_down_bias = Some(down_bias);
+            (gate_up, bias, down)
+        }
+        (None, None, None) => (
+            Experts::Mxfp4(ld.experts(&n(GateUpBlocks), &n(GateUpScales), e, 2 * i, h)?),
             ld.vector(&n(GateUpBias), &[e, 2 * i])?,
-            ld.experts(&n(DownBlocks), &n(DownScales), e, h, i)?,
+            Experts::Mxfp4(ld.experts(&n(DownBlocks), &n(DownScales), e, h, i)?),
         ),
+    };
+    let down_bias = match per_expert_down_bias {
+        Some(b) => b,
+        None => ld.vector(&n(DownBias), &[e, h])?,
     };
     Ok(LayerWeights {
         attn: AttentionWeights {
@@ -677,7 +570,7 @@ fn load_layer(ld: &Loader, names: &TensorNames, cfg: &ModelConfig, l: usize) -> 
             gate_up,
             gate_up_bias,
             down,
-            down_bias: ld.vector(&n(DownBias), &[e, h])?,
+            down_bias,
         },
     })
 }
@@ -723,6 +616,9 @@ impl Loader<'_> {
         if let Some(m) = self.mlx() {
             return m.dense(name, rows, cols);
         }
+        if let Some(w) = self.w4a16() {
+            return w.dense(name, rows, cols);
+        }
         match &self.ck.gguf {
             Some(g) => g.dense(name, rows, cols),
             None => Ok(Dense::Bf16(self.matrix(name, rows, cols)?)),
@@ -735,6 +631,10 @@ impl Loader<'_> {
             Some(m) => m.dense(name, rows, cols),
             None => Ok(Dense::Bf16(self.matrix(name, rows, cols)?)),
         }
+    }
+
+    fn w4a16(&self) -> Option<crate::w4a16::W4a16Loader<'_>> {
+        self.ck.w4a16.as_ref().map(|cfg| crate::w4a16::W4a16Loader { ck: self.ck, cfg })
     }
 
     fn mlx(&self) -> Option<crate::mlx::MlxLoader<'_>> {
@@ -780,6 +680,16 @@ impl Loader<'_> {
             }
         }
         err
+    }
+}
+
+/// bf16, f16 or f32 values widened to f32 (the caller checked the dtype).
+pub(crate) fn floats(b: &Bytes, dtype: DType) -> Vec<f32> {
+    let b = b.as_slice();
+    match dtype {
+        DType::BF16 => b.chunks_exact(2).map(|c| bf16_to_f32(u16::from_le_bytes([c[0], c[1]]))).collect(),
+        DType::F16 => b.chunks_exact(2).map(|c| f16_to_f32(u16::from_le_bytes([c[0], c[1]]))).collect(),
+        _ => b.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
     }
 }
 
