@@ -48,11 +48,12 @@ SCRIPTS = [
 
 
 class Server:
-    def __init__(self, args, name):
+    def __init__(self, args, name, env=None):
         self.log = tempfile.NamedTemporaryFile(prefix=f"gptoss-{name}-", suffix=".log", delete=False)
         self.proc = subprocess.Popen(
             [BIN, "--threads", "2", "serve", *args, "--port", "0"],
-            stdout=subprocess.PIPE, stderr=self.log, text=True)
+            stdout=subprocess.PIPE, stderr=self.log, text=True,
+            env=None if env is None else {**os.environ, **env})
         line = self.proc.stdout.readline()
         m = re.search(r"listening on (http://\S+)", line)
         if not m:

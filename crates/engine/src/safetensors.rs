@@ -14,8 +14,8 @@ use serde_json::Value;
 
 use crate::error::LoadError;
 
-/// Largest header we accept; real ones are tens of kilobytes.
-const MAX_HEADER_BYTES: u64 = 100 << 20;
+/// Largest header we accept, as the reference loader (real ones are tens of kilobytes).
+const MAX_HEADER_BYTES: u64 = 100_000_000;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DType {
@@ -255,6 +255,12 @@ impl SafeTensors {
         let data_start = 8 + header_len as usize;
         let header =
             std::str::from_utf8(&bytes[8..data_start]).map_err(|e| bad(format!("header is not UTF-8: {e}")))?;
+        if !header.starts_with('{') {
+            return Err(bad(format!(
+                "header does not start with `{{` (it starts with {:?}); the header length may be wrong",
+                header.chars().next().unwrap_or(' ')
+            )));
+        }
         let header: Value = serde_json::from_str(header).map_err(|e| bad(format!("header is not valid JSON: {e}")))?;
         let Value::Object(entries) = header else {
             return Err(bad("header is not a JSON object".into()));
@@ -263,16 +269,21 @@ impl SafeTensors {
         let mut metadata = BTreeMap::new();
         for (name, entry) in entries {
             if name == "__metadata__" {
-                if let Value::Object(m) = entry {
-                    for (k, v) in m {
-                        metadata.insert(k, v.as_str().map(str::to_owned).unwrap_or_else(|| v.to_string()));
-                    }
+                let Value::Object(m) = entry else {
+                    return Err(bad("`__metadata__` must be an object of strings".into()));
+                };
+                for (k, v) in m {
+                    let Value::String(v) = v else {
+                        return Err(bad(format!("`__metadata__.{k}` must be a string, not {v}")));
+                    };
+                    metadata.insert(k, v);
                 }
                 continue;
             }
             let info = parse_entry(path, &name, &entry, data_start, file_len)?;
             tensors.insert(name, info);
         }
+        check_tiling(&tensors, data_start, file_len).map_err(bad)?;
         Ok(SafeTensors { path: path.to_path_buf(), map, tensors, metadata })
     }
 
@@ -284,6 +295,39 @@ impl SafeTensors {
     pub fn bytes(&self, info: &TensorInfo) -> Bytes {
         self.map.slice(info.range.clone())
     }
+}
+
+/// The tensors' byte ranges must tile the data section exactly, as the reference loader
+/// requires: sorted by offset, each starts where the previous ends, the first at 0 and the last
+/// at the end of the file. A header length off by a byte, a gap, an overlap or trailing bytes
+/// would otherwise load every weight from the wrong place without a word.
+fn check_tiling(tensors: &BTreeMap<String, TensorInfo>, data_start: usize, file_len: u64) -> Result<(), String> {
+    let mut spans: Vec<(usize, usize, &str)> =
+        tensors.iter().map(|(n, t)| (t.range.start - data_start, t.range.end - data_start, n.as_str())).collect();
+    spans.sort_unstable();
+    let mut at = 0;
+    let mut previous = None;
+    for (start, end, name) in spans {
+        if start != at {
+            let after = previous.map_or("the start of the data".to_string(), |p| format!("tensor `{p}`"));
+            let how = if start > at { "a gap" } else { "an overlap" };
+            return Err(format!(
+                "tensor `{name}` starts at data offset {start} but {after} ends at {at} ({how}); the data offsets \
+                 must tile the data section exactly"
+            ));
+        }
+        at = end;
+        previous = Some(name);
+    }
+    let data_len = file_len - data_start as u64;
+    if at as u64 != data_len {
+        return Err(format!(
+            "the tensors end at data offset {at} but the data section after the {}-byte header holds {data_len} \
+             bytes: a wrong header length, or bytes after the last tensor",
+            data_start - 8
+        ));
+    }
+    Ok(())
 }
 
 fn parse_entry(
@@ -436,6 +480,53 @@ mod tests {
         assert_eq!(st.bytes(a).as_slice(), &[1u8; 12]);
         assert_eq!(st.bytes(st.get("b").unwrap()).as_slice(), &[2u8; 5]);
         assert_eq!(a.range.start % 8, 0, "data section is aligned");
+    }
+
+    /// A file with the header text as given (no padding) and `data` after it.
+    fn raw_file(dir: &Path, header_len: Option<u64>, header: &str, data: &[u8]) -> PathBuf {
+        let path = dir.join("raw.safetensors");
+        let mut bytes = header_len.unwrap_or(header.len() as u64).to_le_bytes().to_vec();
+        bytes.extend_from_slice(header.as_bytes());
+        bytes.extend_from_slice(data);
+        std::fs::write(&path, bytes).unwrap();
+        path
+    }
+
+    fn refused(path: &Path, what: &str) {
+        match SafeTensors::open(path) {
+            Err(e @ LoadError::BadHeader { .. }) => assert!(e.to_string().contains(what), "{e}"),
+            Err(e) => panic!("expected a bad header ({what}), got {e}"),
+            Ok(_) => panic!("a file with {what} loaded"),
+        }
+    }
+
+    #[test]
+    fn structurally_invalid_files_are_refused_as_the_reference_loader_refuses_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let two = r#"{"a":{"dtype":"U8","shape":[4],"data_offsets":[0,4]},"b":{"dtype":"U8","shape":[2],"data_offsets":[4,6]}}"#;
+        let padded = format!("{two}  ");
+        // As written: loads.
+        let ok = raw_file(dir.path(), None, &padded, &[1, 2, 3, 4, 5, 6]);
+        assert_eq!(SafeTensors::open(&ok).unwrap().tensors.len(), 2);
+        // The header length one byte short: the padding still parses, every weight one byte off.
+        refused(&raw_file(dir.path(), Some(padded.len() as u64 - 1), &padded, &[1, 2, 3, 4, 5, 6]), "header length");
+        // Bytes after the last tensor.
+        refused(&raw_file(dir.path(), None, &padded, &[1, 2, 3, 4, 5, 6, 7]), "bytes after the last tensor");
+        // A gap and an overlap between tensors.
+        let gap = two.replace("[4,6]", "[5,7]");
+        refused(&raw_file(dir.path(), None, &gap, &[0; 7]), "a gap");
+        let overlap = two.replace("[4,6]", "[3,5]");
+        refused(&raw_file(dir.path(), None, &overlap, &[0; 6]), "an overlap");
+        // Data that does not start at offset 0.
+        let late = r#"{"a":{"dtype":"U8","shape":[2],"data_offsets":[2,4]}}"#;
+        refused(&raw_file(dir.path(), None, late, &[0; 4]), "the start of the data");
+        // A header that does not start with `{`.
+        refused(&raw_file(dir.path(), None, &format!(" {two}"), &[0; 6]), "does not start with");
+        // Metadata must be strings.
+        let meta = format!(r#"{{"__metadata__":{{"format":3}},{}"#, &two[1..]);
+        refused(&raw_file(dir.path(), None, &meta, &[0; 6]), "must be a string");
+        // No tensors and no data is a valid (empty) file.
+        assert!(SafeTensors::open(&raw_file(dir.path(), None, "{}", &[])).unwrap().tensors.is_empty());
     }
 
     #[test]

@@ -50,6 +50,9 @@ pub struct Sampler {
     rng: Rng,
     /// (token, value) candidates, reused between calls.
     cand: Vec<(u32, f32)>,
+    /// The radix sort's second buffer and digit counts ([`sort_by_weight_desc`]).
+    scratch: Vec<(u32, f32)>,
+    counts: Vec<u32>,
 }
 
 impl Sampler {
@@ -64,7 +67,7 @@ impl Sampler {
             return Err(SamplingError::MinP(params.min_p));
         }
         let rng = Rng::new(params.seed.unwrap_or_else(Rng::entropy_seed));
-        Ok(Sampler { params, rng, cand: Vec::new() })
+        Ok(Sampler { params, rng, cand: Vec::new(), scratch: Vec::new(), counts: Vec::new() })
     }
 
     pub fn params(&self) -> &SamplingParams {
@@ -104,8 +107,11 @@ impl Sampler {
         if p.top_k > 0 && p.top_k < self.cand.len() {
             self.cand.select_nth_unstable_by(p.top_k - 1, by_weight_desc);
             self.cand.truncate(p.top_k);
+            self.cand.sort_unstable_by(by_weight_desc);
+        } else {
+            // The whole vocabulary (201,088 for gpt-oss): the same order in linear time.
+            sort_by_weight_desc(&mut self.cand, &mut self.scratch, &mut self.counts);
         }
-        self.cand.sort_unstable_by(by_weight_desc);
         let mut keep = self.cand.len();
         if p.top_p < 1.0 {
             let total: f64 = self.cand.iter().map(|c| c.1 as f64).sum();
@@ -132,6 +138,49 @@ impl Sampler {
             }
         }
         self.cand[0].0
+    }
+}
+
+/// Orders `cand`, in token order on entry, heaviest first and lowest token first among equal
+/// weights: exactly the order of a comparison sort by (weight descending, token ascending), so
+/// every draw is the same, but in linear time: two stable counting passes over the 16-bit
+/// halves of the weights' bits (for weights in [0, 1], the bit patterns order as the values).
+/// Sorting 201,088 candidates by comparison took most of a token's sampling time.
+fn sort_by_weight_desc(cand: &mut [(u32, f32)], scratch: &mut Vec<(u32, f32)>, counts: &mut Vec<u32>) {
+    let by_weight_desc = |a: &(u32, f32), b: &(u32, f32)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
+    if cand.len() < 4096 || cand.iter().any(|c| c.1.is_sign_negative() || c.1.is_nan()) {
+        cand.sort_unstable_by(by_weight_desc);
+        return;
+    }
+    // Ascending keys are descending weights; stable passes keep token order among equals.
+    let key = |c: &(u32, f32)| !c.1.to_bits();
+    counts.clear();
+    counts.resize(2 << 16, 0);
+    let (low, high) = counts.split_at_mut(1 << 16);
+    for c in cand.iter() {
+        let k = key(c);
+        low[(k & 0xffff) as usize] += 1;
+        high[(k >> 16) as usize] += 1;
+    }
+    for digits in [&mut *low, &mut *high] {
+        let mut at = 0u32;
+        for n in digits.iter_mut() {
+            let here = *n;
+            *n = at;
+            at += here;
+        }
+    }
+    scratch.clear();
+    scratch.resize(cand.len(), (0, 0.0));
+    for c in cand.iter() {
+        let slot = &mut low[(key(c) & 0xffff) as usize];
+        scratch[*slot as usize] = *c;
+        *slot += 1;
+    }
+    for c in scratch.iter() {
+        let slot = &mut high[(key(c) >> 16) as usize];
+        cand[*slot as usize] = *c;
+        *slot += 1;
     }
 }
 
@@ -398,6 +447,112 @@ mod tests {
         let z = logits();
         let mut cold = sampler(1e-39, 0, 1.0, 0.0, 1);
         assert_eq!(cold.sample(&z, 0).token, argmax(&z));
+    }
+
+    /// Random logits of the 20b/120b vocabulary (201,088), spread like a model's.
+    fn vocab_logits(seed: u64) -> Vec<f32> {
+        let mut rng = Rng::new(seed);
+        (0..201_088).map(|_| ((0..4).map(|_| rng.next_f64()).sum::<f64>() - 2.0) as f32 * 6.0).collect()
+    }
+
+    /// Sampler::draw as it was, sorting every candidate by comparison.
+    fn reference(p: &SamplingParams, rng: &mut Rng, logits: &[f32]) -> u32 {
+        let inv_t = 1.0 / p.temperature;
+        let max = logits.iter().fold(f32::NEG_INFINITY, |m, &z| m.max(clean(z)));
+        let mut cand: Vec<(u32, f32)> =
+            logits.iter().enumerate().map(|(i, &z)| (i as u32, ((clean(z) - max) * inv_t).exp())).collect();
+        cand.sort_unstable_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+        let mut keep = cand.len();
+        if p.top_p < 1.0 {
+            let total: f64 = cand.iter().map(|c| c.1 as f64).sum();
+            let mut cum = 0.0f64;
+            for (i, c) in cand.iter().enumerate() {
+                cum += c.1 as f64 / total;
+                if cum >= p.top_p as f64 {
+                    keep = i + 1;
+                    break;
+                }
+            }
+        }
+        if p.min_p > 0.0 {
+            keep = keep.min(cand.iter().take_while(|c| c.1 >= p.min_p).count().max(1));
+        }
+        cand.truncate(keep);
+        let kept: f64 = cand.iter().map(|c| c.1 as f64).sum();
+        let mut u = rng.next_f64() * kept;
+        for c in &cand {
+            u -= c.1 as f64;
+            if u < 0.0 {
+                return c.0;
+            }
+        }
+        cand[0].0
+    }
+
+    #[test]
+    fn the_linear_ordering_draws_exactly_what_the_comparison_sort_drew() {
+        let mut rows: Vec<Vec<f32>> = (0..3).map(vocab_logits).collect();
+        // Ties, impossible tokens and a flat stretch.
+        rows[1][5..5000].iter_mut().for_each(|z| *z = 1.5);
+        rows[2][100..90_000].iter_mut().for_each(|z| *z = f32::NEG_INFINITY);
+        rows[2][7] = f32::NAN;
+        for (t, p, m) in [(1.0, 1.0, 0.0), (0.7, 0.95, 0.0), (1.3, 1.0, 0.01), (2.0, 0.5, 0.0)] {
+            let params = SamplingParams { temperature: t, top_k: 0, top_p: p, min_p: m, seed: Some(11) };
+            let mut s = Sampler::new(params.clone()).unwrap();
+            let mut rng = Rng::new(11);
+            for i in 0..60 {
+                let z = &rows[i % rows.len()];
+                assert_eq!(s.sample(z, 0).token, reference(&params, &mut rng, z), "t {t} p {p} m {m} draw {i}");
+            }
+        }
+    }
+
+    /// The cost of one token's pick on the 20b shape's vocabulary (201,088 logits), by
+    /// setting. `cargo test --release -p gptoss-engine sampling_cost -- --ignored --nocapture`
+    #[test]
+    #[ignore = "a measurement; run with --release"]
+    fn sampling_cost_per_token_on_the_full_vocabulary() {
+        let rows: Vec<Vec<f32>> = (0..8).map(vocab_logits).collect();
+        for (name, t, k, p, m) in [
+            ("default (T=1)", 1.0, 0, 1.0, 0.0),
+            ("top_p 0.9", 1.0, 0, 0.9, 0.0),
+            ("top_k 50", 1.0, 50, 1.0, 0.0),
+            ("min_p 0.05", 1.0, 0, 1.0, 0.05),
+            ("T=0.7 top_p 0.95", 0.7, 0, 0.95, 0.0),
+        ] {
+            let mut s = sampler(t, k, p, m, 7);
+            let n = 200;
+            let start = std::time::Instant::now();
+            let mut sum = 0u64;
+            for i in 0..n {
+                sum += s.sample(&rows[i % rows.len()], 0).token as u64;
+            }
+            let per = start.elapsed().as_secs_f64() / n as f64;
+            // The same draws as before this change, which sorted every candidate by comparison.
+            let params = s.params().clone();
+            let mut rng = Rng::new(7);
+            let start = std::time::Instant::now();
+            let mut before = 0u64;
+            for i in 0..n {
+                let z = &rows[i % rows.len()];
+                before += if k > 0 {
+                    s.sample(z, 0).token as u64
+                } else {
+                    // What `sample` adds to the draw: the chosen token's log-probability.
+                    std::hint::black_box(log_sum_exp(z));
+                    reference(&params, &mut rng, z) as u64
+                };
+            }
+            let was = start.elapsed().as_secs_f64() / n as f64;
+            if k == 0 {
+                assert_eq!(sum, before, "the same tokens");
+            }
+            println!(
+                "sampling {name:>18}: {:7.3} ms per token, {:7.3} ms sorting by comparison (checksum {sum})",
+                per * 1e3,
+                was * 1e3
+            );
+        }
     }
 
     #[test]

@@ -140,8 +140,10 @@ fn broken(variant: &str) -> (tempfile::TempDir, PathBuf) {
 fn bad_files_name_the_tensor() {
     // A missing scale.
     let (_d, path) = broken("w4a16-g32-sym-llmc013-halfsplit");
+    // Renamed, not removed: its bytes still tile the data section, as a valid file's must.
     edit_header(&path.join("model.safetensors"), |h| {
-        h.remove("model.layers.1.self_attn.v_proj.weight_scale");
+        let t = h.remove("model.layers.1.self_attn.v_proj.weight_scale").unwrap();
+        h.insert("unused".into(), t);
     });
     let (_, msg) = load_err(&path);
     eprintln!("{msg}");

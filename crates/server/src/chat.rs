@@ -125,6 +125,7 @@ impl<'t> Run<'t> {
     fn error(&self) -> Option<ApiError> {
         match &self.finish {
             Some(Finish { reason: FinishReason::Error(m), .. }) => Some(ApiError::engine(m.clone())),
+            Some(Finish { reason: FinishReason::Aborted(m), .. }) => Some(ApiError::unavailable(m.clone())),
             None if !self.out.stopped => Some(ApiError::engine("the engine stopped before the answer was complete")),
             _ => None,
         }

@@ -203,6 +203,7 @@ impl Text {
     fn error(&self) -> Option<ApiError> {
         match &self.finish {
             Some(Finish { reason: FinishReason::Error(m), .. }) => Some(ApiError::engine(m.clone())),
+            Some(Finish { reason: FinishReason::Aborted(m), .. }) => Some(ApiError::unavailable(m.clone())),
             None if !self.stop.hit => Some(ApiError::engine("the engine stopped before the completion was done")),
             _ => None,
         }

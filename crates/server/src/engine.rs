@@ -8,7 +8,7 @@
 //! a scripted token source for protocol tests.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
@@ -63,6 +63,8 @@ pub enum FinishReason {
     Length,
     /// The engine failed on this request; the message says why.
     Error(String),
+    /// Ended by the server (shutting down) before it was done; the message says why.
+    Aborted(String),
 }
 
 #[derive(Clone, Debug)]
@@ -90,6 +92,10 @@ pub enum SubmitError {
     QueueFull(usize),
     #[error("the engine has stopped")]
     Stopped,
+    /// A prompt token the model has no embedding for (a prompt rendered with a tokenizer
+    /// larger than the model's vocabulary, or a raw id out of range).
+    #[error("prompt token {index} is id {id}, outside the model's vocabulary of {vocab} tokens")]
+    OutOfVocabulary { index: usize, id: u32, vocab: usize },
 }
 
 struct Job {
@@ -98,27 +104,77 @@ struct Job {
     arrived: Instant,
 }
 
+/// What the engine thread is sent.
+enum Msg {
+    Job(Job),
+    /// Ends every job, waiting or running, with this error, and every later one at once
+    /// (the server's shutdown deadline has passed).
+    Abort(String),
+}
+
+/// What the HTTP side sees of the engine thread, written by it.
+#[derive(Default)]
+struct Shared {
+    /// Requests sent to the engine and not yet admitted to the batch (or refused).
+    pending: AtomicUsize,
+    /// Sequences in the running batch.
+    running: AtomicUsize,
+    /// False once the engine thread has ended (or panicked).
+    alive: AtomicBool,
+    /// Milliseconds since `epoch` when the current step began; 0 between steps.
+    step_started_ms: AtomicU64,
+    /// Set by [`EngineHandle::abort`].
+    aborted: AtomicBool,
+}
+
 /// The HTTP side's handle: submit jobs, each answered by a stream of events. Dropping the
 /// receiver cancels the job.
 #[derive(Clone)]
 pub struct EngineHandle {
-    tx: mpsc::Sender<Job>,
-    waiting: Arc<AtomicUsize>,
+    tx: mpsc::Sender<Msg>,
+    shared: Arc<Shared>,
+    epoch: Instant,
     max_queue: usize,
+    /// Sequences the engine runs together (the executor's slots permitting).
+    max_batch: usize,
     pub max_context: usize,
     pub vocab: usize,
 }
 
+/// Why the engine is not ready for work ([`EngineHandle::readiness`]).
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum NotReady {
+    #[error("the engine thread has stopped")]
+    Stopped,
+    #[error("the server is shutting down")]
+    ShuttingDown,
+    #[error("the engine has been in one step for {0} s")]
+    Stalled(u64),
+}
+
+/// A step running longer than this makes the engine not ready (a wedged device).
+pub const STALLED_AFTER: Duration = Duration::from_secs(120);
+
 impl EngineHandle {
+    /// Queues a job. Only requests that find no free batch slot count against `max_queue`:
+    /// with slots free every request is taken, whatever `max_queue` (0 means no waiting
+    /// room, not no service).
     pub fn submit(&self, spec: JobSpec) -> Result<UnboundedReceiver<Event>, SubmitError> {
-        let before = self.waiting.fetch_add(1, Ordering::SeqCst);
-        if before >= self.max_queue {
-            self.waiting.fetch_sub(1, Ordering::SeqCst);
-            return Err(SubmitError::QueueFull(before));
+        if let Some((index, &id)) = spec.prompt.iter().enumerate().find(|(_, &t)| t as usize >= self.vocab) {
+            return Err(SubmitError::OutOfVocabulary { index, id, vocab: self.vocab });
+        }
+        if self.shared.aborted.load(Ordering::SeqCst) {
+            return Err(SubmitError::Stopped);
+        }
+        let before = self.shared.pending.fetch_add(1, Ordering::SeqCst);
+        let free = self.max_batch.saturating_sub(self.shared.running.load(Ordering::SeqCst));
+        if before >= self.max_queue.saturating_add(free) {
+            self.shared.pending.fetch_sub(1, Ordering::SeqCst);
+            return Err(SubmitError::QueueFull(before.saturating_sub(free)));
         }
         let (events, rx) = unbounded_channel();
-        if self.tx.send(Job { spec, events, arrived: Instant::now() }).is_err() {
-            self.waiting.fetch_sub(1, Ordering::SeqCst);
+        if self.tx.send(Msg::Job(Job { spec, events, arrived: Instant::now() })).is_err() {
+            self.shared.pending.fetch_sub(1, Ordering::SeqCst);
             return Err(SubmitError::Stopped);
         }
         Ok(rx)
@@ -126,7 +182,47 @@ impl EngineHandle {
 
     /// Requests accepted but not yet running.
     pub fn waiting(&self) -> usize {
-        self.waiting.load(Ordering::SeqCst)
+        self.shared.pending.load(Ordering::SeqCst)
+    }
+
+    /// Sequences generating now.
+    pub fn running(&self) -> usize {
+        self.shared.running.load(Ordering::SeqCst)
+    }
+
+    /// Ends every job with `reason` (streams get it as an error event) and refuses new ones.
+    pub fn abort(&self, reason: &str) {
+        self.shared.aborted.store(true, Ordering::SeqCst);
+        let _ = self.tx.send(Msg::Abort(reason.to_string()));
+    }
+
+    /// Whether the engine takes work: its thread is alive, the server is not shutting down,
+    /// and no step has been running past [`STALLED_AFTER`].
+    pub fn readiness(&self) -> Result<(), NotReady> {
+        if !self.shared.alive.load(Ordering::SeqCst) {
+            return Err(NotReady::Stopped);
+        }
+        if self.shared.aborted.load(Ordering::SeqCst) {
+            return Err(NotReady::ShuttingDown);
+        }
+        let started = self.shared.step_started_ms.load(Ordering::SeqCst);
+        if started > 0 {
+            let now = self.epoch.elapsed().as_millis() as u64;
+            let busy = Duration::from_millis(now.saturating_sub(started));
+            if busy >= STALLED_AFTER {
+                return Err(NotReady::Stalled(busy.as_secs()));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Marks the engine gone when its thread ends, however it ends.
+struct AliveGuard(Arc<Shared>);
+
+impl Drop for AliveGuard {
+    fn drop(&mut self) {
+        self.0.alive.store(false, Ordering::SeqCst);
     }
 }
 
@@ -147,27 +243,35 @@ pub fn start<E: Executor + 'static>(
     metrics: Arc<Metrics>,
 ) -> std::io::Result<(EngineHandle, std::thread::JoinHandle<()>)> {
     let (tx, rx) = mpsc::channel();
-    let waiting = Arc::new(AtomicUsize::new(0));
+    let shared = Arc::new(Shared { alive: AtomicBool::new(true), ..Shared::default() });
+    // More running sequences than the executor has slots would fail in add_sequence.
+    let max_batch = cfg.max_batch.min(exec.max_sequences()).max(1);
+    let epoch = Instant::now();
     let handle = EngineHandle {
         tx,
-        waiting: waiting.clone(),
+        shared: shared.clone(),
+        epoch,
         max_queue: cfg.max_queue,
+        max_batch,
         max_context: exec.max_context(),
         vocab: exec.vocab(),
     };
-    // More running sequences than the executor has slots would fail in add_sequence.
-    let max_batch = cfg.max_batch.min(exec.max_sequences()).max(1);
     let step_tokens = cfg.step_tokens.max(max_batch + 1);
     let mut engine = EngineLoop {
         exec,
         cfg: EngineConfig { step_tokens, max_batch, ..cfg },
         rx,
-        waiting_count: waiting,
+        shared,
+        epoch,
+        aborted: None,
         waiting: VecDeque::new(),
         running: Vec::new(),
         metrics,
     };
-    let thread = std::thread::Builder::new().name("gptoss-engine".into()).spawn(move || engine.run())?;
+    let thread = std::thread::Builder::new().name("gptoss-engine".into()).spawn(move || {
+        let _alive = AliveGuard(engine.shared.clone());
+        engine.run()
+    })?;
     Ok((handle, thread))
 }
 
@@ -238,8 +342,11 @@ struct Running {
 struct EngineLoop<E> {
     exec: E,
     cfg: EngineConfig,
-    rx: mpsc::Receiver<Job>,
-    waiting_count: Arc<AtomicUsize>,
+    rx: mpsc::Receiver<Msg>,
+    shared: Arc<Shared>,
+    epoch: Instant,
+    /// Set by [`Msg::Abort`]: every job from then on ends with this error.
+    aborted: Option<String>,
     waiting: VecDeque<Job>,
     running: Vec<Running>,
     metrics: Arc<Metrics>,
@@ -250,20 +357,46 @@ impl<E: Executor> EngineLoop<E> {
         loop {
             if self.running.is_empty() && self.waiting.is_empty() {
                 match self.rx.recv() {
-                    Ok(job) => self.waiting.push_back(job),
+                    Ok(msg) => self.take(msg),
                     Err(_) => return,
                 }
             }
-            while let Ok(job) = self.rx.try_recv() {
-                self.waiting.push_back(job);
+            while let Ok(msg) = self.rx.try_recv() {
+                self.take(msg);
             }
             self.drop_cancelled();
             self.admit();
             self.publish();
             if !self.running.is_empty() {
+                let now = (self.epoch.elapsed().as_millis() as u64).max(1);
+                self.shared.step_started_ms.store(now, Ordering::SeqCst);
                 self.step();
+                self.shared.step_started_ms.store(0, Ordering::SeqCst);
             }
             self.publish();
+        }
+    }
+
+    fn take(&mut self, msg: Msg) {
+        match msg {
+            Msg::Job(job) => match &self.aborted {
+                Some(reason) => {
+                    self.shared.pending.fetch_sub(1, Ordering::SeqCst);
+                    finish_job(&job, FinishReason::Aborted(reason.clone()), 0, None, None);
+                }
+                None => self.waiting.push_back(job),
+            },
+            Msg::Abort(reason) => {
+                for job in self.waiting.drain(..) {
+                    self.shared.pending.fetch_sub(1, Ordering::SeqCst);
+                    finish_job(&job, FinishReason::Aborted(reason.clone()), 0, None, None);
+                }
+                for r in self.running.drain(..) {
+                    self.exec.remove_sequence(r.seq);
+                    r.finish(FinishReason::Aborted(reason.clone()));
+                }
+                self.aborted = Some(reason);
+            }
         }
     }
 
@@ -271,7 +404,7 @@ impl<E: Executor> EngineLoop<E> {
         let before = self.waiting.len();
         self.waiting.retain(|j| !j.events.is_closed());
         let gone = before - self.waiting.len();
-        self.waiting_count.fetch_sub(gone, Ordering::SeqCst);
+        self.shared.pending.fetch_sub(gone, Ordering::SeqCst);
         let mut i = 0;
         while i < self.running.len() {
             if self.running[i].job.events.is_closed() {
@@ -288,7 +421,16 @@ impl<E: Executor> EngineLoop<E> {
     fn admit(&mut self) {
         while self.running.len() < self.cfg.max_batch {
             let Some(job) = self.waiting.pop_front() else { break };
-            self.waiting_count.fetch_sub(1, Ordering::SeqCst);
+            self.shared.pending.fetch_sub(1, Ordering::SeqCst);
+            if let Some((index, &id)) =
+                job.spec.prompt.iter().enumerate().find(|(_, &t)| t as usize >= self.exec.vocab())
+            {
+                // Checked at submit too; a job that got here anyway fails alone, before it
+                // can fail the batch it would join.
+                let e = SubmitError::OutOfVocabulary { index, id, vocab: self.exec.vocab() };
+                finish_job(&job, FinishReason::Error(e.to_string()), 0, None, None);
+                continue;
+            }
             let sampler = match Sampler::new(job.spec.sampling.clone()) {
                 Ok(s) => s,
                 Err(e) => {
@@ -303,7 +445,7 @@ impl<E: Executor> EngineLoop<E> {
                 // slot will ever free up, so it fails instead of waiting forever.
                 Err(EngineError::NoSequenceSlot { .. }) if !self.running.is_empty() => {
                     self.waiting.push_front(job);
-                    self.waiting_count.fetch_add(1, Ordering::SeqCst);
+                    self.shared.pending.fetch_add(1, Ordering::SeqCst);
                     break;
                 }
                 Err(e) => {
@@ -323,11 +465,13 @@ impl<E: Executor> EngineLoop<E> {
                 last_token: None,
                 counts: HashMap::new(),
             });
+            self.shared.running.store(self.running.len(), Ordering::SeqCst);
         }
     }
 
     fn publish(&self) {
-        self.metrics.queue_depth.store(self.waiting_count.load(Ordering::SeqCst), Ordering::Relaxed);
+        self.shared.running.store(self.running.len(), Ordering::SeqCst);
+        self.metrics.queue_depth.store(self.shared.pending.load(Ordering::SeqCst), Ordering::Relaxed);
         self.metrics.running.store(self.running.len(), Ordering::Relaxed);
         self.metrics.kv_cache_bytes.store(self.exec.cache_bytes(), Ordering::Relaxed);
     }
@@ -413,6 +557,17 @@ impl<E: Executor> EngineLoop<E> {
         let out = match result {
             Ok(l) => l,
             Err(e) => {
+                // A check that failed before the pass changed anything names the sequence at
+                // fault: it fails alone, and the rest of the batch runs next step unchanged.
+                if let Some(seq) = culprit(&e, &chunks) {
+                    drop(chunks);
+                    if let Some(i) = self.running.iter().position(|r| r.seq == seq) {
+                        let r = self.running.swap_remove(i);
+                        self.exec.remove_sequence(r.seq);
+                        r.finish(FinishReason::Error(format!("the model refused this request: {e}")));
+                        return;
+                    }
+                }
                 // Nothing in this batch can go on; the others are unaffected.
                 let message = format!("the model failed on this batch: {e}");
                 let mut failed: Vec<usize> = work
@@ -533,6 +688,22 @@ impl<E: Executor> EngineLoop<E> {
     }
 }
 
+/// The one sequence an error is about, when the executor refused the batch in its checks
+/// before changing anything ([`gptoss_engine::model::check_batch`]); `None` for failures of
+/// the pass itself, which leave every sequence in the batch in an unknown state.
+fn culprit(e: &EngineError, chunks: &[SeqChunk]) -> Option<SeqId> {
+    match *e {
+        EngineError::UnknownSequence(id)
+        | EngineError::DuplicateSequence(id)
+        | EngineError::EmptyChunk(id)
+        | EngineError::ContextOverflow { seq: id, .. } => Some(SeqId(id)),
+        EngineError::TokenOutOfVocab { vocab, .. } => {
+            chunks.iter().find(|c| c.tokens.iter().any(|&t| t as usize >= vocab)).map(|c| c.seq)
+        }
+        _ => None,
+    }
+}
+
 impl Running {
     fn sample(&mut self, logits: &[f32]) -> Sampled {
         let spec = &self.job.spec;
@@ -579,264 +750,5 @@ fn finish_job(job: &Job, reason: FinishReason, generated: usize, admitted: Optio
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn p(prompt_len: usize, fed: usize) -> Progress {
-        Progress { prompt_len, fed, max_chunk: usize::MAX }
-    }
-
-    #[test]
-    fn decodes_everyone_then_fills_budget_with_prompts_in_order() {
-        let seqs = [p(10, 10), p(1000, 0), p(5, 0), p(3, 3)];
-        let w = schedule(&seqs, 64);
-        assert_eq!(w, vec![Work::Decode(0), Work::Decode(3), Work::Prefill { index: 1, start: 0, end: 62 }]);
-    }
-
-    #[test]
-    fn later_prompts_get_what_earlier_ones_leave() {
-        let seqs = [p(20, 15), p(100, 0), p(4, 0)];
-        let w = schedule(&seqs, 30);
-        assert_eq!(
-            w,
-            vec![Work::Prefill { index: 0, start: 15, end: 20 }, Work::Prefill { index: 1, start: 0, end: 25 },]
-        );
-    }
-
-    #[test]
-    fn a_capped_prompt_leaves_the_budget_to_the_next() {
-        let seqs = [Progress { prompt_len: 100, fed: 0, max_chunk: 32 }, p(50, 0)];
-        assert_eq!(
-            schedule(&seqs, 64),
-            vec![Work::Prefill { index: 0, start: 0, end: 32 }, Work::Prefill { index: 1, start: 0, end: 32 }]
-        );
-    }
-
-    #[test]
-    fn every_token_is_scheduled_exactly_once_until_done() {
-        // Simulate: prompts of ragged lengths finish prefill in order, never exceeding the budget.
-        let mut seqs = vec![p(700, 0), p(3, 0), p(129, 0), p(1, 0)];
-        let mut fed_total = 0;
-        for _ in 0..10 {
-            let w = schedule(&seqs, 256);
-            let tokens: usize = w
-                .iter()
-                .map(|w| match w {
-                    Work::Decode(_) => 1,
-                    Work::Prefill { start, end, .. } => end - start,
-                })
-                .sum();
-            assert!(tokens <= 256);
-            for w in &w {
-                if let Work::Prefill { index, start, end } = *w {
-                    assert_eq!(start, seqs[index].fed);
-                    seqs[index].fed = end;
-                    fed_total += end - start;
-                }
-            }
-        }
-        assert_eq!(fed_total, 700 + 3 + 129 + 1);
-        assert!(seqs.iter().all(|s| s.fed == s.prompt_len));
-    }
-
-    use std::collections::HashSet;
-    use std::sync::Mutex;
-
-    use gptoss_engine::model::LogitsRow;
-    use gptoss_engine::{EngineError, Logits};
-
-    /// What a [`Fake`] executor did, shared with the test that drives the engine thread.
-    #[derive(Default)]
-    struct FakeState {
-        live: HashSet<SeqId>,
-        most_live: usize,
-        /// add_sequence calls refused for want of a slot.
-        refused: usize,
-        /// Forward passes still to fail with a device error.
-        failures: usize,
-        /// Steps that had their tokens picked by the executor (`forward_pick`).
-        picked_steps: usize,
-    }
-
-    /// Every sequence's next token is 3. It has `slots` sequence slots, and says it has
-    /// `claimed` (more, to test an executor that is wrong about it).
-    struct Fake {
-        state: Arc<Mutex<FakeState>>,
-        slots: usize,
-        claimed: usize,
-        next_id: u64,
-        lens: HashMap<SeqId, usize>,
-        /// Says it picks tokens on its device.
-        picks: bool,
-    }
-
-    const VOCAB: usize = 8;
-
-    fn fake(slots: usize, claimed: usize, failures: usize) -> (Fake, Arc<Mutex<FakeState>>) {
-        let state = Arc::new(Mutex::new(FakeState { failures, ..FakeState::default() }));
-        (Fake { state: state.clone(), slots, claimed, next_id: 0, lens: HashMap::new(), picks: false }, state)
-    }
-
-    impl Executor for Fake {
-        fn vocab(&self) -> usize {
-            VOCAB
-        }
-        fn max_context(&self) -> usize {
-            1024
-        }
-        fn max_sequences(&self) -> usize {
-            self.claimed
-        }
-        fn add_sequence(&mut self) -> Result<SeqId, EngineError> {
-            let mut st = self.state.lock().unwrap();
-            if st.live.len() >= self.slots {
-                st.refused += 1;
-                return Err(EngineError::NoSequenceSlot { limit: self.slots });
-            }
-            let id = SeqId(self.next_id);
-            self.next_id += 1;
-            st.live.insert(id);
-            st.most_live = st.most_live.max(st.live.len());
-            self.lens.insert(id, 0);
-            Ok(id)
-        }
-        fn remove_sequence(&mut self, seq: SeqId) {
-            self.state.lock().unwrap().live.remove(&seq);
-            self.lens.remove(&seq);
-        }
-        fn forward(&mut self, batch: &[SeqChunk]) -> Result<Logits, EngineError> {
-            {
-                let mut st = self.state.lock().unwrap();
-                if st.failures > 0 {
-                    st.failures -= 1;
-                    return Err(EngineError::Device("the GPU fell off the bus".into()));
-                }
-            }
-            let mut out = Logits { vocab: VOCAB, data: Vec::new(), rows: Vec::new() };
-            for (item, chunk) in batch.iter().enumerate() {
-                let len = self.lens.get_mut(&chunk.seq).ok_or(EngineError::UnknownSequence(chunk.seq.0))?;
-                *len += chunk.tokens.len();
-                if chunk.logits != LogitsRequest::None {
-                    let mut row = [f32::NEG_INFINITY; VOCAB];
-                    row[3] = 0.0;
-                    out.data.extend_from_slice(&row);
-                    out.rows.push(LogitsRow { item, position: *len - 1 });
-                }
-            }
-            Ok(out)
-        }
-        fn cache_bytes(&self) -> usize {
-            0
-        }
-        fn picks_on_device(&self) -> bool {
-            self.picks
-        }
-        fn forward_pick(
-            &mut self,
-            batch: &[SeqChunk],
-            picks: &[gptoss_engine::sampler::PickSpec],
-        ) -> Result<Vec<Sampled>, EngineError> {
-            self.state.lock().unwrap().picked_steps += 1;
-            let logits = self.forward(batch)?;
-            assert_eq!(logits.rows.len(), picks.len(), "one pick per row of logits");
-            Ok(picks.iter().enumerate().map(|(i, p)| gptoss_engine::sampler::pick_on_host(logits.row(i), p)).collect())
-        }
-    }
-
-    #[test]
-    fn a_device_that_picks_gets_plain_steps_and_the_host_keeps_the_rest() {
-        let (mut exec, state) = fake(16, 16, 0);
-        exec.picks = true;
-        let (handle, thread) = engine(exec, 16);
-        let (tokens, reason) = wait(handle.submit(JobSpec::new(vec![1, 2, 3], 4)).unwrap());
-        assert_eq!((tokens, reason), (vec![3; 4], Some(FinishReason::Length)));
-        let picked = state.lock().unwrap().picked_steps;
-        assert_eq!(picked, 4, "the prompt's last chunk and three decodes");
-        // A penalty needs the logits on the host: no picks on the device for that request.
-        let mut spec = JobSpec::new(vec![1, 2, 3], 4);
-        spec.presence_penalty = 0.5;
-        let (tokens, _) = wait(handle.submit(spec).unwrap());
-        assert_eq!(tokens, vec![3; 4]);
-        assert_eq!(state.lock().unwrap().picked_steps, picked);
-        drop(handle);
-        thread.join().unwrap();
-    }
-
-    fn engine(exec: Fake, max_batch: usize) -> (EngineHandle, std::thread::JoinHandle<()>) {
-        let cfg = EngineConfig { max_batch, max_queue: 64, step_tokens: 64 };
-        start(exec, cfg, Arc::new(Metrics::default())).unwrap()
-    }
-
-    /// The tokens a job got, and how it finished.
-    fn wait(mut rx: UnboundedReceiver<Event>) -> (Vec<u32>, Option<FinishReason>) {
-        let mut tokens = Vec::new();
-        while let Some(e) = rx.blocking_recv() {
-            match e {
-                Event::Token(s) => tokens.push(s.token),
-                Event::Finished(f) => return (tokens, Some(f.reason)),
-                Event::PromptLogprobs(_) => {}
-            }
-        }
-        (tokens, None)
-    }
-
-    #[test]
-    fn a_device_error_fails_its_batch_and_the_server_goes_on() {
-        let (exec, state) = fake(16, 16, 1);
-        let (handle, thread) = engine(exec, 16);
-        let (tokens, reason) = wait(handle.submit(JobSpec::new(vec![1, 2, 3], 4)).unwrap());
-        assert!(tokens.is_empty());
-        match reason {
-            Some(FinishReason::Error(m)) => assert!(m.contains("the GPU fell off the bus"), "{m}"),
-            other => panic!("expected an error, got {other:?}"),
-        }
-        // Its sequence was freed, and the next request runs as if nothing happened.
-        let (tokens, reason) = wait(handle.submit(JobSpec::new(vec![1, 2, 3], 4)).unwrap());
-        assert_eq!((tokens, reason), (vec![3; 4], Some(FinishReason::Length)));
-        drop(handle);
-        thread.join().unwrap();
-        assert!(state.lock().unwrap().live.is_empty());
-    }
-
-    #[test]
-    fn never_runs_more_sequences_than_the_executor_has_slots() {
-        let (exec, state) = fake(2, 2, 0);
-        let (handle, thread) = engine(exec, 8);
-        let jobs: Vec<_> = (0..5).map(|_| handle.submit(JobSpec::new(vec![1, 2], 3)).unwrap()).collect();
-        for rx in jobs {
-            assert_eq!(wait(rx), (vec![3; 3], Some(FinishReason::Length)));
-        }
-        drop(handle);
-        thread.join().unwrap();
-        // Held to the executor's slots by the batch limit, not by refusals.
-        let st = state.lock().unwrap();
-        assert_eq!((st.most_live, st.refused), (2, 0));
-    }
-
-    #[test]
-    fn a_job_without_a_slot_waits_for_one_or_fails_when_none_can_free() {
-        // The executor claims more slots than it has: jobs past its one slot wait their turn.
-        let (exec, state) = fake(1, usize::MAX, 0);
-        let (handle, thread) = engine(exec, 8);
-        let jobs: Vec<_> = (0..3).map(|_| handle.submit(JobSpec::new(vec![1, 2], 3)).unwrap()).collect();
-        for rx in jobs {
-            assert_eq!(wait(rx), (vec![3; 3], Some(FinishReason::Length)));
-        }
-        drop(handle);
-        thread.join().unwrap();
-        assert_eq!(state.lock().unwrap().most_live, 1);
-
-        // No slot at all: nothing running will ever free one, so the job fails at once.
-        let (exec, _) = fake(0, usize::MAX, 0);
-        let (handle, thread) = engine(exec, 8);
-        match wait(handle.submit(JobSpec::new(vec![1, 2], 3)).unwrap()) {
-            (tokens, Some(FinishReason::Error(m))) => {
-                assert!(tokens.is_empty());
-                assert!(m.contains("sequence slots"), "{m}");
-            }
-            other => panic!("expected an error, got {other:?}"),
-        }
-        drop(handle);
-        thread.join().unwrap();
-    }
-}
+#[path = "engine_tests.rs"]
+mod tests;

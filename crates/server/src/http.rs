@@ -1,6 +1,10 @@
 //! The HTTP surface: routing, API keys, body limits, request logs, SSE, and the small
-//! endpoints (models, tokenize, detokenize, health, metrics). The generating endpoints live
-//! in `chat.rs`, `responses.rs` and `completions.rs`.
+//! endpoints (models, tokenize, detokenize, health, ready, metrics). The generating endpoints
+//! live in `chat.rs`, `responses.rs` and `completions.rs`.
+//!
+//! Nothing CPU-heavy runs on the async workers: parsing a body, rendering and tokenizing a
+//! prompt run on the blocking pool ([`cpu`]), at most one per core at a time, so `/health`
+//! and running streams never wait behind another request's tokenization.
 
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -8,14 +12,15 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::body::{Body, Bytes};
-use axum::extract::{Path, State};
+use axum::extract::{Path, Request, State};
 use axum::http::{header, HeaderMap, StatusCode};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use gptoss_engine::Tokenizer;
 use serde_json::{json, Map, Value};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Semaphore};
 
 use crate::engine::{EngineHandle, Event, JobSpec, SubmitError};
 use crate::error::ApiError;
@@ -27,6 +32,9 @@ use crate::responses::ResponseStore;
 /// Request bodies larger than this are refused with 413.
 pub const MAX_BODY_BYTES: usize = 8 << 20;
 
+/// A request body must arrive whole within this long by default, or 408.
+pub const DEFAULT_BODY_TIMEOUT: Duration = Duration::from_secs(30);
+
 pub struct AppState {
     pub engine: EngineHandle,
     pub tok: Tokenizer,
@@ -35,6 +43,10 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     pub store: Mutex<ResponseStore>,
     pub started: u64,
+    /// How long a request body may take to arrive.
+    pub body_timeout: Duration,
+    /// Permits for CPU work off the async runtime ([`cpu`]).
+    cpu: Arc<Semaphore>,
     next_id: AtomicU64,
 }
 
@@ -46,6 +58,7 @@ impl AppState {
         api_key: Option<String>,
         metrics: Arc<Metrics>,
     ) -> Self {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         AppState {
             engine,
             tok,
@@ -54,6 +67,8 @@ impl AppState {
             metrics,
             store: Mutex::new(ResponseStore::new(1024)),
             started: unix_now(),
+            body_timeout: DEFAULT_BODY_TIMEOUT,
+            cpu: Arc::new(Semaphore::new(cores)),
             next_id: AtomicU64::new(1),
         }
     }
@@ -79,9 +94,58 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/tokenize", post(tokenize))
         .route("/detokenize", post(detokenize))
         .route("/health", get(health))
+        .route("/ready", get(ready))
         .route("/metrics", get(metrics))
         .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        // Wraps every route and both fallbacks: a caller without the key learns nothing of
+        // which paths or methods exist.
+        .layer(axum::middleware::from_fn_with_state(state.clone(), require_key))
         .with_state(state)
+}
+
+/// Paths open without the API key: probes and metrics.
+fn is_open(path: &str) -> bool {
+    matches!(path, "/health" | "/ready" | "/metrics")
+}
+
+async fn require_key(State(st): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+    if !is_open(req.uri().path()) {
+        if let Err(e) = authorize(&st, req.headers()) {
+            let mut log = RequestLog::new(&st, "unauthorized");
+            log.fail(&e);
+            return e.into_response();
+        }
+    }
+    next.run(req).await
+}
+
+/// Bodies up to this size are parsed without waiting for a [`cpu`] permit: their work is
+/// bounded and short, so small requests never queue behind huge ones.
+pub const SMALL_BODY_BYTES: usize = 64 << 10;
+
+/// Runs CPU work (parsing, rendering, tokenizing) for a body of `size` bytes on the blocking
+/// pool, so the async workers stay free for other connections. Large bodies take one of a
+/// permit per core; the permit is held by the work itself, so a client that leaves does not
+/// free its core before the work ends.
+pub async fn cpu<T: Send + 'static>(
+    st: &Arc<AppState>,
+    size: usize,
+    work: impl FnOnce(&AppState) -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    let permit = if size > SMALL_BODY_BYTES {
+        let p = st.cpu.clone().acquire_owned().await;
+        Some(p.map_err(|_| ApiError::unavailable("the server is shutting down"))?)
+    } else {
+        None
+    };
+    let st = st.clone();
+    tokio::task::spawn_blocking(move || {
+        let _permit = permit;
+        work(&st)
+    })
+    .await
+    .map_err(|e| ApiError::engine(format!("processing the request failed: {e}")))?
 }
 
 /// One line per request on stderr, and the request counter, written when the request is
@@ -140,22 +204,22 @@ impl Drop for RequestLog {
     }
 }
 
-/// Checks the API key, reads the body within the limit and parses it as a JSON object.
-pub async fn read_request(st: &AppState, headers: &HeaderMap, body: Body) -> Result<Map<String, Value>, ApiError> {
+/// Checks the API key and reads the body, within the size limit and the body timeout.
+pub async fn read_body(st: &AppState, headers: &HeaderMap, body: Body) -> Result<Bytes, ApiError> {
     authorize(st, headers)?;
     let declared =
         headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > MAX_BODY_BYTES as u64) {
         return Err(ApiError::too_large(MAX_BODY_BYTES));
     }
-    let bytes: Bytes = axum::body::to_bytes(body, MAX_BODY_BYTES).await.map_err(|e| {
+    let read = tokio::time::timeout(st.body_timeout, axum::body::to_bytes(body, MAX_BODY_BYTES));
+    read.await.map_err(|_| ApiError::body_timeout(st.body_timeout))?.map_err(|e| {
         if format!("{e:?}").contains("LengthLimit") {
             ApiError::too_large(MAX_BODY_BYTES)
         } else {
             ApiError::invalid("", format!("could not read the request body: {e}"))
         }
-    })?;
-    parse_body(&bytes)
+    })
 }
 
 pub fn authorize(st: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
@@ -203,16 +267,17 @@ pub fn fit_context(st: &AppState, prompt_len: usize, asked: Option<usize>, param
 
 /// The start every generating endpoint shares: key, body, parse, submit. On failure the
 /// error is logged and is the response.
-pub async fn accept<R>(
-    st: &AppState,
+pub async fn accept<R: Send + 'static>(
+    st: &Arc<AppState>,
     headers: &HeaderMap,
     body: Body,
     log: &mut RequestLog,
-    parse: impl FnOnce(&AppState, &Map<String, Value>) -> Result<R, ApiError>,
+    parse: fn(&AppState, &Map<String, Value>) -> Result<R, ApiError>,
     job: impl FnOnce(&R) -> &JobSpec,
 ) -> Result<(R, mpsc::UnboundedReceiver<Event>), Response> {
     let started = async {
-        let req = parse(st, &read_request(st, headers, body).await?)?;
+        let bytes = read_body(st, headers, body).await?;
+        let req = cpu(st, bytes.len(), move |st| parse(st, &parse_body(&bytes)?)).await?;
         let rx = submit(st, job(&req).clone())?;
         Ok::<_, ApiError>((req, rx))
     }
@@ -235,6 +300,9 @@ pub fn submit(st: &AppState, spec: JobSpec) -> Result<mpsc::UnboundedReceiver<Ev
     st.engine.submit(spec).map_err(|e| match e {
         SubmitError::QueueFull(_) => ApiError::busy(format!("{e}; retry shortly")),
         SubmitError::Stopped => ApiError::unavailable("the engine has stopped"),
+        SubmitError::OutOfVocabulary { .. } => {
+            ApiError::invalid("", format!("the prompt cannot run on this model: {e}")).with_code("invalid_prompt")
+        }
     })
 }
 
@@ -327,14 +395,30 @@ async fn not_found() -> ApiError {
     ApiError::not_found(None, "no such endpoint", "not_found")
 }
 
+async fn method_not_allowed(req: Request) -> ApiError {
+    ApiError::method_not_allowed(req.method().as_str(), req.uri().path())
+}
+
+/// Liveness: the process answers. `ready` says whether it takes work (as `/ready`).
 async fn health(State(st): State<Arc<AppState>>) -> Response {
     Json(json!({
         "status": "ok",
+        "ready": st.engine.readiness().is_ok(),
         "model": st.model_name,
         "running": st.metrics.running.load(Ordering::Relaxed),
         "waiting": st.engine.waiting(),
     }))
     .into_response()
+}
+
+/// Readiness: the model is loaded (the server listens only once it is), the engine thread is
+/// alive and stepping (no step stuck past [`crate::engine::STALLED_AFTER`]) and the server is
+/// not shutting down. 200, or 503 saying why.
+async fn ready(State(st): State<Arc<AppState>>) -> Response {
+    match st.engine.readiness() {
+        Ok(()) => Json(json!({"status": "ready", "model": st.model_name})).into_response(),
+        Err(why) => ApiError::unavailable(format!("not ready: {why}")).with_code("not_ready").into_response(),
+    }
 }
 
 async fn metrics(State(st): State<Arc<AppState>>) -> Response {
@@ -357,9 +441,14 @@ async fn models(State(st): State<Arc<AppState>>, headers: HeaderMap) -> Response
     Json(json!({"object": "list", "data": [model_object(&st)]})).into_response()
 }
 
-async fn model(State(st): State<Arc<AppState>>, headers: HeaderMap, Path(id): Path<String>) -> Response {
+async fn model(
+    State(st): State<Arc<AppState>>,
+    headers: HeaderMap,
+    id: Result<Path<String>, axum::extract::rejection::PathRejection>,
+) -> Response {
     let mut log = RequestLog::new(&st, "models");
     let result = authorize(&st, &headers).and_then(|_| {
+        let Path(id) = id.map_err(|e| ApiError::invalid("model", format!("bad model id in the path: {e}")))?;
         if id == st.model_name {
             Ok(Json(model_object(&st)).into_response())
         } else {
@@ -377,22 +466,27 @@ async fn model(State(st): State<Arc<AppState>>, headers: HeaderMap, Path(id): Pa
 async fn tokenize(State(st): State<Arc<AppState>>, headers: HeaderMap, body: Body) -> Response {
     let mut log = RequestLog::new(&st, "tokenize");
     let result = async {
-        let req = read_request(&st, &headers, body).await?;
-        let o = Obj::new(&req, "");
-        check_model(&st, &o)?;
-        let tokens = if let Some(text) = o.str("prompt")? {
-            st.tok.encode(text)
-        } else if o.get("messages").is_some() {
-            PromptSpec::from_chat(&o)?.render(&st.tok)?.tokens
-        } else {
-            return Err(ApiError::invalid("prompt", "give `prompt` (text) or `messages` (a chat)"));
-        };
-        let mut out = json!({"count": tokens.len(), "max_model_len": st.engine.max_context, "tokens": tokens});
-        if o.bool("return_token_strs")? == Some(true) {
-            let strs: Vec<String> = tokens.iter().map(|&t| st.tok.decode_lossy(&[t]).unwrap_or_default()).collect();
-            out["token_strs"] = json!(strs);
-        }
-        log.prompt_tokens = tokens.len();
+        let bytes = read_body(&st, &headers, body).await?;
+        let (out, count) = cpu(&st, bytes.len(), move |st| {
+            let req = parse_body(&bytes)?;
+            let o = Obj::new(&req, "");
+            check_model(st, &o)?;
+            let tokens = if let Some(text) = o.str("prompt")? {
+                st.tok.encode(text)
+            } else if o.get("messages").is_some() {
+                PromptSpec::from_chat(&o)?.render(&st.tok)?.tokens
+            } else {
+                return Err(ApiError::invalid("prompt", "give `prompt` (text) or `messages` (a chat)"));
+            };
+            let mut out = json!({"count": tokens.len(), "max_model_len": st.engine.max_context, "tokens": tokens});
+            if o.bool("return_token_strs")? == Some(true) {
+                let strs: Vec<String> = tokens.iter().map(|&t| st.tok.decode_lossy(&[t]).unwrap_or_default()).collect();
+                out["token_strs"] = json!(strs);
+            }
+            Ok((out, tokens.len()))
+        })
+        .await?;
+        log.prompt_tokens = count;
         Ok::<_, ApiError>(Json(out).into_response())
     }
     .await;
@@ -405,12 +499,16 @@ async fn tokenize(State(st): State<Arc<AppState>>, headers: HeaderMap, body: Bod
 async fn detokenize(State(st): State<Arc<AppState>>, headers: HeaderMap, body: Body) -> Response {
     let mut log = RequestLog::new(&st, "detokenize");
     let result = async {
-        let req = read_request(&st, &headers, body).await?;
-        let o = Obj::new(&req, "");
-        check_model(&st, &o)?;
-        let list = o.arr("tokens")?.ok_or_else(|| ApiError::invalid("tokens", "`tokens` is required"))?;
-        let ids = token_ids(list, "tokens", st.engine.vocab)?;
-        let text = st.tok.decode_lossy(&ids).map_err(|e| ApiError::invalid("tokens", e.to_string()))?;
+        let bytes = read_body(&st, &headers, body).await?;
+        let text = cpu(&st, bytes.len(), move |st| {
+            let req = parse_body(&bytes)?;
+            let o = Obj::new(&req, "");
+            check_model(st, &o)?;
+            let list = o.arr("tokens")?.ok_or_else(|| ApiError::invalid("tokens", "`tokens` is required"))?;
+            let ids = token_ids(list, "tokens", st.engine.vocab)?;
+            st.tok.decode_lossy(&ids).map_err(|e| ApiError::invalid("tokens", e.to_string()))
+        })
+        .await?;
         Ok::<_, ApiError>(Json(json!({"prompt": text})).into_response())
     }
     .await;

@@ -7,6 +7,7 @@
 
 pub mod chat;
 pub mod completions;
+pub mod conn;
 pub mod engine;
 pub mod error;
 pub mod executor;
@@ -20,6 +21,7 @@ pub mod responses;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+pub use conn::{Ended, Limits};
 pub use engine::{EngineConfig, EngineHandle};
 pub use executor::{Executor, ModelExecutor, ScriptedExecutor};
 use gptoss_engine::Tokenizer;
@@ -27,9 +29,11 @@ use gptoss_engine::Tokenizer;
 pub struct ServeOptions {
     pub host: String,
     pub port: u16,
+    /// `None` (or empty) serves without a key.
     pub api_key: Option<String>,
     pub model_name: String,
     pub engine: EngineConfig,
+    pub limits: Limits,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -38,16 +42,26 @@ pub enum ServeError {
     Bind { addr: String, source: std::io::Error },
     #[error("cannot start: {0}")]
     Io(#[from] std::io::Error),
+    #[error("stopped at the shutdown deadline: {0} connections still had requests in flight, ended with an error")]
+    Cut(usize),
+    #[error("stopped by a second signal with {0} connections still open")]
+    Interrupted(usize),
 }
 
-/// Runs the server until Ctrl-C. Prints `listening on http://ADDR` once it accepts
-/// connections (tests read the port from that line when asked for port 0).
+/// Runs the server until SIGTERM or SIGINT, then drains: no new connections, requests in
+/// flight get up to `limits.shutdown_timeout` to finish, then what is left ends with an
+/// error (a second signal ends at once). `Ok` when everything finished in time. Prints
+/// `listening on http://ADDR` once it accepts connections (tests read the port from that
+/// line when asked for port 0).
 pub fn serve<E: Executor + 'static>(exec: E, tok: Tokenizer, opts: ServeOptions) -> Result<(), ServeError> {
     let metrics = Arc::new(metrics::Metrics::default());
     let (handle, _engine_thread) = engine::start(exec, opts.engine, metrics.clone())?;
-    let state = Arc::new(http::AppState::new(handle, tok, opts.model_name, opts.api_key, metrics));
+    let api_key = opts.api_key.filter(|k| !k.is_empty());
+    let mut state = http::AppState::new(handle.clone(), tok, opts.model_name, api_key, metrics);
+    state.body_timeout = opts.limits.body_timeout;
+    let state = Arc::new(state);
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
-    runtime.block_on(async move {
+    let ended = runtime.block_on(async move {
         let addr = format!("{}:{}", opts.host, opts.port);
         let listener = tokio::net::TcpListener::bind(&addr)
             .await
@@ -56,11 +70,16 @@ pub fn serve<E: Executor + 'static>(exec: E, tok: Tokenizer, opts: ServeOptions)
         println!("listening on http://{local}");
         use std::io::Write;
         let _ = std::io::stdout().flush();
-        axum::serve(listener, http::router(state))
-            .with_graceful_shutdown(async {
-                let _ = tokio::signal::ctrl_c().await;
-            })
-            .await?;
-        Ok(())
-    })
+        Ok::<_, ServeError>(conn::serve_until_signal(listener, http::router(state), handle, opts.limits).await?)
+    })?;
+    // Blocking work (a tokenization) may still run; it is not waited for.
+    runtime.shutdown_background();
+    match ended {
+        Ended::Drained => {
+            eprintln!("shut down cleanly");
+            Ok(())
+        }
+        Ended::Cut(n) => Err(ServeError::Cut(n)),
+        Ended::Interrupted(n) => Err(ServeError::Interrupted(n)),
+    }
 }

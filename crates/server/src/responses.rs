@@ -247,9 +247,14 @@ pub async fn handle(State(st): State<Arc<AppState>>, headers: HeaderMap, body: B
     }
 }
 
-pub async fn get_stored(State(st): State<Arc<AppState>>, headers: HeaderMap, Path(id): Path<String>) -> Response {
+pub async fn get_stored(
+    State(st): State<Arc<AppState>>,
+    headers: HeaderMap,
+    id: Result<Path<String>, axum::extract::rejection::PathRejection>,
+) -> Response {
     let mut log = RequestLog::new(&st, "responses.get");
     let found = http::authorize(&st, &headers).and_then(|_| {
+        let Path(id) = id.map_err(|e| ApiError::invalid("response_id", format!("bad response id in the path: {e}")))?;
         st.store.lock().unwrap_or_else(|e| e.into_inner()).get(&id).map(|s| s.object.clone()).ok_or_else(|| {
             ApiError::not_found(Some("response_id"), format!("no stored response with id {id:?}"), "response_not_found")
         })
@@ -392,12 +397,13 @@ async fn run(
     });
     let output: Vec<Value> = out.items.iter().map(|i| item_json(i, true)).collect();
     let failure = match finish.as_ref().map(|f| &f.reason) {
-        Some(FinishReason::Error(m)) => Some(m.clone()),
+        Some(FinishReason::Error(m) | FinishReason::Aborted(m)) => Some(m.clone()),
         None => Some("the engine stopped before the response was complete".to_string()),
         _ => None,
     };
     if let Some(m) = failure {
-        let e = ApiError::engine(m.clone());
+        let aborted = matches!(finish.as_ref().map(|f| &f.reason), Some(FinishReason::Aborted(_)));
+        let e = if aborted { ApiError::unavailable(m.clone()) } else { ApiError::engine(m.clone()) };
         log.fail(&e);
         let failed = object("failed", output, usage, &[("error", json!({"code": "server_error", "message": m}))]);
         ev.send("response.failed", json!({"response": failed})).await;

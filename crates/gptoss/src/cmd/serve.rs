@@ -1,11 +1,12 @@
 //! `gptoss serve`: the OpenAI-compatible server.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::Args as ClapArgs;
 use gptoss_engine::Tokenizer;
-use gptoss_server::{EngineConfig, ModelExecutor, ScriptedExecutor, ServeOptions};
+use gptoss_server::{EngineConfig, Limits, ModelExecutor, ScriptedExecutor, ServeOptions};
 
 use super::{human_bytes, open_runner, resolve_model, DEFAULT_MODEL};
 
@@ -20,15 +21,33 @@ pub struct Args {
     /// Port (0 picks a free one; the address is printed).
     #[arg(long, default_value_t = 8000)]
     port: u16,
-    /// Require `Authorization: Bearer KEY` on the API endpoints (also read from GPTOSS_API_KEY).
+    /// Require `Authorization: Bearer KEY` on the API endpoints (also read from GPTOSS_API_KEY;
+    /// set but empty means no key, as if unset).
     #[arg(long, value_name = "KEY", env = "GPTOSS_API_KEY", hide_env_values = true)]
     api_key: Option<String>,
     /// Sequences generating together at most.
     #[arg(long, default_value_t = 16, value_name = "N")]
     max_batch: usize,
-    /// Requests waiting for a batch slot at most; more get 429 with Retry-After.
+    /// Requests waiting for a batch slot at most; more get 429 with Retry-After. Requests that
+    /// find a free slot never count (0: no waiting room).
     #[arg(long, default_value_t = 64, value_name = "N")]
     max_queue: usize,
+    /// Connections open at once; past it a connection gets 503 and is closed.
+    #[arg(long, default_value_t = 1024, value_name = "N")]
+    max_connections: usize,
+    /// Seconds a request's headers may take to arrive (also closes connections that send nothing).
+    #[arg(long, default_value_t = 10.0, value_name = "S")]
+    header_timeout: f64,
+    /// Seconds a request's body may take to arrive; then 408.
+    #[arg(long, default_value_t = 30.0, value_name = "S")]
+    body_timeout: f64,
+    /// Seconds a keep-alive connection may stay silent between requests before it is closed.
+    #[arg(long, default_value_t = 60.0, value_name = "S")]
+    idle_timeout: f64,
+    /// At SIGTERM or SIGINT: seconds requests in flight get to finish before the rest end
+    /// with an error (a second signal ends at once).
+    #[arg(long, default_value_t = 30.0, value_name = "S")]
+    shutdown_timeout: f64,
     /// Context length per sequence (prompt plus completion), at most the model's 131072.
     #[arg(long, default_value_t = 8192, value_name = "N")]
     ctx: usize,
@@ -51,6 +70,26 @@ pub fn run(args: Args) -> Result<()> {
     if args.max_batch == 0 || args.ctx == 0 {
         anyhow::bail!("--max-batch and --ctx must be at least 1");
     }
+    let secs = |flag: &str, s: f64| {
+        if s.is_finite() && s > 0.0 && s < 1e9 {
+            Ok(Duration::from_secs_f64(s))
+        } else {
+            Err(anyhow::anyhow!("--{flag} must be a positive number of seconds, got {s}"))
+        }
+    };
+    if args.max_connections == 0 {
+        anyhow::bail!("--max-connections must be at least 1");
+    }
+    let limits = Limits {
+        max_connections: args.max_connections,
+        header_timeout: secs("header-timeout", args.header_timeout)?,
+        body_timeout: secs("body-timeout", args.body_timeout)?,
+        idle_timeout: secs("idle-timeout", args.idle_timeout)?,
+        shutdown_timeout: secs("shutdown-timeout", args.shutdown_timeout)?,
+    };
+    if args.api_key.as_deref() == Some("") {
+        eprintln!("note: the API key is set but empty (GPTOSS_API_KEY=): serving without a key");
+    }
     let tok = Tokenizer::o200k_harmony().context("loading the tokenizer")?;
     let engine = EngineConfig { max_batch: args.max_batch, max_queue: args.max_queue, step_tokens: args.step_tokens };
     // The folder's name, or a GGUF file's name without `.gguf`.
@@ -72,6 +111,7 @@ pub fn run(args: Args) -> Result<()> {
             api_key: args.api_key,
             model_name: args.served_model_name.unwrap_or_else(|| "scripted".into()),
             engine,
+            limits,
         };
         eprintln!("serving scripted completions from {}", script.display());
         return Ok(gptoss_server::serve(exec, tok, opts)?);
@@ -99,6 +139,7 @@ pub fn run(args: Args) -> Result<()> {
         api_key: args.api_key,
         model_name: args.served_model_name.unwrap_or(name),
         engine,
+        limits,
     };
     Ok(gptoss_server::serve(exec, tok, opts)?)
 }
