@@ -19,6 +19,9 @@ pub enum ProgressMode {
 
 const REDRAW: Duration = Duration::from_millis(100);
 
+/// How often a line says how far a download is, when stderr is not a terminal.
+const LINE_EVERY: Duration = Duration::from_secs(10);
+
 pub(crate) struct Progress {
     mode: ProgressMode,
     /// Bytes to fetch over all files, and fetched so far (counting resumed prefixes).
@@ -49,6 +52,9 @@ impl Progress {
             ProgressMode::Auto => ProgressMode::Lines,
             m => m,
         };
+        if mode == ProgressMode::Lines && files_total > 0 {
+            eprintln!("downloading {files_total} file(s), {}", bytes(total));
+        }
         Progress {
             mode,
             total,
@@ -86,7 +92,33 @@ impl Progress {
             f.done += n;
             f.received += n;
         }
+        if self.mode == ProgressMode::Lines {
+            let now = Instant::now();
+            let since = self.last_draw.unwrap_or(self.started);
+            if now - since >= LINE_EVERY {
+                self.last_draw = Some(now);
+                eprintln!("{}", self.line());
+            }
+        }
         self.draw(false);
+    }
+
+    /// One line for logs: this file and the total, with the rate and the time left.
+    fn line(&self) -> String {
+        let secs = self.started.elapsed().as_secs_f64();
+        let speed = self.received as f64 / secs.max(1e-3);
+        let file = match &self.file {
+            Some(f) => format!("{} {} of {}; ", f.name, bytes(f.done), bytes(f.size)),
+            None => String::new(),
+        };
+        format!(
+            "downloading: {file}total {} of {} ({}%), {}, ETA {}",
+            bytes(self.done),
+            bytes(self.total),
+            (self.done * 100).checked_div(self.total).unwrap_or(100),
+            rate(self.received, secs),
+            eta(self.total.saturating_sub(self.done), speed)
+        )
     }
 
     /// The server ignored a resume and sends the file from its start: forget the prefix.

@@ -29,6 +29,8 @@ pub struct ServeOptions {
     pub port: u16,
     pub api_key: Option<String>,
     pub model_name: String,
+    /// Other names requests may give for the model (the Hub id, the folder's name).
+    pub aliases: Vec<String>,
     pub engine: EngineConfig,
 }
 
@@ -43,15 +45,33 @@ pub enum ServeError {
 /// Runs the server until Ctrl-C. Prints `listening on http://ADDR` once it accepts
 /// connections (tests read the port from that line when asked for port 0).
 pub fn serve<E: Executor + 'static>(exec: E, tok: Tokenizer, opts: ServeOptions) -> Result<(), ServeError> {
+    let listener = bind(&opts.host, opts.port)?;
+    serve_on(listener, exec, tok, opts)
+}
+
+/// The listening socket, taken before a model loads so that a port in use is found at once.
+pub fn bind(host: &str, port: u16) -> Result<std::net::TcpListener, ServeError> {
+    let addr = format!("{host}:{port}");
+    let listener = std::net::TcpListener::bind(&addr).map_err(|source| ServeError::Bind { addr, source })?;
+    listener.set_nonblocking(true)?;
+    Ok(listener)
+}
+
+/// [`serve`] on a socket from [`bind`] (`opts.host` and `opts.port` are not used).
+pub fn serve_on<E: Executor + 'static>(
+    listener: std::net::TcpListener,
+    exec: E,
+    tok: Tokenizer,
+    opts: ServeOptions,
+) -> Result<(), ServeError> {
     let metrics = Arc::new(metrics::Metrics::default());
     let (handle, _engine_thread) = engine::start(exec, opts.engine, metrics.clone())?;
-    let state = Arc::new(http::AppState::new(handle, tok, opts.model_name, opts.api_key, metrics));
+    let mut state = http::AppState::new(handle, tok, opts.model_name, opts.api_key, metrics);
+    state.aliases = opts.aliases;
+    let state = Arc::new(state);
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     runtime.block_on(async move {
-        let addr = format!("{}:{}", opts.host, opts.port);
-        let listener = tokio::net::TcpListener::bind(&addr)
-            .await
-            .map_err(|source| ServeError::Bind { addr: addr.clone(), source })?;
+        let listener = tokio::net::TcpListener::from_std(listener)?;
         let local: SocketAddr = listener.local_addr()?;
         println!("listening on http://{local}");
         use std::io::Write;

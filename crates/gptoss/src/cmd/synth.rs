@@ -11,8 +11,10 @@ use gptoss_engine::{synth, Layout, ModelConfig};
 enum Shape {
     /// The test fixture's shape (4 layers, hidden 64) with the full 201,088-token vocabulary.
     Tiny,
+    /// gpt-oss-20b's shape: about 13 GB on disk, written in a minute or so.
     #[value(name = "20b")]
     Gpt20b,
+    /// gpt-oss-120b's shape: about 65 GB on disk.
     #[value(name = "120b")]
     Gpt120b,
 }
@@ -24,7 +26,10 @@ enum LayoutArg {
 }
 
 #[derive(clap::Args)]
+#[command(after_help = "The tiny shape (a few MB) answers in gibberish but runs every command in seconds: \
+    gptoss synth --shape tiny --out gpt-oss-tiny && gptoss chat gpt-oss-tiny")]
 pub struct Args {
+    /// tiny (a few MB), 20b (about 13 GB on disk) or 120b (about 65 GB).
     #[arg(long, value_enum)]
     shape: Shape,
     #[arg(long, value_enum, default_value = "hf")]
@@ -52,7 +57,7 @@ pub fn run(args: Args) -> Result<()> {
     if args.out.join("config.json").exists() && !args.force {
         bail!("{} already holds a checkpoint (config.json); pass --force to overwrite it", args.out.display());
     }
-    let show = std::io::stderr().is_terminal();
+    let show = std::io::stderr().is_terminal() && !super::ui::quiet();
     let t0 = Instant::now();
     let mut last_pct = u64::MAX;
     let summary = synth::write_checkpoint(&config, layout, &args.out, args.seed, |done, total| {
