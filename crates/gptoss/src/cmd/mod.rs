@@ -158,16 +158,16 @@ impl ModelArgs {
 #[derive(clap::Args, Clone, Debug)]
 pub struct SamplingArgs {
     /// 0 is greedy. OpenAI recommends 1.0 for gpt-oss.
-    #[arg(long, default_value_t = 1.0, value_name = "T", value_parser = parse_temperature)]
+    #[arg(long, default_value_t = 1.0, value_name = "T", value_parser = parse_temperature, allow_negative_numbers = true)]
     pub temperature: f32,
     /// Nucleus sampling: keep the most likely tokens up to this probability mass, in (0, 1].
-    #[arg(long, default_value_t = 1.0, value_name = "P", value_parser = parse_top_p)]
+    #[arg(long, default_value_t = 1.0, value_name = "P", value_parser = parse_top_p, allow_negative_numbers = true)]
     pub top_p: f32,
     /// Keep only the K most likely tokens; 0 keeps every token.
     #[arg(long, default_value_t = 0, value_name = "K")]
     pub top_k: usize,
     /// Drop tokens less likely than P times the most likely one, in [0, 1].
-    #[arg(long, default_value_t = 0.0, value_name = "P", value_parser = parse_min_p)]
+    #[arg(long, default_value_t = 0.0, value_name = "P", value_parser = parse_min_p, allow_negative_numbers = true)]
     pub min_p: f32,
     /// Makes sampling reproducible.
     #[arg(long, value_name = "S")]
