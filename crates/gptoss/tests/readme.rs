@@ -129,8 +129,13 @@ fn start(cwd: &Path, line: &str) -> Option<Started> {
     });
     let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
     let mut first = String::new();
-    stdout.read_line(&mut first).ok()?;
+    if stdout.read_line(&mut first).is_err() {
+        let _ = child.kill();
+        let _ = child.wait();
+        return None;
+    }
     let Some(port) = first.trim().rsplit(':').next().and_then(|p| p.parse().ok()) else {
+        let _ = child.kill();
         let _ = child.wait();
         return None;
     };

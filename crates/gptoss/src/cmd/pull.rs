@@ -261,6 +261,14 @@ pub fn inspect(repo: &RepoId, json: bool, ctx: usize) -> Result<()> {
     }
 }
 
+fn model_dir_of(status: &CacheStatus) -> PathBuf {
+    let dir = status.repo_dir.join("snapshots").join(status.commit.as_deref().unwrap_or_default());
+    match status.layout {
+        Layout::Hf => dir,
+        Layout::Original => dir.join("original"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -293,13 +301,5 @@ mod tests {
         ] {
             assert_eq!(r(bad), None, "{bad}");
         }
-    }
-}
-
-fn model_dir_of(status: &CacheStatus) -> PathBuf {
-    let dir = status.repo_dir.join("snapshots").join(status.commit.as_deref().unwrap_or_default());
-    match status.layout {
-        Layout::Hf => dir,
-        Layout::Original => dir.join("original"),
     }
 }
