@@ -17,9 +17,14 @@ pub struct Args {
     /// Branch, tag or commit hash (default: main, or the @REVISION of REPO).
     #[arg(long, value_name = "R")]
     revision: Option<String>,
-    /// Which checkpoint layout to fetch (default: the one the cache holds complete, else hf).
+    /// Which checkpoint layout to fetch (default: the one the cache holds complete, else hf;
+    /// gguf for a repository of .gguf files).
     #[arg(long, value_enum)]
     layout: Option<LayoutArg>,
+    /// Of a GGUF repository, the files to fetch: a pattern with `*` and `?`, e.g. '*mxfp4*'
+    /// (needed when it holds several models).
+    #[arg(long, value_name = "PATTERN")]
+    include: Option<String>,
     /// Use the Hugging Face cache only, never the network (as HF_HUB_OFFLINE=1): checks that
     /// the model is there complete.
     #[arg(long)]
@@ -32,6 +37,8 @@ enum LayoutArg {
     Hf,
     /// OpenAI's original/ folder.
     Original,
+    /// llama.cpp's .gguf files (ggml-org/gpt-oss-20b-GGUF).
+    Gguf,
 }
 
 static OFFLINE: AtomicBool = AtomicBool::new(false);
@@ -116,8 +123,9 @@ pub fn run(args: Args) -> Result<()> {
     let layout = args.layout.map(|l| match l {
         LayoutArg::Hf => Layout::Hf,
         LayoutArg::Original => Layout::Original,
+        LayoutArg::Gguf => Layout::Gguf,
     });
-    let hub = hub();
+    let hub = hub().include(args.include.as_deref());
     announce(&hub, &model.repo, &revision);
     let snap = hub.fetch(&model.repo, &revision, layout).map_err(|e| explain(e, &model.repo))?;
     if !ui::quiet() {
@@ -159,7 +167,7 @@ fn announce(hub: &Hub, repo: &RepoId, revision: &str) {
     if hub.is_offline() || ui::quiet() {
         return;
     }
-    let cached = [Layout::Hf, Layout::Original].iter().any(|&l| hub.status(repo, revision, l).complete());
+    let cached = [Layout::Hf, Layout::Original, Layout::Gguf].iter().any(|&l| hub.status(repo, revision, l).complete());
     if cached {
         return;
     }
@@ -264,7 +272,7 @@ pub fn inspect(repo: &RepoId, json: bool, ctx: usize) -> Result<()> {
 fn model_dir_of(status: &CacheStatus) -> PathBuf {
     let dir = status.repo_dir.join("snapshots").join(status.commit.as_deref().unwrap_or_default());
     match status.layout {
-        Layout::Hf => dir,
+        Layout::Hf | Layout::Gguf => dir,
         Layout::Original => dir.join("original"),
     }
 }
