@@ -1,6 +1,5 @@
 //! `gptoss synth`: random-weight checkpoints of the real shapes.
 
-use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -57,19 +56,24 @@ pub fn run(args: Args) -> Result<()> {
     if args.out.join("config.json").exists() && !args.force {
         bail!("{} already holds a checkpoint (config.json); pass --force to overwrite it", args.out.display());
     }
-    let show = std::io::stderr().is_terminal() && !super::ui::quiet();
     let t0 = Instant::now();
-    let mut last_pct = u64::MAX;
-    let summary = synth::write_checkpoint(&config, layout, &args.out, args.seed, |done, total| {
-        let pct = done * 100 / total.max(1);
-        if show && pct != last_pct {
-            eprint!("\rwriting {pct:3}% ({:.2} / {:.2} GB)", done as f64 / 1e9, total as f64 / 1e9);
-            last_pct = pct;
-        }
-    })?;
-    if show {
-        eprintln!();
+    // A bar on a terminal (indicatif hides it elsewhere, and -q hides it).
+    let bar = if super::ui::quiet() {
+        indicatif::ProgressBar::hidden()
+    } else {
+        indicatif::ProgressBar::with_draw_target(None, indicatif::ProgressDrawTarget::stderr())
+    };
+    if let Ok(style) =
+        indicatif::ProgressStyle::with_template("writing {bar:30} {percent:>3}% ({bytes} / {total_bytes})")
+    {
+        bar.set_style(style);
     }
+    let summary = synth::write_checkpoint(&config, layout, &args.out, args.seed, |done, total| {
+        bar.set_length(total);
+        bar.set_position(done);
+    });
+    bar.finish_and_clear();
+    let summary = summary?;
     eprintln!(
         "wrote {} tensors, {} in {} file(s) to {} in {:.1} s",
         summary.tensors,
