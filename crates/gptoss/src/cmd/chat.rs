@@ -200,10 +200,10 @@ impl ConversationArgs {
     fn cut_reason(&self, turn: &Turn) -> String {
         let g = &turn.generation;
         if self.max_tokens == Some(g.generated) {
-            format!("--max-tokens {} reached (raise --max-tokens)", g.generated)
+            format!("--max-tokens {} reached; raise --max-tokens", g.generated)
         } else {
             format!(
-                "the context is full: {} prompt + {} generated tokens fill --ctx {} (raise --ctx, or /reset in a chat)",
+                "the context is full: {} prompt + {} generated tokens fill --ctx {}; raise --ctx (or /reset in a chat)",
                 g.prompt_tokens, g.generated, self.ctx
             )
         }

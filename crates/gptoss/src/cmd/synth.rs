@@ -25,10 +25,10 @@ enum LayoutArg {
 }
 
 #[derive(clap::Args)]
-#[command(after_help = "The tiny shape (a few MB) answers in gibberish but runs every command in seconds: \
+#[command(after_help = "The tiny shape (about 50 MB) answers in gibberish but runs every command in seconds: \
     gptoss synth --shape tiny --out gpt-oss-tiny && gptoss chat gpt-oss-tiny")]
 pub struct Args {
-    /// tiny (a few MB), 20b (about 13 GB on disk) or 120b (about 65 GB).
+    /// tiny (about 50 MB), 20b (about 13 GB on disk) or 120b (about 65 GB).
     #[arg(long, value_enum)]
     shape: Shape,
     #[arg(long, value_enum, default_value = "hf")]
