@@ -139,6 +139,7 @@ fn what_is_not_cached_is_said_without_a_request() {
     // No MODEL: the default, openai/gpt-oss-20b, goes through the same cache.
     let (_, stderr) = fails(&server, cache.path(), &["--offline", "run", "Hello?"]);
     assert!(stderr.contains("openai/gpt-oss-20b (revision main) is not in the cache"), "{stderr}");
+    assert!(stderr.contains("gptoss synth --shape tiny"), "offline, the alternatives too: {stderr}");
     // A local path that does not exist stays a path.
     let (_, stderr) = fails(&server, cache.path(), &["generate", "./no/such", "--prompt", "x"]);
     assert!(stderr.contains("no such checkpoint folder"), "{stderr}");

@@ -186,6 +186,8 @@ fn explain(e: gptoss_hub::Error, repo: &RepoId) -> anyhow::Error {
     if e.is_network() {
         let size = known_size(repo).map(|s| format!(", {s}")).unwrap_or_default();
         anyhow::anyhow!("could not download {repo}{size}: {e}\n{}", alternatives())
+    } else if matches!(e, gptoss_hub::Error::NotCached { .. }) {
+        anyhow::anyhow!("{e}\n{}", alternatives())
     } else {
         e.into()
     }
