@@ -144,6 +144,12 @@ fn a_cut_off_answer_names_the_flag_that_cut_it() {
     let r = gptoss(&["run", m, "--max-tokens", "3", "--temperature", "0", "hi"], "");
     assert_eq!(r.code, Some(1), "{}", r.stderr);
     assert!(r.stderr.contains("--max-tokens 3 reached"), "{}", r.stderr);
+    // -q: the error alone (no device, load or timing notes).
+    let r = gptoss(&["run", "-q", m, "--max-tokens", "3", "--temperature", "0", "hi"], "");
+    assert_eq!(r.code, Some(1));
+    assert!(r.stderr.starts_with("error: ") && r.stderr.lines().count() == 1, "{}", r.stderr);
+    let r = gptoss(&["generate", "-q", m, "--prompt", "hi", "--max-tokens", "2"], "");
+    assert_eq!((r.code, r.stderr.as_str()), (Some(0), ""));
 
     // Token ids as tokenize --json prints them, through a pipe.
     let ids = gptoss(&["tokenize", "--json", "Hello world"], "");

@@ -105,7 +105,7 @@ pub fn run(args: Args) -> Result<()> {
     } else {
         writeln!(out, "{rest}")?;
     }
-    eprintln!(
+    crate::note!(
         "prompt: {} tokens in {:.2} s ({}); generated: {} tokens in {:.2} s ({}); finish: {finish}; {}",
         prompt.len(),
         generation.prompt_secs,

@@ -299,7 +299,7 @@ pub fn open(path: &Path, max_context: usize, max_sequences: usize) -> Result<Ope
         Device::Auto => {
             let gpus = gptoss_cuda::devices();
             if gpus.is_empty() {
-                eprintln!("device: cpu ({NO_GPU})");
+                crate::note!("device: cpu ({NO_GPU})");
                 return cpu();
             }
             let config = Checkpoint::open(path)?.config;
@@ -308,12 +308,12 @@ pub fn open(path: &Path, max_context: usize, max_sequences: usize) -> Result<Ope
                 Ok(gpu) => match open_cuda(path, gpu.ordinal, ctx, max_sequences) {
                     Ok(runner) => Ok(Opened::Gpu(runner)),
                     Err(e) => {
-                        eprintln!("device: cpu (cuda:{} could not take the model: {e:#})", gpu.ordinal);
+                        crate::note!("device: cpu (cuda:{} could not take the model: {e:#})", gpu.ordinal);
                         cpu()
                     }
                 },
                 Err(why) => {
-                    eprintln!("device: cpu ({why})");
+                    crate::note!("device: cpu ({why})");
                     cpu()
                 }
             }
@@ -334,7 +334,7 @@ pub fn pick_gpu(
 ) -> Result<DeviceInfo, String> {
     let needs = gptoss_cuda::memory_needs(config, max_context, max_sequences);
     if let Some(gpu) = gpus.iter().find(|g| g.free_bytes >= needs.total()) {
-        eprintln!(
+        crate::note!(
             "device: cuda:{} ({}, {} free, needs {})",
             gpu.ordinal,
             gpu.name,
@@ -367,7 +367,7 @@ fn open_cuda(path: &Path, ordinal: usize, max_context: usize, max_sequences: usi
     let runner = gptoss_cuda::open(path, &CudaOptions { ordinal, max_context, max_sequences });
     spinner.finish_and_clear();
     let runner = runner?;
-    eprintln!("loaded {} on {} in {:.2} s", path.display(), runner.device(), t0.elapsed().as_secs_f64());
+    crate::note!("loaded {} on {} in {:.2} s", path.display(), runner.device(), t0.elapsed().as_secs_f64());
     Ok(runner)
 }
 
@@ -389,7 +389,7 @@ pub fn load_model(path: &Path) -> Result<Model> {
     let model = Model::load_with(path, format);
     spinner.finish_and_clear();
     let model = model?;
-    eprintln!(
+    crate::note!(
         "loaded {} ({} layout, {} layers, {} experts, {:?} kernels, {} dense weights) in {:.2} s",
         path.display(),
         model.layout.name(),

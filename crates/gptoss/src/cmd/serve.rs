@@ -149,7 +149,7 @@ pub fn run(args: Args) -> Result<()> {
     // Full-attention layers grow with the context; sliding ones hold a fixed window.
     let (per_token, per_seq) = runner.config().kv_bytes();
     let worst = (per_token * ctx as u64 + per_seq) * args.max_batch as u64;
-    eprintln!("context {ctx} tokens, up to {} sequences: KV cache at most {}", args.max_batch, human_bytes(worst));
+    crate::note!("context {ctx} tokens, up to {} sequences: KV cache at most {}", args.max_batch, human_bytes(worst));
     eprintln!("{}", ready_text(local, &name, &aliases, args.api_key.is_some()));
     let exec = ModelExecutor::new(runner);
     let opts =

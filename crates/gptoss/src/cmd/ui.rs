@@ -72,6 +72,16 @@ fn color_for(choice: ColorChoice, is_terminal: bool, no_color: bool) -> bool {
     }
 }
 
+/// A note on stderr (what was loaded, picked, how fast), unless `-q`.
+#[macro_export]
+macro_rules! note {
+    ($($arg:tt)*) => {
+        if !$crate::cmd::ui::quiet() {
+            eprintln!($($arg)*);
+        }
+    };
+}
+
 /// `text` dimmed when `on`.
 pub fn dim(text: &str, on: bool) -> String {
     if on && !text.is_empty() {
