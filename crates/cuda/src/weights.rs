@@ -286,7 +286,23 @@ fn bf16_blocks<'a>(d: &'a Dense, what: &str) -> Result<&'a [u16], CudaError> {
         Dense::Q8(_) => Err(CudaError::Unsupported(format!(
             "{what} is held as Q8_0 (a GGUF quantized dense layer); the CUDA backend runs bf16 dense weights"
         ))),
+        other => Err(CudaError::Unsupported(format!(
+            "{what} is held as {} (an MLX quantized layer); the CUDA backend runs bf16 dense weights",
+            other.format()
+        ))),
     }
+}
+
+fn mxfp4_experts<'a>(
+    e: &'a gptoss_engine::weights::Experts,
+    what: &str,
+) -> Result<&'a gptoss_engine::weights::Mxfp4Experts, CudaError> {
+    e.as_mxfp4().ok_or_else(|| {
+        CudaError::Unsupported(format!(
+            "{what} are held as {} (an MLX affine recipe); the CUDA backend runs MXFP4 experts",
+            e.format()
+        ))
+    })
 }
 
 /// Uploads checkpoint weights.
@@ -294,7 +310,7 @@ pub fn upload(gpu: &mut Gpu, w: &ModelWeights, cfg: &ModelConfig) -> Result<Devi
     let (h, i, e, v) = (cfg.hidden_size, cfg.intermediate_size, cfg.num_experts, cfg.vocab_size);
     let (qd, kvd, k) = (cfg.q_dim(), cfg.kv_dim(), cfg.experts_per_token);
     let mut up = Uploader::new(gpu)?;
-    let embedding = up.bf16_rows(Src::Bf16(vec![w.embedding.bf16()]), v, h)?;
+    let embedding = up.bf16_rows(Src::Bf16(vec![bf16_blocks(&w.embedding, "embedding")?]), v, h)?;
     let mut layers = Vec::with_capacity(cfg.num_layers);
     for (l, lw) in w.layers.iter().enumerate() {
         let (a, m) = (&lw.attn, &lw.moe);
@@ -313,11 +329,11 @@ pub fn upload(gpu: &mut Gpu, w: &ModelWeights, cfg: &ModelConfig) -> Result<Devi
             out_bias: up.vector(Some(&a.out_bias), h, 0, 0.0, 0.0)?,
             sinks: up.vector(Some(&a.sinks), cfg.num_heads, 0, 0.0, 0.0)?,
             mlp_norm: up.vector(Some(&m.norm), h, 0, 0.0, 0.0)?,
-            router: up.bf16_rows(Src::Bf16(vec![m.router.bf16()]), e, h)?,
+            router: up.bf16_rows(Src::Bf16(vec![bf16_blocks(&m.router, &name("router"))?]), e, h)?,
             router_bias: up.vector(Some(&m.router_bias), e, 0, 0.0, 0.0)?,
-            gate_up: up.experts(Src::Mxfp4(&m.gate_up), e, 2 * i, h, k)?,
+            gate_up: up.experts(Src::Mxfp4(mxfp4_experts(&m.gate_up, &name("gate_up experts"))?), e, 2 * i, h, k)?,
             gate_up_bias: up.vector(Some(&m.gate_up_bias), e * 2 * i, 0, 0.0, 0.0)?,
-            down: up.experts(Src::Mxfp4(&m.down), e, h, i, k)?,
+            down: up.experts(Src::Mxfp4(mxfp4_experts(&m.down, &name("down experts"))?), e, h, i, k)?,
             down_bias: up.vector(Some(&m.down_bias), e * h, 0, 0.0, 0.0)?,
         });
     }

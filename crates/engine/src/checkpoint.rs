@@ -26,6 +26,8 @@ pub struct Checkpoint {
     pub gguf: Option<GgufModel>,
     /// tensor name -> index into `files`.
     names: HashMap<String, usize>,
+    /// An MLX conversion's per-module quantization ([`Layout::Mlx`] only).
+    pub mlx: Option<crate::mlx::MlxQuant>,
 }
 
 impl Checkpoint {
@@ -104,7 +106,19 @@ impl Checkpoint {
                 });
             }
         }
-        Ok(Checkpoint { dir, layout, config, files, gguf: None, names })
+        // mlx-lm keeps the Hugging Face config and names, but for the experts.
+        let (layout, mlx) = if layout == Layout::HuggingFace && crate::mlx::has_mlx_names(|n| names.contains_key(n)) {
+            let path = dir.join("config.json");
+            let text = std::fs::read_to_string(&path).map_err(|e| LoadError::io(&path, e))?;
+            let value: Value = serde_json::from_str(&text).map_err(|e| LoadError::BadCheckpoint {
+                path: path.clone(),
+                reason: format!("config is not valid JSON: {e}"),
+            })?;
+            (Layout::Mlx, Some(crate::mlx::MlxQuant::from_config(&path, &value)?))
+        } else {
+            (layout, None)
+        };
+        Ok(Checkpoint { dir, layout, config, files, gguf: None, names, mlx })
     }
 
     /// One GGUF file, or every part of a split one: the metadata is the config, the
@@ -118,6 +132,7 @@ impl Checkpoint {
             config,
             files: Vec::new(),
             gguf: Some(file),
+            mlx: None,
             names: HashMap::new(),
         })
     }
@@ -202,7 +217,7 @@ pub struct TensorNames {
 impl TensorNames {
     pub fn embedding(&self) -> &'static str {
         match self.layout {
-            Layout::HuggingFace => "model.embed_tokens.weight",
+            Layout::HuggingFace | Layout::Mlx => "model.embed_tokens.weight",
             Layout::Original => "embedding.weight",
             Layout::Gguf => "token_embd.weight",
         }
@@ -210,7 +225,7 @@ impl TensorNames {
 
     pub fn final_norm(&self) -> &'static str {
         match self.layout {
-            Layout::HuggingFace => "model.norm.weight",
+            Layout::HuggingFace | Layout::Mlx => "model.norm.weight",
             Layout::Original => "norm.scale",
             Layout::Gguf => "output_norm.weight",
         }
@@ -218,7 +233,7 @@ impl TensorNames {
 
     pub fn unembedding(&self) -> &'static str {
         match self.layout {
-            Layout::HuggingFace => "lm_head.weight",
+            Layout::HuggingFace | Layout::Mlx => "lm_head.weight",
             Layout::Original => "unembedding.weight",
             Layout::Gguf => "output.weight",
         }
@@ -228,7 +243,8 @@ impl TensorNames {
     pub fn layer(&self, l: usize, t: LayerTensor) -> String {
         use LayerTensor::*;
         match self.layout {
-            Layout::HuggingFace => {
+            // MLX experts are read by module ([`crate::mlx`]); the rest are these names.
+            Layout::HuggingFace | Layout::Mlx => {
                 let s = match t {
                     AttnNorm => "input_layernorm.weight",
                     QWeight => "self_attn.q_proj.weight",
@@ -249,6 +265,7 @@ impl TensorNames {
                     GateUpBias => "mlp.experts.gate_up_proj_bias",
                     DownBlocks => "mlp.experts.down_proj_blocks",
                     DownScales => "mlp.experts.down_proj_scales",
+                    DownBias if self.layout == Layout::Mlx => "mlp.experts.down_proj.bias",
                     DownBias => "mlp.experts.down_proj_bias",
                 };
                 format!("model.layers.{l}.{s}")

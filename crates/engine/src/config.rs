@@ -14,6 +14,9 @@ pub enum Layout {
     HuggingFace,
     /// `block.N.*`, fused `attn.qkv`, `mlp1_weight.blocks` experts.
     Original,
+    /// An mlx-lm conversion: the Hugging Face names and config, experts as
+    /// `mlp.experts.{gate,up,down}_proj`, any module possibly quantized ([`crate::mlx`]).
+    Mlx,
     /// One llama.cpp `.gguf` file: `blk.N.*`, config in its metadata, experts in ggml's
     /// MXFP4 blocks with gate and up split or concatenated (spec §1.5, §2.5, §3.5).
     Gguf,
@@ -23,6 +26,7 @@ impl Layout {
     pub fn name(self) -> &'static str {
         match self {
             Layout::HuggingFace => "Hugging Face",
+            Layout::Mlx => "MLX",
             Layout::Original => "OpenAI original",
             Layout::Gguf => "llama.cpp GGUF",
         }
@@ -32,7 +36,7 @@ impl Layout {
     /// name what the user can find in the file.
     pub fn field_name(self, hf: &'static str) -> &'static str {
         match self {
-            Layout::HuggingFace => hf,
+            Layout::HuggingFace | Layout::Mlx => hf,
             Layout::Original => match hf {
                 "num_local_experts" => "num_experts",
                 "num_experts_per_tok" => "experts_per_token",

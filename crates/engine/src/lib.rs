@@ -9,6 +9,7 @@ pub mod generator;
 pub mod gguf;
 pub mod harmony;
 pub mod kv_cache;
+pub mod mlx;
 pub mod model;
 mod ops;
 pub mod profile;

@@ -6,7 +6,6 @@
 
 use std::path::Path;
 
-use gptoss_kernels::bf16::bf16_slice_to_f32;
 use gptoss_kernels::scalar::{self, KvSpan, YarnRope, SWIGLU_ALPHA};
 use gptoss_kernels::Kernels;
 use rayon::prelude::*;
@@ -95,6 +94,15 @@ fn expert_layout_for(kernels: &Kernels) -> Mxfp4Layout {
     }
 }
 
+/// The layout of 4-bit affine matrices (MLX): repacked where the kernels have an integer
+/// kernel for them, else as stored.
+fn affine_layout_for(kernels: &Kernels) -> Mxfp4Layout {
+    match kernels.i16_act.as_ref().and_then(|ia| ia.matmul_rows_i16a_affine4r16w) {
+        Some(_) => Mxfp4Layout::Rows16,
+        None => Mxfp4Layout::Rows,
+    }
+}
+
 /// Receives named intermediates `[T, width]` (layer None for whole-model tensors).
 pub type Trace<'a> = &'a mut dyn FnMut(&str, Option<usize>, &[f32]);
 
@@ -120,8 +128,9 @@ impl Model {
         let mut weights = ModelWeights::load(ck)?;
         weights.set_dense_format(dense);
         let dense = weights.dense_format();
-        weights.set_expert_layout(expert_layout_for(kernels));
+        weights.set_expert_layout(expert_layout_for(kernels), affine_layout_for(kernels));
         weights.set_dense_layout(dense_layout_for(kernels));
+        weights.set_affine_layout(affine_layout_for(kernels));
         weights.populate();
         let c = &ck.config;
         let rope = YarnRope::new(
@@ -144,8 +153,9 @@ impl Model {
     /// if they read other layouts.
     pub fn set_kernels(&mut self, kernels: &'static Kernels) {
         self.kernels = kernels;
-        self.weights.set_expert_layout(expert_layout_for(kernels));
+        self.weights.set_expert_layout(expert_layout_for(kernels), affine_layout_for(kernels));
         self.weights.set_dense_layout(dense_layout_for(kernels));
+        self.weights.set_affine_layout(affine_layout_for(kernels));
     }
 
     /// One forward pass with a fresh [`Workspace`]; loops should hold one and call
@@ -202,7 +212,7 @@ impl Model {
         let timer = profile::time(Stage::Embedding);
         let x = sized(&mut ws.x, t * h); // [T, H] residual stream
         for (row, &tok) in x.chunks_exact_mut(h).zip(&ws.plan.tokens) {
-            bf16_slice_to_f32(self.weights.embedding.row(tok as usize), row);
+            self.weights.embedding.row_f32(tok as usize, row);
         }
         drop(timer);
         trace("embedding", None, x);
@@ -356,7 +366,7 @@ impl Model {
 
         let timer = profile::time(Stage::Router);
         let router_logits = sized(router_logits, t * n_exp); // [T, E]
-        ops::linear_bf16_f32a(self.kernels, mlp_norm, t, &w.router, Some(&w.router_bias), router_logits, ops);
+        ops::linear_router(self.kernels, mlp_norm, t, &w.router, Some(&w.router_bias), router_logits, ops);
         trace("router_logits", Some(l), router_logits);
         let experts = sized(experts, n); // [T, k], best first
         let gates = sized(gates, n); // [T, k], softmax over the k
@@ -395,7 +405,7 @@ impl Model {
 
         let timer = profile::time(Stage::GateUp);
         let gate_up = sized(gate_up, n * 2 * i_dim); // [T·k, 2I] interleaved (gate, up)
-        ops::linear_mxfp4_experts(self.kernels, &w.gate_up, groups, xs, &w.gate_up_bias, gate_up, ops);
+        ops::linear_experts(self.kernels, &w.gate_up, groups, xs, &w.gate_up_bias, gate_up, ops);
         drop(timer);
 
         let timer = profile::time(Stage::Swiglu);
@@ -408,7 +418,7 @@ impl Model {
 
         let timer = profile::time(Stage::Down);
         let down = sized(down, n * h); // [T·k, H]
-        ops::linear_mxfp4_experts(self.kernels, &w.down, groups, act, &w.down_bias, down, ops);
+        ops::linear_experts(self.kernels, &w.down, groups, act, &w.down_bias, down, ops);
         drop(timer);
 
         let timer = profile::time(Stage::MoeSum);

@@ -12,7 +12,7 @@ use std::ops::Range;
 use gptoss_kernels::Kernels;
 use rayon::prelude::*;
 
-use crate::weights::{Bf16Layout, Bf16Matrix, Dense, Mxfp4Experts, Mxfp4Layout, Q8Matrix};
+use crate::weights::{AffineView, Bf16Layout, Bf16Matrix, Dense, Experts, Mxfp4Experts, Mxfp4Layout, Q8Matrix};
 use crate::workspace::{recycle, sized};
 
 /// Rows per task: enough tasks to keep every thread busy to the end, each big enough that
@@ -31,6 +31,10 @@ pub struct OpsBuffers {
     /// Activations as int16 codes `[T, K]` and their block scales `[T, K/32]`.
     xq: Vec<i16>,
     xq_scales: Vec<f32>,
+    /// The same codes with each 8 columns deinterleaved, and per token the sums of each
+    /// affine group of x `[T, K/group]` (the 4-bit affine kernels and their zero points).
+    xq_d: Vec<i16>,
+    x_group_sums: Vec<f32>,
     /// The expert matmul's tasks: (group, first row, output block `[rows, T]`).
     tasks: Vec<(usize, usize, &'static mut [f32])>,
     /// Per group, its `[R, T]` kernel output and its `[T, R]` destination.
@@ -69,6 +73,100 @@ pub fn linear_dense(
     match w {
         Dense::Bf16(m) => linear_bf16(kern, x, n_tok, m, bias, y, bufs),
         Dense::Q8(m) => linear_q8(kern, x, n_tok, m, bias, y, bufs),
+        Dense::Affine(m) => linear_affine(kern, x, n_tok, m.block(0, m.rows), bias, y, bufs),
+        Dense::Mxfp4(m) => {
+            let (k, codes, scales) = (m.cols, m.codes(), m.scales());
+            let (cpr, spr) = (k / 2, k / gptoss_kernels::mxfp4::BLOCK);
+            let matmul = kern.matmul_rows_f32_mxfp4w;
+            rows_parallel(m.rows, n_tok, y, &mut bufs.out_t, |r, out, scratch| {
+                let (c, s) = (&codes[r.start * cpr..r.end * cpr], &scales[r.start * spr..r.end * spr]);
+                matmul(x, n_tok, c, s, bias.map(|b| &b[r.clone()]), out, sized(&mut scratch.floats, k))
+            });
+        }
+    }
+}
+
+/// `y[T, R] = x[T, K]·Wᵀ + b` for affine `W [R, K]` (MLX), in either layout.
+pub fn linear_affine(
+    kern: &Kernels,
+    x: &[f32],
+    n_tok: usize,
+    w: AffineView,
+    bias: Option<&[f32]>,
+    y: &mut [f32],
+    bufs: &mut OpsBuffers,
+) {
+    if w.layout == Mxfp4Layout::Rows16 {
+        return linear_affine4_r16(kern, x, n_tok, w, bias, y, bufs);
+    }
+    let (k, rows) = (w.cols, w.rows_view());
+    let matmul = kern.matmul_rows_f32_affinew;
+    rows_parallel(w.rows, n_tok, y, &mut bufs.out_t, |r, out, scratch| {
+        let block = rows.row_block(k, r.start, r.end);
+        matmul(x, n_tok, block, bias.map(|b| &b[r.clone()]), out, sized(&mut scratch.floats, k))
+    });
+}
+
+/// `y[T, R] = x[T, K]·Wᵀ + b` for 4-bit affine `W` repacked for the integer kernels: the
+/// kernel gives `Σ scale·q·x` from int16 activations, and the zero points add
+/// `Σ_g bias_g·Σ_{k∈g} x[t, k]` per row and token.
+fn linear_affine4_r16(
+    kern: &Kernels,
+    x: &[f32],
+    n_tok: usize,
+    w: AffineView,
+    bias: Option<&[f32]>,
+    y: &mut [f32],
+    bufs: &mut OpsBuffers,
+) {
+    use gptoss_kernels::mxfp4::BLOCK;
+    let (rows, k, group) = (w.rows, w.cols, w.group);
+    let groups = k / group;
+    let OpsBuffers { out_t, xq, xq_scales, xq_d, x_group_sums, .. } = bufs;
+    let (q, xs) = (sized(xq, x.len()), sized(xq_scales, x.len() / BLOCK));
+    let ia = kern.i16_act.as_ref();
+    let quantize = ia.map_or(gptoss_kernels::mxfp4_r16::quantize_i16 as _, |ia| ia.quantize);
+    quantize(x, q, xs);
+    let xd = sized(xq_d, x.len());
+    gptoss_kernels::affine_r16::deinterleave8(q, xd);
+    let sums = sized(x_group_sums, n_tok * groups);
+    for (s, xg) in sums.iter_mut().zip(x.chunks_exact(group)) {
+        *s = xg.iter().sum();
+    }
+    let (xd, xs, sums) = (&*xd, &*xs, &*sums);
+    // Set by the model only with kernels that have it; the twin keeps any other pairing correct.
+    let matmul = ia
+        .and_then(|ia| ia.matmul_rows_i16a_affine4r16w)
+        .unwrap_or(gptoss_kernels::scalar::matmul_rows_i16a_affine4r16w);
+    let (codes, scales, zero) = (w.codes, w.scales, w.biases);
+    let group16 = gptoss_kernels::mxfp4_r16::GROUP;
+    rows_parallel_in(rows, n_tok, group16, y, out_t, |r, out, scratch| {
+        let (c, s) = (&codes[r.start * k / 2..r.end * k / 2], &scales[r.start * k / BLOCK..r.end * k / BLOCK]);
+        matmul(xd, xs, n_tok, c, s, bias.map(|b| &b[r.clone()]), out, &mut scratch.words);
+        for (i, row) in r.clone().enumerate() {
+            let z = &zero[row * groups..(row + 1) * groups];
+            for t in 0..n_tok {
+                let zp: f32 = z.iter().zip(&sums[t * groups..(t + 1) * groups]).map(|(a, b)| a * b).sum();
+                out[i * n_tok + t] += zp;
+            }
+        }
+    });
+}
+
+/// The router's linear layer: f32 activations whatever the kernels (see
+/// [`linear_bf16_f32a`]); the quantized formats take f32 activations anyway.
+pub fn linear_router(
+    kern: &Kernels,
+    x: &[f32],
+    n_tok: usize,
+    w: &Dense,
+    bias: Option<&[f32]>,
+    y: &mut [f32],
+    bufs: &mut OpsBuffers,
+) {
+    match w {
+        Dense::Bf16(m) => linear_bf16_f32a(kern, x, n_tok, m, bias, y, bufs),
+        other => linear_dense(kern, x, n_tok, other, bias, y, bufs),
     }
 }
 
@@ -191,6 +289,32 @@ pub struct ExpertGroup {
     pub rows: Range<usize>,
 }
 
+/// `y[N, R] = x[N, K]·W[e]ᵀ + bias[e]` where each group of rows uses its own expert `e`, in
+/// either format: MXFP4 through one pool of tasks ([`linear_mxfp4_experts`]), affine group
+/// after group (each a parallel matmul over its expert's rows).
+pub fn linear_experts(
+    kern: &Kernels,
+    w: &Experts,
+    groups: &[ExpertGroup],
+    x: &[f32],
+    bias: &[f32],
+    y: &mut [f32],
+    bufs: &mut OpsBuffers,
+) {
+    match w {
+        Experts::Mxfp4(m) => linear_mxfp4_experts(kern, m, groups, x, bias, y, bufs),
+        Experts::Affine { w: m, .. } => {
+            let (rows, k) = (w.rows(), w.cols());
+            for g in groups {
+                let (e, rr) = (g.expert, &g.rows);
+                let view = m.block(e * rows, (e + 1) * rows);
+                let (xg, yg) = (&x[rr.start * k..rr.end * k], &mut y[rr.start * rows..rr.end * rows]);
+                linear_affine(kern, xg, rr.len(), view, Some(&bias[e * rows..(e + 1) * rows]), yg, bufs);
+            }
+        }
+    }
+}
+
 /// `y[N, R] = x[N, K]·W[e]ᵀ + bias[e]` where each group of rows uses its own expert `e`
 /// (`bias` is `[E, R]`). Row blocks of every group form one pool of tasks, so the threads
 /// meet once per projection instead of once per expert and none idles while another
@@ -210,7 +334,7 @@ pub fn linear_mxfp4_experts(
     assert_eq!(y.len(), n_rows * rows, "linear: output is not [N, R]");
     assert_eq!(bias.len(), w.experts * rows, "linear: bias is not [E, R]");
     assert!(groups.iter().all(|g| g.rows.end <= n_rows), "linear: group rows past the input");
-    let OpsBuffers { out_t, xb, xq, xq_scales, tasks: task_buf, transposes: transpose_buf } = bufs;
+    let OpsBuffers { out_t, xb, xq, xq_scales, tasks: task_buf, transposes: transpose_buf, .. } = bufs;
 
     // Activations as the kernels read them: int16 codes and block scales for repacked
     // weights, bf16 terms for the bf16-activation kernels, f32 otherwise.

@@ -45,13 +45,55 @@ pub fn write_checkpoint(
     layout: Layout,
     out: &Path,
     seed: u64,
+    progress: impl FnMut(u64, u64),
+) -> io::Result<SynthSummary> {
+    if matches!(layout, Layout::Gguf | Layout::Mlx) {
+        return Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            format!("synth writes the Hugging Face and original layouts only, not {}", layout.name()),
+        ));
+    }
+    let config = match layout {
+        Layout::HuggingFace | Layout::Mlx | Layout::Gguf => cfg.to_hf_json(),
+        Layout::Original => cfg.to_original_json(),
+    };
+    write_plan(layout, tensor_plan(cfg, layout), config, out, seed, progress)
+}
+
+/// An MLX conversion of `cfg` as mlx-lm's `convert -q` writes it (mlx-community's
+/// `MXFP4-Q4` with `dense_bits` 4, `MXFP4-Q8` with 8): experts MXFP4, gate and up apart;
+/// attention, embedding and unembedding affine `dense_bits`-bit in groups of 64; routers
+/// affine 8-bit; bf16 scales and zero points drawn so weights span the bf16 checkpoint's range.
+pub fn write_mlx_checkpoint(
+    cfg: &ModelConfig,
+    dense_bits: u32,
+    out: &Path,
+    seed: u64,
+    progress: impl FnMut(u64, u64),
+) -> io::Result<SynthSummary> {
+    if !matches!(dense_bits, 4 | 8) {
+        return Err(io::Error::new(io::ErrorKind::Unsupported, format!("MLX dense bits {dense_bits}: 4 or 8")));
+    }
+    let (tensors, quantization) = mlx_plan(cfg, dense_bits);
+    let mut config = cfg.to_hf_json();
+    if let Some(obj) = config.as_object_mut() {
+        obj.insert("quantization".into(), quantization.clone());
+        obj.insert("quantization_config".into(), quantization);
+    }
+    write_plan(Layout::Mlx, tensors, config, out, seed, progress)
+}
+
+/// Writes `config` and `tensors` in shards of about [`SHARD_BYTES`], named as `layout`'s
+/// published files are, with the index file where that layout has one.
+fn write_plan(
+    layout: Layout,
+    tensors: Vec<(TensorSpec, Fill)>,
+    config: serde_json::Value,
+    out: &Path,
+    seed: u64,
     mut progress: impl FnMut(u64, u64),
 ) -> io::Result<SynthSummary> {
-    if layout == Layout::Gguf {
-        return Err(io::Error::new(io::ErrorKind::Unsupported, "synth writes safetensors checkpoints only, not GGUF"));
-    }
     std::fs::create_dir_all(out)?;
-    let tensors = tensor_plan(cfg, layout);
     let total: u64 = tensors.iter().map(|(s, _)| s.byte_len() as u64).sum();
 
     // Pack tensors into shards in order.
@@ -70,15 +112,13 @@ pub fn write_checkpoint(
         (Layout::Original, 1) => "model.safetensors".to_string(),
         // The published original/ shards have a double dash.
         (Layout::Original, _) => format!("model--{:05}-of-{:05}.safetensors", s + 1, n),
-        (Layout::HuggingFace | Layout::Gguf, 1) => "model.safetensors".to_string(),
+        (Layout::HuggingFace | Layout::Mlx | Layout::Gguf, 1) => "model.safetensors".to_string(),
+        // mlx-lm counts its shards from 1.
+        (Layout::Mlx, _) => format!("model-{:05}-of-{:05}.safetensors", s + 1, n),
         // The published HF shards count from 0 and name the last index, not the count.
         (Layout::HuggingFace | Layout::Gguf, _) => format!("model-{:05}-of-{:05}.safetensors", s, n - 1),
     };
 
-    let config = match layout {
-        Layout::HuggingFace | Layout::Gguf => cfg.to_hf_json(),
-        Layout::Original => cfg.to_original_json(),
-    };
     std::fs::write(out.join("config.json"), serde_json::to_string_pretty(&config)? + "\n")?;
 
     let mut written = 0u64;
@@ -104,7 +144,7 @@ pub fn write_checkpoint(
         }
         files.push(path);
     }
-    if layout == Layout::HuggingFace && n > 1 {
+    if (layout == Layout::HuggingFace && n > 1) || layout == Layout::Mlx {
         let index = serde_json::json!({"metadata": {"total_size": total}, "weight_map": weight_map});
         std::fs::write(out.join("model.safetensors.index.json"), serde_json::to_string_pretty(&index)? + "\n")?;
     }
@@ -125,6 +165,77 @@ pub fn write_checkpoint(
         std::fs::write(out.join("dtypes.json"), serde_json::to_string_pretty(&dtypes)? + "\n")?;
     }
     Ok(SynthSummary { files, bytes: total, tensors: tensors.len() })
+}
+
+/// The tensors of an MLX conversion (see [`write_mlx_checkpoint`]) and its `quantization`.
+fn mlx_plan(cfg: &ModelConfig, dense_bits: u32) -> (Vec<(TensorSpec, Fill)>, serde_json::Value) {
+    let (h, i, e, v) = (cfg.hidden_size, cfg.intermediate_size, cfg.num_experts, cfg.vocab_size);
+    let (qd, kvd) = (cfg.q_dim(), cfg.kv_dim());
+    let gain = Fill::Uniform { center: 1.0, half_width: 0.05 };
+    let bias = Fill::Uniform { center: 0.0, half_width: 0.02 };
+    let scales = |fan_in: usize| {
+        let target = 1.0 / (2.93 * (fan_in as f64).sqrt());
+        Fill::Scales { base: (127.0 + target.log2().floor() - 2.0) as u8 }
+    };
+    let spec = |name: String, dtype, shape: &[usize], f: Fill| (TensorSpec::new(name, dtype, shape), f);
+    let mut quant = serde_json::Map::new();
+    quant.insert("group_size".into(), 32.into());
+    quant.insert("bits".into(), 4.into());
+    quant.insert("mode".into(), "mxfp4".into());
+    let mut t = Vec::new();
+    // Affine `bits`-bit, group 64: w = s·q + b spans ±sqrt(3/fan_in) like the bf16 weights.
+    let mut affine =
+        |t: &mut Vec<(TensorSpec, Fill)>, module: String, rows: &[usize], cols: usize, bits: u32, mode: bool| {
+            let half = (3.0 / cols as f32).sqrt();
+            let step = 2.0 * half / ((1u32 << bits) - 1) as f32;
+            let lead = &rows[..rows.len() - 1];
+            let shape = |last: usize| [lead, &[rows[rows.len() - 1], last]].concat();
+            t.push(spec(format!("{module}.weight"), DType::U32, &shape(cols * bits as usize / 32), Fill::Codes));
+            t.push(spec(
+                format!("{module}.scales"),
+                DType::BF16,
+                &shape(cols / 64),
+                Fill::Uniform { center: step, half_width: 0.0 },
+            ));
+            t.push(spec(
+                format!("{module}.biases"),
+                DType::BF16,
+                &shape(cols / 64),
+                Fill::Uniform { center: -half, half_width: 0.0 },
+            ));
+            let mut entry = serde_json::json!({"group_size": 64, "bits": bits});
+            if mode {
+                entry["mode"] = "affine".into();
+            }
+            quant.insert(module, entry);
+        };
+    affine(&mut t, "model.embed_tokens".into(), &[v], h, dense_bits, true);
+    for l in 0..cfg.num_layers {
+        let m = |s: &str| format!("model.layers.{l}.{s}");
+        t.push(spec(m("input_layernorm.weight"), DType::BF16, &[h], gain));
+        for (p, rows, cols) in [("q_proj", qd, h), ("k_proj", kvd, h), ("v_proj", kvd, h), ("o_proj", h, qd)] {
+            affine(&mut t, m(&format!("self_attn.{p}")), &[rows], cols, dense_bits, true);
+            t.push(spec(m(&format!("self_attn.{p}.bias")), DType::BF16, &[rows], bias));
+        }
+        t.push(spec(
+            m("self_attn.sinks"),
+            DType::BF16,
+            &[cfg.num_heads],
+            Fill::Uniform { center: 0.0, half_width: 1.0 },
+        ));
+        t.push(spec(m("post_attention_layernorm.weight"), DType::BF16, &[h], gain));
+        affine(&mut t, m("mlp.router"), &[e], h, 8, false);
+        t.push(spec(m("mlp.router.bias"), DType::BF16, &[e], Fill::Uniform { center: 0.0, half_width: 0.1 }));
+        for (p, rows, cols) in [("gate_proj", i, h), ("up_proj", i, h), ("down_proj", h, i)] {
+            let module = m(&format!("mlp.experts.{p}"));
+            t.push(spec(format!("{module}.weight"), DType::U32, &[e, rows, cols / 8], Fill::Codes));
+            t.push(spec(format!("{module}.scales"), DType::U8, &[e, rows, cols / 32], scales(cols)));
+            t.push(spec(format!("{module}.bias"), DType::BF16, &[e, rows], bias));
+        }
+    }
+    t.push(spec("model.norm.weight".into(), DType::BF16, &[h], gain));
+    affine(&mut t, "lm_head".into(), &[v], h, dense_bits, true);
+    (t, serde_json::Value::Object(quant))
 }
 
 /// Every tensor of the checkpoint, in file order, with how to fill it.
@@ -150,7 +261,7 @@ fn tensor_plan(cfg: &ModelConfig, layout: Layout) -> Vec<(TensorSpec, Fill)> {
         let n = |x| names.layer(l, x);
         t.push(bf16(n(AttnNorm), &[h], gain));
         match layout {
-            Layout::HuggingFace | Layout::Gguf => {
+            Layout::HuggingFace | Layout::Mlx | Layout::Gguf => {
                 t.push(bf16(n(QWeight), &[qd, h], dense(h)));
                 t.push(bf16(n(QBias), &[qd], bias));
                 t.push(bf16(n(KWeight), &[kvd, h], dense(h)));

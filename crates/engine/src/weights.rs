@@ -171,6 +171,83 @@ impl Mxfp4Experts {
     }
 }
 
+/// One MoE projection's expert weights `[E, rows, cols]`: MXFP4 (every OpenAI, Hugging Face,
+/// GGUF and MLX MXFP4 checkpoint) or affine (MLX's `4bit`/`8bit` recipes), held as one
+/// matrix `[E·rows, cols]` whose rows `e·rows..(e+1)·rows` are expert e.
+pub enum Experts {
+    Mxfp4(Mxfp4Experts),
+    Affine { w: AffineMatrix, experts: usize },
+}
+
+impl Experts {
+    pub fn experts(&self) -> usize {
+        match self {
+            Experts::Mxfp4(m) => m.experts,
+            Experts::Affine { experts, .. } => *experts,
+        }
+    }
+
+    /// Output rows of one expert.
+    pub fn rows(&self) -> usize {
+        match self {
+            Experts::Mxfp4(m) => m.rows,
+            Experts::Affine { w, experts } => w.rows / experts,
+        }
+    }
+
+    pub fn cols(&self) -> usize {
+        match self {
+            Experts::Mxfp4(m) => m.cols,
+            Experts::Affine { w, .. } => w.cols,
+        }
+    }
+
+    /// Bytes one expert's weights take as read.
+    pub fn bytes_per_expert(&self) -> u64 {
+        match self {
+            Experts::Mxfp4(m) => m.bytes_per_expert(),
+            Experts::Affine { w, experts } => Dense::affine_bytes(w) / *experts as u64,
+        }
+    }
+
+    pub fn format(&self) -> String {
+        match self {
+            Experts::Mxfp4(_) => "mxfp4".into(),
+            Experts::Affine { w, .. } => format!("affine {}-bit g{}", w.bits, w.group),
+        }
+    }
+
+    pub fn populate(&self) {
+        match self {
+            Experts::Mxfp4(m) => m.populate(),
+            Experts::Affine { w, .. } => w.codes.populate(),
+        }
+    }
+
+    /// The MXFP4 experts, if held so.
+    pub fn as_mxfp4(&self) -> Option<&Mxfp4Experts> {
+        match self {
+            Experts::Mxfp4(m) => Some(m),
+            Experts::Affine { .. } => None,
+        }
+    }
+
+    /// Repacks for the integer kernels (`Rows16`) or back (see [`Mxfp4Experts::with_layout`]
+    /// and [`AffineMatrix::set_layout`]).
+    fn set_layout(&mut self, layout: Mxfp4Layout, affine_layout: Mxfp4Layout) {
+        match self {
+            Experts::Mxfp4(w) => {
+                let empty = Bytes::from_vec(&[]);
+                let (experts, rows, cols, current) = (w.experts, w.rows, w.cols, w.layout);
+                let placeholder =
+                    Mxfp4Experts { codes: empty.clone(), scales: empty, layout: current, experts, rows, cols };
+                *w = std::mem::replace(w, placeholder).with_layout(layout);
+            }
+            Experts::Affine { w, .. } => w.set_layout(affine_layout),
+        }
+    }
+}
+
 /// A q8 matrix `[rows, cols]`: int8 codes and one f32 scale per 32 (see
 /// [`gptoss_kernels::q8`]), requantized from bf16 at load.
 pub struct Q8Matrix {
@@ -195,10 +272,159 @@ impl Q8Matrix {
     }
 }
 
-/// A dense matrix as the forward pass reads it: the checkpoint's bf16 (exact) or q8.
+/// An affine-quantized matrix `[rows, cols]` as MLX checkpoints hold it (see
+/// [`gptoss_kernels::affine`]): the packed codes stay in the memory map, scales and biases
+/// are widened to f32.
+pub struct AffineMatrix {
+    codes: Bytes,         // [rows, cols·bits/8] (Rows16: the same bytes in 16-row tiles)
+    pub scales: Vec<f32>, // [rows, cols/group] (Rows16: [rows/16, cols/32, 16])
+    pub biases: Vec<f32>, // [rows, cols/group]
+    pub bits: u32,
+    pub group: usize,
+    pub rows: usize,
+    pub cols: usize,
+    /// `Rows16`: 4-bit codes repacked at load for the integer kernels
+    /// ([`gptoss_kernels::affine_r16`]).
+    pub layout: Mxfp4Layout,
+}
+
+impl AffineMatrix {
+    pub(crate) fn new(
+        codes: Bytes,
+        scales: Vec<f32>,
+        biases: Vec<f32>,
+        bits: u32,
+        group: usize,
+        rows: usize,
+        cols: usize,
+    ) -> Self {
+        let m = AffineMatrix { codes, scales, biases, bits, group, rows, cols, layout: Mxfp4Layout::Rows };
+        assert_eq!(m.view().rows(cols), rows, "AffineMatrix: parts do not match the shape");
+        m
+    }
+
+    /// The packed codes as they are held.
+    pub fn codes(&self) -> &[u8] {
+        self.codes.as_slice()
+    }
+
+    /// Rows `r0..r1` as the matmuls read them (multiples of 16 when repacked).
+    pub fn block(&self, r0: usize, r1: usize) -> AffineView<'_> {
+        let (k, g) = (self.cols, self.group);
+        let (code_bytes, scales_per_row) = match self.layout {
+            Mxfp4Layout::Rows => (k * self.bits as usize / 8, k / g),
+            Mxfp4Layout::Rows16 => {
+                assert!(r0.is_multiple_of(16) && r1.is_multiple_of(16), "AffineMatrix::block: rows {r0}..{r1} cut a tile");
+                (k / 2, k / 32)
+            }
+        };
+        AffineView {
+            codes: &self.codes()[r0 * code_bytes..r1 * code_bytes],
+            scales: &self.scales[r0 * scales_per_row..r1 * scales_per_row],
+            biases: &self.biases[r0 * (k / g)..r1 * (k / g)],
+            bits: self.bits,
+            group: g,
+            rows: r1 - r0,
+            cols: k,
+            layout: self.layout,
+        }
+    }
+
+    /// Puts the matrix in `layout` (the same numbers; owned memory when repacked). Stays in
+    /// rows unless it is 4-bit and whole tiles.
+    pub fn set_layout(&mut self, layout: Mxfp4Layout) {
+        use gptoss_kernels::affine_r16;
+        let (k, g) = (self.cols, self.group);
+        if layout == self.layout || !affine_r16::can_pack(self.rows, k, self.bits, g) {
+            return;
+        }
+        self.codes.populate();
+        let (codes, scales) = match layout {
+            Mxfp4Layout::Rows16 => {
+                let mut scales = vec![0f32; self.rows * k / 32];
+                let codes = Bytes::build(self.codes.len(), |d| {
+                    affine_r16::pack(self.codes(), &self.scales, k, g, d, &mut scales)
+                });
+                (codes, scales)
+            }
+            Mxfp4Layout::Rows => {
+                let per_row = k / g;
+                let scale = |i: usize| affine_r16::scale_at(&self.scales, k, i / per_row, (i % per_row) * g / 32);
+                let scales = (0..self.rows * per_row).map(scale).collect();
+                let codes = Bytes::build(self.codes.len(), |d| {
+                    for (r, row) in d.chunks_exact_mut(k / 2).enumerate() {
+                        affine_r16::unpack_row_codes(self.codes(), k, r, row);
+                    }
+                });
+                (codes, scales)
+            }
+        };
+        self.codes.release();
+        (self.codes, self.scales, self.layout) = (codes, scales, layout);
+    }
+
+    pub fn view(&self) -> gptoss_kernels::affine::AffineRows<'_> {
+        gptoss_kernels::affine::AffineRows {
+            codes: self.codes.as_slice(),
+            scales: &self.scales,
+            biases: &self.biases,
+            bits: self.bits,
+            group: self.group,
+        }
+    }
+}
+
+/// Rows of an [`AffineMatrix`], borrowed (a whole matrix, or one expert's rows).
+#[derive(Clone, Copy)]
+pub struct AffineView<'a> {
+    pub codes: &'a [u8],
+    pub scales: &'a [f32],
+    pub biases: &'a [f32],
+    pub bits: u32,
+    pub group: usize,
+    pub rows: usize,
+    pub cols: usize,
+    pub layout: Mxfp4Layout,
+}
+
+impl<'a> AffineView<'a> {
+    /// The kernels' view of rows held in rows.
+    pub fn rows_view(&self) -> gptoss_kernels::affine::AffineRows<'a> {
+        gptoss_kernels::affine::AffineRows {
+            codes: self.codes,
+            scales: self.scales,
+            biases: self.biases,
+            bits: self.bits,
+            group: self.group,
+        }
+    }
+}
+
+/// An MXFP4 dense matrix `[rows, cols]` (MLX conversions may quantize any linear layer so):
+/// codes `[rows, cols/2]`, E8M0 scales `[rows, cols/32]`, in the memory map.
+pub struct Mxfp4Matrix {
+    pub(crate) codes: Bytes,
+    pub(crate) scales: Bytes,
+    pub rows: usize,
+    pub cols: usize,
+}
+
+impl Mxfp4Matrix {
+    pub fn codes(&self) -> &[u8] {
+        self.codes.as_slice()
+    }
+    pub fn scales(&self) -> &[u8] {
+        self.scales.as_slice()
+    }
+}
+
+/// A dense matrix as the forward pass reads it: the checkpoint's bf16 (exact) or q8, or the
+/// packed formats MLX checkpoints hold.
 pub enum Dense {
     Bf16(Bf16Matrix),
     Q8(Q8Matrix),
+    Affine(AffineMatrix),
+    Mxfp4(Mxfp4Matrix),
 }
 
 /// How dense attention and unembedding weights are held (`--dense`).
@@ -225,6 +451,17 @@ impl Dense {
         match self {
             Dense::Bf16(m) => m.rows,
             Dense::Q8(m) => m.rows,
+            Dense::Affine(m) => m.rows,
+            Dense::Mxfp4(m) => m.rows,
+        }
+    }
+
+    pub fn cols(&self) -> usize {
+        match self {
+            Dense::Bf16(m) => m.cols,
+            Dense::Q8(m) => m.cols,
+            Dense::Affine(m) => m.cols,
+            Dense::Mxfp4(m) => m.cols,
         }
     }
 
@@ -233,12 +470,79 @@ impl Dense {
         match self {
             Dense::Bf16(m) => m.bytes(),
             Dense::Q8(m) => (m.codes.len() + 4 * m.scales.len()) as u64,
+            Dense::Affine(m) => Dense::affine_bytes(m),
+            Dense::Mxfp4(m) => (m.codes.len() + m.scales.len()) as u64,
+        }
+    }
+
+    /// The bf16 matrix, if held as one.
+    pub fn as_bf16(&self) -> Option<&Bf16Matrix> {
+        match self {
+            Dense::Bf16(m) => Some(m),
+            _ => None,
+        }
+    }
+
+    fn affine_bytes(m: &AffineMatrix) -> u64 {
+        (m.codes.len() + 4 * (m.scales.len() + m.biases.len())) as u64
+    }
+
+    /// Bytes one row takes to look up (the embedding).
+    pub fn row_bytes(&self) -> u64 {
+        self.bytes() / self.rows().max(1) as u64
+    }
+
+    /// The format's name, for `inspect` and errors.
+    pub fn format(&self) -> String {
+        match self {
+            Dense::Bf16(_) => "bf16".into(),
+            Dense::Q8(_) => "q8".into(),
+            Dense::Affine(m) => format!("affine {}-bit g{}", m.bits, m.group),
+            Dense::Mxfp4(_) => "mxfp4".into(),
+        }
+    }
+
+    /// Row `r` as f32 (the embedding lookup), decoded as the matmuls decode it.
+    pub fn row_f32(&self, r: usize, out: &mut [f32]) {
+        let k = self.cols();
+        match self {
+            Dense::Bf16(m) => gptoss_kernels::bf16::bf16_slice_to_f32(m.row(r), out),
+            Dense::Q8(m) => {
+                let spr = k / gptoss_kernels::q8::BLOCK;
+                gptoss_kernels::q8::dequantize_row(&m.codes[r * k..(r + 1) * k], &m.scales[r * spr..(r + 1) * spr], out)
+            }
+            Dense::Affine(m) if m.layout == Mxfp4Layout::Rows16 => {
+                // Code by code out of the tiles: no buffer, so nothing allocated per token.
+                let tiles = m.codes();
+                for (j, w) in out.iter_mut().enumerate() {
+                    let (b, p) = (j / 32, (j % 32) / 2);
+                    let byte =
+                        tiles[((r / 16) * (k / 32) + b) * 256 + gptoss_kernels::mxfp4_r16::tile_offset(r % 16, p)];
+                    let q = (byte >> (4 * (j % 2))) & 0xf;
+                    let s = gptoss_kernels::affine_r16::scale_at(&m.scales, k, r, b);
+                    *w = s * q as f32 + m.biases[r * (k / m.group) + j / m.group];
+                }
+            }
+            Dense::Affine(m) => {
+                let (c, s, b) = m.view().row(k, r);
+                gptoss_kernels::affine::decode_row(c, s, b, m.bits, m.group, out)
+            }
+            Dense::Mxfp4(m) => {
+                let (cb, sb) = (k / 2, k / mxfp4::BLOCK);
+                mxfp4::decode_row(&m.codes()[r * cb..(r + 1) * cb], &m.scales()[r * sb..(r + 1) * sb], out)
+            }
         }
     }
 
     pub fn populate(&self) {
-        if let Dense::Bf16(m) = self {
-            m.populate()
+        match self {
+            Dense::Bf16(m) => m.populate(),
+            Dense::Affine(m) => m.codes.populate(),
+            Dense::Mxfp4(m) => {
+                m.codes.populate();
+                m.scales.populate();
+            }
+            Dense::Q8(_) => {}
         }
     }
 
@@ -278,12 +582,12 @@ pub struct AttentionWeights {
 
 pub struct MoeWeights {
     pub norm: Vec<f32>,        // [H]
-    pub router: Bf16Matrix,    // [E, H]
+    pub router: Dense,         // [E, H]
     pub router_bias: Vec<f32>, // [E]
     /// Rows interleave (gate, up): row 2n is gate unit n, row 2n+1 is up unit n.
-    pub gate_up: Mxfp4Experts, // [E, 2I, H]
+    pub gate_up: Experts, // [E, 2I, H]
     pub gate_up_bias: Vec<f32>, // [E, 2I]
-    pub down: Mxfp4Experts,    // [E, H, I]
+    pub down: Experts,         // [E, H, I]
     pub down_bias: Vec<f32>,   // [E, H]
 }
 
@@ -293,7 +597,7 @@ pub struct LayerWeights {
 }
 
 pub struct ModelWeights {
-    pub embedding: Bf16Matrix, // [V, H]
+    pub embedding: Dense, // [V, H]
     pub layers: Vec<LayerWeights>,
     pub norm: Vec<f32>,     // [H]
     pub unembedding: Dense, // [V, H]
@@ -328,8 +632,8 @@ impl ModelWeights {
         let by = |stage: Stage| -> u64 {
             let per_layer = |layer: &LayerWeights| {
                 let (a, m) = (&layer.attn, &layer.moe);
-                let experts = |w: &Mxfp4Experts, bias: &Vec<f32>| {
-                    experts_per_token as u64 * (w.bytes_per_expert() + 4 * bias.len() as u64 / w.experts as u64)
+                let experts = |w: &Experts, bias: &Vec<f32>| {
+                    experts_per_token as u64 * (w.bytes_per_expert() + 4 * bias.len() as u64 / w.experts() as u64)
                 };
                 match stage {
                     Stage::AttnNorm => f32s(&[&a.norm]),
@@ -344,7 +648,7 @@ impl ModelWeights {
                 }
             };
             let model = match stage {
-                Stage::Embedding => self.embedding.cols as u64 * 2,
+                Stage::Embedding => self.embedding.row_bytes(),
                 Stage::FinalNorm => f32s(&[&self.norm]),
                 Stage::Unembedding => self.unembedding.bytes(),
                 _ => 0,
@@ -352,6 +656,24 @@ impl ModelWeights {
             model + self.layers.iter().map(per_layer).sum::<u64>()
         };
         STAGES.iter().map(|&s| (s, by(s))).collect()
+    }
+
+    /// How each class of matrix is held: (class, format, bits per weight as read), for
+    /// `inspect`. Layer 0 stands for every layer.
+    pub fn formats(&self) -> Vec<(&'static str, String, f64)> {
+        let bits = |d: &Dense| 8.0 * d.bytes() as f64 / (d.rows() * d.cols()) as f64;
+        let dense = |name, d: &Dense| (name, d.format(), bits(d));
+        let mut out = vec![dense("embedding", &self.embedding)];
+        if let Some(l) = self.layers.first() {
+            let (a, m) = (&l.attn, &l.moe);
+            out.push(dense("attention q/k/v", &a.q));
+            out.push(dense("attention output", &a.out));
+            out.push(dense("router", &m.router));
+            let e = &m.gate_up;
+            out.push(("experts", e.format(), 8.0 * e.bytes_per_expert() as f64 / (e.rows() * e.cols()) as f64));
+        }
+        out.push(dense("unembedding", &self.unembedding));
+        out
     }
 
     /// Every tensor is checked for presence, dtype and shape against the config.
@@ -362,7 +684,7 @@ impl ModelWeights {
         let (h, v) = (cfg.hidden_size, cfg.vocab_size);
         let layers = (0..cfg.num_layers).map(|l| load_layer(&ld, &names, cfg, l)).collect::<Result<Vec<_>, _>>()?;
         Ok(ModelWeights {
-            embedding: ld.matrix(names.embedding(), v, h)?,
+            embedding: ld.dense(names.embedding(), v, h)?,
             layers,
             norm: ld.vector(names.final_norm(), &[h])?,
             unembedding: ld.dense(names.unembedding(), v, h)?,
@@ -370,17 +692,24 @@ impl ModelWeights {
     }
 
     /// Puts every MXFP4 expert matrix in `layout` (see [`Mxfp4Experts::with_layout`]).
-    pub fn set_expert_layout(&mut self, layout: Mxfp4Layout) {
+    /// Puts every expert matrix in `layout` (MXFP4) or `affine_layout` (affine experts).
+    pub fn set_expert_layout(&mut self, layout: Mxfp4Layout, affine_layout: Mxfp4Layout) {
         for layer in &mut self.layers {
             let m = &mut layer.moe;
             for w in [&mut m.gate_up, &mut m.down] {
-                let empty = Bytes::from_vec(&[]);
-                let (experts, rows, cols, current) = (w.experts, w.rows, w.cols, w.layout);
-                let placeholder =
-                    Mxfp4Experts { codes: empty.clone(), scales: empty, layout: current, experts, rows, cols };
-                *w = std::mem::replace(w, placeholder).with_layout(layout);
+                w.set_layout(layout, affine_layout);
             }
         }
+    }
+
+    /// Puts the 4-bit affine attention and unembedding matrices in `layout` (the embedding is
+    /// read a row at a time and no recipe makes the router 4-bit: both stay in rows).
+    pub fn set_affine_layout(&mut self, layout: Mxfp4Layout) {
+        self.dense_mut().for_each(|w| {
+            if let Dense::Affine(m) = w {
+                m.set_layout(layout)
+            }
+        });
     }
 
     /// Puts the bf16 attention and unembedding matrices in `layout` (the router stays in rows:
@@ -422,7 +751,7 @@ fn load_layer(ld: &Loader, names: &TensorNames, cfg: &ModelConfig, l: usize) -> 
     let (h, i, e) = (cfg.hidden_size, cfg.intermediate_size, cfg.num_experts);
     let (qd, kvd) = (cfg.q_dim(), cfg.kv_dim());
     let (q, k, v, q_bias, k_bias, v_bias) = match names.layout {
-        Layout::HuggingFace | Layout::Gguf => (
+        Layout::HuggingFace | Layout::Mlx | Layout::Gguf => (
             ld.dense(&n(QWeight), qd, h)?,
             ld.dense(&n(KWeight), kvd, h)?,
             ld.dense(&n(VWeight), kvd, h)?,
@@ -440,16 +769,18 @@ fn load_layer(ld: &Loader, names: &TensorNames, cfg: &ModelConfig, l: usize) -> 
             (block(0, qd), block(qd, kvd), block(qd + kvd, kvd), bias, k_bias, v_bias)
         }
     };
-    let (gate_up, gate_up_bias, down) = match ld.ck.gguf.as_ref() {
+    let (gate_up, gate_up_bias, down) = match (ld.ck.gguf.as_ref(), ld.mlx()) {
         // ggml stores gate and up apart (or concatenated) in their own MXFP4 blocks.
-        Some(g) => {
+        (Some(g), _) => {
             let (gate_up, bias) = g.gate_up(l, e, i, h)?;
-            (gate_up, bias, g.experts(&n(DownBlocks), e, h, i)?)
+            (Experts::Mxfp4(gate_up), bias, Experts::Mxfp4(g.experts(&n(DownBlocks), e, h, i)?))
         }
-        None => (
-            ld.experts(&n(GateUpBlocks), &n(GateUpScales), e, 2 * i, h)?,
+        // So does mlx-lm, in the checkpoints' MXFP4 bytes.
+        (None, Some(m)) => m.experts(l, e, i, h)?,
+        (None, None) => (
+            Experts::Mxfp4(ld.experts(&n(GateUpBlocks), &n(GateUpScales), e, 2 * i, h)?),
             ld.vector(&n(GateUpBias), &[e, 2 * i])?,
-            ld.experts(&n(DownBlocks), &n(DownScales), e, h, i)?,
+            Experts::Mxfp4(ld.experts(&n(DownBlocks), &n(DownScales), e, h, i)?),
         ),
     };
     Ok(LayerWeights {
@@ -467,7 +798,7 @@ fn load_layer(ld: &Loader, names: &TensorNames, cfg: &ModelConfig, l: usize) -> 
         },
         moe: MoeWeights {
             norm: ld.vector(&n(MlpNorm), &[h])?,
-            router: ld.matrix(&n(RouterWeight), e, h)?,
+            router: ld.router(&n(RouterWeight), e, h)?,
             router_bias: ld.vector(&n(RouterBias), &[e])?,
             gate_up,
             gate_up_bias,
@@ -512,12 +843,28 @@ impl Loader<'_> {
         Ok(Bf16Matrix::new(self.check(name, &[DType::BF16], &[rows, cols])?.0, rows, cols))
     }
 
-    /// A dense matrix as the forward pass reads it (a GGUF's Q8_0 stays q8).
+    /// A dense matrix as the forward pass reads it (a GGUF's Q8_0 stays q8, an MLX module
+    /// stays in its quantized form).
     fn dense(&self, name: &str, rows: usize, cols: usize) -> Result<Dense, LoadError> {
+        if let Some(m) = self.mlx() {
+            return m.dense(name, rows, cols);
+        }
         match &self.ck.gguf {
             Some(g) => g.dense(name, rows, cols),
             None => Ok(Dense::Bf16(self.matrix(name, rows, cols)?)),
         }
+    }
+
+    /// The router: bf16, except in MLX conversions, which quantize it (8-bit affine).
+    fn router(&self, name: &str, rows: usize, cols: usize) -> Result<Dense, LoadError> {
+        match self.mlx() {
+            Some(m) => m.dense(name, rows, cols),
+            None => Ok(Dense::Bf16(self.matrix(name, rows, cols)?)),
+        }
+    }
+
+    fn mlx(&self) -> Option<crate::mlx::MlxLoader<'_>> {
+        self.ck.mlx.as_ref().map(|quant| crate::mlx::MlxLoader { ck: self.ck, quant })
     }
 
     /// A small tensor widened to f32; bf16, f16 and f32 are accepted.

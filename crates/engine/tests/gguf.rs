@@ -168,9 +168,9 @@ fn weights_equal_the_hf_weights_bit_for_bit() {
     let gguf = ModelWeights::load(&ck).unwrap();
     let bf16 = |d: &Dense| match d {
         Dense::Bf16(m) => m.bf16().to_vec(),
-        Dense::Q8(_) => panic!("the fixture's dense weights are bf16"),
+        _ => panic!("the fixture's dense weights are bf16"),
     };
-    assert_eq!(gguf.embedding.bf16(), hf.embedding.bf16());
+    assert_eq!(gguf.embedding.as_bf16().unwrap().bf16(), hf.embedding.as_bf16().unwrap().bf16());
     assert_eq!(bf16(&gguf.unembedding), bf16(&hf.unembedding));
     assert_eq!(gguf.norm, hf.norm);
     for (l, (g, h)) in gguf.layers.iter().zip(&hf.layers).enumerate() {
@@ -185,13 +185,13 @@ fn weights_equal_the_hf_weights_bit_for_bit() {
         }
         let (gm, hm) = (&g.moe, &h.moe);
         // llama.cpp stores the router in F32; every value is a bf16 value.
-        assert_eq!(gm.router.bf16(), hm.router.bf16(), "layer {l} router");
+        assert_eq!(gm.router.as_bf16().unwrap().bf16(), hm.router.as_bf16().unwrap().bf16(), "layer {l} router");
         assert_eq!((&gm.router_bias, &gm.norm), (&hm.router_bias, &hm.norm), "layer {l}");
         assert_eq!(gm.gate_up_bias, hm.gate_up_bias, "layer {l} gate/up bias (re-interleaved)");
         assert_eq!(gm.down_bias, hm.down_bias, "layer {l} down bias");
-        for e in 0..gm.gate_up.experts {
-            assert_eq!(gm.gate_up.expert(e), hm.gate_up.expert(e), "layer {l} expert {e} gate/up");
-            assert_eq!(gm.down.expert(e), hm.down.expert(e), "layer {l} expert {e} down");
+        for e in 0..gm.gate_up.experts() {
+            assert_eq!(mx(&gm.gate_up).expert(e), mx(&hm.gate_up).expert(e), "layer {l} expert {e} gate/up");
+            assert_eq!(mx(&gm.down).expert(e), mx(&hm.down).expert(e), "layer {l} expert {e} down");
         }
     }
     let rounded = ck.gguf.as_ref().unwrap().rounded_tensors();
@@ -319,7 +319,7 @@ fn f32_f16_and_q8_0_dense_weights() {
     let w = ModelWeights::load(&ck).unwrap();
     match &w.layers[1].attn.out {
         Dense::Q8(m) => assert_eq!((&m.codes, &m.scales, m.rows, m.cols), (&codes, &scales, 64, 256)),
-        Dense::Bf16(_) => panic!("Q8_0 should stay q8"),
+        _ => panic!("Q8_0 should stay q8"),
     }
     let rounded = ck.gguf.as_ref().unwrap().rounded_tensors();
     assert_eq!(rounded.keys().collect::<Vec<_>>(), ["blk.1.attn_output.weight"]);
@@ -753,4 +753,8 @@ fn twenty_b_shapes_load_the_same_from_gguf() {
         tokens.len()
     );
     assert_eq!(diff, 0.0);
+}
+
+fn mx(x: &gptoss_engine::weights::Experts) -> &gptoss_engine::weights::Mxfp4Experts {
+    x.as_mxfp4().expect("MXFP4 experts")
 }

@@ -97,19 +97,23 @@ fn bf16_dot_product_kernels_are_accurate_enough() {
     }
 }
 
-/// AVX2 runs the experts through int16 activations (as the VNNI path does): the fast-path
-/// bar, every next-token NLL within 0.01 of the reference and top-1 at 99% or more.
+/// AVX2 and NEON with dotprod run the experts through int16 activations (as the VNNI path
+/// does): the fast-path bar, every next-token NLL within 0.01 of the reference and top-1 at
+/// 99% or more.
 #[test]
-fn avx2_integer_experts_are_accurate_enough() {
-    let Some(kern) = Kernels::for_isa(Isa::Avx2) else {
-        eprintln!("no AVX2 on this CPU; nothing to measure");
-        return;
-    };
-    let mut model = Model::load(&tiny("hf")).unwrap();
-    model.set_kernels(kern);
-    let (max_nll, _, agree) = accuracy(&model, "avx2");
-    assert!(max_nll <= 0.01, "avx2: NLL differs by {max_nll} from the reference");
-    assert!(agree >= 0.99, "avx2: top-1 agreement {agree}");
+fn integer_expert_sets_are_accurate_enough() {
+    let sets: Vec<_> = [Isa::Avx2, Isa::NeonDotprod].into_iter().filter_map(Kernels::for_isa).collect();
+    if sets.is_empty() {
+        eprintln!("neither AVX2 nor NEON dotprod on this CPU; nothing to measure");
+    }
+    for kern in sets {
+        let mut model = Model::load(&tiny("hf")).unwrap();
+        model.set_kernels(kern);
+        let name = kern.isa.name();
+        let (max_nll, _, agree) = accuracy(&model, name);
+        assert!(max_nll <= 0.01, "{name}: NLL differs by {max_nll} from the reference");
+        assert!(agree >= 0.99, "{name}: top-1 agreement {agree}");
+    }
 }
 
 /// (max |Δnll|, mean |Δnll|, top-1 agreement) against the reference, printed.
@@ -169,7 +173,7 @@ fn tiled_dense_weights_give_the_bits_of_rows() {
     };
     let layout = |m: &Model| match &m.weights.unembedding {
         Dense::Bf16(w) => w.layout,
-        Dense::Q8(_) => panic!("the tiny model loads bf16"),
+        _ => panic!("the tiny model loads bf16"),
     };
     let r = reference();
     let mut tiled = Model::load(&tiny("hf")).unwrap();

@@ -38,7 +38,7 @@ fn main() {
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
     // (name, rows, K): experts gate_up and down, attention qkv.
     let shapes = [("gate_up", 5760, 2880), ("down", 2880, 2880), ("qkv", 5120, 2880)];
-    let isas = [Isa::Avx2, Isa::Avx512, Isa::Avx512Bf16, Isa::Avx512Bf16Round, Isa::Neon];
+    let isas = [Isa::Avx2, Isa::Avx512, Isa::Avx512Bf16, Isa::Avx512Bf16Round, Isa::Neon, Isa::NeonDotprod];
     for (name, rows, k) in shapes {
         if !name.contains(&filter) {
             continue;
@@ -86,6 +86,38 @@ fn main() {
                     macs / t_bf16 / 1e9,
                     gb(2.0 * w.len() as f64, t_bf16),
                 );
+                // MLX affine weights (4 and 8 bits, group 64), f32 scales and biases as held.
+                for bits in [4u32, 8] {
+                    let group = 64;
+                    let acodes: Vec<u8> = (0..rows * k * bits as usize / 8).map(|_| rng.byte()).collect();
+                    let (s, b): (Vec<f32>, Vec<f32>) =
+                        (0..rows * k / group).map(|_| (rng.f32() * 0.01, rng.f32())).unzip();
+                    let aw = gptoss_kernels::affine::AffineRows { codes: &acodes, scales: &s, biases: &b, bits, group };
+                    let t = best(reps, || (kern.matmul_rows_f32_affinew)(&xf, n_tok, aw, None, &mut out, &mut row_buf));
+                    println!(
+                        "{name:8} T={n_tok:3} {:17} affine{bits} {:6.1} GMAC/s {:5.1} GB/s",
+                        isa.name(),
+                        macs / t / 1e9,
+                        gb((acodes.len() + 8 * s.len()) as f64, t),
+                    );
+                    let fast = kern.i16_act.as_ref().and_then(|ia| ia.matmul_rows_i16a_affine4r16w);
+                    if let (4, Some(f), true) = (bits, fast, rows % 16 == 0) {
+                        use gptoss_kernels::{affine_r16, mxfp4_r16};
+                        let (mut pc, mut ps) = (vec![0u8; acodes.len()], vec![0f32; rows * k / 32]);
+                        affine_r16::pack(&acodes, &s, k, group, &mut pc, &mut ps);
+                        let (mut q, mut xs) = (vec![0i16; xf.len()], vec![0f32; xf.len() / 32]);
+                        mxfp4_r16::quantize_i16(&xf, &mut q, &mut xs);
+                        let mut xq = vec![0i16; q.len()];
+                        affine_r16::deinterleave8(&q, &mut xq);
+                        let t = best(reps, || f(&xq, &xs, n_tok, &pc, &ps, None, &mut out, &mut Vec::new()));
+                        println!(
+                            "{name:8} T={n_tok:3} {:17} affine4 {:6.1} GMAC/s {:5.1} GB/s (int16 activations, repacked; f32 scale per 32)",
+                            isa.name(),
+                            macs / t / 1e9,
+                            gb((pc.len() + 4 * ps.len() + 4 * b.len()) as f64, t),
+                        );
+                    }
+                }
                 if let (Some(ia), true) = (&kern.i16_act, rows % 16 == 0) {
                     let (mut pc, mut ps) = (vec![0u8; codes.len()], vec![0u8; scales.len()]);
                     gptoss_kernels::mxfp4_r16::pack(&codes, &scales, k, &mut pc, &mut ps);

@@ -1,5 +1,5 @@
 //! Which kernels run: picked once from the CPU's features, or forced with
-//! `GPTOSS_KERNELS=scalar|avx2|avx512|avx512bf16|avx512bf16-round|neon` to test and compare. Call sites go through
+//! `GPTOSS_KERNELS=scalar|avx2|avx512|avx512bf16|avx512bf16-round|neon|neon-dotprod` to test and compare. Call sites go through
 //! [`Kernels`] and never name an instruction set.
 
 use std::sync::OnceLock;
@@ -17,6 +17,9 @@ pub enum Isa {
     Avx512Bf16Round,
     /// AArch64 Advanced SIMD (baseline on every AArch64 CPU), f32 activations.
     Neon,
+    /// NEON with the dotprod extension: MXFP4 experts through `sdot` on int16 activations
+    /// split into bytes (Apple M1+, Graviton 2+, Ampere Altra, Cortex-A76+).
+    NeonDotprod,
 }
 
 impl Isa {
@@ -28,6 +31,7 @@ impl Isa {
             Isa::Avx512Bf16 => "avx512bf16",
             Isa::Avx512Bf16Round => "avx512bf16-round",
             Isa::Neon => "neon",
+            Isa::NeonDotprod => "neon-dotprod",
         }
     }
 
@@ -49,6 +53,10 @@ impl Isa {
             }
             #[cfg(target_arch = "aarch64")]
             Isa::Neon => std::arch::is_aarch64_feature_detected!("neon"),
+            #[cfg(target_arch = "aarch64")]
+            Isa::NeonDotprod => {
+                std::arch::is_aarch64_feature_detected!("neon") && std::arch::is_aarch64_feature_detected!("dotprod")
+            }
             // The instruction sets of the other architectures.
             _ => false,
         }
@@ -58,6 +66,9 @@ impl Isa {
 /// `y[R, T] = W[R, K]·x[T, K]ᵀ + b` over a block of bf16 weight rows (the signature of
 /// [`crate::scalar::matmul_rows_f32_bf16w`]; `row_buf` is `[K]` scratch).
 pub type MatmulBf16 = fn(&[f32], usize, &[u16], Option<&[f32]>, &mut [f32], &mut [f32]);
+
+/// The same with affine weights (the signature of [`crate::scalar::matmul_rows_f32_affinew`]).
+pub type MatmulAffine = fn(&[f32], usize, crate::affine::AffineRows, Option<&[f32]>, &mut [f32], &mut [f32]);
 
 /// The same with MXFP4 weights: codes `[R, K/2]`, scales `[R, K/32]` (the signature of
 /// [`crate::scalar::matmul_rows_f32_mxfp4w`]).
@@ -97,7 +108,13 @@ pub struct I16Act {
     /// [`crate::mxfp4_r16::quantize_i16`].
     pub quantize: fn(&[f32], &mut [i16], &mut [f32]),
     pub matmul_rows_i16a_mxfp4r16w: MatmulI16aMxfp4r16w,
+    /// 4-bit affine weights repacked the same way ([`crate::affine_r16`]), when the set has a
+    /// kernel for them (else they stay in rows, read by [`Kernels::matmul_rows_f32_affinew`]).
+    pub matmul_rows_i16a_affine4r16w: Option<MatmulI16aAffine4r16w>,
 }
+
+/// The signature of [`crate::scalar::matmul_rows_i16a_affine4r16w`].
+pub type MatmulI16aAffine4r16w = fn(&[i16], &[f32], usize, &[u8], &[f32], Option<&[f32]>, &mut [f32], &mut Vec<u32>);
 
 pub struct Bf16Act {
     /// 1 (x rounded to bf16) or 2 (x ≈ hi + lo).
@@ -115,6 +132,8 @@ pub struct Kernels {
     pub isa: Isa,
     pub matmul_rows_f32_bf16w: MatmulBf16,
     pub matmul_rows_f32_mxfp4w: MatmulMxfp4,
+    /// Affine weights (MLX checkpoints).
+    pub matmul_rows_f32_affinew: MatmulAffine,
     /// `--dense q8`; the scalar twin in the x86 tables (q8 is fast there through [`Bf16Act`]).
     pub matmul_rows_f32_q8w: MatmulQ8,
     pub attend_heads_f32: AttendHeads,
@@ -133,20 +152,24 @@ pub struct Kernels {
 /// The most `Vec` scratch any matmul grows its scratch to for K inputs: `(u32 words,
 /// bf16 halves)`. Callers that keep one scratch per thread reserve this up front, so no
 /// kernel call ever allocates.
-#[cfg_attr(not(target_arch = "x86_64"), allow(unused_variables))]
+#[cfg_attr(not(any(target_arch = "x86_64", target_arch = "aarch64")), allow(unused_variables))]
 pub fn max_scratch_len(k: usize) -> (usize, usize) {
     #[cfg(target_arch = "x86_64")]
     return (
         crate::x86::vnni::scratch_words(k).max(crate::x86::avx2_i16::scratch_words(k)),
         crate::x86::avx512bf16::scratch_halves(k),
     );
-    #[cfg(not(target_arch = "x86_64"))]
+    #[cfg(target_arch = "aarch64")]
+    return (crate::arm::neon_i16::scratch_words(k), 0);
+    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
     return (0, 0);
 }
 
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum KernelError {
-    #[error("GPTOSS_KERNELS={0:?} is not one of scalar, avx2, avx512, avx512bf16, avx512bf16-round, neon")]
+    #[error(
+        "GPTOSS_KERNELS={0:?} is not one of scalar, avx2, avx512, avx512bf16, avx512bf16-round, neon, neon-dotprod"
+    )]
     Unknown(String),
     #[error("GPTOSS_KERNELS={0}: this CPU does not support it")]
     Unsupported(&'static str),
@@ -156,6 +179,7 @@ static SCALAR: Kernels = Kernels {
     isa: Isa::Scalar,
     matmul_rows_f32_bf16w: crate::scalar::matmul_rows_f32_bf16w,
     matmul_rows_f32_mxfp4w: crate::scalar::matmul_rows_f32_mxfp4w,
+    matmul_rows_f32_affinew: crate::scalar::matmul_rows_f32_affinew,
     matmul_rows_f32_q8w: crate::scalar::matmul_rows_f32_q8w,
     attend_heads_f32: crate::scalar::attend_heads_f32,
     swiglu_interleaved_f32: crate::scalar::swiglu_interleaved_f32,
@@ -169,6 +193,7 @@ static AVX2: Kernels = Kernels {
     isa: Isa::Avx2,
     matmul_rows_f32_bf16w: crate::x86::avx2::matmul_rows_f32_bf16w,
     matmul_rows_f32_mxfp4w: crate::x86::avx2::matmul_rows_f32_mxfp4w,
+    matmul_rows_f32_affinew: crate::x86::avx2::matmul_rows_f32_affinew,
     matmul_rows_f32_q8w: crate::scalar::matmul_rows_f32_q8w,
     attend_heads_f32: crate::scalar::attend_heads_f32,
     swiglu_interleaved_f32: crate::scalar::swiglu_interleaved_f32,
@@ -180,6 +205,7 @@ static AVX2: Kernels = Kernels {
     i16_act: Some(I16Act {
         quantize: crate::x86::avx2_i16::quantize_i16,
         matmul_rows_i16a_mxfp4r16w: crate::x86::avx2_i16::matmul_rows_i16a_mxfp4r16w,
+        matmul_rows_i16a_affine4r16w: Some(crate::x86::avx2_i16::matmul_rows_i16a_affine4r16w),
     }),
 };
 #[cfg(target_arch = "x86_64")]
@@ -187,6 +213,7 @@ static AVX512: Kernels = Kernels {
     isa: Isa::Avx512,
     matmul_rows_f32_bf16w: crate::x86::avx512::matmul_rows_f32_bf16w,
     matmul_rows_f32_mxfp4w: crate::x86::avx512::matmul_rows_f32_mxfp4w,
+    matmul_rows_f32_affinew: crate::x86::avx512::matmul_rows_f32_affinew,
     matmul_rows_f32_q8w: crate::scalar::matmul_rows_f32_q8w,
     attend_heads_f32: crate::x86::attention::attend_heads_f32,
     swiglu_interleaved_f32: crate::x86::avx512::swiglu_interleaved_f32,
@@ -200,6 +227,7 @@ static AVX512_BF16: Kernels = Kernels {
     isa: Isa::Avx512Bf16,
     matmul_rows_f32_bf16w: crate::x86::avx512::matmul_rows_f32_bf16w,
     matmul_rows_f32_mxfp4w: crate::x86::avx512::matmul_rows_f32_mxfp4w,
+    matmul_rows_f32_affinew: crate::x86::avx512::matmul_rows_f32_affinew,
     matmul_rows_f32_q8w: crate::scalar::matmul_rows_f32_q8w,
     attend_heads_f32: crate::x86::attention::attend_heads_f32,
     swiglu_interleaved_f32: crate::x86::avx512::swiglu_interleaved_f32,
@@ -216,6 +244,8 @@ static AVX512_BF16: Kernels = Kernels {
     i16_act: Some(I16Act {
         quantize: crate::x86::vnni::quantize_i16,
         matmul_rows_i16a_mxfp4r16w: crate::x86::vnni::matmul_rows_i16a_mxfp4r16w,
+        // The AVX2 kernel (every AVX-512 CPU has AVX2).
+        matmul_rows_i16a_affine4r16w: Some(crate::x86::avx2_i16::matmul_rows_i16a_affine4r16w),
     }),
 };
 #[cfg(target_arch = "x86_64")]
@@ -223,6 +253,7 @@ static AVX512_BF16_ROUND: Kernels = Kernels {
     isa: Isa::Avx512Bf16Round,
     matmul_rows_f32_bf16w: crate::x86::avx512::matmul_rows_f32_bf16w,
     matmul_rows_f32_mxfp4w: crate::x86::avx512::matmul_rows_f32_mxfp4w,
+    matmul_rows_f32_affinew: crate::x86::avx512::matmul_rows_f32_affinew,
     matmul_rows_f32_q8w: crate::scalar::matmul_rows_f32_q8w,
     attend_heads_f32: crate::x86::attention::attend_heads_f32,
     swiglu_interleaved_f32: crate::x86::avx512::swiglu_interleaved_f32,
@@ -239,11 +270,13 @@ static AVX512_BF16_ROUND: Kernels = Kernels {
     i16_act: None,
 };
 
+/// The NEON set, also the base of [`NEON_DOTPROD`].
 #[cfg(target_arch = "aarch64")]
-static NEON: Kernels = Kernels {
+const NEON_SET: Kernels = Kernels {
     isa: Isa::Neon,
     matmul_rows_f32_bf16w: crate::arm::neon::matmul_rows_f32_bf16w,
     matmul_rows_f32_mxfp4w: crate::arm::neon::matmul_rows_f32_mxfp4w,
+    matmul_rows_f32_affinew: crate::arm::neon::matmul_rows_f32_affinew,
     matmul_rows_f32_q8w: crate::arm::neon::matmul_rows_f32_q8w,
     attend_heads_f32: crate::arm::neon::attend_heads_f32,
     // Elementwise and per-token work stays on the scalar twins for now.
@@ -253,6 +286,20 @@ static NEON: Kernels = Kernels {
     bf16_act: None,
     i16_act: None,
 };
+#[cfg(target_arch = "aarch64")]
+static NEON_DOTPROD: Kernels = Kernels {
+    isa: Isa::NeonDotprod,
+    // MXFP4 experts through sdot on int16 activations; quantizing is a small part of a
+    // matmul, so it stays on the twin.
+    i16_act: Some(I16Act {
+        quantize: crate::mxfp4_r16::quantize_i16,
+        matmul_rows_i16a_mxfp4r16w: crate::arm::neon_i16::matmul_rows_i16a_mxfp4r16w,
+        matmul_rows_i16a_affine4r16w: None,
+    }),
+    ..NEON_SET
+};
+#[cfg(target_arch = "aarch64")]
+static NEON: Kernels = NEON_SET;
 
 impl Kernels {
     /// The float32 reference kernels.
@@ -277,6 +324,8 @@ impl Kernels {
             Isa::Avx512Bf16Round => Some(&AVX512_BF16_ROUND),
             #[cfg(target_arch = "aarch64")]
             Isa::Neon => Some(&NEON),
+            #[cfg(target_arch = "aarch64")]
+            Isa::NeonDotprod => Some(&NEON_DOTPROD),
             // Unreachable: `supported` is false for the other architectures' sets.
             _ => None,
         }
@@ -284,10 +333,13 @@ impl Kernels {
 
     /// The fastest this CPU supports.
     pub fn detect() -> &'static Kernels {
-        [Isa::Avx512Bf16, Isa::Avx512, Isa::Avx2, Isa::Neon].into_iter().find_map(Kernels::for_isa).unwrap_or(&SCALAR)
+        [Isa::Avx512Bf16, Isa::Avx512, Isa::Avx2, Isa::NeonDotprod, Isa::Neon]
+            .into_iter()
+            .find_map(Kernels::for_isa)
+            .unwrap_or(&SCALAR)
     }
 
-    /// `scalar`, `avx2`, `avx512`, `avx512bf16`, `avx512bf16-round` or `neon`; a set this CPU
+    /// `scalar`, `avx2`, `avx512`, `avx512bf16`, `avx512bf16-round`, `neon` or `neon-dotprod`; a set this CPU
     /// cannot run (`neon` on x86-64, the x86 sets on AArch64) is [`KernelError::Unsupported`].
     pub fn by_name(name: &str) -> Result<&'static Kernels, KernelError> {
         let isa = match name.trim().to_ascii_lowercase().as_str() {
@@ -297,6 +349,7 @@ impl Kernels {
             "avx512bf16" => Isa::Avx512Bf16,
             "avx512bf16-round" => Isa::Avx512Bf16Round,
             "neon" => Isa::Neon,
+            "neon-dotprod" => Isa::NeonDotprod,
             other => return Err(KernelError::Unknown(other.to_string())),
         };
         Kernels::for_isa(isa).ok_or(KernelError::Unsupported(isa.name()))

@@ -7,6 +7,8 @@
 // Tests quote the spec's vectors digit for digit.
 #![cfg_attr(test, allow(clippy::excessive_precision))]
 
+pub mod affine;
+pub mod affine_r16;
 #[cfg(target_arch = "aarch64")]
 mod arm;
 pub mod bf16;

@@ -56,6 +56,22 @@ pub fn pack(codes: &[u8], scales: &[u8], k: usize, dst_codes: &mut [u8], dst_sca
     let rows = scales.len() / blocks;
     assert!(rows.is_multiple_of(GROUP) && k.is_multiple_of(BLOCK), "mxfp4_r16::pack: [{rows}, {k}] is not whole tiles");
     assert_eq!((codes.len(), dst_codes.len(), dst_scales.len()), (rows * k / 2, rows * k / 2, scales.len()));
+    pack_codes(codes, k, dst_codes);
+    for g in 0..rows / GROUP {
+        for b in 0..blocks {
+            for r in 0..GROUP {
+                dst_scales[(g * blocks + b) * GROUP + r] = scales[(g * GROUP + r) * blocks + b];
+            }
+        }
+    }
+}
+
+/// The code bytes of [`pack`] alone: rows `[R, K/2]` (two 4-bit codes per byte) into tiles.
+pub fn pack_codes(codes: &[u8], k: usize, dst_codes: &mut [u8]) {
+    let blocks = k / BLOCK;
+    let rows = codes.len() / (k / 2);
+    assert!(rows.is_multiple_of(GROUP) && k.is_multiple_of(BLOCK), "mxfp4_r16::pack_codes: [{rows}, {k}]");
+    assert_eq!(dst_codes.len(), codes.len());
     // Byte i of x to byte 2i.
     let spread = |x: u32| {
         let x = x as u64;
@@ -75,9 +91,6 @@ pub fn pack(codes: &[u8], scales: &[u8], k: usize, dst_codes: &mut [u8], dst_sca
                     let qword = spread(word(even)) | spread(word(odd)) << 8;
                     tile[q * 64 + j * 8..][..8].copy_from_slice(&qword.to_le_bytes());
                 }
-            }
-            for r in 0..GROUP {
-                dst_scales[(g * blocks + b) * GROUP + r] = scales[(g * GROUP + r) * blocks + b];
             }
         }
     }

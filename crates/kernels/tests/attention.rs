@@ -21,7 +21,10 @@ impl Rng {
 }
 
 fn fast_kernels() -> Vec<&'static Kernels> {
-    [Isa::Avx2, Isa::Avx512, Isa::Avx512Bf16, Isa::Neon].into_iter().filter_map(Kernels::for_isa).collect()
+    [Isa::Avx2, Isa::Avx512, Isa::Avx512Bf16, Isa::Neon, Isa::NeonDotprod]
+        .into_iter()
+        .filter_map(Kernels::for_isa)
+        .collect()
 }
 
 /// Splits `[n, kv_dim]` rows starting at `first` into 1 to 3 spans at random points.

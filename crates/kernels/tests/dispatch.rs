@@ -23,7 +23,8 @@ impl Rng {
 }
 
 /// Every instruction set, each architecture's; only those this CPU runs are tested.
-const ALL_ISAS: [Isa; 6] = [Isa::Scalar, Isa::Avx2, Isa::Avx512, Isa::Avx512Bf16, Isa::Avx512Bf16Round, Isa::Neon];
+const ALL_ISAS: [Isa; 7] =
+    [Isa::Scalar, Isa::Avx2, Isa::Avx512, Isa::Avx512Bf16, Isa::Avx512Bf16Round, Isa::Neon, Isa::NeonDotprod];
 
 fn fast_kernels() -> Vec<&'static Kernels> {
     ALL_ISAS.into_iter().filter(|&i| i != Isa::Scalar).filter_map(Kernels::for_isa).collect()
@@ -506,11 +507,17 @@ fn names_select_kernels_and_unknown_names_are_refused() {
             Err(e) => assert!(e == KernelError::Unsupported(isa.name()) && !isa.supported(), "{isa:?}: {e}"),
         }
     }
-    // NEON is baseline on AArch64 and picked there; x86-64 refuses it.
+    // NEON is baseline on AArch64 and picked there (with dotprod when the CPU has it);
+    // x86-64 refuses both.
     assert_eq!(Isa::Neon.supported(), cfg!(target_arch = "aarch64"));
-    if cfg!(target_arch = "aarch64") {
-        assert_eq!(Kernels::detect().isa, Isa::Neon);
+    #[cfg(target_arch = "aarch64")]
+    {
+        let dotprod = std::arch::is_aarch64_feature_detected!("dotprod");
+        assert_eq!(Isa::NeonDotprod.supported(), dotprod);
+        assert_eq!(Kernels::detect().isa, if dotprod { Isa::NeonDotprod } else { Isa::Neon });
     }
+    #[cfg(not(target_arch = "aarch64"))]
+    assert!(!Isa::NeonDotprod.supported());
 }
 
 /// A token's result must not depend on what it is batched with: batched, chunked and

@@ -58,7 +58,11 @@ fn run(f: gptoss_kernels::dispatch::MatmulI16aMxfp4r16w, c: &Case, q: &[i16], s:
 }
 
 fn int_kernels() -> Vec<&'static Kernels> {
-    [Isa::Avx512Bf16, Isa::Avx2].into_iter().filter_map(Kernels::for_isa).filter(|k| k.i16_act.is_some()).collect()
+    [Isa::Avx512Bf16, Isa::Avx2, Isa::NeonDotprod]
+        .into_iter()
+        .filter_map(Kernels::for_isa)
+        .filter(|k| k.i16_act.is_some())
+        .collect()
 }
 
 fn same_bits(a: &[f32], b: &[f32]) -> Option<usize> {

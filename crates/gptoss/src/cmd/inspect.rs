@@ -12,7 +12,13 @@ use gptoss_engine::weights::ModelWeights;
 pub fn run(path: &Path, json: bool, ctx: usize) -> Result<()> {
     let ck = Checkpoint::open(path)?;
     // Loading the weights checks every tensor's presence, dtype and shape.
-    let complete = ModelWeights::load(&ck).map(|_| ());
+    let loaded = ModelWeights::load(&ck);
+    // How each class of matrix is held and what a generated token reads, as loaded.
+    let (formats, bytes_per_token) = match &loaded {
+        Ok(w) => (w.formats(), w.bytes_per_token(ck.config.experts_per_token)),
+        Err(_) => (Vec::new(), ck.config.bytes_read_per_token()),
+    };
+    let complete = loaded.map(|_| ());
     let c = &ck.config;
     let params = c.param_counts();
     let (kv_per_token, kv_sliding) = c.kv_bytes();
@@ -53,6 +59,10 @@ pub fn run(path: &Path, json: bool, ctx: usize) -> Result<()> {
                 })).collect::<Vec<_>>(),
             })),
             "complete": complete.is_ok(),
+            "formats": formats.iter().map(|(class, format, bits)| serde_json::json!({
+                "tensors": class, "format": format, "bits_per_weight": bits,
+            })).collect::<Vec<_>>(),
+            "bytes_per_token": bytes_per_token,
             "problem": complete.as_ref().err().map(|e| e.to_string()),
             "config": {
                 "num_layers": c.num_layers, "hidden_size": c.hidden_size, "intermediate_size": c.intermediate_size,
@@ -158,7 +168,11 @@ pub fn run(path: &Path, json: bool, ctx: usize) -> Result<()> {
         } else {
             println!("weights      {} memory-mapped (MXFP4 experts stay packed)", human_bytes(ck.tensor_data_bytes()));
         }
-        println!("per token    {} of weights read per generated token", human_bytes(c.bytes_read_per_token()));
+        for (i, (class, format, bits)) in formats.iter().enumerate() {
+            let label = if i == 0 { "formats" } else { "" };
+            println!("{label:<12} {class}: {format} ({bits:.2} bits/weight)");
+        }
+        println!("per token    {} of weights read per generated token", human_bytes(bytes_per_token));
         println!(
             "KV cache     {} per 1k tokens (full-attention layers, f32) + {} per sequence (sliding layers)",
             human_bytes(kv_per_token * 1000),

@@ -22,6 +22,13 @@ enum Shape {
 enum LayoutArg {
     Hf,
     Original,
+    /// mlx-community's MXFP4-Q4: experts MXFP4, attention/embedding/unembedding affine
+    /// 4-bit (group 64), routers 8-bit.
+    #[value(name = "mlx-mxfp4-q4")]
+    MlxMxfp4Q4,
+    /// MXFP4-Q8: the same with 8-bit attention, embedding and unembedding.
+    #[value(name = "mlx-mxfp4-q8")]
+    MlxMxfp4Q8,
 }
 
 #[derive(clap::Args)]
@@ -49,9 +56,11 @@ pub fn run(args: Args) -> Result<()> {
         Shape::Gpt20b => ModelConfig::gpt_oss_20b(),
         Shape::Gpt120b => ModelConfig::gpt_oss_120b(),
     };
-    let layout = match args.layout {
-        LayoutArg::Hf => Layout::HuggingFace,
-        LayoutArg::Original => Layout::Original,
+    let (layout, mlx_bits) = match args.layout {
+        LayoutArg::Hf => (Layout::HuggingFace, None),
+        LayoutArg::Original => (Layout::Original, None),
+        LayoutArg::MlxMxfp4Q4 => (Layout::Mlx, Some(4)),
+        LayoutArg::MlxMxfp4Q8 => (Layout::Mlx, Some(8)),
     };
     if args.out.join("config.json").exists() && !args.force {
         bail!("{} already holds a checkpoint (config.json); pass --force to overwrite it", args.out.display());
@@ -68,10 +77,14 @@ pub fn run(args: Args) -> Result<()> {
     {
         bar.set_style(style);
     }
-    let summary = synth::write_checkpoint(&config, layout, &args.out, args.seed, |done, total| {
+    let progress = |done: u64, total: u64| {
         bar.set_length(total);
         bar.set_position(done);
-    });
+    };
+    let summary = match mlx_bits {
+        Some(bits) => synth::write_mlx_checkpoint(&config, bits, &args.out, args.seed, progress),
+        None => synth::write_checkpoint(&config, layout, &args.out, args.seed, progress),
+    };
     bar.finish_and_clear();
     let summary = summary?;
     eprintln!(

@@ -3,3 +3,4 @@
 //! AArch64 baseline, so in practice always).
 
 pub mod neon;
+pub mod neon_i16;

@@ -301,6 +301,79 @@ pub fn matmul_rows_f32_mxfp4w(
     unsafe { matmul_mxfp4_impl(x, n_tok, codes, scales, bias, out, row_buf) }
 }
 
+/// 32 weights of an affine row starting at input `j` (all in one group, as groups are
+/// multiples of 32), the bits of [`crate::affine::decode_row`]: `scale·q + bias`, a multiply
+/// and an add. 4- and 8-bit codes are widened in registers; other widths are read one by one.
+#[inline(always)]
+unsafe fn decode_affine_block(codes: &[u8], bits: u32, j: usize, scale: f32, bias: f32) -> Block {
+    let (sv, bv) = (vdupq_n_f32(scale), vdupq_n_f32(bias));
+    let value = |q: uint32x4_t| vaddq_f32(vmulq_f32(sv, vcvtq_f32_u32(q)), bv);
+    let mut w = [vdupq_n_f32(0.0); 8];
+    let widen = |w: &mut Block, at: usize, b: uint8x16_t| {
+        let (lo, hi) = (vmovl_u8(vget_low_u8(b)), vmovl_high_u8(b));
+        for (i, h) in [lo, hi].into_iter().enumerate() {
+            w[at + 2 * i] = value(vmovl_u16(vget_low_u16(h)));
+            w[at + 2 * i + 1] = value(vmovl_high_u16(h));
+        }
+    };
+    match bits {
+        8 => {
+            let p = codes.as_ptr().add(j);
+            widen(&mut w, 0, vld1q_u8(p));
+            widen(&mut w, 4, vld1q_u8(p.add(16)));
+        }
+        4 => {
+            // 16 bytes, each two codes, low nibble first: zip the nibbles back into order.
+            let b = vld1q_u8(codes.as_ptr().add(j / 2));
+            let (lo, hi) = (vandq_u8(b, vdupq_n_u8(0x0f)), vshrq_n_u8::<4>(b));
+            widen(&mut w, 0, vzip1q_u8(lo, hi));
+            widen(&mut w, 4, vzip2q_u8(lo, hi));
+        }
+        _ => {
+            let q: [u32; 32] = std::array::from_fn(|i| crate::affine::code(codes, j + i, bits));
+            for (i, v) in w.iter_mut().enumerate() {
+                *v = value(vld1q_u32(q.as_ptr().add(4 * i)));
+            }
+        }
+    }
+    w
+}
+
+#[target_feature(enable = "neon")]
+unsafe fn matmul_affine_impl(
+    x: &[f32],
+    n_tok: usize,
+    w: crate::affine::AffineRows,
+    rows: usize,
+    bias: Option<&[f32]>,
+    out: &mut [f32],
+    row_buf: &mut [f32],
+) {
+    let k = row_buf.len();
+    let block = |r: usize, b: usize| {
+        let (c, s, bi) = w.row(k, r);
+        let g = b * 32 / w.group;
+        decode_affine_block(c, w.bits, b * 32, s[g], bi[g])
+    };
+    matmul_blocks(x, n_tok, rows, bias, out, row_buf, block)
+}
+
+/// See [`crate::scalar::matmul_rows_f32_affinew`]; same shapes, FMA summation order.
+pub fn matmul_rows_f32_affinew(
+    x: &[f32],
+    n_tok: usize,
+    w: crate::affine::AffineRows,
+    bias: Option<&[f32]>,
+    out: &mut [f32],
+    row_buf: &mut [f32],
+) {
+    let rows = crate::scalar::check_affine_shapes(x, n_tok, row_buf.len(), &w, bias, out);
+    // SAFETY: handed out by `Kernels` only when the CPU has NEON; the shapes were checked
+    // above (K a multiple of the group, itself a multiple of 32), so every block read and
+    // row_buf write is in bounds.
+    unsafe { matmul_affine_impl(x, n_tok, w, rows, bias, out, row_buf) }
+}
+
 /// f32 → bf16 → f32 with [`crate::bf16::f32_to_bf16`]'s rounding: to nearest even, NaN kept
 /// quiet (adding the rounding bias to a NaN could carry it into infinity or the sign).
 #[inline(always)]

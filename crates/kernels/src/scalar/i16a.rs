@@ -68,3 +68,42 @@ pub fn matmul_rows_i16a_mxfp4r16w(
         }
     }
 }
+
+/// `out[r, t] = Σ_b fma(isum, scale·xs) + bias[r]` as [`crate::affine_r16`] defines it:
+/// 4-bit affine codes in tiles, scales `[R/16][K/32][16]`, `xq` deinterleaved by 8.
+#[allow(clippy::too_many_arguments)]
+pub fn matmul_rows_i16a_affine4r16w(
+    xq: &[i16],
+    xs: &[f32],
+    n_tok: usize,
+    codes: &[u8],
+    scales: &[f32],
+    bias: Option<&[f32]>,
+    out: &mut [f32],
+    _scratch: &mut Vec<u32>,
+) {
+    use crate::affine_r16::{check_shapes, deinterleaved_index, scale_at};
+    let k = xq.len() / n_tok.max(1);
+    let rows = check_shapes(xq, xs, n_tok, k, codes.len(), scales.len(), bias, out);
+    let blocks = k / BLOCK;
+    for r in 0..rows {
+        let (g, lane) = (r / GROUP, r % GROUP);
+        for t in 0..n_tok {
+            let x = &xq[t * k..(t + 1) * k];
+            let mut acc = 0f32;
+            for b in 0..blocks {
+                let tile = &codes[(g * blocks + b) * TILE_BYTES..][..TILE_BYTES];
+                let mut isum = 0i32;
+                for p in 0..BLOCK_BYTES {
+                    let byte = tile[tile_offset(lane, p)];
+                    let c = b * BLOCK + 2 * p;
+                    isum += (byte & 0xf) as i32 * x[deinterleaved_index(c)] as i32;
+                    isum += (byte >> 4) as i32 * x[deinterleaved_index(c + 1)] as i32;
+                }
+                let comb = scale_at(scales, k, r, b) * xs[t * blocks + b];
+                acc = (isum as f32).mul_add(comb, acc);
+            }
+            out[r * n_tok + t] = acc + bias.map_or(0.0, |b| b[r]);
+        }
+    }
+}

@@ -3,6 +3,7 @@
 //! prompt processing cheaper per token than decoding.
 
 use super::dot_f32;
+use crate::affine::{self, AffineRows};
 use crate::bf16::bf16_slice_to_f32;
 use crate::mxfp4;
 
@@ -51,6 +52,43 @@ pub fn matmul_rows_f32_mxfp4w(
             *y = dot_f32(&x[t * k..(t + 1) * k], row_buf) + b;
         }
     }
+}
+
+/// Same as [`matmul_rows_f32_bf16w`] with affine weights ([`crate::affine`]): each row is
+/// decoded to f32 and then used by every token.
+pub fn matmul_rows_f32_affinew(
+    x: &[f32],
+    n_tok: usize,
+    w: AffineRows,
+    bias: Option<&[f32]>,
+    out: &mut [f32],
+    row_buf: &mut [f32],
+) {
+    let k = row_buf.len();
+    let rows = check_affine_shapes(x, n_tok, k, &w, bias, out);
+    for (r, out_row) in out.chunks_exact_mut(n_tok).enumerate().take(rows) {
+        let (c, s, b) = w.row(k, r);
+        affine::decode_row(c, s, b, w.bits, w.group, row_buf);
+        let bias_r = bias.map_or(0.0, |b| b[r]);
+        for (t, y) in out_row.iter_mut().enumerate() {
+            *y = dot_f32(&x[t * k..(t + 1) * k], row_buf) + bias_r;
+        }
+    }
+}
+
+/// Panics (a caller bug) unless the affine rows, x `[T, K]`, bias `[R]` and out `[R, T]`
+/// agree; returns R.
+pub(crate) fn check_affine_shapes(
+    x: &[f32],
+    n_tok: usize,
+    k: usize,
+    w: &AffineRows,
+    bias: Option<&[f32]>,
+    out: &[f32],
+) -> usize {
+    let rows = w.rows(k);
+    check_shapes(x, n_tok, k, rows, bias, out);
+    rows
 }
 
 /// `out[r, t] = Σ_k x[t, k]·w[r, k] + bias[r]` with activations split into TERMS bf16 parts

@@ -12,16 +12,17 @@ mod norm;
 mod rope;
 
 pub use attention::{attend_head_f32, attend_heads_f32, KvSpan};
-// The bf16- and int16-activation checks serve the x86 kernels only.
-#[cfg(target_arch = "x86_64")]
+// The int16-activation check serves the x86 and AArch64 integer kernels; the
+// bf16-activation ones the x86 kernels only.
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
 pub(crate) use i16a::check_i16a_shapes;
-pub use i16a::matmul_rows_i16a_mxfp4r16w;
+pub use i16a::{matmul_rows_i16a_affine4r16w, matmul_rows_i16a_mxfp4r16w};
+pub(crate) use linear::{check_affine_shapes, check_matmul_shapes, check_mxfp4_shapes, check_q8_shapes};
 #[cfg(target_arch = "x86_64")]
 pub(crate) use linear::{check_bf16a_shapes, check_mxfp4_bf16a_shapes};
-pub(crate) use linear::{check_matmul_shapes, check_mxfp4_shapes, check_q8_shapes};
 pub use linear::{
     matmul_rows_bf16a_bf16t8w, matmul_rows_bf16a_bf16w, matmul_rows_bf16a_mxfp4w, matmul_rows_bf16a_q8w,
-    matmul_rows_f32_bf16w, matmul_rows_f32_mxfp4w, matmul_rows_f32_q8w,
+    matmul_rows_f32_affinew, matmul_rows_f32_bf16w, matmul_rows_f32_mxfp4w, matmul_rows_f32_q8w,
 };
 pub use moe::{router_top_k, swiglu_interleaved_f32, SWIGLU_ALPHA};
 pub use norm::rmsnorm_f32;

@@ -80,7 +80,7 @@ pub fn matmul_rows_f32_bf16w(
 
 /// Σ a[i]·b[i] in f32.
 #[target_feature(enable = "avx2,fma")]
-unsafe fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
+pub(crate) unsafe fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
     let bp = b.as_ptr();
     dot_with(a, a.len().min(b.len()), |o| _mm256_loadu_ps(bp.add(o)), |i| b[i])
 }
@@ -159,4 +159,72 @@ pub fn matmul_rows_f32_mxfp4w(
     // SAFETY: handed out by `Kernels` only when the CPU has AVX2 and FMA; the shapes were
     // checked above, so every block read and row_buf write is in bounds.
     unsafe { matmul_mxfp4_impl(x, n_tok, codes, scales, bias, out, row_buf) }
+}
+
+/// One affine row `[K]` into `out` as f32, the bits of [`crate::affine::decode_row`]: 8
+/// codes of 1, 2 or 4 bits from one u32 by per-lane shifts, 8-bit codes by widening bytes,
+/// then `scale·q + bias` as a multiply and an add (not fused). 3, 5 and 6 bits, whose codes
+/// straddle bytes unevenly, go through the scalar decoder.
+#[target_feature(enable = "avx2,fma")]
+pub(crate) unsafe fn decode_affine_row(
+    codes: &[u8],
+    scales: &[f32],
+    biases: &[f32],
+    bits: u32,
+    group: usize,
+    out: &mut [f32],
+) {
+    if !matches!(bits, 1 | 2 | 4 | 8) {
+        return crate::affine::decode_row(codes, scales, biases, bits, group, out);
+    }
+    let shifts = _mm256_mullo_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7), _mm256_set1_epi32(bits as i32));
+    let mask = _mm256_set1_epi32((1 << bits) - 1);
+    let chunk_bytes = bits as usize; // 8 codes
+    let (cp, op) = (codes.as_ptr(), out.as_mut_ptr());
+    for (g, (&s, &b)) in scales.iter().zip(biases).enumerate() {
+        let (sv, bv) = (_mm256_set1_ps(s), _mm256_set1_ps(b));
+        for c in 0..group / 8 {
+            let j = g * group + 8 * c;
+            let src = cp.add(j * chunk_bytes / 8);
+            let word = match bits {
+                8 => 0,
+                4 => std::ptr::read_unaligned(src as *const u32),
+                2 => std::ptr::read_unaligned(src as *const u16) as u32,
+                _ => *src as u32,
+            };
+            let q = if bits == 8 {
+                _mm256_cvtepu8_epi32(_mm_loadl_epi64(src as *const __m128i))
+            } else {
+                _mm256_and_si256(_mm256_srlv_epi32(_mm256_set1_epi32(word as i32), shifts), mask)
+            };
+            let w = _mm256_add_ps(_mm256_mul_ps(sv, _mm256_cvtepi32_ps(q)), bv);
+            _mm256_storeu_ps(op.add(j), w);
+        }
+    }
+}
+
+/// See [`crate::scalar::matmul_rows_f32_affinew`]: each row decoded, then this set's dot
+/// product for every token.
+pub fn matmul_rows_f32_affinew(
+    x: &[f32],
+    n_tok: usize,
+    w: crate::affine::AffineRows,
+    bias: Option<&[f32]>,
+    out: &mut [f32],
+    row_buf: &mut [f32],
+) {
+    let k = row_buf.len();
+    let rows = crate::scalar::check_affine_shapes(x, n_tok, k, &w, bias, out);
+    for (r, out_row) in out.chunks_exact_mut(n_tok).enumerate().take(rows) {
+        let (c, s, b) = w.row(k, r);
+        let bias_r = bias.map_or(0.0, |b| b[r]);
+        // SAFETY: handed out by `Kernels` only when the CPU has AVX2 and FMA; the shapes were
+        // checked above, so the row's codes, scales and biases cover K inputs.
+        unsafe {
+            decode_affine_row(c, s, b, w.bits, w.group, row_buf);
+            for (t, y) in out_row.iter_mut().enumerate() {
+                *y = dot_f32(&x[t * k..(t + 1) * k], row_buf) + bias_r;
+            }
+        }
+    }
 }

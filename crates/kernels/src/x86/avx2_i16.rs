@@ -89,8 +89,24 @@ unsafe fn gemv_group(
     bias: Option<*const f32>,
     out: *mut f32,
 ) {
+    gemv_group_with(xq, xs, k, codes, fp4_table(), |b, h| weight_scales(scales.add(b * GROUP + 8 * h)), bias, out)
+}
+
+/// [`gemv_group`] with the codes looked up in `table` and block `b`'s weight scales of rows
+/// 8h..8h+8 given by `ws(b, h)`: MXFP4 (2×E2M1, E8M0 scales) or affine 4-bit (identity, f32).
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn gemv_group_with(
+    xq: *const i16,
+    xs: *const f32,
+    k: usize,
+    codes: *const u8,
+    table: __m256i,
+    ws: impl Fn(usize, usize) -> __m256,
+    bias: Option<*const f32>,
+    out: *mut f32,
+) {
     let blocks = k / BLOCK;
-    let table = fp4_table();
     let nibble = _mm256_set1_epi8(0x0f);
     let high_byte = _mm256_set1_epi16(0xff00u16 as i16);
     let xw = xq as *const i64;
@@ -125,7 +141,7 @@ unsafe fn gemv_group(
             let (even, odd) = (_mm256_srai_epi32::<8>(acc[0]), _mm256_srai_epi32::<8>(acc[1]));
             // hadd gives rows [0, 2, 1, 3] per 128-bit lane; the shuffle puts them in order.
             let isum = _mm256_shuffle_epi32::<0b11_01_10_00>(_mm256_hadd_epi32(even, odd));
-            let comb = _mm256_mul_ps(weight_scales(scales.add(b * GROUP + 8 * h)), xsb);
+            let comb = _mm256_mul_ps(ws(b, h), xsb);
             *f = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), comb, *f);
         }
     }
@@ -135,16 +151,7 @@ unsafe fn gemv_group(
     }
 }
 
-/// A token's codes with each 8 columns reordered as 0, 2, 4, 6, 1, 3, 5, 7: the low-nibble
-/// columns of 4 pairs, then the high-nibble ones, as [`gemv_group`] broadcasts them.
-fn deinterleave8(xq: &[i16], dst: &mut [i16]) {
-    for (s, d) in xq.chunks_exact(8).zip(dst.chunks_exact_mut(8)) {
-        for i in 0..4 {
-            d[i] = s[2 * i];
-            d[4 + i] = s[2 * i + 1];
-        }
-    }
-}
+use crate::affine_r16::deinterleave8;
 
 /// Groups decoded together for several tokens (as [`super::vnni`]).
 const PANEL_GROUPS: usize = 2;
@@ -365,4 +372,60 @@ pub fn quantize_i16(x: &[f32], q: &mut [i16], xs: &mut [f32]) {
     crate::mxfp4_r16::check_quantize_shapes(x, q, xs);
     // SAFETY: handed out by `Kernels` only with AVX2; every block is in bounds (checked).
     unsafe { quantize_impl(x, q, xs) }
+}
+
+/// See [`crate::scalar::matmul_rows_i16a_affine4r16w`]: each group of 16 rows in turn, every
+/// token through it with [`gemv_group`]'s decode (the group's codes stay in L1 across the
+/// tokens, so the matrix is read from memory once per call).
+#[allow(clippy::too_many_arguments)]
+pub fn matmul_rows_i16a_affine4r16w(
+    xq: &[i16],
+    xs: &[f32],
+    n_tok: usize,
+    codes: &[u8],
+    scales: &[f32],
+    bias: Option<&[f32]>,
+    out: &mut [f32],
+    _scratch: &mut Vec<u32>,
+) {
+    let k = xq.len() / n_tok.max(1);
+    let rows = crate::affine_r16::check_shapes(xq, xs, n_tok, k, codes.len(), scales.len(), bias, out);
+    let blocks = k / BLOCK;
+    // SAFETY: handed out by `Kernels` only when the CPU has AVX2 and FMA; the shapes were
+    // checked above, so every tile, scale, token and output offset is in bounds.
+    unsafe {
+        affine4_impl(xq.as_ptr(), xs.as_ptr(), n_tok, k, blocks, rows, codes.as_ptr(), scales.as_ptr(), bias, out)
+    }
+}
+
+#[target_feature(enable = "avx2,fma")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn affine4_impl(
+    xq: *const i16,
+    xs: *const f32,
+    n_tok: usize,
+    k: usize,
+    blocks: usize,
+    rows: usize,
+    codes: *const u8,
+    scales: *const f32,
+    bias: Option<&[f32]>,
+    out: &mut [f32],
+) {
+    let identity = _mm256_setr_epi8(
+        0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, //
+        0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15,
+    );
+    let mut y = [0f32; GROUP];
+    for g in 0..rows / GROUP {
+        let (c, s) = (codes.add(g * blocks * TILE_BYTES), scales.add(g * blocks * GROUP));
+        let b = bias.map(|b| b.as_ptr().add(g * GROUP));
+        for t in 0..n_tok {
+            let ws = |blk: usize, h: usize| _mm256_loadu_ps(s.add(blk * GROUP + 8 * h));
+            gemv_group_with(xq.add(t * k), xs.add(t * blocks), k, c, identity, ws, b, y.as_mut_ptr());
+            for (r, v) in y.iter().enumerate() {
+                out[(g * GROUP + r) * n_tok + t] = *v;
+            }
+        }
+    }
 }

@@ -43,6 +43,32 @@ unsafe fn dot_f32_bf16(x: &[f32], w: &[u16]) -> f32 {
     dot_with(x, x.len().min(w.len()), |o| load_bf16x16(wp.add(o)), |i| bf16_to_f32(w[i]))
 }
 
+/// See [`crate::scalar::matmul_rows_f32_affinew`]: each row decoded by the AVX2 decoder
+/// (every AVX-512 CPU has AVX2), then this set's dot product for every token.
+pub fn matmul_rows_f32_affinew(
+    x: &[f32],
+    n_tok: usize,
+    w: crate::affine::AffineRows,
+    bias: Option<&[f32]>,
+    out: &mut [f32],
+    row_buf: &mut [f32],
+) {
+    let k = row_buf.len();
+    let rows = crate::scalar::check_affine_shapes(x, n_tok, k, &w, bias, out);
+    for (r, out_row) in out.chunks_exact_mut(n_tok).enumerate().take(rows) {
+        let (c, s, b) = w.row(k, r);
+        let bias_r = bias.map_or(0.0, |b| b[r]);
+        // SAFETY: handed out by `Kernels` only when the CPU has AVX-512F (and so AVX2 and
+        // FMA); the shapes were checked above.
+        unsafe {
+            super::avx2::decode_affine_row(c, s, b, w.bits, w.group, row_buf);
+            for (t, y) in out_row.iter_mut().enumerate() {
+                *y = dot_f32(&x[t * k..(t + 1) * k], row_buf) + bias_r;
+            }
+        }
+    }
+}
+
 #[target_feature(enable = "avx512f")]
 unsafe fn matmul_impl(x: &[f32], n_tok: usize, w: &[u16], bias: Option<&[f32]>, out: &mut [f32], k: usize) {
     for (r, (w_row, out_row)) in w.chunks_exact(k).zip(out.chunks_exact_mut(n_tok)).enumerate() {
