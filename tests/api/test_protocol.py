@@ -191,3 +191,13 @@ def test_response_format_is_rendered(scripted_server):
         model="scripted", messages=[{"role": "user", "content": "x"}],
         response_format={"type": "json_schema", "json_schema": {"name": "thing", "schema": schema}})
     assert r.usage.prompt_tokens > t["count"]  # the # Response Formats section is in the prompt
+
+
+def test_optional_fields_are_null_not_absent(scripted_server):
+    # OpenAI's SDK keeps unknown keys as attributes: a key left out raises AttributeError
+    # on `message.reasoning`, the README's own snippet included.
+    r = scripted_server.client().chat.completions.create(
+        model="scripted", messages=[{"role": "user", "content": "hello"}])
+    m = r.choices[0].message
+    assert m.content == "Hello!"
+    assert m.reasoning is None and m.reasoning_content is None and m.refusal is None

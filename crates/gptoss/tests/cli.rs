@@ -261,7 +261,10 @@ fn bad_inputs_get_clear_errors() {
         .contains("exceeds the model's context"));
     std::fs::write(&bad, "").unwrap();
     assert!(fails(&["generate", model, "--tokens-file", bad.to_str().unwrap()]).contains("prompt is empty"));
-    assert!(fails(&["generate", model, "--prompt", "x", "--top-p", "0"]).contains("top_p"));
+    // A value out of range is a usage error (exit 2), caught before the model loads.
+    let out = gptoss(&["generate", model, "--prompt", "x", "--top-p", "0"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--top-p"));
     assert!(
         fails(&["generate", model, "--prompt", "x", "--max-tokens", "200000"]).contains("exceeds the model's context")
     );

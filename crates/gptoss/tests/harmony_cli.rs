@@ -138,21 +138,24 @@ fn chat_follows_harmony_history_rules() {
         .map(|m| (m["role"].as_str().unwrap().to_string(), m["channel"].as_str().map(str::to_string)))
         .collect();
     let s = |r: &str, c: Option<&str>| (r.to_string(), c.map(str::to_string));
-    // The finished turns' analysis is gone; the answers stay.
+    // /save keeps the reasoning the user saw (the model's history drops it, as harmony asks).
     assert_eq!(
         shape,
         [
             s("system", None),
             s("developer", None),
             s("user", None),
+            s("assistant", Some("analysis")),
             s("assistant", Some("final")),
             s("user", None),
+            s("assistant", Some("analysis")),
             s("assistant", Some("final"))
         ]
     );
     assert_eq!(saved["messages"][0]["content"][0]["reasoning_effort"], "High");
 
-    // --hide-reasoning keeps it off stderr too; /load continues a saved conversation.
+    // --hide-reasoning keeps it off stderr too; /load continues a saved conversation, and
+    // drops the finished turns' reasoning from what the model sees.
     let input = format!("/load {}\nmore\n", save.display());
     let (stdout, stderr) = ok(&["chat", "--script", &script, "--hide-reasoning"], &input);
     assert_eq!(stdout.trim(), "Hello!");
@@ -174,9 +177,11 @@ fn chat_survives_bad_input_lines() {
     child.stdin.take().unwrap().write_all(b"caf\xe9\n/load /no/such/file.json\n/save\n").unwrap();
     let out = child.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{stderr}");
+    // Every line was tried; piped, the exit status says that some failed.
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "ok");
     assert!(stderr.contains("reading /no/such/file.json") && stderr.contains("/save needs a file name"), "{stderr}");
+    assert!(stderr.contains("2 of the chat's inputs failed"), "{stderr}");
 }
 
 #[test]
@@ -187,7 +192,10 @@ fn chat_runs_a_real_model_for_several_turns() {
     let save = dir.path().join("saved.json");
     let input =
         format!("Hello there\n/effort low\nA second question\n/reset\nThird\n/save {}\n/bogus\n", save.display());
-    let (_, stderr) = ok(&["chat", model.to_str().unwrap(), "--max-tokens", "12", "--seed", "9"], &input);
+    let out = gptoss(&["chat", model.to_str().unwrap(), "--max-tokens", "12", "--seed", "9"], &input);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    // Piped, the unknown command makes the exit status 1 once every line is done.
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert_eq!(stderr.matches(" tokens in ").count(), 3, "{stderr}");
     // The second turn reused the first prompt from the cache.
     assert!(stderr.contains("cached]") && !stderr.contains("panicked"), "{stderr}");

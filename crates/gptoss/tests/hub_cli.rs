@@ -139,7 +139,61 @@ fn what_is_not_cached_is_said_without_a_request() {
     // No MODEL: the default, openai/gpt-oss-20b, goes through the same cache.
     let (_, stderr) = fails(&server, cache.path(), &["--offline", "run", "Hello?"]);
     assert!(stderr.contains("openai/gpt-oss-20b (revision main) is not in the cache"), "{stderr}");
+    assert!(stderr.contains("gptoss synth --shape tiny"), "offline, the alternatives too: {stderr}");
     // A local path that does not exist stays a path.
     let (_, stderr) = fails(&server, cache.path(), &["generate", "./no/such", "--prompt", "x"]);
     assert!(stderr.contains("no such checkpoint folder"), "{stderr}");
+}
+
+#[test]
+fn hub_urls_and_revisions_name_a_model_and_a_download_is_announced() {
+    let server = FakeHub::start(tiny_repo());
+    let cache = tempfile::tempdir().unwrap();
+    let url = format!("https://huggingface.co/{REPO}");
+    let (stdout, stderr) = ok(&server, cache.path(), &["pull", &url]);
+    assert!(stdout.trim().ends_with(&server.repo.commit), "{stdout}");
+    // Before the download: what, where, and what else would do; piped, progress lines.
+    assert!(stderr.contains(&format!("{REPO} (revision main) is not in the Hugging Face cache")), "{stderr}");
+    assert!(stderr.contains("models--openai--gpt-oss-tiny") && stderr.contains("gptoss synth"), "{stderr}");
+    assert!(stderr.contains("downloading 5 file(s), 1.01 MB"), "{stderr}");
+    // In the cache: nothing announced; @revision and the URL's /tree/REVISION work.
+    let (_, stderr) = ok(&server, cache.path(), &["pull", &format!("{REPO}@main")]);
+    assert!(!stderr.contains("not in the Hugging Face cache") && stderr.contains("all from the cache"), "{stderr}");
+    let (_, stderr) = ok(&server, cache.path(), &["--offline", "inspect", &format!("{url}/tree/main")]);
+    assert!(!stderr.contains("error"), "{stderr}");
+    let (stdout, _) = ok(&server, cache.path(), &["list"]);
+    assert!(stdout.contains(REPO) && stdout.contains("hf"), "{stdout}");
+}
+
+#[test]
+fn pull_a_gguf_repository_with_include() {
+    let gguf = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/tiny/gguf/tiny-mxfp4.gguf");
+    let bytes = std::fs::read(&gguf).unwrap();
+    let files = vec![
+        FakeFile::new("gpt-oss-tiny-mxfp4.gguf", Content::Bytes(bytes), true),
+        FakeFile::new("gpt-oss-tiny-Q8_0.gguf", Content::Bytes(vec![1; 5000]), true),
+        FakeFile::new("README.md", Content::Bytes(b"# tiny".to_vec()), false),
+    ];
+    let repo = FakeRepo {
+        id: "ggml-org/gpt-oss-tiny-GGUF".into(),
+        commit: "0123456789abcdef0123456789abcdef01234567".into(),
+        files,
+    };
+    let server = FakeHub::start(repo);
+    let cache = tempfile::tempdir().unwrap();
+    // Two models in it: which one must be said.
+    let (_, stderr) = fails(&server, cache.path(), &["pull", "ggml-org/gpt-oss-tiny-GGUF"]);
+    assert!(stderr.contains("several models' .gguf files") && stderr.contains("--include '*mxfp4*'"), "{stderr}");
+    let (stdout, _) = ok(&server, cache.path(), &["pull", "ggml-org/gpt-oss-tiny-GGUF", "--include", "*MXFP4*"]);
+    assert!(stdout.trim().ends_with("gpt-oss-tiny-mxfp4.gguf"), "{stdout}");
+    assert!(server.requests().iter().all(|r| !r.path.contains("Q8_0")), "{:?}", server.requests());
+    // The Hub id now runs, from the cache.
+    let tokens = cache.path().join("tokens.txt");
+    std::fs::write(&tokens, "1 2 3").unwrap();
+    let args = ["generate", "ggml-org/gpt-oss-tiny-GGUF", "--offline", "--tokens-file", tokens.to_str().unwrap()];
+    let (stdout, _) = ok(&server, cache.path(), &[&args[..], &["--max-tokens", "2", "--json"]].concat());
+    let v: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert_eq!(v["tokens"].as_array().unwrap().len(), 2);
+    let (stdout, _) = ok(&server, cache.path(), &["list"]);
+    assert!(stdout.contains("ggml-org/gpt-oss-tiny-GGUF") && stdout.contains("gguf"), "{stdout}");
 }

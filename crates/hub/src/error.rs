@@ -45,6 +45,16 @@ pub enum Error {
     NoSuchLayout { repo: String, revision: String, layout: &'static str, expected: &'static str, found: String },
 
     #[error(
+        "{repo} (revision {revision}): {}; the repository holds {found}. Pick one model with --include, \
+         e.g. --include '*mxfp4*'",
+        match include {
+            Some(p) => format!("no single model's .gguf files match --include '{p}'"),
+            None => "it holds several models' .gguf files".into(),
+        }
+    )]
+    GgufChoice { repo: String, revision: String, include: Option<String>, found: String },
+
+    #[error(
         "{repo} (revision {revision}) is not in the cache {cache}{}: missing {}.\n\
          Run without --offline (and without HF_HUB_OFFLINE=1) to download {}",
         commit.as_deref().map(|c| format!(" (commit {c})")).unwrap_or_default(),

@@ -74,6 +74,9 @@ pub enum Layout {
     Hf,
     /// `original/config.json`, `original/*.safetensors`, `original/dtypes.json`.
     Original,
+    /// llama.cpp's `*.gguf` files at the root (one model, possibly split in parts), picked
+    /// with [`Hub::include`] when the repository holds several.
+    Gguf,
 }
 
 impl Layout {
@@ -81,13 +84,14 @@ impl Layout {
         match self {
             Layout::Hf => "hf",
             Layout::Original => "original",
+            Layout::Gguf => "gguf",
         }
     }
 
     /// The folder of the snapshot the checkpoint is in ("" for the root).
     pub fn prefix(self) -> &'static str {
         match self {
-            Layout::Hf => "",
+            Layout::Hf | Layout::Gguf => "",
             Layout::Original => "original/",
         }
     }
@@ -97,6 +101,9 @@ impl Layout {
         let Some(name) = path.strip_prefix(self.prefix()) else { return false };
         if name.contains('/') {
             return false;
+        }
+        if self == Layout::Gguf {
+            return name.to_ascii_lowercase().ends_with(".gguf");
         }
         name == "config.json"
             || name.ends_with(".safetensors")
@@ -108,6 +115,7 @@ impl Layout {
         match self {
             Layout::Hf => "config.json and *.safetensors at the root",
             Layout::Original => "original/config.json and original/*.safetensors",
+            Layout::Gguf => "*.gguf files at the root",
         }
     }
 }
@@ -192,6 +200,7 @@ pub struct Hub {
     timeout: Duration,
     retries: u32,
     retry_delay: Duration,
+    include: Option<String>,
 }
 
 impl Hub {
@@ -230,7 +239,15 @@ impl Hub {
             timeout: Duration::from_secs(10),
             retries: 5,
             retry_delay: Duration::from_secs(1),
+            include: None,
         }
+    }
+
+    /// Of a GGUF repository, only the files whose names match `pattern` (`*` any run of
+    /// characters, `?` one; case does not matter), as `--include '*mxfp4*'`.
+    pub fn include(mut self, pattern: Option<&str>) -> Self {
+        self.include = pattern.map(str::to_string);
+        self
     }
 
     pub fn endpoint(mut self, endpoint: &str) -> Self {
@@ -326,13 +343,17 @@ impl Hub {
             let complete = |l: Layout| {
                 files.iter().filter(|f| l.wants(&f.path)).all(|f| rc.cached_file(&commit, &f.path).is_some())
             };
+            let safetensors = has_layout(&files, Layout::Hf) || has_layout(&files, Layout::Original);
             if !complete(Layout::Hf) && complete(Layout::Original) && has_layout(&files, Layout::Original) {
                 Layout::Original
+            } else if !safetensors && has_layout(&files, Layout::Gguf) {
+                Layout::Gguf
             } else {
                 Layout::Hf
             }
         });
         let wanted: Vec<&RepoFile> = files.iter().filter(|f| layout.wants(&f.path)).collect();
+        let wanted = if layout == Layout::Gguf { self.pick_gguf(repo, revision, wanted)? } else { wanted };
         if !has_layout(&files, layout) {
             let mut found: Vec<&str> = files.iter().map(|f| f.path.as_str()).collect();
             found.truncate(20);
@@ -385,6 +406,26 @@ impl Hub {
             status.missing = vec![format!("refs/{revision} (this revision was never downloaded here)")];
             return status;
         };
+        if layout == Layout::Gguf {
+            // What was pulled: the .gguf files in the snapshot (a repository may hold many).
+            let dir = rc.snapshot_dir(&commit);
+            let mut found: Vec<(String, u64)> = std::fs::read_dir(&dir)
+                .into_iter()
+                .flatten()
+                .flatten()
+                .filter_map(|e| {
+                    let name = e.file_name().into_string().ok()?;
+                    let len = std::fs::metadata(e.path()).ok()?.len();
+                    Layout::Gguf.wants(&name).then_some((name, len))
+                })
+                .collect();
+            found.sort();
+            if found.is_empty() {
+                status.missing = vec!["*.gguf".into()];
+            }
+            status.present = found;
+            return status;
+        }
         let expected: Vec<(String, Option<u64>)> = match rc.read_tree(&commit) {
             Some(files) => {
                 status.listing_known = true;
@@ -416,7 +457,7 @@ impl Hub {
     ) -> Result<Snapshot, Error> {
         let layouts = match layout {
             Some(l) => vec![l],
-            None => vec![Layout::Hf, Layout::Original],
+            None => vec![Layout::Hf, Layout::Original, Layout::Gguf],
         };
         let statuses: Vec<CacheStatus> = layouts.iter().map(|&l| self.status(repo, revision, l)).collect();
         match statuses.iter().find(|s| s.complete()) {
@@ -453,6 +494,8 @@ impl Hub {
         let model_dir = match layout {
             Layout::Hf => dir.clone(),
             Layout::Original => dir.join("original"),
+            // The first part: a split model loads whole from it.
+            Layout::Gguf => files.iter().min().map_or_else(|| dir.clone(), |f| dir.join(f)),
         };
         Snapshot {
             repo: repo.clone(),
@@ -464,6 +507,33 @@ impl Hub {
             files,
             downloaded,
         }
+    }
+
+    /// The GGUF files to fetch: those `include` matches, and they must be one model (its
+    /// parts, when split); several models need an `include` that picks one.
+    fn pick_gguf<'a>(
+        &self,
+        repo: &RepoId,
+        revision: &str,
+        files: Vec<&'a RepoFile>,
+    ) -> Result<Vec<&'a RepoFile>, Error> {
+        let names = |fs: &[&RepoFile]| fs.iter().map(|f| f.path.clone()).collect::<Vec<_>>().join(", ");
+        let picked: Vec<&RepoFile> = match &self.include {
+            Some(p) => files.iter().copied().filter(|f| glob_match(p, &f.path)).collect(),
+            None => files.clone(),
+        };
+        let mut models: Vec<String> = picked.iter().map(|f| split_base(&f.path)).collect();
+        models.sort();
+        models.dedup();
+        if picked.is_empty() || models.len() > 1 {
+            return Err(Error::GgufChoice {
+                repo: repo.to_string(),
+                revision: revision.to_string(),
+                include: self.include.clone(),
+                found: names(&files),
+            });
+        }
+        Ok(picked)
     }
 
     fn client(&self) -> Client {
@@ -484,8 +554,42 @@ fn check_revision(revision: &str) -> Result<(), Error> {
     }
 }
 
-/// A layout is there when its config and at least one weights file are.
+/// `*` matches any run of characters, `?` one; ASCII case does not matter.
+pub fn glob_match(pattern: &str, name: &str) -> bool {
+    fn go(p: &[u8], n: &[u8]) -> bool {
+        match (p.first(), n.first()) {
+            (None, None) => true,
+            (Some(b'*'), _) => go(&p[1..], n) || (!n.is_empty() && go(p, &n[1..])),
+            (Some(b'?'), Some(_)) => go(&p[1..], &n[1..]),
+            (Some(a), Some(b)) if a.eq_ignore_ascii_case(b) => go(&p[1..], &n[1..]),
+            _ => false,
+        }
+    }
+    go(pattern.as_bytes(), name.as_bytes())
+}
+
+/// A GGUF file's model: its name without llama-gguf-split's `-00001-of-00003`.
+fn split_base(name: &str) -> String {
+    let stem = name.strip_suffix(".gguf").unwrap_or(name);
+    let b = stem.as_bytes();
+    // -NNNNN-of-NNNNN is 15 bytes.
+    if b.len() > 15 {
+        let tail = &stem[stem.len() - 15..];
+        let t = tail.as_bytes();
+        let digits = |r: std::ops::Range<usize>| t[r].iter().all(u8::is_ascii_digit);
+        if t[0] == b'-' && digits(1..6) && &tail[6..10] == "-of-" && digits(10..15) {
+            return stem[..stem.len() - 15].to_string();
+        }
+    }
+    stem.to_string()
+}
+
+/// A layout is there when its config and at least one weights file are (for GGUF: a
+/// `.gguf` file).
 fn has_layout(files: &[RepoFile], layout: Layout) -> bool {
+    if layout == Layout::Gguf {
+        return files.iter().any(|f| layout.wants(&f.path));
+    }
     let config = format!("{}config.json", layout.prefix());
     files.iter().any(|f| f.path == config)
         && files.iter().any(|f| layout.wants(&f.path) && f.path.ends_with(".safetensors"))
@@ -576,6 +680,11 @@ mod tests {
         .filter(|p| Layout::Hf.wants(p))
         .collect();
         assert_eq!(hf, ["config.json", "model-00000-of-00002.safetensors", "model.safetensors.index.json"]);
+        assert!(Layout::Gguf.wants("gpt-oss-20b-mxfp4.GGUF") && !Layout::Gguf.wants("sub/x.gguf"));
+        assert!(glob_match("*mxfp4*", "gpt-oss-20b-MXFP4.gguf") && !glob_match("*q8*", "gpt-oss-20b-mxfp4.gguf"));
+        assert!(glob_match("a?c", "abc") && !glob_match("a?c", "ac") && glob_match("*", ""));
+        assert_eq!(split_base("m-00001-of-00003.gguf"), "m");
+        assert_eq!(split_base("gpt-oss-20b-mxfp4.gguf"), "gpt-oss-20b-mxfp4");
         assert!(Layout::Original.wants("original/dtypes.json"));
         assert!(!Layout::Original.wants("dtypes.json"));
         assert!(!Layout::Original.wants("metal/model.bin"));

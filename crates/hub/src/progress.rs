@@ -1,8 +1,10 @@
-//! Download progress on stderr: two redrawn lines (this file, all files) on a terminal, one
-//! line per finished file otherwise, or nothing.
+//! Download progress on stderr: two bars (this file, all files; indicatif) on a terminal, one
+//! line per finished file and one every 10 seconds otherwise, or nothing.
 
-use std::io::{IsTerminal, Write};
+use std::io::IsTerminal;
 use std::time::{Duration, Instant};
+
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 /// How progress is shown.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -17,7 +19,8 @@ pub enum ProgressMode {
     Quiet,
 }
 
-const REDRAW: Duration = Duration::from_millis(100);
+/// How often a line says how far a download is, when stderr is not a terminal.
+const LINE_EVERY: Duration = Duration::from_secs(10);
 
 pub(crate) struct Progress {
     mode: ProgressMode,
@@ -28,10 +31,18 @@ pub(crate) struct Progress {
     received: u64,
     started: Instant,
     file: Option<FileBar>,
-    last_draw: Option<Instant>,
-    drawn: bool,
+    /// When the last progress line was printed (lines mode).
+    last_line: Option<Instant>,
     files_done: usize,
     files_total: usize,
+    /// The two bars on a terminal (indicatif): this file, all files.
+    bars: Option<Bars>,
+}
+
+struct Bars {
+    multi: MultiProgress,
+    file: ProgressBar,
+    total: ProgressBar,
 }
 
 struct FileBar {
@@ -42,6 +53,8 @@ struct FileBar {
     started: Instant,
 }
 
+const BAR_TEMPLATE: &str = "{msg:34} [{bar:20}] {bytes:>9} / {total_bytes:>9}  {bytes_per_sec:>11}  ETA {eta}";
+
 impl Progress {
     pub fn new(mode: ProgressMode, files_total: usize, total: u64) -> Self {
         let mode = match mode {
@@ -49,6 +62,19 @@ impl Progress {
             ProgressMode::Auto => ProgressMode::Lines,
             m => m,
         };
+        if mode == ProgressMode::Lines && files_total > 0 {
+            eprintln!("downloading {files_total} file(s), {}", bytes(total));
+        }
+        let bars = (mode == ProgressMode::Bars && files_total > 0).then(|| {
+            let multi = MultiProgress::with_draw_target(ProgressDrawTarget::stderr_with_hz(10));
+            let style = ProgressStyle::with_template(BAR_TEMPLATE)
+                .map(|s| s.progress_chars("#>."))
+                .unwrap_or_else(|_| ProgressStyle::default_bar());
+            let file = multi.add(ProgressBar::new(0).with_style(style.clone()));
+            let total_bar = multi.add(ProgressBar::new(total).with_style(style));
+            total_bar.set_message(format!("total (0/{files_total} files)"));
+            Bars { multi, file, total: total_bar }
+        });
         Progress {
             mode,
             total,
@@ -56,27 +82,36 @@ impl Progress {
             received: 0,
             started: Instant::now(),
             file: None,
-            last_draw: None,
-            drawn: false,
+            last_line: None,
             files_done: 0,
             files_total,
+            bars,
         }
     }
 
     /// A line of its own (above the bars, which are drawn again after it).
     pub fn note(&mut self, text: &str) {
-        if self.mode == ProgressMode::Quiet {
-            return;
+        match (&self.bars, self.mode) {
+            (_, ProgressMode::Quiet) => {}
+            (Some(b), _) => {
+                if b.multi.println(text).is_err() {
+                    eprintln!("{text}");
+                }
+            }
+            (None, _) => eprintln!("{text}"),
         }
-        self.clear();
-        eprintln!("{text}");
-        self.draw(true);
     }
 
     pub fn start_file(&mut self, name: &str, size: u64, already: u64) {
         self.done += already;
         self.file = Some(FileBar { name: name.to_string(), size, done: already, received: 0, started: Instant::now() });
-        self.draw(true);
+        if let Some(b) = &self.bars {
+            b.file.set_message(truncate(name, 34));
+            b.file.set_length(size);
+            b.file.set_position(already);
+            b.file.reset_eta();
+            b.total.set_position(self.done);
+        }
     }
 
     pub fn advance(&mut self, n: u64) {
@@ -86,7 +121,36 @@ impl Progress {
             f.done += n;
             f.received += n;
         }
-        self.draw(false);
+        if let Some(b) = &self.bars {
+            b.file.inc(n);
+            b.total.inc(n);
+        }
+        if self.mode == ProgressMode::Lines {
+            let now = Instant::now();
+            let since = self.last_line.unwrap_or(self.started);
+            if now - since >= LINE_EVERY {
+                self.last_line = Some(now);
+                eprintln!("{}", self.line());
+            }
+        }
+    }
+
+    /// One line for logs: this file and the total, with the rate and the time left.
+    fn line(&self) -> String {
+        let secs = self.started.elapsed().as_secs_f64();
+        let speed = self.received as f64 / secs.max(1e-3);
+        let file = match &self.file {
+            Some(f) => format!("{} {} of {}; ", f.name, bytes(f.done), bytes(f.size)),
+            None => String::new(),
+        };
+        format!(
+            "downloading: {file}total {} of {} ({}%), {}, ETA {}",
+            bytes(self.done),
+            bytes(self.total),
+            (self.done * 100).checked_div(self.total).unwrap_or(100),
+            rate(self.received, secs),
+            eta(self.total.saturating_sub(self.done), speed)
+        )
     }
 
     /// The server ignored a resume and sends the file from its start: forget the prefix.
@@ -95,7 +159,10 @@ impl Progress {
             self.done -= f.done.min(self.done);
             f.done = 0;
         }
-        self.draw(true);
+        if let Some(b) = &self.bars {
+            b.file.set_position(0);
+            b.total.set_position(self.done);
+        }
     }
 
     pub fn finish_file(&mut self) {
@@ -107,7 +174,9 @@ impl Progress {
             let resumed = if resumed > 0 { format!(", resumed at {}", bytes(resumed)) } else { String::new() };
             eprintln!("fetched {} ({}{resumed}) in {secs:.1} s, {}", f.name, bytes(f.size), rate(f.received, secs));
         }
-        self.draw(true);
+        if let Some(b) = &self.bars {
+            b.total.set_message(format!("total ({}/{} files)", self.files_done, self.files_total));
+        }
     }
 
     /// Bytes received in this run (not counting resumed prefixes).
@@ -117,75 +186,22 @@ impl Progress {
 
     /// Leaves the terminal clean after the last file.
     pub fn finish(&mut self) {
-        self.clear();
-    }
-
-    fn clear(&mut self) {
-        if self.mode == ProgressMode::Bars && self.drawn {
-            // Erase the total line, go up, erase the file line: the cursor is back where the
-            // bars began.
-            eprint!("\r\x1b[2K\x1b[1A\x1b[2K");
-            self.drawn = false;
+        if let Some(b) = self.bars.take() {
+            b.file.finish_and_clear();
+            b.total.finish_and_clear();
+            let _ = b.multi.clear();
         }
-    }
-
-    fn draw(&mut self, force: bool) {
-        if self.mode != ProgressMode::Bars || self.files_total == 0 {
-            return;
-        }
-        let now = Instant::now();
-        if !force && self.last_draw.is_some_and(|t| now - t < REDRAW) {
-            return;
-        }
-        self.last_draw = Some(now);
-        let file_line = match &self.file {
-            Some(f) => {
-                let secs = f.started.elapsed().as_secs_f64();
-                let speed = f.received as f64 / secs.max(1e-3);
-                format!(
-                    "{:<34} {} {:>9} / {:>9}  {:>11}  ETA {}",
-                    truncate(&f.name, 34),
-                    bar(f.done, f.size, 20),
-                    bytes(f.done),
-                    bytes(f.size),
-                    rate(f.received, secs),
-                    eta(f.size.saturating_sub(f.done), speed)
-                )
-            }
-            None => String::new(),
-        };
-        let secs = self.started.elapsed().as_secs_f64();
-        let speed = self.received as f64 / secs.max(1e-3);
-        let total_line = format!(
-            "{:<34} {} {:>9} / {:>9}  {:>11}  ETA {}",
-            format!("total ({}/{} files)", self.files_done, self.files_total),
-            bar(self.done, self.total, 20),
-            bytes(self.done),
-            bytes(self.total),
-            rate(self.received, secs),
-            eta(self.total.saturating_sub(self.done), speed)
-        );
-        let mut err = std::io::stderr().lock();
-        let up = if self.drawn { "\r\x1b[1A" } else { "" };
-        let _ = write!(err, "{up}\x1b[2K{file_line}\n\x1b[2K{total_line}");
-        let _ = err.flush();
-        self.drawn = true;
     }
 }
 
 impl Drop for Progress {
     fn drop(&mut self) {
-        // An error leaves the bars where they are; the message goes on a line of its own.
-        if self.mode == ProgressMode::Bars && self.drawn {
-            eprintln!();
+        // An error leaves the bars where they are (abandoned); the message goes below them.
+        if let Some(b) = self.bars.take() {
+            b.file.abandon();
+            b.total.abandon();
         }
     }
-}
-
-fn bar(done: u64, total: u64, width: usize) -> String {
-    let filled = if total == 0 { width } else { ((done as f64 / total as f64) * width as f64) as usize };
-    let filled = filled.min(width);
-    format!("[{}{}]", "#".repeat(filled), ".".repeat(width - filled))
 }
 
 fn truncate(name: &str, width: usize) -> String {
@@ -247,7 +263,6 @@ mod tests {
         assert_eq!(eta(0, 10.0), "0:00");
         assert_eq!(eta(125, 1.0), "2:05");
         assert_eq!(eta(7_300, 1.0), "2:01:40");
-        assert_eq!(bar(1, 2, 10), "[#####.....]");
         assert_eq!(truncate("model-00001-of-00002.safetensors", 10), "…fetensors");
     }
 }

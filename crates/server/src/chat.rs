@@ -215,11 +215,9 @@ async fn complete(
             _ => None,
         })
         .collect();
-    let mut message = json!({"role": "assistant", "content": content});
-    if let Some(r) = reasoning {
-        message["reasoning"] = json!(r);
-        message["reasoning_content"] = json!(r);
-    }
+    // Optional fields are null rather than absent: OpenAI's SDKs raise on a missing one.
+    let mut message = json!({"role": "assistant", "content": content, "refusal": null,
+        "reasoning": reasoning, "reasoning_content": reasoning});
     if !tool_calls.is_empty() {
         message["tool_calls"] = json!(tool_calls);
     }

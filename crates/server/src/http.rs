@@ -39,6 +39,8 @@ pub struct AppState {
     pub engine: EngineHandle,
     pub tok: Tokenizer,
     pub model_name: String,
+    /// Other names accepted for the model in requests.
+    pub aliases: Vec<String>,
     pub api_key: Option<String>,
     pub metrics: Arc<Metrics>,
     pub store: Mutex<ResponseStore>,
@@ -63,6 +65,7 @@ impl AppState {
             engine,
             tok,
             model_name,
+            aliases: Vec::new(),
             api_key,
             metrics,
             store: Mutex::new(ResponseStore::new(1024)),
@@ -71,6 +74,11 @@ impl AppState {
             cpu: Arc::new(Semaphore::new(cores)),
             next_id: AtomicU64::new(1),
         }
+    }
+
+    /// Whether `name` names the served model (its name or an alias).
+    pub fn serves(&self, name: &str) -> bool {
+        name == self.model_name || self.aliases.iter().any(|a| a == name)
     }
 
     /// A short, unique, increasing request number for logs.
@@ -235,7 +243,7 @@ pub fn authorize(st: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
 /// The `model` field, if given, must name the served model.
 pub fn check_model(st: &AppState, o: &Obj) -> Result<(), ApiError> {
     match o.str("model")? {
-        Some(m) if m != st.model_name => Err(ApiError::not_found(
+        Some(m) if !st.serves(m) => Err(ApiError::not_found(
             Some("model"),
             format!("the model `{m}` does not exist; this server serves `{}`", st.model_name),
             "model_not_found",
@@ -449,7 +457,7 @@ async fn model(
     let mut log = RequestLog::new(&st, "models");
     let result = authorize(&st, &headers).and_then(|_| {
         let Path(id) = id.map_err(|e| ApiError::invalid("model", format!("bad model id in the path: {e}")))?;
-        if id == st.model_name {
+        if st.serves(&id) {
             Ok(Json(model_object(&st)).into_response())
         } else {
             Err(ApiError::not_found(Some("model"), format!("the model `{id}` does not exist"), "model_not_found"))

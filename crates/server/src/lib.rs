@@ -32,6 +32,8 @@ pub struct ServeOptions {
     /// `None` (or empty) serves without a key.
     pub api_key: Option<String>,
     pub model_name: String,
+    /// Other names requests may give for the model (the Hub id, the folder's name).
+    pub aliases: Vec<String>,
     pub engine: EngineConfig,
     pub limits: Limits,
 }
@@ -54,18 +56,35 @@ pub enum ServeError {
 /// `listening on http://ADDR` once it accepts connections (tests read the port from that
 /// line when asked for port 0).
 pub fn serve<E: Executor + 'static>(exec: E, tok: Tokenizer, opts: ServeOptions) -> Result<(), ServeError> {
+    let listener = bind(&opts.host, opts.port)?;
+    serve_on(listener, exec, tok, opts)
+}
+
+/// The listening socket, taken before a model loads so that a port in use is found at once.
+pub fn bind(host: &str, port: u16) -> Result<std::net::TcpListener, ServeError> {
+    let addr = format!("{host}:{port}");
+    let listener = std::net::TcpListener::bind(&addr).map_err(|source| ServeError::Bind { addr, source })?;
+    listener.set_nonblocking(true)?;
+    Ok(listener)
+}
+
+/// [`serve`] on a socket from [`bind`] (`opts.host` and `opts.port` are not used).
+pub fn serve_on<E: Executor + 'static>(
+    listener: std::net::TcpListener,
+    exec: E,
+    tok: Tokenizer,
+    opts: ServeOptions,
+) -> Result<(), ServeError> {
     let metrics = Arc::new(metrics::Metrics::default());
     let (handle, _engine_thread) = engine::start(exec, opts.engine, metrics.clone())?;
     let api_key = opts.api_key.filter(|k| !k.is_empty());
     let mut state = http::AppState::new(handle.clone(), tok, opts.model_name, api_key, metrics);
     state.body_timeout = opts.limits.body_timeout;
+    state.aliases = opts.aliases;
     let state = Arc::new(state);
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     let ended = runtime.block_on(async move {
-        let addr = format!("{}:{}", opts.host, opts.port);
-        let listener = tokio::net::TcpListener::bind(&addr)
-            .await
-            .map_err(|source| ServeError::Bind { addr: addr.clone(), source })?;
+        let listener = tokio::net::TcpListener::from_std(listener)?;
         let local: SocketAddr = listener.local_addr()?;
         println!("listening on http://{local}");
         use std::io::Write;

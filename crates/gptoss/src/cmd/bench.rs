@@ -42,6 +42,8 @@ pub struct Args {
     /// Print one JSON object instead of the table.
     #[arg(long)]
     json: bool,
+    #[command(flatten, next_help_heading = "Loading the model")]
+    pub load: super::ModelArgs,
 }
 
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]

@@ -34,6 +34,8 @@ pub struct Args {
     /// With --json: the log-probability of each generated token and of the N most likely.
     #[arg(long, default_value_t = 0, value_name = "N", requires = "json")]
     top_logprobs: usize,
+    #[command(flatten, next_help_heading = "Loading the model")]
+    pub load: super::ModelArgs,
 }
 
 pub fn run(args: Args) -> Result<()> {
@@ -103,7 +105,7 @@ pub fn run(args: Args) -> Result<()> {
     } else {
         writeln!(out, "{rest}")?;
     }
-    eprintln!(
+    crate::note!(
         "prompt: {} tokens in {:.2} s ({}); generated: {} tokens in {:.2} s ({}); finish: {finish}; {}",
         prompt.len(),
         generation.prompt_secs,

@@ -5,10 +5,12 @@ pub mod chat;
 pub mod generate;
 pub mod harmony;
 pub mod inspect;
+pub mod list;
 pub mod perplexity;
 pub mod pull;
 pub mod serve;
 pub mod synth;
+pub mod ui;
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -22,20 +24,150 @@ use gptoss_engine::{CpuRunner, Model, ModelConfig, Runner, Sampler, SamplingPara
 /// The model used when a command is given none.
 pub const DEFAULT_MODEL: &str = "openai/gpt-oss-20b";
 
+/// The longest context of both gpt-oss models (`max_position_embeddings`).
+pub const MODEL_MAX_CONTEXT: usize = 131_072;
+
+/// A command line that cannot work, found before anything is loaded: exits with status 2,
+/// as clap's own usage errors do.
+#[derive(Debug)]
+pub struct UsageError(pub String);
+
+impl std::fmt::Display for UsageError {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for UsageError {}
+
+/// Returns a [`UsageError`] (exit status 2) from the current function.
+#[macro_export]
+macro_rules! usage {
+    ($($arg:tt)*) => {
+        return Err($crate::cmd::UsageError(format!($($arg)*)).into())
+    };
+}
+
+/// `--temperature`: finite and at least 0.
+pub fn parse_temperature(s: &str) -> Result<f32, String> {
+    let v: f32 = s.parse().map_err(|_| format!("`{s}` is not a number"))?;
+    if v.is_finite() && v >= 0.0 {
+        Ok(v)
+    } else {
+        Err(format!("must be a number >= 0 (0 is greedy), got {s}"))
+    }
+}
+
+/// `--top-p`: in (0, 1].
+pub fn parse_top_p(s: &str) -> Result<f32, String> {
+    let v: f32 = s.parse().map_err(|_| format!("`{s}` is not a number"))?;
+    if v > 0.0 && v <= 1.0 {
+        Ok(v)
+    } else {
+        Err(format!("must be greater than 0 and at most 1 (1 keeps every token), got {s}"))
+    }
+}
+
+/// `--min-p`: in [0, 1].
+pub fn parse_min_p(s: &str) -> Result<f32, String> {
+    let v: f32 = s.parse().map_err(|_| format!("`{s}` is not a number"))?;
+    if (0.0..=1.0).contains(&v) {
+        Ok(v)
+    } else {
+        Err(format!("must be between 0 and 1 (0 keeps every token), got {s}"))
+    }
+}
+
+/// `--ctx`: between 1 and the gpt-oss models' 131,072 tokens.
+pub fn parse_ctx(s: &str) -> Result<usize, String> {
+    let v: usize = s.parse().map_err(|_| format!("`{s}` is not a whole number of tokens"))?;
+    if (1..=MODEL_MAX_CONTEXT).contains(&v) {
+        Ok(v)
+    } else {
+        Err(format!("must be between 1 and {MODEL_MAX_CONTEXT} tokens (the gpt-oss models' context), got {s}"))
+    }
+}
+
+/// A `--ctx` checked against the checkpoint's own limit, before its weights load.
+pub fn check_ctx_against_model(path: &Path, ctx: usize) -> Result<()> {
+    let config = Checkpoint::open(path)?.config;
+    if ctx > config.max_context {
+        usage!("--ctx {ctx} is more than the model's context of {} tokens ({})", config.max_context, path.display());
+    }
+    Ok(())
+}
+
+/// Flags for the commands that load a model (chat, run, serve, generate, perplexity, bench).
+/// They are also taken before the command's name, as in earlier versions
+/// (`gptoss --threads 2 serve`); after it they win.
+#[derive(clap::Args, Clone, Debug, Default)]
+pub struct ModelArgs {
+    /// Worker threads (default: all cores).
+    #[arg(long, value_name = "N")]
+    pub threads: Option<usize>,
+    /// Dense attention and unembedding weights: bf16 as in the checkpoint (exact), or q8,
+    /// requantized at load (fewer bytes per token; accuracy cost in the README).
+    #[arg(long, value_enum, value_name = "FORMAT")]
+    pub dense: Option<Dense>,
+    /// Where models run: auto (the first GPU with room for the model, else the CPU), cpu,
+    /// cuda (the first GPU) or cuda:N [default: auto; env: GPTOSS_DEVICE].
+    #[arg(long, value_name = "DEVICE")]
+    pub device: Option<Device>,
+    /// Use the Hugging Face cache only, never the network (as HF_HUB_OFFLINE=1).
+    #[arg(long)]
+    pub offline: bool,
+}
+
+impl ModelArgs {
+    /// These flags, with `outer`'s (given before the command's name) where these lack one.
+    pub fn or(&self, outer: &ModelArgs) -> ModelArgs {
+        ModelArgs {
+            threads: self.threads.or(outer.threads),
+            dense: self.dense.or(outer.dense),
+            device: self.device.or(outer.device),
+            offline: self.offline || outer.offline,
+        }
+    }
+
+    /// Sets the thread pool, the dense format, the device and offline mode.
+    pub fn apply(&self) -> Result<()> {
+        if let Some(n) = self.threads {
+            if n == 0 {
+                usage!("--threads must be at least 1");
+            }
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(n)
+                .build_global()
+                .with_context(|| format!("cannot start {n} threads"))?;
+        }
+        set_dense(self.dense.unwrap_or(Dense::Bf16));
+        let device = match self.device {
+            Some(d) => d,
+            None => match std::env::var("GPTOSS_DEVICE") {
+                Ok(v) if !v.is_empty() => v.parse().map_err(|e: String| UsageError(format!("GPTOSS_DEVICE: {e}")))?,
+                _ => Device::Auto,
+            },
+        };
+        set_device(device);
+        pull::set_offline(self.offline);
+        Ok(())
+    }
+}
+
 /// Sampling flags shared by the commands that generate.
 #[derive(clap::Args, Clone, Debug)]
 pub struct SamplingArgs {
     /// 0 is greedy. OpenAI recommends 1.0 for gpt-oss.
-    #[arg(long, default_value_t = 1.0, value_name = "T")]
+    #[arg(long, default_value_t = 1.0, value_name = "T", value_parser = parse_temperature, allow_negative_numbers = true)]
     pub temperature: f32,
-    /// Nucleus sampling: keep the most likely tokens up to this probability mass.
-    #[arg(long, default_value_t = 1.0, value_name = "P")]
+    /// Nucleus sampling: keep the most likely tokens up to this probability mass, in (0, 1].
+    #[arg(long, default_value_t = 1.0, value_name = "P", value_parser = parse_top_p, allow_negative_numbers = true)]
     pub top_p: f32,
     /// Keep only the K most likely tokens; 0 keeps every token.
     #[arg(long, default_value_t = 0, value_name = "K")]
     pub top_k: usize,
-    /// Drop tokens less likely than P times the most likely one.
-    #[arg(long, default_value_t = 0.0, value_name = "P")]
+    /// Drop tokens less likely than P times the most likely one, in [0, 1].
+    #[arg(long, default_value_t = 0.0, value_name = "P", value_parser = parse_min_p, allow_negative_numbers = true)]
     pub min_p: f32,
     /// Makes sampling reproducible.
     #[arg(long, value_name = "S")]
@@ -64,15 +196,20 @@ pub fn resolve_model_path(path: &Path) -> Result<PathBuf> {
     if path.exists() {
         return Ok(path.to_path_buf());
     }
-    if let Some(repo) = pull::hub_id(path) {
-        return pull::model_dir(&repo);
+    if let Some(model) = pull::hub_ref(path) {
+        return pull::model_dir(&model.repo, &model.revision);
     }
-    bail!("{}: no such checkpoint folder or file (nor a Hub id, org/name)", path.display())
+    bail!(
+        "{}: no such checkpoint folder or file (nor a Hub id: org/name, org/name@revision or \
+         https://huggingface.co/org/name)",
+        path.display()
+    )
 }
 
 /// `--dense`: how attention and unembedding weights are held.
-#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum Dense {
+    #[default]
     Bf16,
     Q8,
 }
@@ -162,7 +299,7 @@ pub fn open(path: &Path, max_context: usize, max_sequences: usize) -> Result<Ope
         Device::Auto => {
             let gpus = gptoss_cuda::devices();
             if gpus.is_empty() {
-                eprintln!("device: cpu ({NO_GPU})");
+                crate::note!("device: cpu ({NO_GPU})");
                 return cpu();
             }
             let config = Checkpoint::open(path)?.config;
@@ -171,12 +308,12 @@ pub fn open(path: &Path, max_context: usize, max_sequences: usize) -> Result<Ope
                 Ok(gpu) => match open_cuda(path, gpu.ordinal, ctx, max_sequences) {
                     Ok(runner) => Ok(Opened::Gpu(runner)),
                     Err(e) => {
-                        eprintln!("device: cpu (cuda:{} could not take the model: {e:#})", gpu.ordinal);
+                        crate::note!("device: cpu (cuda:{} could not take the model: {e:#})", gpu.ordinal);
                         cpu()
                     }
                 },
                 Err(why) => {
-                    eprintln!("device: cpu ({why})");
+                    crate::note!("device: cpu ({why})");
                     cpu()
                 }
             }
@@ -197,7 +334,7 @@ pub fn pick_gpu(
 ) -> Result<DeviceInfo, String> {
     let needs = gptoss_cuda::memory_needs(config, max_context, max_sequences);
     if let Some(gpu) = gpus.iter().find(|g| g.free_bytes >= needs.total()) {
-        eprintln!(
+        crate::note!(
             "device: cuda:{} ({}, {} free, needs {})",
             gpu.ordinal,
             gpu.name,
@@ -226,8 +363,11 @@ pub fn needs_text(needs: &MemoryNeeds, max_context: usize, max_sequences: usize)
 fn open_cuda(path: &Path, ordinal: usize, max_context: usize, max_sequences: usize) -> Result<Box<dyn Runner>> {
     dense_ignored(ordinal);
     let t0 = Instant::now();
-    let runner = gptoss_cuda::open(path, &CudaOptions { ordinal, max_context, max_sequences })?;
-    eprintln!("loaded {} on {} in {:.2} s", path.display(), runner.device(), t0.elapsed().as_secs_f64());
+    let spinner = ui::spinner(&format!("loading {} onto cuda:{ordinal}", path.display()));
+    let runner = gptoss_cuda::open(path, &CudaOptions { ordinal, max_context, max_sequences });
+    spinner.finish_and_clear();
+    let runner = runner?;
+    crate::note!("loaded {} on {} in {:.2} s", path.display(), runner.device(), t0.elapsed().as_secs_f64());
     Ok(runner)
 }
 
@@ -245,8 +385,11 @@ pub fn load_model(path: &Path) -> Result<Model> {
         Dense::Bf16 => DenseFormat::Bf16,
         Dense::Q8 => DenseFormat::Q8,
     };
-    let model = Model::load_with(path, format)?;
-    eprintln!(
+    let spinner = ui::spinner(&format!("loading {}", path.display()));
+    let model = Model::load_with(path, format);
+    spinner.finish_and_clear();
+    let model = model?;
+    crate::note!(
         "loaded {} ({} layout, {} layers, {} experts, {:?} kernels, {} dense weights) in {:.2} s",
         path.display(),
         model.layout.name(),
@@ -259,19 +402,51 @@ pub fn load_model(path: &Path) -> Result<Model> {
     Ok(model)
 }
 
-/// Token ids separated by whitespace or commas.
+/// Token ids separated by whitespace or commas, or a JSON array of them (as `tokenize --json`
+/// and `render --json` print), or a JSON object with a `tokens` array (as `generate --json`
+/// prints). `-` reads stdin.
 pub fn read_tokens_file(path: &Path) -> Result<Vec<u32>> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let text = if path == Path::new("-") {
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut std::io::stdin(), &mut text).context("reading token ids from stdin")?;
+        text
+    } else {
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?
+    };
+    parse_token_ids(&text, path)
+}
+
+fn parse_token_ids(text: &str, path: &Path) -> Result<Vec<u32>> {
+    let name = if path == Path::new("-") { "stdin".to_string() } else { path.display().to_string() };
+    let trimmed = text.trim_start();
+    if trimmed.starts_with(['[', '{']) {
+        let v: serde_json::Value =
+            serde_json::from_str(text).with_context(|| format!("{name}: starts like JSON but is not valid JSON"))?;
+        let list = match &v {
+            serde_json::Value::Array(a) => a,
+            serde_json::Value::Object(o) => match o.get("tokens") {
+                Some(serde_json::Value::Array(a)) => a,
+                _ => bail!("{name}: a JSON object needs a `tokens` array of token ids"),
+            },
+            _ => bail!("{name}: expected a JSON array of token ids"),
+        };
+        return list
+            .iter()
+            .enumerate()
+            .map(|(i, x)| {
+                x.as_u64()
+                    .and_then(|n| u32::try_from(n).ok())
+                    .with_context(|| format!("{name}: entry {} (`{x}`) is not a token id", i + 1))
+            })
+            .collect();
+    }
     let mut ids = Vec::new();
     for (i, field) in text.split(|c: char| c.is_whitespace() || c == ',').filter(|f| !f.is_empty()).enumerate() {
         match field.parse::<u32>() {
             Ok(id) => ids.push(id),
-            Err(_) => bail!(
-                "{}: entry {} (`{}`) is not a token id",
-                path.display(),
-                i + 1,
-                field.chars().take(40).collect::<String>()
-            ),
+            Err(_) => {
+                bail!("{name}: entry {} (`{}`) is not a token id", i + 1, field.chars().take(40).collect::<String>())
+            }
         }
     }
     Ok(ids)
@@ -365,6 +540,30 @@ pub fn rate(tokens: usize, secs: f64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn token_ids_from_text_json_and_objects() {
+        let p = Path::new("t");
+        assert_eq!(parse_token_ids("1 2,3\n4", p).unwrap(), [1, 2, 3, 4]);
+        assert_eq!(parse_token_ids("[200006, 17360]\n", p).unwrap(), [200006, 17360]);
+        assert_eq!(parse_token_ids(r#"{"tokens": [5, 6], "text": "x"}"#, p).unwrap(), [5, 6]);
+        assert!(parse_token_ids("[1, -2]", p).unwrap_err().to_string().contains("entry 2"));
+        assert!(parse_token_ids("[1, 2", p).is_err());
+        assert!(parse_token_ids(r#"{"ids": [1]}"#, p).unwrap_err().to_string().contains("tokens"));
+    }
+
+    #[test]
+    fn flag_values_name_their_limits() {
+        assert!(parse_top_p("2").unwrap_err().contains("at most 1"));
+        assert!(parse_top_p("0").is_err());
+        assert_eq!(parse_top_p("0.9"), Ok(0.9));
+        assert!(parse_temperature("-1").is_err());
+        assert!(parse_temperature("nan").is_err());
+        assert!(parse_min_p("1.5").is_err());
+        assert!(parse_ctx("1000000").unwrap_err().contains("131072"));
+        assert!(parse_ctx("0").is_err());
+        assert_eq!(parse_ctx("131072"), Ok(131072));
+    }
 
     #[test]
     fn devices_parse() {

@@ -27,6 +27,8 @@ pub struct Args {
     /// Print {"nll": [...], "perplexity": x} instead of a summary.
     #[arg(long)]
     json: bool,
+    #[command(flatten, next_help_heading = "Loading the model")]
+    pub load: super::ModelArgs,
 }
 
 pub fn run(args: Args) -> Result<()> {

@@ -1,6 +1,5 @@
 //! `gptoss synth`: random-weight checkpoints of the real shapes.
 
-use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -11,8 +10,10 @@ use gptoss_engine::{synth, Layout, ModelConfig};
 enum Shape {
     /// The test fixture's shape (4 layers, hidden 64) with the full 201,088-token vocabulary.
     Tiny,
+    /// gpt-oss-20b's shape: about 13 GB on disk, written in a minute or so.
     #[value(name = "20b")]
     Gpt20b,
+    /// gpt-oss-120b's shape: about 65 GB on disk.
     #[value(name = "120b")]
     Gpt120b,
 }
@@ -35,7 +36,10 @@ enum LayoutArg {
 }
 
 #[derive(clap::Args)]
+#[command(after_help = "The tiny shape (about 50 MB) answers in gibberish but runs every command in seconds: \
+    gptoss synth --shape tiny --out gpt-oss-tiny && gptoss chat gpt-oss-tiny")]
 pub struct Args {
+    /// tiny (about 50 MB), 20b (about 13 GB on disk) or 120b (about 65 GB).
     #[arg(long, value_enum)]
     shape: Shape,
     #[arg(long, value_enum, default_value = "hf")]
@@ -66,26 +70,29 @@ pub fn run(args: Args) -> Result<()> {
     if args.out.join("config.json").exists() && !args.force {
         bail!("{} already holds a checkpoint (config.json); pass --force to overwrite it", args.out.display());
     }
-    let show = std::io::stderr().is_terminal();
     let t0 = Instant::now();
-    let mut last_pct = u64::MAX;
+    // A bar on a terminal (indicatif hides it elsewhere, and -q hides it).
+    let bar = if super::ui::quiet() {
+        indicatif::ProgressBar::hidden()
+    } else {
+        indicatif::ProgressBar::with_draw_target(None, indicatif::ProgressDrawTarget::stderr())
+    };
+    if let Ok(style) =
+        indicatif::ProgressStyle::with_template("writing {bar:30} {percent:>3}% ({bytes} / {total_bytes})")
+    {
+        bar.set_style(style);
+    }
     let progress = |done: u64, total: u64| {
-        let pct = done * 100 / total.max(1);
-        if show && pct != last_pct {
-            eprint!("\rwriting {pct:3}% ({:.2} / {:.2} GB)", done as f64 / 1e9, total as f64 / 1e9);
-            last_pct = pct;
-        }
+        bar.set_length(total);
+        bar.set_position(done);
     };
     let summary = match (mlx_bits, layout) {
-        (Some(bits), _) => synth::write_mlx_checkpoint(&config, bits, &args.out, args.seed, progress)?,
-        (None, Layout::CompressedTensors) => {
-            synth::write_w4a16_checkpoint(&config, 32, &args.out, args.seed, progress)?
-        }
-        (None, _) => synth::write_checkpoint(&config, layout, &args.out, args.seed, progress)?,
+        (Some(bits), _) => synth::write_mlx_checkpoint(&config, bits, &args.out, args.seed, progress),
+        (None, Layout::CompressedTensors) => synth::write_w4a16_checkpoint(&config, 32, &args.out, args.seed, progress),
+        (None, _) => synth::write_checkpoint(&config, layout, &args.out, args.seed, progress),
     };
-    if show {
-        eprintln!();
-    }
+    bar.finish_and_clear();
+    let summary = summary?;
     eprintln!(
         "wrote {} tensors, {} in {} file(s) to {} in {:.1} s",
         summary.tensors,
