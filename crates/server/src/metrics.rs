@@ -55,6 +55,9 @@ pub struct Metrics {
     pub generation_tokens: AtomicU64,
     pub cancelled: AtomicU64,
     pub steps: AtomicU64,
+    /// Grammar masks computed for constrained decoding, and the time spent on them.
+    pub constraint_masks: AtomicU64,
+    pub constraint_mask_ns: AtomicU64,
     /// Requests accepted but not yet admitted to the running batch.
     pub queue_depth: AtomicUsize,
     /// Sequences in the running batch.
@@ -75,6 +78,8 @@ impl Default for Metrics {
             generation_tokens: AtomicU64::new(0),
             cancelled: AtomicU64::new(0),
             steps: AtomicU64::new(0),
+            constraint_masks: AtomicU64::new(0),
+            constraint_mask_ns: AtomicU64::new(0),
             queue_depth: AtomicUsize::new(0),
             running: AtomicUsize::new(0),
             kv_cache_bytes: AtomicUsize::new(0),
@@ -124,6 +129,18 @@ impl Metrics {
             self.cancelled.load(Ordering::Relaxed),
         );
         counter(&mut out, "gptoss_engine_steps_total", "Batched forward steps.", self.steps.load(Ordering::Relaxed));
+        counter(
+            &mut out,
+            "gptoss_constraint_masks_total",
+            "Token masks computed from a grammar (constrained decoding).",
+            self.constraint_masks.load(Ordering::Relaxed),
+        );
+        let _ = writeln!(
+            out,
+            "# HELP gptoss_constraint_mask_seconds_total Time spent computing grammar masks.\n\
+             # TYPE gptoss_constraint_mask_seconds_total counter\ngptoss_constraint_mask_seconds_total {}",
+            self.constraint_mask_ns.load(Ordering::Relaxed) as f64 / 1e9
+        );
         gauge(
             &mut out,
             "gptoss_queue_depth",

@@ -29,6 +29,10 @@ pub struct Tool {
     pub name: String,
     pub description: String,
     pub parameters: Option<Value>,
+    /// `strict: true`: the arguments are enforced to match `parameters` while sampling.
+    pub strict: bool,
+    /// Where `parameters` is in the request, for errors.
+    pub param_path: String,
 }
 
 #[derive(Clone, Debug)]
@@ -150,7 +154,8 @@ pub fn parse_tools(o: &Obj, nested: bool) -> Result<Vec<Tool>> {
                 Some(p.clone())
             }
         };
-        tools.push(Tool { name: name.to_string(), description, parameters });
+        let strict = f.bool("strict")?.unwrap_or(false);
+        tools.push(Tool { name: name.to_string(), description, parameters, strict, param_path: f.path("parameters") });
     }
     Ok(tools)
 }
@@ -378,6 +383,62 @@ pub fn parse_response_format(v: Option<&Map<String, Value>>, path: &str, nested:
             format!("`{}` must be text, json_object or json_schema, got {other:?}", o.path("type")),
         )),
     }
+}
+
+/// The schema a `response_format` (chat) or `text.format` (responses) asks to enforce:
+/// `json_object` always, `json_schema` when `strict` is true (without it, the schema only
+/// guides the model through the prompt, as OpenAI's non-strict mode does).
+pub fn format_schema(v: Option<&Map<String, Value>>, path: &str, nested: bool) -> Result<Option<(Value, String)>> {
+    let Some(m) = v else { return Ok(None) };
+    let o = Obj::new(m, path);
+    match o.str("type")? {
+        Some("json_object") => Ok(Some((serde_json::json!({"type": "object"}), path.to_string()))),
+        Some("json_schema") => {
+            let s = if nested {
+                match o.obj("json_schema")? {
+                    Some(s) => Obj::new(s, path),
+                    None => return Ok(None),
+                }
+            } else {
+                o
+            };
+            if !s.bool("strict")?.unwrap_or(false) {
+                return Ok(None);
+            }
+            let schema = s.get("schema").cloned().unwrap_or_else(|| serde_json::json!({}));
+            let spath = if nested { format!("{path}.json_schema.schema") } else { format!("{path}.schema") };
+            Ok(Some((schema, spath)))
+        }
+        _ => Ok(None),
+    }
+}
+
+/// Compiles what a request's output must satisfy: the response format's schema, and the
+/// parameters of the strict tools offered. `None` when nothing is enforced, so unconstrained
+/// requests sample exactly as before.
+pub fn constraint(
+    format: Option<(Value, String)>,
+    spec: &PromptSpec,
+    prompt: &Prompt,
+) -> Result<Option<crate::constrain::JobConstraint>> {
+    use crate::constrain::{ConstraintSpec, JobConstraint};
+    let offered = if spec.tool_choice == ToolChoice::None { &[][..] } else { &spec.tools[..] };
+    if format.is_none() && !offered.iter().any(|t| t.strict) {
+        return Ok(None);
+    }
+    let format = match format {
+        Some((schema, path)) => Some(ConstraintSpec::compile(&schema, &path)?),
+        None => None,
+    };
+    let mut tools = Vec::new();
+    for t in offered.iter().filter(|t| t.strict) {
+        let schema = t.parameters.clone().unwrap_or_else(|| serde_json::json!({"type": "object"}));
+        let g = ConstraintSpec::compile(&schema, &t.param_path)?;
+        let name = prompt.tools.rendered(&t.name).unwrap_or(&t.name).to_string();
+        tools.push((name, g));
+    }
+    let spec = ConstraintSpec { format, tools, tools_offered: !offered.is_empty() };
+    Ok(Some(JobConstraint { spec: std::sync::Arc::new(spec), forced: prompt.forced.clone() }))
 }
 
 impl PromptSpec {

@@ -203,9 +203,11 @@ fn parse(st: &AppState, req: &Map<String, Value>) -> Result<ResponsesRequest, Ap
         messages: conversation.clone(),
     };
     let prompt = spec.render(&st.tok)?;
+    let constraint = prompt::constraint(prompt::format_schema(format, "text.format", false)?, &spec, &prompt)?;
     let asked = o.usize_in("max_output_tokens", 1, usize::MAX >> 1)?;
     let max_tokens = http::fit_context(st, prompt.tokens.len(), asked, "max_output_tokens")?;
-    let job = http::job(st, &o, prompt.tokens.clone(), max_tokens)?;
+    let mut job = http::job(st, &o, prompt.tokens.clone(), max_tokens)?;
+    job.constraint = constraint;
     let mut echo = Map::new();
     echo.insert("instructions".into(), o.get("instructions").cloned().unwrap_or(Value::Null));
     echo.insert("max_output_tokens".into(), json!(asked));
