@@ -405,11 +405,8 @@ impl SeqConstraint {
                         // end (a fraction's digits); then the model's own choice.
                         for &c in &ids.closers {
                             if mask.is_allowed(c) && !(closing_repeats.0 == c && closing_repeats.1 >= 4) {
-                                *closing_repeats = if closing_repeats.0 == c {
-                                    (c, closing_repeats.1 + 1)
-                                } else {
-                                    (c, 1)
-                                };
+                                *closing_repeats =
+                                    if closing_repeats.0 == c { (c, closing_repeats.1 + 1) } else { (c, 1) };
                                 return Next::Force(c);
                             }
                         }
@@ -589,9 +586,106 @@ pub fn restrict(next: Next, z: &mut [f32]) -> Option<u32> {
 mod tests {
     use super::*;
 
+    /// Drives a constraint with a model that has no preference (every logit 0, greedy: the
+    /// lowest allowed id wins), as the engine does; returns the tokens written.
+    fn drive(c: &mut SeqConstraint, budget: usize) -> Vec<u32> {
+        let mut out = Vec::new();
+        for i in 0..budget {
+            let mut z = vec![0.0f32; VOCAB_SIZE as usize];
+            let t = restrict(c.next(budget - i), &mut z)
+                .unwrap_or_else(|| z.iter().position(|v| v.is_finite()).expect("something allowed") as u32);
+            c.commit(t);
+            out.push(t);
+            if [RETURN, CALL, END_OF_TEXT].contains(&t) {
+                break;
+            }
+        }
+        out
+    }
+
+    fn text(tokens: &[u32]) -> String {
+        let g = grammars().unwrap();
+        header_text(g, tokens)
+    }
+
+    fn schema() -> Value {
+        json!({"type": "object", "properties": {
+            "name": {"type": "string"}, "n": {"type": "integer", "minimum": 3},
+            "tags": {"type": "array", "items": {"type": "string"}, "minItems": 1}},
+            "required": ["name", "n", "tags"], "additionalProperties": false})
+    }
+
+    #[test]
+    fn a_format_writes_the_final_header_and_closes_the_json_within_the_budget() {
+        let spec = ConstraintSpec {
+            format: Some(ConstraintSpec::compile(&schema(), "x").unwrap()),
+            tools: Vec::new(),
+            tools_offered: false,
+        };
+        for budget in [90, 300] {
+            let mut c = SeqConstraint::new(Arc::new(spec_clone(&spec)), &[], budget, Arc::new(Metrics::default()));
+            let out = drive(&mut c, budget);
+            assert_eq!(out.last(), Some(&RETURN), "{}", text(&out));
+            let s = text(&out[..out.len() - 1]);
+            let body = s.rsplit_once("<|constrain|>json<|message|>").expect("the final header").1;
+            assert!(s.contains("<|channel|>final <|constrain|>json<|message|>"), "{s}");
+            let v: Value = serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body}"));
+            assert!(v["n"].as_i64().unwrap() >= 3 && v["tags"].as_array().unwrap().len() >= 1, "{v}");
+        }
+    }
+
+    fn spec_clone(s: &ConstraintSpec) -> ConstraintSpec {
+        let g = |x: &Grammar| Grammar(Mutex::new(x.0.lock().unwrap().deep_clone()));
+        ConstraintSpec {
+            format: s.format.as_ref().map(g),
+            tools: s.tools.iter().map(|(n, x)| (n.clone(), g(x))).collect(),
+            tools_offered: s.tools_offered,
+        }
+    }
+
+    #[test]
+    fn a_strict_tool_after_a_forced_header_gets_valid_arguments_then_call() {
+        let tool = ConstraintSpec::compile(&schema(), "tools[0].function.parameters").unwrap();
+        let spec = ConstraintSpec { format: None, tools: vec![("f".into(), tool)], tools_offered: true };
+        let tok = Tokenizer::o200k_harmony().unwrap();
+        let mut forced = vec![CHANNEL];
+        forced.extend(tok.encode("commentary to=functions.f "));
+        forced.push(CONSTRAIN);
+        forced.extend(tok.encode("json"));
+        forced.push(MESSAGE);
+        let mut c = SeqConstraint::new(Arc::new(spec), &forced, 120, Arc::new(Metrics::default()));
+        let out = drive(&mut c, 120);
+        assert_eq!(out.last(), Some(&CALL));
+        let body = text(&out[..out.len() - 1]);
+        let v: Value = serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body}"));
+        assert!(v["tags"].is_array(), "{v}");
+    }
+
+    #[test]
+    fn free_text_is_left_alone_without_a_format() {
+        let tool = ConstraintSpec::compile(&schema(), "p").unwrap();
+        let spec = ConstraintSpec { format: None, tools: vec![("f".into(), tool)], tools_offered: true };
+        let mut c = SeqConstraint::new(Arc::new(spec), &[], 100, Arc::new(Metrics::default()));
+        assert!(matches!(c.next(100), Next::Free));
+        c.commit(CHANNEL);
+        assert!(matches!(c.next(99), Next::Free));
+    }
+
+    #[test]
+    fn an_unsupported_keyword_is_named() {
+        let Err(e) = ConstraintSpec::compile(&json!({"type": "array", "uniqueItems": true}), "response_format") else {
+            panic!("compiled")
+        };
+        assert_eq!(e.param.as_deref(), Some("response_format"));
+        assert!(e.message.contains("uniqueItems"), "{}", e.message);
+    }
+
     #[test]
     fn recipient_in_either_header_order() {
-        assert_eq!(recipient("<|channel|>commentary to=functions.get_weather <|constrain|>json").as_deref(), Some("get_weather"));
+        assert_eq!(
+            recipient("<|channel|>commentary to=functions.get_weather <|constrain|>json").as_deref(),
+            Some("get_weather")
+        );
         assert_eq!(recipient("assistant to=functions.f<|channel|>commentary").as_deref(), Some("f"));
         assert_eq!(recipient(" to=functions.f<|channel|>commentary<|constrain|>json").as_deref(), Some("f"));
         assert_eq!(recipient("functions.f<|channel|>commentary").as_deref(), Some("f"));
