@@ -730,6 +730,7 @@ impl Running {
         if !adjust && self.constraint.is_none() {
             return self.sampler.sample(logits, spec.top_logprobs);
         }
+        let constrained_since = self.constraint.is_some().then(Instant::now);
         // Penalties and biases shape what is sampled; the reported log-probabilities stay the
         // model's own, as OpenAI reports them.
         let mut z = logits.to_vec();
@@ -749,6 +750,7 @@ impl Running {
         let token = forced.unwrap_or_else(|| self.sampler.sample(&z, 0).token);
         if let Some(c) = &mut self.constraint {
             c.commit(token);
+            c.sampled_in(constrained_since.map(|t| t.elapsed()).unwrap_or_default());
         }
         let lse = log_sum_exp(logits);
         Sampled {

@@ -58,6 +58,9 @@ pub struct Metrics {
     /// Grammar masks computed for constrained decoding, and the time spent on them.
     pub constraint_masks: AtomicU64,
     pub constraint_mask_ns: AtomicU64,
+    /// Tokens sampled under a constraint, and the time their sampling took in all.
+    pub constraint_samples: AtomicU64,
+    pub constraint_sample_ns: AtomicU64,
     /// Requests accepted but not yet admitted to the running batch.
     pub queue_depth: AtomicUsize,
     /// Sequences in the running batch.
@@ -80,6 +83,8 @@ impl Default for Metrics {
             steps: AtomicU64::new(0),
             constraint_masks: AtomicU64::new(0),
             constraint_mask_ns: AtomicU64::new(0),
+            constraint_samples: AtomicU64::new(0),
+            constraint_sample_ns: AtomicU64::new(0),
             queue_depth: AtomicUsize::new(0),
             running: AtomicUsize::new(0),
             kv_cache_bytes: AtomicUsize::new(0),
@@ -140,6 +145,18 @@ impl Metrics {
             "# HELP gptoss_constraint_mask_seconds_total Time spent computing grammar masks.\n\
              # TYPE gptoss_constraint_mask_seconds_total counter\ngptoss_constraint_mask_seconds_total {}",
             self.constraint_mask_ns.load(Ordering::Relaxed) as f64 / 1e9
+        );
+        counter(
+            &mut out,
+            "gptoss_constrained_tokens_total",
+            "Tokens sampled under a constraint (a response format, a strict tool's arguments).",
+            self.constraint_samples.load(Ordering::Relaxed),
+        );
+        let _ = writeln!(
+            out,
+            "# HELP gptoss_constrained_sampling_seconds_total Time sampling constrained tokens took in all (logits copy, mask, draw).\n\
+             # TYPE gptoss_constrained_sampling_seconds_total counter\ngptoss_constrained_sampling_seconds_total {}",
+            self.constraint_sample_ns.load(Ordering::Relaxed) as f64 / 1e9
         );
         gauge(
             &mut out,
