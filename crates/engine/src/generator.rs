@@ -194,6 +194,12 @@ impl TokenSource for ModelSource<'_> {
         if self.cached.len() == prompt.len() && self.last_logits.is_none() {
             self.reset()?;
         }
+        // Starting over: the runner's prefix cache may hold the prompt's first blocks (an
+        // earlier conversation, a turn this source could not rewind to).
+        if self.cached.is_empty() {
+            let attached = self.runner.attach_prefix(self.seq, prompt);
+            self.cached.extend_from_slice(&prompt[..attached]);
+        }
         let reused = self.cached.len();
         let t0 = Instant::now();
         self.feed(&prompt[reused..])?;

@@ -11,6 +11,7 @@ pub mod harmony;
 pub mod kv_cache;
 pub mod mlx;
 pub mod model;
+pub mod prefix_cache;
 mod ops;
 pub mod profile;
 pub mod rng;

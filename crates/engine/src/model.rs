@@ -246,7 +246,7 @@ impl Model {
         trace("logits", None, &logits.data);
 
         for (item, chunk) in batch.iter().enumerate() {
-            cache.advance(chunk.seq, chunk.tokens.len());
+            cache.advance(chunk.seq, chunk.tokens);
             debug_assert_eq!(cache.len(chunk.seq), Some(plan.items[item].start + chunk.tokens.len()));
         }
         logits.rows.clear();

@@ -10,6 +10,7 @@ use crate::config::ModelConfig;
 use crate::error::EngineError;
 use crate::kv_cache::{KvCache, KvSnapshot, SeqId};
 use crate::model::{Logits, Model, SeqChunk, Trace};
+use crate::prefix_cache::PrefixCacheStats;
 use crate::sampler::{pick_on_host, PickSpec, Sampled};
 use crate::workspace::Workspace;
 
@@ -55,6 +56,19 @@ pub trait Runner: Send {
     fn restore_logits(&mut self, logits: Logits);
     /// Bytes held for sequences' keys and values.
     fn cache_bytes(&self) -> usize;
+    /// Keeps up to `bytes` of processed prompt blocks for later prompts that start the same
+    /// way (0: off). False when this runner cannot cache prefixes.
+    fn set_prefix_cache_bytes(&mut self, bytes: usize) -> bool {
+        bytes == 0
+    }
+    /// Gives an empty sequence the longest cached prefix of `prompt` that leaves its last
+    /// token to compute; returns how many tokens it now holds (0: none).
+    fn attach_prefix(&mut self, _seq: SeqId, _prompt: &[u32]) -> usize {
+        0
+    }
+    fn prefix_cache_stats(&self) -> PrefixCacheStats {
+        PrefixCacheStats::default()
+    }
     /// Weight bytes one decoded token reads (the bandwidth bound of generation).
     fn bytes_per_token(&self) -> u64;
     /// [`Runner::bytes_per_token`] by forward-pass stage, for the ones this runner times
@@ -168,6 +182,18 @@ impl Runner for CpuRunner {
 
     fn cache_bytes(&self) -> usize {
         self.cache.allocated_bytes()
+    }
+
+    fn set_prefix_cache_bytes(&mut self, bytes: usize) -> bool {
+        self.cache.set_prefix_cache_bytes(bytes)
+    }
+
+    fn attach_prefix(&mut self, seq: SeqId, prompt: &[u32]) -> usize {
+        self.cache.attach_prefix(seq, prompt)
+    }
+
+    fn prefix_cache_stats(&self) -> PrefixCacheStats {
+        self.cache.prefix_cache_stats()
     }
 
     fn bytes_per_token(&self) -> u64 {

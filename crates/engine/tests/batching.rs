@@ -61,9 +61,9 @@ fn batched_sequences_are_independent() {
     let l = m.forward(&mut cache, &batch).unwrap();
     assert_eq!(l.rows.len(), 1 + b.len());
     assert!(same_bits(l.last_for(0).unwrap(), &wa[159]));
-    for i in 0..b.len() {
+    for (i, want) in wb.iter().enumerate() {
         assert_eq!((l.rows[1 + i].item, l.rows[1 + i].position), (1, i));
-        assert!(same_bits(l.row(1 + i), &wb[i]));
+        assert!(same_bits(l.row(1 + i), want));
     }
     assert!(l.last_for(2).is_none());
     // Step 2: sequence a decodes the rest of its tokens while c, already cached, is dropped.
@@ -88,7 +88,8 @@ fn bad_batches_are_refused_without_touching_the_cache() {
     let bytes = cache.allocated_bytes();
     let ghost = gptoss_engine::SeqId(999);
 
-    let cases: Vec<(Vec<SeqChunk>, fn(&EngineError) -> bool)> = vec![
+    type Case<'a> = (Vec<SeqChunk<'a>>, fn(&EngineError) -> bool);
+    let cases: Vec<Case> = vec![
         (vec![SeqChunk { seq: ghost, tokens: &ok, logits: LogitsRequest::Last }], |e| {
             matches!(e, EngineError::UnknownSequence(_))
         }),
@@ -110,7 +111,7 @@ fn bad_batches_are_refused_without_touching_the_cache() {
         }),
     ];
     for (batch, check) in cases {
-        let err = m.forward(&mut cache, &batch).err().expect("must fail");
+        let err = m.forward(&mut cache, &batch).expect_err("must fail");
         assert!(check(&err), "unexpected error: {err}");
         assert_eq!(cache.len(s), Some(3), "failed batch changed the sequence");
         assert_eq!(cache.allocated_bytes(), bytes);
@@ -394,4 +395,77 @@ fn model_source_on_a_picking_runner_generates_what_the_host_would() {
             _ => prompt.extend(oa[..5].iter().map(|&(t, _)| t)),
         }
     }
+}
+
+#[test]
+fn prefix_cached_sequences_give_the_same_bits_as_computing_alone() {
+    use gptoss_engine::{CpuRunner, Runner};
+    let m = model();
+    let base = reference().tokens;
+    // 700 tokens: the reference text, then itself again.
+    let tokens: Vec<u32> = base.iter().chain(base.iter()).chain(base.iter()).copied().take(700).collect();
+    let want = alone(&m, &tokens[..650]);
+    let mut runner = CpuRunner::new(m, 4096);
+    assert!(runner.set_prefix_cache_bytes(1 << 30));
+    // The writer feeds its prompt in chunks that straddle both block boundaries.
+    let a = runner.add_sequence().unwrap();
+    let mut start = 0;
+    for n in [100, 300, 1, 299] {
+        let chunk = &tokens[start..start + n];
+        runner.forward(&[SeqChunk { seq: a, tokens: chunk, logits: LogitsRequest::None }]).unwrap();
+        start += n;
+    }
+    assert_eq!(runner.prefix_cache_stats().blocks, 2);
+    // A reader batched beside another sequence takes both blocks and computes the rest.
+    let b = runner.add_sequence().unwrap();
+    assert_eq!(runner.attach_prefix(b, &tokens[..650]), 512);
+    let c = runner.add_sequence().unwrap();
+    let batch = [
+        SeqChunk { seq: c, tokens: &tokens[3..40], logits: LogitsRequest::Last },
+        SeqChunk { seq: b, tokens: &tokens[512..649], logits: LogitsRequest::All },
+    ];
+    let l = runner.forward(&batch).unwrap();
+    let rows: Vec<usize> = (0..l.rows.len()).filter(|&k| l.rows[k].item == 1).collect();
+    assert_eq!(rows.len(), 137);
+    for (i, &k) in rows.iter().enumerate() {
+        assert_eq!(l.rows[k].position, 512 + i);
+        assert!(same_bits(l.row(k), &want[512 + i]), "position {}", 512 + i);
+    }
+    // And decoding on from there.
+    let l = runner.forward(&[SeqChunk { seq: b, tokens: &tokens[649..650], logits: LogitsRequest::Last }]).unwrap();
+    assert!(same_bits(l.row(0), &want[649]));
+    let s = runner.prefix_cache_stats();
+    assert_eq!((s.lookups, s.hit_tokens), (1, 512));
+}
+
+#[test]
+fn model_source_starts_over_from_the_prefix_cache() {
+    use gptoss_engine::generator::{GenerateOptions, ModelSource, TokenSource};
+    use gptoss_engine::{CpuRunner, Runner, Sampler, SamplingParams};
+    let greedy = || Sampler::new(SamplingParams { temperature: 0.0, ..Default::default() }).unwrap();
+    let opts = GenerateOptions { max_tokens: 4, stop_tokens: vec![], top_logprobs: 0 };
+    let base = reference().tokens;
+    let prompt: Vec<u32> = base.iter().chain(base.iter()).copied().take(560).collect();
+    // An earlier turn edited: the same first 300 tokens, then different ones.
+    let mut edited = prompt[..300].to_vec();
+    edited.extend_from_slice(&base[..40]);
+    let run = |runner: &mut CpuRunner, prompts: &[&[u32]]| {
+        let mut src = ModelSource::new(runner, greedy()).unwrap();
+        let mut last = (0, Vec::new());
+        for p in prompts {
+            let mut out = Vec::new();
+            let g = src.generate(p, &opts, &mut |s| {
+                out.push(s.token);
+                true
+            });
+            last = (g.unwrap().reused_tokens, out);
+        }
+        last
+    };
+    let mut cached = CpuRunner::new(model(), 1024);
+    assert!(cached.set_prefix_cache_bytes(1 << 30));
+    let (reused, out) = run(&mut cached, &[&prompt, &edited]);
+    assert_eq!(reused, 256, "the edited prompt's first block came from the cache");
+    let (fresh_reused, fresh) = run(&mut CpuRunner::new(model(), 1024), &[&prompt, &edited]);
+    assert_eq!((fresh_reused, fresh), (0, out));
 }

@@ -152,7 +152,7 @@ impl<'t> Run<'t> {
             "prompt_tokens": prompt_tokens,
             "completion_tokens": self.generated,
             "total_tokens": prompt_tokens + self.generated,
-            "prompt_tokens_details": {"cached_tokens": 0},
+            "prompt_tokens_details": {"cached_tokens": self.finish.as_ref().map_or(0, |f| f.cached_tokens)},
             "completion_tokens_details": {"reasoning_tokens": self.out.reasoning_tokens},
         })
     }

@@ -211,7 +211,8 @@ impl Text {
 
     fn usage(&self, prompt_tokens: usize) -> Value {
         json!({"prompt_tokens": prompt_tokens, "completion_tokens": self.generated,
-               "total_tokens": prompt_tokens + self.generated})
+               "total_tokens": prompt_tokens + self.generated,
+               "prompt_tokens_details": {"cached_tokens": self.finish.as_ref().map_or(0, |f| f.cached_tokens)}})
     }
 
     fn fill_log(&self, log: &mut RequestLog) {

@@ -75,6 +75,8 @@ pub enum FinishReason {
 pub struct Finish {
     pub reason: FinishReason,
     pub prompt_tokens: usize,
+    /// Prompt tokens served from the prefix cache instead of computed.
+    pub cached_tokens: usize,
     pub generated: usize,
     /// From arrival until admitted to the batch.
     pub queued: Duration,
@@ -332,6 +334,8 @@ struct Running {
     job: Job,
     seq: SeqId,
     fed: usize,
+    /// Prompt tokens the prefix cache supplied.
+    cached: usize,
     /// The last sampled token, to be fed next step.
     next: Option<u32>,
     generated: usize,
@@ -387,14 +391,14 @@ impl<E: Executor> EngineLoop<E> {
             Msg::Job(job) => match &self.aborted {
                 Some(reason) => {
                     self.shared.pending.fetch_sub(1, Ordering::SeqCst);
-                    finish_job(&job, FinishReason::Aborted(reason.clone()), 0, None, None);
+                    finish_job(&job, FinishReason::Aborted(reason.clone()), 0, 0, None, None);
                 }
                 None => self.waiting.push_back(job),
             },
             Msg::Abort(reason) => {
                 for job in self.waiting.drain(..) {
                     self.shared.pending.fetch_sub(1, Ordering::SeqCst);
-                    finish_job(&job, FinishReason::Aborted(reason.clone()), 0, None, None);
+                    finish_job(&job, FinishReason::Aborted(reason.clone()), 0, 0, None, None);
                 }
                 for r in self.running.drain(..) {
                     self.exec.remove_sequence(r.seq);
@@ -433,13 +437,13 @@ impl<E: Executor> EngineLoop<E> {
                 // Checked at submit too; a job that got here anyway fails alone, before it
                 // can fail the batch it would join.
                 let e = SubmitError::OutOfVocabulary { index, id, vocab: self.exec.vocab() };
-                finish_job(&job, FinishReason::Error(e.to_string()), 0, None, None);
+                finish_job(&job, FinishReason::Error(e.to_string()), 0, 0, None, None);
                 continue;
             }
             let sampler = match Sampler::new(job.spec.sampling.clone()) {
                 Ok(s) => s,
                 Err(e) => {
-                    finish_job(&job, FinishReason::Error(e.to_string()), 0, None, None);
+                    finish_job(&job, FinishReason::Error(e.to_string()), 0, 0, None, None);
                     continue;
                 }
             };
@@ -454,10 +458,12 @@ impl<E: Executor> EngineLoop<E> {
                     break;
                 }
                 Err(e) => {
-                    finish_job(&job, FinishReason::Error(format!("cannot start the sequence: {e}")), 0, None, None);
+                    finish_job(&job, FinishReason::Error(format!("cannot start the sequence: {e}")), 0, 0, None, None);
                     continue;
                 }
             };
+            // Requests that want every prompt position's log-probabilities compute them all.
+            let cached = if job.spec.prompt_logprobs { 0 } else { self.exec.attach_prefix(seq, &job.spec.prompt) };
             let budget = job.spec.max_tokens.min(self.exec.max_context().saturating_sub(job.spec.prompt.len()));
             let constraint = job
                 .spec
@@ -467,7 +473,8 @@ impl<E: Executor> EngineLoop<E> {
             self.running.push(Running {
                 job,
                 seq,
-                fed: 0,
+                fed: cached,
+                cached,
                 next: None,
                 generated: 0,
                 sampler,
@@ -486,6 +493,7 @@ impl<E: Executor> EngineLoop<E> {
         self.metrics.queue_depth.store(self.shared.pending.load(Ordering::SeqCst), Ordering::Relaxed);
         self.metrics.running.store(self.running.len(), Ordering::Relaxed);
         self.metrics.kv_cache_bytes.store(self.exec.cache_bytes(), Ordering::Relaxed);
+        self.metrics.set_prefix_cache(self.exec.prefix_cache_stats());
     }
 
     fn step(&mut self) {
@@ -761,15 +769,23 @@ impl Running {
     }
 
     fn finish(self, reason: FinishReason) {
-        finish_job(&self.job, reason, self.generated, Some(self.admitted), self.first_token);
+        finish_job(&self.job, reason, self.cached, self.generated, Some(self.admitted), self.first_token);
     }
 }
 
-fn finish_job(job: &Job, reason: FinishReason, generated: usize, admitted: Option<Instant>, first: Option<Instant>) {
+fn finish_job(
+    job: &Job,
+    reason: FinishReason,
+    cached_tokens: usize,
+    generated: usize,
+    admitted: Option<Instant>,
+    first: Option<Instant>,
+) {
     let queued = admitted.unwrap_or_else(Instant::now) - job.arrived;
     let _ = job.events.send(Event::Finished(Finish {
         reason,
         prompt_tokens: job.spec.prompt.len(),
+        cached_tokens,
         generated,
         queued,
         ttft: first.map(|t| t - job.arrived),

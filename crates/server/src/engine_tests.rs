@@ -395,3 +395,70 @@ fn a_job_without_a_slot_waits_for_one_or_fails_when_none_can_free() {
     drop(handle);
     thread.join().unwrap();
 }
+
+/// The tiny fixture model on the CPU, with a prefix cache of `prefix_bytes` (0: none).
+fn tiny_model(prefix_bytes: usize) -> crate::executor::ModelExecutor {
+    use gptoss_engine::{CpuRunner, Model, Runner};
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/tiny/hf");
+    let mut runner = CpuRunner::new(Model::load(&path).unwrap(), 2048);
+    assert!(runner.set_prefix_cache_bytes(prefix_bytes));
+    crate::executor::ModelExecutor::new(Box::new(runner))
+}
+
+/// The tokens a job got, and its finish.
+fn wait_finish(mut rx: UnboundedReceiver<Event>) -> (Vec<u32>, Finish) {
+    let mut tokens = Vec::new();
+    while let Some(e) = rx.blocking_recv() {
+        match e {
+            Event::Token(s) => tokens.push(s.token),
+            Event::Finished(f) => return (tokens, f),
+            Event::PromptLogprobs(_) => {}
+        }
+    }
+    panic!("the job ended without finishing");
+}
+
+#[test]
+fn a_shared_prefix_is_served_from_the_cache_with_the_same_result() {
+    let prompt: Vec<u32> = (0..700u32).map(|i| i * 37 % 1000).collect();
+    let job = |prompt: &[u32], seed: u64| {
+        let mut spec = JobSpec::new(prompt.to_vec(), 12);
+        spec.sampling = SamplingParams { seed: Some(seed), ..Default::default() };
+        spec
+    };
+    let metrics = Arc::new(Metrics::default());
+    let cfg = EngineConfig { max_batch: 4, max_queue: 8, step_tokens: 200 };
+    let (handle, thread) = start(tiny_model(64 << 20), cfg, metrics.clone()).unwrap();
+    let (first, f1) = wait_finish(handle.submit(job(&prompt, 7)).unwrap());
+    assert_eq!(f1.cached_tokens, 0);
+    // The same prompt again: two 256-token blocks come from the cache, the rest is computed.
+    let (again, f2) = wait_finish(handle.submit(job(&prompt, 7)).unwrap());
+    assert_eq!((f2.cached_tokens, again.clone()), (512, first.clone()));
+    // A longer prompt sharing the first 600 tokens, beside one that shares nothing.
+    let mut longer = prompt[..600].to_vec();
+    longer.extend((0..300u32).map(|i| i * 11 % 900));
+    let other: Vec<u32> = (0..300u32).map(|i| i * 13 % 700).collect();
+    let (a, b) = (handle.submit(job(&longer, 3)).unwrap(), handle.submit(job(&other, 5)).unwrap());
+    let ((longer_tokens, f3), (other_tokens, f4)) = (wait_finish(a), wait_finish(b));
+    assert_eq!((f3.cached_tokens, f4.cached_tokens), (512, 0));
+    // Every prompt position's log-probabilities are computed, never cached.
+    let mut echo = job(&prompt, 7);
+    echo.prompt_logprobs = true;
+    let (_, f5) = wait_finish(handle.submit(echo).unwrap());
+    assert_eq!(f5.cached_tokens, 0);
+    wait_until("the stats to be published", || metrics.prefix_cache().hit_tokens == 1024);
+    let stats = metrics.prefix_cache();
+    assert!(stats.bytes > 0 && stats.bytes <= 64 << 20, "{stats:?}");
+    assert!(metrics.render().contains("gptoss_prefix_cache_hit_tokens_total 1024"));
+    drop(handle);
+    thread.join().unwrap();
+
+    // Without a cache: the same tokens for the same requests.
+    let (handle, thread) = start(tiny_model(0), cfg, Arc::new(Metrics::default())).unwrap();
+    for (p, seed, want) in [(&prompt, 7, &first), (&longer, 3, &longer_tokens), (&other, 5, &other_tokens)] {
+        let (got, f) = wait_finish(handle.submit(job(p, seed)).unwrap());
+        assert_eq!((&got, f.cached_tokens), (want, 0));
+    }
+    drop(handle);
+    thread.join().unwrap();
+}

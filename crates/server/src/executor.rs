@@ -7,6 +7,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use gptoss_engine::model::LogitsRow;
+use gptoss_engine::prefix_cache::PrefixCacheStats;
 use gptoss_engine::sampler::{pick_on_host, PickSpec, Sampled};
 use gptoss_engine::tokenizer::{Tokenizer, END_OF_TEXT};
 use gptoss_engine::{EngineError, Logits, LogitsRequest, Runner, SeqChunk, SeqId};
@@ -31,6 +32,14 @@ pub trait Executor: Send {
     fn reclaim(&mut self, _logits: Logits) {}
     /// Bytes held for sequences' keys and values.
     fn cache_bytes(&self) -> usize;
+    /// Gives an empty sequence the longest cached prefix of `prompt` (leaving its last token
+    /// to compute); how many tokens it now holds.
+    fn attach_prefix(&mut self, _seq: SeqId, _prompt: &[u32]) -> usize {
+        0
+    }
+    fn prefix_cache_stats(&self) -> PrefixCacheStats {
+        PrefixCacheStats::default()
+    }
     /// Whether [`Executor::forward_pick`] picks next to the logits (a GPU), so a step need
     /// not copy them back.
     fn picks_on_device(&self) -> bool {
@@ -96,6 +105,14 @@ impl Executor for ModelExecutor {
 
     fn cache_bytes(&self) -> usize {
         self.runner.cache_bytes()
+    }
+
+    fn attach_prefix(&mut self, seq: SeqId, prompt: &[u32]) -> usize {
+        self.runner.attach_prefix(seq, prompt)
+    }
+
+    fn prefix_cache_stats(&self) -> PrefixCacheStats {
+        self.runner.prefix_cache_stats()
     }
 
     fn picks_on_device(&self) -> bool {

@@ -6,6 +6,8 @@ use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
 
+use gptoss_engine::prefix_cache::PrefixCacheStats;
+
 pub struct Histogram {
     /// Upper bounds, ascending; +Inf is implied.
     bounds: &'static [f64],
@@ -66,6 +68,7 @@ pub struct Metrics {
     /// Sequences in the running batch.
     pub running: AtomicUsize,
     pub kv_cache_bytes: AtomicUsize,
+    prefix_cache: Mutex<PrefixCacheStats>,
     /// Sequences per forward step.
     pub batch_size: Histogram,
     pub time_to_first_token: Histogram,
@@ -88,6 +91,7 @@ impl Default for Metrics {
             queue_depth: AtomicUsize::new(0),
             running: AtomicUsize::new(0),
             kv_cache_bytes: AtomicUsize::new(0),
+            prefix_cache: Mutex::new(PrefixCacheStats::default()),
             batch_size: Histogram::new(BATCH_BOUNDS),
             time_to_first_token: Histogram::new(LATENCY_BOUNDS),
             inter_token_latency: Histogram::new(LATENCY_BOUNDS),
@@ -100,6 +104,14 @@ impl Metrics {
     pub fn request_done(&self, endpoint: &str, status: u16) {
         let mut r = self.requests.lock().unwrap_or_else(|e| e.into_inner());
         *r.entry((endpoint.to_string(), status)).or_default() += 1;
+    }
+
+    pub fn set_prefix_cache(&self, stats: PrefixCacheStats) {
+        *self.prefix_cache.lock().unwrap_or_else(|e| e.into_inner()) = stats;
+    }
+
+    pub fn prefix_cache(&self) -> PrefixCacheStats {
+        *self.prefix_cache.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     pub fn render(&self) -> String {
@@ -175,6 +187,35 @@ impl Metrics {
             "gptoss_kv_cache_bytes",
             "Bytes held by the KV cache.",
             self.kv_cache_bytes.load(Ordering::Relaxed),
+        );
+        let pc = self.prefix_cache();
+        gauge(&mut out, "gptoss_prefix_cache_bytes", "Bytes held by the prefix cache.", pc.bytes);
+        gauge(&mut out, "gptoss_prefix_cache_capacity_bytes", "The prefix cache's bound (0: off).", pc.capacity_bytes);
+        gauge(&mut out, "gptoss_prefix_cache_blocks", "Token blocks held by the prefix cache.", pc.blocks);
+        counter(&mut out, "gptoss_prefix_cache_queries_total", "Prompts looked up in the prefix cache.", pc.lookups);
+        counter(
+            &mut out,
+            "gptoss_prefix_cache_query_tokens_total",
+            "Prompt tokens looked up in the prefix cache.",
+            pc.query_tokens,
+        );
+        counter(
+            &mut out,
+            "gptoss_prefix_cache_hit_tokens_total",
+            "Prompt tokens served from the prefix cache instead of computed.",
+            pc.hit_tokens,
+        );
+        counter(
+            &mut out,
+            "gptoss_prefix_cache_evicted_blocks_total",
+            "Blocks evicted from the prefix cache to stay within its bound.",
+            pc.evicted_blocks,
+        );
+        let _ = writeln!(
+            out,
+            "# HELP gptoss_prefix_cache_hit_rate Share of looked-up prompt tokens served from the prefix cache.\n\
+             # TYPE gptoss_prefix_cache_hit_rate gauge\ngptoss_prefix_cache_hit_rate {}",
+            pc.hit_rate()
         );
         self.batch_size.write(&mut out, "gptoss_batch_size", "Sequences in each forward step.");
         self.time_to_first_token.write(

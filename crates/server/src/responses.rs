@@ -392,7 +392,7 @@ async fn run(
     }
     let usage = json!({
         "input_tokens": req.prompt.tokens.len(),
-        "input_tokens_details": {"cached_tokens": 0},
+        "input_tokens_details": {"cached_tokens": finish.as_ref().map_or(0, |f| f.cached_tokens)},
         "output_tokens": generated,
         "output_tokens_details": {"reasoning_tokens": out.reasoning_tokens},
         "total_tokens": req.prompt.tokens.len() + generated,

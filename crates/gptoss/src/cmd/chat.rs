@@ -188,6 +188,9 @@ impl ConversationArgs {
         // Kept here for the whole session: the source borrows it, and each turn reuses the
         // cache of the one before.
         let mut runner = super::open_runner(&path, self.ctx, 1)?;
+        // Turns the session cannot rewind to (an edited or regenerated earlier turn) still
+        // start from the blocks already computed.
+        runner.set_prefix_cache_bytes(gptoss_engine::prefix_cache::DEFAULT_PREFIX_CACHE_BYTES);
         let mut source = ModelSource::new(runner.as_mut(), sampler)?;
         body(&mut source)
     }

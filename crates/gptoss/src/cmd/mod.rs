@@ -88,6 +88,29 @@ pub fn parse_ctx(s: &str) -> Result<usize, String> {
     }
 }
 
+/// A size in bytes: `2GiB`, `512MiB`, `1.5GB`, `100000` (0 allowed).
+pub fn parse_bytes(s: &str) -> Result<usize, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let scale: f64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1.0,
+        "k" | "kb" => 1e3,
+        "m" | "mb" => 1e6,
+        "g" | "gb" => 1e9,
+        "t" | "tb" => 1e12,
+        "ki" | "kib" => 1024.0,
+        "mi" | "mib" => 1024f64.powi(2),
+        "gi" | "gib" => 1024f64.powi(3),
+        "ti" | "tib" => 1024f64.powi(4),
+        _ => return Err(format!("`{s}`: unknown unit `{unit}` (use B, KB, MB, GB, KiB, MiB or GiB)")),
+    };
+    match num.parse::<f64>() {
+        Ok(v) if v.is_finite() && v * scale < usize::MAX as f64 => Ok((v * scale) as usize),
+        _ => Err(format!("`{s}` is not a size in bytes (e.g. 2GiB, 512MB, 0)")),
+    }
+}
+
 /// A `--ctx` checked against the checkpoint's own limit, before its weights load.
 pub fn check_ctx_against_model(path: &Path, ctx: usize) -> Result<()> {
     let config = Checkpoint::open(path)?.config;
@@ -540,6 +563,18 @@ pub fn rate(tokens: usize, secs: f64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sizes_parse_with_decimal_and_binary_units() {
+        assert_eq!(parse_bytes("0"), Ok(0));
+        assert_eq!(parse_bytes("2GiB"), Ok(2 << 30));
+        assert_eq!(parse_bytes("1.5GB"), Ok(1_500_000_000));
+        assert_eq!(parse_bytes("512 MiB"), Ok(512 << 20));
+        assert_eq!(parse_bytes("100000"), Ok(100_000));
+        assert!(parse_bytes("2XB").unwrap_err().contains("unknown unit"));
+        assert!(parse_bytes("GiB").is_err());
+        assert!(parse_bytes("-1").is_err());
+    }
 
     #[test]
     fn token_ids_from_text_json_and_objects() {

@@ -52,6 +52,11 @@ pub struct Args {
     /// Context length per sequence (prompt plus completion), at most the model's 131072.
     #[arg(long, default_value_t = 8192, value_name = "N", value_parser = super::parse_ctx)]
     ctx: usize,
+    /// Memory kept for the keys and values of prompts already processed, reused by later
+    /// requests that start with the same tokens (a conversation's next turn, a shared system
+    /// prompt or tool list); least recently used blocks go first. 0 turns it off.
+    #[arg(long, default_value = "2GiB", value_name = "SIZE", value_parser = super::parse_bytes)]
+    prefix_cache_bytes: usize,
     /// Tokens per forward step: every running sequence's next token plus prompt chunks.
     #[arg(long, default_value_t = 512, value_name = "N")]
     step_tokens: usize,
@@ -185,6 +190,12 @@ pub fn run(args: Args) -> Result<()> {
     let name = args.served_model_name.unwrap_or(name);
     aliases.retain(|a| *a != name);
     aliases.dedup();
+    let mut runner = runner;
+    if !runner.set_prefix_cache_bytes(args.prefix_cache_bytes) {
+        crate::note!("prefix cache: off (not available on {})", runner.device());
+    } else if args.prefix_cache_bytes > 0 {
+        crate::note!("prefix cache: up to {}", human_bytes(args.prefix_cache_bytes as u64));
+    }
     let ctx = runner.max_context();
     // Full-attention layers grow with the context; sliding ones hold a fixed window.
     let (per_token, per_seq) = runner.config().kv_bytes();
