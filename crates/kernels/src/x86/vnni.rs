@@ -239,7 +239,7 @@ unsafe fn panel(
 }
 
 static PARTS: super::I16aParts =
-    super::I16aParts { gemv_group, panel, panel_groups: PANEL_GROUPS, scratch_words, align: 64 };
+    super::I16aParts { gemv_group, panel, panel_groups: PANEL_GROUPS, scratch_words, align: 64, scale_bytes: 1 };
 
 /// See [`crate::scalar::matmul_rows_i16a_mxfp4r16w`]; `scratch` holds a decoded panel.
 #[allow(clippy::too_many_arguments)]
