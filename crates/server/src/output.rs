@@ -495,6 +495,26 @@ mod tests {
     }
 
     #[test]
+    fn text_without_a_header_keeps_its_logprobs() {
+        let tok = tok();
+        let lp_text = |out: &Output| -> String {
+            out.items[0].logprobs.iter().map(|s| out.token_text(s.token).0).collect()
+        };
+        let mut out = Output::new(&tok, ToolNames::default(), vec![]);
+        run(&mut out, &tok, "Plain text with no header<|end|>");
+        assert_eq!(out.items[0].text, "Plain text with no header");
+        assert_eq!(lp_text(&out), "Plain text with no header");
+        let mut out = Output::new(&tok, ToolNames::default(), vec![]);
+        run(&mut out, &tok, "<|channel|>final Salvaged answer, then more<|return|>");
+        assert_eq!(out.items[0].text, "Salvaged answer, then more");
+        assert_eq!(lp_text(&out).trim_start(), "Salvaged answer, then more");
+        // A well-formed answer: only its content tokens.
+        let mut out = Output::new(&tok, ToolNames::default(), vec![]);
+        run(&mut out, &tok, "<|channel|>final<|message|>Fine.<|return|>");
+        assert_eq!(lp_text(&out), "Fine.");
+    }
+
+    #[test]
     fn sanitized_names_are_unique() {
         let mut names = ToolNames::default();
         let r = names.register(&[ToolRef::function("a.b"), ToolRef::function("a-b"), ToolRef::function("9x")]);
