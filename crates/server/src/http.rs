@@ -266,6 +266,13 @@ pub fn fit_context(
     prompt_param: &str,
 ) -> Result<usize, ApiError> {
     let ctx = st.engine.max_context;
+    if prompt_len >= ctx {
+        // The prompt alone does not fit, whatever the limit asked.
+        return Err(ApiError::context_overflow(
+            format!("this model's context is {ctx} tokens and the prompt has {prompt_len}, leaving no room to answer"),
+            prompt_param,
+        ));
+    }
     match asked {
         Some(n) if prompt_len + n > ctx => Err(ApiError::context_overflow(
             format!(
@@ -275,10 +282,6 @@ pub fn fit_context(
             param,
         )),
         Some(n) => Ok(n),
-        None if prompt_len >= ctx => Err(ApiError::context_overflow(
-            format!("this model's context is {ctx} tokens and the prompt has {prompt_len}, leaving no room to answer"),
-            prompt_param,
-        )),
         None => Ok(ctx - prompt_len),
     }
 }

@@ -204,6 +204,15 @@ fn input_items(o: &Obj, previous: Option<&Stored>, required: bool) -> Result<Inp
         if !stored.get("id").is_some_and(Value::is_string) {
             stored.insert("id".into(), json!(random_id(&mut rng, prefix, 32)));
         }
+        if kind == "message" {
+            // As OpenAI lists them: content as parts, with a status.
+            if let Some(Value::String(text)) = stored.get("content") {
+                let part = if m.get("role").and_then(Value::as_str) == Some("assistant") { "output_text" } else { "input_text" };
+                let parts = json!([{"type": part, "text": text}]);
+                stored.insert("content".into(), parts);
+            }
+            stored.entry("status").or_insert_with(|| json!("completed"));
+        }
         stored_items.push(Value::Object(stored));
         match kind {
             "message" => {
