@@ -497,9 +497,8 @@ mod tests {
     #[test]
     fn text_without_a_header_keeps_its_logprobs() {
         let tok = tok();
-        let lp_text = |out: &Output| -> String {
-            out.items[0].logprobs.iter().map(|s| out.token_text(s.token).0).collect()
-        };
+        let lp_text =
+            |out: &Output| -> String { out.items[0].logprobs.iter().map(|s| out.token_text(s.token).0).collect() };
         let mut out = Output::new(&tok, ToolNames::default(), vec![]);
         run(&mut out, &tok, "Plain text with no header<|end|>");
         assert_eq!(out.items[0].text, "Plain text with no header");

@@ -131,7 +131,10 @@ fn check_schema(v: &Value, path: &str) -> Result<()> {
 
 fn check_name(name: &str, path: &str, what: &str) -> Result<()> {
     if name.is_empty() || name.len() > 64 || name.chars().any(char::is_control) {
-        return Err(ApiError::invalid(path, format!("a {what} name must be 1 to 64 characters with no control characters")));
+        return Err(ApiError::invalid(
+            path,
+            format!("a {what} name must be 1 to 64 characters with no control characters"),
+        ));
     }
     Ok(())
 }
@@ -203,7 +206,9 @@ pub fn parse_tools(o: &Obj, nested: bool) -> Result<Vec<Tool>> {
             continue;
         }
         match kind {
-            "function" | "custom" => push_unique(&mut tools, parse_tool(&to, kind == "custom", None)?, &to.path("name"))?,
+            "function" | "custom" => {
+                push_unique(&mut tools, parse_tool(&to, kind == "custom", None)?, &to.path("name"))?
+            }
             "namespace" => {
                 let ns = to.req_str("name")?;
                 check_name(ns, &to.path("name"), "namespace")?;
@@ -296,7 +301,11 @@ pub fn parse_tool_choice(o: &Obj, tools: &[Tool]) -> Result<ToolChoice> {
         }
         ToolChoice::Named(n) if !tools.iter().any(|t| &t.tool == n) => Err(ApiError::invalid(
             "tool_choice",
-            format!("`tool_choice` names {} {:?}, which is not in `tools`", if n.custom { "tool" } else { "function" }, n.name),
+            format!(
+                "`tool_choice` names {} {:?}, which is not in `tools`",
+                if n.custom { "tool" } else { "function" },
+                n.name
+            ),
         )),
         _ => Ok(choice),
     }
@@ -336,7 +345,8 @@ pub fn text_content(v: Option<&Value>, path: &str) -> Result<String> {
 /// content, a custom tool's input as plain text. The recipient is the client's tool until
 /// [`PromptSpec::render`] names it as the model sees it.
 pub fn call_message(tool: &ToolRef, arguments: String) -> Message {
-    let m = Message::text(Role::Assistant, arguments).with_channel("commentary").with_recipient(tool.client_recipient());
+    let m =
+        Message::text(Role::Assistant, arguments).with_channel("commentary").with_recipient(tool.client_recipient());
     if tool.custom {
         m
     } else {

@@ -128,11 +128,7 @@ struct Input {
 
 /// The tool a call item names: `name`, and `namespace` when given.
 fn call_tool(it: &Obj, custom: bool) -> Result<ToolRef, ApiError> {
-    Ok(ToolRef {
-        namespace: it.str("namespace")?.map(str::to_string),
-        name: it.req_str("name")?.to_string(),
-        custom,
-    })
+    Ok(ToolRef { namespace: it.str("namespace")?.map(str::to_string), name: it.req_str("name")?.to_string(), custom })
 }
 
 /// A tool output item's `output`: text, content parts (their text), or JSON.
@@ -207,7 +203,11 @@ fn input_items(o: &Obj, previous: Option<&Stored>, required: bool) -> Result<Inp
         if kind == "message" {
             // As OpenAI lists them: content as parts, with a status.
             if let Some(Value::String(text)) = stored.get("content") {
-                let part = if m.get("role").and_then(Value::as_str) == Some("assistant") { "output_text" } else { "input_text" };
+                let part = if m.get("role").and_then(Value::as_str) == Some("assistant") {
+                    "output_text"
+                } else {
+                    "input_text"
+                };
                 let parts = json!([{"type": part, "text": text}]);
                 stored.insert("content".into(), parts);
             }
@@ -566,13 +566,15 @@ fn percent_decode(s: &str) -> String {
     while i < b.len() {
         match b[i] {
             b'+' => out.push(b' '),
-            b'%' if i + 2 < b.len() => match u8::from_str_radix(std::str::from_utf8(&b[i + 1..i + 3]).unwrap_or("zz"), 16) {
-                Ok(x) => {
-                    out.push(x);
-                    i += 2;
+            b'%' if i + 2 < b.len() => {
+                match u8::from_str_radix(std::str::from_utf8(&b[i + 1..i + 3]).unwrap_or("zz"), 16) {
+                    Ok(x) => {
+                        out.push(x);
+                        i += 2;
+                    }
+                    Err(_) => out.push(b'%'),
                 }
-                Err(_) => out.push(b'%'),
-            },
+            }
             c => out.push(c),
         }
         i += 1;
@@ -1039,7 +1041,11 @@ mod tests {
             });
             let output: Vec<Value> = out.items.iter().map(|i| item_json(i, true, &out, None)).collect();
             for o in &output {
-                kinds_seen.insert(format!("{}{}", o["type"].as_str().unwrap(), o.get("phase").and_then(Value::as_str).map_or("".into(), |p| format!(":{p}"))));
+                kinds_seen.insert(format!(
+                    "{}{}",
+                    o["type"].as_str().unwrap(),
+                    o.get("phase").and_then(Value::as_str).map_or("".into(), |p| format!(":{p}"))
+                ));
                 if o.get("namespace").is_some() {
                     kinds_seen.insert("namespace".into());
                 }
@@ -1048,8 +1054,12 @@ mod tests {
             let next: Vec<Value> = output
                 .iter()
                 .filter_map(|o| match o["type"].as_str() {
-                    Some("function_call") => Some(json!({"type": "function_call_output", "call_id": o["call_id"], "output": "{\"ok\": true}"})),
-                    Some("custom_tool_call") => Some(json!({"type": "custom_tool_call_output", "call_id": o["call_id"], "output": "patched"})),
+                    Some("function_call") => Some(
+                        json!({"type": "function_call_output", "call_id": o["call_id"], "output": "{\"ok\": true}"}),
+                    ),
+                    Some("custom_tool_call") => {
+                        Some(json!({"type": "custom_tool_call_output", "call_id": o["call_id"], "output": "patched"}))
+                    }
                     _ => None,
                 })
                 .collect();
@@ -1067,14 +1077,31 @@ mod tests {
             calls = input.calls;
             instr = i2;
         }
-        for kind in ["reasoning", "message:commentary", "message:final_answer", "function_call", "custom_tool_call", "namespace"] {
+        for kind in [
+            "reasoning",
+            "message:commentary",
+            "message:final_answer",
+            "function_call",
+            "custom_tool_call",
+            "namespace",
+        ] {
             assert!(kinds_seen.contains(kind), "{kind} not covered: {kinds_seen:?}");
         }
         // The custom call's JSON-quoted input was unquoted; the raw one kept as written.
         let text = tok().decode_lossy(&prompt.tokens).unwrap();
-        assert!(text.contains("to=functions.apply_patch<|channel|>commentary<|message|>*** Begin Patch\n*** End Patch<|call|>"), "{text}");
+        assert!(
+            text.contains(
+                "to=functions.apply_patch<|channel|>commentary<|message|>*** Begin Patch\n*** End Patch<|call|>"
+            ),
+            "{text}"
+        );
         assert!(text.contains("<|start|>assistant to=multi_agent_v1.spawn_agent<|channel|>commentary <|constrain|>json<|message|>{\"task\":\"x\"}<|call|>"), "{text}");
-        assert!(text.contains("<|start|>multi_agent_v1.spawn_agent to=assistant<|channel|>commentary<|message|>{\"ok\": true}<|end|>"), "{text}");
+        assert!(
+            text.contains(
+                "<|start|>multi_agent_v1.spawn_agent to=assistant<|channel|>commentary<|message|>{\"ok\": true}<|end|>"
+            ),
+            "{text}"
+        );
         assert!(text.contains("<|start|>assistant<|channel|>commentary<|message|>Once more.<|end|>"), "{text}");
     }
 
@@ -1108,11 +1135,24 @@ mod tests {
         let channels: Vec<Option<&str>> = input.messages.iter().map(|m| m.channel.as_deref()).collect();
         assert_eq!(
             channels,
-            [None, Some("commentary"), Some("final"), None, Some("commentary"), Some("analysis"), Some("commentary"), Some("commentary"), Some("final")]
+            [
+                None,
+                Some("commentary"),
+                Some("final"),
+                None,
+                Some("commentary"),
+                Some("analysis"),
+                Some("commentary"),
+                Some("commentary"),
+                Some("final")
+            ]
         );
         assert_eq!(input.items.len(), 9);
         assert!(input.items.iter().all(|i| i["id"].is_string()));
         let bad = request(json!([{"role": "assistant", "content": "x", "phase": "middle"}]), None);
-        assert_eq!(input_items(&Obj::new(&bad, ""), None, true).err().unwrap().param.as_deref(), Some("input[0].phase"));
+        assert_eq!(
+            input_items(&Obj::new(&bad, ""), None, true).err().unwrap().param.as_deref(),
+            Some("input[0].phase")
+        );
     }
 }
