@@ -31,9 +31,8 @@ pub struct OpsBuffers {
     /// Activations as int16 codes `[T, K]` and their block scales `[T, K/32]`.
     xq: Vec<i16>,
     xq_scales: Vec<f32>,
-    /// The same codes with each 8 columns deinterleaved, and per token the sums of each
-    /// affine group of x `[T, K/group]` (the 4-bit affine kernels and their zero points).
-    xq_d: Vec<i16>,
+    /// Per token the sums of each affine group of x `[T, K/group]` (the 4-bit affine
+    /// kernels' zero points).
     x_group_sums: Vec<f32>,
     /// The expert matmul's tasks: (group, first row, output block `[rows, T]`).
     tasks: Vec<(usize, usize, &'static mut [f32])>,
@@ -136,18 +135,16 @@ fn linear_affine4_r16(
     use gptoss_kernels::mxfp4::BLOCK;
     let (rows, k, group) = (w.rows, w.cols, w.group);
     let groups = k / group;
-    let OpsBuffers { out_t, xq, xq_scales, xq_d, x_group_sums, .. } = bufs;
+    let OpsBuffers { out_t, xq, xq_scales, x_group_sums, .. } = bufs;
     let (q, xs) = (sized(xq, x.len()), sized(xq_scales, x.len() / BLOCK));
     let ia = kern.i16_act.as_ref();
     let quantize = ia.map_or(gptoss_kernels::mxfp4_r16::quantize_i16 as _, |ia| ia.quantize);
     quantize(x, q, xs);
-    let xd = sized(xq_d, x.len());
-    gptoss_kernels::affine_r16::deinterleave8(q, xd);
     let sums = sized(x_group_sums, n_tok * groups);
     for (s, xg) in sums.iter_mut().zip(x.chunks_exact(group)) {
         *s = xg.iter().sum();
     }
-    let (xd, xs, sums) = (&*xd, &*xs, &*sums);
+    let (xq, xs, sums) = (&*q, &*xs, &*sums);
     // Set by the model only with kernels that have it; the twin keeps any other pairing correct.
     let matmul = ia
         .and_then(|ia| ia.matmul_rows_i16a_affine4r16w)
@@ -156,7 +153,7 @@ fn linear_affine4_r16(
     let group16 = gptoss_kernels::mxfp4_r16::GROUP;
     rows_parallel_in(rows, n_tok, group16, y, out_t, |r, out, scratch| {
         let (c, s) = (&codes[r.start * k / 2..r.end * k / 2], &scales[r.start * k / BLOCK..r.end * k / BLOCK]);
-        matmul(xd, xs, n_tok, c, s, bias.map(|b| &b[r.clone()]), out, &mut scratch.words);
+        matmul(xq, xs, n_tok, c, s, bias.map(|b| &b[r.clone()]), out, &mut scratch.words);
         // The kernel multiplies centred codes q − 8; each group's `b + 8·s` (none when all
         // are 0: symmetric files) adds `Σ_g c_g·Σ_{k∈g} x[t, k]`.
         if centred.is_empty() {

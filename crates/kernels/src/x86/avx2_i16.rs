@@ -451,7 +451,7 @@ pub fn quantize_i16(x: &[f32], q: &mut [i16], xs: &mut [f32]) {
 /// See [`crate::scalar::matmul_rows_i16a_affine4r16w`]: one token group by group in
 /// registers ([`gemv_group_with`]'s decode); several through decoded panels, as the MXFP4
 /// GEMM (same integer block sums and the same order of float operations, so every token gets
-/// the same bits either way).
+/// the same bits either way). `scratch` holds a decoded panel, or the one token reordered.
 #[allow(clippy::too_many_arguments)]
 pub fn matmul_rows_i16a_affine4r16w(
     xq: &[i16],
@@ -467,22 +467,21 @@ pub fn matmul_rows_i16a_affine4r16w(
     crate::affine_r16::check_shapes(xq, xs, n_tok, k, codes.len(), scales.len(), bias, out);
     // SAFETY: f32 scales viewed as their bytes (the drivers read them back as f32).
     let scale_bytes = unsafe { std::slice::from_raw_parts(scales.as_ptr() as *const u8, 4 * scales.len()) };
-    if n_tok == 1 {
+    if n_tok == 1 && k.is_multiple_of(8) {
+        // One token: gemv_group reads the columns deinterleaved (a copy of K values in the
+        // scratch, which is not used otherwise).
+        let mut x = std::mem::take(scratch);
+        x.resize(k.div_ceil(2), 0);
+        // SAFETY: a u32 buffer of ⌈K/2⌉ words holds K i16 values, suitably aligned.
+        let xd = unsafe { std::slice::from_raw_parts_mut(x.as_mut_ptr() as *mut i16, k) };
+        deinterleave8(xq, xd);
         // SAFETY: handed out by `Kernels` only when the CPU has AVX2 and FMA; shapes checked.
-        unsafe { super::matmul_rows_i16a(&AFFINE4_PARTS, xq, xs, 1, codes, scale_bytes, bias, out, scratch) };
+        unsafe { super::matmul_rows_i16a(&AFFINE4_PARTS, xd, xs, 1, codes, scale_bytes, bias, out, &mut Vec::new()) };
+        *scratch = x;
         return;
     }
-    // The panels read columns in pairs: put each 8 back in order (K values per token, next to
-    // R·K/2 bytes of codes).
-    let mut natural = vec![0i16; xq.len()];
-    for (d, s) in natural.chunks_exact_mut(8).zip(xq.chunks_exact(8)) {
-        for i in 0..4 {
-            d[2 * i] = s[i];
-            d[2 * i + 1] = s[4 + i];
-        }
-    }
     // SAFETY: as above.
-    unsafe { super::matmul_rows_i16a(&AFFINE4_PARTS, &natural, xs, n_tok, codes, scale_bytes, bias, out, scratch) }
+    unsafe { super::matmul_rows_i16a(&AFFINE4_PARTS, xq, xs, n_tok, codes, scale_bytes, bias, out, scratch) }
 }
 
 /// Centred 4-bit affine codes: u − 8.
