@@ -31,9 +31,8 @@ pub struct OpsBuffers {
     /// Activations as int16 codes `[T, K]` and their block scales `[T, K/32]`.
     xq: Vec<i16>,
     xq_scales: Vec<f32>,
-    /// The same codes with each 8 columns deinterleaved, and per token the sums of each
-    /// affine group of x `[T, K/group]` (the 4-bit affine kernels and their zero points).
-    xq_d: Vec<i16>,
+    /// Per token the sums of each affine group of x `[T, K/group]` (the 4-bit affine
+    /// kernels' zero points).
     x_group_sums: Vec<f32>,
     /// The expert matmul's tasks: (group, first row, output block `[rows, T]`).
     tasks: Vec<(usize, usize, &'static mut [f32])>,
@@ -136,41 +135,51 @@ fn linear_affine4_r16(
     use gptoss_kernels::mxfp4::BLOCK;
     let (rows, k, group) = (w.rows, w.cols, w.group);
     let groups = k / group;
-    let OpsBuffers { out_t, xq, xq_scales, xq_d, x_group_sums, .. } = bufs;
+    let OpsBuffers { out_t, xq, xq_scales, x_group_sums, .. } = bufs;
     let (q, xs) = (sized(xq, x.len()), sized(xq_scales, x.len() / BLOCK));
     let ia = kern.i16_act.as_ref();
     let quantize = ia.map_or(gptoss_kernels::mxfp4_r16::quantize_i16 as _, |ia| ia.quantize);
     quantize(x, q, xs);
-    let xd = sized(xq_d, x.len());
-    gptoss_kernels::affine_r16::deinterleave8(q, xd);
     let sums = sized(x_group_sums, n_tok * groups);
     for (s, xg) in sums.iter_mut().zip(x.chunks_exact(group)) {
         *s = xg.iter().sum();
     }
-    let (xd, xs, sums) = (&*xd, &*xs, &*sums);
+    let (xq, xs, sums) = (&*q, &*xs, &*sums);
     // Set by the model only with kernels that have it; the twin keeps any other pairing correct.
     let matmul = ia
         .and_then(|ia| ia.matmul_rows_i16a_affine4r16w)
         .unwrap_or(gptoss_kernels::scalar::matmul_rows_i16a_affine4r16w);
-    let (codes, scales, zero) = (w.codes, w.scales, w.biases);
+    let (codes, scales, centred) = (w.codes, w.scales, w.biases);
     let group16 = gptoss_kernels::mxfp4_r16::GROUP;
     rows_parallel_in(rows, n_tok, group16, y, out_t, |r, out, scratch| {
         let (c, s) = (&codes[r.start * k / 2..r.end * k / 2], &scales[r.start * k / BLOCK..r.end * k / BLOCK]);
-        matmul(xd, xs, n_tok, c, s, bias.map(|b| &b[r.clone()]), out, &mut scratch.words);
-        // The kernel multiplies centred codes u − 8; the zero point makes up the 8·scale.
-        let mut centred = [0f32; 512];
+        matmul(xq, xs, n_tok, c, s, bias.map(|b| &b[r.clone()]), out, &mut scratch.words);
+        // The kernel multiplies centred codes q − 8; each group's `b + 8·s` (none when all
+        // are 0: symmetric files) adds `Σ_g c_g·Σ_{k∈g} x[t, k]`.
+        if centred.is_empty() {
+            return;
+        }
         for (i, row) in r.clone().enumerate() {
-            let z = &mut centred[..groups];
-            for (g, c) in z.iter_mut().enumerate() {
-                let s = gptoss_kernels::affine_r16::scale_at(scales, k, row, g * group / BLOCK);
-                *c = zero[row * groups + g] + 8.0 * s;
-            }
+            let c = &centred[row * groups..(row + 1) * groups];
             for t in 0..n_tok {
-                let zp: f32 = z.iter().zip(&sums[t * groups..(t + 1) * groups]).map(|(a, b)| a * b).sum();
-                out[i * n_tok + t] += zp;
+                out[i * n_tok + t] += dot8(c, &sums[t * groups..(t + 1) * groups]);
             }
         }
     });
+}
+
+/// `Σ a·b` in eight lanes (one order for every call, so results stay batch-invariant).
+fn dot8(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let (ra, rb) = (ca.remainder(), cb.remainder());
+    for (x, y) in ca.zip(cb) {
+        for l in 0..8 {
+            acc[l] += x[l] * y[l];
+        }
+    }
+    let tail: f32 = ra.iter().zip(rb).map(|(x, y)| x * y).sum();
+    acc.iter().sum::<f32>() + tail
 }
 
 /// The router's linear layer: f32 activations whatever the kernels (see

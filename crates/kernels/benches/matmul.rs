@@ -107,9 +107,8 @@ fn main() {
                         affine_r16::pack(&acodes, &s, k, group, &mut pc, &mut ps);
                         let (mut q, mut xs) = (vec![0i16; xf.len()], vec![0f32; xf.len() / 32]);
                         mxfp4_r16::quantize_i16(&xf, &mut q, &mut xs);
-                        let mut xq = vec![0i16; q.len()];
-                        affine_r16::deinterleave8(&q, &mut xq);
-                        let t = best(reps, || f(&xq, &xs, n_tok, &pc, &ps, None, &mut out, &mut Vec::new()));
+                        let mut scratch = Vec::new();
+                        let t = best(reps, || f(&q, &xs, n_tok, &pc, &ps, None, &mut out, &mut scratch));
                         println!(
                             "{name:8} T={n_tok:3} {:17} affine4 {:6.1} GMAC/s {:5.1} GB/s (int16 activations, repacked; f32 scale per 32)",
                             isa.name(),

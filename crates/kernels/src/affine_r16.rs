@@ -5,7 +5,8 @@
 //! an E8M0 byte. Centring keeps the integer sum near the size of the weights: the zero point
 //! of an affine group is about `−8·scale`, and uncentred codes would make the activations'
 //! int16 rounding error scale with `15·scale` instead. Activations are int16 codes per block of 32 ([`crate::mxfp4_r16::quantize_i16`]),
-//! with each 8 columns reordered by [`deinterleave8`].
+//! in column order, as the MXFP4 kernels take them (the AVX2 one-token kernel reorders them
+//! by [`deinterleave8`] itself).
 //!
 //! Per row r, token t and block b (every kernel does exactly this):
 //! - `isum = Σ_k (u[r, k] − 8)·xq[t, k]` exactly (u in 0..15, |xq| ≤ 32767);

@@ -253,8 +253,7 @@ static AVX512_BF16: Kernels = Kernels {
     i16_act: Some(I16Act {
         quantize: crate::x86::vnni::quantize_i16,
         matmul_rows_i16a_mxfp4r16w: crate::x86::vnni::matmul_rows_i16a_mxfp4r16w,
-        // The AVX2 kernel (every AVX-512 CPU has AVX2).
-        matmul_rows_i16a_affine4r16w: Some(crate::x86::avx2_i16::matmul_rows_i16a_affine4r16w),
+        matmul_rows_i16a_affine4r16w: Some(crate::x86::vnni::matmul_rows_i16a_affine4r16w),
     }),
 };
 #[cfg(target_arch = "x86_64")]

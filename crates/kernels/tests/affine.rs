@@ -181,9 +181,7 @@ fn packed(c: &Case) -> Packed {
     affine_r16::pack(&c.codes, &c.scales, c.k, c.group, &mut codes, &mut scales);
     let (mut q, mut xs) = (vec![0i16; c.x.len()], vec![0f32; c.x.len() / 32]);
     mxfp4_r16::quantize_i16(&c.x, &mut q, &mut xs);
-    let mut xq = vec![0i16; q.len()];
-    affine_r16::deinterleave8(&q, &mut xq);
-    Packed { codes, scales, xq, xs }
+    Packed { codes, scales, xq: q, xs }
 }
 
 fn run_packed(f: gptoss_kernels::dispatch::MatmulI16aAffine4r16w, c: &Case, p: &Packed) -> Vec<f32> {

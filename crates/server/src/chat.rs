@@ -50,7 +50,7 @@ fn parse(st: &AppState, req: &Map<String, Value>) -> Result<ChatRequest, ApiErro
         None => o.usize_in("max_tokens", 1, usize::MAX >> 1)?,
     };
     let param = if o.get("max_completion_tokens").is_some() { "max_completion_tokens" } else { "max_tokens" };
-    let max_tokens = http::fit_context(st, prompt.tokens.len(), asked, param)?;
+    let max_tokens = http::fit_context(st, prompt.tokens.len(), asked, param, "messages")?;
     let logprobs = o.bool("logprobs")?.unwrap_or(false);
     let top_logprobs = o.usize_in("top_logprobs", 0, 20)?.unwrap_or(0);
     if top_logprobs > 0 && !logprobs {
@@ -166,7 +166,7 @@ impl<'t> Run<'t> {
     }
 }
 
-fn logprob_entry(out: &Output, s: &Sampled, top: usize) -> Value {
+pub(crate) fn logprob_entry(out: &Output, s: &Sampled, top: usize) -> Value {
     let (token, bytes) = out.token_text(s.token);
     let alts: Vec<Value> = s
         .top_logprobs
@@ -213,8 +213,8 @@ async fn complete(
         .iter()
         .filter_map(|i| match &i.kind {
             // A call cut off by the token limit is not a call to make.
-            Kind::ToolCall { name, call_id } if i.complete => {
-                Some(json!({"id": call_id, "type": "function", "function": {"name": name, "arguments": i.text}}))
+            Kind::ToolCall { tool, call_id } if i.complete => {
+                Some(json!({"id": call_id, "type": "function", "function": {"name": tool.name, "arguments": i.text}}))
             }
             _ => None,
         })
@@ -280,11 +280,11 @@ async fn stream(
         for p in pieces.drain(..) {
             match p {
                 Piece::Begin(i) => match &run.out.items[i].kind {
-                    Kind::ToolCall { name, call_id } => {
+                    Kind::ToolCall { tool, call_id } => {
                         let k = call_index.len();
                         call_index.insert(i, k);
                         calls.push(json!({"index": k, "id": call_id, "type": "function",
-                                          "function": {"name": name, "arguments": ""}}));
+                                          "function": {"name": tool.name, "arguments": ""}}));
                     }
                     Kind::Text => {
                         if text_started {

@@ -69,7 +69,7 @@ fn parse(st: &AppState, req: &Map<String, Value>) -> Result<CompletionRequest, A
     o.usize_in("n", 1, 1)?; // one choice per request
     o.usize_in("best_of", 1, 1)?;
     let asked = o.usize_in("max_tokens", 1, usize::MAX >> 1)?.or(Some(16));
-    let max_tokens = http::fit_context(st, prompt.len(), asked, "max_tokens")?;
+    let max_tokens = http::fit_context(st, prompt.len(), asked, "max_tokens", "prompt")?;
     let logprobs = o.usize_in("logprobs", 0, 20)?;
     let echo = o.bool("echo")?.unwrap_or(false);
     let mut job = http::job(st, &o, prompt.clone(), max_tokens)?;

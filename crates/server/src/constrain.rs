@@ -175,7 +175,8 @@ impl Grammar {
 pub struct ConstraintSpec {
     /// The final answer's JSON (`response_format`).
     pub format: Option<Grammar>,
-    /// Strict tools by rendered name, with their arguments' grammar.
+    /// Strict tools by the recipient the model writes (`functions.x`, `ns.y`), with their
+    /// arguments' grammar.
     pub tools: Vec<(String, Grammar)>,
     /// Whether function tools are offered at all (the answer may be preceded by calls).
     pub tools_offered: bool,
@@ -513,7 +514,7 @@ impl SeqConstraint {
                 return Phase::Json { m: Box::new(g.matcher()), end: CALL, closing_repeats: (0, 0) };
             }
         }
-        Phase::Free { call: to.is_some() || text.contains("to=") }
+        Phase::Free { call: to.is_some() }
     }
 }
 
@@ -523,12 +524,12 @@ fn header_text(g: &Grammars, h: &[u32]) -> String {
     String::from_utf8_lossy(&trie.decode_ext(h, true)).into_owned()
 }
 
-/// The function a header addresses: `to=functions.NAME` anywhere in it (either header
-/// order), or a bare `functions.NAME` in the role's place.
+/// The recipient a header addresses: `to=RECIPIENT` anywhere in it (either header order,
+/// `functions.NAME` or `namespace.NAME`), or a bare `functions.NAME` in the role's place.
 fn recipient(header: &str) -> Option<String> {
-    let at = header.find("to=functions.").map(|i| i + "to=functions.".len()).or_else(|| {
+    let at = header.find("to=").map(|i| i + "to=".len()).or_else(|| {
         let t = header.trim_start();
-        t.starts_with("functions.").then(|| header.len() - t.len() + "functions.".len())
+        t.starts_with("functions.").then(|| header.len() - t.len())
     })?;
     let rest = &header[at..];
     let end = rest.find(|c: char| c.is_whitespace() || c == '<').unwrap_or(rest.len());
@@ -653,7 +654,7 @@ mod tests {
     #[test]
     fn a_strict_tool_after_a_forced_header_gets_valid_arguments_then_call() {
         let tool = ConstraintSpec::compile(&schema(), "tools[0].function.parameters").unwrap();
-        let spec = ConstraintSpec { format: None, tools: vec![("f".into(), tool)], tools_offered: true };
+        let spec = ConstraintSpec { format: None, tools: vec![("functions.f".into(), tool)], tools_offered: true };
         let tok = Tokenizer::o200k_harmony().unwrap();
         let mut forced = vec![CHANNEL];
         forced.extend(tok.encode("commentary to=functions.f "));
@@ -671,7 +672,7 @@ mod tests {
     #[test]
     fn free_text_is_left_alone_without_a_format() {
         let tool = ConstraintSpec::compile(&schema(), "p").unwrap();
-        let spec = ConstraintSpec { format: None, tools: vec![("f".into(), tool)], tools_offered: true };
+        let spec = ConstraintSpec { format: None, tools: vec![("functions.f".into(), tool)], tools_offered: true };
         let mut c = SeqConstraint::new(Arc::new(spec), &[], 100, Arc::new(Metrics::default()));
         assert!(matches!(c.next(100), Next::Free));
         c.commit(CHANNEL);
@@ -693,9 +694,10 @@ mod tests {
             recipient("<|channel|>commentary to=functions.get_weather <|constrain|>json").as_deref(),
             Some("get_weather")
         );
-        assert_eq!(recipient("assistant to=functions.f<|channel|>commentary").as_deref(), Some("f"));
-        assert_eq!(recipient(" to=functions.f<|channel|>commentary<|constrain|>json").as_deref(), Some("f"));
-        assert_eq!(recipient("functions.f<|channel|>commentary").as_deref(), Some("f"));
+        assert_eq!(recipient("assistant to=functions.f<|channel|>commentary").as_deref(), Some("functions.f"));
+        assert_eq!(recipient(" to=functions.f<|channel|>commentary<|constrain|>json").as_deref(), Some("functions.f"));
+        assert_eq!(recipient("functions.f<|channel|>commentary").as_deref(), Some("functions.f"));
+        assert_eq!(recipient("<|channel|>commentary to=shell.exec <|constrain|>json").as_deref(), Some("shell.exec"));
         assert_eq!(recipient("<|channel|>analysis").as_deref(), None);
     }
 }

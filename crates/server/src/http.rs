@@ -95,7 +95,9 @@ pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/v1/chat/completions", post(crate::chat::handle))
         .route("/v1/responses", post(crate::responses::handle))
-        .route("/v1/responses/{id}", get(crate::responses::get_stored))
+        .route("/v1/responses/input_tokens", post(crate::responses::input_tokens))
+        .route("/v1/responses/{id}", get(crate::responses::get_stored).delete(crate::responses::delete_stored))
+        .route("/v1/responses/{id}/input_items", get(crate::responses::input_items_list))
         .route("/v1/completions", post(crate::completions::handle))
         .route("/v1/models", get(models))
         .route("/v1/models/{id}", get(model))
@@ -253,9 +255,24 @@ pub fn check_model(st: &AppState, o: &Obj) -> Result<(), ApiError> {
 }
 
 /// Tokens the completion may use: what was asked, if prompt plus that fits the context;
-/// otherwise the rest of the context. Refused before any work when it cannot fit.
-pub fn fit_context(st: &AppState, prompt_len: usize, asked: Option<usize>, param: &str) -> Result<usize, ApiError> {
+/// otherwise the rest of the context. Refused before any work when it cannot fit: naming
+/// `param` (the output limit) when that was asked for, else `prompt_param` (what the prompt
+/// comes from: `messages`, `prompt`, `input`).
+pub fn fit_context(
+    st: &AppState,
+    prompt_len: usize,
+    asked: Option<usize>,
+    param: &str,
+    prompt_param: &str,
+) -> Result<usize, ApiError> {
     let ctx = st.engine.max_context;
+    if prompt_len >= ctx {
+        // The prompt alone does not fit, whatever the limit asked.
+        return Err(ApiError::context_overflow(
+            format!("this model's context is {ctx} tokens and the prompt has {prompt_len}, leaving no room to answer"),
+            prompt_param,
+        ));
+    }
     match asked {
         Some(n) if prompt_len + n > ctx => Err(ApiError::context_overflow(
             format!(
@@ -265,10 +282,6 @@ pub fn fit_context(st: &AppState, prompt_len: usize, asked: Option<usize>, param
             param,
         )),
         Some(n) => Ok(n),
-        None if prompt_len >= ctx => Err(ApiError::context_overflow(
-            format!("this model's context is {ctx} tokens and the prompt has {prompt_len}, leaving no room to answer"),
-            "messages",
-        )),
         None => Ok(ctx - prompt_len),
     }
 }
@@ -469,8 +482,9 @@ async fn model(
     })
 }
 
-/// `{"prompt": text}` (ordinary text) or a chat request's fields (`messages`, `tools`, ...: the chat
-/// prompt exactly as `/v1/chat/completions` renders it).
+/// `{"prompt": text}` (ordinary text), a chat request's fields (`messages`, `tools`, ...: the chat
+/// prompt exactly as `/v1/chat/completions` renders it) or a Responses request's (`input`,
+/// `previous_response_id`, `instructions`, `tools`, ...: as `/v1/responses` renders it).
 async fn tokenize(State(st): State<Arc<AppState>>, headers: HeaderMap, body: Body) -> Response {
     let mut log = RequestLog::new(&st, "tokenize");
     let result = async {
@@ -483,8 +497,13 @@ async fn tokenize(State(st): State<Arc<AppState>>, headers: HeaderMap, body: Bod
                 st.tok.encode(text)
             } else if o.get("messages").is_some() {
                 PromptSpec::from_chat(&o)?.render(&st.tok)?.tokens
+            } else if o.get("input").is_some() || o.get("previous_response_id").is_some() {
+                crate::responses::prompt_tokens(st, &o)?
             } else {
-                return Err(ApiError::invalid("prompt", "give `prompt` (text) or `messages` (a chat)"));
+                return Err(ApiError::invalid(
+                    "prompt",
+                    "give `prompt` (text), `messages` (a chat) or `input` (a Responses request)",
+                ));
             };
             let mut out = json!({"count": tokens.len(), "max_model_len": st.engine.max_context, "tokens": tokens});
             if o.bool("return_token_strs")? == Some(true) {

@@ -15,41 +15,113 @@ use gptoss_engine::rng::Rng;
 use gptoss_engine::tokenizer::{Tokenizer, END_OF_TEXT};
 use gptoss_engine::Sampled;
 
-/// Declared function names. Names the model sees are sanitized to TypeScript identifiers
-/// (spec §6: Ollama's rule) and mapped back here.
+/// A declared tool as the client names it: a function or a custom (free-form) tool, in a
+/// namespace or not (the harmony `functions` namespace).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct ToolRef {
+    pub namespace: Option<String>,
+    pub name: String,
+    pub custom: bool,
+}
+
+impl ToolRef {
+    pub fn function(name: impl Into<String>) -> Self {
+        ToolRef { namespace: None, name: name.into(), custom: false }
+    }
+
+    /// The recipient a history message carries before the request's tools rename it (see
+    /// `prompt::PromptSpec::render`). Names never hold control characters (they are refused),
+    /// so U+001F cannot be part of one.
+    pub fn client_recipient(&self) -> String {
+        let kind = if self.custom { 'c' } else { 'f' };
+        format!("\u{1f}{kind}\u{1f}{}\u{1f}{}", self.namespace.as_deref().unwrap_or(""), self.name)
+    }
+
+    /// The inverse of [`ToolRef::client_recipient`].
+    pub fn from_client_recipient(s: &str) -> Option<Self> {
+        let mut parts = s.strip_prefix('\u{1f}')?.splitn(3, '\u{1f}');
+        let custom = match parts.next()? {
+            "c" => true,
+            "f" => false,
+            _ => return None,
+        };
+        let ns = parts.next()?;
+        let name = parts.next()?;
+        Some(ToolRef { namespace: (!ns.is_empty()).then(|| ns.to_string()), name: name.to_string(), custom })
+    }
+}
+
+/// Declared tools. Names the model sees are sanitized to TypeScript identifiers (spec §6:
+/// Ollama's rule), namespaces too, and mapped back here. A tool outside a namespace is in
+/// harmony's `functions`.
 #[derive(Clone, Debug, Default)]
 pub struct ToolNames {
-    /// rendered name → the client's name
-    to_client: HashMap<String, String>,
+    /// rendered recipient (`functions.x`, `ns.y`) → the client's tool
+    to_client: HashMap<String, ToolRef>,
+    /// the client's namespace → its rendered name
+    namespaces: HashMap<String, String>,
 }
 
 impl ToolNames {
-    /// Registers the client's names; returns the rendered names in the same order.
-    pub fn register(&mut self, names: &[String]) -> Vec<String> {
+    /// Registers the client's tools; returns the rendered (namespace, name) of each, in order.
+    pub fn register(&mut self, tools: &[ToolRef]) -> Vec<(String, String)> {
         let mut out = Vec::new();
-        for name in names {
-            let base = sanitize(name);
+        for t in tools {
+            let ns = match &t.namespace {
+                None => "functions".to_string(),
+                Some(client) => match self.namespaces.get(client) {
+                    Some(r) => r.clone(),
+                    None => {
+                        let base = sanitize(client);
+                        let taken: Vec<&String> = self.namespaces.values().collect();
+                        let mut rendered = base.clone();
+                        let mut n = 2;
+                        while rendered == "functions" || taken.contains(&&rendered) {
+                            rendered = format!("{base}_{n}");
+                            n += 1;
+                        }
+                        self.namespaces.insert(client.clone(), rendered.clone());
+                        rendered
+                    }
+                },
+            };
+            let base = sanitize(&t.name);
             let mut rendered = base.clone();
             let mut n = 2;
-            while self.to_client.contains_key(&rendered) {
+            while self.to_client.contains_key(&format!("{ns}.{rendered}")) {
                 rendered = format!("{base}_{n}");
                 n += 1;
             }
-            self.to_client.insert(rendered.clone(), name.clone());
-            out.push(rendered);
+            self.to_client.insert(format!("{ns}.{rendered}"), t.clone());
+            out.push((ns, rendered));
         }
         out
     }
 
-    /// The rendered name of a client's tool.
-    pub fn rendered(&self, client: &str) -> Option<&str> {
-        self.to_client.iter().find(|(_, c)| c.as_str() == client).map(|(r, _)| r.as_str())
+    /// The recipient the model uses for a client's tool (`functions.x`, `ns.y`).
+    pub fn rendered(&self, client: &ToolRef) -> Option<&str> {
+        self.to_client.iter().find(|(_, c)| *c == client).map(|(r, _)| r.as_str())
     }
 
-    /// The client's name for a recipient the model wrote (`functions.x` or a bare `x`).
-    pub fn resolve(&self, recipient: &str) -> Option<&str> {
-        let name = recipient.strip_prefix("functions.").unwrap_or(recipient);
-        self.to_client.get(name).map(String::as_str)
+    /// The recipient for a tool that may not be declared in this request (history from an
+    /// earlier one): its rendered name if declared, else its sanitized name.
+    pub fn recipient(&self, client: &ToolRef) -> String {
+        match self.rendered(client) {
+            Some(r) => r.to_string(),
+            None => {
+                let ns = match &client.namespace {
+                    None => "functions".to_string(),
+                    Some(n) => self.namespaces.get(n).cloned().unwrap_or_else(|| sanitize(n)),
+                };
+                format!("{ns}.{}", sanitize(&client.name))
+            }
+        }
+    }
+
+    /// The client's tool for a recipient the model wrote (`functions.x`, `ns.y`, or a bare `x`
+    /// for a function).
+    pub fn resolve(&self, recipient: &str) -> Option<&ToolRef> {
+        self.to_client.get(recipient).or_else(|| self.to_client.get(&format!("functions.{recipient}")))
     }
 }
 
@@ -74,7 +146,7 @@ pub fn sanitize(name: &str) -> String {
 pub enum Kind {
     Reasoning,
     Text,
-    ToolCall { name: String, call_id: String },
+    ToolCall { tool: ToolRef, call_id: String },
 }
 
 #[derive(Clone, Debug)]
@@ -161,6 +233,11 @@ pub struct Output<'t> {
     pub stopped: bool,
     pub reasoning_tokens: usize,
     rng: Rng,
+    /// Ordinary tokens read as a header; if the header turns out to be text (no `<|message|>`
+    /// came), the text item's logprobs start with them.
+    pending: Vec<Sampled>,
+    /// A header was taken as text during the current token.
+    salvaged: bool,
 }
 
 pub fn random_id(rng: &mut Rng, prefix: &str, hex_chars: usize) -> String {
@@ -186,6 +263,8 @@ impl<'t> Output<'t> {
             stopped: false,
             reasoning_tokens: 0,
             rng: Rng::new(Rng::entropy_seed()),
+            pending: Vec::new(),
+            salvaged: false,
         }
     }
 
@@ -194,6 +273,10 @@ impl<'t> Output<'t> {
             return;
         }
         let was_reasoning = self.current_kind() == Some(&Kind::Reasoning);
+        if self.current.is_none() && !Tokenizer::is_special(s.token) {
+            self.pending.push(s.clone());
+        }
+        self.salvaged = false;
         let mut events = std::mem::take(&mut self.events);
         events.clear();
         self.parser.push(s.token, &mut events);
@@ -205,9 +288,10 @@ impl<'t> Output<'t> {
             self.reasoning_tokens += 1;
         }
         if let Some(i) = self.current {
-            if self.items[i].kind == Kind::Text && !Tokenizer::is_special(s.token) {
+            if self.items[i].kind == Kind::Text && !Tokenizer::is_special(s.token) && !self.salvaged {
                 self.items[i].logprobs.push(s.clone());
             }
+            self.pending.clear();
         }
     }
 
@@ -237,7 +321,7 @@ impl<'t> Output<'t> {
         }
         if let Some(r) = h.recipient.as_deref() {
             return match self.tools.resolve(r) {
-                Some(name) => Kind::ToolCall { name: name.to_string(), call_id: random_id(&mut self.rng, "call_", 24) },
+                Some(tool) => Kind::ToolCall { tool: tool.clone(), call_id: random_id(&mut self.rng, "call_", 24) },
                 None => Kind::Reasoning,
             };
         }
@@ -269,6 +353,9 @@ impl<'t> Output<'t> {
             }
             ParseEvent::Text(t) => {
                 let Some(i) = self.current else { return };
+                if self.items[i].text.is_empty() && !self.pending.is_empty() {
+                    self.take_pending(i, t.len());
+                }
                 // Stop strings apply to the answer only (spec harmony §3.5), not to preambles.
                 let answer = self.items[i].kind == Kind::Text && self.items[i].channel.as_deref() != Some("commentary");
                 if answer {
@@ -297,6 +384,27 @@ impl<'t> Output<'t> {
             }
             ParseEvent::Problem(_) => {}
         }
+    }
+
+    /// The first text of an item came from tokens read as a header (the model wrote no
+    /// header, or no `<|message|>`): those tokens are the text's, as many from the end as
+    /// the text holds (the salvaged text joins the header's words with one space).
+    fn take_pending(&mut self, i: usize, text_len: usize) {
+        let pending = std::mem::take(&mut self.pending);
+        self.salvaged = true;
+        if self.items[i].kind != Kind::Text {
+            return;
+        }
+        let mut bytes = 0;
+        let mut first = pending.len();
+        for (k, s) in pending.iter().enumerate().rev() {
+            bytes += self.tok.token_bytes(s.token).map_or(0, |b| b.len());
+            if bytes > text_len + 1 {
+                break;
+            }
+            first = k;
+        }
+        self.items[i].logprobs.extend_from_slice(&pending[first..]);
     }
 
     fn flush_held(&mut self, i: usize, out: &mut Vec<Piece>) {
@@ -339,7 +447,8 @@ mod tests {
     fn reasoning_then_call_to_a_declared_tool() {
         let tok = tok();
         let mut names = ToolNames::default();
-        assert_eq!(names.register(&["get-weather".into()]), vec!["get_weather".to_string()]);
+        let r = names.register(&[ToolRef::function("get-weather")]);
+        assert_eq!(r, vec![("functions".to_string(), "get_weather".to_string())]);
         let mut out = Output::new(&tok, names, vec![]);
         run(
             &mut out,
@@ -349,7 +458,7 @@ mod tests {
         assert_eq!(out.items.len(), 2);
         assert_eq!(out.items[0].kind, Kind::Reasoning);
         assert_eq!(out.items[0].text, "Need weather.");
-        assert!(matches!(&out.items[1].kind, Kind::ToolCall { name, .. } if name == "get-weather"));
+        assert!(matches!(&out.items[1].kind, Kind::ToolCall { tool, .. } if tool.name == "get-weather"));
         assert_eq!(out.items[1].text, "{\"city\":\"Paris\"}");
         assert!(out.items[1].complete);
     }
@@ -386,12 +495,40 @@ mod tests {
     }
 
     #[test]
+    fn text_without_a_header_keeps_its_logprobs() {
+        let tok = tok();
+        let lp_text =
+            |out: &Output| -> String { out.items[0].logprobs.iter().map(|s| out.token_text(s.token).0).collect() };
+        let mut out = Output::new(&tok, ToolNames::default(), vec![]);
+        run(&mut out, &tok, "Plain text with no header<|end|>");
+        assert_eq!(out.items[0].text, "Plain text with no header");
+        assert_eq!(lp_text(&out), "Plain text with no header");
+        let mut out = Output::new(&tok, ToolNames::default(), vec![]);
+        run(&mut out, &tok, "<|channel|>final Salvaged answer, then more<|return|>");
+        assert_eq!(out.items[0].text, "Salvaged answer, then more");
+        assert_eq!(lp_text(&out).trim_start(), "Salvaged answer, then more");
+        // A well-formed answer: only its content tokens.
+        let mut out = Output::new(&tok, ToolNames::default(), vec![]);
+        run(&mut out, &tok, "<|channel|>final<|message|>Fine.<|return|>");
+        assert_eq!(lp_text(&out), "Fine.");
+    }
+
+    #[test]
     fn sanitized_names_are_unique() {
         let mut names = ToolNames::default();
-        let r = names.register(&["a.b".into(), "a-b".into(), "9x".into()]);
-        assert_eq!(r, vec!["a_b", "a_b_2", "_9x"]);
-        assert_eq!(names.resolve("functions.a_b_2"), Some("a-b"));
-        assert_eq!(names.resolve("_9x"), Some("9x"));
+        let r = names.register(&[ToolRef::function("a.b"), ToolRef::function("a-b"), ToolRef::function("9x")]);
+        let names_only: Vec<&str> = r.iter().map(|(_, n)| n.as_str()).collect();
+        assert_eq!(names_only, vec!["a_b", "a_b_2", "_9x"]);
+        assert_eq!(names.resolve("functions.a_b_2").map(|t| t.name.as_str()), Some("a-b"));
+        assert_eq!(names.resolve("_9x").map(|t| t.name.as_str()), Some("9x"));
         assert_eq!(names.resolve("functions.nope"), None);
+        // Namespaces are sanitized and kept apart from `functions`; a bare name is a function.
+        let ns = ToolRef { namespace: Some("multi-agent".into()), name: "spawn".into(), custom: false };
+        let r = names.register(&[ns.clone(), ToolRef { namespace: Some("functions".into()), ..ns.clone() }]);
+        assert_eq!(r[0], ("multi_agent".to_string(), "spawn".to_string()));
+        assert_eq!(r[1].0, "functions_2");
+        assert_eq!(names.resolve("multi_agent.spawn"), Some(&ns));
+        assert_eq!(names.resolve("spawn"), None);
+        assert_eq!(ToolRef::from_client_recipient(&ns.client_recipient()), Some(ns));
     }
 }

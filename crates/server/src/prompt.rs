@@ -6,34 +6,57 @@
 use gptoss_engine::chat::{drop_finished_analysis, today_utc};
 use gptoss_engine::harmony::{
     DeveloperContent, Message, ReasoningEffort, RenderOptions, Renderer, ResponseFormat, Role, SystemContent,
-    ToolDescription,
+    ToolDescription, ToolNamespace, Tools,
 };
 use gptoss_engine::tokenizer::{Tokenizer, CHANNEL, CONSTRAIN, MESSAGE};
 use serde_json::{Map, Value};
 
 use crate::error::ApiError;
 use crate::fields::{wrong, Obj, Result};
-use crate::output::ToolNames;
+use crate::output::{ToolNames, ToolRef};
 
 #[derive(Clone, Debug, PartialEq)]
 pub enum ToolChoice {
     Auto,
     None,
     Required,
-    Named(String),
+    Named(ToolRef),
 }
 
-/// A declared function, by the client's name.
+/// A declared tool, by the client's names: a function (JSON arguments) or a custom tool
+/// (free-form text input), maybe in a namespace.
 #[derive(Clone, Debug)]
 pub struct Tool {
-    pub name: String,
+    pub tool: ToolRef,
     pub description: String,
     pub parameters: Option<Value>,
-    /// `strict: true`: the arguments are enforced to match `parameters` while sampling.
+    /// The description of its namespace, for the namespace's `## name` section.
+    pub namespace_description: Option<String>,
+    /// `strict: true` (a function, not a custom tool): the arguments are enforced to match
+    /// `parameters` while sampling.
     pub strict: bool,
     /// Where `parameters` is in the request, for errors.
     pub param_path: String,
 }
+
+/// Hosted tools OpenAI runs on its side; this server runs none of them, so they are left out
+/// of the prompt (the model cannot call what it is not shown).
+const HOSTED_TOOLS: &[&str] = &[
+    "web_search",
+    "web_search_preview",
+    "web_search_preview_2025_03_11",
+    "web_search_2025_08_26",
+    "file_search",
+    "code_interpreter",
+    "image_generation",
+    "mcp",
+    "local_shell",
+    "shell",
+    "computer_use_preview",
+    "computer_use",
+    "apply_patch",
+    "tool_search",
+];
 
 #[derive(Clone, Debug)]
 pub struct PromptSpec {
@@ -111,53 +134,139 @@ fn check_schema(v: &Value, path: &str) -> Result<()> {
     Ok(())
 }
 
+fn check_name(name: &str, path: &str, what: &str) -> Result<()> {
+    if name.is_empty() || name.len() > 64 || name.chars().any(char::is_control) {
+        return Err(ApiError::invalid(
+            path,
+            format!("a {what} name must be 1 to 64 characters with no control characters"),
+        ));
+    }
+    Ok(())
+}
+
+/// One function (`{name, description, parameters}`) or custom tool (`{name, description,
+/// format}`) at `o`.
+fn parse_tool(o: &Obj, custom: bool, namespace: Option<(&str, &str)>) -> Result<Tool> {
+    let name = o.req_str("name")?;
+    check_name(name, &o.path("name"), if custom { "tool" } else { "function" })?;
+    let mut description = o.str("description")?.unwrap_or("").to_string();
+    let parameters = if custom {
+        // Free-form input: the model writes the raw text as the call's whole message.
+        let mut lines = vec!["Input: free-form text (not JSON), written as the whole message.".to_string()];
+        if let Some(f) = o.obj("format")? {
+            let fpath = o.path("format");
+            let f = Obj::new(f, &fpath);
+            if f.str("type")? == Some("grammar") {
+                let syntax = f.str("syntax")?.unwrap_or("lark");
+                lines.push(format!("The input must follow this {syntax} grammar:"));
+                lines.extend(f.str("definition")?.unwrap_or("").lines().map(str::to_string));
+            }
+        }
+        if !description.is_empty() {
+            description.push('\n');
+        }
+        description.push_str(&lines.join("\n"));
+        Some(serde_json::json!({"type": "string"}))
+    } else {
+        match o.get("parameters") {
+            None | Some(Value::Null) => None,
+            Some(p) => {
+                check_schema(p, &o.path("parameters"))?;
+                Some(p.clone())
+            }
+        }
+    };
+    let tool = ToolRef { namespace: namespace.map(|(n, _)| n.to_string()), name: name.to_string(), custom };
+    let strict = !custom && o.bool("strict")?.unwrap_or(false);
+    Ok(Tool {
+        tool,
+        description,
+        parameters,
+        namespace_description: namespace.map(|(_, d)| d.to_string()),
+        strict,
+        param_path: o.path("parameters"),
+    })
+}
+
 /// Chat Completions tools (`{type:"function", function:{name, ...}}`) when `nested`, the
-/// Responses API's flat form (`{type:"function", name, ...}`) otherwise.
+/// Responses API's flat form otherwise: `function`, `custom` (free-form input) and
+/// `namespace` (a group of functions and custom tools, harmony's own namespaces). Hosted
+/// tools the server does not run (`web_search`, `file_search`, `mcp`, ... and any other typed
+/// tool) are left out of the Responses prompt with a log line rather than refused, so clients
+/// that always send them (Codex CLI) work.
 pub fn parse_tools(o: &Obj, nested: bool) -> Result<Vec<Tool>> {
     let Some(list) = o.arr("tools")? else { return Ok(Vec::new()) };
     let mut tools: Vec<Tool> = Vec::new();
+    let mut skipped: Vec<String> = Vec::new();
     for (i, t) in list.iter().enumerate() {
         let path = format!("tools[{i}]");
         let Value::Object(m) = t else { return Err(wrong(&path, "an object", t)) };
         let to = Obj::new(m, &path);
         let kind = to.str("type")?.unwrap_or("function");
-        if kind != "function" {
-            return Err(ApiError::invalid(
-                format!("{path}.type"),
-                format!("tool type {kind:?} is not supported; only \"function\" tools are"),
-            ));
-        }
-        let fpath = format!("{path}.function");
-        let f = if nested {
-            Obj::new(
+        if nested {
+            if kind != "function" {
+                return Err(ApiError::invalid(
+                    format!("{path}.type"),
+                    format!("tool type {kind:?} is not supported; only \"function\" tools are"),
+                ));
+            }
+            let fpath = format!("{path}.function");
+            let f = Obj::new(
                 to.obj("function")?.ok_or_else(|| ApiError::invalid(&fpath, format!("`{fpath}` is required")))?,
                 &fpath,
-            )
-        } else {
-            to
-        };
-        let name = f.req_str("name")?;
-        if name.is_empty() || name.len() > 64 || name.chars().any(char::is_control) {
-            return Err(ApiError::invalid(
-                f.path("name"),
-                "a function name must be 1 to 64 characters with no control characters",
-            ));
+            );
+            push_unique(&mut tools, parse_tool(&f, false, None)?, &f.path("name"))?;
+            continue;
         }
-        if tools.iter().any(|t| t.name == name) {
-            return Err(ApiError::invalid(f.path("name"), format!("function {name:?} is declared twice")));
-        }
-        let description = f.str("description")?.unwrap_or("").to_string();
-        let parameters = match f.get("parameters") {
-            None => None,
-            Some(p) => {
-                check_schema(p, &f.path("parameters"))?;
-                Some(p.clone())
+        match kind {
+            "function" | "custom" => {
+                push_unique(&mut tools, parse_tool(&to, kind == "custom", None)?, &to.path("name"))?
             }
-        };
-        let strict = f.bool("strict")?.unwrap_or(false);
-        tools.push(Tool { name: name.to_string(), description, parameters, strict, param_path: f.path("parameters") });
+            "namespace" => {
+                let ns = to.req_str("name")?;
+                check_name(ns, &to.path("name"), "namespace")?;
+                let description = to.str("description")?.unwrap_or("");
+                let members = to.arr("tools")?.map(Vec::as_slice).unwrap_or(&[]);
+                for (k, member) in members.iter().enumerate() {
+                    let mpath = format!("{path}.tools[{k}]");
+                    let Value::Object(mm) = member else { return Err(wrong(&mpath, "an object", member)) };
+                    let mo = Obj::new(mm, &mpath);
+                    match mo.str("type")?.unwrap_or("function") {
+                        k @ ("function" | "custom") => push_unique(
+                            &mut tools,
+                            parse_tool(&mo, k == "custom", Some((ns, description)))?,
+                            &mo.path("name"),
+                        )?,
+                        other => {
+                            return Err(ApiError::invalid(
+                                mo.path("type"),
+                                format!("a namespace holds function and custom tools, not {other:?}"),
+                            ))
+                        }
+                    }
+                }
+            }
+            other if HOSTED_TOOLS.contains(&other) => skipped.push(other.to_string()),
+            other => skipped.push(format!("{other:?} (unknown)")),
+        }
+    }
+    if !skipped.is_empty() {
+        eprintln!("tools this server does not run, left out of the prompt: {}", skipped.join(", "));
     }
     Ok(tools)
+}
+
+fn push_unique(tools: &mut Vec<Tool>, t: Tool, path: &str) -> Result<()> {
+    if tools.iter().any(|o| o.tool.namespace == t.tool.namespace && o.tool.name == t.tool.name) {
+        let what = match &t.tool.namespace {
+            Some(ns) => format!("{ns}.{}", t.tool.name),
+            None => t.tool.name.clone(),
+        };
+        let kind = if t.tool.custom || t.tool.namespace.is_some() { "tool" } else { "function" };
+        return Err(ApiError::invalid(path, format!("{kind} {what:?} is declared twice")));
+    }
+    tools.push(t);
+    Ok(())
 }
 
 /// `tool_choice`: auto, none, required, or a named function (nested or flat form).
@@ -177,14 +286,25 @@ pub fn parse_tool_choice(o: &Obj, tools: &[Tool]) -> Result<ToolChoice> {
         },
         Some(Value::Object(m)) => {
             let c = Obj::new(m, "tool_choice");
-            if c.str("type")? != Some("function") {
-                return Err(ApiError::invalid("tool_choice.type", "`tool_choice.type` must be \"function\""));
-            }
+            let custom = match c.str("type")? {
+                Some("function") => false,
+                Some("custom") => true,
+                _ => {
+                    return Err(ApiError::invalid(
+                        "tool_choice.type",
+                        "`tool_choice.type` must be \"function\" or \"custom\"",
+                    ))
+                }
+            };
             let name = match c.obj("function")? {
                 Some(f) => Obj::new(f, "tool_choice.function").req_str("name")?,
-                None => c.req_str("name")?,
+                None => match c.obj("custom")? {
+                    Some(f) => Obj::new(f, "tool_choice.custom").req_str("name")?,
+                    None => c.req_str("name")?,
+                },
             };
-            ToolChoice::Named(name.to_string())
+            let namespace = c.str("namespace")?.map(str::to_string);
+            ToolChoice::Named(ToolRef { namespace, name: name.to_string(), custom })
         }
         Some(v) => return Err(wrong("tool_choice", "a string or an object", v)),
     };
@@ -192,9 +312,13 @@ pub fn parse_tool_choice(o: &Obj, tools: &[Tool]) -> Result<ToolChoice> {
         ToolChoice::Required if tools.is_empty() => {
             Err(ApiError::invalid("tool_choice", "`tool_choice` is \"required\" but no tools were given"))
         }
-        ToolChoice::Named(n) if !tools.iter().any(|t| &t.name == n) => Err(ApiError::invalid(
+        ToolChoice::Named(n) if !tools.iter().any(|t| &t.tool == n) => Err(ApiError::invalid(
             "tool_choice",
-            format!("`tool_choice` names function {n:?}, which is not in `tools`"),
+            format!(
+                "`tool_choice` names {} {:?}, which is not in `tools`",
+                if n.custom { "tool" } else { "function" },
+                n.name
+            ),
         )),
         _ => Ok(choice),
     }
@@ -230,17 +354,22 @@ pub fn text_content(v: Option<&Value>, path: &str) -> Result<String> {
     }
 }
 
-/// A tool call in history: `to=functions.NAME` on commentary, arguments as JSON content.
-pub fn call_message(name: &str, arguments: String) -> Message {
-    Message::text(Role::Assistant, arguments)
-        .with_channel("commentary")
-        .with_recipient(format!("functions.{name}"))
-        .with_content_type("<|constrain|>json")
+/// A tool call in history: `to=NAMESPACE.NAME` on commentary, a function's arguments as JSON
+/// content, a custom tool's input as plain text. The recipient is the client's tool until
+/// [`PromptSpec::render`] names it as the model sees it.
+pub fn call_message(tool: &ToolRef, arguments: String) -> Message {
+    let m =
+        Message::text(Role::Assistant, arguments).with_channel("commentary").with_recipient(tool.client_recipient());
+    if tool.custom {
+        m
+    } else {
+        m.with_content_type("<|constrain|>json")
+    }
 }
 
 /// A tool's result, as the tool speaking to the assistant.
-pub fn result_message(name: &str, output: String) -> Message {
-    Message::from_tool(format!("functions.{name}"), output).with_channel("commentary")
+pub fn result_message(tool: &ToolRef, output: String) -> Message {
+    Message::from_tool(tool.client_recipient(), output).with_channel("commentary")
 }
 
 /// Chat Completions `messages` → (instructions, conversation). Leading system and developer
@@ -252,7 +381,7 @@ pub fn chat_messages(list: &[Value]) -> Result<(Vec<String>, Vec<Message>)> {
     let mut instructions = Vec::new();
     let mut messages: Vec<Message> = Vec::new();
     // tool_call_id → function name, from earlier assistant messages.
-    let mut calls: Vec<(String, String)> = Vec::new();
+    let mut calls: Vec<(String, ToolRef)> = Vec::new();
     for (i, m) in list.iter().enumerate() {
         let path = format!("messages[{i}]");
         let Value::Object(map) = m else { return Err(wrong(&path, "a message object", m)) };
@@ -310,19 +439,20 @@ pub fn chat_messages(list: &[Value]) -> Result<(Vec<String>, Vec<Message>)> {
                         Some(Value::String(s)) => s.clone(),
                         Some(v) => v.to_string(),
                     };
+                    let tool = ToolRef::function(name);
                     if let Some(id) = co.str("id")? {
-                        calls.push((id.to_string(), name.to_string()));
+                        calls.push((id.to_string(), tool.clone()));
                     }
-                    messages.push(call_message(name, arguments));
+                    messages.push(call_message(&tool, arguments));
                 }
             }
             "tool" | "function" => {
                 let content = text_content(o.get("content"), &content_path)?;
                 let by_id =
                     o.str("tool_call_id")?.map(|id| calls.iter().rev().find(|(c, _)| c == id).map(|(_, n)| n.clone()));
-                let name = match (by_id, o.str("name")?) {
+                let tool = match (by_id, o.str("name")?) {
                     (Some(Some(n)), _) => n,
-                    (_, Some(n)) => n.to_string(),
+                    (_, Some(n)) => ToolRef::function(n),
                     (Some(None), None) => {
                         return Err(ApiError::invalid(
                             o.path("tool_call_id"),
@@ -339,7 +469,7 @@ pub fn chat_messages(list: &[Value]) -> Result<(Vec<String>, Vec<Message>)> {
                         ))
                     }
                 };
-                messages.push(result_message(&name, content));
+                messages.push(result_message(&tool, content));
             }
             other => {
                 return Err(ApiError::invalid(
@@ -434,8 +564,9 @@ pub fn constraint(
     for t in offered.iter().filter(|t| t.strict) {
         let schema = t.parameters.clone().unwrap_or_else(|| serde_json::json!({"type": "object"}));
         let g = ConstraintSpec::compile(&schema, &t.param_path)?;
-        let name = prompt.tools.rendered(&t.name).unwrap_or(&t.name).to_string();
-        tools.push((name, g));
+        // The recipient the model writes for it: `functions.x`, or `ns.y` in a namespace.
+        let to = prompt.tools.recipient(&t.tool);
+        tools.push((to, g));
     }
     let spec = ConstraintSpec { format, tools, tools_offered: !offered.is_empty() };
     Ok(Some(JobConstraint { spec: std::sync::Arc::new(spec), forced: prompt.forced.clone() }))
@@ -460,12 +591,14 @@ impl PromptSpec {
     }
 
     pub fn render(&self, tok: &Tokenizer) -> Result<Prompt> {
+        self.render_with(tok, "messages")
+    }
+
+    /// The prompt; a conversation that cannot be rendered is the fault of `param`.
+    pub fn render_with(&self, tok: &Tokenizer, param: &str) -> Result<Prompt> {
         let mut names = ToolNames::default();
         let offered = if self.tool_choice == ToolChoice::None { &[][..] } else { &self.tools[..] };
-        let rendered = names.register(&offered.iter().map(|t| t.name.clone()).collect::<Vec<_>>());
-        let rename = |client: &str| {
-            names.rendered(client).map(str::to_string).unwrap_or_else(|| crate::output::sanitize(client))
-        };
+        let rendered = names.register(&offered.iter().map(|t| t.tool.clone()).collect::<Vec<_>>());
 
         let mut system = SystemContent::new();
         system.reasoning_effort = Some(self.effort);
@@ -479,54 +612,66 @@ impl PromptSpec {
                 response_formats: self.response_formats.clone(),
             };
             if !offered.is_empty() {
-                let descs = offered
-                    .iter()
-                    .zip(&rendered)
-                    .map(|(t, r)| ToolDescription {
-                        name: r.clone(),
+                // Each namespace is its own `## name` section, as harmony renders `functions`.
+                let mut namespaces = Tools::new();
+                for (t, (ns, name)) in offered.iter().zip(&rendered) {
+                    let entry = namespaces.entry(ns.clone()).or_insert_with(|| ToolNamespace {
+                        name: ns.clone(),
+                        description: t.namespace_description.clone().filter(|d| !d.is_empty()),
+                        tools: Vec::new(),
+                    });
+                    entry.tools.push(ToolDescription {
+                        name: name.clone(),
                         description: t.description.clone(),
                         parameters: t.parameters.clone(),
-                    })
-                    .collect();
-                dev = dev.with_function_tools(descs);
+                    });
+                }
+                dev.tools = Some(namespaces);
             }
             all.push(Message::new(Role::Developer, gptoss_engine::harmony::Content::Developer(dev)));
         }
         let mut conversation = self.messages.clone();
         for m in &mut conversation {
             // Tool names as the model sees them.
-            if let Some(r) = m.recipient.as_mut().and_then(|r| r.strip_prefix("functions.").map(rename)) {
-                m.recipient = Some(format!("functions.{r}"));
+            if let Some(t) = m.recipient.as_deref().and_then(ToolRef::from_client_recipient) {
+                m.recipient = Some(names.recipient(&t));
             }
-            if let Some(n) = m.author.name.as_mut().and_then(|n| n.strip_prefix("functions.").map(rename)) {
-                m.author.name = Some(format!("functions.{n}"));
+            if let Some(t) = m.author.name.as_deref().and_then(ToolRef::from_client_recipient) {
+                m.author.name = Some(names.recipient(&t));
             }
         }
         drop_finished_analysis(&mut conversation);
         all.extend(conversation);
         let mut tokens = Renderer::new(tok)
             .render_for_completion(&all, Role::Assistant, RenderOptions { auto_drop_analysis: false })
-            .map_err(|e| ApiError::invalid("messages", e.to_string()))?;
+            .map_err(|e| ApiError::invalid(param, e.to_string()))?;
 
-        // Without a grammar, `required` and a named function are enforced by writing the
-        // start of the call's header for the model; it fills in the rest.
+        // Without a grammar, `required` and a named tool are enforced by writing the start
+        // of the call's header for the model; it fills in the rest.
         let mut forced = Vec::new();
-        let single = if offered.len() == 1 { Some(rendered[0].clone()) } else { None };
+        let single = if offered.len() == 1 { Some(offered[0].tool.clone()) } else { None };
         let target = match &self.tool_choice {
-            ToolChoice::Named(n) => Some(Some(rename(n))),
+            ToolChoice::Named(n) => Some(Some(n.clone())),
             ToolChoice::Required => Some(single),
             _ => None,
         };
-        if let Some(name) = target {
+        if let Some(tool) = target {
             forced.push(CHANNEL);
-            match name {
-                Some(n) => {
-                    tok.encode_into(&format!("commentary to=functions.{n} "), &mut forced);
-                    forced.push(CONSTRAIN);
-                    tok.encode_into("json", &mut forced);
+            match tool {
+                Some(t) => {
+                    if t.custom {
+                        tok.encode_into(&format!("commentary to={}", names.recipient(&t)), &mut forced);
+                    } else {
+                        tok.encode_into(&format!("commentary to={} ", names.recipient(&t)), &mut forced);
+                        forced.push(CONSTRAIN);
+                        tok.encode_into("json", &mut forced);
+                    }
                     forced.push(MESSAGE);
                 }
-                None => tok.encode_into("commentary to=functions.", &mut forced),
+                None if offered.iter().all(|t| t.tool.namespace.is_none()) => {
+                    tok.encode_into("commentary to=functions.", &mut forced)
+                }
+                None => tok.encode_into("commentary to=", &mut forced),
             }
         }
         tokens.extend_from_slice(&forced);

@@ -20,11 +20,11 @@ use crate::engine::{Event, Finish, FinishReason, JobSpec};
 use crate::error::ApiError;
 use crate::fields::{wrong, Obj};
 use crate::http::{self, next_events, AppState, RequestLog};
-use crate::output::{random_id, Item, Kind, Output, Piece};
+use crate::output::{random_id, Item, Kind, Output, Piece, ToolRef};
 use crate::prompt::{self, call_message, result_message, text_content, PromptSpec};
 
-/// call_id → function name, for tool results to name their function.
-type Calls = Vec<(String, String)>;
+/// call_id → the tool it called, for tool results to name their tool.
+type Calls = Vec<(String, ToolRef)>;
 
 /// What a later request needs to continue from a response.
 #[derive(Clone)]
@@ -32,6 +32,11 @@ pub struct Stored {
     /// The conversation after system and developer: earlier input, this input, the output.
     messages: Vec<Message>,
     calls: Calls,
+    /// Leading system/developer input items (of this response and the ones before it): they
+    /// become instructions, and a continuation keeps them as a stateless client resends them.
+    input_instructions: Vec<String>,
+    /// This request's input items, each with an id, for `GET .../input_items`.
+    input_items: Vec<Value>,
     object: Value,
 }
 
@@ -61,6 +66,14 @@ impl ResponseStore {
     pub fn get(&self, id: &str) -> Option<&Stored> {
         self.map.get(id)
     }
+
+    pub fn remove(&mut self, id: &str) -> bool {
+        let found = self.map.remove(id).is_some();
+        if found {
+            self.order.retain(|o| o != id);
+        }
+        found
+    }
 }
 
 struct ResponsesRequest {
@@ -70,29 +83,100 @@ struct ResponsesRequest {
     store: bool,
     conversation: Vec<Message>,
     calls: Calls,
+    input_instructions: Vec<String>,
+    input_items: Vec<Value>,
+    /// `include: ["message.output_text.logprobs"]`: logprobs on output text, with this many
+    /// alternatives each.
+    logprobs: Option<usize>,
     /// Request fields echoed in the response object.
     echo: Map<String, Value>,
 }
 
-fn input_items(
-    o: &Obj,
-    previous: Option<&Stored>,
-    instructions: &mut Vec<String>,
-) -> Result<(Vec<Message>, Calls), ApiError> {
+/// Input items of types this server neither runs nor renders (results of hosted tools another
+/// server ran): skipped with a log line.
+const HOSTED_ITEMS: &[&str] = &[
+    "web_search_call",
+    "file_search_call",
+    "computer_call",
+    "computer_call_output",
+    "code_interpreter_call",
+    "image_generation_call",
+    "local_shell_call",
+    "local_shell_call_output",
+    "shell_call",
+    "shell_call_output",
+    "apply_patch_call",
+    "apply_patch_call_output",
+    "mcp_list_tools",
+    "mcp_approval_request",
+    "mcp_approval_response",
+    "mcp_call",
+    "item_reference",
+    "tool_search_call",
+    "tool_search_output",
+];
+
+/// The conversation so far and what it adds to the instructions.
+struct Input {
+    messages: Vec<Message>,
+    calls: Calls,
+    /// Leading system/developer items of this input.
+    instructions: Vec<String>,
+    /// This input's items, each with an id.
+    items: Vec<Value>,
+}
+
+/// The tool a call item names: `name`, and `namespace` when given.
+fn call_tool(it: &Obj, custom: bool) -> Result<ToolRef, ApiError> {
+    Ok(ToolRef { namespace: it.str("namespace")?.map(str::to_string), name: it.req_str("name")?.to_string(), custom })
+}
+
+/// A tool output item's `output`: text, content parts (their text), or JSON.
+fn tool_output(it: &Obj) -> Result<String, ApiError> {
+    Ok(match it.get("output") {
+        Some(Value::String(s)) => s.clone(),
+        Some(v @ Value::Array(_)) => text_content(Some(v), &it.path("output"))?,
+        Some(v) => v.to_string(),
+        None => String::new(),
+    })
+}
+
+fn input_items(o: &Obj, previous: Option<&Stored>, required: bool) -> Result<Input, ApiError> {
     let mut messages: Vec<Message> = previous.map(|p| p.messages.clone()).unwrap_or_default();
     let mut calls = previous.map(|p| p.calls.clone()).unwrap_or_default();
+    let mut instructions = Vec::new();
+    let mut rng = Rng::new(Rng::entropy_seed());
+    let empty = Vec::new();
     let items = match o.get("input") {
-        None => return Err(ApiError::invalid("input", "`input` is required")),
+        None if required && previous.is_none() => return Err(ApiError::invalid("input", "`input` is required")),
+        None => &empty,
         Some(Value::String(s)) => {
             messages.push(Message::text(Role::User, s.clone()));
-            return Ok((messages, calls));
+            let item = json!({"id": random_id(&mut rng, "msg_", 32), "type": "message", "role": "user",
+                              "status": "completed", "content": [{"type": "input_text", "text": s}]});
+            return Ok(Input { messages, calls, instructions, items: vec![item] });
         }
         Some(Value::Array(a)) => a,
         Some(v) => return Err(wrong("input", "a string or an array of items", v)),
     };
-    if items.is_empty() && previous.is_none() {
+    if items.is_empty() && previous.is_none() && required {
         return Err(ApiError::invalid("input", "`input` must contain at least one item"));
     }
+    // An assistant message without `phase` is a preamble (commentary) when a tool call follows
+    // it in the same turn, i.e. before the next user message: how OpenAI's own output reads.
+    let mut call_follows = vec![false; items.len()];
+    let mut ahead = false;
+    for (i, item) in items.iter().enumerate().rev() {
+        call_follows[i] = ahead;
+        let kind = item.get("type").and_then(Value::as_str);
+        let role = item.get("role").and_then(Value::as_str);
+        match (kind, role) {
+            (Some("function_call" | "custom_tool_call"), _) => ahead = true,
+            (Some("message") | None, Some("user")) => ahead = false,
+            _ => {}
+        }
+    }
+    let mut stored_items = Vec::new();
     for (i, item) in items.iter().enumerate() {
         let path = format!("input[{i}]");
         let Value::Object(m) = item else { return Err(wrong(&path, "an item object", item)) };
@@ -102,12 +186,54 @@ fn input_items(
             None if it.get("role").is_some() => "message",
             None => return Err(ApiError::invalid(it.path("type"), format!("`{}` is required", it.path("type")))),
         };
+        let prefix = match kind {
+            "message" => "msg_",
+            "reasoning" => "rs_",
+            "function_call" => "fc_",
+            "function_call_output" => "fco_",
+            "custom_tool_call" => "ctc_",
+            "custom_tool_call_output" => "ctco_",
+            _ => "item_",
+        };
+        let mut stored = m.clone();
+        stored.entry("type").or_insert_with(|| json!(kind));
+        if !stored.get("id").is_some_and(Value::is_string) {
+            stored.insert("id".into(), json!(random_id(&mut rng, prefix, 32)));
+        }
+        if kind == "message" {
+            // As OpenAI lists them: content as parts, with a status.
+            if let Some(Value::String(text)) = stored.get("content") {
+                let part = if m.get("role").and_then(Value::as_str) == Some("assistant") {
+                    "output_text"
+                } else {
+                    "input_text"
+                };
+                let parts = json!([{"type": part, "text": text}]);
+                stored.insert("content".into(), parts);
+            }
+            stored.entry("status").or_insert_with(|| json!("completed"));
+        }
+        stored_items.push(Value::Object(stored));
         match kind {
             "message" => {
                 let text = text_content(it.get("content"), &it.path("content"))?;
                 match it.req_str("role")? {
                     "user" => messages.push(Message::text(Role::User, text)),
-                    "assistant" => messages.push(Message::text(Role::Assistant, text).with_channel("final")),
+                    "assistant" => {
+                        let commentary = match it.str("phase")? {
+                            Some("commentary") => true,
+                            Some("final_answer") => false,
+                            Some(other) => {
+                                return Err(ApiError::invalid(
+                                    it.path("phase"),
+                                    format!("`{}` must be commentary or final_answer, got {other:?}", it.path("phase")),
+                                ))
+                            }
+                            None => call_follows[i],
+                        };
+                        let channel = if commentary { "commentary" } else { "final" };
+                        messages.push(Message::text(Role::Assistant, text).with_channel(channel));
+                    }
                     "system" | "developer" if messages.is_empty() => instructions.push(text),
                     "system" | "developer" => {
                         let dev = DeveloperContent { instructions: Some(text), ..Default::default() };
@@ -130,45 +256,61 @@ fn input_items(
                     messages.push(Message::text(Role::Assistant, text).with_channel("analysis"));
                 }
             }
-            "function_call" => {
-                let name = it.req_str("name")?;
+            "function_call" | "custom_tool_call" => {
+                let custom = kind == "custom_tool_call";
+                let tool = call_tool(&it, custom)?;
                 let call_id = it.req_str("call_id")?;
-                let arguments = it.str("arguments")?.unwrap_or("{}");
-                calls.push((call_id.to_string(), name.to_string()));
-                messages.push(call_message(name, arguments.to_string()));
+                let arguments = if custom { it.str("input")?.unwrap_or("") } else { it.str("arguments")?.unwrap_or("{}") };
+                calls.push((call_id.to_string(), tool.clone()));
+                messages.push(call_message(&tool, arguments.to_string()));
             }
-            "function_call_output" => {
+            "function_call_output" | "custom_tool_call_output" => {
                 let call_id = it.req_str("call_id")?;
-                let output = match it.get("output") {
-                    Some(Value::String(s)) => s.clone(),
-                    Some(v @ Value::Array(_)) => text_content(Some(v), &it.path("output"))?,
-                    Some(v) => v.to_string(),
-                    None => String::new(),
-                };
-                let Some((_, name)) = calls.iter().rev().find(|(c, _)| c == call_id) else {
+                let output = tool_output(&it)?;
+                let Some((_, tool)) = calls.iter().rev().find(|(c, _)| c == call_id) else {
                     return Err(ApiError::invalid(
                         it.path("call_id"),
-                        format!("no function_call with call_id {call_id:?} in this input or the previous response"),
+                        format!("no tool call with call_id {call_id:?} in this input or the previous response"),
                     ));
                 };
-                messages.push(result_message(name, output));
+                messages.push(result_message(tool, output));
+            }
+            other if HOSTED_ITEMS.contains(&other) => {
+                eprintln!("input item {other} is from a tool this server does not run; left out of the prompt");
             }
             other => {
                 return Err(ApiError::invalid(
                     it.path("type"),
-                    format!("input item type {other:?} is not supported (message, reasoning, function_call, function_call_output are)"),
+                    format!("input item type {other:?} is not supported (message, reasoning, function_call, function_call_output, custom_tool_call, custom_tool_call_output are)"),
                 ))
             }
         }
     }
-    Ok((messages, calls))
+    Ok(Input { messages, calls, instructions, items: stored_items })
 }
 
-fn parse(st: &AppState, req: &Map<String, Value>) -> Result<ResponsesRequest, ApiError> {
-    let o = Obj::new(req, "");
-    http::check_model(st, &o)?;
-    let previous_id = o.str("previous_response_id")?;
-    let previous = match previous_id {
+/// A request's prompt and what storing its response needs. `required`: `input` must be given
+/// (not for counting tokens).
+struct Built {
+    prompt: prompt::Prompt,
+    effort: &'static str,
+    format: Option<Map<String, Value>>,
+    input: Input,
+    /// All instructions from input items so far (previous responses' and this one's).
+    input_instructions: Vec<String>,
+    /// What the output must satisfy (`text.format` with `strict`, strict tools).
+    constraint: Option<crate::constrain::JobConstraint>,
+}
+
+fn build(st: &AppState, o: &Obj, required: bool) -> Result<Built, ApiError> {
+    http::check_model(st, o)?;
+    if o.get("conversation").is_some() {
+        return Err(ApiError::invalid(
+            "conversation",
+            "`conversation` is not supported by this server: send the items as `input`, or use `previous_response_id`",
+        ));
+    }
+    let previous = match o.str("previous_response_id")? {
         Some(id) => Some(
             st.store
                 .lock()
@@ -185,47 +327,106 @@ fn parse(st: &AppState, req: &Map<String, Value>) -> Result<ResponsesRequest, Ap
         ),
         None => None,
     };
-    // Instructions are never inherited from the previous response (OpenAI's rule).
+    let (spec, input, input_instructions) = spec_of(o, previous, required)?;
+    let prompt = spec.render_with(&st.tok, "input")?;
+    let format = match o.obj("text")? {
+        Some(t) => Obj::new(t, "text").obj("format")?.cloned(),
+        None => None,
+    };
+    let constraint = prompt::constraint(prompt::format_schema(format.as_ref(), "text.format", false)?, &spec, &prompt)?;
+    Ok(Built { prompt, effort: spec.effort.as_str(), format, input, input_instructions, constraint })
+}
+
+/// The prompt's parts from the request and the response it continues.
+fn spec_of(o: &Obj, previous: Option<Stored>, required: bool) -> Result<(PromptSpec, Input, Vec<String>), ApiError> {
+    let input = input_items(o, previous.as_ref(), required)?;
+    // The `instructions` field is never inherited from the previous response (OpenAI's rule);
+    // instructions from its input items are, as they are part of the conversation.
+    let mut input_instructions = previous.map(|p| p.input_instructions).unwrap_or_default();
+    input_instructions.extend(input.instructions.iter().cloned());
     let mut instructions: Vec<String> = o.str("instructions")?.map(str::to_string).into_iter().collect();
-    let (conversation, calls) = input_items(&o, previous.as_ref(), &mut instructions)?;
-    let tools = prompt::parse_tools(&o, false)?;
-    let tool_choice = prompt::parse_tool_choice(&o, &tools)?;
+    instructions.extend(input_instructions.iter().cloned());
+    let tools = prompt::parse_tools(o, false)?;
+    let tool_choice = prompt::parse_tool_choice(o, &tools)?;
     let format = match o.obj("text")? {
         Some(t) => Obj::new(t, "text").obj("format")?,
         None => None,
     };
     let spec = PromptSpec {
-        effort: prompt::parse_effort(&o)?,
+        effort: prompt::parse_effort(o)?,
         instructions,
         tools,
         tool_choice,
         response_formats: prompt::parse_response_format(format, "text.format", false)?,
-        messages: conversation.clone(),
+        messages: input.messages.clone(),
     };
-    let prompt = spec.render(&st.tok)?;
-    let constraint = prompt::constraint(prompt::format_schema(format, "text.format", false)?, &spec, &prompt)?;
+    Ok((spec, input, input_instructions))
+}
+
+/// The rendered prompt of a Responses request (`/tokenize` with `input`, and
+/// `/v1/responses/input_tokens`).
+pub fn prompt_tokens(st: &AppState, o: &Obj) -> Result<Vec<u32>, ApiError> {
+    Ok(build(st, o, false)?.prompt.tokens)
+}
+
+fn parse(st: &AppState, req: &Map<String, Value>) -> Result<ResponsesRequest, ApiError> {
+    let o = Obj::new(req, "");
+    let Built { prompt, effort, format, input, input_instructions, constraint } = build(st, &o, true)?;
     let asked = o.usize_in("max_output_tokens", 1, usize::MAX >> 1)?;
-    let max_tokens = http::fit_context(st, prompt.tokens.len(), asked, "max_output_tokens")?;
+    let max_tokens = http::fit_context(st, prompt.tokens.len(), asked, "max_output_tokens", "input")?;
     let mut job = http::job(st, &o, prompt.tokens.clone(), max_tokens)?;
     job.constraint = constraint;
+    let top_logprobs = o.usize_in("top_logprobs", 0, 20)?;
+    let mut logprobs = None;
+    if let Some(list) = o.arr("include")? {
+        for (i, v) in list.iter().enumerate() {
+            match v.as_str() {
+                Some("message.output_text.logprobs") => logprobs = Some(top_logprobs.unwrap_or(0)),
+                Some(_) => {} // encrypted reasoning, sources, images...: nothing to add
+                None => return Err(wrong(&format!("include[{i}]"), "a string", v)),
+            }
+        }
+    }
+    job.top_logprobs = logprobs.unwrap_or(0);
+    let summary = match o.obj("reasoning")? {
+        Some(r) => {
+            let r = Obj::new(r, "reasoning");
+            match r.str("summary")? {
+                Some(s) => Some(s),
+                None => r.str("generate_summary")?,
+            }
+        }
+        None => None,
+    };
+    let parallel = o.bool("parallel_tool_calls")?.unwrap_or(true);
     let mut echo = Map::new();
     echo.insert("instructions".into(), o.get("instructions").cloned().unwrap_or(Value::Null));
     echo.insert("max_output_tokens".into(), json!(asked));
-    echo.insert("parallel_tool_calls".into(), json!(false));
-    echo.insert("previous_response_id".into(), json!(previous_id));
-    echo.insert("reasoning".into(), json!({"effort": spec.effort.as_str(), "summary": null}));
+    echo.insert("parallel_tool_calls".into(), json!(parallel));
+    echo.insert("previous_response_id".into(), json!(o.str("previous_response_id")?));
+    // No summaries are written (reasoning items carry the raw text); the setting is echoed.
+    echo.insert("reasoning".into(), json!({"effort": effort, "summary": summary}));
     echo.insert("temperature".into(), json!(job.sampling.temperature));
     echo.insert("top_p".into(), json!(job.sampling.top_p));
-    echo.insert(
-        "text".into(),
-        json!({"format": format.cloned().map(Value::Object).unwrap_or(json!({"type": "text"}))}),
-    );
+    echo.insert("top_logprobs".into(), json!(top_logprobs));
+    echo.insert("text".into(), json!({"format": format.map(Value::Object).unwrap_or(json!({"type": "text"}))}));
     echo.insert("tool_choice".into(), o.get("tool_choice").cloned().unwrap_or(json!("auto")));
     echo.insert("tools".into(), o.get("tools").cloned().unwrap_or(json!([])));
     echo.insert("metadata".into(), o.get("metadata").cloned().unwrap_or(json!({})));
     let store = o.bool("store")?.unwrap_or(true);
     echo.insert("store".into(), json!(store));
-    Ok(ResponsesRequest { prompt, job, stream: o.bool("stream")?.unwrap_or(false), store, conversation, calls, echo })
+    Ok(ResponsesRequest {
+        prompt,
+        job,
+        stream: o.bool("stream")?.unwrap_or(false),
+        store,
+        conversation: input.messages,
+        calls: input.calls,
+        input_instructions,
+        input_items: input.items,
+        logprobs,
+        echo,
+    })
 }
 
 pub async fn handle(State(st): State<Arc<AppState>>, headers: HeaderMap, body: Body) -> Response {
@@ -249,15 +450,19 @@ pub async fn handle(State(st): State<Arc<AppState>>, headers: HeaderMap, body: B
     }
 }
 
-pub async fn get_stored(
-    State(st): State<Arc<AppState>>,
-    headers: HeaderMap,
+/// The stored response named in the path, through `f`; 404 in OpenAI's shape if unknown.
+async fn with_stored(
+    st: &AppState,
+    headers: &HeaderMap,
+    endpoint: &'static str,
     id: Result<Path<String>, axum::extract::rejection::PathRejection>,
+    f: impl FnOnce(&mut ResponseStore, &str) -> Option<Value>,
 ) -> Response {
-    let mut log = RequestLog::new(&st, "responses.get");
-    let found = http::authorize(&st, &headers).and_then(|_| {
+    let mut log = RequestLog::new(st, endpoint);
+    let found = http::authorize(st, headers).and_then(|_| {
         let Path(id) = id.map_err(|e| ApiError::invalid("response_id", format!("bad response id in the path: {e}")))?;
-        st.store.lock().unwrap_or_else(|e| e.into_inner()).get(&id).map(|s| s.object.clone()).ok_or_else(|| {
+        let mut store = st.store.lock().unwrap_or_else(|e| e.into_inner());
+        f(&mut store, &id).ok_or_else(|| {
             ApiError::not_found(Some("response_id"), format!("no stored response with id {id:?}"), "response_not_found")
         })
     });
@@ -270,7 +475,152 @@ pub async fn get_stored(
     }
 }
 
-fn item_json(item: &Item, done: bool) -> Value {
+pub async fn get_stored(
+    State(st): State<Arc<AppState>>,
+    headers: HeaderMap,
+    id: Result<Path<String>, axum::extract::rejection::PathRejection>,
+) -> Response {
+    with_stored(&st, &headers, "responses.get", id, |store, id| store.get(id).map(|s| s.object.clone())).await
+}
+
+/// `DELETE /v1/responses/{id}`.
+pub async fn delete_stored(
+    State(st): State<Arc<AppState>>,
+    headers: HeaderMap,
+    id: Result<Path<String>, axum::extract::rejection::PathRejection>,
+) -> Response {
+    with_stored(&st, &headers, "responses.delete", id, |store, id| {
+        store.remove(id).then(|| json!({"id": id, "object": "response.deleted", "deleted": true}))
+    })
+    .await
+}
+
+/// `GET /v1/responses/{id}/input_items?limit=&order=&after=`: the request's input items as a
+/// list, newest first unless `order=asc`.
+pub async fn input_items_list(
+    State(st): State<Arc<AppState>>,
+    headers: HeaderMap,
+    id: Result<Path<String>, axum::extract::rejection::PathRejection>,
+    query: axum::extract::RawQuery,
+) -> Response {
+    let q = match list_query(query.0.as_deref().unwrap_or("")) {
+        Ok(q) => q,
+        Err(e) => {
+            let mut log = RequestLog::new(&st, "responses.input_items");
+            log.fail(&e);
+            return e.into_response();
+        }
+    };
+    with_stored(&st, &headers, "responses.input_items", id, move |store, id| {
+        let stored = store.get(id)?;
+        let mut items: Vec<&Value> = stored.input_items.iter().collect();
+        if !q.ascending {
+            items.reverse();
+        }
+        let start = match &q.after {
+            Some(after) => items.iter().position(|v| v["id"] == json!(after)).map_or(items.len(), |p| p + 1),
+            None => 0,
+        };
+        let page: Vec<Value> = items.iter().skip(start).take(q.limit).map(|v| (*v).clone()).collect();
+        let has_more = start + page.len() < items.len();
+        Some(json!({
+            "object": "list", "data": page,
+            "first_id": page.first().map(|v| v["id"].clone()), "last_id": page.last().map(|v| v["id"].clone()),
+            "has_more": has_more,
+        }))
+    })
+    .await
+}
+
+struct ListQuery {
+    limit: usize,
+    ascending: bool,
+    after: Option<String>,
+}
+
+fn list_query(raw: &str) -> Result<ListQuery, ApiError> {
+    let mut q = ListQuery { limit: 20, ascending: false, after: None };
+    for pair in raw.split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        let v = percent_decode(v);
+        match k {
+            "limit" => {
+                q.limit = v.parse().ok().filter(|n| (1..=100).contains(n)).ok_or_else(|| {
+                    ApiError::invalid("limit", format!("`limit` must be an integer from 1 to 100, got {v:?}"))
+                })?
+            }
+            "order" => {
+                q.ascending = match v.as_str() {
+                    "asc" => true,
+                    "desc" => false,
+                    _ => return Err(ApiError::invalid("order", format!("`order` must be asc or desc, got {v:?}"))),
+                }
+            }
+            "after" => q.after = Some(v),
+            _ => {} // include[] and others: nothing to add
+        }
+    }
+    Ok(q)
+}
+
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < b.len() => {
+                match u8::from_str_radix(std::str::from_utf8(&b[i + 1..i + 3]).unwrap_or("zz"), 16) {
+                    Ok(x) => {
+                        out.push(x);
+                        i += 2;
+                    }
+                    Err(_) => out.push(b'%'),
+                }
+            }
+            c => out.push(c),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// `POST /v1/responses/input_tokens`: the tokens of the prompt a `POST /v1/responses` with
+/// this body would render.
+pub async fn input_tokens(State(st): State<Arc<AppState>>, headers: HeaderMap, body: Body) -> Response {
+    let mut log = RequestLog::new(&st, "responses.input_tokens");
+    let result = async {
+        let bytes = http::read_body(&st, &headers, body).await?;
+        let n = http::cpu(&st, bytes.len(), move |st| {
+            let req = crate::fields::parse_body(&bytes)?;
+            Ok(prompt_tokens(st, &Obj::new(&req, ""))?.len())
+        })
+        .await?;
+        log.prompt_tokens = n;
+        Ok::<_, ApiError>(Json(json!({"object": "response.input_tokens", "input_tokens": n})).into_response())
+    }
+    .await;
+    result.unwrap_or_else(|e| {
+        log.fail(&e);
+        e.into_response()
+    })
+}
+
+/// A custom tool's input: the message as written, or the string it holds when the model
+/// wrote it as a JSON string anyway.
+fn custom_input(text: &str) -> String {
+    match serde_json::from_str::<Value>(text.trim()) {
+        Ok(Value::String(s)) => s,
+        _ => text.to_string(),
+    }
+}
+
+fn logprob_entries(out: &Output, list: &[Sampled], top: usize) -> Vec<Value> {
+    list.iter().map(|s| crate::chat::logprob_entry(out, s, top)).collect()
+}
+
+fn item_json(item: &Item, done: bool, out: &Output, logprobs: Option<usize>) -> Value {
     let status = if !done {
         "in_progress"
     } else if item.complete {
@@ -285,16 +635,65 @@ fn item_json(item: &Item, done: bool) -> Value {
         }
         Kind::Text => {
             let content = if done {
-                json!([{"type": "output_text", "text": item.text, "annotations": [], "logprobs": []}])
+                let lp = logprobs.map_or(vec![], |top| logprob_entries(out, &item.logprobs, top));
+                json!([{"type": "output_text", "text": item.text, "annotations": [], "logprobs": lp}])
             } else {
                 json!([])
             };
-            json!({"id": item.id, "type": "message", "role": "assistant", "status": status, "content": content})
+            json!({"id": item.id, "type": "message", "role": "assistant", "status": status, "content": content,
+                   "phase": phase(item)})
         }
-        Kind::ToolCall { name, call_id } => json!({
-            "id": item.id, "type": "function_call", "call_id": call_id, "name": name,
-            "arguments": if done { item.text.as_str() } else { "" }, "status": status,
-        }),
+        Kind::ToolCall { tool, call_id } if tool.custom => {
+            let mut v = json!({
+                "id": item.id, "type": "custom_tool_call", "call_id": call_id, "name": tool.name,
+                "input": if done { custom_input(&item.text) } else { String::new() }, "status": status,
+            });
+            if let Some(ns) = &tool.namespace {
+                v["namespace"] = json!(ns);
+            }
+            v
+        }
+        Kind::ToolCall { tool, call_id } => {
+            let mut v = json!({
+                "id": item.id, "type": "function_call", "call_id": call_id, "name": tool.name,
+                "arguments": if done { item.text.as_str() } else { "" }, "status": status,
+            });
+            if let Some(ns) = &tool.namespace {
+                v["namespace"] = json!(ns);
+            }
+            v
+        }
+    }
+}
+
+/// A message written on commentary (a preamble before tool calls) or as the answer.
+fn phase(item: &Item) -> &'static str {
+    if item.channel.as_deref() == Some("commentary") {
+        "commentary"
+    } else {
+        "final_answer"
+    }
+}
+
+/// The assistant message a text item is in history (the channel its phase says).
+fn text_message(item: &Item) -> Message {
+    let channel = if phase(item) == "commentary" { "commentary" } else { "final" };
+    Message::text(Role::Assistant, item.text.clone()).with_channel(channel)
+}
+
+/// The output items as history for `previous_response_id`: what a stateless client's replay of
+/// the same items renders to, token for token.
+fn extend_history(items: &[Item], messages: &mut Vec<Message>, calls: &mut Calls) {
+    for item in items {
+        messages.push(match &item.kind {
+            Kind::Reasoning => Message::text(Role::Assistant, item.text.clone()).with_channel("analysis"),
+            Kind::Text => text_message(item),
+            Kind::ToolCall { tool, call_id } => {
+                calls.push((call_id.clone(), tool.clone()));
+                let text = if tool.custom { custom_input(&item.text) } else { item.text.clone() };
+                call_message(tool, text)
+            }
+        });
     }
 }
 
@@ -304,6 +703,10 @@ struct Events {
     seq: u64,
     on: bool,
     gone: bool,
+    /// Alternatives per logprob when the request asked for logprobs.
+    logprobs: Option<usize>,
+    /// Logprobs of each text item already sent in delta events.
+    sent_logprobs: HashMap<usize, usize>,
 }
 
 impl Events {
@@ -317,6 +720,19 @@ impl Events {
         let frame = format!("event: {kind}\ndata: {data}\n\n");
         self.gone = self.tx.send(Bytes::from(frame)).await.is_err();
     }
+}
+
+/// Usage as OpenAI reports it. Prompt caching is not reported yet: nothing is read from or
+/// written to a cache.
+/// `cached`: prompt tokens served from the prefix cache.
+fn usage(input: usize, cached: usize, output: usize, reasoning: usize) -> Value {
+    json!({
+        "input_tokens": input,
+        "input_tokens_details": {"cached_tokens": cached, "cache_write_tokens": 0},
+        "output_tokens": output,
+        "output_tokens_details": {"reasoning_tokens": reasoning},
+        "total_tokens": input + output,
+    })
 }
 
 /// One generation, streamed or not; returns the final response object.
@@ -342,7 +758,15 @@ async fn run(
         }
         o
     };
-    let mut ev = Events { tx: tx.clone(), seq: 0, on: req.stream, gone: false };
+    let mut ev = Events {
+        tx: tx.clone(),
+        seq: 0,
+        on: req.stream,
+        gone: false,
+        logprobs: req.logprobs,
+        sent_logprobs: HashMap::new(),
+    };
+    // Usage is known only at the end; in-progress objects carry null, as OpenAI's do.
     ev.send("response.created", json!({"response": object("in_progress", vec![], Value::Null, &[])})).await;
     ev.send("response.in_progress", json!({"response": object("in_progress", vec![], Value::Null, &[])})).await;
 
@@ -354,7 +778,7 @@ async fn run(
     let (mut generated, mut finish): (usize, Option<Finish>) = (0, None);
     loop {
         for p in std::mem::take(&mut pieces) {
-            emit_piece(&mut ev, &out.items, p).await;
+            emit_piece(&mut ev, &out, p).await;
         }
         if finish.is_some() {
             break;
@@ -390,14 +814,9 @@ async fn run(
         log.queued = Some(f.queued);
         log.ttft = f.ttft;
     }
-    let usage = json!({
-        "input_tokens": req.prompt.tokens.len(),
-        "input_tokens_details": {"cached_tokens": finish.as_ref().map_or(0, |f| f.cached_tokens)},
-        "output_tokens": generated,
-        "output_tokens_details": {"reasoning_tokens": out.reasoning_tokens},
-        "total_tokens": req.prompt.tokens.len() + generated,
-    });
-    let output: Vec<Value> = out.items.iter().map(|i| item_json(i, true)).collect();
+    let cached = finish.as_ref().map_or(0, |f| f.cached_tokens);
+    let usage = usage(req.prompt.tokens.len(), cached, generated, out.reasoning_tokens);
+    let output: Vec<Value> = out.items.iter().map(|i| item_json(i, true, &out, req.logprobs)).collect();
     let failure = match finish.as_ref().map(|f| &f.reason) {
         Some(FinishReason::Error(m) | FinishReason::Aborted(m)) => Some(m.clone()),
         None => Some("the engine stopped before the response was complete".to_string()),
@@ -420,18 +839,14 @@ async fn run(
     if req.store {
         let mut messages = req.conversation.clone();
         let mut calls = req.calls.clone();
-        for item in &out.items {
-            messages.push(match &item.kind {
-                Kind::Reasoning => Message::text(Role::Assistant, item.text.clone()).with_channel("analysis"),
-                Kind::Text => Message::text(Role::Assistant, item.text.clone())
-                    .with_channel(item.channel.clone().unwrap_or_else(|| "final".into())),
-                Kind::ToolCall { name, call_id } => {
-                    calls.push((call_id.clone(), name.clone()));
-                    call_message(name, item.text.clone())
-                }
-            });
-        }
-        let stored = Stored { messages, calls, object: final_object.clone() };
+        extend_history(&out.items, &mut messages, &mut calls);
+        let stored = Stored {
+            messages,
+            calls,
+            input_instructions: req.input_instructions.clone(),
+            input_items: req.input_items.clone(),
+            object: final_object.clone(),
+        };
         st.store.lock().unwrap_or_else(|e| e.into_inner()).insert(id.clone(), stored);
     }
     let kind = if length { "response.incomplete" } else { "response.completed" };
@@ -439,14 +854,19 @@ async fn run(
     Ok(final_object)
 }
 
-async fn emit_piece(ev: &mut Events, items: &[Item], p: Piece) {
+async fn emit_piece(ev: &mut Events, out: &Output<'_>, p: Piece) {
+    let items = &out.items;
     match p {
         Piece::Begin(i) => {
             let item = &items[i];
-            ev.send("response.output_item.added", json!({"output_index": i, "item": item_json(item, false)})).await;
+            ev.send(
+                "response.output_item.added",
+                json!({"output_index": i, "item": item_json(item, false, out, ev.logprobs)}),
+            )
+            .await;
             let part = match item.kind {
                 Kind::Reasoning => json!({"type": "reasoning_text", "text": ""}),
-                Kind::Text => json!({"type": "output_text", "text": "", "annotations": []}),
+                Kind::Text => json!({"type": "output_text", "text": "", "annotations": [], "logprobs": []}),
                 Kind::ToolCall { .. } => return,
             };
             ev.send(
@@ -457,11 +877,24 @@ async fn emit_piece(ev: &mut Events, items: &[Item], p: Piece) {
         }
         Piece::Delta(i, text) => {
             let item = &items[i];
-            let (kind, data) = match item.kind {
+            let (kind, data) = match &item.kind {
                 Kind::Reasoning => ("response.reasoning_text.delta", json!({"content_index": 0, "delta": text})),
                 Kind::Text => {
-                    ("response.output_text.delta", json!({"content_index": 0, "delta": text, "logprobs": []}))
+                    // The logprobs of the tokens read since the last delta.
+                    let lp = match ev.logprobs {
+                        Some(top) => {
+                            let sent = ev.sent_logprobs.entry(i).or_default();
+                            let new = logprob_entries(out, &item.logprobs[(*sent).min(item.logprobs.len())..], top);
+                            *sent = item.logprobs.len();
+                            new
+                        }
+                        None => vec![],
+                    };
+                    ("response.output_text.delta", json!({"content_index": 0, "delta": text, "logprobs": lp}))
                 }
+                // A custom tool's input is sent whole when it ends (a JSON-quoted input is
+                // unquoted then).
+                Kind::ToolCall { tool, .. } if tool.custom => return,
                 Kind::ToolCall { .. } => ("response.function_call_arguments.delta", json!({"delta": text})),
             };
             let mut data = data;
@@ -481,10 +914,11 @@ async fn emit_piece(ev: &mut Events, items: &[Item], p: Piece) {
                             json!({"text": item.text}),
                         )
                     } else {
+                        let lp = ev.logprobs.map_or(vec![], |top| logprob_entries(out, &item.logprobs, top));
                         (
                             "response.output_text.done",
-                            json!({"type": "output_text", "text": item.text, "annotations": []}),
-                            json!({"text": item.text, "logprobs": []}),
+                            json!({"type": "output_text", "text": item.text, "annotations": [], "logprobs": lp}),
+                            json!({"text": item.text, "logprobs": lp}),
                         )
                     };
                     done["item_id"] = base["item_id"].clone();
@@ -496,14 +930,235 @@ async fn emit_piece(ev: &mut Events, items: &[Item], p: Piece) {
                     pd["part"] = part;
                     ev.send("response.content_part.done", pd).await;
                 }
-                Kind::ToolCall { name, .. } => {
+                Kind::ToolCall { tool, .. } if tool.custom => {
+                    let input = custom_input(&item.text);
+                    let mut d = base.clone();
+                    d["delta"] = json!(input);
+                    ev.send("response.custom_tool_call_input.delta", d).await;
+                    let mut d = base.clone();
+                    d["input"] = json!(input);
+                    ev.send("response.custom_tool_call_input.done", d).await;
+                }
+                Kind::ToolCall { tool, .. } => {
                     let mut d = base.clone();
                     d["arguments"] = json!(item.text);
-                    d["name"] = json!(name);
+                    d["name"] = json!(tool.name);
                     ev.send("response.function_call_arguments.done", d).await;
                 }
             }
-            ev.send("response.output_item.done", json!({"output_index": i, "item": item_json(item, true)})).await;
+            ev.send(
+                "response.output_item.done",
+                json!({"output_index": i, "item": item_json(item, true, out, ev.logprobs)}),
+            )
+            .await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use gptoss_engine::Tokenizer;
+
+    fn tok() -> &'static Tokenizer {
+        static T: std::sync::OnceLock<Tokenizer> = std::sync::OnceLock::new();
+        T.get_or_init(|| Tokenizer::o200k_harmony().unwrap())
+    }
+
+    fn tools() -> Value {
+        json!([
+            {"type": "function", "name": "get_weather", "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}},
+            {"type": "namespace", "name": "multi_agent_v1", "description": "Sub-agents.", "tools": [
+                {"type": "function", "name": "spawn_agent", "description": "Spawn one.",
+                 "parameters": {"type": "object", "properties": {"task": {"type": "string"}}}}]},
+            {"type": "custom", "name": "apply_patch", "description": "Edit files.",
+             "format": {"type": "grammar", "syntax": "lark", "definition": "start: \"*** Begin Patch\""}},
+            {"type": "web_search", "external_web_access": true},
+        ])
+    }
+
+    fn request(input: Value, previous: Option<&str>) -> Map<String, Value> {
+        let mut m = Map::new();
+        m.insert("input".into(), input);
+        m.insert("tools".into(), tools());
+        m.insert("instructions".into(), json!("Be helpful."));
+        if let Some(p) = previous {
+            m.insert("previous_response_id".into(), json!(p));
+        }
+        m
+    }
+
+    /// The rendered prompt (as text and tokens), and what storing a response to it keeps.
+    fn render(req: &Map<String, Value>, previous: Option<&Stored>) -> (Vec<u32>, prompt::Prompt, Input, Vec<String>) {
+        let o = Obj::new(req, "");
+        let (spec, input, instr) = spec_of(&o, previous.cloned(), true).unwrap();
+        let prompt = spec.render_with(tok(), "input").unwrap();
+        (prompt.tokens.clone(), prompt, input, instr)
+    }
+
+    fn without_phase(items: &[Value]) -> Vec<Value> {
+        items
+            .iter()
+            .map(|v| {
+                let mut v = v.clone();
+                if let Value::Object(m) = &mut v {
+                    m.remove("phase");
+                }
+                v
+            })
+            .collect()
+    }
+
+    /// Each turn's output is sent back two ways: by `previous_response_id` (the store) and as
+    /// items (a stateless client, with and without `phase`). The prompts must be the same tokens.
+    #[test]
+    fn stateless_history_renders_as_previous_response_id_does() {
+        let turns = [
+            "<|channel|>analysis<|message|>Need weather.<|end|><|start|>assistant<|channel|>commentary<|message|>Checking the weather.<|end|><|start|>assistant<|channel|>commentary to=functions.get_weather <|constrain|>json<|message|>{\"city\":\"Paris\"}<|call|>",
+            "<|channel|>analysis<|message|>Spawn a helper.<|end|><|start|>assistant<|channel|>commentary to=multi_agent_v1.spawn_agent <|constrain|>json<|message|>{\"task\":\"x\"}<|call|>",
+            "<|channel|>analysis<|message|>Patch it.<|end|><|start|>assistant<|channel|>commentary<|message|>Editing.<|end|><|start|>assistant<|channel|>commentary to=functions.apply_patch<|message|>*** Begin Patch\n*** End Patch<|call|>",
+            "<|channel|>analysis<|message|>Done.<|end|><|start|>assistant<|channel|>final<|message|>All done.<|return|>",
+            "<|channel|>analysis<|message|>Again.<|end|><|start|>assistant<|channel|>commentary<|message|>Once more.<|end|><|start|>assistant<|channel|>commentary to=apply_patch<|message|>\"*** Begin Patch\"<|call|>",
+        ];
+        let first = json!([
+            {"type": "message", "role": "developer", "content": "Use tools."},
+            {"role": "user", "content": [{"type": "input_text", "text": "Weather in Paris?"}]},
+        ]);
+        let mut all_items: Vec<Value> = first.as_array().unwrap().clone();
+        let (_, mut prompt, input, mut instr) = render(&request(first, None), None);
+        let mut stored: Option<Stored>;
+        let mut conversation = input.messages;
+        let mut calls = input.calls;
+        let mut kinds_seen = std::collections::HashSet::new();
+        for (k, completion) in turns.iter().enumerate() {
+            let mut out = Output::new(tok(), prompt.tools.clone(), Vec::new());
+            let mut pieces = Vec::new();
+            for t in tok().encode_with_special_tokens(completion) {
+                out.push(&Sampled { token: t, logprob: 0.0, top_logprobs: vec![] }, &mut pieces);
+            }
+            out.finish(&mut pieces);
+            extend_history(&out.items, &mut conversation, &mut calls);
+            stored = Some(Stored {
+                messages: conversation.clone(),
+                calls: calls.clone(),
+                input_instructions: instr.clone(),
+                input_items: vec![],
+                object: Value::Null,
+            });
+            let output: Vec<Value> = out.items.iter().map(|i| item_json(i, true, &out, None)).collect();
+            for o in &output {
+                kinds_seen.insert(format!(
+                    "{}{}",
+                    o["type"].as_str().unwrap(),
+                    o.get("phase").and_then(Value::as_str).map_or("".into(), |p| format!(":{p}"))
+                ));
+                if o.get("namespace").is_some() {
+                    kinds_seen.insert("namespace".into());
+                }
+            }
+            // The next input: each call's result, or a user message after an answer.
+            let next: Vec<Value> = output
+                .iter()
+                .filter_map(|o| match o["type"].as_str() {
+                    Some("function_call") => Some(
+                        json!({"type": "function_call_output", "call_id": o["call_id"], "output": "{\"ok\": true}"}),
+                    ),
+                    Some("custom_tool_call") => {
+                        Some(json!({"type": "custom_tool_call_output", "call_id": o["call_id"], "output": "patched"}))
+                    }
+                    _ => None,
+                })
+                .collect();
+            let next = if next.is_empty() { vec![json!({"role": "user", "content": "Thanks. Again?"})] } else { next };
+            let (by_id, p, input, i2) = render(&request(json!(next), Some("resp_x")), stored.as_ref());
+            all_items.extend(output.iter().cloned());
+            all_items.extend(next.iter().cloned());
+            let (stateless, _, _, _) = render(&request(json!(all_items), None), None);
+            assert_eq!(tok().decode_lossy(&stateless).unwrap(), tok().decode_lossy(&by_id).unwrap(), "turn {k}");
+            assert_eq!(stateless, by_id, "turn {k}");
+            let (no_phase, _, _, _) = render(&request(json!(without_phase(&all_items)), None), None);
+            assert_eq!(no_phase, by_id, "turn {k} without phase");
+            prompt = p;
+            conversation = input.messages;
+            calls = input.calls;
+            instr = i2;
+        }
+        for kind in [
+            "reasoning",
+            "message:commentary",
+            "message:final_answer",
+            "function_call",
+            "custom_tool_call",
+            "namespace",
+        ] {
+            assert!(kinds_seen.contains(kind), "{kind} not covered: {kinds_seen:?}");
+        }
+        // The custom call's JSON-quoted input was unquoted; the raw one kept as written.
+        let text = tok().decode_lossy(&prompt.tokens).unwrap();
+        assert!(
+            text.contains(
+                "to=functions.apply_patch<|channel|>commentary<|message|>*** Begin Patch\n*** End Patch<|call|>"
+            ),
+            "{text}"
+        );
+        assert!(text.contains("<|start|>assistant to=multi_agent_v1.spawn_agent<|channel|>commentary <|constrain|>json<|message|>{\"task\":\"x\"}<|call|>"), "{text}");
+        assert!(
+            text.contains(
+                "<|start|>multi_agent_v1.spawn_agent to=assistant<|channel|>commentary<|message|>{\"ok\": true}<|end|>"
+            ),
+            "{text}"
+        );
+        assert!(text.contains("<|start|>assistant<|channel|>commentary<|message|>Once more.<|end|>"), "{text}");
+    }
+
+    #[test]
+    fn namespaces_and_custom_tools_render_and_hosted_tools_are_left_out() {
+        let (tokens, prompt, _, _) = render(&request(json!("hi"), None), None);
+        let text = tok().decode_lossy(&tokens).unwrap();
+        assert!(text.contains("## functions\n\nnamespace functions {\n\ntype get_weather = (_: {\ncity?: string,\n}) => any;\n\n// Edit files.\n// Input: free-form text (not JSON), written as the whole message.\n// The input must follow this lark grammar:\n// start: \"*** Begin Patch\"\ntype apply_patch = (_: string) => any;\n\n} // namespace functions"), "{text}");
+        assert!(text.contains("## multi_agent_v1\n\n// Sub-agents.\nnamespace multi_agent_v1 {\n\n// Spawn one.\ntype spawn_agent = (_: {\ntask?: string,\n}) => any;\n\n} // namespace multi_agent_v1"), "{text}");
+        assert!(!text.contains("web_search"));
+        let spawn = prompt.tools.resolve("multi_agent_v1.spawn_agent").unwrap();
+        assert_eq!(spawn.namespace.as_deref(), Some("multi_agent_v1"));
+        assert!(prompt.tools.resolve("apply_patch").unwrap().custom);
+    }
+
+    #[test]
+    fn phase_on_input_picks_the_channel() {
+        let items = json!([
+            {"role": "user", "content": "a"},
+            {"role": "assistant", "content": "pre", "phase": "commentary"},
+            {"role": "assistant", "content": "ans", "phase": "final_answer"},
+            {"role": "user", "content": "b"},
+            {"role": "assistant", "content": "plan"},
+            {"type": "reasoning", "summary": [], "content": [{"type": "reasoning_text", "text": "r"}]},
+            {"type": "custom_tool_call", "call_id": "c1", "name": "apply_patch", "input": "x"},
+            {"type": "custom_tool_call_output", "call_id": "c1", "output": "ok"},
+            {"role": "assistant", "content": "done"},
+        ]);
+        let req = request(items, None);
+        let input = input_items(&Obj::new(&req, ""), None, true).unwrap();
+        let channels: Vec<Option<&str>> = input.messages.iter().map(|m| m.channel.as_deref()).collect();
+        assert_eq!(
+            channels,
+            [
+                None,
+                Some("commentary"),
+                Some("final"),
+                None,
+                Some("commentary"),
+                Some("analysis"),
+                Some("commentary"),
+                Some("commentary"),
+                Some("final")
+            ]
+        );
+        assert_eq!(input.items.len(), 9);
+        assert!(input.items.iter().all(|i| i["id"].is_string()));
+        let bad = request(json!([{"role": "assistant", "content": "x", "phase": "middle"}]), None);
+        assert_eq!(
+            input_items(&Obj::new(&bad, ""), None, true).err().unwrap().param.as_deref(),
+            Some("input[0].phase")
+        );
     }
 }

@@ -282,7 +282,8 @@ impl Dense {
                         tiles[((r / 16) * (k / 32) + b) * 256 + gptoss_kernels::mxfp4_r16::tile_offset(r % 16, p)];
                     let q = (byte >> (4 * (j % 2))) & 0xf;
                     let s = gptoss_kernels::affine_r16::scale_at(&m.scales, k, r, b);
-                    *w = s * q as f32 + m.biases[r * (k / m.group) + j / m.group];
+                    let c = m.biases.get(r * (k / m.group) + j / m.group).copied().unwrap_or(0.0);
+                    *w = s * (q as f32 - 8.0) + c;
                 }
             }
             Dense::Affine(m) => {

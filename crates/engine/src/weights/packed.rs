@@ -126,7 +126,10 @@ impl Q8Matrix {
 pub struct AffineMatrix {
     pub(crate) codes: Bytes, // [rows, cols·bits/8] (Rows16: the same bytes in 16-row tiles)
     pub scales: Vec<f32>,    // [rows, cols/group] (Rows16: [rows/16, cols/32, 16])
-    pub biases: Vec<f32>,    // [rows, cols/group]
+    /// `[rows, cols/group]`: `w = s·q + b`. Rows16: the zero-point term of centred codes
+    /// instead, `c = b + 8·s`, so `w = s·(q − 8) + c` (what the integer kernels compute);
+    /// empty when every `c` is 0 (symmetric W4A16).
+    pub biases: Vec<f32>,
     pub bits: u32,
     pub group: usize,
     pub rows: usize,
@@ -172,7 +175,7 @@ impl AffineMatrix {
         AffineView {
             codes: &self.codes()[r0 * code_bytes..r1 * code_bytes],
             scales: &self.scales[r0 * scales_per_row..r1 * scales_per_row],
-            biases: &self.biases[r0 * (k / g)..r1 * (k / g)],
+            biases: if self.biases.is_empty() { &[] } else { &self.biases[r0 * (k / g)..r1 * (k / g)] },
             bits: self.bits,
             group: g,
             rows: r1 - r0,
@@ -190,28 +193,35 @@ impl AffineMatrix {
             return;
         }
         self.codes.populate();
-        let (codes, scales) = match layout {
+        let per_row = k / g;
+        let (codes, scales, biases) = match layout {
             Mxfp4Layout::Rows16 => {
                 let mut scales = vec![0f32; self.rows * k / 32];
                 let codes = Bytes::build(self.codes.len(), |d| {
                     affine_r16::pack(self.codes(), &self.scales, k, g, d, &mut scales)
                 });
-                (codes, scales)
+                let centred: Vec<f32> = self.biases.iter().zip(&self.scales).map(|(b, s)| b + 8.0 * s).collect();
+                let centred = if centred.iter().all(|&c| c == 0.0) { Vec::new() } else { centred };
+                (codes, scales, centred)
             }
             Mxfp4Layout::Rows => {
-                let per_row = k / g;
                 let scale = |i: usize| affine_r16::scale_at(&self.scales, k, i / per_row, (i % per_row) * g / 32);
-                let scales = (0..self.rows * per_row).map(scale).collect();
+                let scales: Vec<f32> = (0..self.rows * per_row).map(scale).collect();
+                let biases = scales
+                    .iter()
+                    .enumerate()
+                    .map(|(i, s)| self.biases.get(i).copied().unwrap_or(0.0) - 8.0 * s)
+                    .collect();
                 let codes = Bytes::build(self.codes.len(), |d| {
                     for (r, row) in d.chunks_exact_mut(k / 2).enumerate() {
                         affine_r16::unpack_row_codes(self.codes(), k, r, row);
                     }
                 });
-                (codes, scales)
+                (codes, scales, biases)
             }
         };
         self.codes.release();
-        (self.codes, self.scales, self.layout) = (codes, scales, layout);
+        (self.codes, self.scales, self.biases, self.layout) = (codes, scales, biases, layout);
     }
 
     pub fn view(&self) -> gptoss_kernels::affine::AffineRows<'_> {

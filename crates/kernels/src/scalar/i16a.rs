@@ -70,7 +70,7 @@ pub fn matmul_rows_i16a_mxfp4r16w(
 }
 
 /// `out[r, t] = Σ_b fma(isum, scale·xs) + bias[r]` as [`crate::affine_r16`] defines it:
-/// 4-bit affine codes in tiles, scales `[R/16][K/32][16]`, `xq` deinterleaved by 8.
+/// 4-bit affine codes in tiles, scales `[R/16][K/32][16]`, `xq` in column order.
 #[allow(clippy::too_many_arguments)]
 pub fn matmul_rows_i16a_affine4r16w(
     xq: &[i16],
@@ -82,7 +82,7 @@ pub fn matmul_rows_i16a_affine4r16w(
     out: &mut [f32],
     _scratch: &mut Vec<u32>,
 ) {
-    use crate::affine_r16::{check_shapes, deinterleaved_index, scale_at};
+    use crate::affine_r16::{check_shapes, scale_at};
     let k = xq.len() / n_tok.max(1);
     let rows = check_shapes(xq, xs, n_tok, k, codes.len(), scales.len(), bias, out);
     let blocks = k / BLOCK;
@@ -97,8 +97,8 @@ pub fn matmul_rows_i16a_affine4r16w(
                 for p in 0..BLOCK_BYTES {
                     let byte = tile[tile_offset(lane, p)];
                     let c = b * BLOCK + 2 * p;
-                    isum += ((byte & 0xf) as i32 - 8) * x[deinterleaved_index(c)] as i32;
-                    isum += ((byte >> 4) as i32 - 8) * x[deinterleaved_index(c + 1)] as i32;
+                    isum += ((byte & 0xf) as i32 - 8) * x[c] as i32;
+                    isum += ((byte >> 4) as i32 - 8) * x[c + 1] as i32;
                 }
                 let comb = scale_at(scales, k, r, b) * xs[t * blocks + b];
                 acc = (isum as f32).mul_add(comb, acc);

@@ -165,17 +165,18 @@ pub(crate) fn scratch_words(k: usize) -> usize {
     PANEL_GROUPS * (k / BLOCK) * (16 * 2 + 2) * 8 + 8
 }
 
-/// Decodes `groups` groups into `w [g][b][p][half]` int16-pair vectors and `ws [g][b][half]`.
-#[target_feature(enable = "avx2")]
-unsafe fn decode_panel(
+/// Decodes `groups` groups into `w [g][b][p][half]` int16-pair vectors (codes looked up in
+/// `table`) and `ws [g][b][half]` (tile t's scale vectors from `scale(t, half)`).
+#[inline(always)]
+unsafe fn decode_panel_with(
     codes: *const u8,
-    scales: *const u8,
     blocks: usize,
     groups: usize,
     w: *mut __m256i,
     ws: *mut __m256,
+    table: __m256i,
+    scale: impl Fn(usize, usize) -> __m256,
 ) {
-    let table = fp4_table();
     for t in 0..groups * blocks {
         let dst = w.add(t * 32);
         for q in 0..4 {
@@ -188,9 +189,36 @@ unsafe fn decode_panel(
                 }
             }
         }
-        *ws.add(t * 2) = weight_scales(scales.add(t * GROUP));
-        *ws.add(t * 2 + 1) = weight_scales(scales.add(t * GROUP + 8));
+        *ws.add(t * 2) = scale(t, 0);
+        *ws.add(t * 2 + 1) = scale(t, 1);
     }
+}
+
+/// MXFP4 tiles: E2M1 codes, E8M0 scales.
+#[target_feature(enable = "avx2")]
+unsafe fn decode_panel(
+    codes: *const u8,
+    scales: *const u8,
+    blocks: usize,
+    groups: usize,
+    w: *mut __m256i,
+    ws: *mut __m256,
+) {
+    decode_panel_with(codes, blocks, groups, w, ws, fp4_table(), |t, h| weight_scales(scales.add(t * GROUP + 8 * h)))
+}
+
+/// 4-bit affine tiles: codes centred at u − 8, f32 scales (`scales` is their bytes).
+#[target_feature(enable = "avx2")]
+unsafe fn decode_panel_affine4(
+    codes: *const u8,
+    scales: *const u8,
+    blocks: usize,
+    groups: usize,
+    w: *mut __m256i,
+    ws: *mut __m256,
+) {
+    let s = scales as *const f32;
+    decode_panel_with(codes, blocks, groups, w, ws, centred_table(), |t, h| _mm256_loadu_ps(s.add(t * GROUP + 8 * h)))
 }
 
 /// One group × TB tokens over all of K: `w`/`ws` the group's decoded panel, `xq`/`xs` the
@@ -269,10 +297,12 @@ unsafe fn gemm_group(
 }
 
 /// A panel of up to [`PANEL_GROUPS`] groups: decoded into `[g][blocks][16][2]` pair vectors
-/// then `[g][blocks][2]` scale vectors at `panel`, then every token through each group.
-#[target_feature(enable = "avx2,fma")]
+/// then `[g][blocks][2]` scale vectors at `panel` (by `DECODE`), then every token through
+/// each group.
+#[inline(always)]
 #[allow(clippy::too_many_arguments)]
-unsafe fn panel(
+unsafe fn panel_with(
+    decode: unsafe fn(*const u8, *const u8, usize, usize, *mut __m256i, *mut __m256),
     codes: *const u8,
     scales: *const u8,
     blocks: usize,
@@ -286,7 +316,7 @@ unsafe fn panel(
 ) {
     let w = panel as *mut __m256i;
     let ws = w.add(PANEL_GROUPS * blocks * 32) as *mut __m256;
-    decode_panel(codes, scales, blocks, groups, w, ws);
+    decode(codes, scales, blocks, groups, w, ws);
     for i in 0..groups {
         gemm_group(
             w.add(i * blocks * 32),
@@ -301,8 +331,52 @@ unsafe fn panel(
     }
 }
 
+#[target_feature(enable = "avx2,fma")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn panel(
+    codes: *const u8,
+    scales: *const u8,
+    blocks: usize,
+    groups: usize,
+    panel: *mut u32,
+    xq: *const i16,
+    xs: *const f32,
+    n_tok: usize,
+    bias: Option<*const f32>,
+    out: *mut f32,
+) {
+    panel_with(decode_panel, codes, scales, blocks, groups, panel, xq, xs, n_tok, bias, out)
+}
+
+#[target_feature(enable = "avx2,fma")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn panel_affine4(
+    codes: *const u8,
+    scales: *const u8,
+    blocks: usize,
+    groups: usize,
+    panel: *mut u32,
+    xq: *const i16,
+    xs: *const f32,
+    n_tok: usize,
+    bias: Option<*const f32>,
+    out: *mut f32,
+) {
+    panel_with(decode_panel_affine4, codes, scales, blocks, groups, panel, xq, xs, n_tok, bias, out)
+}
+
 static PARTS: super::I16aParts =
-    super::I16aParts { gemv_group, panel, panel_groups: PANEL_GROUPS, scratch_words, align: 32 };
+    super::I16aParts { gemv_group, panel, panel_groups: PANEL_GROUPS, scratch_words, align: 32, scale_bytes: 1 };
+
+/// The same drivers for 4-bit affine tiles: centred codes, f32 scales.
+static AFFINE4_PARTS: super::I16aParts = super::I16aParts {
+    gemv_group: gemv_group_affine4,
+    panel: panel_affine4,
+    panel_groups: PANEL_GROUPS,
+    scratch_words,
+    align: 32,
+    scale_bytes: 4,
+};
 
 /// See [`crate::scalar::matmul_rows_i16a_mxfp4r16w`]; `scratch` holds a decoded panel.
 #[allow(clippy::too_many_arguments)]
@@ -374,9 +448,10 @@ pub fn quantize_i16(x: &[f32], q: &mut [i16], xs: &mut [f32]) {
     unsafe { quantize_impl(x, q, xs) }
 }
 
-/// See [`crate::scalar::matmul_rows_i16a_affine4r16w`]: each group of 16 rows in turn, every
-/// token through it with [`gemv_group`]'s decode (the group's codes stay in L1 across the
-/// tokens, so the matrix is read from memory once per call).
+/// See [`crate::scalar::matmul_rows_i16a_affine4r16w`]: one token group by group in
+/// registers ([`gemv_group_with`]'s decode); several through decoded panels, as the MXFP4
+/// GEMM (same integer block sums and the same order of float operations, so every token gets
+/// the same bits either way). `scratch` holds a decoded panel, or the one token reordered.
 #[allow(clippy::too_many_arguments)]
 pub fn matmul_rows_i16a_affine4r16w(
     xq: &[i16],
@@ -386,47 +461,49 @@ pub fn matmul_rows_i16a_affine4r16w(
     scales: &[f32],
     bias: Option<&[f32]>,
     out: &mut [f32],
-    _scratch: &mut Vec<u32>,
+    scratch: &mut Vec<u32>,
 ) {
     let k = xq.len() / n_tok.max(1);
-    let rows = crate::affine_r16::check_shapes(xq, xs, n_tok, k, codes.len(), scales.len(), bias, out);
-    let blocks = k / BLOCK;
-    // SAFETY: handed out by `Kernels` only when the CPU has AVX2 and FMA; the shapes were
-    // checked above, so every tile, scale, token and output offset is in bounds.
-    unsafe {
-        affine4_impl(xq.as_ptr(), xs.as_ptr(), n_tok, k, blocks, rows, codes.as_ptr(), scales.as_ptr(), bias, out)
+    crate::affine_r16::check_shapes(xq, xs, n_tok, k, codes.len(), scales.len(), bias, out);
+    // SAFETY: f32 scales viewed as their bytes (the drivers read them back as f32).
+    let scale_bytes = unsafe { std::slice::from_raw_parts(scales.as_ptr() as *const u8, 4 * scales.len()) };
+    if n_tok == 1 && k.is_multiple_of(8) {
+        // One token: gemv_group reads the columns deinterleaved (a copy of K values in the
+        // scratch, which is not used otherwise).
+        let mut x = std::mem::take(scratch);
+        x.resize(k.div_ceil(2), 0);
+        // SAFETY: a u32 buffer of ⌈K/2⌉ words holds K i16 values, suitably aligned.
+        let xd = unsafe { std::slice::from_raw_parts_mut(x.as_mut_ptr() as *mut i16, k) };
+        deinterleave8(xq, xd);
+        // SAFETY: handed out by `Kernels` only when the CPU has AVX2 and FMA; shapes checked.
+        unsafe { super::matmul_rows_i16a(&AFFINE4_PARTS, xd, xs, 1, codes, scale_bytes, bias, out, &mut Vec::new()) };
+        *scratch = x;
+        return;
     }
+    // SAFETY: as above.
+    unsafe { super::matmul_rows_i16a(&AFFINE4_PARTS, xq, xs, n_tok, codes, scale_bytes, bias, out, scratch) }
 }
 
-#[target_feature(enable = "avx2,fma")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn affine4_impl(
-    xq: *const i16,
-    xs: *const f32,
-    n_tok: usize,
-    k: usize,
-    blocks: usize,
-    rows: usize,
-    codes: *const u8,
-    scales: *const f32,
-    bias: Option<&[f32]>,
-    out: &mut [f32],
-) {
-    // Codes centred: u − 8.
-    let identity = _mm256_setr_epi8(
+/// Centred 4-bit affine codes: u − 8.
+#[target_feature(enable = "avx2")]
+unsafe fn centred_table() -> __m256i {
+    _mm256_setr_epi8(
         -8, -7, -6, -5, -4, -3, -2, -1, 0, 1, 2, 3, 4, 5, 6, 7, //
         -8, -7, -6, -5, -4, -3, -2, -1, 0, 1, 2, 3, 4, 5, 6, 7,
-    );
-    let mut y = [0f32; GROUP];
-    for g in 0..rows / GROUP {
-        let (c, s) = (codes.add(g * blocks * TILE_BYTES), scales.add(g * blocks * GROUP));
-        let b = bias.map(|b| b.as_ptr().add(g * GROUP));
-        for t in 0..n_tok {
-            let ws = |blk: usize, h: usize| _mm256_loadu_ps(s.add(blk * GROUP + 8 * h));
-            gemv_group_with(xq.add(t * k), xs.add(t * blocks), k, c, identity, ws, b, y.as_mut_ptr());
-            for (r, v) in y.iter().enumerate() {
-                out[(g * GROUP + r) * n_tok + t] = *v;
-            }
-        }
-    }
+    )
+}
+
+/// One token through one group of 16 affine rows (`scales` the group's f32 scales' bytes).
+#[target_feature(enable = "avx2,fma")]
+unsafe fn gemv_group_affine4(
+    xq: *const i16,
+    xs: *const f32,
+    k: usize,
+    codes: *const u8,
+    scales: *const u8,
+    bias: Option<*const f32>,
+    out: *mut f32,
+) {
+    let s = scales as *const f32;
+    gemv_group_with(xq, xs, k, codes, centred_table(), |b, h| _mm256_loadu_ps(s.add(b * GROUP + 8 * h)), bias, out)
 }

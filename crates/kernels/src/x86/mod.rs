@@ -35,6 +35,8 @@ pub(crate) struct I16aParts {
     pub panel_groups: usize,
     pub scratch_words: fn(usize) -> usize,
     pub align: usize,
+    /// Bytes per weight scale: 1 (E8M0, MXFP4) or 4 (f32, affine).
+    pub scale_bytes: usize,
 }
 
 /// See [`crate::scalar::matmul_rows_i16a_mxfp4r16w`]: one token group by group in
@@ -55,9 +57,11 @@ pub(crate) unsafe fn matmul_rows_i16a(
     scratch: &mut Vec<u32>,
 ) {
     let k = xq.len() / n_tok.max(1);
-    crate::scalar::check_i16a_shapes(xq, xs, n_tok, k, codes.len(), scales.len(), bias, out);
+    let n_scales = scales.len() / parts.scale_bytes;
+    crate::scalar::check_i16a_shapes(xq, xs, n_tok, k, codes.len(), n_scales, bias, out);
     let blocks = k / BLOCK;
-    let groups = scales.len() / (blocks * GROUP);
+    let groups = n_scales / (blocks * GROUP);
+    let scale_step = blocks * GROUP * parts.scale_bytes;
     // The shapes were checked above, so every tile, token and output offset is in bounds,
     // and the scratch is sized (and aligned by hand) for one panel.
     if n_tok == 1 {
@@ -67,7 +71,7 @@ pub(crate) unsafe fn matmul_rows_i16a(
                 xs.as_ptr(),
                 k,
                 codes.as_ptr().add(g * blocks * TILE_BYTES),
-                scales.as_ptr().add(g * blocks * GROUP),
+                scales.as_ptr().add(g * scale_step),
                 bias.map(|b| b.as_ptr().add(g * GROUP)),
                 out.as_mut_ptr().add(g * GROUP),
             );
@@ -82,7 +86,7 @@ pub(crate) unsafe fn matmul_rows_i16a(
         let pg = (groups - g).min(parts.panel_groups);
         (parts.panel)(
             codes.as_ptr().add(g * blocks * TILE_BYTES),
-            scales.as_ptr().add(g * blocks * GROUP),
+            scales.as_ptr().add(g * scale_step),
             blocks,
             pg,
             panel,
