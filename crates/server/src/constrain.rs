@@ -692,7 +692,7 @@ mod tests {
     fn recipient_in_either_header_order() {
         assert_eq!(
             recipient("<|channel|>commentary to=functions.get_weather <|constrain|>json").as_deref(),
-            Some("get_weather")
+            Some("functions.get_weather")
         );
         assert_eq!(recipient("assistant to=functions.f<|channel|>commentary").as_deref(), Some("functions.f"));
         assert_eq!(recipient(" to=functions.f<|channel|>commentary<|constrain|>json").as_deref(), Some("functions.f"));
