@@ -41,7 +41,10 @@ fn parse(st: &AppState, req: &Map<String, Value>) -> Result<ChatRequest, ApiErro
     let o = Obj::new(req, "");
     http::check_model(st, &o)?;
     o.usize_in("n", 1, 1)?; // one choice per request
-    let prompt = PromptSpec::from_chat(&o)?.render(&st.tok)?;
+    let spec = PromptSpec::from_chat(&o)?;
+    let prompt = spec.render(&st.tok)?;
+    let format = prompt::format_schema(o.obj("response_format")?, "response_format", true)?;
+    let constraint = prompt::constraint(format, &spec, &prompt)?;
     let asked = match o.usize_in("max_completion_tokens", 1, usize::MAX >> 1)? {
         Some(n) => Some(n),
         None => o.usize_in("max_tokens", 1, usize::MAX >> 1)?,
@@ -55,6 +58,7 @@ fn parse(st: &AppState, req: &Map<String, Value>) -> Result<ChatRequest, ApiErro
     }
     let mut job = http::job(st, &o, prompt.tokens.clone(), max_tokens)?;
     job.top_logprobs = top_logprobs;
+    job.constraint = constraint;
     let stream = o.bool("stream")?.unwrap_or(false);
     let include_usage = http::include_usage(&o)?;
     Ok(ChatRequest {

@@ -17,6 +17,7 @@ use gptoss_engine::sampler::{log_sum_exp, logprob, top_logprobs};
 use gptoss_engine::{EngineError, Sampled, Sampler, SamplingParams, SeqId};
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 
+use crate::constrain::{restrict, JobConstraint, SeqConstraint};
 use crate::executor::Executor;
 use crate::metrics::Metrics;
 
@@ -37,6 +38,8 @@ pub struct JobSpec {
     pub frequency_penalty: f32,
     /// Added to the logits before sampling.
     pub logit_bias: Vec<(u32, f32)>,
+    /// What the output must satisfy (a response format, strict tools' arguments).
+    pub constraint: Option<JobConstraint>,
 }
 
 impl JobSpec {
@@ -51,6 +54,7 @@ impl JobSpec {
             presence_penalty: 0.0,
             frequency_penalty: 0.0,
             logit_bias: Vec::new(),
+            constraint: None,
         }
     }
 }
@@ -341,6 +345,7 @@ struct Running {
     last_token: Option<Instant>,
     /// How often each token was generated, for the penalties.
     counts: HashMap<u32, u32>,
+    constraint: Option<SeqConstraint>,
 }
 
 struct EngineLoop<E> {
@@ -459,6 +464,12 @@ impl<E: Executor> EngineLoop<E> {
             };
             // Requests that want every prompt position's log-probabilities compute them all.
             let cached = if job.spec.prompt_logprobs { 0 } else { self.exec.attach_prefix(seq, &job.spec.prompt) };
+            let budget = job.spec.max_tokens.min(self.exec.max_context().saturating_sub(job.spec.prompt.len()));
+            let constraint = job
+                .spec
+                .constraint
+                .as_ref()
+                .map(|c| SeqConstraint::new(c.spec.clone(), &c.forced, budget, self.metrics.clone()));
             self.running.push(Running {
                 job,
                 seq,
@@ -471,6 +482,7 @@ impl<E: Executor> EngineLoop<E> {
                 first_token: None,
                 last_token: None,
                 counts: HashMap::new(),
+                constraint,
             });
             self.shared.running.store(self.running.len(), Ordering::SeqCst);
         }
@@ -505,6 +517,7 @@ impl<E: Executor> EngineLoop<E> {
                 && s.logit_bias.is_empty()
                 && !s.prompt_logprobs
                 && s.top_logprobs <= gptoss_engine::runner::MAX_PICK_ALTERNATIVES
+                && r.constraint.is_none()
         };
         let on_device = self.exec.picks_on_device()
             && work.iter().all(|w| match *w {
@@ -649,7 +662,12 @@ impl<E: Executor> EngineLoop<E> {
             let sampled = match (&out, picked[item].take()) {
                 (StepOut::Picked(_), Some(s)) => s,
                 (StepOut::Logits(_), _) => match logits.last_for(item) {
-                    Some(z) => self.running[i].sample(z),
+                    Some(z) => {
+                        let r = &self.running[i];
+                        let left = r.job.spec.max_tokens.saturating_sub(r.generated);
+                        let room = self.exec.max_context().saturating_sub(r.job.spec.prompt.len() + r.generated);
+                        self.running[i].sample(z, left.min(room))
+                    }
                     None => {
                         // The executor broke its contract; this sequence cannot go on.
                         finished.push((i, FinishReason::Error("no logits for the sequence's next token".into())));
@@ -713,12 +731,14 @@ fn culprit(e: &EngineError, chunks: &[SeqChunk]) -> Option<SeqId> {
 }
 
 impl Running {
-    fn sample(&mut self, logits: &[f32]) -> Sampled {
+    /// The next token, `remaining` tokens (this one included) left to generate.
+    fn sample(&mut self, logits: &[f32], remaining: usize) -> Sampled {
         let spec = &self.job.spec;
         let adjust = spec.presence_penalty != 0.0 || spec.frequency_penalty != 0.0 || !spec.logit_bias.is_empty();
-        if !adjust {
+        if !adjust && self.constraint.is_none() {
             return self.sampler.sample(logits, spec.top_logprobs);
         }
+        let constrained_since = self.constraint.is_some().then(Instant::now);
         // Penalties and biases shape what is sampled; the reported log-probabilities stay the
         // model's own, as OpenAI reports them.
         let mut z = logits.to_vec();
@@ -732,7 +752,14 @@ impl Running {
                 *v += b;
             }
         }
-        let token = self.sampler.sample(&z, 0).token;
+        // The constraint narrows what penalties and biases left: a token it forces, or only
+        // the tokens it allows.
+        let forced = self.constraint.as_mut().and_then(|c| restrict(c.next(remaining), &mut z));
+        let token = forced.unwrap_or_else(|| self.sampler.sample(&z, 0).token);
+        if let Some(c) = &mut self.constraint {
+            c.commit(token);
+            c.sampled_in(constrained_since.map(|t| t.elapsed()).unwrap_or_default());
+        }
         let lse = log_sum_exp(logits);
         Sampled {
             token,

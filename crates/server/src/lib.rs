@@ -8,6 +8,7 @@
 pub mod chat;
 pub mod completions;
 pub mod conn;
+pub mod constrain;
 pub mod engine;
 pub mod error;
 pub mod executor;
@@ -76,6 +77,7 @@ pub fn serve_on<E: Executor + 'static>(
     opts: ServeOptions,
 ) -> Result<(), ServeError> {
     let metrics = Arc::new(metrics::Metrics::default());
+    constrain::prepare();
     let (handle, _engine_thread) = engine::start(exec, opts.engine, metrics.clone())?;
     let api_key = opts.api_key.filter(|k| !k.is_empty());
     let mut state = http::AppState::new(handle.clone(), tok, opts.model_name, api_key, metrics);

@@ -57,6 +57,12 @@ pub struct Metrics {
     pub generation_tokens: AtomicU64,
     pub cancelled: AtomicU64,
     pub steps: AtomicU64,
+    /// Grammar masks computed for constrained decoding, and the time spent on them.
+    pub constraint_masks: AtomicU64,
+    pub constraint_mask_ns: AtomicU64,
+    /// Tokens sampled under a constraint, and the time their sampling took in all.
+    pub constraint_samples: AtomicU64,
+    pub constraint_sample_ns: AtomicU64,
     /// Requests accepted but not yet admitted to the running batch.
     pub queue_depth: AtomicUsize,
     /// Sequences in the running batch.
@@ -78,6 +84,10 @@ impl Default for Metrics {
             generation_tokens: AtomicU64::new(0),
             cancelled: AtomicU64::new(0),
             steps: AtomicU64::new(0),
+            constraint_masks: AtomicU64::new(0),
+            constraint_mask_ns: AtomicU64::new(0),
+            constraint_samples: AtomicU64::new(0),
+            constraint_sample_ns: AtomicU64::new(0),
             queue_depth: AtomicUsize::new(0),
             running: AtomicUsize::new(0),
             kv_cache_bytes: AtomicUsize::new(0),
@@ -136,6 +146,30 @@ impl Metrics {
             self.cancelled.load(Ordering::Relaxed),
         );
         counter(&mut out, "gptoss_engine_steps_total", "Batched forward steps.", self.steps.load(Ordering::Relaxed));
+        counter(
+            &mut out,
+            "gptoss_constraint_masks_total",
+            "Token masks computed from a grammar (constrained decoding).",
+            self.constraint_masks.load(Ordering::Relaxed),
+        );
+        let _ = writeln!(
+            out,
+            "# HELP gptoss_constraint_mask_seconds_total Time spent computing grammar masks.\n\
+             # TYPE gptoss_constraint_mask_seconds_total counter\ngptoss_constraint_mask_seconds_total {}",
+            self.constraint_mask_ns.load(Ordering::Relaxed) as f64 / 1e9
+        );
+        counter(
+            &mut out,
+            "gptoss_constrained_tokens_total",
+            "Tokens sampled under a constraint (a response format, a strict tool's arguments).",
+            self.constraint_samples.load(Ordering::Relaxed),
+        );
+        let _ = writeln!(
+            out,
+            "# HELP gptoss_constrained_sampling_seconds_total Time sampling constrained tokens took in all (logits copy, mask, draw).\n\
+             # TYPE gptoss_constrained_sampling_seconds_total counter\ngptoss_constrained_sampling_seconds_total {}",
+            self.constraint_sample_ns.load(Ordering::Relaxed) as f64 / 1e9
+        );
         gauge(
             &mut out,
             "gptoss_queue_depth",

@@ -32,6 +32,11 @@ pub struct Tool {
     pub parameters: Option<Value>,
     /// The description of its namespace, for the namespace's `## name` section.
     pub namespace_description: Option<String>,
+    /// `strict: true` (a function, not a custom tool): the arguments are enforced to match
+    /// `parameters` while sampling.
+    pub strict: bool,
+    /// Where `parameters` is in the request, for errors.
+    pub param_path: String,
 }
 
 /// Hosted tools OpenAI runs on its side; this server runs none of them, so they are left out
@@ -172,7 +177,15 @@ fn parse_tool(o: &Obj, custom: bool, namespace: Option<(&str, &str)>) -> Result<
         }
     };
     let tool = ToolRef { namespace: namespace.map(|(n, _)| n.to_string()), name: name.to_string(), custom };
-    Ok(Tool { tool, description, parameters, namespace_description: namespace.map(|(_, d)| d.to_string()) })
+    let strict = !custom && o.bool("strict")?.unwrap_or(false);
+    Ok(Tool {
+        tool,
+        description,
+        parameters,
+        namespace_description: namespace.map(|(_, d)| d.to_string()),
+        strict,
+        param_path: o.path("parameters"),
+    })
 }
 
 /// Chat Completions tools (`{type:"function", function:{name, ...}}`) when `nested`, the
@@ -500,6 +513,63 @@ pub fn parse_response_format(v: Option<&Map<String, Value>>, path: &str, nested:
             format!("`{}` must be text, json_object or json_schema, got {other:?}", o.path("type")),
         )),
     }
+}
+
+/// The schema a `response_format` (chat) or `text.format` (responses) asks to enforce:
+/// `json_object` always, `json_schema` when `strict` is true (without it, the schema only
+/// guides the model through the prompt, as OpenAI's non-strict mode does).
+pub fn format_schema(v: Option<&Map<String, Value>>, path: &str, nested: bool) -> Result<Option<(Value, String)>> {
+    let Some(m) = v else { return Ok(None) };
+    let o = Obj::new(m, path);
+    match o.str("type")? {
+        Some("json_object") => Ok(Some((serde_json::json!({"type": "object"}), path.to_string()))),
+        Some("json_schema") => {
+            let s = if nested {
+                match o.obj("json_schema")? {
+                    Some(s) => Obj::new(s, path),
+                    None => return Ok(None),
+                }
+            } else {
+                o
+            };
+            if !s.bool("strict")?.unwrap_or(false) {
+                return Ok(None);
+            }
+            let schema = s.get("schema").cloned().unwrap_or_else(|| serde_json::json!({}));
+            let spath = if nested { format!("{path}.json_schema.schema") } else { format!("{path}.schema") };
+            Ok(Some((schema, spath)))
+        }
+        _ => Ok(None),
+    }
+}
+
+/// Compiles what a request's output must satisfy: the response format's schema, and the
+/// parameters of the strict tools offered. `None` when nothing is enforced, so unconstrained
+/// requests sample exactly as before.
+pub fn constraint(
+    format: Option<(Value, String)>,
+    spec: &PromptSpec,
+    prompt: &Prompt,
+) -> Result<Option<crate::constrain::JobConstraint>> {
+    use crate::constrain::{ConstraintSpec, JobConstraint};
+    let offered = if spec.tool_choice == ToolChoice::None { &[][..] } else { &spec.tools[..] };
+    if format.is_none() && !offered.iter().any(|t| t.strict) {
+        return Ok(None);
+    }
+    let format = match format {
+        Some((schema, path)) => Some(ConstraintSpec::compile(&schema, &path)?),
+        None => None,
+    };
+    let mut tools = Vec::new();
+    for t in offered.iter().filter(|t| t.strict) {
+        let schema = t.parameters.clone().unwrap_or_else(|| serde_json::json!({"type": "object"}));
+        let g = ConstraintSpec::compile(&schema, &t.param_path)?;
+        // The recipient the model writes for it: `functions.x`, or `ns.y` in a namespace.
+        let to = prompt.tools.recipient(&t.tool);
+        tools.push((to, g));
+    }
+    let spec = ConstraintSpec { format, tools, tools_offered: !offered.is_empty() };
+    Ok(Some(JobConstraint { spec: std::sync::Arc::new(spec), forced: prompt.forced.clone() }))
 }
 
 impl PromptSpec {

@@ -298,6 +298,8 @@ struct Built {
     input: Input,
     /// All instructions from input items so far (previous responses' and this one's).
     input_instructions: Vec<String>,
+    /// What the output must satisfy (`text.format` with `strict`, strict tools).
+    constraint: Option<crate::constrain::JobConstraint>,
 }
 
 fn build(st: &AppState, o: &Obj, required: bool) -> Result<Built, ApiError> {
@@ -331,7 +333,8 @@ fn build(st: &AppState, o: &Obj, required: bool) -> Result<Built, ApiError> {
         Some(t) => Obj::new(t, "text").obj("format")?.cloned(),
         None => None,
     };
-    Ok(Built { prompt, effort: spec.effort.as_str(), format, input, input_instructions })
+    let constraint = prompt::constraint(prompt::format_schema(format.as_ref(), "text.format", false)?, &spec, &prompt)?;
+    Ok(Built { prompt, effort: spec.effort.as_str(), format, input, input_instructions, constraint })
 }
 
 /// The prompt's parts from the request and the response it continues.
@@ -368,10 +371,11 @@ pub fn prompt_tokens(st: &AppState, o: &Obj) -> Result<Vec<u32>, ApiError> {
 
 fn parse(st: &AppState, req: &Map<String, Value>) -> Result<ResponsesRequest, ApiError> {
     let o = Obj::new(req, "");
-    let Built { prompt, effort, format, input, input_instructions } = build(st, &o, true)?;
+    let Built { prompt, effort, format, input, input_instructions, constraint } = build(st, &o, true)?;
     let asked = o.usize_in("max_output_tokens", 1, usize::MAX >> 1)?;
     let max_tokens = http::fit_context(st, prompt.tokens.len(), asked, "max_output_tokens", "input")?;
     let mut job = http::job(st, &o, prompt.tokens.clone(), max_tokens)?;
+    job.constraint = constraint;
     let top_logprobs = o.usize_in("top_logprobs", 0, 20)?;
     let mut logprobs = None;
     if let Some(list) = o.arr("include")? {
