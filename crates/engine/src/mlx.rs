@@ -20,7 +20,7 @@ use gptoss_kernels::mxfp4;
 use crate::checkpoint::Checkpoint;
 use crate::error::LoadError;
 use crate::safetensors::{Bytes, DType};
-use crate::weights::{floats, AffineMatrix, Bf16Matrix, Dense, Experts, Mxfp4Experts, Mxfp4Matrix};
+use crate::weights::{floats, AffineMatrix, Bf16Matrix, Dense, Experts, F32Matrix, Mxfp4Experts, Mxfp4Matrix};
 
 /// How one module is quantized.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -108,6 +108,8 @@ pub(crate) struct MlxLoader<'a> {
 /// What a module's tensors hold.
 enum Stored {
     Plain(Bytes),
+    /// Unquantized f16 or f32 weights, widened exactly to f32 (bf16 cannot hold f16).
+    Wide(Vec<f32>),
     Quantized { words: Bytes, scales: Bytes, scales_dtype: DType, biases: Option<(Bytes, DType)>, spec: QuantSpec },
 }
 
@@ -128,13 +130,28 @@ impl MlxLoader<'_> {
                     self.bad(module, format!("config.json quantizes it ({spec}) but there is no `{scales_name}`"))
                 );
             }
-            if info.dtype != DType::BF16 {
-                return Err(
-                    self.bad(module, format!("unquantized weights are {}; only bf16 is supported", info.dtype.name()))
-                );
-            }
             check_shape(file.path.as_path(), &weight, &info.shape, &shape_with(cols))?;
-            return Ok(Stored::Plain(file.bytes(info)));
+            return match info.dtype {
+                DType::BF16 => Ok(Stored::Plain(file.bytes(info))),
+                DType::F16 | DType::F32 if lead.is_empty() => {
+                    let b = file.bytes(info);
+                    let w = floats(&b, info.dtype);
+                    // A widened copy: the file's pages stop counting in the resident set.
+                    b.release();
+                    Ok(Stored::Wide(w))
+                }
+                DType::F16 | DType::F32 => Err(self.bad(
+                    module,
+                    format!(
+                        "unquantized {} experts are not supported (bf16, mxfp4 or affine experts are)",
+                        info.dtype.name()
+                    ),
+                )),
+                other => Err(self.bad(
+                    module,
+                    format!("unquantized weights are {}; bf16, f16 or f32 are supported", other.name()),
+                )),
+            };
         }
         let (sfile, sinfo) = self.ck.tensor(&scales_name)?;
         if info.dtype != DType::U32 {
@@ -204,6 +221,7 @@ impl MlxLoader<'_> {
         let module = name.strip_suffix(".weight").unwrap_or(name);
         Ok(match self.stored(module, &[], rows, cols)? {
             Stored::Plain(b) => Dense::Bf16(Bf16Matrix::new(b, rows, cols)),
+            Stored::Wide(data) => Dense::F32(F32Matrix { data, rows, cols }),
             Stored::Quantized { words, scales, scales_dtype, biases, spec } => match spec.mode {
                 Mode::Affine => {
                     let (zero, zd) = biases.expect("affine modules carry biases");
@@ -236,7 +254,7 @@ impl MlxLoader<'_> {
         let bytes_of = |v: Vec<u8>| Bytes::build(v.len(), |d| d.copy_from_slice(&v));
         let spec_of = |s: &Stored| match s {
             Stored::Quantized { spec, .. } => Some(*spec),
-            Stored::Plain(_) => None,
+            Stored::Plain(_) | Stored::Wide(_) => None,
         };
         let (gs, us) = (spec_of(&gate), spec_of(&up));
         if gs != us {
@@ -275,7 +293,7 @@ impl MlxLoader<'_> {
                 u.release();
                 Experts::Bf16 { w: Bf16Matrix::new(w, e * 2 * i, h), experts: e }
             }
-            _ => unreachable!("both stored alike (checked above); affine modules carry biases"),
+            _ => unreachable!("both stored alike (checked above); affine modules carry biases; experts never wide"),
         };
         let down = match down {
             Stored::Quantized { words, scales, spec: QuantSpec { mode: Mode::Mxfp4, .. }, .. } => {
@@ -288,7 +306,7 @@ impl MlxLoader<'_> {
                 Experts::Affine { w: AffineMatrix::new(words, s, zeros, spec.bits, spec.group, e * h, i), experts: e }
             }
             Stored::Plain(w) => Experts::Bf16 { w: Bf16Matrix::new(w, e * h, i), experts: e },
-            _ => unreachable!("affine modules carry biases"),
+            _ => unreachable!("affine modules carry biases; experts are never wide"),
         };
         Ok((gate_up, bias, down))
     }

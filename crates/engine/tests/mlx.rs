@@ -241,3 +241,95 @@ fn synth_writes_loadable_mlx_conversions() {
         assert!(logits.iter().flatten().all(|v| v.is_finite()));
     }
 }
+
+/// f32 as IEEE half bits, for values a bf16 holds (exact in f16's normal range: 7 mantissa
+/// bits fit in 10); below it, rounded to f16's subnormal step.
+fn f16_bits(x: f32) -> u16 {
+    let sign = ((x.to_bits() >> 16) & 0x8000) as u16;
+    let a = x.abs() as f64;
+    assert!(a < 65504.0, "{x} overflows f16");
+    if a < 2f64.powi(-14) {
+        return sign | (a / 2f64.powi(-24)).round() as u16;
+    }
+    let e = a.log2().floor() as i32;
+    let m = ((a / 2f64.powi(e) - 1.0) * 1024.0).round() as u16;
+    sign | (((e + 15) as u16) << 10) | m
+}
+
+/// Rewrites the bf16 conversion with `to[name] = "F32" | "F16"` for the named tensors (an
+/// unquantized MLX module in another float type), rebuilding the data section.
+fn widened(to: &[(&str, &str)]) -> (tempfile::TempDir, PathBuf) {
+    let (dir, path) = broken("bf16");
+    let file = path.join("model.safetensors");
+    let bytes = std::fs::read(&file).unwrap();
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let header: serde_json::Map<String, Value> = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
+    let data = &bytes[8 + n..];
+    let mut names: Vec<&String> = header.keys().filter(|k| *k != "__metadata__").collect();
+    names.sort_by_key(|k| header[*k]["data_offsets"][0].as_u64().unwrap());
+    let (mut out_header, mut out_data) = (serde_json::Map::new(), Vec::new());
+    if let Some(m) = header.get("__metadata__") {
+        out_header.insert("__metadata__".into(), m.clone());
+    }
+    for name in names {
+        let mut t = header[name].clone();
+        let (a, b) = (t["data_offsets"][0].as_u64().unwrap() as usize, t["data_offsets"][1].as_u64().unwrap() as usize);
+        let raw = &data[a..b];
+        let start = out_data.len();
+        match to.iter().find(|(n, _)| n == name).map(|(_, d)| *d) {
+            Some(dtype) => {
+                assert_eq!(t["dtype"], "BF16", "{name}");
+                for c in raw.chunks_exact(2) {
+                    let x = f32::from_bits((u16::from_le_bytes([c[0], c[1]]) as u32) << 16);
+                    match dtype {
+                        "F32" => out_data.extend_from_slice(&x.to_le_bytes()),
+                        _ => out_data.extend_from_slice(&f16_bits(x).to_le_bytes()),
+                    }
+                }
+                t["dtype"] = Value::from(dtype);
+            }
+            None => out_data.extend_from_slice(raw),
+        }
+        t["data_offsets"] = serde_json::json!([start, out_data.len()]);
+        out_header.insert(name.clone(), t);
+    }
+    let mut text = serde_json::to_vec(&out_header).unwrap();
+    while !(8 + text.len()).is_multiple_of(8) {
+        text.push(b' ');
+    }
+    let mut out = (text.len() as u64).to_le_bytes().to_vec();
+    out.extend_from_slice(&text);
+    out.extend_from_slice(&out_data);
+    std::fs::write(&file, out).unwrap();
+    (dir, path)
+}
+
+/// mlx-lm keeps unquantized modules in the source's float type: f16 and f32 ones load
+/// (widened exactly to f32) and give mlx-lm's results; f32 experts are refused by name.
+#[test]
+fn unquantized_f16_and_f32_modules_load_and_match() {
+    let (_dir, path) = widened(&[
+        ("model.layers.0.self_attn.q_proj.weight", "F32"),
+        ("model.layers.1.self_attn.o_proj.weight", "F16"),
+        ("lm_head.weight", "F16"),
+    ]);
+    let mut model = Model::load(&path).unwrap();
+    let q = &model.weights.layers[0].attn.q;
+    assert!(matches!(q, Dense::F32(_)), "q_proj is {}", q.format());
+    assert!(matches!(model.weights.unembedding, Dense::F32(_)));
+    let r = reference("bf16");
+    model.set_kernels(Kernels::scalar());
+    let (max_nll, max_logit, _) = compare(&model, &r);
+    eprintln!("bf16 with f32/f16 modules (scalar): max |Δnll| = {max_nll:.3e}, max |Δlogit| = {max_logit:.3e}");
+    assert!(max_nll < 1e-4 && max_logit < 1e-4, "NLL {max_nll}, logit {max_logit}");
+    for fast in [Isa::Avx2, Isa::Avx512Bf16, Isa::Neon].into_iter().filter_map(Kernels::for_isa) {
+        model.set_kernels(fast);
+        let (max_nll, _, _) = compare(&model, &r);
+        assert!(max_nll <= 0.01, "{}: NLL {max_nll}", fast.isa.name());
+    }
+
+    let (_dir, path) = widened(&[("model.layers.2.mlp.experts.down_proj.weight", "F32")]);
+    let (_, msg) = load_err(&path);
+    eprintln!("{msg}");
+    assert!(msg.contains("model.layers.2.mlp.experts.down_proj") && msg.contains("F32"), "{msg}");
+}
