@@ -269,9 +269,10 @@ impl KvCache {
         if snap.len > seq.len || snap.rings.len() != seq.layers.len() {
             return false;
         }
-        let consistent = seq.layers.iter().zip(&snap.rings).all(|(layer, ring)| {
-            matches!((layer, ring), (LayerKv::Ring { .. }, Some(_)) | (LayerKv::Blocks(_), None))
-        });
+        let consistent =
+            seq.layers.iter().zip(&snap.rings).all(|(layer, ring)| {
+                matches!((layer, ring), (LayerKv::Ring { .. }, Some(_)) | (LayerKv::Blocks(_), None))
+            });
         if !consistent {
             return false;
         }
@@ -399,8 +400,8 @@ impl KvCache {
                     let (b, off) = ((first_pos + i) / BLOCK_TOKENS, (first_pos + i) % BLOCK_TOKENS);
                     let Some(t) = off.checked_sub(BLOCK_TOKENS - window) else { continue };
                     let tails = seq.tails.entry(b).or_insert_with(|| (0..layers).map(|_| None).collect());
-                    let tail =
-                        tails[layer].get_or_insert_with(|| Tail { rows: KvBlock::zeroed(window, kvd), filled: Some(0) });
+                    let tail = tails[layer]
+                        .get_or_insert_with(|| Tail { rows: KvBlock::zeroed(window, kvd), filled: Some(0) });
                     match tail.filled {
                         Some(f) if t <= f => {
                             tail.rows.k[t * kvd..(t + 1) * kvd].copy_from_slice(row(k, i, kvd));

@@ -110,7 +110,13 @@ enum Stored {
     Plain(Bytes),
     /// Unquantized f16 or f32 weights, widened exactly to f32 (bf16 cannot hold f16).
     Wide(Vec<f32>),
-    Quantized { words: Bytes, scales: Bytes, scales_dtype: DType, biases: Option<(Bytes, DType)>, spec: QuantSpec },
+    Quantized {
+        words: Bytes,
+        scales: Bytes,
+        scales_dtype: DType,
+        biases: Option<(Bytes, DType)>,
+        spec: QuantSpec,
+    },
 }
 
 impl MlxLoader<'_> {
@@ -147,10 +153,8 @@ impl MlxLoader<'_> {
                         info.dtype.name()
                     ),
                 )),
-                other => Err(self.bad(
-                    module,
-                    format!("unquantized weights are {}; bf16, f16 or f32 are supported", other.name()),
-                )),
+                other => Err(self
+                    .bad(module, format!("unquantized weights are {}; bf16, f16 or f32 are supported", other.name()))),
             };
         }
         let (sfile, sinfo) = self.ck.tensor(&scales_name)?;
