@@ -64,6 +64,29 @@ unsafe fn decode_quad_half(half: __m256i, table: __m256i) -> [__m256i; 4] {
     ]
 }
 
+/// The code lookup: 2×E2M1 (MXFP4) or the centred 4-bit affine codes `u − 8`.
+#[inline(always)]
+unsafe fn code_table<const AFFINE: bool>() -> __m256i {
+    if AFFINE {
+        _mm256_setr_epi8(
+            -8, -7, -6, -5, -4, -3, -2, -1, 0, 1, 2, 3, 4, 5, 6, 7, //
+            -8, -7, -6, -5, -4, -3, -2, -1, 0, 1, 2, 3, 4, 5, 6, 7,
+        )
+    } else {
+        fp4_table()
+    }
+}
+
+/// Scales `i..i + 8` of a group: E8M0 bytes (MXFP4) or f32 (affine; `scales` is their bytes).
+#[inline(always)]
+unsafe fn scale_vector<const AFFINE: bool>(scales: *const u8, i: usize) -> __m256 {
+    if AFFINE {
+        _mm256_loadu_ps((scales as *const f32).add(i))
+    } else {
+        weight_scales(scales.add(i))
+    }
+}
+
 /// One token through one group of 16 rows, decoding in registers: `xq` the token's codes
 /// `[K]` with each 8 columns deinterleaved ([`deinterleave8`]), `xs` its scales `[K/32]`,
 /// out `[16]`. The group's codes are one contiguous stream.
@@ -80,7 +103,7 @@ unsafe fn decode_quad_half(half: __m256i, table: __m256i) -> [__m256i; 4] {
 /// block, at most 1.61e9 < 2^31; the sum is a multiple of 256, so the shift back is exact
 /// and the block's integer sums are the twin's.
 #[target_feature(enable = "avx2,fma")]
-unsafe fn gemv_group(
+unsafe fn gemv_group<const AFFINE: bool>(
     xq: *const i16,
     xs: *const f32,
     k: usize,
@@ -89,23 +112,7 @@ unsafe fn gemv_group(
     bias: Option<*const f32>,
     out: *mut f32,
 ) {
-    gemv_group_with(xq, xs, k, codes, fp4_table(), |b, h| weight_scales(scales.add(b * GROUP + 8 * h)), bias, out)
-}
-
-/// [`gemv_group`] with the codes looked up in `table` and block `b`'s weight scales of rows
-/// 8h..8h+8 given by `ws(b, h)`: MXFP4 (2×E2M1, E8M0 scales) or affine 4-bit (identity, f32).
-#[inline(always)]
-#[allow(clippy::too_many_arguments)]
-unsafe fn gemv_group_with(
-    xq: *const i16,
-    xs: *const f32,
-    k: usize,
-    codes: *const u8,
-    table: __m256i,
-    ws: impl Fn(usize, usize) -> __m256,
-    bias: Option<*const f32>,
-    out: *mut f32,
-) {
+    let table = code_table::<AFFINE>();
     let blocks = k / BLOCK;
     let nibble = _mm256_set1_epi8(0x0f);
     let high_byte = _mm256_set1_epi16(0xff00u16 as i16);
@@ -141,7 +148,7 @@ unsafe fn gemv_group_with(
             let (even, odd) = (_mm256_srai_epi32::<8>(acc[0]), _mm256_srai_epi32::<8>(acc[1]));
             // hadd gives rows [0, 2, 1, 3] per 128-bit lane; the shuffle puts them in order.
             let isum = _mm256_shuffle_epi32::<0b11_01_10_00>(_mm256_hadd_epi32(even, odd));
-            let comb = _mm256_mul_ps(ws(b, h), xsb);
+            let comb = _mm256_mul_ps(scale_vector::<AFFINE>(scales, b * GROUP + 8 * h), xsb);
             *f = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), comb, *f);
         }
     }
@@ -165,18 +172,17 @@ pub(crate) fn scratch_words(k: usize) -> usize {
     PANEL_GROUPS * (k / BLOCK) * (16 * 2 + 2) * 8 + 8
 }
 
-/// Decodes `groups` groups into `w [g][b][p][half]` int16-pair vectors (codes looked up in
-/// `table`) and `ws [g][b][half]` (tile t's scale vectors from `scale(t, half)`).
-#[inline(always)]
-unsafe fn decode_panel_with(
+/// Decodes `groups` groups into `w [g][b][p][half]` int16-pair vectors and `ws [g][b][half]`.
+#[target_feature(enable = "avx2")]
+unsafe fn decode_panel<const AFFINE: bool>(
     codes: *const u8,
+    scales: *const u8,
     blocks: usize,
     groups: usize,
     w: *mut __m256i,
     ws: *mut __m256,
-    table: __m256i,
-    scale: impl Fn(usize, usize) -> __m256,
 ) {
+    let table = code_table::<AFFINE>();
     for t in 0..groups * blocks {
         let dst = w.add(t * 32);
         for q in 0..4 {
@@ -189,36 +195,9 @@ unsafe fn decode_panel_with(
                 }
             }
         }
-        *ws.add(t * 2) = scale(t, 0);
-        *ws.add(t * 2 + 1) = scale(t, 1);
+        *ws.add(t * 2) = scale_vector::<AFFINE>(scales, t * GROUP);
+        *ws.add(t * 2 + 1) = scale_vector::<AFFINE>(scales, t * GROUP + 8);
     }
-}
-
-/// MXFP4 tiles: E2M1 codes, E8M0 scales.
-#[target_feature(enable = "avx2")]
-unsafe fn decode_panel(
-    codes: *const u8,
-    scales: *const u8,
-    blocks: usize,
-    groups: usize,
-    w: *mut __m256i,
-    ws: *mut __m256,
-) {
-    decode_panel_with(codes, blocks, groups, w, ws, fp4_table(), |t, h| weight_scales(scales.add(t * GROUP + 8 * h)))
-}
-
-/// 4-bit affine tiles: codes centred at u − 8, f32 scales (`scales` is their bytes).
-#[target_feature(enable = "avx2")]
-unsafe fn decode_panel_affine4(
-    codes: *const u8,
-    scales: *const u8,
-    blocks: usize,
-    groups: usize,
-    w: *mut __m256i,
-    ws: *mut __m256,
-) {
-    let s = scales as *const f32;
-    decode_panel_with(codes, blocks, groups, w, ws, centred_table(), |t, h| _mm256_loadu_ps(s.add(t * GROUP + 8 * h)))
 }
 
 /// One group × TB tokens over all of K: `w`/`ws` the group's decoded panel, `xq`/`xs` the
@@ -297,12 +276,10 @@ unsafe fn gemm_group(
 }
 
 /// A panel of up to [`PANEL_GROUPS`] groups: decoded into `[g][blocks][16][2]` pair vectors
-/// then `[g][blocks][2]` scale vectors at `panel` (by `DECODE`), then every token through
-/// each group.
-#[inline(always)]
+/// then `[g][blocks][2]` scale vectors at `panel`, then every token through each group.
+#[target_feature(enable = "avx2,fma")]
 #[allow(clippy::too_many_arguments)]
-unsafe fn panel_with(
-    decode: unsafe fn(*const u8, *const u8, usize, usize, *mut __m256i, *mut __m256),
+unsafe fn panel<const AFFINE: bool>(
     codes: *const u8,
     scales: *const u8,
     blocks: usize,
@@ -316,7 +293,7 @@ unsafe fn panel_with(
 ) {
     let w = panel as *mut __m256i;
     let ws = w.add(PANEL_GROUPS * blocks * 32) as *mut __m256;
-    decode(codes, scales, blocks, groups, w, ws);
+    decode_panel::<AFFINE>(codes, scales, blocks, groups, w, ws);
     for i in 0..groups {
         gemm_group(
             w.add(i * blocks * 32),
@@ -331,52 +308,54 @@ unsafe fn panel_with(
     }
 }
 
-#[target_feature(enable = "avx2,fma")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn panel(
-    codes: *const u8,
-    scales: *const u8,
-    blocks: usize,
-    groups: usize,
-    panel: *mut u32,
-    xq: *const i16,
-    xs: *const f32,
-    n_tok: usize,
-    bias: Option<*const f32>,
-    out: *mut f32,
-) {
-    panel_with(decode_panel, codes, scales, blocks, groups, panel, xq, xs, n_tok, bias, out)
-}
-
-#[target_feature(enable = "avx2,fma")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn panel_affine4(
-    codes: *const u8,
-    scales: *const u8,
-    blocks: usize,
-    groups: usize,
-    panel: *mut u32,
-    xq: *const i16,
-    xs: *const f32,
-    n_tok: usize,
-    bias: Option<*const f32>,
-    out: *mut f32,
-) {
-    panel_with(decode_panel_affine4, codes, scales, blocks, groups, panel, xq, xs, n_tok, bias, out)
-}
-
-static PARTS: super::I16aParts =
-    super::I16aParts { gemv_group, panel, panel_groups: PANEL_GROUPS, scratch_words, align: 32, scale_bytes: 1 };
+static PARTS: super::I16aParts = super::I16aParts {
+    gemv_group: gemv_group::<false>,
+    panel: panel::<false>,
+    panel_groups: PANEL_GROUPS,
+    scratch_words,
+    align: 32,
+    scale_bytes: 1,
+};
 
 /// The same drivers for 4-bit affine tiles: centred codes, f32 scales.
 static AFFINE4_PARTS: super::I16aParts = super::I16aParts {
-    gemv_group: gemv_group_affine4,
-    panel: panel_affine4,
+    gemv_group: gemv_group::<true>,
+    panel: panel::<true>,
     panel_groups: PANEL_GROUPS,
     scratch_words,
     align: 32,
     scale_bytes: 4,
 };
+
+/// `parts` over `xq`: one token with its columns deinterleaved (what [`gemv_group`] reads;
+/// the copy is K values per matrix, next to K·R/2 bytes of codes, kept in `scratch`, which is
+/// not used otherwise), several through decoded panels kept in `scratch`.
+#[allow(clippy::too_many_arguments)]
+fn matmul(
+    parts: &super::I16aParts,
+    xq: &[i16],
+    xs: &[f32],
+    n_tok: usize,
+    codes: &[u8],
+    scales: &[u8],
+    bias: Option<&[f32]>,
+    out: &mut [f32],
+    scratch: &mut Vec<u32>,
+) {
+    if n_tok == 1 && xq.len().is_multiple_of(8) {
+        let mut x = std::mem::take(scratch);
+        x.resize(xq.len().div_ceil(2), 0);
+        // SAFETY: a u32 buffer of ⌈K/2⌉ words holds K i16 values, suitably aligned.
+        let xd = unsafe { std::slice::from_raw_parts_mut(x.as_mut_ptr() as *mut i16, xq.len()) };
+        deinterleave8(xq, xd);
+        // SAFETY: handed out by `Kernels` only when the CPU has AVX2 and FMA.
+        unsafe { super::matmul_rows_i16a(parts, xd, xs, 1, codes, scales, bias, out, &mut Vec::new()) };
+        *scratch = x;
+        return;
+    }
+    // SAFETY: handed out by `Kernels` only when the CPU has AVX2 and FMA.
+    unsafe { super::matmul_rows_i16a(parts, xq, xs, n_tok, codes, scales, bias, out, scratch) }
+}
 
 /// See [`crate::scalar::matmul_rows_i16a_mxfp4r16w`]; `scratch` holds a decoded panel.
 #[allow(clippy::too_many_arguments)]
@@ -390,21 +369,7 @@ pub fn matmul_rows_i16a_mxfp4r16w(
     out: &mut [f32],
     scratch: &mut Vec<u32>,
 ) {
-    if n_tok == 1 && xq.len().is_multiple_of(8) {
-        // One token: gemv_group reads the columns deinterleaved. The copy is K values per
-        // matrix, next to K·R/2 bytes of codes; the scratch is not used otherwise.
-        let mut x = std::mem::take(scratch);
-        x.resize(xq.len().div_ceil(2), 0);
-        // SAFETY: a u32 buffer of ⌈K/2⌉ words holds K i16 values, suitably aligned.
-        let xd = unsafe { std::slice::from_raw_parts_mut(x.as_mut_ptr() as *mut i16, xq.len()) };
-        deinterleave8(xq, xd);
-        // SAFETY: handed out by `Kernels` only when the CPU has AVX2 and FMA.
-        unsafe { super::matmul_rows_i16a(&PARTS, xd, xs, 1, codes, scales, bias, out, &mut Vec::new()) };
-        *scratch = x;
-        return;
-    }
-    // SAFETY: handed out by `Kernels` only when the CPU has AVX2 and FMA.
-    unsafe { super::matmul_rows_i16a(&PARTS, xq, xs, n_tok, codes, scales, bias, out, scratch) }
+    matmul(&PARTS, xq, xs, n_tok, codes, scales, bias, out, scratch)
 }
 
 /// [`crate::mxfp4_r16::quantize_i16`] on 8 lanes at a time, bit for bit: the absolute
@@ -449,7 +414,7 @@ pub fn quantize_i16(x: &[f32], q: &mut [i16], xs: &mut [f32]) {
 }
 
 /// See [`crate::scalar::matmul_rows_i16a_affine4r16w`]: one token group by group in
-/// registers ([`gemv_group_with`]'s decode); several through decoded panels, as the MXFP4
+/// registers ([`gemv_group`]'s decode); several through decoded panels, as the MXFP4
 /// GEMM (same integer block sums and the same order of float operations, so every token gets
 /// the same bits either way). `scratch` holds a decoded panel, or the one token reordered.
 #[allow(clippy::too_many_arguments)]
@@ -463,47 +428,5 @@ pub fn matmul_rows_i16a_affine4r16w(
     out: &mut [f32],
     scratch: &mut Vec<u32>,
 ) {
-    let k = xq.len() / n_tok.max(1);
-    crate::affine_r16::check_shapes(xq, xs, n_tok, k, codes.len(), scales.len(), bias, out);
-    // SAFETY: f32 scales viewed as their bytes (the drivers read them back as f32).
-    let scale_bytes = unsafe { std::slice::from_raw_parts(scales.as_ptr() as *const u8, 4 * scales.len()) };
-    if n_tok == 1 && k.is_multiple_of(8) {
-        // One token: gemv_group reads the columns deinterleaved (a copy of K values in the
-        // scratch, which is not used otherwise).
-        let mut x = std::mem::take(scratch);
-        x.resize(k.div_ceil(2), 0);
-        // SAFETY: a u32 buffer of ⌈K/2⌉ words holds K i16 values, suitably aligned.
-        let xd = unsafe { std::slice::from_raw_parts_mut(x.as_mut_ptr() as *mut i16, k) };
-        deinterleave8(xq, xd);
-        // SAFETY: handed out by `Kernels` only when the CPU has AVX2 and FMA; shapes checked.
-        unsafe { super::matmul_rows_i16a(&AFFINE4_PARTS, xd, xs, 1, codes, scale_bytes, bias, out, &mut Vec::new()) };
-        *scratch = x;
-        return;
-    }
-    // SAFETY: as above.
-    unsafe { super::matmul_rows_i16a(&AFFINE4_PARTS, xq, xs, n_tok, codes, scale_bytes, bias, out, scratch) }
-}
-
-/// Centred 4-bit affine codes: u − 8.
-#[target_feature(enable = "avx2")]
-unsafe fn centred_table() -> __m256i {
-    _mm256_setr_epi8(
-        -8, -7, -6, -5, -4, -3, -2, -1, 0, 1, 2, 3, 4, 5, 6, 7, //
-        -8, -7, -6, -5, -4, -3, -2, -1, 0, 1, 2, 3, 4, 5, 6, 7,
-    )
-}
-
-/// One token through one group of 16 affine rows (`scales` the group's f32 scales' bytes).
-#[target_feature(enable = "avx2,fma")]
-unsafe fn gemv_group_affine4(
-    xq: *const i16,
-    xs: *const f32,
-    k: usize,
-    codes: *const u8,
-    scales: *const u8,
-    bias: Option<*const f32>,
-    out: *mut f32,
-) {
-    let s = scales as *const f32;
-    gemv_group_with(xq, xs, k, codes, centred_table(), |b, h| _mm256_loadu_ps(s.add(b * GROUP + 8 * h)), bias, out)
+    matmul(&AFFINE4_PARTS, xq, xs, n_tok, codes, super::f32_bytes(scales), bias, out, scratch)
 }

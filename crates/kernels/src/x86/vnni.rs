@@ -64,20 +64,18 @@ const PREFETCH_AHEAD: usize = 4096;
 /// One group at a time: its codes are one contiguous stream, prefetched a page ahead. Four
 /// groups side by side (four streams) reached 84% of the read bandwidth with both cores;
 /// one group 100% (112% of the probe when memory was fast: the probe is not a ceiling).
-#[inline(always)]
-#[allow(clippy::too_many_arguments)]
-unsafe fn gemv_group_with(
+#[target_feature(enable = "avx512f,avx512bw,avx512vbmi,avx512vnni")]
+unsafe fn gemv_group<const AFFINE: bool>(
     xq: *const i16,
     xs: *const f32,
     k: usize,
     codes: *const u8,
-    table: &Table,
-    weight_scales: impl Fn(usize) -> __m512,
+    scales: *const u8,
     bias: Option<*const f32>,
     out: *mut f32,
 ) {
     let blocks = k / BLOCK;
-    let table = _mm512_load_si512(table.0.as_ptr() as *const _);
+    let table = code_table::<AFFINE>();
     let xp = xq as *const i32;
     let mut facc = _mm512_setzero_ps();
     for b in 0..blocks {
@@ -95,39 +93,29 @@ unsafe fn gemv_group_with(
             *a = _mm512_dpwssd_epi32(*a, decode_pair::<3>(quad, table), x(3));
         }
         let isum = _mm512_add_epi32(iacc[0], iacc[1]);
-        let comb = _mm512_mul_ps(weight_scales(b), _mm512_set1_ps(*xs.add(b)));
+        let comb = _mm512_mul_ps(scale_vector::<AFFINE>(scales, b * GROUP), _mm512_set1_ps(*xs.add(b)));
         facc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), comb, facc);
     }
     let bv = bias.map_or(_mm512_setzero_ps(), |p| _mm512_loadu_ps(p));
     _mm512_storeu_ps(out, _mm512_add_ps(facc, bv));
 }
 
-#[target_feature(enable = "avx512f,avx512bw,avx512vbmi,avx512vnni")]
-unsafe fn gemv_group(
-    xq: *const i16,
-    xs: *const f32,
-    k: usize,
-    codes: *const u8,
-    scales: *const u8,
-    bias: Option<*const f32>,
-    out: *mut f32,
-) {
-    gemv_group_with(xq, xs, k, codes, &FP4_X2_TWICE, |b| weight_scales(scales.add(b * GROUP)), bias, out)
+/// The code lookup: 2×E2M1 (MXFP4) or the centred 4-bit affine codes `u − 8`.
+#[inline(always)]
+unsafe fn code_table<const AFFINE: bool>() -> __m512i {
+    let t = if AFFINE { &CENTRED_TWICE } else { &FP4_X2_TWICE };
+    _mm512_load_si512(t.0.as_ptr() as *const _)
 }
 
-/// [`gemv_group`] for 4-bit affine tiles: centred codes, f32 scales (`scales` their bytes).
-#[target_feature(enable = "avx512f,avx512bw,avx512vbmi,avx512vnni")]
-unsafe fn gemv_group_affine4(
-    xq: *const i16,
-    xs: *const f32,
-    k: usize,
-    codes: *const u8,
-    scales: *const u8,
-    bias: Option<*const f32>,
-    out: *mut f32,
-) {
-    let s = scales as *const f32;
-    gemv_group_with(xq, xs, k, codes, &CENTRED_TWICE, |b| _mm512_loadu_ps(s.add(b * GROUP)), bias, out)
+/// The 16 scales from `i` of a group: E8M0 bytes (MXFP4) or f32 (affine; `scales` is their
+/// bytes).
+#[inline(always)]
+unsafe fn scale_vector<const AFFINE: bool>(scales: *const u8, i: usize) -> __m512 {
+    if AFFINE {
+        _mm512_loadu_ps((scales as *const f32).add(i))
+    } else {
+        weight_scales(scales.add(i))
+    }
 }
 
 /// Groups decoded together for several tokens: 32 rows × K int16 pairs stay in L2.
@@ -141,19 +129,17 @@ pub(crate) fn scratch_words(k: usize) -> usize {
 /// Tokens per tile: RB·TB integer and RB·TB float accumulators fit the 32 registers.
 const TOKENS: usize = 6;
 
-/// Decodes `groups` groups into `w [g][b][p]` vectors of 16 int16 pairs (codes looked up in
-/// `table`) and `ws [g][b]` (tile t's scales from `weight_scales(t)`).
-#[inline(always)]
-unsafe fn decode_panel_with(
+/// Decodes `groups` groups into `w [g][b][p]` vectors of 16 int16 pairs and `ws [g][b]`.
+#[target_feature(enable = "avx512f,avx512bw,avx512vbmi")]
+unsafe fn decode_panel<const AFFINE: bool>(
     codes: *const u8,
+    scales: *const u8,
     blocks: usize,
     groups: usize,
     w: *mut __m512i,
     ws: *mut __m512,
-    table: &Table,
-    weight_scales: impl Fn(usize) -> __m512,
 ) {
-    let table = _mm512_load_si512(table.0.as_ptr() as *const _);
+    let table = code_table::<AFFINE>();
     for t in 0..groups * blocks {
         let dst = w.add(t * 16);
         for q in 0..4 {
@@ -165,7 +151,7 @@ unsafe fn decode_panel_with(
             _mm512_storeu_si512(dst.add(q * 4 + 2) as *mut _, decode_pair::<2>(quad, table));
             _mm512_storeu_si512(dst.add(q * 4 + 3) as *mut _, decode_pair::<3>(quad, table));
         }
-        *ws.add(t) = weight_scales(t);
+        *ws.add(t) = scale_vector::<AFFINE>(scales, t * GROUP);
     }
 }
 
@@ -263,7 +249,7 @@ unsafe fn gemm_panel(
 /// `[g][blocks]` scale vectors at `panel`, then every token through them.
 #[target_feature(enable = "avx512f,avx512bw,avx512vbmi,avx512vnni")]
 #[allow(clippy::too_many_arguments)]
-unsafe fn panel(
+unsafe fn panel<const AFFINE: bool>(
     codes: *const u8,
     scales: *const u8,
     blocks: usize,
@@ -277,39 +263,23 @@ unsafe fn panel(
 ) {
     let w = panel as *mut __m512i;
     let ws = w.add(PANEL_GROUPS * blocks * 16) as *mut __m512;
-    decode_panel_with(codes, blocks, groups, w, ws, &FP4_X2_TWICE, |t| weight_scales(scales.add(t * GROUP)));
+    decode_panel::<AFFINE>(codes, scales, blocks, groups, w, ws);
     gemm_panel(w, ws, blocks, groups, xq, xs, n_tok, bias, out);
 }
 
-/// [`panel`] for 4-bit affine tiles: centred codes, f32 scales (`scales` their bytes).
-#[target_feature(enable = "avx512f,avx512bw,avx512vbmi,avx512vnni")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn panel_affine4(
-    codes: *const u8,
-    scales: *const u8,
-    blocks: usize,
-    groups: usize,
-    panel: *mut u32,
-    xq: *const i16,
-    xs: *const f32,
-    n_tok: usize,
-    bias: Option<*const f32>,
-    out: *mut f32,
-) {
-    let w = panel as *mut __m512i;
-    let ws = w.add(PANEL_GROUPS * blocks * 16) as *mut __m512;
-    let s = scales as *const f32;
-    decode_panel_with(codes, blocks, groups, w, ws, &CENTRED_TWICE, |t| _mm512_loadu_ps(s.add(t * GROUP)));
-    gemm_panel(w, ws, blocks, groups, xq, xs, n_tok, bias, out);
-}
+static PARTS: super::I16aParts = super::I16aParts {
+    gemv_group: gemv_group::<false>,
+    panel: panel::<false>,
+    panel_groups: PANEL_GROUPS,
+    scratch_words,
+    align: 64,
+    scale_bytes: 1,
+};
 
-static PARTS: super::I16aParts =
-    super::I16aParts { gemv_group, panel, panel_groups: PANEL_GROUPS, scratch_words, align: 64, scale_bytes: 1 };
-
-/// The same drivers for 4-bit affine tiles.
+/// The same drivers for 4-bit affine tiles: centred codes, f32 scales.
 static AFFINE4_PARTS: super::I16aParts = super::I16aParts {
-    gemv_group: gemv_group_affine4,
-    panel: panel_affine4,
+    gemv_group: gemv_group::<true>,
+    panel: panel::<true>,
     panel_groups: PANEL_GROUPS,
     scratch_words,
     align: 64,
@@ -328,12 +298,9 @@ pub fn matmul_rows_i16a_affine4r16w(
     out: &mut [f32],
     scratch: &mut Vec<u32>,
 ) {
-    let k = xq.len() / n_tok.max(1);
-    crate::affine_r16::check_shapes(xq, xs, n_tok, k, codes.len(), scales.len(), bias, out);
-    // SAFETY: f32 scales viewed as their bytes (the drivers read them back as f32).
-    let scale_bytes = unsafe { std::slice::from_raw_parts(scales.as_ptr() as *const u8, 4 * scales.len()) };
+    let scales = super::f32_bytes(scales);
     // SAFETY: handed out by `Kernels` only when the CPU has AVX-512F/BW/VBMI/VNNI.
-    unsafe { super::matmul_rows_i16a(&AFFINE4_PARTS, xq, xs, n_tok, codes, scale_bytes, bias, out, scratch) }
+    unsafe { super::matmul_rows_i16a(&AFFINE4_PARTS, xq, xs, n_tok, codes, scales, bias, out, scratch) }
 }
 
 /// See [`crate::scalar::matmul_rows_i16a_mxfp4r16w`]; `scratch` holds a decoded panel.
