@@ -526,10 +526,11 @@ fn names_select_kernels_and_unknown_names_are_refused() {
 fn results_do_not_depend_on_the_batch() {
     let mut rng = Rng(0x2545_F491_4F6C_DD1D);
     for kern in ALL_ISAS.into_iter().filter_map(Kernels::for_isa) {
-        for k in [32, 64, 96, 1000, 2080, 2880] {
+        for k in [32, 64, 96, 1000, 1003, 2080, 2880] {
             // Past the 4×4 register tiles, the 32-row panels, the 8-row single-token blocks
-            // and the 1024-long K passes; 1000 ends in a partial 32-wide chunk (bf16 only:
-            // MXFP4 comes in whole blocks, so its matrices keep K = 32 there).
+            // and the 1024-long K passes; 1000 ends in a partial 32-wide chunk and 1003 in a
+            // scalar tail (bf16 only: MXFP4 comes in whole blocks, so its matrices keep K = 32
+            // there).
             let k_m = if k % 32 == 0 { k } else { 32 };
             let (n_tok, rows) = (7, 37);
             let x: Vec<f32> = (0..n_tok * k).map(|_| rng.f32()).collect();
