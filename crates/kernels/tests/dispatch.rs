@@ -532,42 +532,46 @@ fn results_do_not_depend_on_the_batch() {
             // scalar tail (bf16 only: MXFP4 comes in whole blocks, so its matrices keep K = 32
             // there).
             let k_m = if k % 32 == 0 { k } else { 32 };
-            let (n_tok, rows) = (7, 37);
-            let x: Vec<f32> = (0..n_tok * k).map(|_| rng.f32()).collect();
-            let w: Vec<u16> = (0..rows * k).map(|_| f32_to_bf16(rng.f32())).collect();
-            let codes: Vec<u8> = (0..rows * k_m / 2).map(|_| rng.next() as u8).collect();
-            let scales: Vec<u8> = (0..rows * k_m / 32).map(|_| 120 + rng.below(8) as u8).collect();
-            let x_m = &x[..n_tok * k_m];
-            let (mut buf, mut buf_m) = (vec![0f32; k], vec![0f32; k_m]);
-            let (mut all_b, mut all_m) = (vec![0f32; rows * n_tok], vec![0f32; rows * n_tok]);
-            (kern.matmul_rows_f32_bf16w)(&x, n_tok, &w, None, &mut all_b, &mut buf);
-            (kern.matmul_rows_f32_mxfp4w)(x_m, n_tok, &codes, &scales, None, &mut all_m, &mut buf_m);
-            for t in 0..n_tok {
-                let xt = &x[t * k..(t + 1) * k];
-                let (mut one_b, mut one_m) = (vec![0f32; rows], vec![0f32; rows]);
-                (kern.matmul_rows_f32_bf16w)(xt, 1, &w, None, &mut one_b, &mut buf);
-                let xt_m = &x_m[t * k_m..(t + 1) * k_m];
-                (kern.matmul_rows_f32_mxfp4w)(xt_m, 1, &codes, &scales, None, &mut one_m, &mut buf_m);
-                for r in 0..rows {
-                    assert_eq!(one_b[r].to_bits(), all_b[r * n_tok + t].to_bits(), "{:?} bf16 k={k}", kern.isa);
-                    assert_eq!(one_m[r].to_bits(), all_m[r * n_tok + t].to_bits(), "{:?} mxfp4 k={k}", kern.isa);
-                }
-            }
-            if let Some(ba) = &kern.bf16_act {
-                let (xb, xb_m) = (split(ba, &x), split(ba, x_m));
+            // 7 to 11 tokens: a whole 6-token tile (AVX2 bf16) and every shorter last tile;
+            // 37 rows: whole row blocks, then an odd number of rows.
+            for n_tok in 7..=11 {
+                let rows = 37;
+                let x: Vec<f32> = (0..n_tok * k).map(|_| rng.f32()).collect();
+                let w: Vec<u16> = (0..rows * k).map(|_| f32_to_bf16(rng.f32())).collect();
+                let codes: Vec<u8> = (0..rows * k_m / 2).map(|_| rng.next() as u8).collect();
+                let scales: Vec<u8> = (0..rows * k_m / 32).map(|_| 120 + rng.below(8) as u8).collect();
+                let x_m = &x[..n_tok * k_m];
+                let (mut buf, mut buf_m) = (vec![0f32; k], vec![0f32; k_m]);
                 let (mut all_b, mut all_m) = (vec![0f32; rows * n_tok], vec![0f32; rows * n_tok]);
-                (ba.matmul_rows_bf16a_bf16w)(&xb, n_tok, &w, None, &mut all_b);
-                (ba.matmul_rows_bf16a_mxfp4w)(&xb_m, n_tok, &codes, &scales, None, &mut all_m, &mut Vec::new());
+                (kern.matmul_rows_f32_bf16w)(&x, n_tok, &w, None, &mut all_b, &mut buf);
+                (kern.matmul_rows_f32_mxfp4w)(x_m, n_tok, &codes, &scales, None, &mut all_m, &mut buf_m);
                 for t in 0..n_tok {
-                    let xt = &split(ba, &x[t * k..(t + 1) * k]);
-                    let xt_m = &split(ba, &x_m[t * k_m..(t + 1) * k_m]);
+                    let xt = &x[t * k..(t + 1) * k];
                     let (mut one_b, mut one_m) = (vec![0f32; rows], vec![0f32; rows]);
-                    (ba.matmul_rows_bf16a_bf16w)(xt, 1, &w, None, &mut one_b);
-                    (ba.matmul_rows_bf16a_mxfp4w)(xt_m, 1, &codes, &scales, None, &mut one_m, &mut Vec::new());
+                    (kern.matmul_rows_f32_bf16w)(xt, 1, &w, None, &mut one_b, &mut buf);
+                    let xt_m = &x_m[t * k_m..(t + 1) * k_m];
+                    (kern.matmul_rows_f32_mxfp4w)(xt_m, 1, &codes, &scales, None, &mut one_m, &mut buf_m);
                     for r in 0..rows {
-                        let (b, m) = (all_b[r * n_tok + t], all_m[r * n_tok + t]);
-                        assert_eq!(one_b[r].to_bits(), b.to_bits(), "{:?} bf16a bf16 k={k}", kern.isa);
-                        assert_eq!(one_m[r].to_bits(), m.to_bits(), "{:?} bf16a mxfp4 k={k}", kern.isa);
+                        assert_eq!(one_b[r].to_bits(), all_b[r * n_tok + t].to_bits(), "{:?} bf16 k={k}", kern.isa);
+                        assert_eq!(one_m[r].to_bits(), all_m[r * n_tok + t].to_bits(), "{:?} mxfp4 k={k}", kern.isa);
+                    }
+                }
+                if let Some(ba) = &kern.bf16_act {
+                    let (xb, xb_m) = (split(ba, &x), split(ba, x_m));
+                    let (mut all_b, mut all_m) = (vec![0f32; rows * n_tok], vec![0f32; rows * n_tok]);
+                    (ba.matmul_rows_bf16a_bf16w)(&xb, n_tok, &w, None, &mut all_b);
+                    (ba.matmul_rows_bf16a_mxfp4w)(&xb_m, n_tok, &codes, &scales, None, &mut all_m, &mut Vec::new());
+                    for t in 0..n_tok {
+                        let xt = &split(ba, &x[t * k..(t + 1) * k]);
+                        let xt_m = &split(ba, &x_m[t * k_m..(t + 1) * k_m]);
+                        let (mut one_b, mut one_m) = (vec![0f32; rows], vec![0f32; rows]);
+                        (ba.matmul_rows_bf16a_bf16w)(xt, 1, &w, None, &mut one_b);
+                        (ba.matmul_rows_bf16a_mxfp4w)(xt_m, 1, &codes, &scales, None, &mut one_m, &mut Vec::new());
+                        for r in 0..rows {
+                            let (b, m) = (all_b[r * n_tok + t], all_m[r * n_tok + t]);
+                            assert_eq!(one_b[r].to_bits(), b.to_bits(), "{:?} bf16a bf16 k={k}", kern.isa);
+                            assert_eq!(one_m[r].to_bits(), m.to_bits(), "{:?} bf16a mxfp4 k={k}", kern.isa);
+                        }
                     }
                 }
             }

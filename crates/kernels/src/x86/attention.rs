@@ -10,7 +10,7 @@ use std::arch::x86_64::*;
 use crate::scalar::KvSpan;
 
 /// The only head size the vector path takes (gpt-oss); others go to the scalar twin.
-const HD: usize = 64;
+pub(super) const HD: usize = 64;
 /// Heads processed together in the `Σ P·v` pass: 4 heads × 4 vectors of accumulators.
 const PV_HEADS: usize = 4;
 
@@ -65,7 +65,7 @@ unsafe fn hsum16(v: &[__m512; 16]) -> __m512 {
 /// Calls `f(i, k, v)` for the key and value rows at positions `lo..=hi`, in order, with
 /// pointers to the head's `HD` columns (bounds-checked here).
 #[inline(always)]
-fn for_each_row(
+pub(super) fn for_each_row(
     spans: &[KvSpan],
     kv_dim: usize,
     kv_off: usize,

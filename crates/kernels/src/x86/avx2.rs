@@ -52,51 +52,178 @@ unsafe fn dot_f32_bf16(x: &[f32], w: &[u16]) -> f32 {
     dot_with(x, x.len().min(w.len()), |o| load_bf16x8(wp.add(o)), |i| bf16_to_f32(w[i]))
 }
 
-/// Tokens per prompt tile: 3 tokens × 4 accumulators and the 4 weight vectors they share
-/// fill the 16 registers; the tile's activations (34 KB at K = 2880) stay near L1.
-const TOKENS: usize = 3;
+/// Tokens per prompt tile (see [`TILE_ROWS`]).
+const TOKENS: usize = 6;
 /// Rows that every token tile runs through in turn: their bf16 weights (92 KB at K = 2880)
-/// stay in L2 while the tiles pass, and each tile's activations are read once per block.
+/// stay in L2 while the tiles pass.
 const ROW_BLOCK: usize = 16;
+/// Columns a tile runs through every row of the block before moving on: the tile's
+/// activations for them (12 KB) stay in L1 across the block's rows, where the whole of K
+/// (69 KB at K = 2880) would be fetched from L2 again for every row.
+const K_CHUNK: usize = 512;
 
-/// [`dot_with`] for T tokens at once against one bf16 row: each weight vector is widened
-/// once for the T tokens, and every token's sum is made in [`dot_with`]'s order, so it gets
-/// the bits of the one-token path. `x` points at T tokens `k` apart.
+/// [`dot_with`]'s four accumulators for T tokens.
+type Acc<const T: usize> = [[__m256; 4]; T];
+
+/// The rest of [`dot_with`] after its 32-wide groups (`k32` columns): the 8-wide groups, the
+/// reduction and the tail, written to `out` (the T tokens side by side) plus `bias`.
 #[inline(always)]
 #[allow(clippy::needless_range_loop)]
-unsafe fn dots_bf16<const T: usize>(x: *const f32, k: usize, w: &[u16], out: *mut f32, stride: usize) {
+unsafe fn dots_bf16_finish<const T: usize>(
+    x: *const f32,
+    k: usize,
+    k32: usize,
+    w: &[u16],
+    acc: &Acc<T>,
+    bias: f32,
+    out: *mut f32,
+) {
     let wp = w.as_ptr();
-    let mut acc = [[_mm256_setzero_ps(); 4]; T];
-    let mut i = 0;
-    while i + 32 <= k {
-        for j in 0..4 {
-            let wv = load_bf16x8(wp.add(i + 8 * j));
-            for t in 0..T {
-                acc[t][j] = _mm256_fmadd_ps(_mm256_loadu_ps(x.add(t * k + i + 8 * j)), wv, acc[t][j]);
-            }
-        }
-        i += 32;
-    }
+    let mut a = *acc;
+    let mut i = k32;
     while i + 8 <= k {
         let wv = load_bf16x8(wp.add(i));
         for t in 0..T {
-            acc[t][0] = _mm256_fmadd_ps(_mm256_loadu_ps(x.add(t * k + i)), wv, acc[t][0]);
+            a[t][0] = _mm256_fmadd_ps(_mm256_loadu_ps(x.add(t * k + i)), wv, a[t][0]);
         }
         i += 8;
     }
     for t in 0..T {
-        let a = &acc[t];
+        let a = &a[t];
         let mut s = hsum(_mm256_add_ps(_mm256_add_ps(a[0], a[1]), _mm256_add_ps(a[2], a[3])));
         for c in i..k {
             s += *x.add(t * k + c) * bf16_to_f32(w[c]);
         }
-        *out.add(t * stride) = s;
+        *out.add(t) = s + bias;
     }
 }
 
-/// One token: a dot product per row, one row streaming at a time. Several: blocks of [`ROW_BLOCK`] rows, each block run
-/// by every tile of [`TOKENS`] tokens, so weights are widened once per tile instead of once
-/// per token, and neither operand streams from memory per row.
+/// Rows in a prompt register tile: 2 rows × 6 tokens = 12 accumulators (FMA latency × ports
+/// is 8 in flight: 8 would leave no slack), 2 widened weight vectors and an activation
+/// vector take 15 of the 16 registers; each weight widening (a shift, on the FMA ports)
+/// feeds 6 FMAs.
+const TILE_ROWS: usize = 2;
+
+/// x `[n_tok, K]` into `[n_tok][4][K32 / 4]`: per token, [`dot_with`]'s accumulator `j`'s
+/// columns (`8j..8j + 8` of each 32-wide group of the first `k32`) one after the other, so
+/// a [`tile_pass`] reads them contiguously (strided, they cost a sixth of its speed).
+fn pack_by_accumulator(x: &[f32], n_tok: usize, k: usize, k32: usize, xp: &mut Vec<f32>) {
+    xp.clear();
+    xp.reserve(n_tok * k32);
+    for t in 0..n_tok {
+        let row = &x[t * k..t * k + k32];
+        for j in 0..4 {
+            for group in row.chunks_exact(32) {
+                xp.extend_from_slice(&group[8 * j..8 * j + 8]);
+            }
+        }
+    }
+}
+
+/// Accumulator `j` of [`dot_with`] (columns `8j..8j + 8` of each 32-wide group in
+/// `from..to`) for R rows (`k` apart from `w`) × T tokens (`xp` packed by
+/// [`pack_by_accumulator`], tokens `k32` apart). [`dot_with`] keeps its four accumulators
+/// apart until the end, so the four can be run one after the other: each (row, token, j)
+/// still adds the same products in the same order, and R·T sums share each load.
+#[inline(always)]
+#[allow(clippy::needless_range_loop, clippy::too_many_arguments)]
+unsafe fn tile_pass<const R: usize, const T: usize>(
+    xp: *const f32,
+    k32: usize,
+    w: *const u16,
+    k: usize,
+    acc: &mut [[__m256; T]; R],
+    j: usize,
+    from: usize,
+    to: usize,
+) {
+    let mut a = *acc;
+    let xj = xp.add(j * k32 / 4);
+    let mut g = from / 32;
+    while g < to / 32 {
+        let wv: [__m256; R] = std::array::from_fn(|r| load_bf16x8(w.add(r * k + 32 * g + 8 * j)));
+        for t in 0..T {
+            let xv = _mm256_loadu_ps(xj.add(t * k32 + 8 * g));
+            for r in 0..R {
+                a[r][t] = _mm256_fmadd_ps(xv, wv[r], a[r][t]);
+            }
+        }
+        g += 1;
+    }
+    *acc = a;
+}
+
+/// Columns `from..to` of R rows × T tokens: [`tile_pass`] for each of the four
+/// accumulators, moved in and out of `acc` (`[row][token][j]`, from the tile's first row).
+#[inline(always)]
+#[allow(clippy::too_many_arguments, clippy::needless_range_loop)]
+unsafe fn pass_rows<const R: usize, const T: usize>(
+    xp: *const f32,
+    k32: usize,
+    w: *const u16,
+    k: usize,
+    acc: &mut [[[__m256; 4]; T]],
+    from: usize,
+    to: usize,
+) {
+    for j in 0..4 {
+        let mut a: [[__m256; T]; R] = std::array::from_fn(|r| std::array::from_fn(|t| acc[r][t][j]));
+        tile_pass::<R, T>(xp, k32, w, k, &mut a, j, from, to);
+        for (r, ar) in a.iter().enumerate() {
+            for (t, v) in ar.iter().enumerate() {
+                acc[r][t][j] = *v;
+            }
+        }
+    }
+}
+
+/// One tile of T tokens (`x`, and `xp` packed) through rows `block`: K in chunks of
+/// [`K_CHUNK`], each chunk through every row of the block ([`TILE_ROWS`] at a time, an odd
+/// last row alone), the accumulators parked in between.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn tile_bf16<const T: usize>(
+    x: *const f32,
+    xp: *const f32,
+    k: usize,
+    w: &[u16],
+    bias: Option<&[f32]>,
+    block: std::ops::Range<usize>,
+    out: *mut f32,
+    n_tok: usize,
+) {
+    let k32 = k / 32 * 32;
+    // [row of the block][token][j]
+    let mut acc = [[[_mm256_setzero_ps(); 4]; T]; ROW_BLOCK];
+    let (r0, n_rows) = (block.start, block.len());
+    let tiled = n_rows / TILE_ROWS * TILE_ROWS; // rows in whole tiles
+    let mut c0 = 0;
+    while c0 < k32 {
+        let c1 = (c0 + K_CHUNK).min(k32);
+        for q in (0..tiled).step_by(TILE_ROWS) {
+            pass_rows::<TILE_ROWS, T>(xp, k32, w.as_ptr().add((r0 + q) * k), k, &mut acc[q..], c0, c1);
+        }
+        for q in tiled..n_rows {
+            pass_rows::<1, T>(xp, k32, w.as_ptr().add((r0 + q) * k), k, &mut acc[q..], c0, c1);
+        }
+        c0 = c1;
+    }
+    for (r, a) in block.zip(acc.iter()) {
+        let b = bias.map_or(0.0, |b| b[r]);
+        dots_bf16_finish::<T>(x, k, k32, &w[r * k..(r + 1) * k], a, b, out.add(r * n_tok));
+    }
+}
+
+thread_local! {
+    /// [`pack_by_accumulator`]'s copy of a prompt, kept between calls (at most a prefill
+    /// chunk's tokens × K: 8 MB at 512 × 4096).
+    static PACKED: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// One token: a dot product per row, one row streaming at a time. Several: blocks of
+/// [`ROW_BLOCK`] rows, each block run by every tile of [`TOKENS`] tokens, so weights are
+/// widened once per tile instead of once per token, and neither operand streams from memory
+/// per row.
 #[target_feature(enable = "avx2,fma")]
 unsafe fn matmul_impl(x: &[f32], n_tok: usize, w: &[u16], bias: Option<&[f32]>, out: &mut [f32], k: usize) {
     if n_tok == 1 {
@@ -107,27 +234,27 @@ unsafe fn matmul_impl(x: &[f32], n_tok: usize, w: &[u16], bias: Option<&[f32]>, 
     }
     let rows = out.len() / n_tok;
     let op = out.as_mut_ptr();
-    for r0 in (0..rows).step_by(ROW_BLOCK) {
-        let block = r0..(r0 + ROW_BLOCK).min(rows);
-        let mut t = 0;
-        while t < n_tok {
-            let tb = (n_tok - t).min(TOKENS);
-            let xt = x.as_ptr().add(t * k);
-            for r in block.clone() {
-                let (w_row, o) = (&w[r * k..(r + 1) * k], op.add(r * n_tok + t));
+    let k32 = k / 32 * 32;
+    PACKED.with_borrow_mut(|xp| {
+        pack_by_accumulator(x, n_tok, k, k32, xp);
+        for r0 in (0..rows).step_by(ROW_BLOCK) {
+            let block = r0..(r0 + ROW_BLOCK).min(rows);
+            let mut t = 0;
+            while t < n_tok {
+                let tb = (n_tok - t).min(TOKENS);
+                let (xt, xpt, o) = (x.as_ptr().add(t * k), xp.as_ptr().add(t * k32), op.add(t));
                 match tb {
-                    3 => dots_bf16::<3>(xt, k, w_row, o, 1),
-                    2 => dots_bf16::<2>(xt, k, w_row, o, 1),
-                    _ => dots_bf16::<1>(xt, k, w_row, o, 1),
+                    6 => tile_bf16::<6>(xt, xpt, k, w, bias, block.clone(), o, n_tok),
+                    5 => tile_bf16::<5>(xt, xpt, k, w, bias, block.clone(), o, n_tok),
+                    4 => tile_bf16::<4>(xt, xpt, k, w, bias, block.clone(), o, n_tok),
+                    3 => tile_bf16::<3>(xt, xpt, k, w, bias, block.clone(), o, n_tok),
+                    2 => tile_bf16::<2>(xt, xpt, k, w, bias, block.clone(), o, n_tok),
+                    _ => tile_bf16::<1>(xt, xpt, k, w, bias, block.clone(), o, n_tok),
                 }
-                let b = bias.map_or(0.0, |b| b[r]);
-                for j in 0..tb {
-                    *o.add(j) += b;
-                }
+                t += tb;
             }
-            t += tb;
         }
-    }
+    });
 }
 
 /// See [`crate::scalar::matmul_rows_f32_bf16w`]; same shapes, FMA summation order.

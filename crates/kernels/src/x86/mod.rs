@@ -2,6 +2,7 @@
 //! out after checking that the CPU has the features it was compiled for.
 
 pub mod attention;
+pub mod attention_avx2;
 pub mod avx2;
 pub mod avx2_i16;
 pub mod avx512;
