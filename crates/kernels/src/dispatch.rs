@@ -8,6 +8,9 @@ use std::sync::OnceLock;
 pub enum Isa {
     Scalar,
     Avx2,
+    /// AVX2 with AVX-VNNI (Intel Alder Lake and later client parts, Zen 5): the AVX2 set,
+    /// with the int16 expert dot products in one `vpdpwssd` instead of two instructions.
+    AvxVnni,
     Avx512,
     /// AVX-512 with BF16 dot products; matmul activations split into two bf16 terms
     /// (hi + lo), accurate to about 1e-5 like f32.
@@ -27,6 +30,7 @@ impl Isa {
         match self {
             Isa::Scalar => "scalar",
             Isa::Avx2 => "avx2",
+            Isa::AvxVnni => "avx-vnni",
             Isa::Avx512 => "avx512",
             Isa::Avx512Bf16 => "avx512bf16",
             Isa::Avx512Bf16Round => "avx512bf16-round",
@@ -41,6 +45,12 @@ impl Isa {
             Isa::Scalar => true,
             #[cfg(target_arch = "x86_64")]
             Isa::Avx2 => is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"),
+            #[cfg(target_arch = "x86_64")]
+            Isa::AvxVnni => {
+                is_x86_feature_detected!("avx2")
+                    && is_x86_feature_detected!("fma")
+                    && is_x86_feature_detected!("avxvnni")
+            }
             #[cfg(target_arch = "x86_64")]
             Isa::Avx512 => is_x86_feature_detected!("avx512f"),
             #[cfg(target_arch = "x86_64")]
@@ -194,8 +204,9 @@ static SCALAR: Kernels = Kernels {
     bf16_act: None,
     i16_act: None,
 };
+/// The AVX2 set, also the base of [`AVX_VNNI`].
 #[cfg(target_arch = "x86_64")]
-static AVX2: Kernels = Kernels {
+const AVX2_SET: Kernels = Kernels {
     isa: Isa::Avx2,
     matmul_rows_f32_bf16w: crate::x86::avx2::matmul_rows_f32_bf16w,
     matmul_rows_f32_mxfp4w: crate::x86::avx2::matmul_rows_f32_mxfp4w,
@@ -214,6 +225,18 @@ static AVX2: Kernels = Kernels {
         matmul_rows_i16a_mxfp4r16w: crate::x86::avx2_i16::matmul_rows_i16a_mxfp4r16w,
         matmul_rows_i16a_affine4r16w: Some(crate::x86::avx2_i16::matmul_rows_i16a_affine4r16w),
     }),
+};
+#[cfg(target_arch = "x86_64")]
+static AVX2: Kernels = AVX2_SET;
+#[cfg(target_arch = "x86_64")]
+static AVX_VNNI: Kernels = Kernels {
+    isa: Isa::AvxVnni,
+    i16_act: Some(I16Act {
+        quantize: crate::x86::avx2_i16::quantize_i16,
+        matmul_rows_i16a_mxfp4r16w: crate::x86::avx2_i16::matmul_rows_i16a_mxfp4r16w_vnni,
+        matmul_rows_i16a_affine4r16w: Some(crate::x86::avx2_i16::matmul_rows_i16a_affine4r16w_vnni),
+    }),
+    ..AVX2_SET
 };
 #[cfg(target_arch = "x86_64")]
 static AVX512: Kernels = Kernels {
@@ -327,6 +350,8 @@ impl Kernels {
             #[cfg(target_arch = "x86_64")]
             Isa::Avx2 => Some(&AVX2),
             #[cfg(target_arch = "x86_64")]
+            Isa::AvxVnni => Some(&AVX_VNNI),
+            #[cfg(target_arch = "x86_64")]
             Isa::Avx512 => Some(&AVX512),
             #[cfg(target_arch = "x86_64")]
             Isa::Avx512Bf16 => Some(&AVX512_BF16),
@@ -343,18 +368,20 @@ impl Kernels {
 
     /// The fastest this CPU supports.
     pub fn detect() -> &'static Kernels {
-        [Isa::Avx512Bf16, Isa::Avx512, Isa::Avx2, Isa::NeonDotprod, Isa::Neon]
+        [Isa::Avx512Bf16, Isa::Avx512, Isa::AvxVnni, Isa::Avx2, Isa::NeonDotprod, Isa::Neon]
             .into_iter()
             .find_map(Kernels::for_isa)
             .unwrap_or(&SCALAR)
     }
 
-    /// `scalar`, `avx2`, `avx512`, `avx512bf16`, `avx512bf16-round`, `neon` or `neon-dotprod`; a set this CPU
+    /// `scalar`, `avx2`, `avx-vnni`, `avx512`, `avx512bf16`, `avx512bf16-round`, `neon` or
+    /// `neon-dotprod`; a set this CPU
     /// cannot run (`neon` on x86-64, the x86 sets on AArch64) is [`KernelError::Unsupported`].
     pub fn by_name(name: &str) -> Result<&'static Kernels, KernelError> {
         let isa = match name.trim().to_ascii_lowercase().as_str() {
             "scalar" => Isa::Scalar,
             "avx2" => Isa::Avx2,
+            "avx-vnni" | "avxvnni" => Isa::AvxVnni,
             "avx512" => Isa::Avx512,
             "avx512bf16" => Isa::Avx512Bf16,
             "avx512bf16-round" => Isa::Avx512Bf16Round,

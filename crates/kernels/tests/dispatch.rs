@@ -23,8 +23,16 @@ impl Rng {
 }
 
 /// Every instruction set, each architecture's; only those this CPU runs are tested.
-const ALL_ISAS: [Isa; 7] =
-    [Isa::Scalar, Isa::Avx2, Isa::Avx512, Isa::Avx512Bf16, Isa::Avx512Bf16Round, Isa::Neon, Isa::NeonDotprod];
+const ALL_ISAS: [Isa; 8] = [
+    Isa::Scalar,
+    Isa::Avx2,
+    Isa::AvxVnni,
+    Isa::Avx512,
+    Isa::Avx512Bf16,
+    Isa::Avx512Bf16Round,
+    Isa::Neon,
+    Isa::NeonDotprod,
+];
 
 fn fast_kernels() -> Vec<&'static Kernels> {
     ALL_ISAS.into_iter().filter(|&i| i != Isa::Scalar).filter_map(Kernels::for_isa).collect()

@@ -13,7 +13,7 @@ fn rng(seed: &mut u64) -> f32 {
 #[test]
 fn every_set_matches_the_twin_and_is_batch_invariant() {
     let mut s = 42u64;
-    let sets: Vec<_> = [Isa::Avx2, Isa::Avx512, Isa::Avx512Bf16, Isa::Neon, Isa::NeonDotprod]
+    let sets: Vec<_> = [Isa::Avx2, Isa::AvxVnni, Isa::Avx512, Isa::Avx512Bf16, Isa::Neon, Isa::NeonDotprod]
         .into_iter()
         .filter_map(Kernels::for_isa)
         .collect();

@@ -77,6 +77,18 @@ unsafe fn code_table<const AFFINE: bool>() -> __m256i {
     }
 }
 
+/// `acc + Σ pairs w·x` per i32 lane: `vpmaddwd` then `vpaddd`, or AVX-VNNI's `vpdpwssd` in
+/// one instruction. Both wrap in 32 bits and no sum here comes near 2³¹, so the lanes are
+/// the same integers either way.
+#[inline(always)]
+unsafe fn dot_acc<const VNNI: bool>(acc: __m256i, w: __m256i, x: __m256i) -> __m256i {
+    if VNNI {
+        _mm256_dpwssd_avx_epi32(acc, w, x)
+    } else {
+        _mm256_add_epi32(acc, _mm256_madd_epi16(w, x))
+    }
+}
+
 /// Scales `i..i + 8` of a group: E8M0 bytes (MXFP4) or f32 (affine; `scales` is their bytes).
 #[inline(always)]
 unsafe fn scale_vector<const AFFINE: bool>(scales: *const u8, i: usize) -> __m256 {
@@ -102,8 +114,8 @@ unsafe fn scale_vector<const AFFINE: bool>(scales: *const u8, i: usize) -> __m25
 /// Exactness: each product is `256·w·x`, |w·x| ≤ 12·32767, and a lane takes 16 of them per
 /// block, at most 1.61e9 < 2^31; the sum is a multiple of 256, so the shift back is exact
 /// and the block's integer sums are the twin's.
-#[target_feature(enable = "avx2,fma")]
-unsafe fn gemv_group<const AFFINE: bool>(
+#[inline(always)]
+unsafe fn gemv_body<const AFFINE: bool, const VNNI: bool>(
     xq: *const i16,
     xs: *const f32,
     k: usize,
@@ -131,16 +143,10 @@ unsafe fn gemv_group<const AFFINE: bool>(
                 let c = _mm256_loadu_si256(src.add(32 * h) as *const __m256i);
                 let lo = _mm256_shuffle_epi8(table, _mm256_and_si256(c, nibble));
                 let hi = _mm256_shuffle_epi8(table, _mm256_and_si256(_mm256_srli_epi16::<4>(c), nibble));
-                let even = _mm256_add_epi32(
-                    _mm256_madd_epi16(_mm256_slli_epi16::<8>(lo), x_lo),
-                    _mm256_madd_epi16(_mm256_slli_epi16::<8>(hi), x_hi),
-                );
-                let odd = _mm256_add_epi32(
-                    _mm256_madd_epi16(_mm256_and_si256(lo, high_byte), x_lo),
-                    _mm256_madd_epi16(_mm256_and_si256(hi, high_byte), x_hi),
-                );
-                acc[0] = _mm256_add_epi32(acc[0], even);
-                acc[1] = _mm256_add_epi32(acc[1], odd);
+                let even = dot_acc::<VNNI>(acc[0], _mm256_slli_epi16::<8>(lo), x_lo);
+                acc[0] = dot_acc::<VNNI>(even, _mm256_slli_epi16::<8>(hi), x_hi);
+                let odd = dot_acc::<VNNI>(acc[1], _mm256_and_si256(lo, high_byte), x_lo);
+                acc[1] = dot_acc::<VNNI>(odd, _mm256_and_si256(hi, high_byte), x_hi);
             }
         }
         let xsb = _mm256_set1_ps(*xs.add(b));
@@ -156,6 +162,34 @@ unsafe fn gemv_group<const AFFINE: bool>(
         let bv = bias.map_or(_mm256_setzero_ps(), |p| _mm256_loadu_ps(p.add(8 * h)));
         _mm256_storeu_ps(out.add(8 * h), _mm256_add_ps(*f, bv));
     }
+}
+
+/// [`gemv_body`] with `vpmaddwd` + `vpaddd`.
+#[target_feature(enable = "avx2,fma")]
+unsafe fn gemv_group<const AFFINE: bool>(
+    xq: *const i16,
+    xs: *const f32,
+    k: usize,
+    codes: *const u8,
+    scales: *const u8,
+    bias: Option<*const f32>,
+    out: *mut f32,
+) {
+    gemv_body::<AFFINE, false>(xq, xs, k, codes, scales, bias, out)
+}
+
+/// [`gemv_body`] with AVX-VNNI's `vpdpwssd`.
+#[target_feature(enable = "avx2,fma,avxvnni")]
+unsafe fn gemv_group_vnni<const AFFINE: bool>(
+    xq: *const i16,
+    xs: *const f32,
+    k: usize,
+    codes: *const u8,
+    scales: *const u8,
+    bias: Option<*const f32>,
+    out: *mut f32,
+) {
+    gemv_body::<AFFINE, true>(xq, xs, k, codes, scales, bias, out)
 }
 
 use crate::affine_r16::deinterleave8;
@@ -204,7 +238,7 @@ unsafe fn decode_panel<const AFFINE: bool>(
 /// first token's codes and scales, `out` (row 0, token 0) of `[R, n_tok]`.
 #[inline(always)]
 #[allow(clippy::too_many_arguments, clippy::needless_range_loop)]
-unsafe fn tile<const TB: usize>(
+unsafe fn tile<const TB: usize, const VNNI: bool>(
     w: *const __m256i,
     ws: *const __m256,
     blocks: usize,
@@ -224,8 +258,8 @@ unsafe fn tile<const TB: usize>(
             let w1 = _mm256_loadu_si256(w.add((b * 16 + p) * 2 + 1));
             for j in 0..TB {
                 let x = _mm256_set1_epi32(*xp.add((j * k) / 2 + b * 16 + p));
-                iacc[0][j] = _mm256_add_epi32(iacc[0][j], _mm256_madd_epi16(w0, x));
-                iacc[1][j] = _mm256_add_epi32(iacc[1][j], _mm256_madd_epi16(w1, x));
+                iacc[0][j] = dot_acc::<VNNI>(iacc[0][j], w0, x);
+                iacc[1][j] = dot_acc::<VNNI>(iacc[1][j], w1, x);
             }
         }
         for j in 0..TB {
@@ -248,9 +282,9 @@ unsafe fn tile<const TB: usize>(
     }
 }
 
-#[target_feature(enable = "avx2,fma")]
+#[inline(always)]
 #[allow(clippy::too_many_arguments)]
-unsafe fn gemm_group(
+unsafe fn gemm_group<const VNNI: bool>(
     w: *const __m256i,
     ws: *const __m256,
     blocks: usize,
@@ -266,10 +300,10 @@ unsafe fn gemm_group(
         let tb = (n_tok - t).min(TOKENS);
         let (x, s, o) = (xq.add(t * k), xs.add(t * blocks), out.add(t));
         match tb {
-            4 => tile::<4>(w, ws, blocks, x, s, bias, o, n_tok),
-            3 => tile::<3>(w, ws, blocks, x, s, bias, o, n_tok),
-            2 => tile::<2>(w, ws, blocks, x, s, bias, o, n_tok),
-            _ => tile::<1>(w, ws, blocks, x, s, bias, o, n_tok),
+            4 => tile::<4, VNNI>(w, ws, blocks, x, s, bias, o, n_tok),
+            3 => tile::<3, VNNI>(w, ws, blocks, x, s, bias, o, n_tok),
+            2 => tile::<2, VNNI>(w, ws, blocks, x, s, bias, o, n_tok),
+            _ => tile::<1, VNNI>(w, ws, blocks, x, s, bias, o, n_tok),
         }
         t += tb;
     }
@@ -277,9 +311,9 @@ unsafe fn gemm_group(
 
 /// A panel of up to [`PANEL_GROUPS`] groups: decoded into `[g][blocks][16][2]` pair vectors
 /// then `[g][blocks][2]` scale vectors at `panel`, then every token through each group.
-#[target_feature(enable = "avx2,fma")]
+#[inline(always)]
 #[allow(clippy::too_many_arguments)]
-unsafe fn panel<const AFFINE: bool>(
+unsafe fn panel_body<const AFFINE: bool, const VNNI: bool>(
     codes: *const u8,
     scales: *const u8,
     blocks: usize,
@@ -295,7 +329,7 @@ unsafe fn panel<const AFFINE: bool>(
     let ws = w.add(PANEL_GROUPS * blocks * 32) as *mut __m256;
     decode_panel::<AFFINE>(codes, scales, blocks, groups, w, ws);
     for i in 0..groups {
-        gemm_group(
+        gemm_group::<VNNI>(
             w.add(i * blocks * 32),
             ws.add(i * blocks * 2),
             blocks,
@@ -306,6 +340,42 @@ unsafe fn panel<const AFFINE: bool>(
             out.add(i * GROUP * n_tok),
         );
     }
+}
+
+/// [`panel_body`] with `vpmaddwd` + `vpaddd`.
+#[target_feature(enable = "avx2,fma")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn panel<const AFFINE: bool>(
+    codes: *const u8,
+    scales: *const u8,
+    blocks: usize,
+    groups: usize,
+    scratch: *mut u32,
+    xq: *const i16,
+    xs: *const f32,
+    n_tok: usize,
+    bias: Option<*const f32>,
+    out: *mut f32,
+) {
+    panel_body::<AFFINE, false>(codes, scales, blocks, groups, scratch, xq, xs, n_tok, bias, out)
+}
+
+/// [`panel_body`] with AVX-VNNI's `vpdpwssd`.
+#[target_feature(enable = "avx2,fma,avxvnni")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn panel_vnni<const AFFINE: bool>(
+    codes: *const u8,
+    scales: *const u8,
+    blocks: usize,
+    groups: usize,
+    scratch: *mut u32,
+    xq: *const i16,
+    xs: *const f32,
+    n_tok: usize,
+    bias: Option<*const f32>,
+    out: *mut f32,
+) {
+    panel_body::<AFFINE, true>(codes, scales, blocks, groups, scratch, xq, xs, n_tok, bias, out)
 }
 
 static PARTS: super::I16aParts = super::I16aParts {
@@ -326,6 +396,15 @@ static AFFINE4_PARTS: super::I16aParts = super::I16aParts {
     align: 32,
     scale_bytes: 4,
 };
+
+/// The same drivers with AVX-VNNI (Alder Lake and later Intel client parts, Zen 5): one
+/// `vpdpwssd` where AVX2 needs `vpmaddwd` and `vpaddd`, half the integer work per product.
+static PARTS_VNNI: super::I16aParts =
+    super::I16aParts { gemv_group: gemv_group_vnni::<false>, panel: panel_vnni::<false>, ..PARTS };
+
+/// [`AFFINE4_PARTS`] with AVX-VNNI.
+static AFFINE4_PARTS_VNNI: super::I16aParts =
+    super::I16aParts { gemv_group: gemv_group_vnni::<true>, panel: panel_vnni::<true>, ..AFFINE4_PARTS };
 
 /// `parts` over `xq`: one token with its columns deinterleaved (what [`gemv_group`] reads;
 /// the copy is K values per matrix, next to K·R/2 bytes of codes, kept in `scratch`, which is
@@ -348,12 +427,14 @@ fn matmul(
         // SAFETY: a u32 buffer of ⌈K/2⌉ words holds K i16 values, suitably aligned.
         let xd = unsafe { std::slice::from_raw_parts_mut(x.as_mut_ptr() as *mut i16, xq.len()) };
         deinterleave8(xq, xd);
-        // SAFETY: handed out by `Kernels` only when the CPU has AVX2 and FMA.
+        // SAFETY: handed out by `Kernels` only when the CPU has AVX2 and FMA (and AVX-VNNI
+        // for the `_VNNI` parts).
         unsafe { super::matmul_rows_i16a(parts, xd, xs, 1, codes, scales, bias, out, &mut Vec::new()) };
         *scratch = x;
         return;
     }
-    // SAFETY: handed out by `Kernels` only when the CPU has AVX2 and FMA.
+    // SAFETY: handed out by `Kernels` only when the CPU has AVX2 and FMA (and AVX-VNNI for
+    // the `_VNNI` parts).
     unsafe { super::matmul_rows_i16a(parts, xq, xs, n_tok, codes, scales, bias, out, scratch) }
 }
 
@@ -370,6 +451,21 @@ pub fn matmul_rows_i16a_mxfp4r16w(
     scratch: &mut Vec<u32>,
 ) {
     matmul(&PARTS, xq, xs, n_tok, codes, scales, bias, out, scratch)
+}
+
+/// [`matmul_rows_i16a_mxfp4r16w`] with AVX-VNNI: the same bits.
+#[allow(clippy::too_many_arguments)]
+pub fn matmul_rows_i16a_mxfp4r16w_vnni(
+    xq: &[i16],
+    xs: &[f32],
+    n_tok: usize,
+    codes: &[u8],
+    scales: &[u8],
+    bias: Option<&[f32]>,
+    out: &mut [f32],
+    scratch: &mut Vec<u32>,
+) {
+    matmul(&PARTS_VNNI, xq, xs, n_tok, codes, scales, bias, out, scratch)
 }
 
 /// [`crate::mxfp4_r16::quantize_i16`] on 8 lanes at a time, bit for bit: the absolute
@@ -429,4 +525,19 @@ pub fn matmul_rows_i16a_affine4r16w(
     scratch: &mut Vec<u32>,
 ) {
     matmul(&AFFINE4_PARTS, xq, xs, n_tok, codes, super::f32_bytes(scales), bias, out, scratch)
+}
+
+/// [`matmul_rows_i16a_affine4r16w`] with AVX-VNNI: the same bits.
+#[allow(clippy::too_many_arguments)]
+pub fn matmul_rows_i16a_affine4r16w_vnni(
+    xq: &[i16],
+    xs: &[f32],
+    n_tok: usize,
+    codes: &[u8],
+    scales: &[f32],
+    bias: Option<&[f32]>,
+    out: &mut [f32],
+    scratch: &mut Vec<u32>,
+) {
+    matmul(&AFFINE4_PARTS_VNNI, xq, xs, n_tok, codes, super::f32_bytes(scales), bias, out, scratch)
 }
