@@ -45,11 +45,23 @@ unsafe fn dot_with(x: &[f32], n: usize, load: impl Fn(usize) -> __m256, at: impl
     s
 }
 
-/// Σ x[i]·w[i], w in bf16.
+/// Bytes ahead of a one-token matmul's weight stream to prefetch. The rows follow each other
+/// in memory, but the hardware prefetcher stops at every 4 KiB page: without this the
+/// dense matrices streamed at 15–16 GB/s where the experts (prefetched) reach 21.
+const PREFETCH_AHEAD: usize = 4096;
+
+/// Σ x[i]·w[i], w in bf16, prefetching [`PREFETCH_AHEAD`] bytes past each 32-wide group
+/// (one cache line of weights).
 #[target_feature(enable = "avx2,fma")]
 unsafe fn dot_f32_bf16(x: &[f32], w: &[u16]) -> f32 {
     let wp = w.as_ptr();
-    dot_with(x, x.len().min(w.len()), |o| load_bf16x8(wp.add(o)), |i| bf16_to_f32(w[i]))
+    let load = |o: usize| {
+        if o % 32 == 0 {
+            _mm_prefetch::<_MM_HINT_T0>((wp.add(o) as *const i8).wrapping_add(PREFETCH_AHEAD));
+        }
+        load_bf16x8(wp.add(o))
+    };
+    dot_with(x, x.len().min(w.len()), load, |i| bf16_to_f32(w[i]))
 }
 
 /// Tokens per prompt tile (see [`TILE_ROWS`]).
