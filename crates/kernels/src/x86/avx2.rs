@@ -56,7 +56,7 @@ const PREFETCH_AHEAD: usize = 4096;
 unsafe fn dot_f32_bf16(x: &[f32], w: &[u16]) -> f32 {
     let wp = w.as_ptr();
     let load = |o: usize| {
-        if o % 32 == 0 {
+        if o.is_multiple_of(32) {
             _mm_prefetch::<_MM_HINT_T0>((wp.add(o) as *const i8).wrapping_add(PREFETCH_AHEAD));
         }
         load_bf16x8(wp.add(o))
