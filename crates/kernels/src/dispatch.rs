@@ -222,8 +222,8 @@ const AVX2_SET: Kernels = Kernels {
     // and is bound by arithmetic, not by memory.
     i16_act: Some(I16Act {
         quantize: crate::x86::avx2_i16::quantize_i16,
-        matmul_rows_i16a_mxfp4r16w: crate::x86::avx2_i16::matmul_rows_i16a_mxfp4r16w,
-        matmul_rows_i16a_affine4r16w: Some(crate::x86::avx2_i16::matmul_rows_i16a_affine4r16w),
+        matmul_rows_i16a_mxfp4r16w: crate::x86::avx2_i16::matmul_rows_i16a_mxfp4r16w::<false>,
+        matmul_rows_i16a_affine4r16w: Some(crate::x86::avx2_i16::matmul_rows_i16a_affine4r16w::<false>),
     }),
 };
 #[cfg(target_arch = "x86_64")]
@@ -233,8 +233,8 @@ static AVX_VNNI: Kernels = Kernels {
     isa: Isa::AvxVnni,
     i16_act: Some(I16Act {
         quantize: crate::x86::avx2_i16::quantize_i16,
-        matmul_rows_i16a_mxfp4r16w: crate::x86::avx2_i16::matmul_rows_i16a_mxfp4r16w_vnni,
-        matmul_rows_i16a_affine4r16w: Some(crate::x86::avx2_i16::matmul_rows_i16a_affine4r16w_vnni),
+        matmul_rows_i16a_mxfp4r16w: crate::x86::avx2_i16::matmul_rows_i16a_mxfp4r16w::<true>,
+        matmul_rows_i16a_affine4r16w: Some(crate::x86::avx2_i16::matmul_rows_i16a_affine4r16w::<true>),
     }),
     ..AVX2_SET
 };

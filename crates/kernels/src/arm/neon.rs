@@ -13,7 +13,7 @@
 use std::arch::aarch64::*;
 
 use crate::bf16::bf16_to_f32;
-use crate::scalar::KvSpan;
+use crate::scalar::{for_each_row, KvSpan};
 
 /// Weight rows per tile when one token is multiplied: 4 rows × 2 accumulators keep 8 FMA
 /// chains in flight (enough to cover the FMA latency) and share each load of x.
@@ -474,27 +474,6 @@ unsafe fn exp_nonpositive(x: float32x4_t) -> float32x4_t {
     vmulq_f32(vmulq_f32(p, pow2(n1)), pow2(n2))
 }
 
-/// Calls `f(i, k, v)` for the key and value rows at positions `lo..=hi`, in order, with
-/// pointers to the head's `HD` columns (bounds-checked here).
-#[inline(always)]
-fn for_each_row(
-    spans: &[KvSpan],
-    kv_dim: usize,
-    kv_off: usize,
-    lo: usize,
-    hi: usize,
-    mut f: impl FnMut(usize, *const f32, *const f32),
-) {
-    let mut i = 0;
-    for span in spans {
-        for r in span.rows_in(lo, hi, kv_dim) {
-            let off = r * kv_dim + kv_off;
-            f(i, span.k[off..off + HD].as_ptr(), span.v[off..off + HD].as_ptr());
-            i += 1;
-        }
-    }
-}
-
 /// Scores of HB query heads (`q` at the first, `[HB, HD]`) against KEYS keys, times `scale`,
 /// written to `dst[h·n + j]` for the first `count` keys. Each score is one FMA chain over
 /// the 16 column vectors and the same pairwise reduction whatever its slot, so a key's
@@ -550,7 +529,7 @@ unsafe fn score_pass<const HB: usize>(
 ) {
     let mut keys: [*const f32; KEYS] = [std::ptr::null(); KEYS];
     let mut filled = 0;
-    for_each_row(spans, kv_dim, kv_off, lo, hi, |i, k, _| {
+    for_each_row(spans, kv_dim, kv_off, HD, lo, hi, |i, k, _| {
         keys[filled] = k;
         filled += 1;
         if filled == KEYS {
@@ -585,7 +564,7 @@ unsafe fn weigh_values<const HB: usize, const CV: usize>(
     out: *mut f32,
 ) {
     let mut acc = [[vdupq_n_f32(0.0); CV]; HB];
-    for_each_row(spans, kv_dim, kv_off, lo, hi, |i, _, v| {
+    for_each_row(spans, kv_dim, kv_off, HD, lo, hi, |i, _, v| {
         let vv: [float32x4_t; CV] = std::array::from_fn(|c| vld1q_f32(v.add(4 * (c0 + c))));
         for (h, a) in acc.iter_mut().enumerate() {
             let p = vld1q_dup_f32(weights.add((h0 + h) * n + i));
@@ -726,14 +705,7 @@ pub fn attend_heads_f32(
     scores: &mut Vec<f32>,
     out: &mut [f32],
 ) {
-    let g = sinks.len();
-    let shapes_ok = g > 0
-        && g <= 64
-        && q.len() == g * HD
-        && out.len() == q.len()
-        && kv_off + HD <= kv_dim
-        && spans.iter().all(|s| s.k.len() % kv_dim == 0 && s.v.len() == s.k.len());
-    if !shapes_ok {
+    if !crate::scalar::vector_shapes_ok(HD, q, spans, kv_dim, kv_off, sinks, out) {
         // Other head sizes, and bad shapes, which the twin reports.
         return crate::scalar::attend_heads_f32(q, spans, kv_dim, kv_off, lo, hi, scale, sinks, scores, out);
     }

@@ -71,6 +71,50 @@ pub fn attend_head_f32(
     }
 }
 
+/// Calls `f(i, k, v)` for the key and value rows at positions `lo..=hi`, in order, with
+/// pointers to the head's `hd` columns (bounds-checked here): the walk every vector
+/// attention kernel makes over the spans.
+#[inline(always)]
+pub(crate) fn for_each_row(
+    spans: &[KvSpan],
+    kv_dim: usize,
+    kv_off: usize,
+    hd: usize,
+    lo: usize,
+    hi: usize,
+    mut f: impl FnMut(usize, *const f32, *const f32),
+) {
+    let mut i = 0;
+    for span in spans {
+        for r in span.rows_in(lo, hi, kv_dim) {
+            let off = r * kv_dim + kv_off;
+            f(i, span.k[off..off + hd].as_ptr(), span.v[off..off + hd].as_ptr());
+            i += 1;
+        }
+    }
+}
+
+/// Whether a vector attention kernel for head size `hd` takes these shapes: 1 to 64 query
+/// heads of `hd` in `q` and `out`, the head's columns inside `kv_dim`, whole rows in every
+/// span. Other head sizes, and bad shapes (which it reports), go to [`attend_heads_f32`].
+pub(crate) fn vector_shapes_ok(
+    hd: usize,
+    q: &[f32],
+    spans: &[KvSpan],
+    kv_dim: usize,
+    kv_off: usize,
+    sinks: &[f32],
+    out: &[f32],
+) -> bool {
+    let g = sinks.len();
+    g > 0
+        && g <= 64
+        && q.len() == g * hd
+        && out.len() == q.len()
+        && kv_off + hd <= kv_dim
+        && spans.iter().all(|s| s.k.len() % kv_dim == 0 && s.v.len() == s.k.len())
+}
+
 /// [`attend_head_f32`] for the G query heads that share one kv head: `q` and `out` are
 /// `[G, hd]`, `sinks` is `[G]`. The fast kernels read each key and value once for the group.
 #[allow(clippy::too_many_arguments)]

@@ -12,6 +12,7 @@ mod norm;
 mod rope;
 
 pub use attention::{attend_head_f32, attend_heads_f32, KvSpan};
+pub(crate) use attention::{for_each_row, vector_shapes_ok};
 // The int16-activation check serves the x86 and AArch64 integer kernels; the
 // bf16-activation ones the x86 kernels only.
 #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]

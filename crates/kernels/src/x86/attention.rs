@@ -7,7 +7,7 @@
 
 use std::arch::x86_64::*;
 
-use crate::scalar::KvSpan;
+use crate::scalar::{for_each_row, KvSpan};
 
 /// The only head size the vector path takes (gpt-oss); others go to the scalar twin.
 pub(super) const HD: usize = 64;
@@ -62,27 +62,6 @@ unsafe fn hsum16(v: &[__m512; 16]) -> __m512 {
     _mm512_add_ps(_mm512_shuffle_f32x4::<0b10_00_10_00>(a[0], a[1]), _mm512_shuffle_f32x4::<0b11_01_11_01>(a[0], a[1]))
 }
 
-/// Calls `f(i, k, v)` for the key and value rows at positions `lo..=hi`, in order, with
-/// pointers to the head's `HD` columns (bounds-checked here).
-#[inline(always)]
-pub(super) fn for_each_row(
-    spans: &[KvSpan],
-    kv_dim: usize,
-    kv_off: usize,
-    lo: usize,
-    hi: usize,
-    mut f: impl FnMut(usize, *const f32, *const f32),
-) {
-    let mut i = 0;
-    for span in spans {
-        for r in span.rows_in(lo, hi, kv_dim) {
-            let off = r * kv_dim + kv_off;
-            f(i, span.k[off..off + HD].as_ptr(), span.v[off..off + HD].as_ptr());
-            i += 1;
-        }
-    }
-}
-
 #[target_feature(enable = "avx512f")]
 #[allow(clippy::needless_range_loop)] // c indexes the 4 column vectors of q, k, v and out alike
 #[allow(clippy::too_many_arguments)]
@@ -126,7 +105,7 @@ unsafe fn attend_impl(
         }
     };
     let mut filled = 0;
-    for_each_row(spans, kv_dim, kv_off, lo, hi, |i, k, _| {
+    for_each_row(spans, kv_dim, kv_off, HD, lo, hi, |i, k, _| {
         rows[i % 16] = k;
         filled = i % 16 + 1;
         if filled == 16 {
@@ -167,7 +146,7 @@ unsafe fn attend_impl(
     while h0 < g {
         let hb = (g - h0).min(PV_HEADS);
         let mut acc = [[_mm512_setzero_ps(); 4]; PV_HEADS];
-        for_each_row(spans, kv_dim, kv_off, lo, hi, |i, _, v| {
+        for_each_row(spans, kv_dim, kv_off, HD, lo, hi, |i, _, v| {
             let vv: [__m512; 4] = std::array::from_fn(|c| _mm512_loadu_ps(v.add(16 * c)));
             for (j, a) in acc.iter_mut().enumerate().take(hb) {
                 let p = _mm512_set1_ps(*sc.add((h0 + j) * n + i));
@@ -200,14 +179,7 @@ pub fn attend_heads_f32(
     scores: &mut Vec<f32>,
     out: &mut [f32],
 ) {
-    let g = sinks.len();
-    let shapes_ok = g > 0
-        && g <= 64
-        && q.len() == g * HD
-        && out.len() == q.len()
-        && kv_off + HD <= kv_dim
-        && spans.iter().all(|s| s.k.len() % kv_dim == 0 && s.v.len() == s.k.len());
-    if !shapes_ok {
+    if !crate::scalar::vector_shapes_ok(HD, q, spans, kv_dim, kv_off, sinks, out) {
         // Other head sizes, and bad shapes, which the twin reports.
         return crate::scalar::attend_heads_f32(q, spans, kv_dim, kv_off, lo, hi, scale, sinks, scores, out);
     }

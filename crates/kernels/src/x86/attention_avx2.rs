@@ -8,8 +8,9 @@
 
 use std::arch::x86_64::*;
 
-use super::attention::{for_each_row, HD};
-use crate::scalar::KvSpan;
+use super::attention::HD;
+use super::avx2::hsum;
+use crate::scalar::{for_each_row, KvSpan};
 
 /// Vectors per head row.
 const HV: usize = HD / 8;
@@ -101,7 +102,7 @@ unsafe fn score_pass<const HB: usize>(
 ) {
     let mut keys: [*const f32; KEYS] = [std::ptr::null(); KEYS];
     let mut filled = 0;
-    for_each_row(spans, kv_dim, kv_off, lo, hi, |i, k, _| {
+    for_each_row(spans, kv_dim, kv_off, HD, lo, hi, |i, k, _| {
         keys[filled] = k;
         filled += 1;
         if filled == KEYS {
@@ -136,7 +137,7 @@ unsafe fn weigh_values<const HB: usize, const CV: usize>(
     out: *mut f32,
 ) {
     let mut acc = [[_mm256_setzero_ps(); CV]; HB];
-    for_each_row(spans, kv_dim, kv_off, lo, hi, |i, _, v| {
+    for_each_row(spans, kv_dim, kv_off, HD, lo, hi, |i, _, v| {
         let vv: [__m256; CV] = std::array::from_fn(|c| _mm256_loadu_ps(v.add(8 * (c0 + c))));
         for (h, a) in acc.iter_mut().enumerate() {
             let p = _mm256_broadcast_ss(&*weights.add((h0 + h) * n + i));
@@ -160,15 +161,6 @@ unsafe fn hmax(v: __m256) -> f32 {
     let m = _mm_max_ps(m, _mm_movehl_ps(m, m));
     let m = _mm_max_ss(m, _mm_shuffle_ps::<1>(m, m));
     _mm_cvtss_f32(m)
-}
-
-/// Horizontal sum of 8 lanes, halves then pairs.
-#[inline(always)]
-unsafe fn hsum(v: __m256) -> f32 {
-    let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
-    let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    let s = _mm_add_ss(s, _mm_shuffle_ps::<1>(s, s));
-    _mm_cvtss_f32(s)
 }
 
 /// Softmax with the sink over one head's `n` scores at `row`: they become e^(z − max);
@@ -292,14 +284,7 @@ pub fn attend_heads_f32(
     scores: &mut Vec<f32>,
     out: &mut [f32],
 ) {
-    let g = sinks.len();
-    let shapes_ok = g > 0
-        && g <= 64
-        && q.len() == g * HD
-        && out.len() == q.len()
-        && kv_off + HD <= kv_dim
-        && spans.iter().all(|s| s.k.len() % kv_dim == 0 && s.v.len() == s.k.len());
-    if !shapes_ok {
+    if !crate::scalar::vector_shapes_ok(HD, q, spans, kv_dim, kv_off, sinks, out) {
         // Other head sizes, and bad shapes, which the twin reports.
         return crate::scalar::attend_heads_f32(q, spans, kv_dim, kv_off, lo, hi, scale, sinks, scores, out);
     }

@@ -439,8 +439,9 @@ fn matmul(
 }
 
 /// See [`crate::scalar::matmul_rows_i16a_mxfp4r16w`]; `scratch` holds a decoded panel.
+/// `VNNI`: AVX-VNNI's `vpdpwssd` ([`PARTS_VNNI`]), the same bits.
 #[allow(clippy::too_many_arguments)]
-pub fn matmul_rows_i16a_mxfp4r16w(
+pub fn matmul_rows_i16a_mxfp4r16w<const VNNI: bool>(
     xq: &[i16],
     xs: &[f32],
     n_tok: usize,
@@ -450,22 +451,8 @@ pub fn matmul_rows_i16a_mxfp4r16w(
     out: &mut [f32],
     scratch: &mut Vec<u32>,
 ) {
-    matmul(&PARTS, xq, xs, n_tok, codes, scales, bias, out, scratch)
-}
-
-/// [`matmul_rows_i16a_mxfp4r16w`] with AVX-VNNI: the same bits.
-#[allow(clippy::too_many_arguments)]
-pub fn matmul_rows_i16a_mxfp4r16w_vnni(
-    xq: &[i16],
-    xs: &[f32],
-    n_tok: usize,
-    codes: &[u8],
-    scales: &[u8],
-    bias: Option<&[f32]>,
-    out: &mut [f32],
-    scratch: &mut Vec<u32>,
-) {
-    matmul(&PARTS_VNNI, xq, xs, n_tok, codes, scales, bias, out, scratch)
+    let parts = if VNNI { &PARTS_VNNI } else { &PARTS };
+    matmul(parts, xq, xs, n_tok, codes, scales, bias, out, scratch)
 }
 
 /// [`crate::mxfp4_r16::quantize_i16`] on 8 lanes at a time, bit for bit: the absolute
@@ -513,8 +500,9 @@ pub fn quantize_i16(x: &[f32], q: &mut [i16], xs: &mut [f32]) {
 /// registers ([`gemv_group`]'s decode); several through decoded panels, as the MXFP4
 /// GEMM (same integer block sums and the same order of float operations, so every token gets
 /// the same bits either way). `scratch` holds a decoded panel, or the one token reordered.
+/// `VNNI` as for [`matmul_rows_i16a_mxfp4r16w`].
 #[allow(clippy::too_many_arguments)]
-pub fn matmul_rows_i16a_affine4r16w(
+pub fn matmul_rows_i16a_affine4r16w<const VNNI: bool>(
     xq: &[i16],
     xs: &[f32],
     n_tok: usize,
@@ -524,20 +512,6 @@ pub fn matmul_rows_i16a_affine4r16w(
     out: &mut [f32],
     scratch: &mut Vec<u32>,
 ) {
-    matmul(&AFFINE4_PARTS, xq, xs, n_tok, codes, super::f32_bytes(scales), bias, out, scratch)
-}
-
-/// [`matmul_rows_i16a_affine4r16w`] with AVX-VNNI: the same bits.
-#[allow(clippy::too_many_arguments)]
-pub fn matmul_rows_i16a_affine4r16w_vnni(
-    xq: &[i16],
-    xs: &[f32],
-    n_tok: usize,
-    codes: &[u8],
-    scales: &[f32],
-    bias: Option<&[f32]>,
-    out: &mut [f32],
-    scratch: &mut Vec<u32>,
-) {
-    matmul(&AFFINE4_PARTS_VNNI, xq, xs, n_tok, codes, super::f32_bytes(scales), bias, out, scratch)
+    let parts = if VNNI { &AFFINE4_PARTS_VNNI } else { &AFFINE4_PARTS };
+    matmul(parts, xq, xs, n_tok, codes, super::f32_bytes(scales), bias, out, scratch)
 }
