@@ -102,7 +102,8 @@ fn bf16_dot_product_kernels_are_accurate_enough() {
 /// 99% or more.
 #[test]
 fn integer_expert_sets_are_accurate_enough() {
-    let sets: Vec<_> = [Isa::Avx2, Isa::AvxVnni, Isa::NeonDotprod].into_iter().filter_map(Kernels::for_isa).collect();
+    let sets: Vec<_> =
+        [Isa::Avx2, Isa::AvxVnni, Isa::NeonDotprod, Isa::NeonI8mm].into_iter().filter_map(Kernels::for_isa).collect();
     if sets.is_empty() {
         eprintln!("neither AVX2 nor NEON dotprod on this CPU; nothing to measure");
     }

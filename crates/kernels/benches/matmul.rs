@@ -38,8 +38,16 @@ fn main() {
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
     // (name, rows, K): experts gate_up and down, attention qkv.
     let shapes = [("gate_up", 5760, 2880), ("down", 2880, 2880), ("qkv", 5120, 2880)];
-    let isas =
-        [Isa::Avx2, Isa::AvxVnni, Isa::Avx512, Isa::Avx512Bf16, Isa::Avx512Bf16Round, Isa::Neon, Isa::NeonDotprod];
+    let isas = [
+        Isa::Avx2,
+        Isa::AvxVnni,
+        Isa::Avx512,
+        Isa::Avx512Bf16,
+        Isa::Avx512Bf16Round,
+        Isa::Neon,
+        Isa::NeonDotprod,
+        Isa::NeonI8mm,
+    ];
     for (name, rows, k) in shapes {
         if !name.contains(&filter) {
             continue;

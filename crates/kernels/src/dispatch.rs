@@ -1,6 +1,6 @@
 //! Which kernels run: picked once from the CPU's features, or forced with
-//! `GPTOSS_KERNELS=scalar|avx2|avx512|avx512bf16|avx512bf16-round|neon|neon-dotprod` to test and compare. Call sites go through
-//! [`Kernels`] and never name an instruction set.
+//! `GPTOSS_KERNELS=scalar|avx2|avx-vnni|avx512|avx512bf16|avx512bf16-round|neon|neon-dotprod|neon-i8mm`
+//! to test and compare. Call sites go through [`Kernels`] and never name an instruction set.
 
 use std::sync::OnceLock;
 
@@ -23,6 +23,10 @@ pub enum Isa {
     /// NEON with the dotprod extension: MXFP4 experts through `sdot` on int16 activations
     /// split into bytes (Apple M1+, Graviton 2+, Ampere Altra, Cortex-A76+).
     NeonDotprod,
+    /// NEON with dotprod and i8mm: prompt chunks' MXFP4 experts through `smmla` (2 rows × 2
+    /// tokens × 8 columns per instruction), one token through `sdot` (Apple M2+, Graviton 3+,
+    /// Neoverse V1/N2, Cortex-A510/A710/X2+).
+    NeonI8mm,
 }
 
 impl Isa {
@@ -36,6 +40,7 @@ impl Isa {
             Isa::Avx512Bf16Round => "avx512bf16-round",
             Isa::Neon => "neon",
             Isa::NeonDotprod => "neon-dotprod",
+            Isa::NeonI8mm => "neon-i8mm",
         }
     }
 
@@ -66,6 +71,12 @@ impl Isa {
             #[cfg(target_arch = "aarch64")]
             Isa::NeonDotprod => {
                 std::arch::is_aarch64_feature_detected!("neon") && std::arch::is_aarch64_feature_detected!("dotprod")
+            }
+            #[cfg(target_arch = "aarch64")]
+            Isa::NeonI8mm => {
+                std::arch::is_aarch64_feature_detected!("neon")
+                    && std::arch::is_aarch64_feature_detected!("dotprod")
+                    && std::arch::is_aarch64_feature_detected!("i8mm")
             }
             // The instruction sets of the other architectures.
             _ => false,
@@ -175,7 +186,7 @@ pub fn max_scratch_len(k: usize) -> (usize, usize) {
         crate::x86::avx512bf16::scratch_halves(k),
     );
     #[cfg(target_arch = "aarch64")]
-    return (crate::arm::neon_i16::scratch_words(k), 0);
+    return (crate::arm::neon_i16::scratch_words(k).max(crate::arm::neon_i8mm::scratch_words(k)), 0);
     #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
     return (0, 0);
 }
@@ -183,7 +194,7 @@ pub fn max_scratch_len(k: usize) -> (usize, usize) {
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum KernelError {
     #[error(
-        "GPTOSS_KERNELS={0:?} is not one of scalar, avx2, avx512, avx512bf16, avx512bf16-round, neon, neon-dotprod"
+        "GPTOSS_KERNELS={0:?} is not one of scalar, avx2, avx-vnni, avx512, avx512bf16, avx512bf16-round, neon, neon-dotprod, neon-i8mm"
     )]
     Unknown(String),
     #[error("GPTOSS_KERNELS={0}: this CPU does not support it")]
@@ -332,6 +343,16 @@ static NEON_DOTPROD: Kernels = Kernels {
     ..NEON_SET
 };
 #[cfg(target_arch = "aarch64")]
+static NEON_I8MM: Kernels = Kernels {
+    isa: Isa::NeonI8mm,
+    i16_act: Some(I16Act {
+        quantize: crate::mxfp4_r16::quantize_i16,
+        matmul_rows_i16a_mxfp4r16w: crate::arm::neon_i8mm::matmul_rows_i16a_mxfp4r16w,
+        matmul_rows_i16a_affine4r16w: None,
+    }),
+    ..NEON_SET
+};
+#[cfg(target_arch = "aarch64")]
 static NEON: Kernels = NEON_SET;
 
 impl Kernels {
@@ -361,6 +382,8 @@ impl Kernels {
             Isa::Neon => Some(&NEON),
             #[cfg(target_arch = "aarch64")]
             Isa::NeonDotprod => Some(&NEON_DOTPROD),
+            #[cfg(target_arch = "aarch64")]
+            Isa::NeonI8mm => Some(&NEON_I8MM),
             // Unreachable: `supported` is false for the other architectures' sets.
             _ => None,
         }
@@ -368,14 +391,14 @@ impl Kernels {
 
     /// The fastest this CPU supports.
     pub fn detect() -> &'static Kernels {
-        [Isa::Avx512Bf16, Isa::Avx512, Isa::AvxVnni, Isa::Avx2, Isa::NeonDotprod, Isa::Neon]
+        [Isa::Avx512Bf16, Isa::Avx512, Isa::AvxVnni, Isa::Avx2, Isa::NeonI8mm, Isa::NeonDotprod, Isa::Neon]
             .into_iter()
             .find_map(Kernels::for_isa)
             .unwrap_or(&SCALAR)
     }
 
-    /// `scalar`, `avx2`, `avx-vnni`, `avx512`, `avx512bf16`, `avx512bf16-round`, `neon` or
-    /// `neon-dotprod`; a set this CPU
+    /// `scalar`, `avx2`, `avx-vnni`, `avx512`, `avx512bf16`, `avx512bf16-round`, `neon`,
+    /// `neon-dotprod` or `neon-i8mm`; a set this CPU
     /// cannot run (`neon` on x86-64, the x86 sets on AArch64) is [`KernelError::Unsupported`].
     pub fn by_name(name: &str) -> Result<&'static Kernels, KernelError> {
         let isa = match name.trim().to_ascii_lowercase().as_str() {
@@ -387,6 +410,7 @@ impl Kernels {
             "avx512bf16-round" => Isa::Avx512Bf16Round,
             "neon" => Isa::Neon,
             "neon-dotprod" => Isa::NeonDotprod,
+            "neon-i8mm" => Isa::NeonI8mm,
             other => return Err(KernelError::Unknown(other.to_string())),
         };
         Kernels::for_isa(isa).ok_or(KernelError::Unsupported(isa.name()))

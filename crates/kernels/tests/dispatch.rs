@@ -23,7 +23,7 @@ impl Rng {
 }
 
 /// Every instruction set, each architecture's; only those this CPU runs are tested.
-const ALL_ISAS: [Isa; 8] = [
+const ALL_ISAS: [Isa; 9] = [
     Isa::Scalar,
     Isa::Avx2,
     Isa::AvxVnni,
@@ -32,6 +32,7 @@ const ALL_ISAS: [Isa; 8] = [
     Isa::Avx512Bf16Round,
     Isa::Neon,
     Isa::NeonDotprod,
+    Isa::NeonI8mm,
 ];
 
 fn fast_kernels() -> Vec<&'static Kernels> {
@@ -521,11 +522,20 @@ fn names_select_kernels_and_unknown_names_are_refused() {
     #[cfg(target_arch = "aarch64")]
     {
         let dotprod = std::arch::is_aarch64_feature_detected!("dotprod");
+        let i8mm = dotprod && std::arch::is_aarch64_feature_detected!("i8mm");
         assert_eq!(Isa::NeonDotprod.supported(), dotprod);
-        assert_eq!(Kernels::detect().isa, if dotprod { Isa::NeonDotprod } else { Isa::Neon });
+        assert_eq!(Isa::NeonI8mm.supported(), i8mm);
+        let best = if i8mm {
+            Isa::NeonI8mm
+        } else if dotprod {
+            Isa::NeonDotprod
+        } else {
+            Isa::Neon
+        };
+        assert_eq!(Kernels::detect().isa, best);
     }
     #[cfg(not(target_arch = "aarch64"))]
-    assert!(!Isa::NeonDotprod.supported());
+    assert!(!Isa::NeonDotprod.supported() && !Isa::NeonI8mm.supported());
 }
 
 /// A token's result must not depend on what it is batched with: batched, chunked and

@@ -4,3 +4,4 @@
 
 pub mod neon;
 pub mod neon_i16;
+pub mod neon_i8mm;
