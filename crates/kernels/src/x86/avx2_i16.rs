@@ -99,21 +99,58 @@ unsafe fn scale_vector<const AFFINE: bool>(scales: *const u8, i: usize) -> __m25
     }
 }
 
+/// What [`gemv_body`] adds to every code so that it is a byte in 0..=24 (MXFP4: 2×E2M1 +
+/// 12) or 0..=15 (affine: the raw nibble, `u − 8` + 8).
+const fn code_offset<const AFFINE: bool>() -> i32 {
+    if AFFINE {
+        8
+    } else {
+        12
+    }
+}
+
+/// 2×E2M1 + 12 for `vpshufb`: every code as a non-negative byte.
+#[inline(always)]
+unsafe fn fp4_offset_table() -> __m256i {
+    let t: [i8; 16] = std::array::from_fn(|i| (FP4_X2[i] + 12) as i8);
+    _mm256_broadcastsi128_si256(_mm_loadu_si128(t.as_ptr() as *const __m128i))
+}
+
+/// Nibbles (one per byte) as codes plus [`code_offset`]: a lookup in [`fp4_offset_table`],
+/// or for affine codes the nibbles themselves.
+#[inline(always)]
+unsafe fn offset_codes<const AFFINE: bool>(nibbles: __m256i, table: __m256i) -> __m256i {
+    if AFFINE {
+        nibbles
+    } else {
+        _mm256_shuffle_epi8(table, nibbles)
+    }
+}
+
+/// u32 words [`gemv_body`] reads for one token of K columns: the columns deinterleaved
+/// ([`deinterleave8`]), then each block's column sum as an i32.
+fn gemv_x_words(k: usize) -> usize {
+    k.div_ceil(2) + k / BLOCK
+}
+
 /// One token through one group of 16 rows, decoding in registers: `xq` the token's codes
-/// `[K]` with each 8 columns deinterleaved ([`deinterleave8`]), `xs` its scales `[K/32]`,
-/// out `[16]`. The group's codes are one contiguous stream.
+/// `[K]` with each 8 columns deinterleaved ([`deinterleave8`]) and followed by its K/32
+/// block sums as i32 ([`gemv_x_words`]), `xs` its scales `[K/32]`, out `[16]`. The group's
+/// codes are one contiguous stream.
 ///
-/// Decode is what bounds one token, so it is done once per 64 codes, not per column pair:
-/// two table lookups give every low and every high nibble of a quad half as int8 in place;
-/// a shift and a mask then lift each into the high byte of its word. A lane of the half
-/// holds rows 2j and 2j+1 of two pairs, so the shift gives the even row's two codes in one
-/// lane and the mask the odd row's, each as two words `v·256` that `vpmaddwd` multiplies by
-/// the two columns they belong to (the deinterleaved activations, broadcast as a qword).
-/// 17 operations per 64 weights, against 32 for the per-pair decode the panels use.
+/// Decode is what bounds one token (the loop is bound by the three vector ports, not by
+/// memory), so it is as few operations per 64 codes as the exact sums allow. Two table
+/// lookups give every low and every high nibble of a quad half in place, each as the
+/// non-negative byte `u = w + c` (`c` = [`code_offset`]; for affine codes the nibble itself,
+/// with no lookup). A word then holds rows 2j (low byte) and 2j+1 (high byte) of one column:
+/// `256·u₁ + u₀`. `vpmaddwd` of the words as they are with the columns (the deinterleaved
+/// activations, broadcast as a qword) gives `A = 256·Σu₁x + Σu₀x`, of the words shifted
+/// down a byte `B = Σu₁x`; then `Σu₀x = A − 256·B`, and each row's block sum is
+/// `Σux − c·Σx` with the block's column sum. 15 operations per 64 weights.
 ///
-/// Exactness: each product is `256·w·x`, |w·x| ≤ 12·32767, and a lane takes 16 of them per
-/// block, at most 1.61e9 < 2^31; the sum is a multiple of 256, so the shift back is exact
-/// and the block's integer sums are the twin's.
+/// Exactness: `A` can pass 2^31 and wrap, but every step is exact modulo 2^32 and the
+/// results (|Σux| ≤ 32·24·32767 < 2^25) are in range, so the block's integer sums are the
+/// twin's.
 #[inline(always)]
 unsafe fn gemv_body<const AFFINE: bool, const VNNI: bool>(
     xq: *const i16,
@@ -124,14 +161,14 @@ unsafe fn gemv_body<const AFFINE: bool, const VNNI: bool>(
     bias: Option<*const f32>,
     out: *mut f32,
 ) {
-    let table = code_table::<AFFINE>();
+    let table = fp4_offset_table();
     let blocks = k / BLOCK;
     let nibble = _mm256_set1_epi8(0x0f);
-    let high_byte = _mm256_set1_epi16(0xff00u16 as i16);
     let xw = xq as *const i64;
+    let x_sums = (xq as *const i32).add(k.div_ceil(2));
     let mut facc = [_mm256_setzero_ps(); 2];
     for b in 0..blocks {
-        // [half][even rows, odd rows]; lanes (row, pairs 0-1) and (row, pairs 2-3).
+        // [half][A, B]; lanes (rows 2j and 2j+1, pairs 0-1) and (the same, pairs 2-3).
         let mut iacc = [[_mm256_setzero_si256(); 2]; 2];
         for q in 0..4 {
             let src = codes.add(b * TILE_BYTES + q * 64);
@@ -141,19 +178,21 @@ unsafe fn gemv_body<const AFFINE: bool, const VNNI: bool>(
             let x_hi = _mm256_set1_epi64x(std::ptr::read_unaligned(xw.add(b * 8 + q * 2 + 1)));
             for (h, acc) in iacc.iter_mut().enumerate() {
                 let c = _mm256_loadu_si256(src.add(32 * h) as *const __m256i);
-                let lo = _mm256_shuffle_epi8(table, _mm256_and_si256(c, nibble));
-                let hi = _mm256_shuffle_epi8(table, _mm256_and_si256(_mm256_srli_epi16::<4>(c), nibble));
-                let even = dot_acc::<VNNI>(acc[0], _mm256_slli_epi16::<8>(lo), x_lo);
-                acc[0] = dot_acc::<VNNI>(even, _mm256_slli_epi16::<8>(hi), x_hi);
-                let odd = dot_acc::<VNNI>(acc[1], _mm256_and_si256(lo, high_byte), x_lo);
-                acc[1] = dot_acc::<VNNI>(odd, _mm256_and_si256(hi, high_byte), x_hi);
+                let lo = offset_codes::<AFFINE>(_mm256_and_si256(c, nibble), table);
+                let hi = offset_codes::<AFFINE>(_mm256_and_si256(_mm256_srli_epi16::<4>(c), nibble), table);
+                let both = dot_acc::<VNNI>(acc[0], lo, x_lo);
+                acc[0] = dot_acc::<VNNI>(both, hi, x_hi);
+                let high = dot_acc::<VNNI>(acc[1], _mm256_srli_epi16::<8>(lo), x_lo);
+                acc[1] = dot_acc::<VNNI>(high, _mm256_srli_epi16::<8>(hi), x_hi);
             }
         }
         let xsb = _mm256_set1_ps(*xs.add(b));
+        let offset_sum = _mm256_set1_epi32(code_offset::<AFFINE>() * *x_sums.add(b));
         for (h, (f, acc)) in facc.iter_mut().zip(&iacc).enumerate() {
-            let (even, odd) = (_mm256_srai_epi32::<8>(acc[0]), _mm256_srai_epi32::<8>(acc[1]));
+            let even = _mm256_sub_epi32(acc[0], _mm256_slli_epi32::<8>(acc[1]));
             // hadd gives rows [0, 2, 1, 3] per 128-bit lane; the shuffle puts them in order.
-            let isum = _mm256_shuffle_epi32::<0b11_01_10_00>(_mm256_hadd_epi32(even, odd));
+            let usum = _mm256_shuffle_epi32::<0b11_01_10_00>(_mm256_hadd_epi32(even, acc[1]));
+            let isum = _mm256_sub_epi32(usum, offset_sum);
             let comb = _mm256_mul_ps(scale_vector::<AFFINE>(scales, b * GROUP + 8 * h), xsb);
             *f = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), comb, *f);
         }
@@ -421,11 +460,16 @@ fn matmul(
     out: &mut [f32],
     scratch: &mut Vec<u32>,
 ) {
-    if n_tok == 1 && xq.len().is_multiple_of(8) {
+    if n_tok == 1 && xq.len().is_multiple_of(BLOCK) {
+        let k = xq.len();
         let mut x = std::mem::take(scratch);
-        x.resize(xq.len().div_ceil(2), 0);
+        x.resize(gemv_x_words(k), 0);
+        let (cols, sums) = x.split_at_mut(k.div_ceil(2));
+        for (s, block) in sums.iter_mut().zip(xq.chunks_exact(BLOCK)) {
+            *s = block.iter().map(|&v| v as i32).sum::<i32>() as u32;
+        }
         // SAFETY: a u32 buffer of ⌈K/2⌉ words holds K i16 values, suitably aligned.
-        let xd = unsafe { std::slice::from_raw_parts_mut(x.as_mut_ptr() as *mut i16, xq.len()) };
+        let xd = unsafe { std::slice::from_raw_parts_mut(cols.as_mut_ptr() as *mut i16, k) };
         deinterleave8(xq, xd);
         // SAFETY: handed out by `Kernels` only when the CPU has AVX2 and FMA (and AVX-VNNI
         // for the `_VNNI` parts).
