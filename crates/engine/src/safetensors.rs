@@ -192,6 +192,25 @@ impl Bytes {
         self.len == 0
     }
 
+    /// Whether these bytes are read from a file's memory map (the page cache).
+    pub fn is_mapped(&self) -> bool {
+        matches!(*self.owner, Storage::Mapped(_))
+    }
+
+    /// These bytes copied into anonymous memory ([`Bytes::build`]: 2 MiB pages where the
+    /// kernel allows); the map's pages are released, so RSS does not hold both.
+    pub fn copied_to_anon(&self) -> Bytes {
+        use rayon::prelude::*;
+        self.populate();
+        let src = self.as_slice();
+        // 4 MiB per task: a few tasks per thread even for the smallest attention matrix.
+        let copy = Bytes::build(src.len(), |dst| {
+            dst.par_chunks_mut(1 << 22).zip(src.par_chunks(1 << 22)).for_each(|(d, s)| d.copy_from_slice(s))
+        });
+        self.release();
+        copy
+    }
+
     /// A sub-range of these bytes, sharing the storage.
     pub fn slice(&self, range: Range<usize>) -> Bytes {
         assert!(range.start <= range.end && range.end <= self.len, "Bytes::slice out of range");
@@ -527,6 +546,22 @@ mod tests {
         refused(&raw_file(dir.path(), None, &meta, &[0; 6]), "must be a string");
         // No tensors and no data is a valid (empty) file.
         assert!(SafeTensors::open(&raw_file(dir.path(), None, "{}", &[])).unwrap().tensors.is_empty());
+    }
+
+    #[test]
+    fn mapped_bytes_copy_to_anonymous_memory_unchanged() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("w.bin");
+        let data: Vec<u8> = (0..(5 << 20) + 7).map(|i| (i * 131 % 251) as u8).collect();
+        std::fs::write(&path, &data).unwrap();
+        let mapped = Bytes::map_file(&path).unwrap();
+        assert!(mapped.is_mapped());
+        let part = mapped.slice(3..data.len() - 2);
+        let copy = part.copied_to_anon();
+        assert!(!copy.is_mapped());
+        assert_eq!(copy.as_slice(), &data[3..data.len() - 2]);
+        // The map still reads the file after its pages were released.
+        assert_eq!(part.as_slice(), copy.as_slice());
     }
 
     #[test]
