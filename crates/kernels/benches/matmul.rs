@@ -97,6 +97,20 @@ fn main() {
                     macs / t_bf16 / 1e9,
                     gb(2.0 * w.len() as f64, t_bf16),
                 );
+                // The bf16 rows in the tiled layout the bf16-activation sets read (repacked at load).
+                if let (Some(ba), true) = (&kern.bf16_act, gptoss_kernels::bf16_t8::can_tile(rows, k)) {
+                    let mut tiled = vec![0u16; w.len()];
+                    gptoss_kernels::bf16_t8::pack(&w, k, &mut tiled);
+                    let mut x = vec![0u16; ba.terms * n_tok * k];
+                    (ba.split)(&xf, &mut x);
+                    let t = best(reps, || (ba.matmul_rows_bf16a_bf16t8w)(&x, n_tok, &tiled, None, &mut out));
+                    println!(
+                        "{name:8} T={n_tok:3} {:17} bf16 tiles {:7.1} GMAC/s {:5.1} GB/s",
+                        isa.name(),
+                        macs / t / 1e9,
+                        gb(2.0 * w.len() as f64, t),
+                    );
+                }
                 // MLX affine weights (4 and 8 bits, group 64), f32 scales and biases as held.
                 for bits in [4u32, 8] {
                     let group = 64;
