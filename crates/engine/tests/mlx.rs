@@ -97,7 +97,16 @@ fn mlx_conversions_match_mlx_lm_with_exact_yarn() {
         assert_eq!(greedy(&model, &r.tokens[..200], r.greedy_from_200.len()), r.greedy_from_200, "{variant}");
 
         // Every fast set on this CPU: the fast-path bar against the reference.
-        let sets = [Isa::Avx2, Isa::AvxVnni, Isa::Avx512, Isa::Avx512Bf16, Isa::Neon, Isa::NeonDotprod, Isa::NeonI8mm];
+        let sets = [
+            Isa::Avx2,
+            Isa::AvxVnni,
+            Isa::Avx512,
+            Isa::Avx512Vnni,
+            Isa::Avx512Bf16,
+            Isa::Neon,
+            Isa::NeonDotprod,
+            Isa::NeonI8mm,
+        ];
         for fast in sets.into_iter().filter_map(Kernels::for_isa) {
             model.set_kernels(fast);
             let (max_nll, max_logit, logits) = compare(&model, &r);

@@ -67,10 +67,11 @@ fn original_layout_matches_reference() {
     check_against_reference("original", Kernels::scalar());
 }
 
-/// The SIMD kernels that keep f32 activations hold the reference's 1e-4 too.
+/// The SIMD kernels that keep f32 activations hold the reference's 1e-4 too (`neon`; the
+/// x86 sets all run the experts on int16 activations, measured below).
 #[test]
 fn f32_simd_kernels_match_reference() {
-    for kern in [Isa::Avx512, Isa::Neon].into_iter().filter_map(Kernels::for_isa) {
+    for kern in [Isa::Neon].into_iter().filter_map(Kernels::for_isa) {
         check_against_reference("hf", kern);
     }
 }
@@ -97,13 +98,15 @@ fn bf16_dot_product_kernels_are_accurate_enough() {
     }
 }
 
-/// AVX2 and NEON with dotprod run the experts through int16 activations (as the VNNI path
-/// does): the fast-path bar, every next-token NLL within 0.01 of the reference and top-1 at
+/// AVX2, AVX-512 without BF16 and NEON with dotprod run the experts through int16
+/// activations (as the VNNI path does): the fast-path bar, every next-token NLL within 0.01 of the reference and top-1 at
 /// 99% or more.
 #[test]
 fn integer_expert_sets_are_accurate_enough() {
-    let sets: Vec<_> =
-        [Isa::Avx2, Isa::AvxVnni, Isa::NeonDotprod, Isa::NeonI8mm].into_iter().filter_map(Kernels::for_isa).collect();
+    let sets: Vec<_> = [Isa::Avx2, Isa::AvxVnni, Isa::Avx512, Isa::Avx512Vnni, Isa::NeonDotprod, Isa::NeonI8mm]
+        .into_iter()
+        .filter_map(Kernels::for_isa)
+        .collect();
     if sets.is_empty() {
         eprintln!("neither AVX2 nor NEON dotprod on this CPU; nothing to measure");
     }

@@ -44,6 +44,7 @@ fn main() {
         Isa::Avx2,
         Isa::AvxVnni,
         Isa::Avx512,
+        Isa::Avx512Vnni,
         Isa::Avx512Bf16,
         Isa::Avx512Bf16Round,
         Isa::Neon,

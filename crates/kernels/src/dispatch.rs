@@ -1,5 +1,5 @@
 //! Which kernels run: picked once from the CPU's features, or forced with
-//! `GPTOSS_KERNELS=scalar|avx2|avx-vnni|avx512|avx512bf16|avx512bf16-round|neon|neon-dotprod|neon-i8mm`
+//! `GPTOSS_KERNELS=scalar|avx2|avx-vnni|avx512|avx512vnni|avx512bf16|avx512bf16-round|neon|neon-dotprod|neon-i8mm`
 //! to test and compare. Call sites go through [`Kernels`] and never name an instruction set.
 
 use std::sync::OnceLock;
@@ -12,6 +12,9 @@ pub enum Isa {
     /// with the int16 expert dot products in one `vpdpwssd` instead of two instructions.
     AvxVnni,
     Avx512,
+    /// AVX-512 with VNNI and VBMI but not BF16 (Intel Ice Lake): the `avx512` set with the
+    /// MXFP4 experts through 512-bit `vpdpwssd`, as `avx512bf16` runs them.
+    Avx512Vnni,
     /// AVX-512 with BF16 dot products; matmul activations split into two bf16 terms
     /// (hi + lo), accurate to about 1e-5 like f32.
     Avx512Bf16,
@@ -36,6 +39,7 @@ impl Isa {
             Isa::Avx2 => "avx2",
             Isa::AvxVnni => "avx-vnni",
             Isa::Avx512 => "avx512",
+            Isa::Avx512Vnni => "avx512vnni",
             Isa::Avx512Bf16 => "avx512bf16",
             Isa::Avx512Bf16Round => "avx512bf16-round",
             Isa::Neon => "neon",
@@ -56,8 +60,20 @@ impl Isa {
                     && is_x86_feature_detected!("fma")
                     && is_x86_feature_detected!("avxvnni")
             }
+            // Every AVX-512 CPU has AVX2 and FMA; the set's experts use the AVX2 integer kernels.
             #[cfg(target_arch = "x86_64")]
-            Isa::Avx512 => is_x86_feature_detected!("avx512f"),
+            Isa::Avx512 => {
+                is_x86_feature_detected!("avx512f")
+                    && is_x86_feature_detected!("avx2")
+                    && is_x86_feature_detected!("fma")
+            }
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512Vnni => {
+                is_x86_feature_detected!("avx512f")
+                    && is_x86_feature_detected!("avx512bw")
+                    && is_x86_feature_detected!("avx512vbmi")
+                    && is_x86_feature_detected!("avx512vnni")
+            }
             #[cfg(target_arch = "x86_64")]
             Isa::Avx512Bf16 | Isa::Avx512Bf16Round => {
                 is_x86_feature_detected!("avx512f")
@@ -194,7 +210,7 @@ pub fn max_scratch_len(k: usize) -> (usize, usize) {
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum KernelError {
     #[error(
-        "GPTOSS_KERNELS={0:?} is not one of scalar, avx2, avx-vnni, avx512, avx512bf16, avx512bf16-round, neon, neon-dotprod, neon-i8mm"
+        "GPTOSS_KERNELS={0:?} is not one of scalar, avx2, avx-vnni, avx512, avx512vnni, avx512bf16, avx512bf16-round, neon, neon-dotprod, neon-i8mm"
     )]
     Unknown(String),
     #[error("GPTOSS_KERNELS={0}: this CPU does not support it")]
@@ -249,10 +265,13 @@ static AVX_VNNI: Kernels = Kernels {
     }),
     ..AVX2_SET
 };
+/// The AVX-512 set, also the base of [`AVX512_VNNI`].
 #[cfg(target_arch = "x86_64")]
-static AVX512: Kernels = Kernels {
+const AVX512_SET: Kernels = Kernels {
     isa: Isa::Avx512,
-    matmul_rows_f32_bf16w: crate::x86::avx512::matmul_rows_f32_bf16w,
+    // The AVX2 dense kernels: register-tiled prompts and prefetched rows, where the 512-bit
+    // ones are neither (20b, 2 threads: pp512 13.8 → 23.1 tokens/s).
+    matmul_rows_f32_bf16w: crate::x86::avx2::matmul_rows_f32_bf16w,
     matmul_rows_f32_mxfp4w: crate::x86::avx512::matmul_rows_f32_mxfp4w,
     matmul_rows_f32_affinew: crate::x86::avx512::matmul_rows_f32_affinew,
     matmul_rows_f32_f32w: crate::x86::avx512::matmul_rows_f32_f32w,
@@ -262,7 +281,25 @@ static AVX512: Kernels = Kernels {
     rmsnorm_f32: crate::x86::avx512::rmsnorm_f32,
     rope_apply_f32: crate::x86::avx512::rope_apply_f32,
     bf16_act: None,
-    i16_act: None,
+    // MXFP4 experts through the AVX2 integer kernels (every AVX-512 CPU has AVX2): the f32
+    // path widens every code and decodes a third as fast (Skylake-X, Cascade Lake).
+    i16_act: Some(I16Act {
+        quantize: crate::x86::avx2_i16::quantize_i16,
+        matmul_rows_i16a_mxfp4r16w: crate::x86::avx2_i16::matmul_rows_i16a_mxfp4r16w::<false>,
+        matmul_rows_i16a_affine4r16w: Some(crate::x86::avx2_i16::matmul_rows_i16a_affine4r16w::<false>),
+    }),
+};
+#[cfg(target_arch = "x86_64")]
+static AVX512: Kernels = AVX512_SET;
+#[cfg(target_arch = "x86_64")]
+static AVX512_VNNI: Kernels = Kernels {
+    isa: Isa::Avx512Vnni,
+    i16_act: Some(I16Act {
+        quantize: crate::x86::vnni::quantize_i16,
+        matmul_rows_i16a_mxfp4r16w: crate::x86::vnni::matmul_rows_i16a_mxfp4r16w,
+        matmul_rows_i16a_affine4r16w: Some(crate::x86::vnni::matmul_rows_i16a_affine4r16w),
+    }),
+    ..AVX512_SET
 };
 #[cfg(target_arch = "x86_64")]
 static AVX512_BF16: Kernels = Kernels {
@@ -375,6 +412,8 @@ impl Kernels {
             #[cfg(target_arch = "x86_64")]
             Isa::Avx512 => Some(&AVX512),
             #[cfg(target_arch = "x86_64")]
+            Isa::Avx512Vnni => Some(&AVX512_VNNI),
+            #[cfg(target_arch = "x86_64")]
             Isa::Avx512Bf16 => Some(&AVX512_BF16),
             #[cfg(target_arch = "x86_64")]
             Isa::Avx512Bf16Round => Some(&AVX512_BF16_ROUND),
@@ -391,13 +430,22 @@ impl Kernels {
 
     /// The fastest this CPU supports.
     pub fn detect() -> &'static Kernels {
-        [Isa::Avx512Bf16, Isa::Avx512, Isa::AvxVnni, Isa::Avx2, Isa::NeonI8mm, Isa::NeonDotprod, Isa::Neon]
-            .into_iter()
-            .find_map(Kernels::for_isa)
-            .unwrap_or(&SCALAR)
+        [
+            Isa::Avx512Bf16,
+            Isa::Avx512Vnni,
+            Isa::Avx512,
+            Isa::AvxVnni,
+            Isa::Avx2,
+            Isa::NeonI8mm,
+            Isa::NeonDotprod,
+            Isa::Neon,
+        ]
+        .into_iter()
+        .find_map(Kernels::for_isa)
+        .unwrap_or(&SCALAR)
     }
 
-    /// `scalar`, `avx2`, `avx-vnni`, `avx512`, `avx512bf16`, `avx512bf16-round`, `neon`,
+    /// `scalar`, `avx2`, `avx-vnni`, `avx512`, `avx512vnni`, `avx512bf16`, `avx512bf16-round`, `neon`,
     /// `neon-dotprod` or `neon-i8mm`; a set this CPU
     /// cannot run (`neon` on x86-64, the x86 sets on AArch64) is [`KernelError::Unsupported`].
     pub fn by_name(name: &str) -> Result<&'static Kernels, KernelError> {
@@ -406,6 +454,7 @@ impl Kernels {
             "avx2" => Isa::Avx2,
             "avx-vnni" | "avxvnni" => Isa::AvxVnni,
             "avx512" => Isa::Avx512,
+            "avx512vnni" => Isa::Avx512Vnni,
             "avx512bf16" => Isa::Avx512Bf16,
             "avx512bf16-round" => Isa::Avx512Bf16Round,
             "neon" => Isa::Neon,

@@ -23,11 +23,12 @@ impl Rng {
 }
 
 /// Every instruction set, each architecture's; only those this CPU runs are tested.
-const ALL_ISAS: [Isa; 9] = [
+const ALL_ISAS: [Isa; 10] = [
     Isa::Scalar,
     Isa::Avx2,
     Isa::AvxVnni,
     Isa::Avx512,
+    Isa::Avx512Vnni,
     Isa::Avx512Bf16,
     Isa::Avx512Bf16Round,
     Isa::Neon,

@@ -58,7 +58,7 @@ fn run(f: gptoss_kernels::dispatch::MatmulI16aMxfp4r16w, c: &Case, q: &[i16], s:
 }
 
 fn int_kernels() -> Vec<&'static Kernels> {
-    [Isa::Avx512Bf16, Isa::Avx2, Isa::AvxVnni, Isa::NeonDotprod, Isa::NeonI8mm]
+    [Isa::Avx512Bf16, Isa::Avx512Vnni, Isa::Avx512, Isa::Avx2, Isa::AvxVnni, Isa::NeonDotprod, Isa::NeonI8mm]
         .into_iter()
         .filter_map(Kernels::for_isa)
         .filter(|k| k.i16_act.is_some())
