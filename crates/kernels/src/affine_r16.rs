@@ -72,6 +72,13 @@ pub fn deinterleaved_index(c: usize) -> usize {
     (c / 8) * 8 + if c.is_multiple_of(2) { (c % 8) / 2 } else { 4 + (c % 8) / 2 }
 }
 
+/// f32 weight scales as the bytes the integer kernels' drivers take (they read them back as
+/// f32).
+pub(crate) fn f32_bytes(scales: &[f32]) -> &[u8] {
+    // SAFETY: any f32 is 4 initialized bytes; u8 has no alignment requirement.
+    unsafe { std::slice::from_raw_parts(scales.as_ptr() as *const u8, 4 * scales.len()) }
+}
+
 /// Panics (a caller bug) unless `xq [T, K]`, `xs [T, K/32]`, codes `[R, K/2]`, scales
 /// `[R, K/32]` (R a multiple of 16), bias `[R]` and out `[R, T]` agree; returns R.
 #[allow(clippy::too_many_arguments)]

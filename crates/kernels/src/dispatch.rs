@@ -375,7 +375,7 @@ static NEON_DOTPROD: Kernels = Kernels {
     i16_act: Some(I16Act {
         quantize: crate::mxfp4_r16::quantize_i16,
         matmul_rows_i16a_mxfp4r16w: crate::arm::neon_i16::matmul_rows_i16a_mxfp4r16w,
-        matmul_rows_i16a_affine4r16w: None,
+        matmul_rows_i16a_affine4r16w: Some(crate::arm::neon_i16::matmul_rows_i16a_affine4r16w),
     }),
     ..NEON_SET
 };
@@ -385,7 +385,7 @@ static NEON_I8MM: Kernels = Kernels {
     i16_act: Some(I16Act {
         quantize: crate::mxfp4_r16::quantize_i16,
         matmul_rows_i16a_mxfp4r16w: crate::arm::neon_i8mm::matmul_rows_i16a_mxfp4r16w,
-        matmul_rows_i16a_affine4r16w: None,
+        matmul_rows_i16a_affine4r16w: Some(crate::arm::neon_i8mm::matmul_rows_i16a_affine4r16w),
     }),
     ..NEON_SET
 };

@@ -229,7 +229,7 @@ fn repacked_4bit_kernels_match_their_twin_bit_for_bit() {
 }
 
 /// Codes 0 (centred: −8) against activations ±32767 with the signs aligned: the largest
-/// integer block sums (1.07e9 after the AVX2 kernel's ×256 lift, below 2^31).
+/// integer block sums of centred codes, which every kernel must keep exact.
 #[test]
 fn repacked_4bit_kernels_are_exact_at_the_largest_block_sums() {
     let mut rng = Rng(9);

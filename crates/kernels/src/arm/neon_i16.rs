@@ -20,6 +20,9 @@
 //! four 16-byte vectors (hi even, hi odd, lo even, lo odd columns), lane q holding the columns
 //! of quad q.
 //!
+//! 4-bit affine codes ([`crate::affine_r16`], MLX checkpoints) run the same way: the lookup
+//! gives `u − 8` instead of 2×E2M1 and the scales are f32.
+//!
 //! The `sdot` instructions are inline assembly: their intrinsics are not stable in Rust yet.
 
 use std::arch::aarch64::*;
@@ -27,6 +30,24 @@ use std::arch::asm;
 
 use crate::mxfp4::BLOCK;
 use crate::mxfp4_r16::{FP4_X2, GROUP, TILE_BYTES};
+
+/// The code lookup as int8: 2×E2M1 (MXFP4) or the centred affine codes `u − 8`.
+pub(super) fn code_table<const AFFINE: bool>() -> [i8; 16] {
+    std::array::from_fn(|i| if AFFINE { i as i8 - 8 } else { FP4_X2[i] as i8 })
+}
+
+/// Rows 4m..4m+4's weight scales of one block, `scales0` being the group's block-0 scales:
+/// E8M0 bytes as `weight_scale` computes them (2^(s − 127) · 0.5), or f32 (affine).
+#[inline(always)]
+pub(super) unsafe fn row_quad_scales<const AFFINE: bool>(scales0: *const u8, b: usize, m: usize) -> float32x4_t {
+    if AFFINE {
+        vld1q_f32((scales0 as *const f32).add(b * GROUP + 4 * m))
+    } else {
+        let s = std::ptr::read_unaligned(scales0.add(b * GROUP + 4 * m) as *const u32);
+        let s = vmovl_u16(vget_low_u16(vmovl_u8(vreinterpret_u8_u32(vdup_n_u32(s)))));
+        vmulq_n_f32(vreinterpretq_f32_u32(vshlq_n_u32::<23>(s)), 0.5)
+    }
+}
 
 /// Tokens per tile: each chunk is decoded once for this many tokens (2 int32 accumulators and
 /// one f32 accumulator per token, next to the decoded weights and constants, fit 32 registers).
@@ -92,7 +113,7 @@ unsafe fn prepare_token(xq: *const i16, blocks: usize, dst: *mut i8) {
 /// tokens whose prepared activations start at `x[t]`, into `out[(4m + ρ)·n_tok + t]`.
 #[target_feature(enable = "neon")]
 #[allow(clippy::too_many_arguments)]
-unsafe fn row_quad<const TB: usize>(
+unsafe fn row_quad<const TB: usize, const AFFINE: bool>(
     tile0: *const u8,
     scales0: *const u8,
     blocks: usize,
@@ -106,8 +127,7 @@ unsafe fn row_quad<const TB: usize>(
     // Bytes 4ρ..4ρ+4 of the regrouped chunk are row ρ's pairs 0..4 (see the layout).
     const REGROUP: [u8; 16] = [0, 2, 4, 6, 1, 3, 5, 7, 8, 10, 12, 14, 9, 11, 13, 15];
     let regroup = vld1q_u8(REGROUP.as_ptr());
-    let fp4: [i8; 16] = std::array::from_fn(|i| FP4_X2[i] as i8);
-    let fp4 = vld1q_s8(fp4.as_ptr());
+    let fp4 = vld1q_s8(code_table::<AFFINE>().as_ptr());
     let nibble = vdupq_n_u8(0x0f);
     let ones = vdupq_n_s8(1);
     let mut acc = [vdupq_n_f32(0.0); TB];
@@ -115,7 +135,7 @@ unsafe fn row_quad<const TB: usize>(
         let tile = tile0.add(b * TILE_BYTES + m * 16);
         let mut w_hi = [vdupq_n_s32(0); TB];
         let mut w_lo = [vdupq_n_s32(0); TB];
-        // Σ of the block's weights per byte position: 4 quads of |w| ≤ 12 + 12.
+        // Σ of the block's weights per byte position: 4 quads of |w| ≤ 12 + 12 (affine: 8 + 8).
         let mut w_sum8 = vdupq_n_s8(0);
         macro_rules! quad {
             ($q:literal) => {{
@@ -137,10 +157,7 @@ unsafe fn row_quad<const TB: usize>(
         quad!(2);
         quad!(3);
         let w_sum = sdot(vdupq_n_s32(0), w_sum8, ones);
-        // 2^(s − 127) · 0.5 per row, as `weight_scale` computes it.
-        let s = std::ptr::read_unaligned(scales0.add(b * GROUP + 4 * m) as *const u32);
-        let s = vmovl_u16(vget_low_u16(vmovl_u8(vreinterpret_u8_u32(vdup_n_u32(s)))));
-        let ws = vmulq_n_f32(vreinterpretq_f32_u32(vshlq_n_u32::<23>(s)), 0.5);
+        let ws = row_quad_scales::<AFFINE>(scales0, b, m);
         let w_sum_128 = vshlq_n_s32::<7>(w_sum);
         for t in 0..TB {
             let isum = vaddq_s32(vaddq_s32(vshlq_n_s32::<8>(w_hi[t]), w_lo[t]), w_sum_128);
@@ -164,7 +181,7 @@ unsafe fn row_quad<const TB: usize>(
 /// All groups for the TB tokens starting at `t0`.
 #[target_feature(enable = "neon")]
 #[allow(clippy::too_many_arguments)]
-unsafe fn token_tile<const TB: usize>(
+unsafe fn token_tile<const TB: usize, const AFFINE: bool>(
     codes: &[u8],
     scales: &[u8],
     xprep: *const i8,
@@ -177,11 +194,12 @@ unsafe fn token_tile<const TB: usize>(
 ) {
     let x: [*const i8; TB] = std::array::from_fn(|t| xprep.add(t * blocks * X_BLOCK_BYTES));
     let xs: [*const f32; TB] = std::array::from_fn(|t| xs.as_ptr().add((t0 + t) * blocks));
-    for g in 0..scales.len() / (blocks * GROUP) {
+    let scale_bytes = if AFFINE { 4 } else { 1 };
+    for g in 0..codes.len() / (blocks * TILE_BYTES) {
         for m in 0..GROUP / 4 {
-            row_quad::<TB>(
+            row_quad::<TB, AFFINE>(
                 codes.as_ptr().add(g * blocks * TILE_BYTES),
-                scales.as_ptr().add(g * blocks * GROUP),
+                scales.as_ptr().add(g * blocks * GROUP * scale_bytes),
                 blocks,
                 m,
                 x,
@@ -196,7 +214,7 @@ unsafe fn token_tile<const TB: usize>(
 
 #[target_feature(enable = "neon")]
 #[allow(clippy::too_many_arguments)]
-unsafe fn matmul_impl(
+unsafe fn matmul_impl<const AFFINE: bool>(
     xq: &[i16],
     xs: &[f32],
     n_tok: usize,
@@ -207,7 +225,6 @@ unsafe fn matmul_impl(
     scratch: &mut Vec<u32>,
 ) {
     let k = xq.len() / n_tok.max(1);
-    crate::scalar::check_i16a_shapes(xq, xs, n_tok, k, codes.len(), scales.len(), bias, out);
     let blocks = k / BLOCK;
     scratch.resize(scratch_words(k), 0);
     let base = scratch.as_mut_ptr() as *mut i8;
@@ -221,10 +238,10 @@ unsafe fn matmul_impl(
             prepare_token(xq.as_ptr().add((t0 + t) * k), blocks, xprep.add(t * blocks * X_BLOCK_BYTES));
         }
         match tb {
-            4 => token_tile::<4>(codes, scales, xprep, xs, t0, n_tok, blocks, bias, out),
-            3 => token_tile::<3>(codes, scales, xprep, xs, t0, n_tok, blocks, bias, out),
-            2 => token_tile::<2>(codes, scales, xprep, xs, t0, n_tok, blocks, bias, out),
-            _ => token_tile::<1>(codes, scales, xprep, xs, t0, n_tok, blocks, bias, out),
+            4 => token_tile::<4, AFFINE>(codes, scales, xprep, xs, t0, n_tok, blocks, bias, out),
+            3 => token_tile::<3, AFFINE>(codes, scales, xprep, xs, t0, n_tok, blocks, bias, out),
+            2 => token_tile::<2, AFFINE>(codes, scales, xprep, xs, t0, n_tok, blocks, bias, out),
+            _ => token_tile::<1, AFFINE>(codes, scales, xprep, xs, t0, n_tok, blocks, bias, out),
         }
         t0 += tb;
     }
@@ -243,8 +260,30 @@ pub fn matmul_rows_i16a_mxfp4r16w(
     out: &mut [f32],
     scratch: &mut Vec<u32>,
 ) {
-    // SAFETY: handed out by `Kernels` only when the CPU has NEON and dotprod; the shapes are
-    // checked before any pointer is formed, so every tile, token and output offset is in
-    // bounds, and the scratch is sized for one tile of tokens.
-    unsafe { matmul_impl(xq, xs, n_tok, codes, scales, bias, out, scratch) }
+    let k = xq.len() / n_tok.max(1);
+    crate::scalar::check_i16a_shapes(xq, xs, n_tok, k, codes.len(), scales.len(), bias, out);
+    // SAFETY: handed out by `Kernels` only when the CPU has NEON and dotprod; the shapes were
+    // checked, so every tile, token and output offset is in bounds, and the scratch is sized
+    // for one tile of tokens.
+    unsafe { matmul_impl::<false>(xq, xs, n_tok, codes, scales, bias, out, scratch) }
+}
+
+/// See [`crate::scalar::matmul_rows_i16a_affine4r16w`]; as the MXFP4 kernel, with the
+/// centred codes and f32 scales.
+#[allow(clippy::too_many_arguments)]
+pub fn matmul_rows_i16a_affine4r16w(
+    xq: &[i16],
+    xs: &[f32],
+    n_tok: usize,
+    codes: &[u8],
+    scales: &[f32],
+    bias: Option<&[f32]>,
+    out: &mut [f32],
+    scratch: &mut Vec<u32>,
+) {
+    let k = xq.len() / n_tok.max(1);
+    crate::affine_r16::check_shapes(xq, xs, n_tok, k, codes.len(), scales.len(), bias, out);
+    let scales = crate::affine_r16::f32_bytes(scales);
+    // SAFETY: as for the MXFP4 kernel; the scales are f32, 4 bytes each, read as such.
+    unsafe { matmul_impl::<true>(xq, xs, n_tok, codes, scales, bias, out, scratch) }
 }

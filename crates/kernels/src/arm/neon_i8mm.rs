@@ -18,13 +18,17 @@
 //! out once per call to match: per token pair and block, 8 vectors (hi, then lo, of column
 //! chunks 0..4), each `[token 0's 8 columns, token 1's 8 columns]`.
 //!
+//! 4-bit affine codes ([`crate::affine_r16`], MLX checkpoints) run the same way, with the
+//! centred codes `u − 8` and f32 scales.
+//!
 //! `smmla` is inline assembly: its intrinsic is not stable in Rust yet.
 
 use std::arch::aarch64::*;
 use std::arch::asm;
 
+use super::neon_i16::{code_table, row_quad_scales};
 use crate::mxfp4::BLOCK;
-use crate::mxfp4_r16::{FP4_X2, GROUP, TILE_BYTES};
+use crate::mxfp4_r16::{GROUP, TILE_BYTES};
 
 /// Token pairs per tile: each chunk is decoded once for this many pairs (per row pair and
 /// token pair two int32 and one f32 accumulator, next to the decoded weights and the
@@ -78,7 +82,7 @@ unsafe fn prepare_pair(x0: *const i16, x1: Option<*const i16>, blocks: usize, ds
 /// first `valid` of the 2·TB tokens are stored, token t into `out[(4m + ρ)·n_tok + t]`.
 #[target_feature(enable = "neon")]
 #[allow(clippy::too_many_arguments)]
-unsafe fn row_quad<const TB: usize>(
+unsafe fn row_quad<const TB: usize, const AFFINE: bool>(
     tile0: *const u8,
     scales0: *const u8,
     blocks: usize,
@@ -90,8 +94,7 @@ unsafe fn row_quad<const TB: usize>(
     n_tok: usize,
     valid: usize,
 ) {
-    let fp4: [i8; 16] = std::array::from_fn(|i| FP4_X2[i] as i8);
-    let fp4 = vld1q_s8(fp4.as_ptr());
+    let fp4 = vld1q_s8(code_table::<AFFINE>().as_ptr());
     let nibble = vdupq_n_u8(0x0f);
     let ones = vdupq_n_s8(1);
     // [pair A = rows (4m, 4m+2), pair B = rows (4m+1, 4m+3)] × token pairs, lanes
@@ -101,7 +104,7 @@ unsafe fn row_quad<const TB: usize>(
         let tile = tile0.add(b * TILE_BYTES + m * 16);
         let mut w_hi = [[vdupq_n_s32(0); TB]; 2];
         let mut w_lo = [[vdupq_n_s32(0); TB]; 2];
-        // Σ of the block's weights per byte position: 4 chunks of |w| ≤ 12.
+        // Σ of the block's weights per byte position: 4 chunks of |w| ≤ 12 (affine: 8).
         let mut w_sum8 = [vdupq_n_s8(0); 2];
         for c in 0..4 {
             let raw = vld1q_u8(tile.add(c * 64));
@@ -120,10 +123,8 @@ unsafe fn row_quad<const TB: usize>(
                 }
             }
         }
-        // 2^(s − 127) · 0.5 per row, as `weight_scale` computes it: [w0, w1, w2, w3].
-        let s = std::ptr::read_unaligned(scales0.add(b * GROUP + 4 * m) as *const u32);
-        let s = vmovl_u16(vget_low_u16(vmovl_u8(vreinterpret_u8_u32(vdup_n_u32(s)))));
-        let ws = vmulq_n_f32(vreinterpretq_f32_u32(vshlq_n_u32::<23>(s)), 0.5);
+        // [w0, w1, w2, w3]: rows 4m..4m+4's scales.
+        let ws = row_quad_scales::<AFFINE>(scales0, b, m);
         // Per row pair, each row's scale twice: [w0, w0, w2, w2] and [w1, w1, w3, w3].
         let ws = [vtrn1q_f32(ws, ws), vtrn2q_f32(ws, ws)];
         for pair in 0..2 {
@@ -160,7 +161,7 @@ unsafe fn row_quad<const TB: usize>(
 /// All groups for the 2·TB tokens starting at `t0`, of which `valid` are real.
 #[target_feature(enable = "neon")]
 #[allow(clippy::too_many_arguments)]
-unsafe fn token_tile<const TB: usize>(
+unsafe fn token_tile<const TB: usize, const AFFINE: bool>(
     codes: &[u8],
     scales: &[u8],
     xprep: *const i8,
@@ -180,11 +181,12 @@ unsafe fn token_tile<const TB: usize>(
             xs.as_ptr().add(t * blocks)
         })
     });
-    for g in 0..scales.len() / (blocks * GROUP) {
+    let scale_bytes = if AFFINE { 4 } else { 1 };
+    for g in 0..codes.len() / (blocks * TILE_BYTES) {
         for m in 0..GROUP / 4 {
-            row_quad::<TB>(
+            row_quad::<TB, AFFINE>(
                 codes.as_ptr().add(g * blocks * TILE_BYTES),
-                scales.as_ptr().add(g * blocks * GROUP),
+                scales.as_ptr().add(g * blocks * GROUP * scale_bytes),
                 blocks,
                 m,
                 x,
@@ -200,7 +202,7 @@ unsafe fn token_tile<const TB: usize>(
 
 #[target_feature(enable = "neon")]
 #[allow(clippy::too_many_arguments)]
-unsafe fn matmul_impl(
+unsafe fn matmul_impl<const AFFINE: bool>(
     xq: &[i16],
     xs: &[f32],
     n_tok: usize,
@@ -211,7 +213,6 @@ unsafe fn matmul_impl(
     scratch: &mut Vec<u32>,
 ) {
     let k = xq.len() / n_tok.max(1);
-    crate::scalar::check_i16a_shapes(xq, xs, n_tok, k, codes.len(), scales.len(), bias, out);
     let blocks = k / BLOCK;
     scratch.resize(scratch_words(k), 0);
     let base = scratch.as_mut_ptr() as *mut i8;
@@ -228,8 +229,8 @@ unsafe fn matmul_impl(
             prepare_pair(xq.as_ptr().add(a * k), second, blocks, xprep.add(p * blocks * X_PAIR_BLOCK_BYTES));
         }
         match pairs {
-            2 => token_tile::<2>(codes, scales, xprep, xs, t0, valid, n_tok, blocks, bias, out),
-            _ => token_tile::<1>(codes, scales, xprep, xs, t0, valid, n_tok, blocks, bias, out),
+            2 => token_tile::<2, AFFINE>(codes, scales, xprep, xs, t0, valid, n_tok, blocks, bias, out),
+            _ => token_tile::<1, AFFINE>(codes, scales, xprep, xs, t0, valid, n_tok, blocks, bias, out),
         }
         t0 += valid;
     }
@@ -251,8 +252,33 @@ pub fn matmul_rows_i16a_mxfp4r16w(
     if n_tok == 1 {
         return super::neon_i16::matmul_rows_i16a_mxfp4r16w(xq, xs, n_tok, codes, scales, bias, out, scratch);
     }
+    let k = xq.len() / n_tok.max(1);
+    crate::scalar::check_i16a_shapes(xq, xs, n_tok, k, codes.len(), scales.len(), bias, out);
     // SAFETY: handed out by `Kernels` only when the CPU has NEON, dotprod and i8mm; the
-    // shapes are checked before any pointer is formed, so every tile, token and output
-    // offset is in bounds, and the scratch is sized for one tile of token pairs.
-    unsafe { matmul_impl(xq, xs, n_tok, codes, scales, bias, out, scratch) }
+    // shapes were checked, so every tile, token and output offset is in bounds, and the
+    // scratch is sized for one tile of token pairs.
+    unsafe { matmul_impl::<false>(xq, xs, n_tok, codes, scales, bias, out, scratch) }
+}
+
+/// See [`crate::scalar::matmul_rows_i16a_affine4r16w`]; as the MXFP4 kernel, with the
+/// centred codes and f32 scales.
+#[allow(clippy::too_many_arguments)]
+pub fn matmul_rows_i16a_affine4r16w(
+    xq: &[i16],
+    xs: &[f32],
+    n_tok: usize,
+    codes: &[u8],
+    scales: &[f32],
+    bias: Option<&[f32]>,
+    out: &mut [f32],
+    scratch: &mut Vec<u32>,
+) {
+    if n_tok == 1 {
+        return super::neon_i16::matmul_rows_i16a_affine4r16w(xq, xs, n_tok, codes, scales, bias, out, scratch);
+    }
+    let k = xq.len() / n_tok.max(1);
+    crate::affine_r16::check_shapes(xq, xs, n_tok, k, codes.len(), scales.len(), bias, out);
+    let scales = crate::affine_r16::f32_bytes(scales);
+    // SAFETY: as for the MXFP4 kernel; the scales are f32, 4 bytes each, read as such.
+    unsafe { matmul_impl::<true>(xq, xs, n_tok, codes, scales, bias, out, scratch) }
 }

@@ -557,5 +557,5 @@ pub fn matmul_rows_i16a_affine4r16w<const VNNI: bool>(
     scratch: &mut Vec<u32>,
 ) {
     let parts = if VNNI { &AFFINE4_PARTS_VNNI } else { &AFFINE4_PARTS };
-    matmul(parts, xq, xs, n_tok, codes, super::f32_bytes(scales), bias, out, scratch)
+    matmul(parts, xq, xs, n_tok, codes, crate::affine_r16::f32_bytes(scales), bias, out, scratch)
 }

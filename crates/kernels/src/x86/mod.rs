@@ -40,12 +40,6 @@ pub(crate) struct I16aParts {
     pub scale_bytes: usize,
 }
 
-/// f32 weight scales as the bytes [`I16aParts`] drivers take (they read them back as f32).
-pub(crate) fn f32_bytes(scales: &[f32]) -> &[u8] {
-    // SAFETY: any f32 is 4 initialized bytes; u8 has no alignment requirement.
-    unsafe { std::slice::from_raw_parts(scales.as_ptr() as *const u8, 4 * scales.len()) }
-}
-
 /// See [`crate::scalar::matmul_rows_i16a_mxfp4r16w`]: one token group by group in
 /// registers; several through decoded panels kept in `scratch`.
 ///

@@ -298,7 +298,7 @@ pub fn matmul_rows_i16a_affine4r16w(
     out: &mut [f32],
     scratch: &mut Vec<u32>,
 ) {
-    let scales = super::f32_bytes(scales);
+    let scales = crate::affine_r16::f32_bytes(scales);
     // SAFETY: handed out by `Kernels` only when the CPU has AVX-512F/BW/VBMI/VNNI.
     unsafe { super::matmul_rows_i16a(&AFFINE4_PARTS, xq, xs, n_tok, codes, scales, bias, out, scratch) }
 }
