@@ -138,8 +138,8 @@ fn linear_affine4_r16(
     let OpsBuffers { out_t, xq, xq_scales, x_group_sums, .. } = bufs;
     let (q, xs) = (sized(xq, x.len()), sized(xq_scales, x.len() / BLOCK));
     let ia = kern.i16_act.as_ref();
-    let quantize = ia.map_or(gptoss_kernels::mxfp4_r16::quantize_i16 as _, |ia| ia.quantize);
-    quantize(x, q, xs);
+    let quantize = ia.map_or(gptoss_kernels::mxfp4_r16::quantize_codes as _, |ia| ia.quantize);
+    quantize(x, gptoss_kernels::mxfp4_r16::Q_MAX, q, xs);
     let sums = sized(x_group_sums, n_tok * groups);
     for (s, xg) in sums.iter_mut().zip(x.chunks_exact(group)) {
         *s = xg.iter().sum();
@@ -374,18 +374,23 @@ pub fn linear_mxfp4_experts(
     assert!(groups.iter().all(|g| g.rows.end <= n_rows), "linear: group rows past the input");
     let OpsBuffers { out_t, xb, xq, xq_scales, tasks: task_buf, transposes: transpose_buf, .. } = bufs;
 
-    // Activations as the kernels read them: int16 codes and block scales for repacked
-    // weights, bf16 terms for the bf16-activation kernels, f32 otherwise.
+    // Activations as the kernels read them: int16 codes (int8-range for the `-int8` sets)
+    // and block scales for repacked weights, bf16 terms for the bf16-activation kernels, f32 otherwise.
     let act = match (w.layout, &kern.bf16_act) {
         (Mxfp4Layout::Rows16, _) => {
             let (q, s) = (sized(xq, x.len()), sized(xq_scales, x.len() / gptoss_kernels::mxfp4::BLOCK));
-            let quantize = kern.i16_act.as_ref().map_or(gptoss_kernels::mxfp4_r16::quantize_i16 as _, |ia| ia.quantize);
+            let (quantize, q_max) = kern
+                .i16_act
+                .as_ref()
+                .map_or((gptoss_kernels::mxfp4_r16::quantize_codes as _, gptoss_kernels::mxfp4_r16::Q_MAX), |ia| {
+                    (ia.quantize, ia.expert_q_max)
+                });
             // Rows are independent, so any split gives the same codes.
             let per = rows_per_task(n_rows).div_ceil(4).max(1);
             x.par_chunks(per * k)
                 .zip(q.par_chunks_mut(per * k))
                 .zip(s.par_chunks_mut(per * spr))
-                .for_each(|((x, q), s)| quantize(x, q, s));
+                .for_each(|((x, q), s)| quantize(x, q_max, q, s));
             Act::I16 { q, scales: s }
         }
         (Mxfp4Layout::Rows, Some(ba)) => {

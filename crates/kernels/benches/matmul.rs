@@ -1,8 +1,9 @@
 //! Single-thread matmul throughput at the 20b expert and attention shapes, for every kernel
-//! set this CPU runs: `cargo bench -p gptoss-kernels --bench matmul [-- FILTER]`.
+//! set this CPU runs: `[TOKS=1,64] [REPS=N] cargo bench -p gptoss-kernels --bench matmul [-- FILTER]`.
 //! Prints GMAC/s (multiply-adds of the model, not of the split terms) and, for one token,
 //! the weight bytes streamed per second. Kernel sets with integer MXFP4 kernels add a line
-//! for those (weights repacked, activations quantized to int16).
+//! for those (weights repacked, activations quantized to int16, or to int8 range where the
+//! set's prompt kernels multiply bytes).
 
 use std::time::Instant;
 
@@ -43,6 +44,8 @@ fn main() {
     let isas = [
         Isa::Avx2,
         Isa::AvxVnni,
+        Isa::Avx2Int8,
+        Isa::AvxVnniInt8,
         Isa::Avx512,
         Isa::Avx512Vnni,
         Isa::Avx512Bf16,
@@ -68,7 +71,9 @@ fn main() {
             let macs = (rows * k * n_tok) as f64;
             for isa in isas.iter().filter(|i| i.supported()) {
                 let Some(kern) = Kernels::for_isa(*isa) else { continue };
-                let reps = if n_tok == 1 { 50 } else { 5 };
+                // Best of REPS timings (default 50 for one token, 5 for more): more on a noisy machine.
+                let reps =
+                    std::env::var("REPS").ok().and_then(|r| r.parse().ok()).unwrap_or(if n_tok == 1 { 50 } else { 5 });
                 let (t_fp4, t_bf16) = match &kern.bf16_act {
                     Some(ba) => {
                         let mut x = vec![0u16; ba.terms * n_tok * k];
@@ -146,18 +151,26 @@ fn main() {
                 if let (Some(ia), true) = (&kern.i16_act, rows % 16 == 0) {
                     let (mut pc, mut ps) = (vec![0u8; codes.len()], vec![0u8; scales.len()]);
                     gptoss_kernels::mxfp4_r16::pack(&codes, &scales, k, &mut pc, &mut ps);
-                    let (mut q, mut xs) = (vec![0i16; xf.len()], vec![0f32; xf.len() / 32]);
-                    gptoss_kernels::mxfp4_r16::quantize_i16(&xf, &mut q, &mut xs);
-                    let mut scratch = Vec::new();
-                    let t = best(reps, || {
-                        (ia.matmul_rows_i16a_mxfp4r16w)(&q, &xs, n_tok, &pc, &ps, None, &mut out, &mut scratch)
-                    });
-                    println!(
-                        "{name:8} T={n_tok:3} {:17} mxfp4 {:7.1} GMAC/s {:5.1} GB/s (int16 activations, repacked)",
-                        isa.name(),
-                        macs / t / 1e9,
-                        gb((codes.len() + scales.len()) as f64, t),
-                    );
+                    // The set's own code range and, where that is int8, full int16 codes beside it.
+                    let mut q_maxes = vec![ia.expert_q_max];
+                    if ia.expert_q_max != gptoss_kernels::mxfp4_r16::Q_MAX {
+                        q_maxes.push(gptoss_kernels::mxfp4_r16::Q_MAX);
+                    }
+                    for q_max in q_maxes {
+                        let (mut q, mut xs) = (vec![0i16; xf.len()], vec![0f32; xf.len() / 32]);
+                        gptoss_kernels::mxfp4_r16::quantize_codes(&xf, q_max, &mut q, &mut xs);
+                        let mut scratch = Vec::new();
+                        let t = best(reps, || {
+                            (ia.matmul_rows_i16a_mxfp4r16w)(&q, &xs, n_tok, &pc, &ps, None, &mut out, &mut scratch)
+                        });
+                        println!(
+                            "{name:8} T={n_tok:3} {:17} mxfp4 {:7.1} GMAC/s {:5.1} GB/s (int{} activations, repacked)",
+                            isa.name(),
+                            macs / t / 1e9,
+                            gb((codes.len() + scales.len()) as f64, t),
+                            if q_max <= 127.0 { 8 } else { 16 },
+                        );
+                    }
                 }
             }
         }

@@ -1,5 +1,5 @@
 //! Which kernels run: picked once from the CPU's features, or forced with
-//! `GPTOSS_KERNELS=scalar|avx2|avx-vnni|avx512|avx512vnni|avx512bf16|avx512bf16-round|neon|neon-dotprod|neon-i8mm`
+//! `GPTOSS_KERNELS=scalar|avx2|avx2-int8|avx-vnni|avx-vnni-int8|avx512|avx512vnni|avx512bf16|avx512bf16-round|neon|neon-dotprod|neon-i8mm`
 //! to test and compare. Call sites go through [`Kernels`] and never name an instruction set.
 
 use std::sync::OnceLock;
@@ -11,6 +11,13 @@ pub enum Isa {
     /// AVX2 with AVX-VNNI (Intel Alder Lake and later client parts, Zen 5): the AVX2 set,
     /// with the int16 expert dot products in one `vpdpwssd` instead of two instructions.
     AvxVnni,
+    /// `avx2` with the prompt's MXFP4 experts on activations quantized to int8 range and
+    /// multiplied as bytes (`vpmaddubsw`): 1.6× the expert arithmetic rate on a Xeon (Sapphire
+    /// Rapids), 1.1–1.25× on Zen 3, but fails the accuracy bar on the fixture (README), so
+    /// never picked unless asked for.
+    Avx2Int8,
+    /// `avx-vnni` the same way, through `vpdpbusd`: 1.7–1.9× its int16 experts.
+    AvxVnniInt8,
     Avx512,
     /// AVX-512 with VNNI and VBMI but not BF16 (Intel Ice Lake): the `avx512` set with the
     /// MXFP4 experts through 512-bit `vpdpwssd`, as `avx512bf16` runs them.
@@ -38,6 +45,8 @@ impl Isa {
             Isa::Scalar => "scalar",
             Isa::Avx2 => "avx2",
             Isa::AvxVnni => "avx-vnni",
+            Isa::Avx2Int8 => "avx2-int8",
+            Isa::AvxVnniInt8 => "avx-vnni-int8",
             Isa::Avx512 => "avx512",
             Isa::Avx512Vnni => "avx512vnni",
             Isa::Avx512Bf16 => "avx512bf16",
@@ -53,9 +62,9 @@ impl Isa {
         match self {
             Isa::Scalar => true,
             #[cfg(target_arch = "x86_64")]
-            Isa::Avx2 => is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"),
+            Isa::Avx2 | Isa::Avx2Int8 => is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"),
             #[cfg(target_arch = "x86_64")]
-            Isa::AvxVnni => {
+            Isa::AvxVnni | Isa::AvxVnniInt8 => {
                 is_x86_feature_detected!("avx2")
                     && is_x86_feature_detected!("fma")
                     && is_x86_feature_detected!("avxvnni")
@@ -142,11 +151,16 @@ pub type MatmulI16aMxfp4r16w = fn(&[i16], &[f32], usize, &[u8], &[u8], Option<&[
 
 /// MXFP4 experts through integer dot products: the weights are repacked at load
 /// ([`crate::mxfp4_r16::pack`]) and activations quantized per block by
-/// [`crate::mxfp4_r16::quantize_i16`].
+/// [`crate::mxfp4_r16::quantize_codes`].
 pub struct I16Act {
-    /// f32 `[T, K]` → int16 codes `[T, K]` and scales `[T, K/32]`, bit for bit
-    /// [`crate::mxfp4_r16::quantize_i16`].
-    pub quantize: fn(&[f32], &mut [i16], &mut [f32]),
+    /// f32 `[T, K]` and the largest code → int16 codes `[T, K]` and scales `[T, K/32]`, bit
+    /// for bit [`crate::mxfp4_r16::quantize_codes`].
+    pub quantize: fn(&[f32], f32, &mut [i16], &mut [f32]),
+    /// The largest code of the activations the MXFP4 experts get: [`crate::mxfp4_r16::Q_MAX`],
+    /// or [`crate::mxfp4_r16::Q_MAX_I8`] for sets whose prompt kernels multiply bytes (any
+    /// codes give the twin's result; int8-range ones are what makes those kernels fast). The
+    /// affine kernels always get the full int16 range.
+    pub expert_q_max: f32,
     pub matmul_rows_i16a_mxfp4r16w: MatmulI16aMxfp4r16w,
     /// 4-bit affine weights repacked the same way ([`crate::affine_r16`]), when the set has a
     /// kernel for them (else they stay in rows, read by [`Kernels::matmul_rows_f32_affinew`]).
@@ -210,7 +224,7 @@ pub fn max_scratch_len(k: usize) -> (usize, usize) {
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum KernelError {
     #[error(
-        "GPTOSS_KERNELS={0:?} is not one of scalar, avx2, avx-vnni, avx512, avx512vnni, avx512bf16, avx512bf16-round, neon, neon-dotprod, neon-i8mm"
+        "GPTOSS_KERNELS={0:?} is not one of scalar, avx2, avx2-int8, avx-vnni, avx-vnni-int8, avx512, avx512vnni, avx512bf16, avx512bf16-round, neon, neon-dotprod, neon-i8mm"
     )]
     Unknown(String),
     #[error("GPTOSS_KERNELS={0}: this CPU does not support it")]
@@ -248,7 +262,8 @@ const AVX2_SET: Kernels = Kernels {
     // MXFP4 experts through vpmaddwd on int16 activations: the f32 path widens every code
     // and is bound by arithmetic, not by memory.
     i16_act: Some(I16Act {
-        quantize: crate::x86::avx2_i16::quantize_i16,
+        quantize: crate::x86::avx2_i16::quantize_codes,
+        expert_q_max: crate::mxfp4_r16::Q_MAX,
         matmul_rows_i16a_mxfp4r16w: crate::x86::avx2_i16::matmul_rows_i16a_mxfp4r16w::<false>,
         matmul_rows_i16a_affine4r16w: Some(crate::x86::avx2_i16::matmul_rows_i16a_affine4r16w::<false>),
     }),
@@ -259,8 +274,34 @@ static AVX2: Kernels = AVX2_SET;
 static AVX_VNNI: Kernels = Kernels {
     isa: Isa::AvxVnni,
     i16_act: Some(I16Act {
-        quantize: crate::x86::avx2_i16::quantize_i16,
+        quantize: crate::x86::avx2_i16::quantize_codes,
+        expert_q_max: crate::mxfp4_r16::Q_MAX,
         matmul_rows_i16a_mxfp4r16w: crate::x86::avx2_i16::matmul_rows_i16a_mxfp4r16w::<true>,
+        matmul_rows_i16a_affine4r16w: Some(crate::x86::avx2_i16::matmul_rows_i16a_affine4r16w::<true>),
+    }),
+    ..AVX2_SET
+};
+/// [`AVX2`] with int8-range activations for the MXFP4 experts: prompts through byte
+/// products ([`crate::x86::avx2_i8`]), one token as before (memory-bound either way).
+#[cfg(target_arch = "x86_64")]
+static AVX2_INT8: Kernels = Kernels {
+    isa: Isa::Avx2Int8,
+    i16_act: Some(I16Act {
+        quantize: crate::x86::avx2_i16::quantize_codes,
+        expert_q_max: crate::mxfp4_r16::Q_MAX_I8,
+        matmul_rows_i16a_mxfp4r16w: crate::x86::avx2_i8::matmul_rows_i16a_mxfp4r16w::<false>,
+        matmul_rows_i16a_affine4r16w: Some(crate::x86::avx2_i16::matmul_rows_i16a_affine4r16w::<false>),
+    }),
+    ..AVX2_SET
+};
+/// [`AVX_VNNI`] the same way, with `vpdpbusd`.
+#[cfg(target_arch = "x86_64")]
+static AVX_VNNI_INT8: Kernels = Kernels {
+    isa: Isa::AvxVnniInt8,
+    i16_act: Some(I16Act {
+        quantize: crate::x86::avx2_i16::quantize_codes,
+        expert_q_max: crate::mxfp4_r16::Q_MAX_I8,
+        matmul_rows_i16a_mxfp4r16w: crate::x86::avx2_i8::matmul_rows_i16a_mxfp4r16w::<true>,
         matmul_rows_i16a_affine4r16w: Some(crate::x86::avx2_i16::matmul_rows_i16a_affine4r16w::<true>),
     }),
     ..AVX2_SET
@@ -284,7 +325,8 @@ const AVX512_SET: Kernels = Kernels {
     // MXFP4 experts through the AVX2 integer kernels (every AVX-512 CPU has AVX2): the f32
     // path widens every code and decodes a third as fast (Skylake-X, Cascade Lake).
     i16_act: Some(I16Act {
-        quantize: crate::x86::avx2_i16::quantize_i16,
+        quantize: crate::x86::avx2_i16::quantize_codes,
+        expert_q_max: crate::mxfp4_r16::Q_MAX,
         matmul_rows_i16a_mxfp4r16w: crate::x86::avx2_i16::matmul_rows_i16a_mxfp4r16w::<false>,
         matmul_rows_i16a_affine4r16w: Some(crate::x86::avx2_i16::matmul_rows_i16a_affine4r16w::<false>),
     }),
@@ -295,7 +337,8 @@ static AVX512: Kernels = AVX512_SET;
 static AVX512_VNNI: Kernels = Kernels {
     isa: Isa::Avx512Vnni,
     i16_act: Some(I16Act {
-        quantize: crate::x86::vnni::quantize_i16,
+        quantize: crate::x86::vnni::quantize_codes,
+        expert_q_max: crate::mxfp4_r16::Q_MAX,
         matmul_rows_i16a_mxfp4r16w: crate::x86::vnni::matmul_rows_i16a_mxfp4r16w,
         matmul_rows_i16a_affine4r16w: Some(crate::x86::vnni::matmul_rows_i16a_affine4r16w),
     }),
@@ -322,7 +365,8 @@ static AVX512_BF16: Kernels = Kernels {
         matmul_rows_bf16a_q8w: crate::x86::avx512bf16::matmul_rows_bf16a_q8w::<2>,
     }),
     i16_act: Some(I16Act {
-        quantize: crate::x86::vnni::quantize_i16,
+        quantize: crate::x86::vnni::quantize_codes,
+        expert_q_max: crate::mxfp4_r16::Q_MAX,
         matmul_rows_i16a_mxfp4r16w: crate::x86::vnni::matmul_rows_i16a_mxfp4r16w,
         matmul_rows_i16a_affine4r16w: Some(crate::x86::vnni::matmul_rows_i16a_affine4r16w),
     }),
@@ -373,7 +417,8 @@ static NEON_DOTPROD: Kernels = Kernels {
     // MXFP4 experts through sdot on int16 activations; quantizing is a small part of a
     // matmul, so it stays on the twin.
     i16_act: Some(I16Act {
-        quantize: crate::mxfp4_r16::quantize_i16,
+        quantize: crate::mxfp4_r16::quantize_codes,
+        expert_q_max: crate::mxfp4_r16::Q_MAX,
         matmul_rows_i16a_mxfp4r16w: crate::arm::neon_i16::matmul_rows_i16a_mxfp4r16w,
         matmul_rows_i16a_affine4r16w: Some(crate::arm::neon_i16::matmul_rows_i16a_affine4r16w),
     }),
@@ -383,7 +428,8 @@ static NEON_DOTPROD: Kernels = Kernels {
 static NEON_I8MM: Kernels = Kernels {
     isa: Isa::NeonI8mm,
     i16_act: Some(I16Act {
-        quantize: crate::mxfp4_r16::quantize_i16,
+        quantize: crate::mxfp4_r16::quantize_codes,
+        expert_q_max: crate::mxfp4_r16::Q_MAX,
         matmul_rows_i16a_mxfp4r16w: crate::arm::neon_i8mm::matmul_rows_i16a_mxfp4r16w,
         matmul_rows_i16a_affine4r16w: Some(crate::arm::neon_i8mm::matmul_rows_i16a_affine4r16w),
     }),
@@ -409,6 +455,10 @@ impl Kernels {
             Isa::Avx2 => Some(&AVX2),
             #[cfg(target_arch = "x86_64")]
             Isa::AvxVnni => Some(&AVX_VNNI),
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2Int8 => Some(&AVX2_INT8),
+            #[cfg(target_arch = "x86_64")]
+            Isa::AvxVnniInt8 => Some(&AVX_VNNI_INT8),
             #[cfg(target_arch = "x86_64")]
             Isa::Avx512 => Some(&AVX512),
             #[cfg(target_arch = "x86_64")]
@@ -445,7 +495,7 @@ impl Kernels {
         .unwrap_or(&SCALAR)
     }
 
-    /// `scalar`, `avx2`, `avx-vnni`, `avx512`, `avx512vnni`, `avx512bf16`, `avx512bf16-round`, `neon`,
+    /// `scalar`, `avx2`, `avx2-int8`, `avx-vnni`, `avx-vnni-int8`, `avx512`, `avx512vnni`, `avx512bf16`, `avx512bf16-round`, `neon`,
     /// `neon-dotprod` or `neon-i8mm`; a set this CPU
     /// cannot run (`neon` on x86-64, the x86 sets on AArch64) is [`KernelError::Unsupported`].
     pub fn by_name(name: &str) -> Result<&'static Kernels, KernelError> {
@@ -453,6 +503,8 @@ impl Kernels {
             "scalar" => Isa::Scalar,
             "avx2" => Isa::Avx2,
             "avx-vnni" | "avxvnni" => Isa::AvxVnni,
+            "avx2-int8" => Isa::Avx2Int8,
+            "avx-vnni-int8" | "avxvnni-int8" => Isa::AvxVnniInt8,
             "avx512" => Isa::Avx512,
             "avx512vnni" => Isa::Avx512Vnni,
             "avx512bf16" => Isa::Avx512Bf16,

@@ -31,6 +31,9 @@ pub const GROUP: usize = 16;
 pub const TILE_BYTES: usize = GROUP * BLOCK_BYTES;
 /// The largest activation code: symmetric, so negation never overflows.
 pub const Q_MAX: f32 = 32767.0;
+/// The largest code of int8-range activations ([`quantize_codes`] with it): what the AVX2
+/// prompt kernels multiply as bytes (`vpmaddubsw`, `vpdpbusd`).
+pub const Q_MAX_I8: f32 = 127.0;
 
 /// 2 × E2M1 value of a code: exact small integers.
 pub const FP4_X2: [i16; 16] = [0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12];
@@ -125,19 +128,27 @@ pub fn weight_scale(s: u8) -> f32 {
     f32::from_bits((s as u32) << 23) * 0.5
 }
 
-/// Panics (a caller bug) unless `x` is whole blocks and `q`, `xs` are `[T, K]`, `[T, K/32]`.
-pub(crate) fn check_quantize_shapes(x: &[f32], q: &[i16], xs: &[f32]) {
+/// Panics (a caller bug) unless `x` is whole blocks, `q`, `xs` are `[T, K]`, `[T, K/32]` and
+/// `q_max` is a whole number in 1..=32767.
+pub(crate) fn check_quantize_shapes(x: &[f32], q_max: f32, q: &[i16], xs: &[f32]) {
+    assert!((1.0..=Q_MAX).contains(&q_max) && q_max.fract() == 0.0, "quantize: code range {q_max} is not 1..=32767");
     assert!(x.len().is_multiple_of(BLOCK), "quantize_i16: {} values are not whole blocks of {BLOCK}", x.len());
     assert_eq!((q.len(), xs.len()), (x.len(), x.len() / BLOCK), "quantize_i16: outputs are not [T, K] and [T, K/32]");
 }
 
-/// `x [T, K]` → codes `q [T, K]` and scales `xs [T, K/32]`: per block, `xs = amax / 32767`
-/// and `q = round_ties_even(x · (32767 / amax))`, so |q| ≤ 32767. A block of zeros, or of
+/// [`quantize_codes`] to the full int16 range ([`Q_MAX`]).
+pub fn quantize_i16(x: &[f32], q: &mut [i16], xs: &mut [f32]) {
+    quantize_codes(x, Q_MAX, q, xs)
+}
+
+/// `x [T, K]` → codes `q [T, K]` and scales `xs [T, K/32]` with codes up to `q_max`
+/// ([`Q_MAX`] or [`Q_MAX_I8`]): per block, `xs = amax / q_max` and
+/// `q = round_ties_even(x · (q_max / amax))`, so |q| ≤ q_max. A block of zeros, or of
 /// values below the smallest normal f32 (whose inverse scale would overflow; they are 1e-38
 /// of any other block), gets codes and scale 0; a block holding inf or NaN gets scale NaN
 /// (and codes 0), so it poisons the sums as it would in f32.
-pub fn quantize_i16(x: &[f32], q: &mut [i16], xs: &mut [f32]) {
-    check_quantize_shapes(x, q, xs);
+pub fn quantize_codes(x: &[f32], q_max: f32, q: &mut [i16], xs: &mut [f32]) {
+    check_quantize_shapes(x, q_max, q, xs);
     for ((xb, qb), s) in x.chunks_exact(BLOCK).zip(q.chunks_exact_mut(BLOCK)).zip(xs.iter_mut()) {
         let mut amax = 0f32;
         let mut finite = true;
@@ -152,11 +163,11 @@ pub fn quantize_i16(x: &[f32], q: &mut [i16], xs: &mut [f32]) {
             qb.fill(0);
             *s = 0.0;
         } else {
-            let inv = Q_MAX / amax;
+            let inv = q_max / amax;
             for (qv, &v) in qb.iter_mut().zip(xb) {
-                *qv = (v * inv).round_ties_even().clamp(-Q_MAX, Q_MAX) as i16;
+                *qv = (v * inv).round_ties_even().clamp(-q_max, q_max) as i16;
             }
-            *s = amax / Q_MAX;
+            *s = amax / q_max;
         }
     }
 }

@@ -23,10 +23,12 @@ impl Rng {
 }
 
 /// Every instruction set, each architecture's; only those this CPU runs are tested.
-const ALL_ISAS: [Isa; 10] = [
+const ALL_ISAS: [Isa; 12] = [
     Isa::Scalar,
     Isa::Avx2,
     Isa::AvxVnni,
+    Isa::Avx2Int8,
+    Isa::AvxVnniInt8,
     Isa::Avx512,
     Isa::Avx512Vnni,
     Isa::Avx512Bf16,

@@ -1,5 +1,7 @@
 //! The integer MXFP4 kernels (weights in the `mxfp4_r16` layout, int16 activations) against
-//! their scalar twin, bit for bit, and the twin against the float32 reference.
+//! their scalar twin, bit for bit, and the twin against the float32 reference. Every kernel
+//! runs with full int16 codes and with int8-range ones (|q| ≤ 127, what the AVX2 sets'
+//! prompt kernels multiply as bytes).
 
 use gptoss_kernels::mxfp4_r16::{self, GROUP};
 use gptoss_kernels::{scalar, Isa, Kernels};
@@ -45,10 +47,17 @@ fn case(rng: &mut Rng, rows: usize, k: usize, n_tok: usize, scale_range: (u8, u8
 }
 
 fn quantize(c: &Case) -> (Vec<i16>, Vec<f32>) {
+    quantize_to(c, mxfp4_r16::Q_MAX)
+}
+
+fn quantize_to(c: &Case, q_max: f32) -> (Vec<i16>, Vec<f32>) {
     let (mut q, mut s) = (vec![0i16; c.x.len()], vec![0f32; c.x.len() / 32]);
-    mxfp4_r16::quantize_i16(&c.x, &mut q, &mut s);
+    mxfp4_r16::quantize_codes(&c.x, q_max, &mut q, &mut s);
     (q, s)
 }
+
+/// The code ranges every kernel is checked with.
+const Q_MAXES: [f32; 2] = [mxfp4_r16::Q_MAX, mxfp4_r16::Q_MAX_I8];
 
 fn run(f: gptoss_kernels::dispatch::MatmulI16aMxfp4r16w, c: &Case, q: &[i16], s: &[f32]) -> Vec<f32> {
     let mut out = vec![f32::NAN; c.rows * c.n_tok];
@@ -58,11 +67,21 @@ fn run(f: gptoss_kernels::dispatch::MatmulI16aMxfp4r16w, c: &Case, q: &[i16], s:
 }
 
 fn int_kernels() -> Vec<&'static Kernels> {
-    [Isa::Avx512Bf16, Isa::Avx512Vnni, Isa::Avx512, Isa::Avx2, Isa::AvxVnni, Isa::NeonDotprod, Isa::NeonI8mm]
-        .into_iter()
-        .filter_map(Kernels::for_isa)
-        .filter(|k| k.i16_act.is_some())
-        .collect()
+    [
+        Isa::Avx512Bf16,
+        Isa::Avx512Vnni,
+        Isa::Avx512,
+        Isa::Avx2,
+        Isa::AvxVnni,
+        Isa::Avx2Int8,
+        Isa::AvxVnniInt8,
+        Isa::NeonDotprod,
+        Isa::NeonI8mm,
+    ]
+    .into_iter()
+    .filter_map(Kernels::for_isa)
+    .filter(|k| k.i16_act.is_some())
+    .collect()
 }
 
 fn same_bits(a: &[f32], b: &[f32]) -> Option<usize> {
@@ -85,17 +104,19 @@ fn vector_kernels_match_the_twin_bit_for_bit_on_random_shapes() {
         // weight scales, and infinities, which must still agree).
         let range = if i % 13 == 0 { (1, 254) } else { (110, 135) };
         let c = case(&mut rng, rows, k, n_tok, range);
-        let (q, s) = quantize(&c);
-        let want = run(scalar::matmul_rows_i16a_mxfp4r16w, &c, &q, &s);
-        for kern in &kernels {
-            let got = run(kern.i16_act.as_ref().unwrap().matmul_rows_i16a_mxfp4r16w, &c, &q, &s);
-            if let Some(at) = same_bits(&got, &want) {
-                panic!(
-                    "{}: [{rows}x{k}] T={n_tok}: out[{at}] = {} but the twin gives {}",
-                    kern.isa.name(),
-                    got[at],
-                    want[at]
-                );
+        for q_max in Q_MAXES {
+            let (q, s) = quantize_to(&c, q_max);
+            let want = run(scalar::matmul_rows_i16a_mxfp4r16w, &c, &q, &s);
+            for kern in &kernels {
+                let got = run(kern.i16_act.as_ref().unwrap().matmul_rows_i16a_mxfp4r16w, &c, &q, &s);
+                if let Some(at) = same_bits(&got, &want) {
+                    panic!(
+                        "{}: [{rows}x{k}] T={n_tok} codes ≤ {q_max}: out[{at}] = {} but the twin gives {}",
+                        kern.isa.name(),
+                        got[at],
+                        want[at]
+                    );
+                }
             }
         }
     }
@@ -115,14 +136,16 @@ fn vector_kernels_are_exact_at_the_largest_block_sums() {
         let (mut packed_codes, mut packed_scales) = (vec![0u8; codes.len()], vec![0u8; scales.len()]);
         mxfp4_r16::pack(&codes, &scales, k, &mut packed_codes, &mut packed_scales);
         let c = Case { rows, k, n_tok, x, codes, scales, packed_codes, packed_scales, bias: None };
-        let (q, s) = quantize(&c);
-        assert!(q.iter().all(|v| v.unsigned_abs() == 32767));
-        let want = run(scalar::matmul_rows_i16a_mxfp4r16w, &c, &q, &s);
-        // Weight scale 2^-1 · 2 × E2M1 12 = 6; three blocks of 32 · 6 · (±1).
-        assert!(want.iter().all(|v| v.abs() == 576.0 || v.abs() == 192.0), "{want:?}");
-        for kern in int_kernels() {
-            let got = run(kern.i16_act.as_ref().unwrap().matmul_rows_i16a_mxfp4r16w, &c, &q, &s);
-            assert_eq!(same_bits(&got, &want), None, "{} T={n_tok}: {got:?}", kern.isa.name());
+        for q_max in Q_MAXES {
+            let (q, s) = quantize_to(&c, q_max);
+            assert!(q.iter().all(|v| v.unsigned_abs() as f32 == q_max));
+            let want = run(scalar::matmul_rows_i16a_mxfp4r16w, &c, &q, &s);
+            // Weight scale 2^-1 · 2 × E2M1 12 = 6; three blocks of 32 · 6 · (±1).
+            assert!(want.iter().all(|v| v.abs() == 576.0 || v.abs() == 192.0), "{want:?}");
+            for kern in int_kernels() {
+                let got = run(kern.i16_act.as_ref().unwrap().matmul_rows_i16a_mxfp4r16w, &c, &q, &s);
+                assert_eq!(same_bits(&got, &want), None, "{} T={n_tok} ≤ {q_max}: {got:?}", kern.isa.name());
+            }
         }
     }
 }
@@ -136,15 +159,24 @@ fn vector_quantize_matches_the_twin_bit_for_bit() {
     x[32 * 11 + 31] = f32::NAN;
     x[32 * 12 + 5] = -0.0;
     x[32 * 13..32 * 14].fill(-1.0);
-    let (mut q0, mut s0) = (vec![0i16; x.len()], vec![0f32; x.len() / 32]);
-    mxfp4_r16::quantize_i16(&x, &mut q0, &mut s0);
-    for kern in int_kernels() {
-        let (mut q, mut s) = (vec![7i16; x.len()], vec![7f32; x.len() / 32]);
-        (kern.i16_act.as_ref().unwrap().quantize)(&x, &mut q, &mut s);
-        if let Some(at) = q.iter().zip(&q0).position(|(a, b)| a != b) {
-            panic!("{}: q[{at}] = {} but the twin gives {} (x = {:e})", kern.isa.name(), q[at], q0[at], x[at]);
+    for q_max in [mxfp4_r16::Q_MAX, mxfp4_r16::Q_MAX_I8, 1000.0, 1.0] {
+        let (mut q0, mut s0) = (vec![0i16; x.len()], vec![0f32; x.len() / 32]);
+        mxfp4_r16::quantize_codes(&x, q_max, &mut q0, &mut s0);
+        assert_eq!(q0.iter().map(|v| v.unsigned_abs()).max(), Some(q_max as u16));
+        for kern in int_kernels() {
+            let (mut q, mut s) = (vec![7i16; x.len()], vec![7f32; x.len() / 32]);
+            (kern.i16_act.as_ref().unwrap().quantize)(&x, q_max, &mut q, &mut s);
+            if let Some(at) = q.iter().zip(&q0).position(|(a, b)| a != b) {
+                panic!(
+                    "{} ≤ {q_max}: q[{at}] = {} but the twin gives {} (x = {:e})",
+                    kern.isa.name(),
+                    q[at],
+                    q0[at],
+                    x[at]
+                );
+            }
+            assert!(same_bits(&s, &s0).is_none(), "{} ≤ {q_max}", kern.isa.name());
         }
-        assert!(same_bits(&s, &s0).is_none(), "{}", kern.isa.name());
     }
 }
 
@@ -154,7 +186,7 @@ fn a_token_gets_the_same_bits_alone_or_in_any_batch() {
         let f = kern.i16_act.as_ref().unwrap().matmul_rows_i16a_mxfp4r16w;
         let mut rng = Rng(77);
         let c = case(&mut rng, 80, 2880, 23, (118, 128));
-        let (q, s) = quantize(&c);
+        let (q, s) = quantize_to(&c, kern.i16_act.as_ref().unwrap().expert_q_max);
         let all = run(f, &c, &q, &s);
         for t in [0, 5, 6, 17, 22] {
             let one =

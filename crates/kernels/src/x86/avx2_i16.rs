@@ -48,7 +48,7 @@ unsafe fn decode_pair(half: __m256i, control: __m256i, table: __m256i) -> __m256
 
 /// 8 rows' weight scales of one block: `from_bits(s << 23) · 0.5`.
 #[inline(always)]
-unsafe fn weight_scales(s: *const u8) -> __m256 {
+pub(super) unsafe fn weight_scales(s: *const u8) -> __m256 {
     let bits = _mm256_slli_epi32::<23>(_mm256_cvtepu8_epi32(_mm_loadl_epi64(s as *const __m128i)));
     _mm256_mul_ps(_mm256_castsi256_ps(bits), _mm256_set1_ps(0.5))
 }
@@ -111,7 +111,7 @@ const fn code_offset<const AFFINE: bool>() -> i32 {
 
 /// 2×E2M1 + 12 for `vpshufb`: every code as a non-negative byte.
 #[inline(always)]
-unsafe fn fp4_offset_table() -> __m256i {
+pub(super) unsafe fn fp4_offset_table() -> __m256i {
     let t: [i8; 16] = std::array::from_fn(|i| (FP4_X2[i] + 12) as i8);
     _mm256_broadcastsi128_si256(_mm_loadu_si128(t.as_ptr() as *const __m128i))
 }
@@ -499,12 +499,12 @@ pub fn matmul_rows_i16a_mxfp4r16w<const VNNI: bool>(
     matmul(parts, xq, xs, n_tok, codes, scales, bias, out, scratch)
 }
 
-/// [`crate::mxfp4_r16::quantize_i16`] on 8 lanes at a time, bit for bit: the absolute
+/// [`crate::mxfp4_r16::quantize_codes`] on 8 lanes at a time, bit for bit: the absolute
 /// maximum on the float bits as integers, the same scalar divisions, and `vcvtps2dq`
 /// rounding to nearest even as `round_ties_even` does (|q| ≤ 32767, so packing never
 /// saturates).
 #[target_feature(enable = "avx2")]
-unsafe fn quantize_impl(x: &[f32], q: &mut [i16], xs: &mut [f32]) {
+unsafe fn quantize_impl(x: &[f32], q_max: f32, q: &mut [i16], xs: &mut [f32]) {
     let abs_mask = _mm256_set1_epi32(0x7fff_ffff);
     for (b, s) in xs.iter_mut().enumerate() {
         let (src, dst) = (x.as_ptr().add(b * BLOCK), q.as_mut_ptr().add(b * BLOCK));
@@ -522,22 +522,22 @@ unsafe fn quantize_impl(x: &[f32], q: &mut [i16], xs: &mut [f32]) {
             continue;
         }
         let amax = f32::from_bits(bits);
-        let inv = _mm256_set1_ps(crate::mxfp4_r16::Q_MAX / amax);
+        let inv = _mm256_set1_ps(q_max / amax);
         let c: [__m256i; 4] = std::array::from_fn(|i| _mm256_cvtps_epi32(_mm256_mul_ps(v[i], inv)));
         // packs interleaves the 128-bit lanes; the permute puts them back in order.
         let lo = _mm256_permute4x64_epi64::<0b11_01_10_00>(_mm256_packs_epi32(c[0], c[1]));
         let hi = _mm256_permute4x64_epi64::<0b11_01_10_00>(_mm256_packs_epi32(c[2], c[3]));
         _mm256_storeu_si256(dst as *mut __m256i, lo);
         _mm256_storeu_si256(dst.add(16) as *mut __m256i, hi);
-        *s = amax / crate::mxfp4_r16::Q_MAX;
+        *s = amax / q_max;
     }
 }
 
-/// See [`crate::mxfp4_r16::quantize_i16`].
-pub fn quantize_i16(x: &[f32], q: &mut [i16], xs: &mut [f32]) {
-    crate::mxfp4_r16::check_quantize_shapes(x, q, xs);
+/// See [`crate::mxfp4_r16::quantize_codes`].
+pub fn quantize_codes(x: &[f32], q_max: f32, q: &mut [i16], xs: &mut [f32]) {
+    crate::mxfp4_r16::check_quantize_shapes(x, q_max, q, xs);
     // SAFETY: handed out by `Kernels` only with AVX2; every block is in bounds (checked).
-    unsafe { quantize_impl(x, q, xs) }
+    unsafe { quantize_impl(x, q_max, q, xs) }
 }
 
 /// See [`crate::scalar::matmul_rows_i16a_affine4r16w`]: one token group by group in

@@ -7,7 +7,7 @@
 use std::arch::x86_64::*;
 
 use crate::mxfp4::BLOCK;
-use crate::mxfp4_r16::{FP4_X2, GROUP, Q_MAX, TILE_BYTES};
+use crate::mxfp4_r16::{FP4_X2, GROUP, TILE_BYTES};
 
 /// 2×E2M1 as int16, twice: `vpermw` reads 5 index bits and the fifth belongs to the next
 /// nibble, so both halves must agree.
@@ -319,12 +319,12 @@ pub fn matmul_rows_i16a_mxfp4r16w(
     unsafe { super::matmul_rows_i16a(&PARTS, xq, xs, n_tok, codes, scales, bias, out, scratch) }
 }
 
-/// [`crate::mxfp4_r16::quantize_i16`] on 32 lanes at a time, bit for bit: the block's
+/// [`crate::mxfp4_r16::quantize_codes`] on 32 lanes at a time, bit for bit: the block's
 /// absolute maximum is taken on the float bits as integers (the same order for finite
 /// values, and inf/NaN are caught apart), the scale and its inverse are the same scalar
 /// divisions, and `vcvtps2dq` rounds to nearest even as `round_ties_even` does.
 #[target_feature(enable = "avx512f,avx512bw")]
-unsafe fn quantize_impl(x: &[f32], q: &mut [i16], xs: &mut [f32]) {
+unsafe fn quantize_impl(x: &[f32], q_max: f32, q: &mut [i16], xs: &mut [f32]) {
     let abs_mask = _mm512_set1_epi32(0x7fff_ffff);
     let inf_bits = _mm512_set1_epi32(0x7f80_0000);
     for (b, s) in xs.iter_mut().enumerate() {
@@ -339,18 +339,18 @@ unsafe fn quantize_impl(x: &[f32], q: &mut [i16], xs: &mut [f32]) {
             *s = if not_finite != 0 { f32::NAN } else { 0.0 };
             continue;
         }
-        let inv = _mm512_set1_ps(Q_MAX / amax);
+        let inv = _mm512_set1_ps(q_max / amax);
         let q0 = _mm512_cvtsepi32_epi16(_mm512_cvtps_epi32(_mm512_mul_ps(v0, inv)));
         let q1 = _mm512_cvtsepi32_epi16(_mm512_cvtps_epi32(_mm512_mul_ps(v1, inv)));
         _mm256_storeu_si256(dst as *mut __m256i, q0);
         _mm256_storeu_si256(dst.add(16) as *mut __m256i, q1);
-        *s = amax / Q_MAX;
+        *s = amax / q_max;
     }
 }
 
-/// See [`crate::mxfp4_r16::quantize_i16`].
-pub fn quantize_i16(x: &[f32], q: &mut [i16], xs: &mut [f32]) {
-    crate::mxfp4_r16::check_quantize_shapes(x, q, xs);
+/// See [`crate::mxfp4_r16::quantize_codes`].
+pub fn quantize_codes(x: &[f32], q_max: f32, q: &mut [i16], xs: &mut [f32]) {
+    crate::mxfp4_r16::check_quantize_shapes(x, q_max, q, xs);
     // SAFETY: handed out by `Kernels` only with AVX-512F/BW; every block is in bounds (checked).
-    unsafe { quantize_impl(x, q, xs) }
+    unsafe { quantize_impl(x, q_max, q, xs) }
 }
