@@ -28,6 +28,8 @@ pub struct OpsBuffers {
     out_t: Vec<f32>,
     /// Activations as bf16 terms.
     xb: Vec<u16>,
+    /// A prompt's activations packed for the dense f32-activation kernels.
+    xp: Vec<f32>,
     /// Activations as int16 codes `[T, K]` and their block scales `[T, K/32]`.
     xq: Vec<i16>,
     xq_scales: Vec<f32>,
@@ -269,7 +271,7 @@ fn linear_bf16_with(
 ) {
     let (rows, k) = (w.rows, w.cols);
     let data = w.bf16();
-    let OpsBuffers { out_t, xb, .. } = bufs;
+    let OpsBuffers { out_t, xb, xp, .. } = bufs;
     if w.layout == Bf16Layout::Tiles8 {
         // Set by the model only with kernels that read tiles (bf16 activations, which the
         // router never takes); the twin keeps any other pairing correct.
@@ -293,6 +295,15 @@ fn linear_bf16_with(
         let matmul = ba.matmul_rows_bf16a_bf16w;
         rows_parallel(rows, n_tok, y, out_t, |r, out, _| {
             matmul(xb, n_tok, &data[r.start * k..r.end * k], bias.map(|b| &b[r.clone()]), out)
+        });
+        return;
+    }
+    if let (true, Some(p)) = (n_tok > 1, &kern.packed_f32_bf16w) {
+        // Packed once here rather than by each of the tasks below (16 copies of the prompt).
+        (p.pack)(x, n_tok, k, xp);
+        let (xp, matmul) = (&xp[..], p.matmul_rows_f32_bf16w_packed);
+        rows_parallel(rows, n_tok, y, out_t, |r, out, _| {
+            matmul(x, xp, n_tok, k, &data[r.start * k..r.end * k], bias.map(|b| &b[r.clone()]), out)
         });
         return;
     }
@@ -531,8 +542,29 @@ fn rows_parallel_in(
     } else {
         let out_t = sized(out_t, rows * n_tok);
         run(out_t);
-        transpose_rt_to_tr(out_t, n_tok, y);
+        transpose_rt_to_tr_parallel(out_t, n_tok, y);
     }
+}
+
+/// Tokens per task of [`transpose_rt_to_tr_parallel`]: 16 floats of each `out_t` row, one
+/// cache line.
+const TRANSPOSE_TOKENS: usize = 16;
+
+/// [`transpose_rt_to_tr`] over blocks of tokens in parallel: a prompt's `[R, T]` is many
+/// megabytes (10 MB for q, k, v at 512 tokens), too long for one thread while the others wait.
+fn transpose_rt_to_tr_parallel(out_t: &[f32], n_tok: usize, y: &mut [f32]) {
+    let rows = out_t.len() / n_tok;
+    if rows == 0 {
+        return;
+    }
+    y.par_chunks_mut(rows * TRANSPOSE_TOKENS).enumerate().for_each(|(i, y_block)| {
+        let (t0, n) = (i * TRANSPOSE_TOKENS, y_block.len() / rows);
+        for (r, col) in out_t.chunks_exact(n_tok).enumerate() {
+            for (t, &val) in col[t0..t0 + n].iter().enumerate() {
+                y_block[t * rows + r] = val;
+            }
+        }
+    });
 }
 
 /// `y [T, R]` from the kernels' `out_t [R, T]`.

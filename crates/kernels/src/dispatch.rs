@@ -203,6 +203,21 @@ pub struct Kernels {
     pub bf16_act: Option<Bf16Act>,
     /// When set, MXFP4 experts are repacked at load and use these instead.
     pub i16_act: Option<I16Act>,
+    /// When set, a prompt's bf16 matmuls pack the activations once per call with these and
+    /// hand the packing to every task, instead of [`Kernels::matmul_rows_f32_bf16w`] packing
+    /// them again for each task's rows.
+    pub packed_f32_bf16w: Option<PackedF32Bf16w>,
+}
+
+/// `(x, packed x, T, K, w, bias, out)`.
+pub type MatmulBf16Packed = fn(&[f32], &[f32], usize, usize, &[u16], Option<&[f32]>, &mut [f32]);
+
+/// See [`Kernels::packed_f32_bf16w`].
+pub struct PackedF32Bf16w {
+    /// x `[T, K]`, T and K → the layout the matmul reads.
+    pub pack: fn(&[f32], usize, usize, &mut Vec<f32>),
+    /// `(x, packed x, T, K, w, bias, out)`: [`Kernels::matmul_rows_f32_bf16w`]'s result, bit for bit.
+    pub matmul_rows_f32_bf16w_packed: MatmulBf16Packed,
 }
 
 /// The most `Vec` scratch any matmul grows its scratch to for K inputs: `(u32 words,
@@ -233,6 +248,7 @@ pub enum KernelError {
 
 static SCALAR: Kernels = Kernels {
     isa: Isa::Scalar,
+    packed_f32_bf16w: None,
     matmul_rows_f32_bf16w: crate::scalar::matmul_rows_f32_bf16w,
     matmul_rows_f32_mxfp4w: crate::scalar::matmul_rows_f32_mxfp4w,
     matmul_rows_f32_affinew: crate::scalar::matmul_rows_f32_affinew,
@@ -245,10 +261,17 @@ static SCALAR: Kernels = Kernels {
     bf16_act: None,
     i16_act: None,
 };
+/// The AVX2 dense matmul's activation packing (also the `avx512` sets' dense matmul).
+#[cfg(target_arch = "x86_64")]
+const AVX2_PACKED: Option<PackedF32Bf16w> = Some(PackedF32Bf16w {
+    pack: crate::x86::avx2::pack_f32_for_bf16w,
+    matmul_rows_f32_bf16w_packed: crate::x86::avx2::matmul_rows_f32_bf16w_packed,
+});
 /// The AVX2 set, also the base of [`AVX_VNNI`].
 #[cfg(target_arch = "x86_64")]
 const AVX2_SET: Kernels = Kernels {
     isa: Isa::Avx2,
+    packed_f32_bf16w: AVX2_PACKED,
     matmul_rows_f32_bf16w: crate::x86::avx2::matmul_rows_f32_bf16w,
     matmul_rows_f32_mxfp4w: crate::x86::avx2::matmul_rows_f32_mxfp4w,
     matmul_rows_f32_affinew: crate::x86::avx2::matmul_rows_f32_affinew,
@@ -310,6 +333,7 @@ static AVX_VNNI_INT8: Kernels = Kernels {
 #[cfg(target_arch = "x86_64")]
 const AVX512_SET: Kernels = Kernels {
     isa: Isa::Avx512,
+    packed_f32_bf16w: AVX2_PACKED,
     // The AVX2 dense kernels: register-tiled prompts and prefetched rows, where the 512-bit
     // ones are neither (20b, 2 threads: pp512 13.8 → 23.1 tokens/s).
     matmul_rows_f32_bf16w: crate::x86::avx2::matmul_rows_f32_bf16w,
@@ -347,6 +371,7 @@ static AVX512_VNNI: Kernels = Kernels {
 #[cfg(target_arch = "x86_64")]
 static AVX512_BF16: Kernels = Kernels {
     isa: Isa::Avx512Bf16,
+    packed_f32_bf16w: None,
     matmul_rows_f32_bf16w: crate::x86::avx512::matmul_rows_f32_bf16w,
     matmul_rows_f32_mxfp4w: crate::x86::avx512::matmul_rows_f32_mxfp4w,
     matmul_rows_f32_affinew: crate::x86::avx512::matmul_rows_f32_affinew,
@@ -374,6 +399,7 @@ static AVX512_BF16: Kernels = Kernels {
 #[cfg(target_arch = "x86_64")]
 static AVX512_BF16_ROUND: Kernels = Kernels {
     isa: Isa::Avx512Bf16Round,
+    packed_f32_bf16w: None,
     matmul_rows_f32_bf16w: crate::x86::avx512::matmul_rows_f32_bf16w,
     matmul_rows_f32_mxfp4w: crate::x86::avx512::matmul_rows_f32_mxfp4w,
     matmul_rows_f32_affinew: crate::x86::avx512::matmul_rows_f32_affinew,
@@ -398,6 +424,7 @@ static AVX512_BF16_ROUND: Kernels = Kernels {
 #[cfg(target_arch = "aarch64")]
 const NEON_SET: Kernels = Kernels {
     isa: Isa::Neon,
+    packed_f32_bf16w: None,
     matmul_rows_f32_bf16w: crate::arm::neon::matmul_rows_f32_bf16w,
     matmul_rows_f32_mxfp4w: crate::arm::neon::matmul_rows_f32_mxfp4w,
     matmul_rows_f32_affinew: crate::arm::neon::matmul_rows_f32_affinew,

@@ -273,6 +273,43 @@ fn bf16_matmul_matches_scalar_on_random_ragged_shapes() {
     }
 }
 
+#[test]
+fn packed_bf16_matmuls_give_the_bits_of_unpacked_ones() {
+    let packed: Vec<_> = fast_kernels().into_iter().filter(|k| k.packed_f32_bf16w.is_some()).collect();
+    if packed.is_empty() {
+        eprintln!("no kernels with packed activations on this CPU; nothing to compare");
+        return;
+    }
+    let mut rng = Rng(0x2545_F491_4F6C_DD1D);
+    for case in 0..120 {
+        // K with and without a ragged tail past the 32-wide groups, and the model's 2880;
+        // T and R across the 6-token tiles and 16-row blocks.
+        let k = if case == 0 { 2880 } else { 1 + rng.below(200) };
+        let (n_tok, rows) =
+            if case % 3 == 0 { (1 + rng.below(14), 1 + rng.below(40)) } else { blocked_shape(&mut rng, case) };
+        let x: Vec<f32> = (0..n_tok * k).map(|_| rng.f32()).collect();
+        let w: Vec<u16> = (0..rows * k).map(|_| f32_to_bf16(rng.f32())).collect();
+        let bias: Vec<f32> = (0..rows).map(|_| rng.f32()).collect();
+        let bias = (case % 2 == 0).then_some(&bias[..]);
+        for kern in &packed {
+            let p = kern.packed_f32_bf16w.as_ref().unwrap();
+            let (mut want, mut got) = (vec![0f32; rows * n_tok], vec![f32::NAN; rows * n_tok]);
+            (kern.matmul_rows_f32_bf16w)(&x, n_tok, &w, bias, &mut want, &mut vec![0f32; k]);
+            let mut xp = Vec::new();
+            (p.pack)(&x, n_tok, k, &mut xp);
+            // Any split of the rows, as the engine's tasks take them.
+            let split = 1 + rng.below(rows);
+            let (w_a, w_b) = w.split_at(split * k);
+            let (out_a, out_b) = got.split_at_mut(split * n_tok);
+            (p.matmul_rows_f32_bf16w_packed)(&x, &xp, n_tok, k, w_a, bias.map(|b| &b[..split]), out_a);
+            (p.matmul_rows_f32_bf16w_packed)(&x, &xp, n_tok, k, w_b, bias.map(|b| &b[split..]), out_b);
+            for (i, (g, e)) in got.iter().zip(&want).enumerate() {
+                assert_eq!(g.to_bits(), e.to_bits(), "{:?} k={k} T={n_tok} R={rows} [{i}]: {g} vs {e}", kern.isa);
+            }
+        }
+    }
+}
+
 /// Equal as numbers: the same special value, or finite and within `tol`.
 fn close(g: f32, e: f32, tol: f32) -> bool {
     if e.is_nan() || g.is_nan() {

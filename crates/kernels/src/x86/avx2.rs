@@ -229,16 +229,19 @@ unsafe fn tile_bf16<const T: usize>(
 
 thread_local! {
     /// [`pack_by_accumulator`]'s copy of a prompt, kept between calls (at most a prefill
-    /// chunk's tokens × K: 8 MB at 512 × 4096).
+    /// chunk's tokens × K: 8 MB at 512 × 4096), for callers that do not pack it themselves.
     static PACKED: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// One token: a dot product per row, one row streaming at a time. Several: blocks of
-/// [`ROW_BLOCK`] rows, each block run by every tile of [`TOKENS`] tokens, so weights are
-/// widened once per tile instead of once per token, and neither operand streams from memory
-/// per row.
+/// [`ROW_BLOCK`] rows, each block run by every tile of [`TOKENS`] tokens (`xp`, the tokens
+/// packed by [`pack_by_accumulator`]), so weights are widened once per tile instead of once
+/// per token, and neither operand streams from memory per row.
 #[target_feature(enable = "avx2,fma")]
-unsafe fn matmul_impl(x: &[f32], n_tok: usize, w: &[u16], bias: Option<&[f32]>, out: &mut [f32], k: usize) {
+unsafe fn matmul_impl(x: &[f32], xp: &[f32], n_tok: usize, w: &[u16], bias: Option<&[f32]>, out: &mut [f32], k: usize) {
+    if n_tok == 0 {
+        return;
+    }
     if n_tok == 1 {
         for (r, (w_row, y)) in w.chunks_exact(k).zip(out.iter_mut()).enumerate() {
             *y = dot_f32_bf16(x, w_row) + bias.map_or(0.0, |b| b[r]);
@@ -248,26 +251,54 @@ unsafe fn matmul_impl(x: &[f32], n_tok: usize, w: &[u16], bias: Option<&[f32]>, 
     let rows = out.len() / n_tok;
     let op = out.as_mut_ptr();
     let k32 = k / 32 * 32;
-    PACKED.with_borrow_mut(|xp| {
-        pack_by_accumulator(x, n_tok, k, k32, xp);
-        for r0 in (0..rows).step_by(ROW_BLOCK) {
-            let block = r0..(r0 + ROW_BLOCK).min(rows);
-            let mut t = 0;
-            while t < n_tok {
-                let tb = (n_tok - t).min(TOKENS);
-                let (xt, xpt, o) = (x.as_ptr().add(t * k), xp.as_ptr().add(t * k32), op.add(t));
-                match tb {
-                    6 => tile_bf16::<6>(xt, xpt, k, w, bias, block.clone(), o, n_tok),
-                    5 => tile_bf16::<5>(xt, xpt, k, w, bias, block.clone(), o, n_tok),
-                    4 => tile_bf16::<4>(xt, xpt, k, w, bias, block.clone(), o, n_tok),
-                    3 => tile_bf16::<3>(xt, xpt, k, w, bias, block.clone(), o, n_tok),
-                    2 => tile_bf16::<2>(xt, xpt, k, w, bias, block.clone(), o, n_tok),
-                    _ => tile_bf16::<1>(xt, xpt, k, w, bias, block.clone(), o, n_tok),
-                }
-                t += tb;
+    for r0 in (0..rows).step_by(ROW_BLOCK) {
+        let block = r0..(r0 + ROW_BLOCK).min(rows);
+        let mut t = 0;
+        while t < n_tok {
+            let tb = (n_tok - t).min(TOKENS);
+            let (xt, xpt, o) = (x.as_ptr().add(t * k), xp.as_ptr().add(t * k32), op.add(t));
+            match tb {
+                6 => tile_bf16::<6>(xt, xpt, k, w, bias, block.clone(), o, n_tok),
+                5 => tile_bf16::<5>(xt, xpt, k, w, bias, block.clone(), o, n_tok),
+                4 => tile_bf16::<4>(xt, xpt, k, w, bias, block.clone(), o, n_tok),
+                3 => tile_bf16::<3>(xt, xpt, k, w, bias, block.clone(), o, n_tok),
+                2 => tile_bf16::<2>(xt, xpt, k, w, bias, block.clone(), o, n_tok),
+                _ => tile_bf16::<1>(xt, xpt, k, w, bias, block.clone(), o, n_tok),
             }
+            t += tb;
         }
-    });
+    }
+}
+
+/// x `[n_tok, K]` in the layout [`matmul_rows_f32_bf16w_packed`] reads (`n_tok · (K − K mod
+/// 32)` floats; nothing for one token, which reads x as it is).
+pub fn pack_f32_for_bf16w(x: &[f32], n_tok: usize, k: usize, xp: &mut Vec<f32>) {
+    assert!(k > 0 && x.len() == n_tok * k, "pack: x is not [T, K]");
+    if n_tok > 1 {
+        pack_by_accumulator(x, n_tok, k, k / 32 * 32, xp);
+    } else {
+        xp.clear();
+    }
+}
+
+/// [`matmul_rows_f32_bf16w`] with the activations already packed by [`pack_f32_for_bf16w`]:
+/// a prompt's row blocks, split over threads, then share one packing per call instead of
+/// each packing the whole prompt again. The same bits.
+pub fn matmul_rows_f32_bf16w_packed(
+    x: &[f32],
+    xp: &[f32],
+    n_tok: usize,
+    k: usize,
+    w: &[u16],
+    bias: Option<&[f32]>,
+    out: &mut [f32],
+) {
+    crate::scalar::check_matmul_shapes(x, n_tok, k, w.len(), bias, out);
+    let packed_len = if n_tok > 1 { n_tok * (k / 32 * 32) } else { 0 };
+    assert_eq!(xp.len(), packed_len, "linear: packed activations do not match [T, K]");
+    // SAFETY: handed out by `Kernels` only when the CPU has AVX2 and FMA; every access is
+    // within the slices, whose lengths were checked above.
+    unsafe { matmul_impl(x, xp, n_tok, w, bias, out, k) }
 }
 
 /// See [`crate::scalar::matmul_rows_f32_bf16w`]; same shapes, FMA summation order.
@@ -281,9 +312,16 @@ pub fn matmul_rows_f32_bf16w(
 ) {
     let k = row_buf.len();
     crate::scalar::check_matmul_shapes(x, n_tok, k, w.len(), bias, out);
-    // SAFETY: handed out by `Kernels` only when the CPU has AVX2 and FMA; every access is
-    // within the slices, whose lengths were checked above.
-    unsafe { matmul_impl(x, n_tok, w, bias, out, k) }
+    if n_tok == 1 {
+        // SAFETY: as below; one token reads x as it is.
+        return unsafe { matmul_impl(x, &[], n_tok, w, bias, out, k) };
+    }
+    PACKED.with_borrow_mut(|xp| {
+        pack_by_accumulator(x, n_tok, k, k / 32 * 32, xp);
+        // SAFETY: handed out by `Kernels` only when the CPU has AVX2 and FMA; every access
+        // is within the slices, whose lengths were checked above.
+        unsafe { matmul_impl(x, xp, n_tok, w, bias, out, k) }
+    })
 }
 
 /// Σ a[i]·b[i] in f32.
