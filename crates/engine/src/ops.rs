@@ -557,22 +557,26 @@ fn transpose_rt_to_tr_parallel(out_t: &[f32], n_tok: usize, y: &mut [f32]) {
     if rows == 0 {
         return;
     }
-    y.par_chunks_mut(rows * TRANSPOSE_TOKENS).enumerate().for_each(|(i, y_block)| {
-        let (t0, n) = (i * TRANSPOSE_TOKENS, y_block.len() / rows);
-        for (r, col) in out_t.chunks_exact(n_tok).enumerate() {
-            for (t, &val) in col[t0..t0 + n].iter().enumerate() {
-                y_block[t * rows + r] = val;
-            }
-        }
-    });
+    y.par_chunks_mut(rows * TRANSPOSE_TOKENS)
+        .enumerate()
+        .for_each(|(i, y_block)| transpose_columns(out_t, n_tok, i * TRANSPOSE_TOKENS, y_block));
 }
 
 /// `y [T, R]` from the kernels' `out_t [R, T]`.
 fn transpose_rt_to_tr(out_t: &[f32], n_tok: usize, y: &mut [f32]) {
+    transpose_columns(out_t, n_tok, 0, y)
+}
+
+/// `y_block [n, R]` from columns `t0..t0 + n` of `out_t [R, T]`.
+fn transpose_columns(out_t: &[f32], n_tok: usize, t0: usize, y_block: &mut [f32]) {
     let rows = out_t.len() / n_tok;
+    if rows == 0 {
+        return;
+    }
+    let n = y_block.len() / rows;
     for (r, col) in out_t.chunks_exact(n_tok).enumerate() {
-        for (t, &val) in col.iter().enumerate() {
-            y[t * rows + r] = val;
+        for (t, &val) in col[t0..t0 + n].iter().enumerate() {
+            y_block[t * rows + r] = val;
         }
     }
 }

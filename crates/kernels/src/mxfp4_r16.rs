@@ -132,8 +132,8 @@ pub fn weight_scale(s: u8) -> f32 {
 /// `q_max` is a whole number in 1..=32767.
 pub(crate) fn check_quantize_shapes(x: &[f32], q_max: f32, q: &[i16], xs: &[f32]) {
     assert!((1.0..=Q_MAX).contains(&q_max) && q_max.fract() == 0.0, "quantize: code range {q_max} is not 1..=32767");
-    assert!(x.len().is_multiple_of(BLOCK), "quantize_i16: {} values are not whole blocks of {BLOCK}", x.len());
-    assert_eq!((q.len(), xs.len()), (x.len(), x.len() / BLOCK), "quantize_i16: outputs are not [T, K] and [T, K/32]");
+    assert!(x.len().is_multiple_of(BLOCK), "quantize: {} values are not whole blocks of {BLOCK}", x.len());
+    assert_eq!((q.len(), xs.len()), (x.len(), x.len() / BLOCK), "quantize: outputs are not [T, K] and [T, K/32]");
 }
 
 /// [`quantize_codes`] to the full int16 range ([`Q_MAX`]).

@@ -312,12 +312,8 @@ pub fn matmul_rows_f32_bf16w(
 ) {
     let k = row_buf.len();
     crate::scalar::check_matmul_shapes(x, n_tok, k, w.len(), bias, out);
-    if n_tok == 1 {
-        // SAFETY: as below; one token reads x as it is.
-        return unsafe { matmul_impl(x, &[], n_tok, w, bias, out, k) };
-    }
     PACKED.with_borrow_mut(|xp| {
-        pack_by_accumulator(x, n_tok, k, k / 32 * 32, xp);
+        pack_f32_for_bf16w(x, n_tok, k, xp);
         // SAFETY: handed out by `Kernels` only when the CPU has AVX2 and FMA; every access
         // is within the slices, whose lengths were checked above.
         unsafe { matmul_impl(x, xp, n_tok, w, bias, out, k) }

@@ -309,6 +309,19 @@ unsafe fn tile<const TB: usize, const VNNI: bool>(
             }
         }
     }
+    store_tile(&facc, bias, out, n_tok);
+}
+
+/// A tile's sums `[row half][token]` (16 rows × TB tokens) plus the rows' bias into `out`
+/// (row 0, token 0) of `[16, n_tok]`.
+#[inline(always)]
+#[allow(clippy::needless_range_loop)]
+pub(super) unsafe fn store_tile<const TB: usize>(
+    facc: &[[__m256; TB]; 2],
+    bias: Option<*const f32>,
+    out: *mut f32,
+    n_tok: usize,
+) {
     let mut lanes = [0f32; 8];
     for h in 0..2 {
         let bv = bias.map_or(_mm256_setzero_ps(), |p| _mm256_loadu_ps(p.add(8 * h)));

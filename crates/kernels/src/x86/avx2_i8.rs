@@ -168,16 +168,7 @@ unsafe fn tile<const TB: usize, const VNNI: bool>(
             }
         }
     }
-    let mut lanes = [0f32; 8];
-    for h in 0..2 {
-        let bv = bias.map_or(_mm256_setzero_ps(), |p| _mm256_loadu_ps(p.add(8 * h)));
-        for j in 0..TB {
-            _mm256_storeu_ps(lanes.as_mut_ptr(), _mm256_add_ps(facc[h][j], bv));
-            for (l, v) in lanes.iter().enumerate() {
-                *out.add((8 * h + l) * n_tok + j) = *v;
-            }
-        }
-    }
+    super::avx2_i16::store_tile(&facc, bias, out, n_tok);
 }
 
 /// One group of 16 rows: decoded into `panel`, then every token through it, a tile of tokens at a
@@ -203,8 +194,6 @@ unsafe fn group_body<const VNNI: bool>(
         let tb = (n_tok - t).min(tokens(VNNI));
         let (x, o, s, y) = (x8.add(t * k), off.add(t * blocks), xs.add(t * blocks), out.add(t));
         match tb {
-            8 => tile::<8, VNNI>(panel, blocks, x, o, s, bias, y, n_tok),
-            7 => tile::<7, VNNI>(panel, blocks, x, o, s, bias, y, n_tok),
             6 => tile::<6, VNNI>(panel, blocks, x, o, s, bias, y, n_tok),
             5 => tile::<5, VNNI>(panel, blocks, x, o, s, bias, y, n_tok),
             4 => tile::<4, VNNI>(panel, blocks, x, o, s, bias, y, n_tok),
