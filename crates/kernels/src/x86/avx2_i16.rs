@@ -101,7 +101,7 @@ unsafe fn scale_vector<const AFFINE: bool>(scales: *const u8, i: usize) -> __m25
 
 /// What [`gemv_body`] adds to every code so that it is a byte in 0..=24 (MXFP4: 2×E2M1 +
 /// 12) or 0..=15 (affine: the raw nibble, `u − 8` + 8).
-const fn code_offset<const AFFINE: bool>() -> i32 {
+pub(super) const fn code_offset<const AFFINE: bool>() -> i32 {
     if AFFINE {
         8
     } else {
@@ -458,11 +458,16 @@ static PARTS_VNNI: super::I16aParts =
 static AFFINE4_PARTS_VNNI: super::I16aParts =
     super::I16aParts { gemv_group: gemv_group_vnni::<true>, panel: panel_vnni::<true>, ..AFFINE4_PARTS };
 
-/// `parts` over `xq`: one token with its columns deinterleaved (what [`gemv_group`] reads;
-/// the copy is K values per matrix, next to K·R/2 bytes of codes, kept in `scratch`, which is
-/// not used otherwise), several through decoded panels kept in `scratch`.
+/// `parts` over `xq`: one token with its columns deinterleaved and followed by its block
+/// sums ([`gemv_x_words`]: what the offset decoders, [`gemv_group`] and
+/// [`super::vnni`]'s, read; the copy is K values per matrix, next to K·R/2 bytes of codes,
+/// kept in `scratch`, which is not used otherwise), several through decoded panels kept in
+/// `scratch`.
+///
+/// # Safety
+/// The CPU must have the features `parts`' functions were compiled for.
 #[allow(clippy::too_many_arguments)]
-fn matmul(
+pub(super) unsafe fn matmul_offset_decode(
     parts: &super::I16aParts,
     xq: &[i16],
     xs: &[f32],
@@ -484,14 +489,12 @@ fn matmul(
         // SAFETY: a u32 buffer of ⌈K/2⌉ words holds K i16 values, suitably aligned.
         let xd = unsafe { std::slice::from_raw_parts_mut(cols.as_mut_ptr() as *mut i16, k) };
         deinterleave8(xq, xd);
-        // SAFETY: handed out by `Kernels` only when the CPU has AVX2 and FMA (and AVX-VNNI
-        // for the `_VNNI` parts).
+        // SAFETY: the caller's CPU runs `parts`.
         unsafe { super::matmul_rows_i16a(parts, xd, xs, 1, codes, scales, bias, out, &mut Vec::new()) };
         *scratch = x;
         return;
     }
-    // SAFETY: handed out by `Kernels` only when the CPU has AVX2 and FMA (and AVX-VNNI for
-    // the `_VNNI` parts).
+    // SAFETY: the caller's CPU runs `parts`.
     unsafe { super::matmul_rows_i16a(parts, xq, xs, n_tok, codes, scales, bias, out, scratch) }
 }
 
@@ -509,7 +512,9 @@ pub fn matmul_rows_i16a_mxfp4r16w<const VNNI: bool>(
     scratch: &mut Vec<u32>,
 ) {
     let parts = if VNNI { &PARTS_VNNI } else { &PARTS };
-    matmul(parts, xq, xs, n_tok, codes, scales, bias, out, scratch)
+    // SAFETY: handed out by `Kernels` only when the CPU has AVX2 and FMA (and AVX-VNNI for
+    // the `_VNNI` parts).
+    unsafe { matmul_offset_decode(parts, xq, xs, n_tok, codes, scales, bias, out, scratch) }
 }
 
 /// [`crate::mxfp4_r16::quantize_codes`] on 8 lanes at a time, bit for bit: the absolute
@@ -570,5 +575,7 @@ pub fn matmul_rows_i16a_affine4r16w<const VNNI: bool>(
     scratch: &mut Vec<u32>,
 ) {
     let parts = if VNNI { &AFFINE4_PARTS_VNNI } else { &AFFINE4_PARTS };
-    matmul(parts, xq, xs, n_tok, codes, crate::affine_r16::f32_bytes(scales), bias, out, scratch)
+    let scales = crate::affine_r16::f32_bytes(scales);
+    // SAFETY: as in [`matmul_rows_i16a_mxfp4r16w`].
+    unsafe { matmul_offset_decode(parts, xq, xs, n_tok, codes, scales, bias, out, scratch) }
 }
