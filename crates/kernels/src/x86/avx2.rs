@@ -117,25 +117,45 @@ unsafe fn dots_bf16_finish<const T: usize>(
 /// feeds 6 FMAs.
 const TILE_ROWS: usize = 2;
 
-/// x `[n_tok, K]` into `[n_tok][4][K32 / 4]`: per token, [`dot_with`]'s accumulator `j`'s
-/// columns (`8j..8j + 8` of each 32-wide group of the first `k32`) one after the other, so
-/// a [`tile_pass`] reads them contiguously (strided, they cost a sixth of its speed).
+/// Floats from one accumulator's columns of a token to the next's in the packed activations:
+/// K32/4 and a cache line. See [`packed_stride`].
+fn packed_segment(k32: usize) -> usize {
+    k32 / 4 + 16
+}
+
+/// Floats from one token to the next in the packed activations: four segments and four more
+/// cache lines. Unpadded, at K = 4096 (the attention output) every segment began a multiple
+/// of 4 KiB from the others, so all that a row pair's passes read of a 6-token tile (192
+/// cache lines) fell in 8 of the 64 sets of a 32 KiB L1, 24 lines to a set of 8 ways: the
+/// matmul ran at 26–28 GMAC/s on Zen 4 against 33–38 at K = 2880. Padded, no set holds more
+/// than 4 at either K.
+fn packed_stride(k32: usize) -> usize {
+    4 * packed_segment(k32) + 64
+}
+
+/// x `[n_tok, K]` into `[n_tok][4][K32 / 4]` (tokens [`packed_stride`] apart, accumulators
+/// [`packed_segment`] apart, the padding zero): per token, [`dot_with`]'s accumulator `j`'s
+/// columns (`8j..8j + 8` of each 32-wide group of the first `k32`) one after the other, so a
+/// [`tile_pass`] reads them contiguously (strided, they cost a sixth of its speed).
 fn pack_by_accumulator(x: &[f32], n_tok: usize, k: usize, k32: usize, xp: &mut Vec<f32>) {
     xp.clear();
-    xp.reserve(n_tok * k32);
+    xp.reserve(n_tok * packed_stride(k32));
     for t in 0..n_tok {
         let row = &x[t * k..t * k + k32];
+        let token_start = xp.len();
         for j in 0..4 {
             for group in row.chunks_exact(32) {
                 xp.extend_from_slice(&group[8 * j..8 * j + 8]);
             }
+            xp.resize(token_start + (j + 1) * packed_segment(k32), 0.0);
         }
+        xp.resize(token_start + packed_stride(k32), 0.0);
     }
 }
 
 /// Accumulator `j` of [`dot_with`] (columns `8j..8j + 8` of each 32-wide group in
 /// `from..to`) for R rows (`k` apart from `w`) × T tokens (`xp` packed by
-/// [`pack_by_accumulator`], tokens `k32` apart). [`dot_with`] keeps its four accumulators
+/// [`pack_by_accumulator`]). [`dot_with`] keeps its four accumulators
 /// apart until the end, so the four can be run one after the other: each (row, token, j)
 /// still adds the same products in the same order, and R·T sums share each load.
 #[inline(always)]
@@ -151,12 +171,12 @@ unsafe fn tile_pass<const R: usize, const T: usize>(
     to: usize,
 ) {
     let mut a = *acc;
-    let xj = xp.add(j * k32 / 4);
+    let xj = xp.add(j * packed_segment(k32));
     let mut g = from / 32;
     while g < to / 32 {
         let wv: [__m256; R] = std::array::from_fn(|r| load_bf16x8(w.add(r * k + 32 * g + 8 * j)));
         for t in 0..T {
-            let xv = _mm256_loadu_ps(xj.add(t * k32 + 8 * g));
+            let xv = _mm256_loadu_ps(xj.add(t * packed_stride(k32) + 8 * g));
             for r in 0..R {
                 a[r][t] = _mm256_fmadd_ps(xv, wv[r], a[r][t]);
             }
@@ -256,7 +276,7 @@ unsafe fn matmul_impl(x: &[f32], xp: &[f32], n_tok: usize, w: &[u16], bias: Opti
         let mut t = 0;
         while t < n_tok {
             let tb = (n_tok - t).min(TOKENS);
-            let (xt, xpt, o) = (x.as_ptr().add(t * k), xp.as_ptr().add(t * k32), op.add(t));
+            let (xt, xpt, o) = (x.as_ptr().add(t * k), xp.as_ptr().add(t * packed_stride(k32)), op.add(t));
             match tb {
                 6 => tile_bf16::<6>(xt, xpt, k, w, bias, block.clone(), o, n_tok),
                 5 => tile_bf16::<5>(xt, xpt, k, w, bias, block.clone(), o, n_tok),
@@ -270,8 +290,8 @@ unsafe fn matmul_impl(x: &[f32], xp: &[f32], n_tok: usize, w: &[u16], bias: Opti
     }
 }
 
-/// x `[n_tok, K]` in the layout [`matmul_rows_f32_bf16w_packed`] reads (`n_tok · (K − K mod
-/// 32)` floats; nothing for one token, which reads x as it is).
+/// x `[n_tok, K]` in the layout [`matmul_rows_f32_bf16w_packed`] reads (`n_tok` ×
+/// [`packed_stride`] floats; nothing for one token, which reads x as it is).
 pub fn pack_f32_for_bf16w(x: &[f32], n_tok: usize, k: usize, xp: &mut Vec<f32>) {
     assert!(k > 0 && x.len() == n_tok * k, "pack: x is not [T, K]");
     if n_tok > 1 {
@@ -294,7 +314,7 @@ pub fn matmul_rows_f32_bf16w_packed(
     out: &mut [f32],
 ) {
     crate::scalar::check_matmul_shapes(x, n_tok, k, w.len(), bias, out);
-    let packed_len = if n_tok > 1 { n_tok * (k / 32 * 32) } else { 0 };
+    let packed_len = if n_tok > 1 { n_tok * packed_stride(k / 32 * 32) } else { 0 };
     assert_eq!(xp.len(), packed_len, "linear: packed activations do not match [T, K]");
     // SAFETY: handed out by `Kernels` only when the CPU has AVX2 and FMA; every access is
     // within the slices, whose lengths were checked above.
