@@ -109,11 +109,22 @@ pub(super) const fn code_offset<const AFFINE: bool>() -> i32 {
     }
 }
 
-/// 2×E2M1 + 12 for `vpshufb`: every code as a non-negative byte.
+/// 2×E2M1 + [`code_offset`]: every MXFP4 code as the non-negative byte the offset decoders
+/// (here and in [`super::vnni`]) look up with `vpshufb`, one copy per 128-bit lane.
+pub(super) const FP4_OFFSET_BYTES: [i8; 16] = {
+    let mut t = [0i8; 16];
+    let mut i = 0;
+    while i < 16 {
+        t[i] = (FP4_X2[i] as i32 + code_offset::<false>()) as i8;
+        i += 1;
+    }
+    t
+};
+
+/// [`FP4_OFFSET_BYTES`] in both 128-bit lanes.
 #[inline(always)]
 pub(super) unsafe fn fp4_offset_table() -> __m256i {
-    let t: [i8; 16] = std::array::from_fn(|i| (FP4_X2[i] + 12) as i8);
-    _mm256_broadcastsi128_si256(_mm_loadu_si128(t.as_ptr() as *const __m128i))
+    _mm256_broadcastsi128_si256(_mm_loadu_si128(FP4_OFFSET_BYTES.as_ptr() as *const __m128i))
 }
 
 /// Nibbles (one per byte) as codes plus [`code_offset`]: a lookup in [`fp4_offset_table`],

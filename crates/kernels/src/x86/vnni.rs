@@ -105,7 +105,7 @@ unsafe fn gemv_group<const AFFINE: bool>(
     out: *mut f32,
 ) {
     let blocks = k / BLOCK;
-    let table = offset_table::<AFFINE>();
+    let table = fp4_offset_table();
     let nibble = _mm512_set1_epi8(0x0f);
     let xw = xq as *const i64;
     let x_sums = (xq as *const i32).add(k.div_ceil(2));
@@ -143,12 +143,10 @@ unsafe fn gemv_group<const AFFINE: bool>(
     _mm512_storeu_ps(out, _mm512_add_ps(facc, bv));
 }
 
-/// [`super::avx2_i16`]'s offset lookup in every 128-bit lane: 2×E2M1 + 12 for MXFP4; unused
-/// for affine codes, whose nibbles are their offset codes.
+/// [`super::avx2_i16::FP4_OFFSET_BYTES`] in every 128-bit lane (affine codes need no lookup).
 #[inline(always)]
-unsafe fn offset_table<const AFFINE: bool>() -> __m512i {
-    let t: [i8; 16] = std::array::from_fn(|i| (FP4_X2[i] + 12) as i8);
-    _mm512_broadcast_i32x4(_mm_loadu_si128(t.as_ptr() as *const __m128i))
+unsafe fn fp4_offset_table() -> __m512i {
+    _mm512_broadcast_i32x4(_mm_loadu_si128(super::avx2_i16::FP4_OFFSET_BYTES.as_ptr() as *const __m128i))
 }
 
 /// Nibbles (one per byte) as codes plus the offset: a lookup for MXFP4, the nibbles
