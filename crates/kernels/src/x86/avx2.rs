@@ -46,19 +46,23 @@ unsafe fn dot_with(x: &[f32], n: usize, load: impl Fn(usize) -> __m256, at: impl
     s
 }
 
-/// Bytes ahead of a one-token matmul's weight stream to prefetch. The rows follow each other
-/// in memory, but the hardware prefetcher stops at every 4 KiB page: without this the
-/// dense matrices streamed at 15–16 GB/s where the experts (prefetched) reach 21.
-const PREFETCH_AHEAD: usize = 4096;
+/// Bytes ahead of a one-token matmul's weight stream to prefetch, into L2 (`prefetcht1`).
+/// The rows follow each other in memory, but the hardware prefetcher stops at every 4 KiB
+/// page: without a prefetch the dense matrices streamed at 15–16 GB/s on a Xeon where the
+/// experts (prefetched) reached 21. Into L1 a page ahead was not enough where memory is fast:
+/// on a Zen 4 VM whose plain loads read 50–59 GB/s, a C twin of this loop streamed 36–39
+/// (42–45 into L2 two pages ahead) and the model's attn_out 27–32 (now 32–43); likely the
+/// L1's few outstanding misses, which an L2 prefetch does not hold.
+const PREFETCH_AHEAD: usize = 8192;
 
 /// Σ x[i]·w[i], w in bf16, prefetching [`PREFETCH_AHEAD`] bytes past each 32-wide group
-/// (one cache line of weights).
+/// (one cache line of weights) into L2.
 #[target_feature(enable = "avx2,fma")]
 unsafe fn dot_f32_bf16(x: &[f32], w: &[u16]) -> f32 {
     let wp = w.as_ptr();
     let load = |o: usize| {
         if o.is_multiple_of(32) {
-            _mm_prefetch::<_MM_HINT_T0>((wp.add(o) as *const i8).wrapping_add(PREFETCH_AHEAD));
+            _mm_prefetch::<_MM_HINT_T1>((wp.add(o) as *const i8).wrapping_add(PREFETCH_AHEAD));
         }
         load_bf16x8(wp.add(o))
     };
