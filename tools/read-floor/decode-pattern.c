@@ -117,8 +117,48 @@ static unsigned next_rand(void) {
     return (unsigned)rng;
 }
 
+static char *qkv[LAYERS], *attn_out[LAYERS], *gate_up[LAYERS][EXPERTS], *down[LAYERS][EXPERTS];
+static char *unembedding, *probe;
+static const size_t probe_bytes = 512UL << 20;
+
+/// The bench's probe: bytes per second, the best of PASSES passes over 512 MiB.
+static double probe_best(void) {
+    double best = 0;
+    n_jobs = 1;
+    jobs[0] = (Job){probe, probe_bytes, 0};
+    for (int pass = 0; pass < PASSES; pass++) {
+        double t = now();
+        run_jobs(0);
+        double bw = probe_bytes / (now() - t);
+        if (bw > best) best = bw;
+    }
+    return best;
+}
+
+/// One token's job list: per layer q/k/v, the attention output, 4 distinct random experts'
+/// gate_up then their down; then the unembedding.
+static void token_jobs(void) {
+    n_jobs = 0;
+    for (int l = 0; l < LAYERS; l++) {
+        int chosen[ACTIVE];
+        jobs[n_jobs++] = (Job){qkv[l], stage_bytes[QKV], QKV};
+        jobs[n_jobs++] = (Job){attn_out[l], stage_bytes[ATTN_OUT], ATTN_OUT};
+        for (int k = 0; k < ACTIVE; k++) {
+            int again;
+            do {
+                chosen[k] = next_rand() % EXPERTS;
+                again = 0;
+                for (int m = 0; m < k; m++) again |= chosen[m] == chosen[k];
+            } while (again);
+        }
+        for (int k = 0; k < ACTIVE; k++)
+            jobs[n_jobs++] = (Job){gate_up[l][chosen[k]], stage_bytes[GATE_UP], GATE_UP};
+        for (int k = 0; k < ACTIVE; k++) jobs[n_jobs++] = (Job){down[l][chosen[k]], stage_bytes[DOWN], DOWN};
+    }
+    jobs[n_jobs++] = (Job){unembedding, stage_bytes[UNEMBEDDING], UNEMBEDDING};
+}
+
 int main(void) {
-    static char *qkv[LAYERS], *attn_out[LAYERS], *gate_up[LAYERS][EXPERTS], *down[LAYERS][EXPERTS];
     for (int l = 0; l < LAYERS; l++) {
         qkv[l] = huge_alloc(stage_bytes[QKV]);
         attn_out[l] = huge_alloc(stage_bytes[ATTN_OUT]);
@@ -127,59 +167,28 @@ int main(void) {
             down[l][e] = huge_alloc(stage_bytes[DOWN]);
         }
     }
-    char *unembedding = huge_alloc(stage_bytes[UNEMBEDDING]);
-    const size_t probe_bytes = 512UL << 20;
-    char *probe = huge_alloc(probe_bytes);
+    unembedding = huge_alloc(stage_bytes[UNEMBEDDING]);
+    probe = huge_alloc(probe_bytes);
     pthread_t thread;
     pthread_create(&thread, 0, worker, 0);
 
     for (int rep = 0; rep < 4; rep++) {
-        double best[2] = {0, 0}, secs[STAGES] = {0}, bytes[STAGES] = {0};
-        for (int side = 0; side < 2; side++) {
-            if (side == 1) {
-                double t = now();
-                for (int tok = 0; tok < TOKENS; tok++) {
-                    n_jobs = 0;
-                    for (int l = 0; l < LAYERS; l++) {
-                        int chosen[ACTIVE];
-                        jobs[n_jobs++] = (Job){qkv[l], stage_bytes[QKV], QKV};
-                        jobs[n_jobs++] = (Job){attn_out[l], stage_bytes[ATTN_OUT], ATTN_OUT};
-                        for (int k = 0; k < ACTIVE; k++) {
-                            int again;
-                            do {
-                                chosen[k] = next_rand() % EXPERTS;
-                                again = 0;
-                                for (int m = 0; m < k; m++) again |= chosen[m] == chosen[k];
-                            } while (again);
-                        }
-                        for (int k = 0; k < ACTIVE; k++)
-                            jobs[n_jobs++] = (Job){gate_up[l][chosen[k]], stage_bytes[GATE_UP], GATE_UP};
-                        for (int k = 0; k < ACTIVE; k++)
-                            jobs[n_jobs++] = (Job){down[l][chosen[k]], stage_bytes[DOWN], DOWN};
-                    }
-                    jobs[n_jobs++] = (Job){unembedding, stage_bytes[UNEMBEDDING], UNEMBEDDING};
-                    for (int j = 0; j < n_jobs; j++) bytes[jobs[j].stage] += jobs[j].n;
-                    run_jobs(secs);
-                }
-                double total = 0;
-                for (int s = 0; s < STAGES; s++) total += bytes[s];
-                double dt = now() - t;
-                printf("pattern %.1f GB/s (%.2f GB per token, %.2f tokens/s):", total / dt / 1e9,
-                       total / TOKENS / 1e9, TOKENS / dt);
-                for (int s = 0; s < STAGES; s++) printf(" %s %.1f", stage_names[s], bytes[s] / secs[s] / 1e9);
-                printf("\n");
-            }
-            // The bench's probe: best of PASSES passes over 512 MiB, before and after.
-            n_jobs = 1;
-            jobs[0] = (Job){probe, probe_bytes, 0};
-            for (int pass = 0; pass < PASSES; pass++) {
-                double t = now();
-                run_jobs(0);
-                double bw = probe_bytes / (now() - t);
-                if (bw > best[side]) best[side] = bw;
-            }
+        double secs[STAGES] = {0}, bytes[STAGES] = {0}, total = 0;
+        double before = probe_best();
+        double t = now();
+        for (int tok = 0; tok < TOKENS; tok++) {
+            token_jobs();
+            for (int j = 0; j < n_jobs; j++) bytes[jobs[j].stage] += jobs[j].n;
+            run_jobs(secs);
         }
-        printf("  probe before %.1f, after %.1f GB/s\n", best[0] / 1e9, best[1] / 1e9);
+        double dt = now() - t;
+        for (int s = 0; s < STAGES; s++) total += bytes[s];
+        printf("pattern %.1f GB/s (%.2f GB per token, %.2f tokens/s):", total / dt / 1e9, total / TOKENS / 1e9,
+               TOKENS / dt);
+        for (int s = 0; s < STAGES; s++) printf(" %s %.1f", stage_names[s], bytes[s] / secs[s] / 1e9);
+        printf("\n");
+        double after = probe_best();
+        printf("  probe before %.1f, after %.1f GB/s\n", before / 1e9, after / 1e9);
         fflush(stdout);
     }
     return 0;
