@@ -97,17 +97,7 @@ fn mlx_conversions_match_mlx_lm_with_exact_yarn() {
         assert_eq!(greedy(&model, &r.tokens[..200], r.greedy_from_200.len()), r.greedy_from_200, "{variant}");
 
         // Every fast set on this CPU: the fast-path bar against the reference.
-        let sets = [
-            Isa::Avx2,
-            Isa::AvxVnni,
-            Isa::Avx512,
-            Isa::Avx512Vnni,
-            Isa::Avx512Bf16,
-            Isa::Neon,
-            Isa::NeonDotprod,
-            Isa::NeonI8mm,
-        ];
-        for fast in sets.into_iter().filter_map(Kernels::for_isa) {
+        for fast in Isa::PICKED.into_iter().filter_map(Kernels::for_isa) {
             model.set_kernels(fast);
             let (max_nll, max_logit, logits) = compare(&model, &r);
             let argmax = gptoss_engine::sampler::argmax;
@@ -331,7 +321,9 @@ fn unquantized_f16_and_f32_modules_load_and_match() {
     let (max_nll, max_logit, _) = compare(&model, &r);
     eprintln!("bf16 with f32/f16 modules (scalar): max |Δnll| = {max_nll:.3e}, max |Δlogit| = {max_logit:.3e}");
     assert!(max_nll < 1e-4 && max_logit < 1e-4, "NLL {max_nll}, logit {max_logit}");
-    for fast in [Isa::Avx2, Isa::AvxVnni, Isa::Avx512Bf16, Isa::Neon].into_iter().filter_map(Kernels::for_isa) {
+    for fast in
+        [Isa::Avx2, Isa::AvxVnni, Isa::Avx512Bf16, Isa::Neon, Isa::NeonBf16].into_iter().filter_map(Kernels::for_isa)
+    {
         model.set_kernels(fast);
         let (max_nll, _, _) = compare(&model, &r);
         assert!(max_nll <= 0.01, "{}: NLL {max_nll}", fast.isa.name());

@@ -82,7 +82,8 @@ fn f32_simd_kernels_match_reference() {
 /// the bar, which it misses; it is never picked unless asked for.
 #[test]
 fn bf16_dot_product_kernels_are_accurate_enough() {
-    let fast: Vec<_> = [Isa::Avx512Bf16, Isa::Avx512Bf16Round].into_iter().filter_map(Kernels::for_isa).collect();
+    let fast: Vec<_> =
+        [Isa::Avx512Bf16, Isa::Avx512Bf16Round, Isa::NeonBf16].into_iter().filter_map(Kernels::for_isa).collect();
     if fast.is_empty() {
         eprintln!("no bf16-activation kernels on this CPU; nothing to measure");
     }
@@ -103,10 +104,11 @@ fn bf16_dot_product_kernels_are_accurate_enough() {
 /// 99% or more.
 #[test]
 fn integer_expert_sets_are_accurate_enough() {
-    let sets: Vec<_> = [Isa::Avx2, Isa::AvxVnni, Isa::Avx512, Isa::Avx512Vnni, Isa::NeonDotprod, Isa::NeonI8mm]
-        .into_iter()
-        .filter_map(Kernels::for_isa)
-        .collect();
+    let sets: Vec<_> =
+        [Isa::Avx2, Isa::AvxVnni, Isa::Avx512, Isa::Avx512Vnni, Isa::NeonDotprod, Isa::NeonI8mm, Isa::NeonBf16]
+            .into_iter()
+            .filter_map(Kernels::for_isa)
+            .collect();
     if sets.is_empty() {
         eprintln!("neither AVX2 nor NEON dotprod on this CPU; nothing to measure");
     }
@@ -166,7 +168,10 @@ fn accuracy(model: &Model, what: &str) -> (f64, f64, f64) {
 /// loose bar that still catches a broken quantizer or kernel.
 #[test]
 fn q8_dense_weights_cost_is_measured() {
-    for kern in [Some(Kernels::scalar()), Kernels::for_isa(Isa::Avx512Bf16)].into_iter().flatten() {
+    for kern in [Some(Kernels::scalar()), Kernels::for_isa(Isa::Avx512Bf16), Kernels::for_isa(Isa::NeonBf16)]
+        .into_iter()
+        .flatten()
+    {
         let mut model = Model::load_with(&tiny("hf"), DenseFormat::Q8).unwrap();
         model.set_kernels(kern);
         let (_, mean, agree) = accuracy(&model, &format!("q8 dense, {kern:?}"));
@@ -189,7 +194,7 @@ fn both_layouts_give_bit_identical_logits() {
 #[test]
 fn tiled_dense_weights_give_the_bits_of_rows() {
     use gptoss_engine::weights::{Bf16Layout, Dense};
-    let Some(kern) = Kernels::for_isa(Isa::Avx512Bf16) else {
+    let Some(kern) = Kernels::for_isa(Isa::Avx512Bf16).or(Kernels::for_isa(Isa::NeonBf16)) else {
         eprintln!("no bf16-activation kernels on this CPU; nothing to compare");
         return;
     };

@@ -47,19 +47,6 @@ fn main() {
         ("attn_out", 2880, 4096),
         ("cached", 512, 2880),
     ];
-    let isas = [
-        Isa::Avx2,
-        Isa::AvxVnni,
-        Isa::Avx2Int8,
-        Isa::AvxVnniInt8,
-        Isa::Avx512,
-        Isa::Avx512Vnni,
-        Isa::Avx512Bf16,
-        Isa::Avx512Bf16Round,
-        Isa::Neon,
-        Isa::NeonDotprod,
-        Isa::NeonI8mm,
-    ];
     for (name, rows, k) in shapes {
         if !name.contains(&filter) {
             continue;
@@ -75,7 +62,7 @@ fn main() {
             let mut out = vec![0f32; rows * n_tok];
             let mut row_buf = vec![0f32; k];
             let macs = (rows * k * n_tok) as f64;
-            for isa in isas.iter().filter(|i| i.supported()) {
+            for isa in Isa::ALL.iter().filter(|&&i| i != Isa::Scalar && i.supported()) {
                 let Some(kern) = Kernels::for_isa(*isa) else { continue };
                 // Best of REPS timings (default 50 for one token, 5 for more): more on a noisy machine.
                 let reps =

@@ -1,5 +1,5 @@
 //! Which kernels run: picked once from the CPU's features, or forced with
-//! `GPTOSS_KERNELS=scalar|avx2|avx2-int8|avx-vnni|avx-vnni-int8|avx512|avx512vnni|avx512bf16|avx512bf16-round|neon|neon-dotprod|neon-i8mm`
+//! `GPTOSS_KERNELS=scalar|avx2|avx2-int8|avx-vnni|avx-vnni-int8|avx512|avx512vnni|avx512bf16|avx512bf16-round|neon|neon-dotprod|neon-i8mm|neon-bf16`
 //! to test and compare. Call sites go through [`Kernels`] and never name an instruction set.
 
 use std::sync::OnceLock;
@@ -37,9 +37,44 @@ pub enum Isa {
     /// tokens × 8 columns per instruction), one token through `sdot` (Apple M2+, Graviton 3+,
     /// Neoverse V1/N2, Cortex-A510/A710/X2+).
     NeonI8mm,
+    /// `neon-i8mm` with the BF16 extension (Armv8.6: Apple M2+, Graviton 3+, Neoverse V1/N2/V2,
+    /// Cortex-A510/A710/X2+): the dense matmuls through `bfmmla` (2 rows × 2 tokens × 4
+    /// columns per instruction) on activations split into two bf16 terms, as `avx512bf16`.
+    NeonBf16,
 }
 
 impl Isa {
+    /// Every set, each architecture's (only those this CPU runs are usable).
+    pub const ALL: [Isa; 13] = [
+        Isa::Scalar,
+        Isa::Avx2,
+        Isa::AvxVnni,
+        Isa::Avx2Int8,
+        Isa::AvxVnniInt8,
+        Isa::Avx512,
+        Isa::Avx512Vnni,
+        Isa::Avx512Bf16,
+        Isa::Avx512Bf16Round,
+        Isa::Neon,
+        Isa::NeonDotprod,
+        Isa::NeonI8mm,
+        Isa::NeonBf16,
+    ];
+
+    /// The fast sets picked by themselves where the CPU has them, fastest first; the others
+    /// (`scalar`, the `-int8` and `-round` variants) run only when asked for by name.
+    pub const PICKED: [Isa; 9] = [
+        Isa::Avx512Bf16,
+        Isa::Avx512Vnni,
+        Isa::Avx512,
+        Isa::AvxVnni,
+        Isa::Avx2,
+        Isa::NeonBf16,
+        Isa::NeonI8mm,
+        Isa::NeonDotprod,
+        Isa::Neon,
+    ];
+
     pub fn name(self) -> &'static str {
         match self {
             Isa::Scalar => "scalar",
@@ -54,6 +89,7 @@ impl Isa {
             Isa::Neon => "neon",
             Isa::NeonDotprod => "neon-dotprod",
             Isa::NeonI8mm => "neon-i8mm",
+            Isa::NeonBf16 => "neon-bf16",
         }
     }
 
@@ -102,6 +138,13 @@ impl Isa {
                 std::arch::is_aarch64_feature_detected!("neon")
                     && std::arch::is_aarch64_feature_detected!("dotprod")
                     && std::arch::is_aarch64_feature_detected!("i8mm")
+            }
+            #[cfg(target_arch = "aarch64")]
+            Isa::NeonBf16 => {
+                std::arch::is_aarch64_feature_detected!("neon")
+                    && std::arch::is_aarch64_feature_detected!("dotprod")
+                    && std::arch::is_aarch64_feature_detected!("i8mm")
+                    && std::arch::is_aarch64_feature_detected!("bf16")
             }
             // The instruction sets of the other architectures.
             _ => false,
@@ -231,7 +274,10 @@ pub fn max_scratch_len(k: usize) -> (usize, usize) {
         crate::x86::avx512bf16::scratch_halves(k),
     );
     #[cfg(target_arch = "aarch64")]
-    return (crate::arm::neon_i16::scratch_words(k).max(crate::arm::neon_i8mm::scratch_words(k)), 0);
+    return (
+        crate::arm::neon_i16::scratch_words(k).max(crate::arm::neon_i8mm::scratch_words(k)),
+        crate::arm::neon_bf16::scratch_halves(k),
+    );
     #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
     return (0, 0);
 }
@@ -239,7 +285,7 @@ pub fn max_scratch_len(k: usize) -> (usize, usize) {
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum KernelError {
     #[error(
-        "GPTOSS_KERNELS={0:?} is not one of scalar, avx2, avx2-int8, avx-vnni, avx-vnni-int8, avx512, avx512vnni, avx512bf16, avx512bf16-round, neon, neon-dotprod, neon-i8mm"
+        "GPTOSS_KERNELS={0:?} is not one of scalar, avx2, avx2-int8, avx-vnni, avx-vnni-int8, avx512, avx512vnni, avx512bf16, avx512bf16-round, neon, neon-dotprod, neon-i8mm, neon-bf16"
     )]
     Unknown(String),
     #[error("GPTOSS_KERNELS={0}: this CPU does not support it")]
@@ -451,8 +497,9 @@ static NEON_DOTPROD: Kernels = Kernels {
     }),
     ..NEON_SET
 };
+/// The `neon-i8mm` set, also the base of [`NEON_BF16`].
 #[cfg(target_arch = "aarch64")]
-static NEON_I8MM: Kernels = Kernels {
+const NEON_I8MM_SET: Kernels = Kernels {
     isa: Isa::NeonI8mm,
     i16_act: Some(I16Act {
         quantize: crate::mxfp4_r16::quantize_codes,
@@ -461,6 +508,21 @@ static NEON_I8MM: Kernels = Kernels {
         matmul_rows_i16a_affine4r16w: Some(crate::arm::neon_i8mm::matmul_rows_i16a_affine4r16w),
     }),
     ..NEON_SET
+};
+#[cfg(target_arch = "aarch64")]
+static NEON_I8MM: Kernels = NEON_I8MM_SET;
+#[cfg(target_arch = "aarch64")]
+static NEON_BF16: Kernels = Kernels {
+    isa: Isa::NeonBf16,
+    bf16_act: Some(Bf16Act {
+        terms: 2,
+        split: crate::arm::neon_bf16::split_to_bf16::<2>,
+        matmul_rows_bf16a_bf16w: crate::arm::neon_bf16::matmul_rows_bf16a_bf16w::<2>,
+        matmul_rows_bf16a_bf16t8w: crate::arm::neon_bf16::matmul_rows_bf16a_bf16t8w::<2>,
+        matmul_rows_bf16a_mxfp4w: crate::arm::neon_bf16::matmul_rows_bf16a_mxfp4w::<2>,
+        matmul_rows_bf16a_q8w: crate::arm::neon_bf16::matmul_rows_bf16a_q8w::<2>,
+    }),
+    ..NEON_I8MM_SET
 };
 #[cfg(target_arch = "aarch64")]
 static NEON: Kernels = NEON_SET;
@@ -500,6 +562,8 @@ impl Kernels {
             Isa::NeonDotprod => Some(&NEON_DOTPROD),
             #[cfg(target_arch = "aarch64")]
             Isa::NeonI8mm => Some(&NEON_I8MM),
+            #[cfg(target_arch = "aarch64")]
+            Isa::NeonBf16 => Some(&NEON_BF16),
             // Unreachable: `supported` is false for the other architectures' sets.
             _ => None,
         }
@@ -507,23 +571,11 @@ impl Kernels {
 
     /// The fastest this CPU supports.
     pub fn detect() -> &'static Kernels {
-        [
-            Isa::Avx512Bf16,
-            Isa::Avx512Vnni,
-            Isa::Avx512,
-            Isa::AvxVnni,
-            Isa::Avx2,
-            Isa::NeonI8mm,
-            Isa::NeonDotprod,
-            Isa::Neon,
-        ]
-        .into_iter()
-        .find_map(Kernels::for_isa)
-        .unwrap_or(&SCALAR)
+        Isa::PICKED.into_iter().find_map(Kernels::for_isa).unwrap_or(&SCALAR)
     }
 
     /// `scalar`, `avx2`, `avx2-int8`, `avx-vnni`, `avx-vnni-int8`, `avx512`, `avx512vnni`, `avx512bf16`, `avx512bf16-round`, `neon`,
-    /// `neon-dotprod` or `neon-i8mm`; a set this CPU
+    /// `neon-dotprod`, `neon-i8mm` or `neon-bf16`; a set this CPU
     /// cannot run (`neon` on x86-64, the x86 sets on AArch64) is [`KernelError::Unsupported`].
     pub fn by_name(name: &str) -> Result<&'static Kernels, KernelError> {
         let isa = match name.trim().to_ascii_lowercase().as_str() {
@@ -539,6 +591,7 @@ impl Kernels {
             "neon" => Isa::Neon,
             "neon-dotprod" => Isa::NeonDotprod,
             "neon-i8mm" => Isa::NeonI8mm,
+            "neon-bf16" => Isa::NeonBf16,
             other => return Err(KernelError::Unknown(other.to_string())),
         };
         Kernels::for_isa(isa).ok_or(KernelError::Unsupported(isa.name()))

@@ -21,10 +21,7 @@ impl Rng {
 }
 
 fn fast_kernels() -> Vec<&'static Kernels> {
-    [Isa::Avx2, Isa::AvxVnni, Isa::Avx512, Isa::Avx512Vnni, Isa::Avx512Bf16, Isa::Neon, Isa::NeonDotprod, Isa::NeonI8mm]
-        .into_iter()
-        .filter_map(Kernels::for_isa)
-        .collect()
+    Isa::PICKED.into_iter().filter_map(Kernels::for_isa).collect()
 }
 
 /// Splits `[n, kv_dim]` rows starting at `first` into 1 to 3 spans at random points.

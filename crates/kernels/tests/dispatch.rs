@@ -22,24 +22,8 @@ impl Rng {
     }
 }
 
-/// Every instruction set, each architecture's; only those this CPU runs are tested.
-const ALL_ISAS: [Isa; 12] = [
-    Isa::Scalar,
-    Isa::Avx2,
-    Isa::AvxVnni,
-    Isa::Avx2Int8,
-    Isa::AvxVnniInt8,
-    Isa::Avx512,
-    Isa::Avx512Vnni,
-    Isa::Avx512Bf16,
-    Isa::Avx512Bf16Round,
-    Isa::Neon,
-    Isa::NeonDotprod,
-    Isa::NeonI8mm,
-];
-
 fn fast_kernels() -> Vec<&'static Kernels> {
-    ALL_ISAS.into_iter().filter(|&i| i != Isa::Scalar).filter_map(Kernels::for_isa).collect()
+    Isa::ALL.into_iter().filter(|&i| i != Isa::Scalar).filter_map(Kernels::for_isa).collect()
 }
 
 /// The kernel tables with bf16-activation matmuls.
@@ -64,6 +48,17 @@ fn split(ba: &Bf16Act, x: &[f32]) -> Vec<u16> {
     let (hi, lo) = out.split_at_mut(x.len());
     split_slice_to_bf16(x, hi, (ba.terms == 2).then_some(lo));
     out
+}
+
+/// How many times the f32 tolerance a bf16-activation set gets: `neon-bf16`'s `bfmmla` rounds
+/// its sums to odd, off by up to one unit in the last place where nearest-even is off by half
+/// (its kernels give the bits of their own twin: tests/bfmmla.rs).
+fn rounding_slack(kern: &Kernels) -> f32 {
+    if kern.isa == Isa::NeonBf16 {
+        2.0
+    } else {
+        1.0
+    }
 }
 
 fn scalar_bf16w(terms: usize) -> gptoss_kernels::dispatch::MatmulBf16aBf16w {
@@ -140,7 +135,7 @@ fn bf16_activation_matmuls_match_scalar_on_random_ragged_shapes() {
             let mut got = vec![f32::NAN; rows * n_tok];
             (ba.matmul_rows_bf16a_bf16w)(&x, n_tok, &w, b, &mut got);
             for (i, (g, e)) in got.iter().zip(&want).enumerate() {
-                let tol = 4.0 * f32::EPSILON * (k as f32).sqrt() * (1.0 + e.abs()) + 1e-6;
+                let tol = rounding_slack(kern) * 4.0 * f32::EPSILON * (k as f32).sqrt() * (1.0 + e.abs()) + 1e-6;
                 assert!((g - e).abs() <= tol, "{:?} k={k} T={n_tok} R={rows} [{i}]: {g} vs {e}", kern.isa);
             }
         }
@@ -183,7 +178,7 @@ fn tiled_bf16_matmuls_give_the_bits_of_rows() {
             scalar_t8(&x, n_tok, &tiled, b, &mut twin);
             for (i, (g, e)) in got.iter().zip(&want).enumerate() {
                 assert_eq!(g.to_bits(), e.to_bits(), "{:?} k={k} T={n_tok} R={rows} [{i}]: {g} vs {e}", kern.isa);
-                let tol = 4.0 * f32::EPSILON * (k as f32).sqrt() * (1.0 + e.abs()) + 1e-6;
+                let tol = rounding_slack(kern) * 4.0 * f32::EPSILON * (k as f32).sqrt() * (1.0 + e.abs()) + 1e-6;
                 assert!((twin[i] - e).abs() <= tol, "{:?} twin k={k} T={n_tok} [{i}]: {} vs {e}", kern.isa, twin[i]);
             }
             // Each token alone: the single-token path reads the tiles as one stream.
@@ -235,7 +230,7 @@ fn bf16_activation_mxfp4_matmul_matches_scalar_on_random_ragged_shapes() {
             (ba.matmul_rows_bf16a_mxfp4w)(&x, n_tok, &codes, &scales, b, &mut got, &mut Vec::new());
             for (i, (g, e)) in got.iter().zip(&want).enumerate() {
                 // Largest ordinary |w| is 6·2^2; scale 252 makes 6·2^125 ≈ 2e38.
-                let tol = 4.0 * f32::EPSILON * (k as f32).sqrt() * (24.0 + e.abs()) + 1e-6;
+                let tol = rounding_slack(kern) * 4.0 * f32::EPSILON * (k as f32).sqrt() * (24.0 + e.abs()) + 1e-6;
                 assert!(close(*g, *e, tol), "{:?} k={k} T={n_tok} R={rows} [{i}]: {g} vs {e}", kern.isa);
             }
         }
@@ -529,7 +524,11 @@ fn q8_matmuls_match_scalar_on_random_ragged_shapes() {
             let mut got = vec![f32::NAN; rows * n_tok];
             (ba.matmul_rows_bf16a_q8w)(&x, n_tok, &codes, &scales, b, &mut got, &mut Vec::new());
             for (i, (g, e)) in got.iter().zip(&twin).enumerate() {
-                assert!((g - e).abs() <= tol(*e), "{:?} bf16a k={k} T={n_tok} R={rows} [{i}]: {g} vs {e}", kern.isa);
+                assert!(
+                    (g - e).abs() <= rounding_slack(kern) * tol(*e),
+                    "{:?} bf16a k={k} T={n_tok} R={rows} [{i}]: {g} vs {e}",
+                    kern.isa
+                );
             }
             // Batch invariance: each token alone gives the same bits.
             for t in 0..n_tok {
@@ -550,7 +549,7 @@ fn names_select_kernels_and_unknown_names_are_refused() {
     assert!(Kernels::by_name("sse9").is_err());
     assert!(Isa::Scalar.supported());
     assert!(Kernels::detect().isa.supported());
-    for isa in ALL_ISAS {
+    for isa in Isa::ALL {
         match Kernels::by_name(isa.name()) {
             Ok(k) => assert!(k.isa == isa && isa.supported(), "{isa:?}"),
             Err(e) => assert!(e == KernelError::Unsupported(isa.name()) && !isa.supported(), "{isa:?}: {e}"),
@@ -563,9 +562,13 @@ fn names_select_kernels_and_unknown_names_are_refused() {
     {
         let dotprod = std::arch::is_aarch64_feature_detected!("dotprod");
         let i8mm = dotprod && std::arch::is_aarch64_feature_detected!("i8mm");
+        let bf16 = i8mm && std::arch::is_aarch64_feature_detected!("bf16");
         assert_eq!(Isa::NeonDotprod.supported(), dotprod);
         assert_eq!(Isa::NeonI8mm.supported(), i8mm);
-        let best = if i8mm {
+        assert_eq!(Isa::NeonBf16.supported(), bf16);
+        let best = if bf16 {
+            Isa::NeonBf16
+        } else if i8mm {
             Isa::NeonI8mm
         } else if dotprod {
             Isa::NeonDotprod
@@ -575,7 +578,7 @@ fn names_select_kernels_and_unknown_names_are_refused() {
         assert_eq!(Kernels::detect().isa, best);
     }
     #[cfg(not(target_arch = "aarch64"))]
-    assert!(!Isa::NeonDotprod.supported() && !Isa::NeonI8mm.supported());
+    assert!(!Isa::NeonDotprod.supported() && !Isa::NeonI8mm.supported() && !Isa::NeonBf16.supported());
 }
 
 /// A token's result must not depend on what it is batched with: batched, chunked and
@@ -583,7 +586,7 @@ fn names_select_kernels_and_unknown_names_are_refused() {
 #[test]
 fn results_do_not_depend_on_the_batch() {
     let mut rng = Rng(0x2545_F491_4F6C_DD1D);
-    for kern in ALL_ISAS.into_iter().filter_map(Kernels::for_isa) {
+    for kern in Isa::ALL.into_iter().filter_map(Kernels::for_isa) {
         for k in [32, 64, 96, 1000, 1003, 2080, 2880] {
             // Past the 4×4 register tiles, the 32-row panels, the 8-row single-token blocks
             // and the 1024-long K passes; 1000 ends in a partial 32-wide chunk and 1003 in a

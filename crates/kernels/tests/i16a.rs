@@ -77,6 +77,7 @@ fn int_kernels() -> Vec<&'static Kernels> {
         Isa::AvxVnniInt8,
         Isa::NeonDotprod,
         Isa::NeonI8mm,
+        Isa::NeonBf16,
     ]
     .into_iter()
     .filter_map(Kernels::for_isa)

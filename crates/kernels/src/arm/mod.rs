@@ -3,5 +3,6 @@
 //! AArch64 baseline, so in practice always).
 
 pub mod neon;
+pub mod neon_bf16;
 pub mod neon_i16;
 pub mod neon_i8mm;

@@ -5,6 +5,7 @@
 //! or how many tokens were batched together.
 
 mod attention;
+mod bfmmla;
 mod i16a;
 mod linear;
 mod moe;
@@ -13,13 +14,15 @@ mod rope;
 
 pub use attention::{attend_head_f32, attend_heads_f32, KvSpan};
 pub(crate) use attention::{for_each_row, vector_shapes_ok};
-// The int16-activation check serves the x86 and AArch64 integer kernels; the
-// bf16-activation ones the x86 kernels only.
+pub use bfmmla::{
+    bf16_dot_add, matmul_rows_bf16a_bf16w_bfmmla, matmul_rows_bf16a_mxfp4w_bfmmla, matmul_rows_bf16a_q8w_bfmmla,
+};
+// The int16- and bf16-activation checks serve the x86 and AArch64 kernels.
 #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
 pub(crate) use i16a::check_i16a_shapes;
 pub use i16a::{matmul_rows_i16a_affine4r16w, matmul_rows_i16a_mxfp4r16w};
 pub(crate) use linear::{check_affine_shapes, check_matmul_shapes, check_mxfp4_shapes, check_q8_shapes};
-#[cfg(target_arch = "x86_64")]
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
 pub(crate) use linear::{check_bf16a_shapes, check_mxfp4_bf16a_shapes};
 pub use linear::{
     matmul_rows_bf16a_bf16t8w, matmul_rows_bf16a_bf16w, matmul_rows_bf16a_mxfp4w, matmul_rows_bf16a_q8w,
