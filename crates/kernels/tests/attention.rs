@@ -21,7 +21,7 @@ impl Rng {
 }
 
 fn fast_kernels() -> Vec<&'static Kernels> {
-    Isa::PICKED.into_iter().filter_map(Kernels::for_isa).collect()
+    Isa::FAST.into_iter().filter_map(Kernels::for_isa).collect()
 }
 
 /// Splits `[n, kv_dim]` rows starting at `first` into 1 to 3 spans at random points.

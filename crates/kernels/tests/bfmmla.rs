@@ -187,15 +187,7 @@ fn mxfp4_and_q8_kernels_give_the_twins_bits() {
 fn one_bfmmla_lane_rounds_like_bf16_dot_add() {
     let Some(kern) = neon_bf16() else { return };
     let ba = kern.bf16_act.as_ref().expect("neon-bf16 has bf16 activations");
-    let mut rng = Rng(0x5BE0_CD19_137E_2179);
-    for case in 0..2000usize {
-        // bf16 bits with exponents over the whole range now and then.
-        let val = |rng: &mut Rng| -> u16 {
-            let v = rng.f32() * 2f32.powi(rng.below(if case.is_multiple_of(3) { 250 } else { 40 }) as i32 - 20);
-            f32_to_bf16(if case.is_multiple_of(3) { v * 2f32.powi(-100) } else { v })
-        };
-        let w: [u16; 4] = std::array::from_fn(|_| val(&mut rng));
-        let xh: [u16; 4] = std::array::from_fn(|_| val(&mut rng));
+    let lane_matches = |w: [u16; 4], xh: [u16; 4]| {
         // x as [2 terms, 1 token, 4]: hi, then lo zero.
         let x: Vec<u16> = xh.iter().copied().chain([0; 4]).collect();
         let mut got = [f32::NAN];
@@ -211,5 +203,33 @@ fn one_bfmmla_lane_rounds_like_bf16_dot_add() {
             "w {w:04x?} x {xh:04x?}: {:e} vs {want:e}",
             got[0]
         );
+        want
+    };
+    let b = |v: f32| f32_to_bf16(v);
+    let (big, tiny) = (2f32.powi(64), 2f32.powi(-63));
+    // Finite products whose sum reaches 2^128 (infinity, where nearest-even and round to odd
+    // agree but a saturating rule would not), in the pair and in the accumulator; products
+    // that cancel to a subnormal (flushed); far apart (truncated and made odd).
+    let cases: [([f32; 4], [f32; 4], f32); 5] = [
+        ([big, big, 0.0, 0.0], [0.75 * big, 0.75 * big, 0.0, 0.0], f32::INFINITY),
+        ([big, 0.0, big, 0.0], [0.75 * big, 0.0, 0.75 * big, 0.0], f32::INFINITY),
+        ([2.0 * tiny, -tiny * (255.0 / 128.0), 0.0, 0.0], [tiny, tiny, 0.0, 0.0], 0.0),
+        ([2.0 * tiny, 0.0, -tiny * (255.0 / 128.0), 0.0], [tiny, 0.0, tiny, 0.0], 0.0),
+        ([1.0, 2f32.powi(-30), 0.0, 0.0], [1.0, 1.0, 0.0, 0.0], f32::from_bits(1.0f32.to_bits() | 1)),
+    ];
+    for (w, x, want) in cases {
+        let got = lane_matches(w.map(b), x.map(b));
+        assert_eq!(got.to_bits(), want.to_bits(), "w {w:?} x {x:?}");
+    }
+    let mut rng = Rng(0x5BE0_CD19_137E_2179);
+    for case in 0..2000usize {
+        // bf16 values with exponents over the whole range now and then (products and sums
+        // that overflow, underflow to subnormals, cancel), else near 1; a zero now and then.
+        let val = |rng: &mut Rng| -> u16 {
+            let e = if case.is_multiple_of(3) { rng.below(254) as i32 - 126 } else { rng.below(40) as i32 - 20 };
+            let v = if rng.below(20) == 0 { 0.0 } else { rng.f32() * 2f32.powi(e) };
+            f32_to_bf16(v)
+        };
+        lane_matches(std::array::from_fn(|_| val(&mut rng)), std::array::from_fn(|_| val(&mut rng)));
     }
 }

@@ -566,9 +566,7 @@ fn names_select_kernels_and_unknown_names_are_refused() {
         assert_eq!(Isa::NeonDotprod.supported(), dotprod);
         assert_eq!(Isa::NeonI8mm.supported(), i8mm);
         assert_eq!(Isa::NeonBf16.supported(), bf16);
-        let best = if bf16 {
-            Isa::NeonBf16
-        } else if i8mm {
+        let best = if i8mm {
             Isa::NeonI8mm
         } else if dotprod {
             Isa::NeonDotprod

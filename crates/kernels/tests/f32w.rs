@@ -13,7 +13,7 @@ fn rng(seed: &mut u64) -> f32 {
 #[test]
 fn every_set_matches_the_twin_and_is_batch_invariant() {
     let mut s = 42u64;
-    let sets: Vec<_> = Isa::PICKED.into_iter().filter_map(Kernels::for_isa).collect();
+    let sets: Vec<_> = Isa::FAST.into_iter().filter_map(Kernels::for_isa).collect();
     for case in 0..30 {
         let (rows, k, n_tok) = (1 + case % 7, 1 + (case * 37) % 300, 1 + case % 5);
         let x: Vec<f32> = (0..n_tok * k).map(|_| rng(&mut s)).collect();

@@ -11,7 +11,8 @@
 //! next 8 columns are two loads and two `zip`s of their 64-bit halves, the same for tokens,
 //! so neither the weights nor the activations need a repacked layout.
 //!
-//! Rounding: `bfmmla` does not use the FPCR. Each lane adds the products of column pairs
+//! Rounding: `bfmmla` does not use the FPCR's rounding mode or flush flag (FEAT_EBF16 CPUs
+//! change its arithmetic when FPCR.EBF is set; Linux leaves it clear). Each lane adds the products of column pairs
 //! (0, 1), then (2, 3): two exact products summed, then added to the lane, each addition
 //! rounded to odd, subnormal inputs and results flushed to zero (the Arm ARM's `BFDotAdd`;
 //! qemu emulates it so). That is not the f32 reference's arithmetic, so its own twin,
@@ -39,8 +40,9 @@ const ROW_PAIRS: usize = 4;
 /// Token pairs per tile of a prompt.
 const TOKEN_PAIRS: usize = 2;
 /// Tokens whose activations stay in L2 while every row tile passes over them (32 × 2880 × 2
-/// terms × 2 bytes = 368 KB).
+/// terms × 2 bytes = 368 KB). Even, so that a token pair never straddles two tiles.
 const TOKEN_TILE: usize = 32;
+const _: () = assert!(TOKEN_TILE.is_multiple_of(2));
 /// MXFP4 or q8 rows decoded to bf16 at a time (64 × 2880 × 2 bytes = 368 KB).
 const PANEL_ROWS: usize = 64;
 

@@ -33,9 +33,15 @@ fn add_round_to_odd(a: f32, b: f32) -> f32 {
     if s.is_nan() {
         return f32::NAN;
     }
+    if s.is_infinite() && a.is_finite() && b.is_finite() {
+        // Round to odd overflows to infinity only from 2^128 up (as qemu's
+        // float_round_to_odd_inf); below it, truncation gives the largest finite value. Both
+        // inputs are near the top of the range here, so their f64 sum is exact.
+        let exact = a as f64 + b as f64;
+        return if exact.abs() >= 2f64.powi(128) { s } else { f32::MAX.copysign(s) };
+    }
     if s.is_infinite() {
-        // Only an infinite input gives infinity; a finite overflow rounds toward zero.
-        return if a.is_infinite() || b.is_infinite() { s } else { f32::MAX.copysign(s) };
+        return s;
     }
     // Knuth's two-sum: the exact a + b is s + e.
     let bv = s - a;
@@ -164,7 +170,12 @@ mod tests {
         assert_eq!(add_round_to_odd(1.0, -f32::EPSILON / 8.0).to_bits(), (1.0f32.to_bits() - 1) | 1);
         // Far apart (beyond f64's exact sums): one step toward zero, made odd.
         assert_eq!(add_round_to_odd(1e30, -1e-30).to_bits(), (1e30f32.to_bits() - 1) | 1);
-        assert_eq!(add_round_to_odd(f32::MAX, f32::MAX), f32::MAX);
+        // Overflow: infinity from 2^128 up, the largest finite value below it (nearest-even
+        // would round MAX + 2^103, a tie, up to infinity).
+        assert_eq!(add_round_to_odd(f32::MAX, f32::MAX), f32::INFINITY);
+        assert_eq!(add_round_to_odd(-f32::MAX, -f32::MAX), f32::NEG_INFINITY);
+        assert_eq!(add_round_to_odd(f32::MAX, 2f32.powi(103)), f32::MAX);
+        assert_eq!(add_round_to_odd(f32::MAX, 2f32.powi(104)), f32::INFINITY);
         assert!(add_round_to_odd(f32::NAN, 1.0).is_nan());
         assert_eq!(add_round_to_odd(f32::INFINITY, 1.0), f32::INFINITY);
     }
