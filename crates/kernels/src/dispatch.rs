@@ -329,6 +329,11 @@ const AVX2_PACKED: Option<PackedF32Bf16w> = Some(PackedF32Bf16w {
     pack: crate::x86::avx2::pack_f32_for_bf16w,
     matmul_rows_f32_bf16w_packed: crate::x86::avx2::matmul_rows_f32_bf16w_packed,
 });
+#[cfg(target_arch = "x86_64")]
+const AVX512_PACKED: Option<PackedF32Bf16w> = Some(PackedF32Bf16w {
+    pack: crate::x86::avx512_dense::pack_f32_for_bf16w,
+    matmul_rows_f32_bf16w_packed: crate::x86::avx512_dense::matmul_rows_f32_bf16w_packed,
+});
 /// The AVX2 set, also the base of [`AVX_VNNI`].
 #[cfg(target_arch = "x86_64")]
 const AVX2_SET: Kernels = Kernels {
@@ -395,10 +400,10 @@ static AVX_VNNI_INT8: Kernels = Kernels {
 #[cfg(target_arch = "x86_64")]
 const AVX512_SET: Kernels = Kernels {
     isa: Isa::Avx512,
-    packed_f32_bf16w: AVX2_PACKED,
-    // The AVX2 dense kernels: register-tiled prompts and prefetched rows, where the 512-bit
-    // ones are neither (20b, 2 threads: pp512 13.8 → 23.1 tokens/s).
-    matmul_rows_f32_bf16w: crate::x86::avx2::matmul_rows_f32_bf16w,
+    // One token through the AVX2 dense kernel (prefetched rows; the 512-bit row kernel is
+    // not), prompts through 512-bit register tiles that give its bits.
+    packed_f32_bf16w: AVX512_PACKED,
+    matmul_rows_f32_bf16w: crate::x86::avx512_dense::matmul_rows_f32_bf16w,
     matmul_rows_f32_mxfp4w: crate::x86::avx512::matmul_rows_f32_mxfp4w,
     matmul_rows_f32_affinew: crate::x86::avx512::matmul_rows_f32_affinew,
     matmul_rows_f32_f32w: crate::x86::avx512::matmul_rows_f32_f32w,

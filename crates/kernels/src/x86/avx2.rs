@@ -80,13 +80,13 @@ const ROW_BLOCK: usize = 16;
 const K_CHUNK: usize = 512;
 
 /// [`dot_with`]'s four accumulators for T tokens.
-type Acc<const T: usize> = [[__m256; 4]; T];
+pub(super) type Acc<const T: usize> = [[__m256; 4]; T];
 
 /// The rest of [`dot_with`] after its 32-wide groups (`k32` columns): the 8-wide groups, the
 /// reduction and the tail, written to `out` (the T tokens side by side) plus `bias`.
 #[inline(always)]
 #[allow(clippy::needless_range_loop)]
-unsafe fn dots_bf16_finish<const T: usize>(
+pub(super) unsafe fn dots_bf16_finish<const T: usize>(
     x: *const f32,
     k: usize,
     k32: usize,

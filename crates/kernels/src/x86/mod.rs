@@ -7,6 +7,7 @@ pub mod avx2;
 pub mod avx2_i16;
 pub mod avx2_i8;
 pub mod avx512;
+pub mod avx512_dense;
 pub mod avx512bf16;
 pub mod vnni;
 
