@@ -2,6 +2,7 @@
 
 use std::arch::x86_64::*;
 
+use super::dense_tiles::{self, Lanes};
 use crate::bf16::bf16_to_f32;
 
 /// `[8]` bf16 at `p` as f32.
@@ -69,16 +70,6 @@ unsafe fn dot_f32_bf16(x: &[f32], w: &[u16]) -> f32 {
     dot_with(x, x.len().min(w.len()), load, |i| bf16_to_f32(w[i]))
 }
 
-/// Tokens per prompt tile (see [`TILE_ROWS`]).
-const TOKENS: usize = 6;
-/// Rows that every token tile runs through in turn: their bf16 weights (92 KB at K = 2880)
-/// stay in L2 while the tiles pass.
-const ROW_BLOCK: usize = 16;
-/// Columns a tile runs through every row of the block before moving on: the tile's
-/// activations for them (12 KB) stay in L1 across the block's rows, where the whole of K
-/// (69 KB at K = 2880) would be fetched from L2 again for every row.
-const K_CHUNK: usize = 512;
-
 /// [`dot_with`]'s four accumulators for T tokens.
 pub(super) type Acc<const T: usize> = [[__m256; 4]; T];
 
@@ -115,194 +106,63 @@ pub(super) unsafe fn dots_bf16_finish<const T: usize>(
     }
 }
 
-/// Rows in a prompt register tile: 2 rows × 6 tokens = 12 accumulators (FMA latency × ports
-/// is 8 in flight: 8 would leave no slack), 2 widened weight vectors and an activation
-/// vector take 15 of the 16 registers; each weight widening (a shift, on the FMA ports)
-/// feeds 6 FMAs.
-const TILE_ROWS: usize = 2;
+/// 8 lanes for [`super::dense_tiles`]: four passes per 32-column group, each the one-token dot
+/// product's accumulator j. A tile of 2 rows × 6 tokens = 12 accumulators (FMA latency × ports
+/// is 8 in flight: 8 would leave no slack), 2 widened weight vectors and an activation vector
+/// take 15 of the 16 registers; each weight widening (a shift, on the FMA ports) feeds 6 FMAs.
+struct Lanes8;
 
-/// Floats from one accumulator's columns of a token to the next's in the packed activations:
-/// K32/4 and a cache line. See [`packed_stride`].
-fn packed_segment(k32: usize) -> usize {
-    k32 / 4 + 16
-}
-
-/// Floats from one token to the next in the packed activations: four segments and four more
-/// cache lines. Unpadded, at K = 4096 (the attention output) every segment began a multiple
-/// of 4 KiB from the others, so all that a row pair's passes read of a 6-token tile (192
-/// cache lines) fell in 8 of the 64 sets of a 32 KiB L1, 24 lines to a set of 8 ways: the
-/// matmul ran at 26–28 GMAC/s on Zen 4 against 33–38 at K = 2880. Padded, no set holds more
-/// than 4 at either K.
-fn packed_stride(k32: usize) -> usize {
-    4 * packed_segment(k32) + 64
-}
-
-/// x `[n_tok, K]` into `[n_tok][4][K32 / 4]` (tokens [`packed_stride`] apart, accumulators
-/// [`packed_segment`] apart, the padding zero): per token, [`dot_with`]'s accumulator `j`'s
-/// columns (`8j..8j + 8` of each 32-wide group of the first `k32`) one after the other, so a
-/// [`tile_pass`] reads them contiguously (strided, they cost a sixth of its speed).
-fn pack_by_accumulator(x: &[f32], n_tok: usize, k: usize, k32: usize, xp: &mut Vec<f32>) {
-    xp.clear();
-    xp.reserve(n_tok * packed_stride(k32));
-    for t in 0..n_tok {
-        let row = &x[t * k..t * k + k32];
-        let token_start = xp.len();
-        for j in 0..4 {
-            for group in row.chunks_exact(32) {
-                xp.extend_from_slice(&group[8 * j..8 * j + 8]);
-            }
-            xp.resize(token_start + (j + 1) * packed_segment(k32), 0.0);
-        }
-        xp.resize(token_start + packed_stride(k32), 0.0);
+impl Lanes for Lanes8 {
+    type V = __m256;
+    const WIDTH: usize = 8;
+    const TILE_ROWS: usize = 2;
+    #[inline(always)]
+    unsafe fn zero() -> __m256 {
+        _mm256_setzero_ps()
     }
-}
-
-/// Accumulator `j` of [`dot_with`] (columns `8j..8j + 8` of each 32-wide group in
-/// `from..to`) for R rows (`k` apart from `w`) × T tokens (`xp` packed by
-/// [`pack_by_accumulator`]). [`dot_with`] keeps its four accumulators
-/// apart until the end, so the four can be run one after the other: each (row, token, j)
-/// still adds the same products in the same order, and R·T sums share each load.
-#[inline(always)]
-#[allow(clippy::needless_range_loop, clippy::too_many_arguments)]
-unsafe fn tile_pass<const R: usize, const T: usize>(
-    xp: *const f32,
-    k32: usize,
-    w: *const u16,
-    k: usize,
-    acc: &mut [[__m256; T]; R],
-    j: usize,
-    from: usize,
-    to: usize,
-) {
-    let mut a = *acc;
-    let xj = xp.add(j * packed_segment(k32));
-    let mut g = from / 32;
-    while g < to / 32 {
-        let wv: [__m256; R] = std::array::from_fn(|r| load_bf16x8(w.add(r * k + 32 * g + 8 * j)));
-        for t in 0..T {
-            let xv = _mm256_loadu_ps(xj.add(t * packed_stride(k32) + 8 * g));
-            for r in 0..R {
-                a[r][t] = _mm256_fmadd_ps(xv, wv[r], a[r][t]);
-            }
-        }
-        g += 1;
+    #[inline(always)]
+    unsafe fn load_bf16(p: *const u16) -> __m256 {
+        load_bf16x8(p)
     }
-    *acc = a;
-}
-
-/// Columns `from..to` of R rows × T tokens: [`tile_pass`] for each of the four
-/// accumulators, moved in and out of `acc` (`[row][token][j]`, from the tile's first row).
-#[inline(always)]
-#[allow(clippy::too_many_arguments, clippy::needless_range_loop)]
-unsafe fn pass_rows<const R: usize, const T: usize>(
-    xp: *const f32,
-    k32: usize,
-    w: *const u16,
-    k: usize,
-    acc: &mut [[[__m256; 4]; T]],
-    from: usize,
-    to: usize,
-) {
-    for j in 0..4 {
-        let mut a: [[__m256; T]; R] = std::array::from_fn(|r| std::array::from_fn(|t| acc[r][t][j]));
-        tile_pass::<R, T>(xp, k32, w, k, &mut a, j, from, to);
-        for (r, ar) in a.iter().enumerate() {
-            for (t, v) in ar.iter().enumerate() {
-                acc[r][t][j] = *v;
-            }
-        }
+    #[inline(always)]
+    unsafe fn load_f32(p: *const f32) -> __m256 {
+        _mm256_loadu_ps(p)
     }
-}
-
-/// One tile of T tokens (`x`, and `xp` packed) through rows `block`: K in chunks of
-/// [`K_CHUNK`], each chunk through every row of the block ([`TILE_ROWS`] at a time, an odd
-/// last row alone), the accumulators parked in between.
-#[inline(always)]
-#[allow(clippy::too_many_arguments)]
-unsafe fn tile_bf16<const T: usize>(
-    x: *const f32,
-    xp: *const f32,
-    k: usize,
-    w: &[u16],
-    bias: Option<&[f32]>,
-    block: std::ops::Range<usize>,
-    out: *mut f32,
-    n_tok: usize,
-) {
-    let k32 = k / 32 * 32;
-    // [row of the block][token][j]
-    let mut acc = [[[_mm256_setzero_ps(); 4]; T]; ROW_BLOCK];
-    let (r0, n_rows) = (block.start, block.len());
-    let tiled = n_rows / TILE_ROWS * TILE_ROWS; // rows in whole tiles
-    let mut c0 = 0;
-    while c0 < k32 {
-        let c1 = (c0 + K_CHUNK).min(k32);
-        for q in (0..tiled).step_by(TILE_ROWS) {
-            pass_rows::<TILE_ROWS, T>(xp, k32, w.as_ptr().add((r0 + q) * k), k, &mut acc[q..], c0, c1);
-        }
-        for q in tiled..n_rows {
-            pass_rows::<1, T>(xp, k32, w.as_ptr().add((r0 + q) * k), k, &mut acc[q..], c0, c1);
-        }
-        c0 = c1;
+    #[inline(always)]
+    unsafe fn fma(x: __m256, w: __m256, acc: __m256) -> __m256 {
+        _mm256_fmadd_ps(x, w, acc)
     }
-    for (r, a) in block.zip(acc.iter()) {
-        let b = bias.map_or(0.0, |b| b[r]);
-        dots_bf16_finish::<T>(x, k, k32, &w[r * k..(r + 1) * k], a, b, out.add(r * n_tok));
+    #[inline(always)]
+    unsafe fn as_acc8<const P: usize>(acc: &[__m256; P]) -> [__m256; 4] {
+        std::array::from_fn(|j| acc[j])
     }
 }
 
 thread_local! {
-    /// [`pack_by_accumulator`]'s copy of a prompt, kept between calls (at most a prefill
+    /// [`pack_f32_for_bf16w`]'s copy of a prompt, kept between calls (at most a prefill
     /// chunk's tokens × K: 8 MB at 512 × 4096), for callers that do not pack it themselves.
     static PACKED: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
-/// One token: a dot product per row, one row streaming at a time. Several: blocks of
-/// [`ROW_BLOCK`] rows, each block run by every tile of [`TOKENS`] tokens (`xp`, the tokens
-/// packed by [`pack_by_accumulator`]), so weights are widened once per tile instead of once
-/// per token, and neither operand streams from memory per row.
+/// One token: a dot product per row, one row streaming at a time. Several: the tiles of
+/// [`super::dense_tiles`] over `xp`, the tokens packed by [`pack_f32_for_bf16w`].
 #[target_feature(enable = "avx2,fma")]
 unsafe fn matmul_impl(x: &[f32], xp: &[f32], n_tok: usize, w: &[u16], bias: Option<&[f32]>, out: &mut [f32], k: usize) {
-    if n_tok == 0 {
-        return;
-    }
-    if n_tok == 1 {
-        for (r, (w_row, y)) in w.chunks_exact(k).zip(out.iter_mut()).enumerate() {
-            *y = dot_f32_bf16(x, w_row) + bias.map_or(0.0, |b| b[r]);
-        }
-        return;
-    }
-    let rows = out.len() / n_tok;
-    let op = out.as_mut_ptr();
-    let k32 = k / 32 * 32;
-    for r0 in (0..rows).step_by(ROW_BLOCK) {
-        let block = r0..(r0 + ROW_BLOCK).min(rows);
-        let mut t = 0;
-        while t < n_tok {
-            let tb = (n_tok - t).min(TOKENS);
-            let (xt, xpt, o) = (x.as_ptr().add(t * k), xp.as_ptr().add(t * packed_stride(k32)), op.add(t));
-            match tb {
-                6 => tile_bf16::<6>(xt, xpt, k, w, bias, block.clone(), o, n_tok),
-                5 => tile_bf16::<5>(xt, xpt, k, w, bias, block.clone(), o, n_tok),
-                4 => tile_bf16::<4>(xt, xpt, k, w, bias, block.clone(), o, n_tok),
-                3 => tile_bf16::<3>(xt, xpt, k, w, bias, block.clone(), o, n_tok),
-                2 => tile_bf16::<2>(xt, xpt, k, w, bias, block.clone(), o, n_tok),
-                _ => tile_bf16::<1>(xt, xpt, k, w, bias, block.clone(), o, n_tok),
+    match n_tok {
+        0 => {}
+        1 => {
+            for (r, (w_row, y)) in w.chunks_exact(k).zip(out.iter_mut()).enumerate() {
+                *y = dot_f32_bf16(x, w_row) + bias.map_or(0.0, |b| b[r]);
             }
-            t += tb;
         }
+        _ => dense_tiles::run::<Lanes8, 4, 2>(x, xp, n_tok, w, bias, out, k),
     }
 }
 
-/// x `[n_tok, K]` in the layout [`matmul_rows_f32_bf16w_packed`] reads (`n_tok` ×
-/// [`packed_stride`] floats; nothing for one token, which reads x as it is).
+/// x `[n_tok, K]` in the layout [`matmul_rows_f32_bf16w_packed`] reads (nothing for one
+/// token, which reads x as it is).
 pub fn pack_f32_for_bf16w(x: &[f32], n_tok: usize, k: usize, xp: &mut Vec<f32>) {
-    assert!(k > 0 && x.len() == n_tok * k, "pack: x is not [T, K]");
-    if n_tok > 1 {
-        pack_by_accumulator(x, n_tok, k, k / 32 * 32, xp);
-    } else {
-        xp.clear();
-    }
+    dense_tiles::pack::<4>(x, n_tok, k, xp)
 }
 
 /// [`matmul_rows_f32_bf16w`] with the activations already packed by [`pack_f32_for_bf16w`]:
@@ -318,8 +178,7 @@ pub fn matmul_rows_f32_bf16w_packed(
     out: &mut [f32],
 ) {
     crate::scalar::check_matmul_shapes(x, n_tok, k, w.len(), bias, out);
-    let packed_len = if n_tok > 1 { n_tok * packed_stride(k / 32 * 32) } else { 0 };
-    assert_eq!(xp.len(), packed_len, "linear: packed activations do not match [T, K]");
+    assert_eq!(xp.len(), dense_tiles::packed_len::<4>(n_tok, k), "linear: packed activations do not match [T, K]");
     // SAFETY: handed out by `Kernels` only when the CPU has AVX2 and FMA; every access is
     // within the slices, whose lengths were checked above.
     unsafe { matmul_impl(x, xp, n_tok, w, bias, out, k) }

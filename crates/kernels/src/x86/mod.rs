@@ -9,6 +9,7 @@ pub mod avx2_i8;
 pub mod avx512;
 pub mod avx512_dense;
 pub mod avx512bf16;
+mod dense_tiles;
 pub mod vnni;
 
 use crate::mxfp4::BLOCK;
