@@ -63,22 +63,9 @@ impl Isa {
         Isa::NeonBf16,
     ];
 
-    /// The sets picked by themselves where the CPU has them, fastest first; the others run
-    /// only when asked for by name.
-    pub const PICKED: [Isa; 8] = [
-        Isa::Avx512Bf16,
-        Isa::Avx512Vnni,
-        Isa::Avx512,
-        Isa::AvxVnni,
-        Isa::Avx2,
-        Isa::NeonI8mm,
-        Isa::NeonDotprod,
-        Isa::Neon,
-    ];
-
-    /// The fast sets held to the accuracy bar: the picked ones and `neon-bf16` (not picked
-    /// until its speed is measured on Arm hardware); the `-int8` and `-round` variants miss
-    /// the bar.
+    /// The fast sets held to the accuracy bar, fastest first (the `-int8` and `-round`
+    /// variants miss the bar); [`Kernels::detect`] picks the first this CPU runs, among those
+    /// [`Isa::picked_by_itself`].
     pub const FAST: [Isa; 9] = [
         Isa::Avx512Bf16,
         Isa::Avx512Vnni,
@@ -90,6 +77,12 @@ impl Isa {
         Isa::NeonDotprod,
         Isa::Neon,
     ];
+
+    /// Whether [`Kernels::detect`] may pick it: not `neon-bf16` until its speed is measured
+    /// on Arm hardware.
+    pub fn picked_by_itself(self) -> bool {
+        self != Isa::NeonBf16
+    }
 
     pub fn name(self) -> &'static str {
         match self {
@@ -592,7 +585,7 @@ impl Kernels {
 
     /// The fastest this CPU supports.
     pub fn detect() -> &'static Kernels {
-        Isa::PICKED.into_iter().find_map(Kernels::for_isa).unwrap_or(&SCALAR)
+        Isa::FAST.into_iter().filter(|isa| isa.picked_by_itself()).find_map(Kernels::for_isa).unwrap_or(&SCALAR)
     }
 
     /// `scalar`, `avx2`, `avx2-int8`, `avx-vnni`, `avx-vnni-int8`, `avx512`, `avx512vnni`, `avx512bf16`, `avx512bf16-round`, `neon`,

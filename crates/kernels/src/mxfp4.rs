@@ -39,6 +39,21 @@ pub fn decode_row(codes: &[u8], scales: &[u8], out: &mut [f32]) {
     }
 }
 
+/// [`decode_row`] as bf16 bits: exact, since every E2M1 value times a power of two has at
+/// most two significant bits and bf16 has f32's exponent range (the bits are the f32's top
+/// half). `out [K]`.
+pub fn decode_row_bf16(codes: &[u8], scales: &[u8], out: &mut [u16]) {
+    let mut block = [0f32; BLOCK];
+    for ((block_out, block_codes), s) in
+        out.chunks_exact_mut(BLOCK).zip(codes.chunks_exact(BLOCK_BYTES)).zip(scales.chunks(1))
+    {
+        decode_row(block_codes, s, &mut block);
+        for (o, v) in block_out.iter_mut().zip(&block) {
+            *o = (v.to_bits() >> 16) as u16;
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -30,6 +30,16 @@ pub fn weight_bf16(code: i8, scale: f32) -> u16 {
     f32_to_bf16(code as f32 * scale)
 }
 
+/// One row's bf16 weights: `dst[i] = bf16(code · scale)`.
+pub fn dequantize_row_bf16(codes: &[i8], scales: &[f32], dst: &mut [u16]) {
+    assert_eq!(codes.len(), dst.len(), "q8: dst length");
+    for ((c, &d), out) in codes.chunks(BLOCK).zip(scales).zip(dst.chunks_mut(BLOCK)) {
+        for (o, &q) in out.iter_mut().zip(c) {
+            *o = weight_bf16(q, d);
+        }
+    }
+}
+
 /// One row back to f32 weights: `dst[i] = bf16(code · scale)` widened.
 pub fn dequantize_row(codes: &[i8], scales: &[f32], dst: &mut [f32]) {
     assert_eq!(codes.len(), dst.len(), "q8: dst length");

@@ -288,26 +288,8 @@ pub fn matmul_rows_bf16a_bf16t8w<const TERMS: usize>(
     unsafe { gemm::<_, _, TERMS>(m, io) }
 }
 
-/// Rows `r0..r0 + n` of MXFP4 weights (`codes [R, K/2]`, `scales [R, K/32]`) as bf16 in
-/// `dst [n, K]`: exact, as every E2M1 value times a power of two has at most two significant
-/// bits (bf16's exponent range is f32's).
-fn decode_mxfp4_rows(codes: &[u8], scales: &[u8], k: usize, r0: usize, n: usize, dst: &mut [u16]) {
-    let (cpr, spr) = (k / 2, k / mxfp4::BLOCK);
-    let mut block = [0f32; mxfp4::BLOCK];
-    for (i, d) in dst.chunks_exact_mut(k).take(n).enumerate() {
-        let r = r0 + i;
-        for (b, db) in d.chunks_exact_mut(mxfp4::BLOCK).enumerate() {
-            let c = &codes[r * cpr + b * mxfp4::BLOCK_BYTES..][..mxfp4::BLOCK_BYTES];
-            mxfp4::decode_row(c, &scales[r * spr + b..][..1], &mut block);
-            for (o, v) in db.iter_mut().zip(&block) {
-                *o = (v.to_bits() >> 16) as u16;
-            }
-        }
-    }
-}
-
 /// See [`crate::scalar::matmul_rows_bf16a_mxfp4w`]: rows decoded to bf16 a panel at a time
-/// into `scratch`, then the bf16 tiles.
+/// into `scratch` ([`mxfp4::decode_row_bf16`], exact), then the bf16 tiles.
 pub fn matmul_rows_bf16a_mxfp4w<const TERMS: usize>(
     x: &[u16],
     n_tok: usize,
@@ -319,12 +301,19 @@ pub fn matmul_rows_bf16a_mxfp4w<const TERMS: usize>(
 ) {
     let k = x.len() / (TERMS * n_tok.max(1));
     check_mxfp4_bf16a_shapes(x, TERMS, n_tok, k, codes.len(), scales.len(), bias, out);
-    let rows = scales.len() / (k / mxfp4::BLOCK);
-    panels::<TERMS>(x, n_tok, k, rows, bias, out, scratch, |r, n, dst| decode_mxfp4_rows(codes, scales, k, r, n, dst));
+    let (cpr, spr) = (k / 2, k / mxfp4::BLOCK);
+    let rows = scales.len() / spr;
+    let decode = |r: usize, n: usize, dst: &mut [u16]| {
+        for (i, d) in dst.chunks_exact_mut(k).take(n).enumerate() {
+            let row = r + i;
+            mxfp4::decode_row_bf16(&codes[row * cpr..(row + 1) * cpr], &scales[row * spr..(row + 1) * spr], d);
+        }
+    };
+    panels::<TERMS>(x, n_tok, k, rows, bias, out, scratch, decode);
 }
 
 /// See [`crate::scalar::matmul_rows_bf16a_q8w`]: rows decoded to their defined bf16 values
-/// ([`crate::q8::weight_bf16`]) a panel at a time, then the bf16 tiles.
+/// ([`crate::q8::dequantize_row_bf16`]) a panel at a time, then the bf16 tiles.
 pub fn matmul_rows_bf16a_q8w<const TERMS: usize>(
     x: &[u16],
     n_tok: usize,
@@ -338,11 +327,10 @@ pub fn matmul_rows_bf16a_q8w<const TERMS: usize>(
     assert_eq!(x.len(), TERMS * n_tok * k, "linear: x is not [terms, n_tok, K]");
     check_q8_shapes(n_tok, k, codes.len(), scales.len(), bias, out);
     let rows = codes.len() / k;
+    let spr = k / crate::q8::BLOCK;
     let decode = |r: usize, n: usize, dst: &mut [u16]| {
-        let (c, s) = (&codes[r * k..(r + n) * k], &scales[r * k / crate::q8::BLOCK..]);
-        for (i, (o, &q)) in dst.iter_mut().zip(c).enumerate() {
-            *o = crate::q8::weight_bf16(q, s[i / crate::q8::BLOCK]);
-        }
+        let (c, s) = (&codes[r * k..(r + n) * k], &scales[r * spr..(r + n) * spr]);
+        crate::q8::dequantize_row_bf16(c, s, &mut dst[..n * k]);
     };
     panels::<TERMS>(x, n_tok, k, rows, bias, out, scratch, decode);
 }

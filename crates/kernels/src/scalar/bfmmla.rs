@@ -101,7 +101,7 @@ pub fn matmul_rows_bf16a_bf16w_bfmmla<const TERMS: usize>(
 }
 
 /// The same with MXFP4 weights (codes `[R, K/2]`, scales `[R, K/32]`), decoded to bf16
-/// (exact: an E2M1 value times a power of two has at most two significant bits).
+/// exactly ([`crate::mxfp4::decode_row_bf16`]).
 pub fn matmul_rows_bf16a_mxfp4w_bfmmla<const TERMS: usize>(
     x: &[u16],
     n_tok: usize,
@@ -112,18 +112,16 @@ pub fn matmul_rows_bf16a_mxfp4w_bfmmla<const TERMS: usize>(
 ) {
     let k = x.len() / (TERMS * n_tok.max(1));
     check_mxfp4_bf16a_shapes(x, TERMS, n_tok, k, codes.len(), scales.len(), bias, out);
-    let rows = scales.len() / (k / crate::mxfp4::BLOCK);
-    let mut decoded = vec![0f32; rows * k];
-    for (r, d) in decoded.chunks_exact_mut(k).enumerate() {
-        let spr = k / crate::mxfp4::BLOCK;
-        crate::mxfp4::decode_row(&codes[r * k / 2..(r + 1) * k / 2], &scales[r * spr..(r + 1) * spr], d);
+    let spr = k / crate::mxfp4::BLOCK;
+    let mut w = vec![0u16; scales.len() / spr * k];
+    for (r, d) in w.chunks_exact_mut(k).enumerate() {
+        crate::mxfp4::decode_row_bf16(&codes[r * k / 2..(r + 1) * k / 2], &scales[r * spr..(r + 1) * spr], d);
     }
-    let w: Vec<u16> = decoded.iter().map(|v| (v.to_bits() >> 16) as u16).collect();
     matmul_rows_bf16a_bf16w_bfmmla::<TERMS>(x, n_tok, &w, bias, out)
 }
 
 /// The same with q8 weights (codes `[R, K]`, scales `[R, K/32]`) at their defined bf16
-/// values ([`crate::q8::weight_bf16`]).
+/// values ([`crate::q8::dequantize_row_bf16`]).
 pub fn matmul_rows_bf16a_q8w_bfmmla<const TERMS: usize>(
     x: &[u16],
     n_tok: usize,
@@ -135,8 +133,8 @@ pub fn matmul_rows_bf16a_q8w_bfmmla<const TERMS: usize>(
     let k = x.len() / (TERMS * n_tok.max(1));
     assert!(n_tok > 0 && k > 0 && x.len() == TERMS * n_tok * k, "linear: x is not [terms, n_tok, K]");
     check_q8_shapes(n_tok, k, codes.len(), scales.len(), bias, out);
-    let w: Vec<u16> =
-        codes.iter().enumerate().map(|(i, &q)| crate::q8::weight_bf16(q, scales[i / crate::q8::BLOCK])).collect();
+    let mut w = vec![0u16; codes.len()];
+    crate::q8::dequantize_row_bf16(codes, scales, &mut w);
     matmul_rows_bf16a_bf16w_bfmmla::<TERMS>(x, n_tok, &w, bias, out)
 }
 

@@ -138,12 +138,6 @@ impl Lanes for Lanes8 {
     }
 }
 
-thread_local! {
-    /// [`pack_f32_for_bf16w`]'s copy of a prompt, kept between calls (at most a prefill
-    /// chunk's tokens × K: 8 MB at 512 × 4096), for callers that do not pack it themselves.
-    static PACKED: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
-}
-
 /// One token: a dot product per row, one row streaming at a time. Several: the tiles of
 /// [`super::dense_tiles`] over `xp`, the tokens packed by [`pack_f32_for_bf16w`].
 #[target_feature(enable = "avx2,fma")]
@@ -194,13 +188,7 @@ pub fn matmul_rows_f32_bf16w(
     row_buf: &mut [f32],
 ) {
     let k = row_buf.len();
-    crate::scalar::check_matmul_shapes(x, n_tok, k, w.len(), bias, out);
-    PACKED.with_borrow_mut(|xp| {
-        pack_f32_for_bf16w(x, n_tok, k, xp);
-        // SAFETY: handed out by `Kernels` only when the CPU has AVX2 and FMA; every access
-        // is within the slices, whose lengths were checked above.
-        unsafe { matmul_impl(x, xp, n_tok, w, bias, out, k) }
-    })
+    dense_tiles::with_packed::<4, _>(x, n_tok, k, |xp| matmul_rows_f32_bf16w_packed(x, xp, n_tok, k, w, bias, out))
 }
 
 /// Σ a[i]·b[i] in f32.

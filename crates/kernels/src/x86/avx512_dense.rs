@@ -80,12 +80,6 @@ pub fn matmul_rows_f32_bf16w_packed(
     unsafe { matmul_impl(x, xp, n_tok, w, bias, out, k) }
 }
 
-thread_local! {
-    /// [`pack_f32_for_bf16w`]'s copy of a prompt, kept between calls, for callers that do not
-    /// pack it themselves.
-    static PACKED: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
-}
-
 /// See [`crate::scalar::matmul_rows_f32_bf16w`]; same shapes, FMA summation order.
 pub fn matmul_rows_f32_bf16w(
     x: &[f32],
@@ -96,9 +90,5 @@ pub fn matmul_rows_f32_bf16w(
     row_buf: &mut [f32],
 ) {
     let k = row_buf.len();
-    crate::scalar::check_matmul_shapes(x, n_tok, k, w.len(), bias, out);
-    PACKED.with_borrow_mut(|xp| {
-        pack_f32_for_bf16w(x, n_tok, k, xp);
-        matmul_rows_f32_bf16w_packed(x, xp, n_tok, k, w, bias, out)
-    })
+    dense_tiles::with_packed::<2, _>(x, n_tok, k, |xp| matmul_rows_f32_bf16w_packed(x, xp, n_tok, k, w, bias, out))
 }

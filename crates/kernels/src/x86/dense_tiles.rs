@@ -86,6 +86,20 @@ pub(super) fn pack<const P: usize>(x: &[f32], n_tok: usize, k: usize, xp: &mut V
     }
 }
 
+thread_local! {
+    /// A prompt packed by [`with_packed`], kept between calls (at most a prefill chunk's
+    /// tokens × K: 8 MB at 512 × 4096), for callers that do not pack it themselves.
+    static PACKED: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// `f` of x `[n_tok, K]` packed by [`pack`]`::<P>` into this thread's buffer.
+pub(super) fn with_packed<const P: usize, R>(x: &[f32], n_tok: usize, k: usize, f: impl FnOnce(&[f32]) -> R) -> R {
+    PACKED.with_borrow_mut(|xp| {
+        pack::<P>(x, n_tok, k, xp);
+        f(xp)
+    })
+}
+
 /// The floats [`pack`] writes for T tokens.
 pub(super) fn packed_len<const P: usize>(n_tok: usize, k: usize) -> usize {
     if n_tok > 1 {
