@@ -2,14 +2,7 @@
 
 use std::arch::x86_64::*;
 
-use super::dense_tiles::{self, Lanes};
-use crate::bf16::bf16_to_f32;
-
-/// `[8]` bf16 at `p` as f32.
-#[inline(always)]
-unsafe fn load_bf16x8(p: *const u16) -> __m256 {
-    _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128(p as *const __m128i)), 16))
-}
+use super::dense_tiles::{self, Lanes, GROUP};
 
 /// Horizontal sum of 8 lanes, halves then pairs.
 #[inline(always)]
@@ -56,73 +49,83 @@ unsafe fn dot_with(x: &[f32], n: usize, load: impl Fn(usize) -> __m256, at: impl
 /// L1's few outstanding misses, which an L2 prefetch does not hold.
 const PREFETCH_AHEAD: usize = 8192;
 
-/// Σ x[i]·w[i], w in bf16, prefetching [`PREFETCH_AHEAD`] bytes past each 32-wide group
-/// (one cache line of weights) into L2.
-#[target_feature(enable = "avx2,fma")]
-unsafe fn dot_f32_bf16(x: &[f32], w: &[u16]) -> f32 {
-    let wp = w.as_ptr();
-    let load = |o: usize| {
-        if o.is_multiple_of(32) {
-            _mm_prefetch::<_MM_HINT_T1>((wp.add(o) as *const i8).wrapping_add(PREFETCH_AHEAD));
-        }
-        load_bf16x8(wp.add(o))
-    };
-    dot_with(x, x.len().min(w.len()), load, |i| bf16_to_f32(w[i]))
-}
-
-/// [`dot_with`]'s four accumulators for T tokens.
-pub(super) type Acc<const T: usize> = [[__m256; 4]; T];
-
-/// The rest of [`dot_with`] after its 32-wide groups (`k32` columns): the 8-wide groups, the
-/// reduction and the tail, written to `out` (the T tokens side by side) plus `bias`.
+/// One token through R rows (`k` apart from `w`) in the order of [`super::dense_tiles`]: `xd`
+/// the token's whole groups with each group's even columns before its odd ones, `x` as it is
+/// (for the columns past them). Two vectors of sums per row, so R = 2 keeps four FMA chains
+/// in flight. Prefetches what it will read [`PREFETCH_AHEAD`] bytes from now into L2, a cache
+/// line per row every 32 columns.
 #[inline(always)]
 #[allow(clippy::needless_range_loop)]
-pub(super) unsafe fn dots_bf16_finish<const T: usize>(
+unsafe fn rows_one_token<const R: usize>(
+    xd: *const f32,
     x: *const f32,
     k: usize,
-    k32: usize,
-    w: &[u16],
-    acc: &Acc<T>,
-    bias: f32,
+    w: *const u16,
+    bias: [f32; R],
     out: *mut f32,
 ) {
-    let wp = w.as_ptr();
-    let mut a = *acc;
-    let mut i = k32;
-    while i + 8 <= k {
-        let wv = load_bf16x8(wp.add(i));
-        for t in 0..T {
-            a[t][0] = _mm256_fmadd_ps(_mm256_loadu_ps(x.add(t * k + i)), wv, a[t][0]);
+    let k16 = k / GROUP * GROUP;
+    let mut acc = [[_mm256_setzero_ps(); 2]; R];
+    // The R rows are read side by side, so what is read PREFETCH_AHEAD bytes from now is
+    // that many bytes / (2R) columns further on each row, past the end in the next R rows.
+    let ahead = PREFETCH_AHEAD / (2 * R);
+    let (mut pf_tiles, mut pf_col) = (ahead / k, ahead % k);
+    for c in (0..k16).step_by(GROUP) {
+        if c % 32 == 0 {
+            for r in 0..R {
+                let at = (r + pf_tiles * R) * k + pf_col;
+                _mm_prefetch::<_MM_HINT_T1>((w as *const i8).wrapping_add(2 * at));
+            }
+            pf_col += 32;
+            while pf_col >= k {
+                (pf_col, pf_tiles) = (pf_col - k, pf_tiles + 1);
+            }
         }
-        i += 8;
+        for h in 0..2 {
+            let xv = _mm256_loadu_ps(xd.add(c + 8 * h));
+            for r in 0..R {
+                acc[r][h] = _mm256_fmadd_ps(xv, Lanes8::load_w(w.add(r * k + c), h), acc[r][h]);
+            }
+        }
     }
-    for t in 0..T {
-        let a = &a[t];
-        let mut s = hsum(_mm256_add_ps(_mm256_add_ps(a[0], a[1]), _mm256_add_ps(a[2], a[3])));
-        for c in i..k {
-            s += *x.add(t * k + c) * bf16_to_f32(w[c]);
-        }
-        *out.add(t) = s + bias;
+    for r in 0..R {
+        *out.add(r) = dense_tiles::finish(Lanes8::pair_sums::<2>(&acc[r]), x, w.add(r * k), k16, k, bias[r]);
     }
 }
 
-/// 8 lanes for [`super::dense_tiles`]: four passes per 32-column group, each the one-token dot
-/// product's accumulator j. A tile of 2 rows × 6 tokens = 12 accumulators (FMA latency × ports
-/// is 8 in flight: 8 would leave no slack), 2 widened weight vectors and an activation vector
-/// take 15 of the 16 registers; each weight widening (a shift, on the FMA ports) feeds 6 FMAs.
+/// The 8 words at `p` with their low halves cleared: the odd columns of a group, widened.
+#[target_feature(enable = "avx2")]
+#[inline]
+unsafe fn and_high_halves(p: *const u16) -> __m256 {
+    let mask = _mm256_set1_epi32(0xffff_0000u32 as i32);
+    let odd: __m256;
+    std::arch::asm!("vpand {o}, {m}, [{p}]", o = lateout(ymm_reg) odd, m = in(ymm_reg) mask, p = in(reg) p,
+        options(pure, readonly, nostack, preserves_flags));
+    odd
+}
+
+/// 8 lanes for [`super::dense_tiles`]: a group's 16 weights as its even and its odd columns,
+/// one shift and one AND of the same 8 words.
 struct Lanes8;
 
 impl Lanes for Lanes8 {
     type V = __m256;
     const WIDTH: usize = 8;
-    const TILE_ROWS: usize = 2;
+    const K_CHUNK: usize = K_CHUNK_8;
     #[inline(always)]
     unsafe fn zero() -> __m256 {
         _mm256_setzero_ps()
     }
     #[inline(always)]
-    unsafe fn load_bf16(p: *const u16) -> __m256 {
-        load_bf16x8(p)
+    unsafe fn load_w(p: *const u16, h: usize) -> __m256 {
+        if h == 0 {
+            _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_loadu_si256(p as *const __m256i)))
+        } else {
+            // The AND reads the words from memory again: kept in a register from the shift,
+            // they would take the 17th register of a 2-row tile (LLVM merges two loads of one
+            // address, and turns an AND by a constant into a blend, which has no such form).
+            and_high_halves(p)
+        }
     }
     #[inline(always)]
     unsafe fn load_f32(p: *const f32) -> __m256 {
@@ -133,30 +136,51 @@ impl Lanes for Lanes8 {
         _mm256_fmadd_ps(x, w, acc)
     }
     #[inline(always)]
-    unsafe fn as_acc8<const P: usize>(acc: &[__m256; P]) -> [__m256; 4] {
-        std::array::from_fn(|j| acc[j])
+    unsafe fn pair_sums<const P: usize>(acc: &[__m256; P]) -> __m256 {
+        _mm256_add_ps(acc[0], acc[1])
+    }
+    fn packed_column(i: usize) -> usize {
+        if i < 8 {
+            2 * i
+        } else {
+            2 * (i - 8) + 1
+        }
     }
 }
 
-/// One token: a dot product per row, one row streaming at a time. Several: the tiles of
+/// Columns per K chunk of a prompt tile: 3 tokens × 1024 columns of activations, 12 KB of L1.
+const K_CHUNK_8: usize = 1024;
+/// Rows × tokens of a prompt tile: 2 × 3 × 2 vectors of sums, the two rows' widened weights,
+/// an activation vector and the AND's mask take the 16 registers; each widening feeds 3 FMAs.
+const TILE_ROWS_8: usize = 2;
+const TILE_TOKENS_8: usize = 3;
+
+/// One token: rows two at a time ([`rows_one_token`]). Several: the tiles of
 /// [`super::dense_tiles`] over `xp`, the tokens packed by [`pack_f32_for_bf16w`].
 #[target_feature(enable = "avx2,fma")]
 unsafe fn matmul_impl(x: &[f32], xp: &[f32], n_tok: usize, w: &[u16], bias: Option<&[f32]>, out: &mut [f32], k: usize) {
     match n_tok {
         0 => {}
-        1 => {
-            for (r, (w_row, y)) in w.chunks_exact(k).zip(out.iter_mut()).enumerate() {
-                *y = dot_f32_bf16(x, w_row) + bias.map_or(0.0, |b| b[r]);
+        1 => dense_tiles::with_deinterleaved::<Lanes8, _>(x, |xd| {
+            let rows = out.len();
+            let b = |r: usize| bias.map_or(0.0, |b| b[r]);
+            let (xd, xr, wp, op) = (xd.as_ptr(), x.as_ptr(), w.as_ptr(), out.as_mut_ptr());
+            for r in (0..rows / 2 * 2).step_by(2) {
+                rows_one_token::<2>(xd, xr, k, wp.add(r * k), [b(r), b(r + 1)], op.add(r));
             }
-        }
-        _ => dense_tiles::run::<Lanes8, 4, 2>(x, xp, n_tok, w, bias, out, k),
+            if rows % 2 == 1 {
+                let r = rows - 1;
+                rows_one_token::<1>(xd, xr, k, wp.add(r * k), [b(r)], op.add(r));
+            }
+        }),
+        _ => dense_tiles::run::<Lanes8, 2, TILE_ROWS_8, TILE_TOKENS_8>(x, xp, n_tok, w, bias, out, k),
     }
 }
 
 /// x `[n_tok, K]` in the layout [`matmul_rows_f32_bf16w_packed`] reads (nothing for one
 /// token, which reads x as it is).
 pub fn pack_f32_for_bf16w(x: &[f32], n_tok: usize, k: usize, xp: &mut Vec<f32>) {
-    dense_tiles::pack::<4>(x, n_tok, k, xp)
+    dense_tiles::pack::<Lanes8>(x, n_tok, k, xp)
 }
 
 /// [`matmul_rows_f32_bf16w`] with the activations already packed by [`pack_f32_for_bf16w`]:
@@ -172,7 +196,7 @@ pub fn matmul_rows_f32_bf16w_packed(
     out: &mut [f32],
 ) {
     crate::scalar::check_matmul_shapes(x, n_tok, k, w.len(), bias, out);
-    assert_eq!(xp.len(), dense_tiles::packed_len::<4>(n_tok, k), "linear: packed activations do not match [T, K]");
+    assert_eq!(xp.len(), dense_tiles::packed_len(n_tok, k), "linear: packed activations do not match [T, K]");
     // SAFETY: handed out by `Kernels` only when the CPU has AVX2 and FMA; every access is
     // within the slices, whose lengths were checked above.
     unsafe { matmul_impl(x, xp, n_tok, w, bias, out, k) }
@@ -188,7 +212,7 @@ pub fn matmul_rows_f32_bf16w(
     row_buf: &mut [f32],
 ) {
     let k = row_buf.len();
-    dense_tiles::with_packed::<4, _>(x, n_tok, k, |xp| matmul_rows_f32_bf16w_packed(x, xp, n_tok, k, w, bias, out))
+    dense_tiles::with_packed::<Lanes8, _>(x, n_tok, k, |xp| matmul_rows_f32_bf16w_packed(x, xp, n_tok, k, w, bias, out))
 }
 
 /// Σ a[i]·b[i] in f32.
