@@ -51,7 +51,8 @@ const PREFETCH_AHEAD: usize = 8192;
 
 /// One token through R rows (`k` apart from `w`) in the order of [`super::dense_tiles`]: `xd`
 /// the token's whole groups with each group's even columns before its odd ones, `x` as it is
-/// (for the columns past them). Two vectors of sums per row, so R = 2 keeps four FMA chains
+/// (for the columns past them): the prompt tiles' pass ([`dense_tiles::tile_pass`]) for one
+/// token, 32 columns at a time. Two vectors of sums per row, so R = 2 keeps four FMA chains
 /// in flight. Prefetches what it will read [`PREFETCH_AHEAD`] bytes from now into L2, a cache
 /// line per row every 32 columns.
 #[inline(always)]
@@ -65,31 +66,28 @@ unsafe fn rows_one_token<const R: usize>(
     out: *mut f32,
 ) {
     let k16 = k / GROUP * GROUP;
-    let mut acc = [[_mm256_setzero_ps(); 2]; R];
+    // [row][token][even, odd]
+    let mut acc = [[[_mm256_setzero_ps(); 2]; 1]; R];
     // The R rows are read side by side, so what is read PREFETCH_AHEAD bytes from now is
     // that many bytes / (2R) columns further on each row, past the end in the next R rows.
     let ahead = PREFETCH_AHEAD / (2 * R);
     let (mut pf_tiles, mut pf_col) = (ahead / k, ahead % k);
-    for c in (0..k16).step_by(GROUP) {
-        if c % 32 == 0 {
-            for r in 0..R {
-                let at = (r + pf_tiles * R) * k + pf_col;
-                _mm_prefetch::<_MM_HINT_T1>((w as *const i8).wrapping_add(2 * at));
-            }
-            pf_col += 32;
-            while pf_col >= k {
-                (pf_col, pf_tiles) = (pf_col - k, pf_tiles + 1);
-            }
+    let k32 = k / 32 * 32;
+    for c in (0..k32).step_by(32) {
+        for r in 0..R {
+            let at = (r + pf_tiles * R) * k + pf_col;
+            _mm_prefetch::<_MM_HINT_T1>((w as *const i8).wrapping_add(2 * at));
         }
-        for h in 0..2 {
-            let xv = _mm256_loadu_ps(xd.add(c + 8 * h));
-            for r in 0..R {
-                acc[r][h] = _mm256_fmadd_ps(xv, Lanes8::load_w(w.add(r * k + c), h), acc[r][h]);
-            }
+        pf_col += 32;
+        while pf_col >= k {
+            (pf_col, pf_tiles) = (pf_col - k, pf_tiles + 1);
         }
+        dense_tiles::tile_pass::<Lanes8, 2, R, 1>(xd, 0, w, k, &mut acc, c, c + 32);
     }
+    // The last group when K16 is an odd number of groups.
+    dense_tiles::tile_pass::<Lanes8, 2, R, 1>(xd, 0, w, k, &mut acc, k32, k16);
     for r in 0..R {
-        *out.add(r) = dense_tiles::finish(Lanes8::pair_sums::<2>(&acc[r]), x, w.add(r * k), k16, k, bias[r]);
+        *out.add(r) = dense_tiles::finish(Lanes8::pair_sums::<2>(&acc[r][0]), x, w.add(r * k), k16, k, bias[r]);
     }
 }
 

@@ -141,7 +141,7 @@ pub(super) fn with_deinterleaved<L: Lanes, R>(x: &[f32], f: impl FnOnce(&[f32]) 
 /// as one token does, and R·T sums share each load.
 #[inline(always)]
 #[allow(clippy::needless_range_loop, clippy::too_many_arguments)]
-unsafe fn tile_pass<L: Lanes, const P: usize, const R: usize, const T: usize>(
+pub(super) unsafe fn tile_pass<L: Lanes, const P: usize, const R: usize, const T: usize>(
     xp: *const f32,
     stride: usize,
     w: *const u16,
