@@ -41,6 +41,8 @@ pub(crate) struct I16aParts {
     pub align: usize,
     /// Bytes per weight scale: 1 (E8M0, MXFP4) or 4 (f32, affine).
     pub scale_bytes: usize,
+    /// What the one-token decoder adds to every code ([`avx2_i16::code_offset`]).
+    pub code_offset: i32,
 }
 
 /// See [`crate::scalar::matmul_rows_i16a_mxfp4r16w`]: one token group by group in

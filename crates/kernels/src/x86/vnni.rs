@@ -334,6 +334,7 @@ static PARTS: super::I16aParts = super::I16aParts {
     scratch_words,
     align: 64,
     scale_bytes: 1,
+    code_offset: super::avx2_i16::code_offset::<false>(),
 };
 
 /// The same drivers for 4-bit affine tiles: centred codes, f32 scales.
@@ -344,6 +345,7 @@ static AFFINE4_PARTS: super::I16aParts = super::I16aParts {
     scratch_words,
     align: 64,
     scale_bytes: 4,
+    code_offset: super::avx2_i16::code_offset::<true>(),
 };
 
 /// See [`crate::scalar::matmul_rows_i16a_affine4r16w`]; `scratch` holds a decoded panel.
