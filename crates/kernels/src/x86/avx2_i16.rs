@@ -139,35 +139,62 @@ unsafe fn offset_codes<const AFFINE: bool>(nibbles: __m256i, table: __m256i) -> 
 }
 
 /// u32 words [`gemv_body`] reads for one token of K columns: the columns deinterleaved
-/// ([`deinterleave8`]), each block's column sum as an i32 (what [`super::vnni`] reads), then
-/// each block's accumulator starts ([`gemv_starts`]).
+/// ([`crate::affine_r16::deinterleave8`]), each block's column sum as an i32 (what [`super::vnni`] reads), then
+/// each block's accumulator starts ([`gemv_x`]).
 fn gemv_x_words(k: usize) -> usize {
     k.div_ceil(2) + k / BLOCK + GEMV_START_WORDS * (k / BLOCK)
 }
 
-/// i32 words per block of [`gemv_starts`].
+/// i32 words per block of accumulator starts ([`gemv_x`]).
 const GEMV_START_WORDS: usize = 4;
 
-/// Per block of one token `xq [K]` (columns in order), the starting values of
-/// [`gemv_body`]'s two accumulators as the i32 pairs it broadcasts, `[A₀, A₁, C₀, C₁]`:
-/// `A_l = −257·c·X_l` and `C_l = −c·X_l`, with `c` the codes' offset ([`code_offset`]) and
-/// `X_l` the sum of the block's columns that i32 lane `l` of a pair of lanes multiplies
-/// (`8q + 4l .. 8q + 4l + 4` for the 4 quads q). So the offset comes out of the sums where
-/// they start, not in the block's epilogue. |257·12·X_l| ≤ 3084·16·32767 < 2³¹.
-fn gemv_starts(xq: &[i16], offset: i32, out: &mut [u32]) {
-    for (block, o) in xq.chunks_exact(BLOCK).zip(out.chunks_exact_mut(GEMV_START_WORDS)) {
-        let lane_sum =
-            |l: usize| -> i32 { block.chunks_exact(8).flat_map(|c| &c[4 * l..4 * l + 4]).map(|&v| v as i32).sum() };
-        let (x0, x1) = (lane_sum(0), lane_sum(1));
-        let words = [-257 * offset * x0, -257 * offset * x1, -offset * x0, -offset * x1];
-        for (w, v) in o.iter_mut().zip(words) {
-            *w = v as u32;
+/// One token `xq [K]` as [`gemv_body`] reads it, into `x` ([`gemv_x_words`] u32 words): the
+/// columns deinterleaved ([`crate::affine_r16::deinterleave8`]), each block's column sum, then per block the
+/// starting values of [`gemv_body`]'s two accumulators as the i32 pairs it broadcasts,
+/// `[A₀, A₁, C₀, C₁]`: `A_l = −257·c·X_l` and `C_l = −c·X_l`, with `c` the codes' offset
+/// ([`code_offset`]) and `X_l` the sum of the block's columns that i32 lane `l` of a pair of
+/// lanes multiplies (`8q + 4l .. 8q + 4l + 4` for the 4 quads q). So the offset comes out of
+/// the sums where they start, not in the block's epilogue. |257·12·X_l| ≤ 3084·16·32767 <
+/// 2³¹. In vectors: this runs once per call, and a call can be as short as one task's rows
+/// (a scalar pass cost 0.85 µs of the 2 µs of 16 rows × 2880).
+///
+/// # Safety
+/// The CPU must have AVX2; `x` must hold [`gemv_x_words`] words and `xq` whole blocks.
+#[target_feature(enable = "avx2")]
+unsafe fn gemv_x(xq: &[i16], offset: i32, x: &mut [u32]) {
+    let k = xq.len();
+    let blocks = k / BLOCK;
+    debug_assert!(k.is_multiple_of(BLOCK) && x.len() >= gemv_x_words(k));
+    let cols = x.as_mut_ptr() as *mut i16;
+    let (sums, starts) = (x.as_mut_ptr().add(k.div_ceil(2)), x.as_mut_ptr().add(k.div_ceil(2) + blocks));
+    // Per 8 columns (one 128-bit lane): the even ones, then the odd ones.
+    let evens_first = _mm256_setr_epi8(
+        0, 1, 4, 5, 8, 9, 12, 13, 2, 3, 6, 7, 10, 11, 14, 15, //
+        0, 1, 4, 5, 8, 9, 12, 13, 2, 3, 6, 7, 10, 11, 14, 15,
+    );
+    let ones = _mm256_set1_epi16(1);
+    for b in 0..blocks {
+        let src = xq.as_ptr().add(b * BLOCK) as *const __m256i;
+        let halves = [_mm256_loadu_si256(src), _mm256_loadu_si256(src.add(1))];
+        let dst = cols.add(b * BLOCK) as *mut __m256i;
+        _mm256_storeu_si256(dst, _mm256_shuffle_epi8(halves[0], evens_first));
+        _mm256_storeu_si256(dst.add(1), _mm256_shuffle_epi8(halves[1], evens_first));
+        // Pair sums [c0+c1, c2+c3, c4+c5, c6+c7] per 8 columns, the 4 eights added.
+        let pairs = _mm256_add_epi32(_mm256_madd_epi16(halves[0], ones), _mm256_madd_epi16(halves[1], ones));
+        let quads = _mm_add_epi32(_mm256_castsi256_si128(pairs), _mm256_extracti128_si256::<1>(pairs));
+        let mut p = [0i32; 4];
+        _mm_storeu_si128(p.as_mut_ptr() as *mut __m128i, quads);
+        let lane = [p[0] + p[1], p[2] + p[3]];
+        *sums.add(b) = (lane[0] + lane[1]) as u32;
+        let words = [-257 * offset * lane[0], -257 * offset * lane[1], -offset * lane[0], -offset * lane[1]];
+        for (i, v) in words.into_iter().enumerate() {
+            *starts.add(GEMV_START_WORDS * b + i) = v as u32;
         }
     }
 }
 
 /// One token through one group of 16 rows, decoding in registers: `xq` the token's codes
-/// `[K]` with each 8 columns deinterleaved ([`deinterleave8`]), followed by its K/32 block
+/// `[K]` with each 8 columns deinterleaved ([`crate::affine_r16::deinterleave8`]), followed by its K/32 block
 /// sums and the accumulator starts ([`gemv_x_words`]), `xs` its scales `[K/32]`, out `[16]`.
 /// The group's codes are one contiguous stream.
 ///
@@ -178,7 +205,7 @@ fn gemv_starts(xq: &[i16], offset: i32, out: &mut [u32]) {
 /// A word then holds rows 2j (low byte) and 2j+1 (high byte) of one column: `256·u₁ + u₀`.
 /// `vpmaddwd` of the words as they are with the columns (the deinterleaved activations,
 /// broadcast as a qword) gives `A = 256·Σu₁x + Σu₀x`, of the words' low bytes alone
-/// (`vpand`) `C = Σu₀x`. Both start at [`gemv_starts`], which takes the offsets out: then
+/// (`vpand`) `C = Σu₀x`. Both start at values from [`gemv_x`], which takes the offsets out: then
 /// `C = Σw₀x` and `A − C = 256·Σw₁x`, an arithmetic shift from row 2j+1's sum.
 /// 15 operations per 64 weights, 3 of them shifts or lookups: with masks where `Σu₁x` took
 /// two more shifts (`B` of the words shifted down a byte, `Σu₀x = A − 256·B`, the offsets
@@ -268,8 +295,6 @@ unsafe fn gemv_group_vnni<const AFFINE: bool>(
 ) {
     gemv_body::<AFFINE, true>(xq, xs, k, codes, scales, bias, out)
 }
-
-use crate::affine_r16::deinterleave8;
 
 /// Groups decoded together for several tokens (as [`super::vnni`]).
 const PANEL_GROUPS: usize = 2;
@@ -522,15 +547,10 @@ pub(super) unsafe fn matmul_offset_decode(
         let k = xq.len();
         let mut x = std::mem::take(scratch);
         x.resize(gemv_x_words(k), 0);
-        let (cols, rest) = x.split_at_mut(k.div_ceil(2));
-        let (sums, starts) = rest.split_at_mut(k / BLOCK);
-        for (s, block) in sums.iter_mut().zip(xq.chunks_exact(BLOCK)) {
-            *s = block.iter().map(|&v| v as i32).sum::<i32>() as u32;
-        }
-        gemv_starts(xq, parts.code_offset, starts);
-        // SAFETY: a u32 buffer of ⌈K/2⌉ words holds K i16 values, suitably aligned.
-        let xd = unsafe { std::slice::from_raw_parts_mut(cols.as_mut_ptr() as *mut i16, k) };
-        deinterleave8(xq, xd);
+        // SAFETY: every `parts` is for a CPU with AVX2; `x` is sized and K whole blocks.
+        unsafe { gemv_x(xq, parts.code_offset, &mut x) };
+        // SAFETY: the first ⌈K/2⌉ words hold the K deinterleaved i16 columns.
+        let xd = unsafe { std::slice::from_raw_parts(x.as_ptr() as *const i16, k) };
         // SAFETY: the caller's CPU runs `parts`.
         unsafe { super::matmul_rows_i16a(parts, xd, xs, 1, codes, scales, bias, out, &mut Vec::new()) };
         *scratch = x;
