@@ -139,8 +139,8 @@ unsafe fn offset_codes<const AFFINE: bool>(nibbles: __m256i, table: __m256i) -> 
 }
 
 /// u32 words [`gemv_body`] reads for one token of K columns: the columns deinterleaved
-/// ([`crate::affine_r16::deinterleave8`]), each block's column sum as an i32 (what [`super::vnni`] reads), then
-/// each block's accumulator starts ([`gemv_x`]).
+/// ([`crate::affine_r16::deinterleave8`]), each block's column sum as an i32 (what
+/// [`super::vnni`] reads), then each block's accumulator starts ([`gemv_x`]).
 fn gemv_x_words(k: usize) -> usize {
     k.div_ceil(2) + k / BLOCK + GEMV_START_WORDS * (k / BLOCK)
 }
@@ -149,14 +149,14 @@ fn gemv_x_words(k: usize) -> usize {
 const GEMV_START_WORDS: usize = 4;
 
 /// One token `xq [K]` as [`gemv_body`] reads it, into `x` ([`gemv_x_words`] u32 words): the
-/// columns deinterleaved ([`crate::affine_r16::deinterleave8`]), each block's column sum, then per block the
-/// starting values of [`gemv_body`]'s two accumulators as the i32 pairs it broadcasts,
-/// `[A₀, A₁, C₀, C₁]`: `A_l = −257·c·X_l` and `C_l = −c·X_l`, with `c` the codes' offset
-/// ([`code_offset`]) and `X_l` the sum of the block's columns that i32 lane `l` of a pair of
-/// lanes multiplies (`8q + 4l .. 8q + 4l + 4` for the 4 quads q). So the offset comes out of
-/// the sums where they start, not in the block's epilogue. |257·12·X_l| ≤ 3084·16·32767 <
-/// 2³¹. In vectors: this runs once per call, and a call can be as short as one task's rows
-/// (a scalar pass cost 0.85 µs of the 2 µs of 16 rows × 2880).
+/// columns deinterleaved ([`crate::affine_r16::deinterleave8`]), each block's column sum,
+/// then per block the starting values of [`gemv_body`]'s two accumulators as the i32 pairs
+/// it broadcasts, `[A₀, A₁, C₀, C₁]`: `A_l = −257·c·X_l` and `C_l = −c·X_l`, with `c` the
+/// codes' offset ([`code_offset`]) and `X_l` the sum of the block's columns that i32 lane `l`
+/// of a pair of lanes multiplies (`8q + 4l .. 8q + 4l + 4` for the 4 quads q). So the offset
+/// comes out of the sums where they start, not in the block's epilogue. |257·12·X_l| ≤
+/// 3084·16·32767 < 2³¹. In vectors: this runs once per call, and a call can be as short as
+/// one task's rows (a scalar pass cost 0.85 µs of the 2 µs of 16 rows × 2880).
 ///
 /// # Safety
 /// The CPU must have AVX2; `x` must hold [`gemv_x_words`] words and `xq` whole blocks.
@@ -194,8 +194,9 @@ unsafe fn gemv_x(xq: &[i16], offset: i32, x: &mut [u32]) {
 }
 
 /// One token through one group of 16 rows, decoding in registers: `xq` the token's codes
-/// `[K]` with each 8 columns deinterleaved ([`crate::affine_r16::deinterleave8`]), followed by its K/32 block
-/// sums and the accumulator starts ([`gemv_x_words`]), `xs` its scales `[K/32]`, out `[16]`.
+/// `[K]` with each 8 columns deinterleaved ([`crate::affine_r16::deinterleave8`]), followed
+/// by its K/32 block sums and the accumulator starts ([`gemv_x_words`]), `xs` its scales
+/// `[K/32]`, out `[16]`.
 /// The group's codes are one contiguous stream.
 ///
 /// Decode is what bounds one token (the loop is bound by the vector ports, not by memory),
