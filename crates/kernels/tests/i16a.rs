@@ -123,6 +123,30 @@ fn vector_kernels_match_the_twin_bit_for_bit_on_random_shapes() {
     }
 }
 
+/// Block scales at the bottom of the f32 range, as tiny activations give them: one token's
+/// kernels may fold the weight scales' halving into `xs`, which is exact for every normal
+/// `xs` but drops the last bit of an odd subnormal one; the result must not change.
+#[test]
+fn one_token_matches_the_twin_with_subnormal_block_scales() {
+    let mut rng = Rng(0x0dd5_ca1e_5eed_0001);
+    let (rows, k) = (32, 128);
+    // Weight scales near 2^8, so products with a subnormal `xs` are normal numbers; no bias
+    // and the other blocks' scales 0, so nothing larger absorbs them.
+    let mut c = case(&mut rng, rows, k, 1, (133, 135));
+    c.bias = None;
+    let (q, _) = quantize(&c);
+    // Odd subnormals (halving rounds), even ones (halving is exact) and a normal one.
+    for first in [f32::from_bits(1), f32::from_bits(0x0000_4001), f32::from_bits(0x0000_4002), 1e-3] {
+        let mut s = vec![0.0; k / 32];
+        s[0] = first;
+        let want = run(scalar::matmul_rows_i16a_mxfp4r16w, &c, &q, &s);
+        for kern in int_kernels() {
+            let got = run(kern.i16_act.as_ref().unwrap().matmul_rows_i16a_mxfp4r16w, &c, &q, &s);
+            assert_eq!(same_bits(&got, &want), None, "{} xs[0] = {first:e}: {got:?} vs {want:?}", kern.isa.name());
+        }
+    }
+}
+
 /// The largest integer sums a block can make: every code ±6.0 (2×E2M1 = ±12) against
 /// activations at ±32767 with the signs aligned, so each row's block sum is ±32·12·32767.
 /// Kernels that scale or split their integer accumulators must still be exact here.

@@ -140,9 +140,10 @@ unsafe fn offset_codes<const AFFINE: bool>(nibbles: __m256i, table: __m256i) -> 
 
 /// u32 words [`gemv_body`] reads for one token of K columns: the columns deinterleaved
 /// ([`crate::affine_r16::deinterleave8`]), each block's column sum as an i32 (what
-/// [`super::vnni`] reads), then each block's accumulator starts ([`gemv_x`]).
+/// [`super::vnni`] reads), each block's accumulator starts ([`gemv_x`]), then the block
+/// scales halved ([`matmul_offset_decode`]).
 fn gemv_x_words(k: usize) -> usize {
-    k.div_ceil(2) + k / BLOCK + GEMV_START_WORDS * (k / BLOCK)
+    k.div_ceil(2) + k / BLOCK + GEMV_START_WORDS * (k / BLOCK) + k / BLOCK
 }
 
 /// i32 words per block of accumulator starts ([`gemv_x`]).
@@ -217,7 +218,7 @@ unsafe fn gemv_x(xq: &[i16], offset: i32, x: &mut [u32]) {
 /// results are in range (|256·Σw₁x| ≤ 256·16·12·32767 < 2^31 per lane before the pairs
 /// are added), so the block's integer sums are the twin's.
 #[inline(always)]
-unsafe fn gemv_body<const AFFINE: bool, const VNNI: bool>(
+unsafe fn gemv_body<const AFFINE: bool, const VNNI: bool, const HALVED: bool>(
     xq: *const i16,
     xs: *const f32,
     k: usize,
@@ -259,7 +260,16 @@ unsafe fn gemv_body<const AFFINE: bool, const VNNI: bool>(
             let odd = _mm256_srai_epi32::<8>(_mm256_sub_epi32(acc[0], acc[1]));
             // hadd gives rows [0, 2, 1, 3] per 128-bit lane; the shuffle puts them in order.
             let isum = _mm256_shuffle_epi32::<0b11_01_10_00>(_mm256_hadd_epi32(acc[1], odd));
-            let comb = _mm256_mul_ps(scale_vector::<AFFINE>(scales, b * GROUP + 8 * h), xsb);
+            let weight = if HALVED {
+                // `xs` arrives as `xs · 0.5` (exact), so the scale's own halving is not needed:
+                // `(2^e · 0.5) · xs` and `2^e · (xs · 0.5)` are the same product, rounded once.
+                _mm256_castsi256_ps(_mm256_slli_epi32::<23>(_mm256_cvtepu8_epi32(_mm_loadl_epi64(
+                    scales.add(b * GROUP + 8 * h) as *const __m128i,
+                ))))
+            } else {
+                scale_vector::<AFFINE>(scales, b * GROUP + 8 * h)
+            };
+            let comb = _mm256_mul_ps(weight, xsb);
             *f = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), comb, *f);
         }
     }
@@ -280,7 +290,21 @@ unsafe fn gemv_group<const AFFINE: bool>(
     bias: Option<*const f32>,
     out: *mut f32,
 ) {
-    gemv_body::<AFFINE, false>(xq, xs, k, codes, scales, bias, out)
+    gemv_body::<AFFINE, false, false>(xq, xs, k, codes, scales, bias, out)
+}
+
+/// [`gemv_group`] for MXFP4 with `xs` already halved.
+#[target_feature(enable = "avx2,fma")]
+unsafe fn gemv_group_halved(
+    xq: *const i16,
+    xs: *const f32,
+    k: usize,
+    codes: *const u8,
+    scales: *const u8,
+    bias: Option<*const f32>,
+    out: *mut f32,
+) {
+    gemv_body::<false, false, true>(xq, xs, k, codes, scales, bias, out)
 }
 
 /// [`gemv_body`] with AVX-VNNI's `vpdpwssd`.
@@ -294,7 +318,21 @@ unsafe fn gemv_group_vnni<const AFFINE: bool>(
     bias: Option<*const f32>,
     out: *mut f32,
 ) {
-    gemv_body::<AFFINE, true>(xq, xs, k, codes, scales, bias, out)
+    gemv_body::<AFFINE, true, false>(xq, xs, k, codes, scales, bias, out)
+}
+
+/// [`gemv_group_vnni`] for MXFP4 with `xs` already halved.
+#[target_feature(enable = "avx2,fma,avxvnni")]
+unsafe fn gemv_group_vnni_halved(
+    xq: *const i16,
+    xs: *const f32,
+    k: usize,
+    codes: *const u8,
+    scales: *const u8,
+    bias: Option<*const f32>,
+    out: *mut f32,
+) {
+    gemv_body::<false, true, true>(xq, xs, k, codes, scales, bias, out)
 }
 
 /// Groups decoded together for several tokens (as [`super::vnni`]).
@@ -502,6 +540,7 @@ static PARTS: super::I16aParts = super::I16aParts {
     align: 32,
     scale_bytes: 1,
     code_offset: code_offset::<false>(),
+    gemv_group_halved: Some(gemv_group_halved),
 };
 
 /// The same drivers for 4-bit affine tiles: centred codes, f32 scales.
@@ -513,12 +552,17 @@ static AFFINE4_PARTS: super::I16aParts = super::I16aParts {
     align: 32,
     scale_bytes: 4,
     code_offset: code_offset::<true>(),
+    gemv_group_halved: None,
 };
 
 /// The same drivers with AVX-VNNI (Alder Lake and later Intel client parts, Zen 5): one
 /// `vpdpwssd` where AVX2 needs `vpmaddwd` and `vpaddd`, half the integer work per product.
-static PARTS_VNNI: super::I16aParts =
-    super::I16aParts { gemv_group: gemv_group_vnni::<false>, panel: panel_vnni::<false>, ..PARTS };
+static PARTS_VNNI: super::I16aParts = super::I16aParts {
+    gemv_group: gemv_group_vnni::<false>,
+    gemv_group_halved: Some(gemv_group_vnni_halved),
+    panel: panel_vnni::<false>,
+    ..PARTS
+};
 
 /// [`AFFINE4_PARTS`] with AVX-VNNI.
 static AFFINE4_PARTS_VNNI: super::I16aParts =
@@ -550,10 +594,26 @@ pub(super) unsafe fn matmul_offset_decode(
         x.resize(gemv_x_words(k), 0);
         // SAFETY: every `parts` is for a CPU with AVX2; `x` is sized and K whole blocks.
         unsafe { gemv_x(xq, parts.code_offset, &mut x) };
+        // The block scales halved where every halving is exact (a subnormal `xs` can lose
+        // its last bit): then the MXFP4 kernel skips halving each weight scale.
+        let halves_at = x.len() - k / BLOCK;
+        let mut exact = xs.len() == k / BLOCK;
+        for (h, &s) in x[halves_at..].iter_mut().zip(xs) {
+            let half = s * 0.5;
+            exact &= half * 2.0 == s || s.is_nan();
+            *h = half.to_bits();
+        }
+        let (parts, xs) = match parts.gemv_group_halved {
+            // SAFETY: f32 words written just above.
+            Some(g) if exact => (super::I16aParts { gemv_group: g, ..*parts }, unsafe {
+                std::slice::from_raw_parts(x[halves_at..].as_ptr() as *const f32, k / BLOCK)
+            }),
+            _ => (*parts, xs),
+        };
         // SAFETY: the first ⌈K/2⌉ words hold the K deinterleaved i16 columns.
         let xd = unsafe { std::slice::from_raw_parts(x.as_ptr() as *const i16, k) };
         // SAFETY: the caller's CPU runs `parts`.
-        unsafe { super::matmul_rows_i16a(parts, xd, xs, 1, codes, scales, bias, out, &mut Vec::new()) };
+        unsafe { super::matmul_rows_i16a(&parts, xd, xs, 1, codes, scales, bias, out, &mut Vec::new()) };
         *scratch = x;
         return;
     }

@@ -335,6 +335,7 @@ static PARTS: super::I16aParts = super::I16aParts {
     align: 64,
     scale_bytes: 1,
     code_offset: super::avx2_i16::code_offset::<false>(),
+    gemv_group_halved: None,
 };
 
 /// The same drivers for 4-bit affine tiles: centred codes, f32 scales.
@@ -346,6 +347,7 @@ static AFFINE4_PARTS: super::I16aParts = super::I16aParts {
     align: 64,
     scale_bytes: 4,
     code_offset: super::avx2_i16::code_offset::<true>(),
+    gemv_group_halved: None,
 };
 
 /// See [`crate::scalar::matmul_rows_i16a_affine4r16w`]; `scratch` holds a decoded panel.
