@@ -279,9 +279,9 @@ unsafe fn gemv_body<const AFFINE: bool, const VNNI: bool, const HALVED: bool>(
     }
 }
 
-/// [`gemv_body`] with `vpmaddwd` + `vpaddd`.
+/// [`gemv_body`] with `vpmaddwd` + `vpaddd`; `HALVED`: MXFP4 with `xs` already halved.
 #[target_feature(enable = "avx2,fma")]
-unsafe fn gemv_group<const AFFINE: bool>(
+unsafe fn gemv_group<const AFFINE: bool, const HALVED: bool>(
     xq: *const i16,
     xs: *const f32,
     k: usize,
@@ -290,26 +290,12 @@ unsafe fn gemv_group<const AFFINE: bool>(
     bias: Option<*const f32>,
     out: *mut f32,
 ) {
-    gemv_body::<AFFINE, false, false>(xq, xs, k, codes, scales, bias, out)
+    gemv_body::<AFFINE, false, HALVED>(xq, xs, k, codes, scales, bias, out)
 }
 
-/// [`gemv_group`] for MXFP4 with `xs` already halved.
-#[target_feature(enable = "avx2,fma")]
-unsafe fn gemv_group_halved(
-    xq: *const i16,
-    xs: *const f32,
-    k: usize,
-    codes: *const u8,
-    scales: *const u8,
-    bias: Option<*const f32>,
-    out: *mut f32,
-) {
-    gemv_body::<false, false, true>(xq, xs, k, codes, scales, bias, out)
-}
-
-/// [`gemv_body`] with AVX-VNNI's `vpdpwssd`.
+/// [`gemv_body`] with AVX-VNNI's `vpdpwssd`; `HALVED` as for [`gemv_group`].
 #[target_feature(enable = "avx2,fma,avxvnni")]
-unsafe fn gemv_group_vnni<const AFFINE: bool>(
+unsafe fn gemv_group_vnni<const AFFINE: bool, const HALVED: bool>(
     xq: *const i16,
     xs: *const f32,
     k: usize,
@@ -318,21 +304,7 @@ unsafe fn gemv_group_vnni<const AFFINE: bool>(
     bias: Option<*const f32>,
     out: *mut f32,
 ) {
-    gemv_body::<AFFINE, true, false>(xq, xs, k, codes, scales, bias, out)
-}
-
-/// [`gemv_group_vnni`] for MXFP4 with `xs` already halved.
-#[target_feature(enable = "avx2,fma,avxvnni")]
-unsafe fn gemv_group_vnni_halved(
-    xq: *const i16,
-    xs: *const f32,
-    k: usize,
-    codes: *const u8,
-    scales: *const u8,
-    bias: Option<*const f32>,
-    out: *mut f32,
-) {
-    gemv_body::<false, true, true>(xq, xs, k, codes, scales, bias, out)
+    gemv_body::<AFFINE, true, HALVED>(xq, xs, k, codes, scales, bias, out)
 }
 
 /// Groups decoded together for several tokens (as [`super::vnni`]).
@@ -533,19 +505,19 @@ unsafe fn panel_vnni<const AFFINE: bool>(
 }
 
 static PARTS: super::I16aParts = super::I16aParts {
-    gemv_group: gemv_group::<false>,
+    gemv_group: gemv_group::<false, false>,
     panel: panel::<false>,
     panel_groups: PANEL_GROUPS,
     scratch_words,
     align: 32,
     scale_bytes: 1,
     code_offset: code_offset::<false>(),
-    gemv_group_halved: Some(gemv_group_halved),
+    gemv_group_halved: Some(gemv_group::<false, true>),
 };
 
 /// The same drivers for 4-bit affine tiles: centred codes, f32 scales.
 static AFFINE4_PARTS: super::I16aParts = super::I16aParts {
-    gemv_group: gemv_group::<true>,
+    gemv_group: gemv_group::<true, false>,
     panel: panel::<true>,
     panel_groups: PANEL_GROUPS,
     scratch_words,
@@ -558,15 +530,15 @@ static AFFINE4_PARTS: super::I16aParts = super::I16aParts {
 /// The same drivers with AVX-VNNI (Alder Lake and later Intel client parts, Zen 5): one
 /// `vpdpwssd` where AVX2 needs `vpmaddwd` and `vpaddd`, half the integer work per product.
 static PARTS_VNNI: super::I16aParts = super::I16aParts {
-    gemv_group: gemv_group_vnni::<false>,
-    gemv_group_halved: Some(gemv_group_vnni_halved),
+    gemv_group: gemv_group_vnni::<false, false>,
+    gemv_group_halved: Some(gemv_group_vnni::<false, true>),
     panel: panel_vnni::<false>,
     ..PARTS
 };
 
 /// [`AFFINE4_PARTS`] with AVX-VNNI.
 static AFFINE4_PARTS_VNNI: super::I16aParts =
-    super::I16aParts { gemv_group: gemv_group_vnni::<true>, panel: panel_vnni::<true>, ..AFFINE4_PARTS };
+    super::I16aParts { gemv_group: gemv_group_vnni::<true, false>, panel: panel_vnni::<true>, ..AFFINE4_PARTS };
 
 /// `parts` over `xq`: one token with its columns deinterleaved and followed by its block
 /// sums ([`gemv_x_words`]: what the offset decoders, [`gemv_group`] and
@@ -597,18 +569,13 @@ pub(super) unsafe fn matmul_offset_decode(
         // The block scales halved where every halving is exact (a subnormal `xs` can lose
         // its last bit): then the MXFP4 kernel skips halving each weight scale.
         let halves_at = x.len() - k / BLOCK;
-        let mut exact = xs.len() == k / BLOCK;
-        for (h, &s) in x[halves_at..].iter_mut().zip(xs) {
-            let half = s * 0.5;
-            exact &= half * 2.0 == s || s.is_nan();
-            *h = half.to_bits();
-        }
-        let (parts, xs) = match parts.gemv_group_halved {
-            // SAFETY: f32 words written just above.
-            Some(g) if exact => (super::I16aParts { gemv_group: g, ..*parts }, unsafe {
+        let halved = parts.gemv_group_halved.filter(|_| halve_exactly(xs, &mut x[halves_at..]));
+        let (parts, xs) = match halved {
+            // SAFETY: f32 words written by `halve_exactly`.
+            Some(g) => (super::I16aParts { gemv_group: g, ..*parts }, unsafe {
                 std::slice::from_raw_parts(x[halves_at..].as_ptr() as *const f32, k / BLOCK)
             }),
-            _ => (*parts, xs),
+            None => (*parts, xs),
         };
         // SAFETY: the first ⌈K/2⌉ words hold the K deinterleaved i16 columns.
         let xd = unsafe { std::slice::from_raw_parts(x.as_ptr() as *const i16, k) };
@@ -619,6 +586,17 @@ pub(super) unsafe fn matmul_offset_decode(
     }
     // SAFETY: the caller's CPU runs `parts`.
     unsafe { super::matmul_rows_i16a(parts, xq, xs, n_tok, codes, scales, bias, out, scratch) }
+}
+
+/// `xs · 0.5` into `out` as f32 bits, and whether every halving was exact (NaN stays NaN).
+fn halve_exactly(xs: &[f32], out: &mut [u32]) -> bool {
+    let mut exact = xs.len() == out.len();
+    for (h, &s) in out.iter_mut().zip(xs) {
+        let half = s * 0.5;
+        exact &= half * 2.0 == s || s.is_nan();
+        *h = half.to_bits();
+    }
+    exact
 }
 
 /// See [`crate::scalar::matmul_rows_i16a_mxfp4r16w`]; `scratch` holds a decoded panel.
