@@ -1,0 +1,80 @@
+//! Plain loads against the one-token bf16 matmul over the same memory: whether a dense
+//! stage of decoding streams as fast as the memory gives, apart from the rest of the model.
+//!
+//! `[ROWS=201088] [REPS=8] [GPTOSS_KERNELS=K] [RAYON_NUM_THREADS=2] cargo run --release -p
+//! gptoss-engine --example stream`: ROWS × 2880 bf16 weights (the default is the
+//! unembedding, 1.16 GB) in memory of the kind loaded weights live in (anonymous, 2 MiB pages
+//! where the kernel allows), split over the threads as the model splits a matmul. Each rep
+//! prints GB/s of a plain sum (eight u64 chains, a prefetch 4 KiB ahead: the bench's
+//! bandwidth probe) and of the matmul, one after the other; memory on shared machines drifts,
+//! so only neighbouring figures compare.
+
+use std::hint::black_box;
+use std::time::Instant;
+
+use gptoss_engine::safetensors::Bytes;
+use rayon::prelude::*;
+
+const K: usize = 2880;
+
+fn env(name: &str, default: usize) -> usize {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+fn sum_words(words: &[u64]) -> u64 {
+    let mut acc = [0u64; 8];
+    for (i, c) in words.chunks_exact(8).enumerate() {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: SSE is baseline on x86-64; a prefetch never faults.
+        unsafe {
+            use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+            _mm_prefetch::<_MM_HINT_T0>(words.as_ptr().wrapping_add(8 * i + 512) as *const i8)
+        };
+        for (a, &w) in acc.iter_mut().zip(c) {
+            *a = a.wrapping_add(w);
+        }
+    }
+    acc.iter().fold(0, |a, &b| a.wrapping_add(b))
+}
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let (rows, reps) = (env("ROWS", 201_088), env("REPS", 8));
+    let kern = gptoss_kernels::Kernels::from_env()?;
+    // Weights near ±1 (bf16 0x3f80 with low mantissa bits varied), so the sums stay finite.
+    let bytes = Bytes::build(rows * K * 2, |b| {
+        for (i, h) in b.chunks_exact_mut(2).enumerate() {
+            h.copy_from_slice(&(0x3f80u16 ^ (i as u16 & 0x7f)).to_le_bytes());
+        }
+    });
+    let raw = bytes.as_slice();
+    // SAFETY: the buffer is page-aligned or u64-aligned (`Bytes::build`), its length a
+    // multiple of 8, and every bit pattern is a valid u16 and u64.
+    let (w, words): (&[u16], &[u64]) = unsafe {
+        (
+            std::slice::from_raw_parts(raw.as_ptr().cast(), raw.len() / 2),
+            std::slice::from_raw_parts(raw.as_ptr().cast(), raw.len() / 8),
+        )
+    };
+    let x: Vec<f32> = (0..K).map(|i| (i as f32 * 0.001).sin()).collect();
+    let mut y = vec![0f32; rows];
+    let gb = raw.len() as f64 / 1e9;
+    let threads = rayon::current_num_threads();
+    // As the model's matmuls: 8 tasks per thread.
+    let chunk = rows.div_ceil(threads * 8);
+    println!("{rows} x {K} bf16 ({gb:.2} GB), {threads} threads, {:?} kernels", kern.isa);
+    for rep in 0..reps {
+        let t = Instant::now();
+        let per = words.len().div_ceil(threads);
+        black_box(rayon::broadcast(|c| sum_words(words.chunks(per).nth(c.index()).unwrap_or(&[]))));
+        let sum = gb / t.elapsed().as_secs_f64();
+        let t = Instant::now();
+        y.par_chunks_mut(chunk).enumerate().for_each(|(i, out)| {
+            let r0 = i * chunk;
+            let mut row_buf = vec![0f32; K];
+            (kern.matmul_rows_f32_bf16w)(&x, 1, &w[r0 * K..(r0 + out.len()) * K], None, out, &mut row_buf)
+        });
+        black_box(&y);
+        println!("rep {rep}: plain sum {sum:.1} GB/s, one-token matmul {:.1} GB/s", gb / t.elapsed().as_secs_f64());
+    }
+    Ok(())
+}
