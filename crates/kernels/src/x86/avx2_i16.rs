@@ -46,11 +46,16 @@ unsafe fn decode_pair(half: __m256i, control: __m256i, table: __m256i) -> __m256
     _mm256_srai_epi16::<8>(_mm256_shuffle_epi8(table, index))
 }
 
+/// 8 rows' E8M0 bytes of one block as `from_bits(s << 23)`, twice their weight scales.
+#[inline(always)]
+unsafe fn scale_powers(s: *const u8) -> __m256 {
+    _mm256_castsi256_ps(_mm256_slli_epi32::<23>(_mm256_cvtepu8_epi32(_mm_loadl_epi64(s as *const __m128i))))
+}
+
 /// 8 rows' weight scales of one block: `from_bits(s << 23) · 0.5`.
 #[inline(always)]
 pub(super) unsafe fn weight_scales(s: *const u8) -> __m256 {
-    let bits = _mm256_slli_epi32::<23>(_mm256_cvtepu8_epi32(_mm_loadl_epi64(s as *const __m128i)));
-    _mm256_mul_ps(_mm256_castsi256_ps(bits), _mm256_set1_ps(0.5))
+    _mm256_mul_ps(scale_powers(s), _mm256_set1_ps(0.5))
 }
 
 /// The 4 pairs of one quad half, decoded.
@@ -263,9 +268,7 @@ unsafe fn gemv_body<const AFFINE: bool, const VNNI: bool, const HALVED: bool>(
             let weight = if HALVED {
                 // `xs` arrives as `xs · 0.5` (exact), so the scale's own halving is not needed:
                 // `(2^e · 0.5) · xs` and `2^e · (xs · 0.5)` are the same product, rounded once.
-                _mm256_castsi256_ps(_mm256_slli_epi32::<23>(_mm256_cvtepu8_epi32(_mm_loadl_epi64(
-                    scales.add(b * GROUP + 8 * h) as *const __m128i,
-                ))))
+                scale_powers(scales.add(b * GROUP + 8 * h))
             } else {
                 scale_vector::<AFFINE>(scales, b * GROUP + 8 * h)
             };

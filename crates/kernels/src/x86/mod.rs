@@ -15,14 +15,15 @@ pub mod vnni;
 use crate::mxfp4::BLOCK;
 use crate::mxfp4_r16::{GROUP, TILE_BYTES};
 
-/// The pieces of an integer MXFP4 kernel set ([`avx2_i16`], [`vnni`]) that the shared driver
-/// [`matmul_rows_i16a`] runs.
 /// One token through one group of 16 rows: (xq, xs, K, codes, scales, bias, out).
 pub(crate) type GemvGroup =
     unsafe fn(*const i16, *const f32, usize, *const u8, *const u8, Option<*const f32>, *mut f32);
 
+/// The pieces of an integer MXFP4 kernel set ([`avx2_i16`], [`vnni`]) that the shared driver
+/// [`matmul_rows_i16a`] runs.
 #[derive(Clone, Copy)]
 pub(crate) struct I16aParts {
+    /// One token through one group of 16 rows ([`GemvGroup`]).
     pub gemv_group: GemvGroup,
     /// [`Self::gemv_group`] taking `xs · 0.5` for `xs` (MXFP4, where the weight scale is
     /// `from_bits(s << 23) · 0.5`), called when every block's halving is exact.
