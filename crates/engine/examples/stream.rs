@@ -6,10 +6,10 @@
 //! unembedding, 1.16 GB) and, where the kernels have integer MXFP4 experts, 2·ROWS rows of
 //! random MXFP4 in their 16-row tiles (about the same bytes), in memory of the kind loaded
 //! weights live in (anonymous, 2 MiB pages where the kernel allows), split over the threads
-//! as the model splits a matmul. Each rep prints GB/s of a plain sum (eight u64 chains, a
-//! prefetch 4 KiB ahead: the bench's bandwidth probe), of the bf16 matmul and of the experts,
-//! one after the other; memory on shared machines drifts, so only neighbouring figures
-//! compare. Small ROWS time the pool waking up as much as the kernels.
+//! as the model splits a matmul. Each rep prints GB/s of a plain sum (`profile::sum_words`,
+//! the bench's bandwidth probe), of the bf16 matmul and of the experts, one after the other;
+//! memory on shared machines drifts, so only neighbouring figures compare. Small ROWS time
+//! the pool waking up as much as the kernels.
 
 use std::hint::black_box;
 use std::time::Instant;
@@ -26,29 +26,6 @@ thread_local! {
 
 fn env(name: &str, default: usize) -> usize {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
-}
-
-fn sum_words(words: &[u64]) -> u64 {
-    let mut acc = [0u64; 8];
-    for (i, c) in words.chunks_exact(8).enumerate() {
-        prefetch_read(words.as_ptr().wrapping_add(8 * i + 512));
-        for (a, &w) in acc.iter_mut().zip(c) {
-            *a = a.wrapping_add(w);
-        }
-    }
-    acc.iter().fold(0, |a, &b| a.wrapping_add(b))
-}
-
-/// A hint to fetch the cache line at `p` (a prefetch never faults); nothing off x86-64.
-#[inline(always)]
-fn prefetch_read(p: *const u64) {
-    #[cfg(target_arch = "x86_64")]
-    // SAFETY: SSE is baseline on x86-64, and a prefetch reads nothing architecturally.
-    unsafe {
-        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(p as *const i8)
-    };
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = p;
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -99,7 +76,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     for rep in 0..reps {
         let t = Instant::now();
         let per = words.len().div_ceil(threads);
-        black_box(rayon::broadcast(|c| sum_words(words.chunks(per).nth(c.index()).unwrap_or(&[]))));
+        black_box(rayon::broadcast(|c| {
+            gptoss_engine::profile::sum_words(words.chunks(per).nth(c.index()).unwrap_or(&[]))
+        }));
         let sum = gb / t.elapsed().as_secs_f64();
         let t = Instant::now();
         y[..rows].par_chunks_mut(chunk).enumerate().for_each(|(i, out)| {

@@ -131,40 +131,12 @@ impl BandwidthProbe {
         let mut best = 0f64;
         for _ in 0..BANDWIDTH_PASSES {
             let t0 = Instant::now();
-            let sums = rayon::broadcast(|ctx| sum_words(words.chunks(per).nth(ctx.index()).unwrap_or(&[])));
+            let sums = rayon::broadcast(|ctx| profile::sum_words(words.chunks(per).nth(ctx.index()).unwrap_or(&[])));
             black_box(sums);
             best = best.max(Self::BYTES as f64 / t0.elapsed().as_secs_f64());
         }
         best
     }
-}
-
-/// Eight independent sums, so the loop is bound by loads rather than by one add chain; each
-/// cache line also prefetches the one 4 KiB ahead, as the CPU kernels do (the hardware
-/// prefetcher stops at pages): without it the probe read 20.5 GB/s on a Xeon whose
-/// prefetched decode streamed 22.5, and generation showed as 110% of "the" bandwidth.
-fn sum_words(words: &[u64]) -> u64 {
-    let mut acc = [0u64; 8];
-    for (i, c) in words.chunks_exact(8).enumerate() {
-        prefetch_read(words.as_ptr().wrapping_add(8 * i + 512));
-        for (a, &w) in acc.iter_mut().zip(c) {
-            *a = a.wrapping_add(w);
-        }
-    }
-    acc.iter().fold(0, |a, &b| a.wrapping_add(b))
-}
-
-/// A hint to fetch the cache line at `p` (which may lie past the buffer: a prefetch never
-/// faults). Nothing on targets without a stable prefetch intrinsic.
-#[inline(always)]
-fn prefetch_read(p: *const u64) {
-    #[cfg(target_arch = "x86_64")]
-    // SAFETY: SSE is baseline on x86-64, and a prefetch reads nothing architecturally.
-    unsafe {
-        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(p as *const i8)
-    };
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = p;
 }
 
 /// A prompt of `n` ids spread over the vocabulary (xorshift), as llama-bench uses random ones.
