@@ -52,6 +52,27 @@ unsafe fn scale_powers(s: *const u8) -> __m256 {
     _mm256_castsi256_ps(_mm256_slli_epi32::<23>(_mm256_cvtepu8_epi32(_mm_loadl_epi64(s as *const __m128i))))
 }
 
+/// [`scale_powers`] in the order `vphaddd` leaves a half's row sums: rows 0, 2, 1, 3 and 4, 6,
+/// 5, 7. One `vpshufb` of the broadcast bytes both orders and widens them (as the
+/// `vpmovzxbd` it replaces), so the sums need no shuffle per block.
+#[inline(always)]
+unsafe fn scale_powers_hadd_order(s: *const u8) -> __m256 {
+    const Z: i8 = -128; // zero
+    let order = _mm256_setr_epi8(
+        0, Z, Z, Z, 2, Z, Z, Z, 1, Z, Z, Z, 3, Z, Z, Z, //
+        4, Z, Z, Z, 6, Z, Z, Z, 5, Z, Z, Z, 7, Z, Z, Z,
+    );
+    let bytes = _mm256_set1_epi64x(std::ptr::read_unaligned(s as *const i64));
+    _mm256_castsi256_ps(_mm256_slli_epi32::<23>(_mm256_shuffle_epi8(bytes, order)))
+}
+
+/// Rows 0, 2, 1, 3 of each 128-bit lane (what `vphaddd` of even-row and odd-row sums gives)
+/// back in order.
+#[inline(always)]
+unsafe fn rows_in_order(v: __m256i) -> __m256i {
+    _mm256_shuffle_epi32::<0b11_01_10_00>(v)
+}
+
 /// 8 rows' weight scales of one block: `from_bits(s << 23) · 0.5`.
 #[inline(always)]
 pub(super) unsafe fn weight_scales(s: *const u8) -> __m256 {
@@ -263,22 +284,27 @@ unsafe fn gemv_body<const AFFINE: bool, const VNNI: bool, const HALVED: bool>(
         let xsb = _mm256_set1_ps(*xs.add(b));
         for (h, (f, acc)) in facc.iter_mut().zip(&iacc).enumerate() {
             let odd = _mm256_srai_epi32::<8>(_mm256_sub_epi32(acc[0], acc[1]));
-            // hadd gives rows [0, 2, 1, 3] per 128-bit lane; the shuffle puts them in order.
-            let isum = _mm256_shuffle_epi32::<0b11_01_10_00>(_mm256_hadd_epi32(acc[1], odd));
-            let weight = if HALVED {
-                // `xs` arrives as `xs · 0.5` (exact), so the scale's own halving is not needed:
-                // `(2^e · 0.5) · xs` and `2^e · (xs · 0.5)` are the same product, rounded once.
-                scale_powers(scales.add(b * GROUP + 8 * h))
+            // Rows [0, 2, 1, 3] per 128-bit lane, as hadd gives them. MXFP4 takes its scales
+            // in that order and puts the rows in order once, after the last block; the
+            // affine f32 scales are in row order, so their sums are put in order per block.
+            let isum = _mm256_hadd_epi32(acc[1], odd);
+            let (isum, weight) = if AFFINE {
+                (rows_in_order(isum), scale_vector::<AFFINE>(scales, b * GROUP + 8 * h))
             } else {
-                scale_vector::<AFFINE>(scales, b * GROUP + 8 * h)
+                let powers = scale_powers_hadd_order(scales.add(b * GROUP + 8 * h));
+                // `xs` arrives as `xs · 0.5` (exact) when HALVED, so the scale's own halving is
+                // not needed: `(2^e · 0.5) · xs` and `2^e · (xs · 0.5)` are the same product,
+                // rounded once.
+                (isum, if HALVED { powers } else { _mm256_mul_ps(powers, _mm256_set1_ps(0.5)) })
             };
             let comb = _mm256_mul_ps(weight, xsb);
             *f = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), comb, *f);
         }
     }
     for (h, f) in facc.iter().enumerate() {
+        let f = if AFFINE { *f } else { _mm256_castsi256_ps(rows_in_order(_mm256_castps_si256(*f))) };
         let bv = bias.map_or(_mm256_setzero_ps(), |p| _mm256_loadu_ps(p.add(8 * h)));
-        _mm256_storeu_ps(out.add(8 * h), _mm256_add_ps(*f, bv));
+        _mm256_storeu_ps(out.add(8 * h), _mm256_add_ps(f, bv));
     }
 }
 
