@@ -338,7 +338,7 @@ const AVX2_SET: Kernels = Kernels {
     matmul_rows_f32_f32w: crate::x86::avx2::matmul_rows_f32_f32w,
     matmul_rows_f32_q8w: crate::scalar::matmul_rows_f32_q8w,
     attend_heads_f32: crate::x86::attention_avx2::attend_heads_f32,
-    swiglu_interleaved_f32: crate::scalar::swiglu_interleaved_f32,
+    swiglu_interleaved_f32: crate::x86::avx2::swiglu_interleaved_f32,
     rmsnorm_f32: crate::scalar::rmsnorm_f32,
     rope_apply_f32: crate::scalar::YarnRope::apply,
     bf16_act: None,

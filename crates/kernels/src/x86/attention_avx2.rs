@@ -22,7 +22,7 @@ const KEYS: usize = 4;
 /// in two parts, e^r by Cephes' degree-6 polynomial, times 2^n built from exponent bits in
 /// two halves (2^n alone would be subnormal below n = −126). About 1 ulp.
 #[inline(always)]
-unsafe fn exp_nonpositive(x: __m256) -> __m256 {
+pub(super) unsafe fn exp_nonpositive(x: __m256) -> __m256 {
     let x = _mm256_max_ps(x, _mm256_set1_ps(-104.0));
     let n = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(_mm256_mul_ps(
         x,

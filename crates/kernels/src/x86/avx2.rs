@@ -369,3 +369,42 @@ pub fn matmul_rows_f32_f32w(
         }
     }
 }
+
+/// [`crate::scalar::swiglu_interleaved_f32`] on 8 units at a time, as the 16-lane
+/// [`super::avx512::swiglu_interleaved_f32`] does it: σ(z) is 1/(1 + e^−z) for z ≥ 0 and
+/// e^z/(1 + e^z) below, so the exponential never overflows; within a few ulps of the scalar
+/// twin.
+#[target_feature(enable = "avx2,fma")]
+unsafe fn swiglu_impl(u: &[f32], alpha: f32, limit: f32, out: &mut [f32]) {
+    let n = out.len();
+    let (lim, one) = (_mm256_set1_ps(limit), _mm256_set1_ps(1.0));
+    let mut i = 0;
+    while i + 8 <= n {
+        let (a, b) = (_mm256_loadu_ps(u.as_ptr().add(2 * i)), _mm256_loadu_ps(u.as_ptr().add(2 * i + 8)));
+        // Even (gate) and odd (up) lanes, units [0, 1, 4, 5, 2, 3, 6, 7]; put in order at the
+        // store.
+        let gate = _mm256_min_ps(_mm256_shuffle_ps::<0b10_00_10_00>(a, b), lim);
+        // Operand order keeps a NaN up (clamp passes it) and drops a NaN gate (min does).
+        let up = _mm256_max_ps(
+            _mm256_sub_ps(_mm256_setzero_ps(), lim),
+            _mm256_min_ps(lim, _mm256_shuffle_ps::<0b11_01_11_01>(a, b)),
+        );
+        let z = _mm256_mul_ps(_mm256_set1_ps(alpha), gate);
+        let neg_abs = _mm256_or_ps(z, _mm256_set1_ps(-0.0));
+        let e = super::attention_avx2::exp_nonpositive(neg_abs);
+        let num = _mm256_blendv_ps(e, one, _mm256_cmp_ps::<_CMP_GE_OQ>(z, _mm256_setzero_ps()));
+        let sig = _mm256_div_ps(num, _mm256_add_ps(one, e));
+        let y = _mm256_mul_ps(_mm256_mul_ps(gate, sig), _mm256_add_ps(up, one));
+        let y = _mm256_castpd_ps(_mm256_permute4x64_pd::<0b11_01_10_00>(_mm256_castps_pd(y)));
+        _mm256_storeu_ps(out.as_mut_ptr().add(i), y);
+        i += 8;
+    }
+    crate::scalar::swiglu_interleaved_f32(&u[2 * i..], alpha, limit, &mut out[i..]);
+}
+
+pub fn swiglu_interleaved_f32(u: &[f32], alpha: f32, limit: f32, out: &mut [f32]) {
+    assert_eq!(u.len(), 2 * out.len(), "swiglu: u is not [2I]");
+    // SAFETY: handed out by `Kernels` only with AVX2 and FMA; loads and stores stay below
+    // 2·n and n.
+    unsafe { swiglu_impl(u, alpha, limit, out) }
+}
