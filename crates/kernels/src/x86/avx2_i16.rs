@@ -46,15 +46,10 @@ unsafe fn decode_pair(half: __m256i, control: __m256i, table: __m256i) -> __m256
     _mm256_srai_epi16::<8>(_mm256_shuffle_epi8(table, index))
 }
 
-/// 8 rows' E8M0 bytes of one block as `from_bits(s << 23)`, twice their weight scales.
-#[inline(always)]
-unsafe fn scale_powers(s: *const u8) -> __m256 {
-    _mm256_castsi256_ps(_mm256_slli_epi32::<23>(_mm256_cvtepu8_epi32(_mm_loadl_epi64(s as *const __m128i))))
-}
-
-/// [`scale_powers`] in the order `vphaddd` leaves a half's row sums: rows 0, 2, 1, 3 and 4, 6,
-/// 5, 7. One `vpshufb` of the broadcast bytes both orders and widens them (as the
-/// `vpmovzxbd` it replaces), so the sums need no shuffle per block.
+/// 8 rows' E8M0 bytes of one block as `from_bits(s << 23)` (twice their weight scales), in
+/// the order `vphaddd` leaves a half's row sums: rows 0, 2, 1, 3 and 4, 6, 5, 7. One
+/// `vpshufb` of the broadcast bytes both orders and widens them (as `vpmovzxbd` widens them
+/// in [`weight_scales`]), so the sums need no shuffle per block.
 #[inline(always)]
 unsafe fn scale_powers_hadd_order(s: *const u8) -> __m256 {
     const Z: i8 = -128; // zero
@@ -76,7 +71,8 @@ unsafe fn rows_in_order(v: __m256i) -> __m256i {
 /// 8 rows' weight scales of one block: `from_bits(s << 23) · 0.5`.
 #[inline(always)]
 pub(super) unsafe fn weight_scales(s: *const u8) -> __m256 {
-    _mm256_mul_ps(scale_powers(s), _mm256_set1_ps(0.5))
+    let bits = _mm256_slli_epi32::<23>(_mm256_cvtepu8_epi32(_mm_loadl_epi64(s as *const __m128i)));
+    _mm256_mul_ps(_mm256_castsi256_ps(bits), _mm256_set1_ps(0.5))
 }
 
 /// The 4 pairs of one quad half, decoded.
