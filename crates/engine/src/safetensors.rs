@@ -16,6 +16,10 @@ use crate::error::LoadError;
 
 /// Largest header we accept, as the reference loader (real ones are tens of kilobytes).
 const MAX_HEADER_BYTES: u64 = 100_000_000;
+/// The huge page size of x86-64 and of arm64 with 4 KiB pages.
+const HUGE_PAGE: usize = 2 << 20;
+/// Alignment of each buffer of [`Bytes::build_parts`]: a cache line.
+const PART_ALIGN: usize = 64;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DType {
@@ -146,19 +150,55 @@ impl Bytes {
     }
 
     /// `len` owned bytes written by `fill` (given zeros), without an extra copy.
+    ///
+    /// In anonymous memory where the system allows, starting on a 2 MiB boundary: the kernel
+    /// backs with a huge page only a whole aligned 2 MiB of the map, and a map placed where
+    /// mmap put it lost up to 2 MiB at its head to 4 KiB pages (on a 20b load, with one map
+    /// per matrix, ~180 of the 2.3 GiB of dense matrices). The tail past the last whole
+    /// 2 MiB stays in 4 KiB pages rather than round the resident set up.
     pub fn build(len: usize, fill: impl FnOnce(&mut [u8])) -> Self {
-        if let Ok(mut m) = memmap2::MmapOptions::new().len(len).map_anon() {
+        // Room to move the start to the next boundary; small buffers keep the map as it is.
+        let slack = if len >= HUGE_PAGE { HUGE_PAGE } else { 0 };
+        if let Ok(mut m) = memmap2::MmapOptions::new().len(len + slack).map_anon() {
+            let start =
+                if slack > 0 { (m.as_ptr() as usize).next_multiple_of(HUGE_PAGE) - m.as_ptr() as usize } else { 0 };
             #[cfg(target_os = "linux")]
-            let _ = m.advise(memmap2::Advice::HugePage);
-            fill(&mut m);
+            let huge = len / HUGE_PAGE * HUGE_PAGE;
             #[cfg(target_os = "linux")]
-            collapse_into_huge_pages(&m);
-            return Bytes { owner: Arc::new(Storage::Anon(m)), start: 0, len };
+            if huge > 0 {
+                let _ = m.advise_range(memmap2::Advice::HugePage, start, huge);
+            }
+            fill(&mut m[start..start + len]);
+            #[cfg(target_os = "linux")]
+            collapse_into_huge_pages(&m[start..start + huge]);
+            return Bytes { owner: Arc::new(Storage::Anon(m)), start, len };
         }
         let mut words = vec![0u64; len.div_ceil(8)];
         // SAFETY: the u64 buffer has at least len bytes, and any byte pattern is a valid u64.
         fill(unsafe { std::slice::from_raw_parts_mut(words.as_mut_ptr().cast::<u8>(), len) });
         Bytes { owner: Arc::new(Storage::Owned(words)), start: 0, len }
+    }
+
+    /// Owned buffers of `lens[i]` bytes, each written by `fill(i, buffer)` (given zeros), in
+    /// one [`Bytes::build`] map, each starting on a cache line. Matrices read for every token
+    /// go here together: only the ends of the whole run can fall outside 2 MiB pages, where
+    /// one map per matrix loses both ends of every matrix.
+    pub fn build_parts(lens: &[usize], mut fill: impl FnMut(usize, &mut [u8])) -> Vec<Bytes> {
+        let mut end = 0;
+        let starts: Vec<usize> = lens
+            .iter()
+            .map(|&len| {
+                let start = end;
+                end = (start + len).next_multiple_of(PART_ALIGN);
+                start
+            })
+            .collect();
+        let whole = Bytes::build(end, |buf| {
+            for (i, (&start, &len)) in starts.iter().zip(lens).enumerate() {
+                fill(i, &mut buf[start..start + len]);
+            }
+        });
+        starts.iter().zip(lens).map(|(&start, &len)| whole.slice(start..start + len)).collect()
     }
 
     pub fn as_slice(&self) -> &[u8] {
@@ -199,18 +239,9 @@ impl Bytes {
         matches!(*self.owner, Storage::Mapped(_))
     }
 
-    /// These bytes copied into anonymous memory ([`Bytes::build`]: 2 MiB pages where the
-    /// kernel allows); the map's pages are released, so RSS does not hold both.
-    pub fn copied_to_anon(&self) -> Bytes {
-        use rayon::prelude::*;
-        self.populate();
-        let src = self.as_slice();
-        // 4 MiB per task: a few tasks per thread even for the smallest attention matrix.
-        let copy = Bytes::build(src.len(), |dst| {
-            dst.par_chunks_mut(1 << 22).zip(src.par_chunks(1 << 22)).for_each(|(d, s)| d.copy_from_slice(s))
-        });
-        self.release();
-        copy
+    /// Whether these bytes and `other` are parts of one buffer or map.
+    pub fn shares_storage_with(&self, other: &Bytes) -> bool {
+        Arc::ptr_eq(&self.owner, &other.owner)
     }
 
     /// A sub-range of these bytes, sharing the storage.
@@ -237,20 +268,21 @@ impl Bytes {
     }
 }
 
-/// Asks Linux to move whatever of `m` was faulted in 4 KiB pages into 2 MiB ones now
-/// (`MADV_COLLAPSE`, Linux 6.1; best effort, older kernels refuse it). A 2 MiB page at fault
-/// needs 2 MiB of free contiguous memory, and late in a load, with the checkpoint's pages
-/// filling the page cache, the kernel often had none: loading the 20b on a 24 GB machine put
-/// 276 of the 1210 MiB of attention matrices (then copied last) in 4 KiB pages. Collapsing
-/// fails just as often under that pressure but recovers some: 11.4–12.1 GB of the 12.9 GB
-/// resident in huge pages before, 11.9–12.3 after, over a few loads each.
+/// Asks Linux to move whatever of `m` (whole 2 MiB pages of a map) was faulted in 4 KiB
+/// pages into 2 MiB ones now (`MADV_COLLAPSE`, Linux 6.1; best effort, older kernels refuse
+/// it). A 2 MiB page at fault needs 2 MiB of free contiguous memory, and late in a load, with
+/// the checkpoint's pages filling the page cache, the kernel often had none: loading the 20b
+/// on a 24 GB machine put 276 of the 1210 MiB of attention matrices (then copied last) in
+/// 4 KiB pages. Collapsing fails just as often under that pressure but recovers some:
+/// 11.4–12.1 GB of the 12.9 GB resident in huge pages before, 11.9–12.3 after, over a few
+/// loads each.
 #[cfg(target_os = "linux")]
-fn collapse_into_huge_pages(m: &MmapMut) {
+fn collapse_into_huge_pages(m: &[u8]) {
     /// Not in every target's `libc` (musl's lacks it); the value is the kernel ABI's.
     const MADV_COLLAPSE: libc::c_int = 25;
-    if m.len() >= 2 << 20 {
-        // SAFETY: the range is exactly this live mapping; collapsing changes its page size,
-        // never its contents.
+    if !m.is_empty() {
+        // SAFETY: `m` is whole 2 MiB pages of a live anonymous mapping; collapsing changes
+        // their page size, never their contents.
         let _ = unsafe { libc::madvise(m.as_ptr() as *mut libc::c_void, m.len(), MADV_COLLAPSE) };
     }
 }
@@ -569,19 +601,41 @@ mod tests {
     }
 
     #[test]
-    fn mapped_bytes_copy_to_anonymous_memory_unchanged() {
+    fn mapped_bytes_copy_into_parts_of_one_anonymous_map_unchanged() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("w.bin");
         let data: Vec<u8> = (0..(5 << 20) + 7).map(|i| (i * 131 % 251) as u8).collect();
         std::fs::write(&path, &data).unwrap();
         let mapped = Bytes::map_file(&path).unwrap();
         assert!(mapped.is_mapped());
-        let part = mapped.slice(3..data.len() - 2);
-        let copy = part.copied_to_anon();
-        assert!(!copy.is_mapped());
-        assert_eq!(copy.as_slice(), &data[3..data.len() - 2]);
-        // The map still reads the file after its pages were released.
-        assert_eq!(part.as_slice(), copy.as_slice());
+        // Ragged pieces: one past 2 MiB, odd lengths, an empty one.
+        let pieces = [
+            mapped.slice(3..(2 << 20) + 100),
+            mapped.slice(5..6),
+            mapped.slice(7..7),
+            mapped.slice(1000..data.len() - 2),
+        ];
+        let lens: Vec<usize> = pieces.iter().map(Bytes::len).collect();
+        let parts = Bytes::build_parts(&lens, |i, dst| {
+            assert!(dst.iter().all(|&b| b == 0), "part {i} was not given zeros");
+            dst.copy_from_slice(pieces[i].as_slice());
+            pieces[i].release();
+        });
+        assert_eq!(parts.len(), pieces.len());
+        for (part, piece) in parts.iter().zip(&pieces) {
+            assert!(!part.is_mapped());
+            assert_eq!(part.as_slice().as_ptr() as usize % PART_ALIGN, 0, "a part does not start on a cache line");
+            // The map still reads the file after its pages were released.
+            assert_eq!(part.as_slice(), piece.as_slice());
+        }
+        assert_eq!(parts[3].as_slice(), &data[1000..data.len() - 2]);
+        // A buffer past 2 MiB starts on a 2 MiB boundary where it is mapped.
+        let big = Bytes::build(3 << 20, |d| d.fill(7));
+        if matches!(*big.owner, Storage::Anon(_)) {
+            assert_eq!(big.as_slice().as_ptr() as usize % HUGE_PAGE, 0);
+        }
+        assert!(big.as_slice().iter().all(|&b| b == 7));
+        assert!(Bytes::build_parts(&[], |_, _| unreachable!()).is_empty());
     }
 
     #[test]

@@ -19,7 +19,7 @@ pub use packed::{AffineMatrix, AffineView, Experts, F32Matrix, Mxfp4Matrix, Q8Ma
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Bf16Layout {
     /// As in the checkpoint: row after row (for the CPU kernels, a copy of the memory map
-    /// in anonymous memory; see [`Bf16Matrix::hold_rows_in_anon_memory`]).
+    /// in anonymous memory; see [`ModelWeights::set_dense_layout`]).
     Rows,
     /// Repacked at load so one token's pass over 8 rows reads one stream
     /// ([`gptoss_kernels::bf16_t8`]); row ranges that are multiples of 8 slice alike.
@@ -50,41 +50,60 @@ impl Bf16Matrix {
     /// layout changes (the map's pages are released, so RSS does not hold both). Stays in
     /// rows when the shape is not whole groups of 8 rows and 32 columns.
     pub fn set_layout(&mut self, layout: Bf16Layout) {
+        let target = self.layout_for(layout);
+        if target != self.layout {
+            let data = Bytes::build(self.data.len(), |dst| self.write_in(target, dst));
+            self.adopt(data, target);
+        }
+    }
+
+    /// The layout [`Bf16Matrix::set_layout`] leaves this matrix in.
+    fn layout_for(&self, layout: Bf16Layout) -> Bf16Layout {
+        if gptoss_kernels::bf16_t8::can_tile(self.rows, self.cols) {
+            layout
+        } else {
+            self.layout
+        }
+    }
+
+    /// Whether holding this matrix in `layout` for the CPU kernels takes new memory: a new
+    /// layout, or rows still in the checkpoint's memory map. A token's pass streams every byte
+    /// of the matrix, and in 4 KiB page-cache pages each 4 KiB of the stream costs a TLB walk:
+    /// on a 2-core Xeon (avx2 kernels, 20b shape) the unembedding went from 21.1–23.5 to
+    /// 22.5–25.5 GB/s copied into 2 MiB pages. The copy costs one pass at load.
+    fn moves_for(&self, layout: Bf16Layout) -> bool {
+        self.layout_for(layout) != self.layout || self.data.is_mapped()
+    }
+
+    /// Writes the matrix in `layout` into `dst` (its byte length, 2-byte aligned), then
+    /// releases the memory map's pages it was read from.
+    fn write_in(&self, layout: Bf16Layout, dst: &mut [u8]) {
         use gptoss_kernels::bf16_t8;
         use rayon::prelude::*;
-        if layout == self.layout || !bf16_t8::can_tile(self.rows, self.cols) {
-            return;
-        }
-        let convert = match layout {
-            Bf16Layout::Tiles8 => bf16_t8::pack,
-            Bf16Layout::Rows => bf16_t8::unpack,
-        };
         self.data.populate();
         let (src, k) = (self.bf16(), self.cols);
-        let group = bf16_t8::ROWS * k;
-        let data = Bytes::build(self.data.len(), |dst| {
-            // SAFETY: the buffer is page-aligned anonymous memory (or a u64 vector) of
-            // 2·len bytes, and any bit pattern is a valid u16.
-            let dst = unsafe { std::slice::from_raw_parts_mut(dst.as_mut_ptr().cast::<u16>(), dst.len() / 2) };
-            // 64 groups per task: ~3 MB of a 2880-column matrix.
-            dst.par_chunks_mut(64 * group).zip(src.par_chunks(64 * group)).for_each(|(d, s)| convert(s, k, d));
-        });
+        // SAFETY: `dst` is 2-byte aligned (anonymous memory, a u64 vector, or a part of either
+        // at a cache line), 2·len bytes long, and any bit pattern is a valid u16.
+        let dst = unsafe { std::slice::from_raw_parts_mut(dst.as_mut_ptr().cast::<u16>(), dst.len() / 2) };
+        assert_eq!(dst.len(), src.len(), "Bf16Matrix::write_in: destination is not the matrix's size");
+        let convert = match (self.layout, layout) {
+            (Bf16Layout::Rows, Bf16Layout::Tiles8) => bf16_t8::pack,
+            (Bf16Layout::Tiles8, Bf16Layout::Rows) => bf16_t8::unpack,
+            _ => |s: &[u16], _: usize, d: &mut [u16]| d.copy_from_slice(s),
+        };
+        // 64 groups of 8 rows per task: ~3 MB of a 2880-column matrix.
+        let chunk = 64 * bf16_t8::ROWS * k;
+        dst.par_chunks_mut(chunk).zip(src.par_chunks(chunk)).for_each(|(d, s)| convert(s, k, d));
         self.data.release();
+    }
+
+    /// Holds `data` (written by [`Bf16Matrix::write_in`]) from now on.
+    fn adopt(&mut self, data: Bytes, layout: Bf16Layout) {
         (self.data, self.layout) = (data.aligned(2), layout);
     }
 
     pub fn populate(&self) {
         self.data.populate()
-    }
-
-    /// Copies rows read from the checkpoint's memory map into anonymous memory in 2 MiB
-    /// pages. A token's pass streams every byte of the matrix, and in 4 KiB page-cache pages
-    /// each 4 KiB of the stream costs a TLB walk: on a 2-core Xeon (avx2 kernels, 20b shape)
-    /// the unembedding went from 21.1–23.5 to 22.5–25.5 GB/s. The copy costs one pass at load.
-    pub fn hold_rows_in_anon_memory(&mut self) {
-        if self.layout == Bf16Layout::Rows && self.data.is_mapped() {
-            self.data = self.data.copied_to_anon().aligned(2);
-        }
     }
 
     /// Bytes of the matrix as stored.
@@ -111,7 +130,7 @@ impl Bf16Matrix {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Mxfp4Layout {
     /// As in the checkpoint: row after row (for the CPU kernels, a copy of the memory map
-    /// in anonymous memory; see [`Bf16Matrix::hold_rows_in_anon_memory`]).
+    /// in anonymous memory; see [`ModelWeights::set_dense_layout`]).
     Rows,
     /// Repacked at load for the integer kernels, 16 rows per vector
     /// ([`gptoss_kernels::mxfp4_r16`]); row ranges that are multiples of 16 slice alike.
@@ -321,15 +340,6 @@ impl Dense {
         }
     }
 
-    /// bf16 matrices go to `layout`, in anonymous memory either way (see
-    /// [`Bf16Matrix::hold_rows_in_anon_memory`]); q8 ones have a single layout.
-    fn set_layout(&mut self, layout: Bf16Layout) {
-        if let Dense::Bf16(m) = self {
-            m.set_layout(layout);
-            m.hold_rows_in_anon_memory();
-        }
-    }
-
     /// Only q8 requantizes, and only once (K must be a multiple of 32, as in gpt-oss).
     fn convert_to(&mut self, format: DenseFormat) {
         if let (DenseFormat::Q8, Dense::Bf16(m)) = (format, &mut *self) {
@@ -491,8 +501,24 @@ impl ModelWeights {
 
     /// Puts the bf16 attention and unembedding matrices in `layout` (the router stays in rows:
     /// it goes through the f32-activation kernels, and the embedding is read a row at a time).
+    ///
+    /// In anonymous memory either way (see [`Bf16Matrix::moves_for`]), all in one map
+    /// ([`Bytes::build_parts`]): with one map per matrix, the 4 KiB pages at their ends held
+    /// ~180 of the 2.3 GiB that a 20b token reads of them.
     pub fn set_dense_layout(&mut self, layout: Bf16Layout) {
-        self.dense_mut().for_each(|w| w.set_layout(layout));
+        let mut moving: Vec<&mut Bf16Matrix> = self
+            .dense_mut()
+            .filter_map(|w| match w {
+                Dense::Bf16(m) if m.moves_for(layout) => Some(m),
+                _ => None,
+            })
+            .collect();
+        let targets: Vec<Bf16Layout> = moving.iter().map(|m| m.layout_for(layout)).collect();
+        let lens: Vec<usize> = moving.iter().map(|m| m.data.len()).collect();
+        let parts = Bytes::build_parts(&lens, |i, dst| moving[i].write_in(targets[i], dst));
+        for ((m, data), target) in moving.iter_mut().zip(parts).zip(targets) {
+            m.adopt(data, target);
+        }
     }
 
     /// The attention and unembedding matrices: the ones `--dense` and the tiled layout apply to.
@@ -735,7 +761,33 @@ pub(crate) fn f16_to_f32(h: u16) -> f32 {
 
 #[cfg(test)]
 mod tests {
-    use super::f16_to_f32;
+    use super::*;
+
+    #[test]
+    fn dense_matrices_move_into_one_map_in_either_layout() {
+        let tiny = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/tiny/hf");
+        let mut w = ModelWeights::load(&Checkpoint::open(&tiny).unwrap()).unwrap();
+        fn bf16(d: &Dense) -> &Bf16Matrix {
+            match d {
+                Dense::Bf16(m) => m,
+                _ => panic!("the tiny model loads bf16"),
+            }
+        }
+        let rows_before = bf16(&w.unembedding).bf16().to_vec();
+        assert!(bf16(&w.unembedding).data.is_mapped());
+        for layout in [Bf16Layout::Tiles8, Bf16Layout::Rows, Bf16Layout::Rows] {
+            w.set_dense_layout(layout);
+            let first = bf16(&w.unembedding).data.clone();
+            let attn = w.layers.iter().flat_map(|l| [&l.attn.q, &l.attn.k, &l.attn.v, &l.attn.out]);
+            for m in std::iter::once(&w.unembedding).chain(attn).map(bf16) {
+                assert!(!m.data.is_mapped());
+                assert!(m.data.shares_storage_with(&first), "a dense matrix has a map of its own");
+                assert_eq!(m.layout, m.layout_for(layout));
+            }
+            assert_eq!(bf16(&w.unembedding).layout, layout, "the tiny unembedding tiles");
+        }
+        assert_eq!(bf16(&w.unembedding).bf16(), &rows_before[..]);
+    }
 
     #[test]
     fn f16_values() {
