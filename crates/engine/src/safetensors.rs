@@ -244,6 +244,12 @@ impl Bytes {
         Arc::ptr_eq(&self.owner, &other.owner)
     }
 
+    /// How many `Bytes` hold this one's buffer or map.
+    #[cfg(test)]
+    pub(crate) fn storage_holders(&self) -> usize {
+        Arc::strong_count(&self.owner)
+    }
+
     /// A sub-range of these bytes, sharing the storage.
     pub fn slice(&self, range: Range<usize>) -> Bytes {
         assert!(range.start <= range.end && range.end <= self.len, "Bytes::slice out of range");

@@ -502,22 +502,40 @@ impl ModelWeights {
     /// Puts the bf16 attention and unembedding matrices in `layout` (the router stays in rows:
     /// it goes through the f32-activation kernels, and the embedding is read a row at a time).
     ///
-    /// In anonymous memory either way (see [`Bf16Matrix::moves_for`]), all in one map
-    /// ([`Bytes::build_parts`]): with one map per matrix, the 4 KiB pages at their ends held
-    /// ~180 of the 2.3 GiB that a 20b token reads of them.
+    /// In anonymous memory either way (see [`Bf16Matrix::moves_for`]), all in one map with the
+    /// routers ([`Bytes::build_parts`]), all moved to a new one when any moves: with one map
+    /// per matrix, the 4 KiB pages at their ends held ~180 of the 2.3 GiB that a 20b token
+    /// reads of them, and the routers, read in place, were in the checkpoint's 4 KiB pages.
     pub fn set_dense_layout(&mut self, layout: Bf16Layout) {
-        let mut moving: Vec<&mut Bf16Matrix> = self
-            .dense_mut()
-            .filter_map(|w| match w {
-                Dense::Bf16(m) if m.moves_for(layout) => Some(m),
+        let ModelWeights { layers, unembedding, .. } = self;
+        let per_layer = layers.iter_mut().flat_map(|l| {
+            let (a, router) = (&mut l.attn, &mut l.moe.router);
+            [
+                (&mut a.q, layout),
+                (&mut a.k, layout),
+                (&mut a.v, layout),
+                (&mut a.out, layout),
+                (router, Bf16Layout::Rows),
+            ]
+        });
+        let mut moving: Vec<(&mut Bf16Matrix, Bf16Layout)> = std::iter::once((unembedding, layout))
+            .chain(per_layer)
+            .filter_map(|(w, layout)| match w {
+                Dense::Bf16(m) => Some((m, layout)),
                 _ => None,
             })
             .collect();
-        let targets: Vec<Bf16Layout> = moving.iter().map(|m| m.layout_for(layout)).collect();
-        let lens: Vec<usize> = moving.iter().map(|m| m.data.len()).collect();
-        let parts = Bytes::build_parts(&lens, |i, dst| moving[i].write_in(targets[i], dst));
-        for ((m, data), target) in moving.iter_mut().zip(parts).zip(targets) {
-            m.adopt(data, target);
+        // All or none: a matrix left behind would hold the whole of the old map resident.
+        if !moving.iter().any(|(m, layout)| m.moves_for(*layout)) {
+            return;
+        }
+        for (m, layout) in moving.iter_mut() {
+            *layout = m.layout_for(*layout);
+        }
+        let lens: Vec<usize> = moving.iter().map(|(m, _)| m.data.len()).collect();
+        let parts = Bytes::build_parts(&lens, |i, dst| moving[i].0.write_in(moving[i].1, dst));
+        for ((m, target), data) in moving.iter_mut().zip(parts) {
+            m.adopt(data, *target);
         }
     }
 
@@ -775,16 +793,27 @@ mod tests {
         }
         let rows_before = bf16(&w.unembedding).bf16().to_vec();
         assert!(bf16(&w.unembedding).data.is_mapped());
+        let mut before: Option<Bytes> = None;
         for layout in [Bf16Layout::Tiles8, Bf16Layout::Rows, Bf16Layout::Rows] {
             w.set_dense_layout(layout);
             let first = bf16(&w.unembedding).data.clone();
+            // Untiling moves every matrix (the routers too), so nothing holds the old map.
+            if let (Bf16Layout::Rows, Some(old)) = (layout, before.take()) {
+                assert!(!old.shares_storage_with(&first));
+                assert_eq!(old.storage_holders(), 1, "a matrix still holds the tiled map");
+            }
             let attn = w.layers.iter().flat_map(|l| [&l.attn.q, &l.attn.k, &l.attn.v, &l.attn.out]);
             for m in std::iter::once(&w.unembedding).chain(attn).map(bf16) {
                 assert!(!m.data.is_mapped());
                 assert!(m.data.shares_storage_with(&first), "a dense matrix has a map of its own");
                 assert_eq!(m.layout, m.layout_for(layout));
             }
+            for router in w.layers.iter().map(|l| bf16(&l.moe.router)) {
+                assert!(router.data.shares_storage_with(&first), "a router has a map of its own");
+                assert_eq!(router.layout, Bf16Layout::Rows, "a router left rows");
+            }
             assert_eq!(bf16(&w.unembedding).layout, layout, "the tiny unembedding tiles");
+            before = (layout == Bf16Layout::Tiles8).then_some(first);
         }
         assert_eq!(bf16(&w.unembedding).bf16(), &rows_before[..]);
     }
