@@ -183,7 +183,7 @@ impl Model {
     /// The pass runs on a thread of the pool, so its parallel loops are the pool's own joins:
     /// called from outside, the caller hands it over once and waits, instead of once per
     /// matmul (each a lock, a wake-up and, now and then, an allocation in rayon's queue).
-    /// The other pool threads stay awake until it ends ([`ops::with_workers_awake`]).
+    /// The other pool threads stay awake until it ends (`ops::with_workers_awake`).
     pub fn forward_in<'w>(
         &self,
         ws: &'w mut Workspace,

@@ -5,7 +5,7 @@
 //!   F32 and F16 are converted; that is exact whenever every value is a bf16 value, which
 //!   holds for every file converted from the published (bf16) checkpoints, llama.cpp's F32
 //!   router included. Values bf16 cannot hold are rounded to nearest even, and the tensor is
-//!   recorded ([`super::GgufFile::rounded_tensors`], shown by `gptoss inspect`).
+//!   recorded ([`super::GgufModel::rounded_tensors`], shown by `gptoss inspect`).
 //! * Q8_0 matrices (int8 codes, one f16 scale per 32) keep their codes and scales as the
 //!   engine's q8 form ([`crate::weights::Q8Matrix`]; the f16 scale widens exactly). The
 //!   engine defines a q8 weight as `bf16(code · scale)`, so each weight is rounded to bf16
