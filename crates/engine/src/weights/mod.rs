@@ -20,8 +20,7 @@ pub use packed::{AffineMatrix, AffineView, Experts, F32Matrix, Mxfp4Matrix, Q8Ma
 /// The byte order of MXFP4 expert weights.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Mxfp4Layout {
-    /// As in the checkpoint: row after row (for the CPU kernels, a copy of the memory map
-    /// in anonymous memory; see [`ModelWeights::set_dense_layout`]).
+    /// As in the checkpoint: row after row, read in place from its memory map.
     Rows,
     /// Repacked at load for the integer kernels, 16 rows per vector
     /// ([`gptoss_kernels::mxfp4_r16`]); row ranges that are multiples of 16 slice alike.
@@ -412,16 +411,16 @@ impl ModelWeights {
         let mut moving: Vec<(&mut Bf16Matrix, Bf16Layout)> = std::iter::once((unembedding, layout))
             .chain(per_layer)
             .filter_map(|(w, layout)| match w {
-                Dense::Bf16(m) => Some((m, layout)),
+                Dense::Bf16(m) => {
+                    let target = m.layout_for(layout);
+                    Some((m, target))
+                }
                 _ => None,
             })
             .collect();
         // All or none: a matrix left behind would hold the whole of the old map resident.
-        if !moving.iter().any(|(m, layout)| m.moves_for(*layout)) {
+        if !moving.iter().any(|(m, target)| m.moves_for(*target)) {
             return;
-        }
-        for (m, layout) in moving.iter_mut() {
-            *layout = m.layout_for(*layout);
         }
         let lens: Vec<usize> = moving.iter().map(|(m, _)| m.data.len()).collect();
         let parts = Bytes::build_parts(&lens, |i, dst| moving[i].0.write_in(moving[i].1, dst));
