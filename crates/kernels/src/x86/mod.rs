@@ -12,8 +12,23 @@ pub mod avx512bf16;
 mod dense_tiles;
 pub mod vnni;
 
+use std::sync::OnceLock;
+
 use crate::mxfp4::BLOCK;
 use crate::mxfp4_r16::{GROUP, TILE_BYTES};
+
+/// Whether the CPU is Intel's (CPUID vendor "GenuineIntel"). The one-token loops' software
+/// prefetch wants other distances and caches on Intel's cores than on AMD's (see
+/// [`avx2_i16`] and [`avx512bf16`]); only a Zen 4 and a Sapphire-Rapids-class Xeon were
+/// measured, and any other vendor keeps the Zen 4 tuning, which came first.
+pub(crate) fn is_intel() -> bool {
+    static INTEL: OnceLock<bool> = OnceLock::new();
+    *INTEL.get_or_init(|| {
+        let id = std::arch::x86_64::__cpuid(0);
+        let vendor: Vec<u8> = [id.ebx, id.edx, id.ecx].iter().flat_map(|r| r.to_le_bytes()).collect();
+        vendor == b"GenuineIntel"
+    })
+}
 
 /// One token through one group of 16 rows: (xq, xs, K, codes, scales, bias, out).
 pub(crate) type GemvGroup =
@@ -111,5 +126,16 @@ pub(crate) unsafe fn matmul_rows_i16a(
             out.as_mut_ptr().add(g * GROUP * n_tok),
         );
         g += pg;
+    }
+}
+
+#[cfg(all(test, target_os = "linux"))]
+mod tests {
+    /// CPUID's vendor is the kernel's `vendor_id` (when /proc is there to ask).
+    #[test]
+    fn is_intel_agrees_with_proc_cpuinfo() {
+        let Ok(info) = std::fs::read_to_string("/proc/cpuinfo") else { return };
+        let Some(vendor) = info.lines().find(|l| l.starts_with("vendor_id")) else { return };
+        assert_eq!(super::is_intel(), vendor.contains("GenuineIntel"), "{vendor}");
     }
 }
