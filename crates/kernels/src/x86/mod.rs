@@ -138,4 +138,14 @@ mod tests {
         let Some(vendor) = info.lines().find(|l| l.starts_with("vendor_id")) else { return };
         assert_eq!(super::is_intel(), vendor.contains("GenuineIntel"), "{vendor}");
     }
+
+    /// Where `avx512bf16` runs, it is the default except on Intel's CPUs (`avx512vnni`).
+    #[test]
+    fn detect_takes_avx512vnni_over_avx512bf16_on_intel() {
+        use crate::dispatch::{Isa, Kernels};
+        if Isa::Avx512Bf16.supported() {
+            let want = if super::is_intel() { Isa::Avx512Vnni } else { Isa::Avx512Bf16 };
+            assert_eq!(Kernels::detect().isa, want);
+        }
+    }
 }
