@@ -24,7 +24,10 @@ use crate::mxfp4_r16::{GROUP, TILE_BYTES};
 pub(crate) fn is_intel() -> bool {
     static INTEL: OnceLock<bool> = OnceLock::new();
     *INTEL.get_or_init(|| {
-        let id = std::arch::x86_64::__cpuid(0);
+        // SAFETY: every x86-64 CPU has CPUID leaf 0. (`unsafe` for toolchains before the
+        // intrinsic became safe to call; MSRV 1.89.)
+        #[allow(unused_unsafe)]
+        let id = unsafe { std::arch::x86_64::__cpuid(0) };
         let vendor: Vec<u8> = [id.ebx, id.edx, id.ecx].iter().flat_map(|r| r.to_le_bytes()).collect();
         vendor == b"GenuineIntel"
     })
