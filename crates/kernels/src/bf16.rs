@@ -16,7 +16,7 @@ pub fn f32_to_bf16(x: f32) -> u16 {
     (bits.wrapping_add(rounding_bias) >> 16) as u16
 }
 
-/// dst[i] = widen(src[i]).
+/// `dst[i] = widen(src[i])`.
 pub fn bf16_slice_to_f32(src: &[u16], dst: &mut [f32]) {
     assert_eq!(src.len(), dst.len(), "bf16_slice_to_f32: length mismatch");
     for (d, &s) in dst.iter_mut().zip(src) {

@@ -32,7 +32,7 @@ pub use moe::{router_top_k, swiglu_interleaved_f32, SWIGLU_ALPHA};
 pub use norm::rmsnorm_f32;
 pub use rope::YarnRope;
 
-/// Σ a[i]·b[i] in the reference order.
+/// `Σ a[i]·b[i]` in the reference order.
 #[inline]
 pub fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len(), "dot_f32: length mismatch");

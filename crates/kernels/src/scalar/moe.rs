@@ -42,8 +42,8 @@ pub fn router_top_k(logits: &[f32], experts: &mut [usize], weights: &mut [f32]) 
     }
 }
 
-/// `u: [2I]` holds interleaved (gate, up) pairs: gate = u[2n], up = u[2n+1].
-/// out[n] = g·σ(α·g)·(up + 1) with g = min(gate, limit) and up clamped to ±limit.
+/// `u: [2I]` holds interleaved (gate, up) pairs: `gate = u[2n]`, `up = u[2n+1]`.
+/// `out[n] = g·σ(α·g)·(up + 1)` with g = min(gate, limit) and up clamped to ±limit.
 pub fn swiglu_interleaved_f32(u: &[f32], alpha: f32, limit: f32, out: &mut [f32]) {
     assert_eq!(u.len(), 2 * out.len(), "swiglu: u is not [2I]");
     for (o, pair) in out.iter_mut().zip(u.chunks_exact(2)) {
