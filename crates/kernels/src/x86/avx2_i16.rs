@@ -20,7 +20,8 @@ const PREFETCH_AHEAD: usize = 4096;
 /// read 19.5–20.7 GB/s, 3072 21.6–22.7, 2560 22.4–23.7, 2048 23.0–24.0, 1536 21.5–22.4, 1024
 /// 19.4–21.0, 8192 17.6–18.3, and into L2 8192 ahead 16.4–18.4. Likely (no PMU there to
 /// check) a prefetch too far ahead holds one of the L1's few outstanding misses (16 on Golden
-/// Cove) for longer than the decoder, which is slower than memory there, needs. 2560 leaves room for a longer latency.
+/// Cove) for longer than the decoder, which is slower than memory there, needs. 2560 leaves
+/// room for a longer latency.
 /// `vnni`'s 512-bit decoder, twice as fast, read less at 2048 than at 4096 (24.0–26.9 against
 /// 26.6–27.7), so it keeps [`PREFETCH_AHEAD`]; Zen 4 was tuned at 4096 and is not changed.
 const INTEL_GEMV_PREFETCH_AHEAD: usize = 2560;

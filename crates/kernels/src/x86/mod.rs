@@ -28,8 +28,9 @@ pub(crate) fn is_intel() -> bool {
         // intrinsic became safe to call; MSRV 1.89.)
         #[allow(unused_unsafe)]
         let id = unsafe { std::arch::x86_64::__cpuid(0) };
-        let vendor: Vec<u8> = [id.ebx, id.edx, id.ecx].iter().flat_map(|r| r.to_le_bytes()).collect();
-        vendor == b"GenuineIntel"
+        // The vendor string is EBX, EDX, ECX, four little-endian bytes each.
+        [id.ebx, id.edx, id.ecx]
+            == [u32::from_le_bytes(*b"Genu"), u32::from_le_bytes(*b"ineI"), u32::from_le_bytes(*b"ntel")]
     })
 }
 
